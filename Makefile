@@ -1,0 +1,26 @@
+# Two commands on a fresh machine:  `make demo` (main job, small default) and `make test` (test suite).
+# Both create .venv on first use: the CPU build of torch first (as CPU-only CI does), then the project.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+TORCH ?= torch==2.13.0
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade "pip>=23"
+	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet -e ".[dev,onnx,sb3]"
+	touch $@
+
+install: $(VENV)/.installed
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q -m "not cuda"
+
+demo: $(VENV)/.installed
+	$(PY) examples/01_train_mappo.py --env-id mpe:simple_spread_v3 --total-steps 100000
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check wmenv agents exports examples tests
+
+.PHONY: install test demo lint

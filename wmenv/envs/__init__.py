@@ -1,0 +1,81 @@
+"""Real environments behind one view: ``env, spec = wmenv.envs.make(id)``.
+
+Ids are ``"<family>:<name>"``:
+
+=================================  ==========================================================
+``mpe:simple_spread_v3``           MPE from ``mpe2`` (any ``mpe2`` parallel env name)
+``pettingzoo:<module path>``       any PettingZoo parallel env, e.g. ``pettingzoo:pettingzoo.butterfly.pistonball_v6``
+``flatland:5`` / ``:10`` / ``:15``  Flatland 4.x with the MAMBA paper's maps (Table 2)
+``smacv2:<map>``                   SMACv2, e.g. ``smacv2:protoss_5_vs_5`` (needs StarCraft II)
+``mamujoco:<scenario>:<conf>``     MaMuJoCo from ``gymnasium-robotics``, e.g. ``mamujoco:Humanoid:9|8``
+``gym:<id>``                       a single-agent Gymnasium env as a one-agent parallel env
+=================================  ==========================================================
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from wmenv.envs.base import MultiAgentEnv
+from wmenv.envs.spec import EnvSpec, check_actions, stack_masks, stack_obs, stack_rewards, unstack_actions
+
+# family -> "module:function"; imported lazily so a missing optional package only matters when used.
+_FAMILIES: dict[str, str] = {
+    "mpe": "wmenv.envs.mpe:make_mpe",
+    "pettingzoo": "wmenv.envs.pettingzoo:make_pettingzoo",
+    "flatland": "wmenv.envs.flatland:make_flatland",
+    "smacv2": "wmenv.envs.smacv2:make_smacv2",
+    "mamujoco": "wmenv.envs.mamujoco:make_mamujoco",
+    "gym": "wmenv.envs.gym:make_gym",
+}
+
+KNOWN_IDS: tuple[str, ...] = (
+    "mpe:simple_spread_v3",
+    "pettingzoo:<module path>",
+    "flatland:5",
+    "flatland:10",
+    "flatland:15",
+    "smacv2:protoss_5_vs_5",
+    "smacv2:terran_5_vs_5",
+    "smacv2:zerg_5_vs_5",
+    "mamujoco:Humanoid:9|8",
+    "gym:CartPole-v1",
+)
+
+
+def make(id: str, **kwargs: Any) -> tuple[MultiAgentEnv, EnvSpec]:
+    """Make a real environment by id.
+
+    Args:
+        id: ``"<family>:<name>"``, see the module docstring.
+        **kwargs: passed to the family's adapter (e.g. ``dense_reward=True`` for Flatland).
+
+    Returns:
+        env: a PettingZoo `ParallelEnv` (a `MultiAgentEnv`) with ``state()`` and action masks in infos.
+        spec: its `EnvSpec`.
+
+    Raises:
+        ValueError: an unknown id; the message lists the known ones.
+    """
+    if not isinstance(id, str):
+        raise TypeError(f"id: expected a string like 'mpe:simple_spread_v3', got {type(id).__name__}")
+    family, sep, name = id.partition(":")
+    if not sep or family not in _FAMILIES or not name:
+        raise ValueError(f"id: unknown environment {id!r}; known ids: {', '.join(KNOWN_IDS)}")
+    module, fn = _FAMILIES[family].split(":")
+    env = getattr(importlib.import_module(module), fn)(name, **kwargs)
+    return env, env.env_spec
+
+
+__all__ = [
+    "KNOWN_IDS",
+    "EnvSpec",
+    "MultiAgentEnv",
+    "check_actions",
+    "make",
+    "stack_masks",
+    "stack_obs",
+    "stack_rewards",
+    "unstack_actions",
+]

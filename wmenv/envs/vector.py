@@ -1,0 +1,265 @@
+"""`VecEnv`: E copies of a real multi-agent env stepped together as fixed-slot arrays.
+
+Glossary: E env copies, N agent slots, D observation features, A actions, S global-state features.
+
+Every copy auto-resets when its episode ends; the finished episode's last observation and state,
+its return and length come back in the same `VecStep`. With ``backend="subproc"`` the copies are
+split over worker processes (pays for slow envs such as Flatland; for a fast env such as MPE the
+pipe costs more than it saves, so ``"sync"`` is the default).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any, Literal
+
+import numpy as np
+
+from wmenv.envs.base import MultiAgentEnv
+from wmenv.envs.spec import EnvSpec, stack_masks, stack_obs, stack_rewards, unstack_actions
+
+
+@dataclass
+class VecStep:
+    """What `VecEnv.reset` / `VecEnv.step` return; all NumPy arrays with leading dimension E."""
+
+    obs: np.ndarray
+    """(E, N, D) float32: current observation (after an auto-reset, the new episode's first)."""
+    state: np.ndarray
+    """(E, S) float32: current global state."""
+    alive: np.ndarray
+    """(E, N) bool: the agent is present and acts now."""
+    action_mask: np.ndarray
+    """(E, N, A) bool: available actions; all True for dead agents and unmasked envs."""
+    reward: np.ndarray
+    """(E, N) float32: reward of the step just taken (0 after `reset`)."""
+    terminated: np.ndarray
+    """(E, N) bool: the agent terminated on the step just taken."""
+    truncated: np.ndarray
+    """(E, N) bool: the agent was truncated on the step just taken."""
+    done: np.ndarray
+    """(E,) bool: the episode ended on the step just taken and the copy was reset."""
+    final_obs: np.ndarray
+    """(E, N, D) float32: where ``done``, the finished episode's last observation."""
+    final_state: np.ndarray
+    """(E, S) float32: where ``done``, the finished episode's last global state."""
+    episode_return: np.ndarray
+    """(E, N) float32: where ``done``, each agent's undiscounted return over the finished episode."""
+    episode_length: np.ndarray
+    """(E,) int64: where ``done``, the finished episode's number of steps."""
+    infos: list[dict[str, Any]] = field(default_factory=list)
+    """Per copy: the env's raw infos of the step just taken (agent -> dict)."""
+
+
+class _Copy:
+    """One env copy with its running episode statistics; turns dicts into fixed-slot rows."""
+
+    def __init__(self, env: MultiAgentEnv, seed: int) -> None:
+        self.env, self.spec, self.seed = env, env.env_spec, seed
+        self.ret = np.zeros(self.spec.n_agents, dtype=np.float32)
+        self.length = 0
+
+    def _row(self, obs: dict, infos: dict) -> dict[str, np.ndarray]:
+        o, _ = stack_obs(self.spec, obs)
+        alive = np.array([a in self.env.agents for a in self.spec.agents], dtype=bool)
+        return {
+            "obs": o,
+            "state": np.asarray(self.env.state(), dtype=np.float32),
+            "alive": alive,
+            "action_mask": stack_masks(self.spec, infos, alive),
+        }
+
+    def reset(self) -> dict[str, Any]:
+        obs, infos = self.env.reset(seed=self.seed)
+        self.seed = None  # seed once; later episodes continue the env's own RNG stream
+        self.ret[:], self.length = 0.0, 0
+        n = self.spec.n_agents
+        zeros_n = np.zeros(n, dtype=np.float32)
+        row = self._row(obs, infos)
+        row.update(
+            reward=zeros_n,
+            terminated=np.zeros(n, dtype=bool),
+            truncated=np.zeros(n, dtype=bool),
+            done=False,
+            final_obs=np.zeros_like(row["obs"]),
+            final_state=np.zeros_like(row["state"]),
+            episode_return=zeros_n.copy(),
+            episode_length=0,
+            infos=infos,
+        )
+        return row
+
+    def step(self, actions: np.ndarray) -> dict[str, Any]:
+        act = unstack_actions(self.spec, actions, self.env.agents)
+        obs, rew, term, trunc, infos = self.env.step(act)
+        reward = stack_rewards(self.spec, rew)
+        self.ret += reward
+        self.length += 1
+        terminated = stack_rewards(self.spec, term, dtype=bool)
+        truncated = stack_rewards(self.spec, trunc, dtype=bool)
+        if self.env.agents:
+            row = self._row(obs, infos)
+            row.update(done=False, final_obs=np.zeros_like(row["obs"]), final_state=np.zeros_like(row["state"]))
+            row.update(episode_return=np.zeros_like(self.ret), episode_length=0)
+        else:
+            final_obs, _ = stack_obs(self.spec, obs)
+            final_state = np.asarray(self.env.state(), dtype=np.float32)
+            ep_ret, ep_len = self.ret.copy(), self.length
+            row = self.reset()
+            row.update(done=True, final_obs=final_obs, final_state=final_state, episode_return=ep_ret, episode_length=ep_len)
+        row.update(reward=reward, terminated=terminated, truncated=truncated, infos=infos)
+        return row
+
+
+def _worker(remote: Connection, fns: list[Callable[[], MultiAgentEnv]], seeds: list[int]) -> None:
+    copies = [_Copy(fn(), s) for fn, s in zip(fns, seeds)]
+    try:
+        while True:
+            cmd, data = remote.recv()
+            if cmd == "reset":
+                remote.send([c.reset() for c in copies])
+            elif cmd == "step":
+                remote.send([c.step(a) for c, a in zip(copies, data)])
+            elif cmd == "close":
+                break
+    except KeyboardInterrupt:
+        pass
+    except Exception as e:  # noqa: BLE001 - forwarded to the parent, which re-raises it
+        remote.send(e)
+    finally:
+        for c in copies:
+            c.env.close()
+        remote.close()
+
+
+class _EnvFactory:
+    """Picklable ``make(id, **kwargs)`` for subprocess workers."""
+
+    def __init__(self, env_id: str, kwargs: dict[str, Any]) -> None:
+        self.env_id, self.kwargs = env_id, kwargs
+
+    def __call__(self) -> MultiAgentEnv:
+        from wmenv.envs import make
+
+        return make(self.env_id, **self.kwargs)[0]
+
+
+class VecEnv:
+    """E copies of one env, stepped with fixed-slot arrays and auto-reset.
+
+    Args:
+        env_id: a `wmenv.envs.make` id, e.g. ``"mpe:simple_spread_v3"``.
+        num_envs: E, the number of copies.
+        seed: copy i is reset first with ``seed + i``.
+        backend: ``"sync"`` steps all copies in this process; ``"subproc"`` spreads them over
+            ``num_workers`` processes.
+        num_workers: worker processes for ``"subproc"`` (default: min(E, CPU count)).
+        **make_kwargs: passed to `wmenv.envs.make`.
+    """
+
+    def __init__(
+        self,
+        env_id: str,
+        num_envs: int = 1,
+        seed: int = 0,
+        backend: Literal["sync", "subproc"] = "sync",
+        num_workers: int | None = None,
+        **make_kwargs: Any,
+    ) -> None:
+        if not isinstance(num_envs, int) or num_envs < 1:
+            raise ValueError(f"num_envs: expected an integer >= 1, got {num_envs!r}")
+        if backend not in ("sync", "subproc"):
+            raise ValueError(f"backend: expected 'sync' or 'subproc', got {backend!r}")
+        self.num_envs, self.backend = num_envs, backend
+        factory = _EnvFactory(env_id, make_kwargs)
+        seeds = [seed + i for i in range(num_envs)]
+        self._remotes: list[Connection] = []
+        self._procs: list[Any] = []
+        if backend == "sync":
+            self._copies = [_Copy(factory(), s) for s in seeds]
+            self.spec: EnvSpec = self._copies[0].spec
+        else:
+            workers = min(num_envs, num_workers or mp.cpu_count())
+            if workers < 1:
+                raise ValueError(f"num_workers: expected an integer >= 1, got {num_workers!r}")
+            ctx = mp.get_context("spawn")
+            self._split = np.array_split(np.arange(num_envs), workers)
+            for idx in self._split:
+                parent, child = ctx.Pipe()
+                p = ctx.Process(target=_worker, args=(child, [factory] * len(idx), [seeds[i] for i in idx]), daemon=True)
+                p.start()
+                child.close()
+                self._remotes.append(parent)
+                self._procs.append(p)
+            self.spec = factory().env_spec
+        self.closed = False
+
+    def _gather(self, replies: list[Any]) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = []
+        for r in replies:
+            if isinstance(r, Exception):
+                raise r
+            rows.extend(r)
+        return rows
+
+    def _call(self, cmd: str, actions: np.ndarray | None = None) -> VecStep:
+        if self.closed:
+            raise RuntimeError("VecEnv is closed")
+        if self.backend == "sync":
+            rows = [c.reset() for c in self._copies] if cmd == "reset" else [c.step(a) for c, a in zip(self._copies, actions)]
+        else:
+            for remote, idx in zip(self._remotes, self._split):
+                remote.send((cmd, None if actions is None else actions[idx]))
+            rows = self._gather([remote.recv() for remote in self._remotes])
+        return VecStep(
+            **{k: np.stack([np.asarray(r[k]) for r in rows]) for k in VecStep.__dataclass_fields__ if k != "infos"},
+            infos=[r["infos"] for r in rows],
+        )
+
+    def reset(self) -> VecStep:
+        """Reset every copy (copy i with ``seed + i`` the first time)."""
+        return self._call("reset")
+
+    def step(self, actions: np.ndarray) -> VecStep:
+        """Step every copy.
+
+        Args:
+            actions: (E, N) int for discrete envs or (E, N, A) float for continuous ones;
+                entries of dead agents are ignored.
+        """
+        actions = np.asarray(actions)
+        spec = self.spec
+        expected = (self.num_envs, spec.n_agents) if spec.discrete else (self.num_envs, spec.n_agents, spec.n_actions)
+        if actions.shape != expected:
+            raise ValueError(f"actions: expected shape {expected}, got {actions.shape}")
+        return self._call("step", actions)
+
+    def close(self) -> None:
+        """Close every copy and stop the workers."""
+        if self.closed:
+            return
+        if self.backend == "sync":
+            for c in self._copies:
+                c.env.close()
+        else:
+            for remote in self._remotes:
+                try:
+                    remote.send(("close", None))
+                except (BrokenPipeError, EOFError):
+                    pass
+            for p in self._procs:
+                p.join(timeout=5)
+        self.closed = True
+
+    def __enter__(self) -> VecEnv:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if not getattr(self, "closed", True):
+            self.close()

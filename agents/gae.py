@@ -1,0 +1,78 @@
+"""Generalized advantage estimation (Schulman et al., 2016) with per-agent ends and truncation bootstrap.
+
+Glossary: T time (rollout steps); any further dimensions (E envs, N agents, ...) are batch and are
+handled together, so one call covers a whole ``(T, E, N)`` rollout.
+
+A trajectory that *terminated* after step t has no future: its next value is 0. One that was
+*truncated* (time limit, or its env's episode was cut) still has one, so its next value is the
+critic's estimate of the state it was cut in (``bootstrap_values[t]``), not the value of the next
+stored step, which already belongs to a new episode.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def gae(
+    rewards: Tensor,
+    values: Tensor,
+    dones: Tensor,
+    truncated: Tensor,
+    bootstrap_values: Tensor,
+    last_values: Tensor,
+    gamma: float,
+    lam: float,
+) -> tuple[Tensor, Tensor]:
+    """Advantages and λ-returns of a rollout.
+
+    Args:
+        rewards: (T, ...) float, reward of step t.
+        values: (T, ...) float, V(s_t) of the state the action of step t was taken in.
+        dones: (T, ...) bool, the trajectory ended on step t (terminated or truncated); the value at
+            t + 1 then belongs to a new trajectory and is not used.
+        truncated: (T, ...) bool, the trajectory ended on step t by truncation; implies ``dones``.
+            There the next value is ``bootstrap_values[t]``; on termination it is 0.
+        bootstrap_values: (T, ...) float, V of the state the trajectory was cut in; read only where
+            ``truncated``.
+        last_values: (...) float, V(s_T) of the state after the rollout's last step.
+        gamma: discount in [0, 1].
+        lam: GAE λ in [0, 1].
+
+    Returns:
+        advantages: (T, ...) float, ``A_t = δ_t + γλ(1 - done_t) A_{t+1}`` with
+            ``δ_t = r_t + γ V_next,t - V_t``.
+        returns: (T, ...) float, ``advantages + values`` (the critic's regression targets).
+
+    Raises:
+        ValueError: mismatched shapes, ``truncated`` where not ``dones``, or ``gamma`` / ``lam``
+            outside [0, 1].
+    """
+    if rewards.dim() < 1:
+        raise ValueError(f"rewards: expected shape (T, ...), got {tuple(rewards.shape)}")
+    shape = rewards.shape
+    for name, x in (("values", values), ("dones", dones), ("truncated", truncated), ("bootstrap_values", bootstrap_values)):
+        if x.shape != shape:
+            raise ValueError(f"{name}: expected shape {tuple(shape)} (as rewards), got {tuple(x.shape)}")
+    if last_values.shape != shape[1:]:
+        raise ValueError(f"last_values: expected shape {tuple(shape[1:])}, got {tuple(last_values.shape)}")
+    if not 0.0 <= gamma <= 1.0:
+        raise ValueError(f"gamma: expected a value in [0, 1], got {gamma}")
+    if not 0.0 <= lam <= 1.0:
+        raise ValueError(f"lam: expected a value in [0, 1], got {lam}")
+    dones, truncated = dones.bool(), truncated.bool()
+    if (truncated & ~dones).any():
+        raise ValueError("truncated: expected truncated steps to be done as well, got truncated=True where dones=False")
+
+    # V_next,t: the next stored value, or the bootstrap value on truncation, or 0 on termination.
+    next_values = torch.cat([values[1:], last_values.unsqueeze(0)], dim=0)
+    next_values = torch.where(dones, torch.where(truncated, bootstrap_values, torch.zeros_like(values)), next_values)
+    deltas = rewards + gamma * next_values - values
+    carry = (gamma * lam) * (~dones).to(values.dtype)
+    advantages = torch.empty_like(values)
+    running = torch.zeros_like(last_values)
+    for t in range(shape[0] - 1, -1, -1):
+        running = deltas[t] + carry[t] * running
+        advantages[t] = running
+    return advantages, advantages + values

@@ -1,0 +1,397 @@
+"""MAPPO (Yu et al., 2022): a shared recurrent actor and a centralized critic trained with clipped PPO.
+
+Glossary: T rollout steps, E parallel envs, N agents, D observation features, S global-state features,
+A actions, L chunk length, B batch (env × agent rows when acting, chunks when learning).
+
+`MAPPO.collect` fills a `RolloutStorage` from anything with the batched `VecEnv` interface (the real
+`wmenv.envs.vector.VecEnv` or a world model's dream env); `MAPPO.update` learns from a filled storage
+and never looks at where it came from. The loss terms are pure functions (`ppo_policy_loss`,
+`ppo_value_loss`) so they can be tested alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from einops import rearrange, repeat
+from torch import Tensor, nn
+
+from agents.critic import CentralCritic, CriticConfig
+from agents.gae import gae
+from agents.policies.base import PolicyState, RecurrentPolicy, log_prob_entropy, mask_logits, sample_actions
+from agents.policies.gru import GRUPolicy, GRUPolicyConfig
+from agents.storage import BatchedEnv, Carry, Chunks, Episodes, RolloutStorage
+
+__all__ = ["MAPPO", "MAPPOConfig", "masked_mean", "ppo_policy_loss", "ppo_value_loss"]
+
+
+@dataclass
+class MAPPOConfig:
+    """PPO hyperparameters; defaults are the MAPPO paper's MPE settings (Yu et al., 2022, Tables 11-13)."""
+
+    rollout_length: int = 25
+    """T, steps per env between updates (one MPE episode)."""
+    epochs: int = 15
+    """Passes over each rollout (MAPPO's ``ppo_epoch`` for MPE)."""
+    num_minibatches: int = 1
+    """Minibatches per epoch, each a random subset of the (chunk, env, agent) sequences."""
+    chunk_length: int = 10
+    """L, steps per training sequence; recurrent states restart from the stored state at each chunk start."""
+    lr: float = 7e-4
+    """Actor learning rate (Adam)."""
+    critic_lr: float = 7e-4
+    """Critic learning rate (Adam)."""
+    adam_eps: float = 1e-5
+    """Adam epsilon (MAPPO's ``opti_eps``)."""
+    gamma: float = 0.99
+    """Discount."""
+    gae_lambda: float = 0.95
+    """GAE λ."""
+    clip: float = 0.2
+    """PPO ratio clipping ε."""
+    clip_value_loss: bool = True
+    """Clip value predictions around the collected ones (MAPPO's ``use_clipped_value_loss``)."""
+    value_clip: float = 0.2
+    """Range of the value clipping, in normalized units."""
+    huber_loss: bool = True
+    """Huber instead of squared value error."""
+    huber_delta: float = 10.0
+    """δ of the Huber loss."""
+    value_coef: float = 1.0
+    """Weight of the value loss."""
+    entropy_coef: float = 0.01
+    """Weight of the entropy bonus."""
+    aux_coef: float = 1.0
+    """Weight of the policy's `auxiliary_loss` (0 for the GRU policy, which has none)."""
+    max_grad_norm: float = 10.0
+    """Gradient-norm clipping, applied to actor and critic separately."""
+    normalize_advantages: bool = True
+    """Standardize advantages over the living agents of each rollout."""
+    device: str = "cpu"
+    """Torch device of the networks and the storage."""
+
+    def __post_init__(self) -> None:
+        for name in ("rollout_length", "epochs", "num_minibatches", "chunk_length"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"MAPPOConfig.{name}: expected an integer >= 1, got {v!r}")
+        for name in ("lr", "critic_lr", "adam_eps", "clip", "value_clip", "huber_delta", "max_grad_norm"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 and np.isfinite(v)):
+                raise ValueError(f"MAPPOConfig.{name}: expected a positive finite number, got {v!r}")
+        for name in ("gamma", "gae_lambda"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and 0.0 <= v <= 1.0):
+                raise ValueError(f"MAPPOConfig.{name}: expected a value in [0, 1], got {v!r}")
+        for name in ("value_coef", "entropy_coef", "aux_coef"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 and np.isfinite(v)):
+                raise ValueError(f"MAPPOConfig.{name}: expected a non-negative finite number, got {v!r}")
+        try:
+            torch.device(self.device)
+        except RuntimeError as e:
+            raise ValueError(f"MAPPOConfig.device: expected a torch device string, got {self.device!r}") from e
+
+
+def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Mean of ``x`` over the True entries of ``mask`` (0 if there are none); masked-out values never leak."""
+    return torch.where(mask, x, torch.zeros_like(x)).sum() / mask.sum().clamp(min=1)
+
+
+def ppo_policy_loss(
+    log_probs: Tensor, old_log_probs: Tensor, advantages: Tensor, valid: Tensor, clip: float
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Clipped surrogate loss ``-E[min(ρA, clip(ρ, 1±ε)A)]`` over valid entries.
+
+    Args:
+        log_probs: (...) float, under the current policy.
+        old_log_probs: (...) float, under the policy that collected the data.
+        advantages: (...) float.
+        valid: (...) bool, entries that count.
+        clip: ε.
+
+    Returns:
+        loss: scalar; stats: ``approx_kl`` (``E[(ρ - 1) - log ρ]``), ``clip_frac`` (detached scalars).
+    """
+    log_ratio = log_probs - old_log_probs
+    ratio = log_ratio.exp()
+    surrogate = torch.min(ratio * advantages, ratio.clamp(1.0 - clip, 1.0 + clip) * advantages)
+    loss = -masked_mean(surrogate, valid)
+    with torch.no_grad():
+        stats = {
+            "approx_kl": masked_mean((ratio - 1) - log_ratio, valid),
+            "clip_frac": masked_mean(((ratio - 1).abs() > clip).float(), valid),
+        }
+    return loss, stats
+
+
+def ppo_value_loss(
+    values: Tensor, old_values: Tensor, targets: Tensor, valid: Tensor, clip: float | None, huber_delta: float | None
+) -> Tensor:
+    """MAPPO's value loss: Huber (or squared) error, pessimistic over the clipped prediction, over valid entries.
+
+    Args:
+        values: (...) float, current predictions.
+        old_values: (...) float, predictions at collection.
+        targets: (...) float, regression targets (all three in the same, normalized units).
+        valid: (...) bool, entries that count.
+        clip: value-clipping range, None for no clipping.
+        huber_delta: δ, None for the squared error.
+
+    Returns:
+        scalar loss.
+    """
+
+    def err(e: Tensor) -> Tensor:
+        if huber_delta is None:
+            return 0.5 * e**2
+        a = e.abs()
+        return torch.where(a <= huber_delta, 0.5 * e**2, huber_delta * (a - 0.5 * huber_delta))
+
+    loss = err(targets - values)
+    if clip is not None:
+        clipped = old_values + (values - old_values).clamp(-clip, clip)
+        loss = torch.max(loss, err(targets - clipped))
+    return masked_mean(loss, valid)
+
+
+class MAPPO(nn.Module):
+    """The learner: policy, critic, optimizer and the random stream for sampling and minibatches.
+
+    Args:
+        spec: the env's `EnvSpec` (or any object with ``n_agents``, ``obs_dim``, ``state_dim``,
+            ``n_actions``, ``discrete``); actions must be discrete.
+        config: PPO hyperparameters; defaults to `MAPPOConfig()`.
+        policy: the actor; defaults to a `GRUPolicy` built from ``policy_config``.
+        critic: the critic; defaults to a `CentralCritic` built from ``critic_config``.
+        policy_config, critic_config: used only when ``policy`` / ``critic`` are not given.
+        seed: seeds the sampling / shuffling stream (``self.generator``).
+    """
+
+    def __init__(
+        self,
+        spec: Any,
+        config: MAPPOConfig | None = None,
+        policy: RecurrentPolicy | None = None,
+        critic: CentralCritic | None = None,
+        policy_config: GRUPolicyConfig | None = None,
+        critic_config: CriticConfig | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if not spec.discrete:
+            raise ValueError(f"spec: expected a discrete-action env, got continuous actions ({spec.n_actions} dims)")
+        self.config = cfg = config if config is not None else MAPPOConfig()
+        if not isinstance(cfg, MAPPOConfig):
+            raise TypeError(f"config: expected a MAPPOConfig, got {type(cfg).__name__}")
+        self.n_agents, self.obs_dim = spec.n_agents, spec.obs_dim
+        self.state_dim, self.n_actions = spec.state_dim, spec.n_actions
+        self.policy = policy if policy is not None else GRUPolicy(spec.obs_dim, spec.n_actions, policy_config)
+        self.critic = critic if critic is not None else CentralCritic(spec.state_dim, spec.n_agents, critic_config)
+        if (self.policy.obs_dim, self.policy.n_actions) != (spec.obs_dim, spec.n_actions):
+            raise ValueError(
+                f"policy: expected obs_dim={spec.obs_dim}, n_actions={spec.n_actions}, "
+                f"got {self.policy.obs_dim}, {self.policy.n_actions}"
+            )
+        if (self.critic.state_dim, self.critic.n_agents) != (spec.state_dim, spec.n_agents):
+            raise ValueError(
+                f"critic: expected state_dim={spec.state_dim}, n_agents={spec.n_agents}, "
+                f"got {self.critic.state_dim}, {self.critic.n_agents}"
+            )
+        self.device = torch.device(cfg.device)
+        self.to(self.device)
+        self.optimizer = torch.optim.Adam(
+            [{"params": self.policy.parameters(), "lr": cfg.lr}, {"params": self.critic.parameters(), "lr": cfg.critic_lr}],
+            eps=cfg.adam_eps,
+        )
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(seed)
+
+    # --- acting ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def act(
+        self, obs: Tensor, actor_state: PolicyState, resets: Tensor, action_mask: Tensor, deterministic: bool = False
+    ) -> tuple[Tensor, Tensor, PolicyState]:
+        """Decentralized action selection for B agents; masked actions are never chosen.
+
+        Args:
+            obs: (B, D) float.
+            actor_state: name -> (B, ...), the state before the step.
+            resets: (B,) bool, restore the initial state first.
+            action_mask: (B, A) bool, available actions.
+            deterministic: take the most likely available action instead of sampling.
+
+        Returns:
+            actions: (B,) int64; log_probs: (B,) float; actor_state: the state after the step.
+        """
+        logits, actor_state = self.policy.step(obs, actor_state, resets)
+        logits = mask_logits(logits, action_mask)
+        actions = sample_actions(logits, self.generator, deterministic)
+        log_probs, _ = log_prob_entropy(logits, actions)
+        return actions, log_probs, actor_state
+
+    def new_storage(self, num_envs: int) -> RolloutStorage:
+        """An empty `RolloutStorage` of ``config.rollout_length`` steps for ``num_envs`` envs."""
+        return RolloutStorage(
+            self.config.rollout_length, num_envs, self.n_agents, self.obs_dim, self.state_dim, self.n_actions,
+            self.policy.state_shapes(), self.critic.state_shapes(), self.device,
+        )  # fmt: skip
+
+    def _tensor(self, x: Any, dtype: torch.dtype) -> Tensor:
+        return torch.as_tensor(np.asarray(x) if not isinstance(x, Tensor) else x, device=self.device).to(dtype)
+
+    def start(self, env: BatchedEnv) -> Carry:
+        """Reset ``env`` and return the carry for the first rollout (initial recurrent states)."""
+        s = env.reset()
+        E, N, f, b = env.num_envs, self.n_agents, torch.float32, torch.bool
+        return Carry(
+            obs=self._tensor(s.obs, f), state=self._tensor(s.state, f), alive=self._tensor(s.alive, b),
+            action_mask=self._tensor(s.action_mask, b), resets=torch.ones(E, N, dtype=b, device=self.device),
+            actor_state=self.policy.initial_state(E * N), critic_state=self.critic.initial_state(E * N),
+        )  # fmt: skip
+
+    @torch.no_grad()
+    def collect(self, env: BatchedEnv, storage: RolloutStorage, carry: Carry) -> tuple[Carry, Episodes]:
+        """Run ``storage.length`` steps of ``env`` with the current policy and write every step to ``storage``.
+
+        Per agent, a trajectory ends when the agent terminated or was truncated or its env's episode
+        ended; truncated trajectories are bootstrapped with the critic's value of the state they were
+        cut in (``final_state`` where the env was reset), terminated ones are not.
+
+        Returns:
+            carry: for the next rollout; episodes: the episodes that ended.
+        """
+        E, N, f, b = storage.num_envs, self.n_agents, torch.float32, torch.bool
+        if env.num_envs != E:
+            raise ValueError(f"env: expected {E} envs (as storage), got {env.num_envs}")
+        agent = torch.arange(N, device=self.device).repeat(E)  # (E*N,)
+        storage.clear()
+        ep_returns, ep_lengths = [], []
+        for t in range(storage.length):
+            resets = carry.resets.flatten()  # (E*N,)
+            obs = rearrange(carry.obs, "e n d -> (e n) d")  # (E*N, D)
+            mask = rearrange(carry.action_mask, "e n a -> (e n) a")  # (E*N, A)
+            actions, log_probs, actor_state = self.act(obs, carry.actor_state, resets, mask)
+            state_rows = repeat(carry.state, "e s -> (e n) s", n=N)  # (E*N, S)
+            values, critic_state = self.critic.step(state_rows, agent, carry.critic_state, resets)
+            s = env.step(rearrange(actions, "(e n) -> e n", n=N).cpu().numpy())
+            terminated, truncated = self._tensor(s.terminated, b), self._tensor(s.truncated, b)
+            done = self._tensor(s.done, b)
+            ended = terminated | truncated | done[:, None]  # (E, N)
+            bootstrap = truncated & ~terminated
+            boot_values = torch.zeros(E * N, device=self.device)
+            if bool(bootstrap.any()):
+                cut = torch.where(done[:, None], self._tensor(s.final_state, f), self._tensor(s.state, f))  # (E, S)
+                no_reset = torch.zeros(E * N, dtype=b, device=self.device)
+                boot_values, _ = self.critic.step(repeat(cut, "e s -> (e n) s", n=N), agent, critic_state, no_reset)
+            per_agent = {"actor_state": carry.actor_state, "critic_state": carry.critic_state}
+            storage[t] = {
+                "obs": carry.obs, "state": carry.state, "alive": carry.alive, "action_mask": carry.action_mask,
+                "resets": carry.resets, "actions": rearrange(actions, "(e n) -> e n", n=N),
+                "log_probs": rearrange(log_probs, "(e n) -> e n", n=N), "values": rearrange(values, "(e n) -> e n", n=N),
+                "rewards": self._tensor(s.reward, f), "dones": ended, "truncated": bootstrap,
+                "bootstrap_values": rearrange(boot_values, "(e n) -> e n", n=N),
+                **{k: {n: rearrange(v, "(e a) ... -> e a ...", a=N) for n, v in st.items()} for k, st in per_agent.items()},
+            }  # fmt: skip
+            carry = Carry(
+                obs=self._tensor(s.obs, f), state=self._tensor(s.state, f), alive=self._tensor(s.alive, b),
+                action_mask=self._tensor(s.action_mask, b), resets=ended, actor_state=actor_state, critic_state=critic_state,
+            )  # fmt: skip
+            done_np = np.asarray(done.cpu())
+            if done_np.any():
+                ep_returns.append(np.asarray(s.episode_return, dtype=np.float32)[done_np])
+                ep_lengths.append(np.asarray(s.episode_length, dtype=np.int64)[done_np])
+        state_rows = repeat(carry.state, "e s -> (e n) s", n=N)  # (E*N, S)
+        last, _ = self.critic.step(state_rows, agent, carry.critic_state, carry.resets.flatten())
+        storage.last_values = rearrange(last, "(e n) -> e n", n=N)
+        episodes = Episodes(
+            returns=np.concatenate(ep_returns) if ep_returns else np.zeros((0, N), dtype=np.float32),
+            lengths=np.concatenate(ep_lengths) if ep_lengths else np.zeros(0, dtype=np.int64),
+        )
+        return carry, episodes
+
+    # --- learning -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def advantages(self, storage: RolloutStorage) -> tuple[Tensor, Tensor]:
+        """GAE on denormalized values.
+
+        Returns:
+            advantages: (T, E, N), standardized over living agents if ``normalize_advantages``.
+            returns: (T, E, N), value targets in return units.
+        """
+        cfg, vn = self.config, self.critic.value_norm
+        adv, ret = gae(
+            storage.rewards, vn.denormalize(storage.values), storage.dones, storage.truncated,
+            vn.denormalize(storage.bootstrap_values), vn.denormalize(storage.last_values), cfg.gamma, cfg.gae_lambda,
+        )  # fmt: skip
+        if cfg.normalize_advantages:
+            live = adv[storage.alive]
+            if live.numel() > 1:
+                adv = (adv - live.mean()) / (live.std() + 1e-5)
+        return adv, ret
+
+    def loss(self, batch: Chunks) -> tuple[Tensor, dict[str, Tensor]]:
+        """The MAPPO loss of a minibatch of chunks (updates the value normalizer with its valid returns).
+
+        Dead agents and padding (``batch.valid`` False) contribute nothing to any term.
+
+        Returns:
+            loss: scalar; stats: detached scalars for logging.
+        """
+        cfg, vn, valid = self.config, self.critic.value_norm, batch.valid
+        logits = mask_logits(self.policy.forward_sequence(batch.obs, batch.resets, batch.actor_state), batch.action_mask)
+        log_probs, entropy = log_prob_entropy(logits, batch.actions)  # (B, L) each
+        policy_loss, stats = ppo_policy_loss(log_probs, batch.log_probs, batch.advantages, valid, cfg.clip)
+        entropy = masked_mean(entropy, valid)
+        aux_loss, aux_stats = self.policy.auxiliary_loss(batch.obs, batch.resets, batch.actor_state, valid)
+        values = self.critic.forward_sequence(batch.state, batch.agent, batch.resets, batch.critic_state)  # (B, L)
+        if bool(valid.any()):
+            vn.update(batch.returns[valid])
+        value_loss = ppo_value_loss(
+            values, batch.values, vn.normalize(batch.returns), valid,
+            cfg.value_clip if cfg.clip_value_loss else None, cfg.huber_delta if cfg.huber_loss else None,
+        )  # fmt: skip
+        loss = policy_loss - cfg.entropy_coef * entropy + cfg.value_coef * value_loss + cfg.aux_coef * aux_loss
+        stats.update(policy_loss=policy_loss.detach(), value_loss=value_loss.detach(), entropy=entropy.detach())
+        stats.update({f"aux/{k}": torch.as_tensor(v) for k, v in aux_stats.items()})
+        if aux_stats:
+            stats["aux_loss"] = aux_loss.detach()
+        return loss, stats
+
+    def update(self, storage: RolloutStorage, lr_scale: float = 1.0) -> dict[str, float]:
+        """``epochs`` passes of minibatch PPO over a filled storage.
+
+        Args:
+            storage: written by `collect` (or any source) for all T steps.
+            lr_scale: multiplies both learning rates (linear annealing passes ``1 - progress``).
+
+        Returns:
+            name -> mean over minibatches (losses, entropy, approx_kl, clip_frac, grad norms).
+        """
+        cfg = self.config
+        if not 0.0 < lr_scale <= 1.0:
+            raise ValueError(f"lr_scale: expected a value in (0, 1], got {lr_scale}")
+        for group, lr in zip(self.optimizer.param_groups, (cfg.lr, cfg.critic_lr)):
+            group["lr"] = lr * lr_scale
+        adv, ret = self.advantages(storage)
+        chunks = storage.chunks(cfg.chunk_length, adv, ret)
+        n = len(chunks)
+        size = -(-n // cfg.num_minibatches)
+        totals: dict[str, float] = {}
+        count = 0
+        for _ in range(cfg.epochs):
+            perm = torch.randperm(n, generator=self.generator, device=self.device)
+            for idx in perm.split(size):
+                loss, stats = self.loss(chunks.index(idx))
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                stats["grad_norm_actor"] = nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
+                stats["grad_norm_critic"] = nn.utils.clip_grad_norm_(self.critic.parameters(), cfg.max_grad_norm)
+                self.optimizer.step()
+                for k, v in stats.items():
+                    totals[k] = totals.get(k, 0.0) + float(v)
+                count += 1
+        return {k: v / count for k, v in totals.items()}

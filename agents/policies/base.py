@@ -1,0 +1,181 @@
+"""The recurrent-policy interface every MAPPO actor implements, and the masked-categorical math.
+
+Glossary: B batch (in MAPPO, env × agent rows), T time, D observation features, A actions.
+
+A policy is shared by all agents and decentralized: each row of a batch is one agent seeing only its
+own observation. Its recurrent state is a dict of tensors with leading dimension B (GRU: ``{"h"}``,
+Mamba: conv and SSM states), so rollout storage can keep it per step and the PPO update can restart
+chunks of a sequence from stored states. A reset flag (per row, per step) restores the initial state
+*before* the step consumes its observation, CleanRL's ``(1 - done)`` masking.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+from torch import Tensor, nn
+
+PolicyState = dict[str, Tensor]
+"""A recurrent state: name -> tensor of shape (B, ...). Empty for stateless modules."""
+
+
+def reset_state(state: PolicyState, initial: PolicyState, resets: Tensor) -> PolicyState:
+    """Replace the rows of ``state`` where ``resets`` is True by the rows of ``initial``.
+
+    Args:
+        state: name -> (B, ...) tensor.
+        initial: same names and shapes (the initial state).
+        resets: (B,) bool.
+
+    Returns:
+        name -> (B, ...) tensor, new tensors (no in-place updates, so the step exports to ONNX).
+    """
+    out: PolicyState = {}
+    for k, v in state.items():
+        r = resets.reshape(resets.shape[0], *([1] * (v.dim() - 1)))
+        out[k] = torch.where(r, initial[k].to(v.dtype), v)
+    return out
+
+
+def index_state(state: PolicyState, index: Tensor | slice) -> PolicyState:
+    """Select rows of every tensor of a state: ``{k: v[index]}``."""
+    return {k: v[index] for k, v in state.items()}
+
+
+def mask_logits(logits: Tensor, action_mask: Tensor) -> Tensor:
+    """Set the logits of unavailable actions to -inf so they get probability 0 and are never sampled.
+
+    Args:
+        logits: (..., A) float.
+        action_mask: (..., A) bool, True where the action is available; every row needs at least one.
+
+    Returns:
+        (..., A) float.
+
+    Raises:
+        ValueError: mismatched shapes, or a row without any available action.
+    """
+    if action_mask.shape != logits.shape:
+        raise ValueError(f"action_mask: expected shape {tuple(logits.shape)} (as logits), got {tuple(action_mask.shape)}")
+    action_mask = action_mask.bool()
+    if not bool(action_mask.any(-1).all()):
+        raise ValueError("action_mask: expected at least one available action per row, got a row that masks all actions")
+    return logits.masked_fill(~action_mask, float("-inf"))
+
+
+def log_prob_entropy(logits: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
+    """Log-probability of ``actions`` and entropy under ``Categorical(logits)``; -inf logits are allowed.
+
+    Args:
+        logits: (..., A) float, possibly masked with `mask_logits`.
+        actions: (...) int64.
+
+    Returns:
+        log_prob: (...) float.
+        entropy: (...) float; masked actions contribute 0 (and no NaN gradients).
+    """
+    logp_all = torch.log_softmax(logits, dim=-1)
+    log_prob = logp_all.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
+    finite = torch.where(torch.isfinite(logp_all), logp_all, torch.zeros_like(logp_all))
+    entropy = -(finite.exp() * finite).sum(-1)
+    return log_prob, entropy
+
+
+def sample_actions(logits: Tensor, generator: torch.Generator | None = None, deterministic: bool = False) -> Tensor:
+    """Draw actions from ``Categorical(logits)`` (or take the most likely one).
+
+    Args:
+        logits: (B, A) float, possibly masked with `mask_logits` (masked actions have probability 0).
+        generator: random stream on ``logits.device``; the global one if None.
+        deterministic: take ``argmax`` instead of sampling.
+
+    Returns:
+        (B,) int64.
+    """
+    if deterministic:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+class RecurrentPolicy(nn.Module, ABC):
+    """A decentralized actor with a recurrent state: observation -> action logits.
+
+    Subclasses set ``obs_dim`` (D) and ``n_actions`` (A) and implement `initial_state` and `step`;
+    `forward_sequence` defaults to the step loop and should be overridden by a parallel version that
+    gives the same result (the tests compare the two).
+    """
+
+    obs_dim: int
+    n_actions: int
+
+    @abstractmethod
+    def initial_state(self, batch: int) -> PolicyState:
+        """The state at the start of an episode: name -> (B, ...) tensor on the policy's device."""
+
+    @abstractmethod
+    def step(self, obs: Tensor, state: PolicyState, resets: Tensor) -> tuple[Tensor, PolicyState]:
+        """One step for B agents.
+
+        Args:
+            obs: (B, D) float.
+            state: name -> (B, ...), the state before this step.
+            resets: (B,) bool, restore the initial state before consuming ``obs`` (a new episode).
+
+        Returns:
+            logits: (B, A) float, unmasked.
+            state: the state after this step.
+        """
+
+    def forward_sequence(self, obs: Tensor, resets: Tensor, state0: PolicyState) -> Tensor:
+        """Logits of B sequences of T steps, equal to calling `step` T times.
+
+        Args:
+            obs: (B, T, D) float.
+            resets: (B, T) bool, ``resets[:, t]`` restores the initial state before step t.
+            state0: name -> (B, ...), the state before step 0.
+
+        Returns:
+            logits: (B, T, A) float, unmasked.
+        """
+        self.check_sequence(obs, resets)
+        state, out = state0, []
+        for t in range(obs.shape[1]):
+            logits, state = self.step(obs[:, t], state, resets[:, t])
+            out.append(logits)
+        return torch.stack(out, dim=1)
+
+    def auxiliary_loss(
+        self, obs: Tensor, resets: Tensor, state0: PolicyState, valid: Tensor
+    ) -> tuple[Tensor, dict[str, float]]:
+        """An extra loss trained with the actor (e.g. SP-Mamba's self-prediction); plain policies have none.
+
+        Args:
+            obs: (B, T, D) float.
+            resets: (B, T) bool.
+            state0: name -> (B, ...), the state before step 0.
+            valid: (B, T) bool, steps that count (alive agents inside the rollout).
+
+        Returns:
+            loss: scalar tensor (0 here); stats: name -> float for logging (empty here).
+        """
+        return obs.new_zeros(()), {}
+
+    def state_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Per-row shape of every state tensor (what rollout storage allocates)."""
+        return {k: tuple(v.shape[1:]) for k, v in self.initial_state(1).items()}
+
+    def check_step(self, obs: Tensor, resets: Tensor) -> None:
+        """Raise ValueError unless ``obs`` is (B, D) and ``resets`` is (B,)."""
+        if obs.dim() != 2 or obs.shape[1] != self.obs_dim:
+            raise ValueError(f"obs: expected shape (B, {self.obs_dim}), got {tuple(obs.shape)}")
+        if resets.shape != obs.shape[:1]:
+            raise ValueError(f"resets: expected shape ({obs.shape[0]},), got {tuple(resets.shape)}")
+
+    def check_sequence(self, obs: Tensor, resets: Tensor) -> None:
+        """Raise ValueError unless ``obs`` is (B, T, D) and ``resets`` is (B, T)."""
+        if obs.dim() != 3 or obs.shape[2] != self.obs_dim:
+            raise ValueError(f"obs: expected shape (B, T, {self.obs_dim}), got {tuple(obs.shape)}")
+        if resets.shape != obs.shape[:2]:
+            raise ValueError(f"resets: expected shape {tuple(obs.shape[:2])}, got {tuple(resets.shape)}")

@@ -1,0 +1,315 @@
+"""The model-free MAPPO loop on a real env: vectorized collection -> update -> log, with checkpoints.
+
+Glossary: E parallel envs, T rollout steps, N agents. An *env step* is one step of one env copy, so
+one iteration advances ``E * T`` env steps; every x-axis in TensorBoard counts env steps.
+
+Each run writes to ``run_dir``: TensorBoard scalars (``train/*`` losses and entropy, ``charts/*``
+episode returns and env steps/s, ``eval/episode_return`` of the greedy policy on fixed seeds) and
+``checkpoints/step_<env steps>/{model.safetensors, config.json}``, each written to a temporary
+folder and moved in place with ``os.replace``; ``checkpoints/latest`` names the newest.
+Resuming restores networks, value normalizer, optimizer, sampling stream and counters; the envs
+restart from fresh episodes (seeded from the step count), since simulator states are not saved.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch.utils.tensorboard import SummaryWriter
+from tqdm.auto import tqdm
+
+from agents.critic import CriticConfig
+from agents.mappo import MAPPO, MAPPOConfig
+from agents.policies.gru import GRUPolicyConfig
+from wmenv.envs.vector import VecEnv
+
+CHECKPOINT_FORMAT = 1
+
+
+@dataclass
+class TrainConfig:
+    """A model-free MAPPO run (defaults: MPE simple_spread, 100k env steps, about two minutes on 2 CPU cores)."""
+
+    env_id: str = "mpe:simple_spread_v3"
+    """A `wmenv.envs.make` id."""
+    total_steps: int = 100_000
+    """Env steps to train for (one step of one env copy counts 1), rounded up to whole iterations."""
+    num_envs: int = 8
+    """E, env copies collected in parallel (the MAPPO paper used 128 on MPE)."""
+    seed: int = 0
+    """Seeds torch, NumPy, the envs (copy i gets ``seed + i``) and the learner's sampling stream."""
+    backend: Literal["sync", "subproc"] = "sync"
+    """`VecEnv` backend: in-process (fast envs such as MPE) or worker processes (slow envs)."""
+    env_kwargs: dict[str, int | float | bool | str] = field(default_factory=dict)
+    """Extra keywords for `wmenv.envs.make` (e.g. ``max_cycles`` for MPE)."""
+    run_dir: str = "runs/mappo"
+    """Where TensorBoard events and checkpoints go."""
+    resume: bool = False
+    """Continue from ``run_dir/checkpoints/latest`` if there is one (a fresh run otherwise)."""
+    eval_every: int = 10_000
+    """Evaluate the greedy policy every this many env steps (and at the start); 0 turns evaluation off."""
+    eval_episodes: int = 8
+    """Episodes per evaluation, one per env copy, on fixed seeds."""
+    checkpoint_every: int = 50_000
+    """Save a checkpoint every this many env steps (and always at the end)."""
+    keep_checkpoints: int = 2
+    """How many of the newest checkpoints to keep."""
+    anneal_lr: bool = False
+    """Decay both learning rates linearly to 0 over the run."""
+    torch_threads: int = 0
+    """``torch.set_num_threads``; 0 keeps torch's default."""
+    progress: bool = True
+    """Show a tqdm progress bar."""
+    mappo: MAPPOConfig = field(default_factory=MAPPOConfig)
+    """PPO hyperparameters."""
+    policy: GRUPolicyConfig = field(default_factory=GRUPolicyConfig)
+    """Actor architecture."""
+    critic: CriticConfig = field(default_factory=CriticConfig)
+    """Critic architecture and value normalization."""
+    steps_per_iteration: int = field(init=False)
+    """Derived: E * T env steps per iteration."""
+    iterations: int = field(init=False)
+    """Derived: iterations to reach ``total_steps``."""
+
+    def __post_init__(self) -> None:
+        for name in ("total_steps", "num_envs", "eval_episodes", "keep_checkpoints"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"TrainConfig.{name}: expected an integer >= 1, got {v!r}")
+        for name in ("eval_every", "checkpoint_every", "torch_threads"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"TrainConfig.{name}: expected an integer >= 0, got {v!r}")
+        if self.backend not in ("sync", "subproc"):
+            raise ValueError(f"TrainConfig.backend: expected 'sync' or 'subproc', got {self.backend!r}")
+        self.steps_per_iteration = self.num_envs * self.mappo.rollout_length
+        self.iterations = math.ceil(self.total_steps / self.steps_per_iteration)
+
+
+@dataclass
+class TrainResult:
+    """What `train` returns."""
+
+    env_steps: int
+    """Env steps taken in total (including those before a resume)."""
+    iterations: int
+    """Iterations done in total."""
+    eval_returns: list[tuple[int, float]]
+    """(env steps, mean greedy return per agent and episode) of this call's evaluations."""
+    train_returns: list[tuple[int, float]]
+    """(env steps, mean return of the training episodes that ended in that iteration)."""
+    metrics: dict[str, float]
+    """The last update's losses and statistics."""
+    checkpoint: str
+    """The folder of the final checkpoint."""
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global random streams."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@torch.no_grad()
+def evaluate(agent: MAPPO, env_id: str, episodes: int, seed: int, deterministic: bool = True, **make_kwargs: Any) -> float:
+    """Mean undiscounted return per agent over ``episodes`` episodes, one per env copy seeded ``seed + i``.
+
+    Raises:
+        RuntimeError: an episode did not end within 100,000 steps.
+    """
+    with VecEnv(env_id, num_envs=episodes, seed=seed, **make_kwargs) as vec:
+        N = vec.spec.n_agents
+        s = vec.reset()
+        state = agent.policy.initial_state(episodes * N)
+        resets = torch.ones(episodes * N, dtype=torch.bool, device=agent.device)
+        returns = np.full(episodes, np.nan)
+        for _ in range(100_000):
+            obs = torch.as_tensor(s.obs, device=agent.device).flatten(0, 1)  # (E*N, D)
+            mask = torch.as_tensor(s.action_mask, device=agent.device).flatten(0, 1)  # (E*N, A)
+            actions, _, state = agent.act(obs, state, resets, mask, deterministic=deterministic)
+            s = vec.step(actions.view(episodes, N).cpu().numpy())
+            first = s.done & np.isnan(returns)
+            returns[first] = s.episode_return[first].mean(-1)
+            if not np.isnan(returns).any():
+                return float(returns.mean())
+            resets = torch.as_tensor(s.terminated | s.truncated | s.done[:, None], device=agent.device).flatten()
+        raise RuntimeError(f"evaluate: {int(np.isnan(returns).sum())} of {episodes} episodes did not end in 100000 steps")
+
+
+def _optimizer_tensors(agent: MAPPO) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Adam's state as flat tensors ``optim.<param>.<key>`` plus its JSON-able param groups."""
+    sd = agent.optimizer.state_dict()
+    tensors = {f"optim.{p}.{k}": v for p, st in sd["state"].items() for k, v in st.items()}
+    return tensors, {"param_groups": sd["param_groups"]}
+
+
+def save_checkpoint(run_dir: str | Path, agent: MAPPO, cfg: TrainConfig, spec: Any, counters: dict[str, int]) -> Path:
+    """Write ``checkpoints/step_<env steps>`` atomically and point ``checkpoints/latest`` at it.
+
+    Returns:
+        The checkpoint folder.
+    """
+    root = Path(run_dir) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"step_{counters['env_steps']:012d}"
+    tmp = root / f".{name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    tensors = {f"agent.{k}": v.detach().contiguous().cpu() for k, v in agent.state_dict().items()}
+    optim_tensors, optim_meta = _optimizer_tensors(agent)
+    tensors.update({k: v.contiguous().cpu() for k, v in optim_tensors.items()})
+    tensors["rng.generator"] = agent.generator.get_state()
+    save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": str(CHECKPOINT_FORMAT)})
+    meta = {
+        "format": CHECKPOINT_FORMAT,
+        "counters": counters,
+        "spec": spec.describe(),
+        "train": asdict(cfg),
+        "optimizer": optim_meta,
+    }
+    with open(tmp / "config.json", "w") as f:
+        json.dump(meta, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    final = root / name
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _write_atomic(root / "latest", name)
+    kept = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_"))
+    for old in kept[: -cfg.keep_checkpoints]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The folder ``checkpoints/latest`` names, or None if there is none."""
+    pointer = Path(run_dir) / "checkpoints" / "latest"
+    if not pointer.is_file():
+        return None
+    path = pointer.parent / pointer.read_text().strip()
+    return path if path.is_dir() else None
+
+
+def load_checkpoint(path: str | Path, agent: MAPPO, spec: Any) -> dict[str, int]:
+    """Restore ``agent`` (networks, value normalizer, optimizer, sampling stream) from a checkpoint folder.
+
+    Returns:
+        The saved counters (``iteration``, ``env_steps``, ``episodes``).
+
+    Raises:
+        ValueError: the checkpoint is of another format or was made for an env with another spec.
+    """
+    path = Path(path)
+    with open(path / "config.json") as f:
+        meta = json.load(f)
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"path: expected checkpoint format {CHECKPOINT_FORMAT}, got {meta.get('format')!r} in {path}")
+    if meta["spec"] != spec.describe():
+        raise ValueError(f"path: checkpoint was made for env {meta['spec']}, expected {spec.describe()}")
+    tensors = load_file(str(path / "model.safetensors"), device=str(agent.device))
+    agent.load_state_dict({k[len("agent.") :]: v for k, v in tensors.items() if k.startswith("agent.")})
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for k, v in tensors.items():
+        if k.startswith("optim."):
+            _, p, key = k.split(".", 2)
+            state.setdefault(int(p), {})[key] = v
+    agent.optimizer.load_state_dict({"state": state, "param_groups": meta["optimizer"]["param_groups"]})
+    agent.generator.set_state(tensors["rng.generator"].cpu())
+    return {k: int(v) for k, v in meta["counters"].items()}
+
+
+def _log(writer: SummaryWriter, prefix: str, values: dict[str, float], step: int) -> None:
+    for k, v in values.items():
+        writer.add_scalar(f"{prefix}/{k}", v, step)
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    """Train MAPPO on ``cfg.env_id`` for ``cfg.total_steps`` env steps; see the module docstring for outputs."""
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
+    seed_everything(cfg.seed)
+    run_dir = Path(cfg.run_dir)
+    probe = VecEnv(cfg.env_id, num_envs=1, seed=cfg.seed, **cfg.env_kwargs)
+    spec = probe.spec
+    probe.close()
+    agent = MAPPO(spec, cfg.mappo, policy_config=cfg.policy, critic_config=cfg.critic, seed=cfg.seed)
+    counters = {"iteration": 0, "env_steps": 0, "episodes": 0}
+    ckpt = latest_checkpoint(run_dir) if cfg.resume else None
+    if ckpt is not None:
+        counters = load_checkpoint(ckpt, agent, spec)
+        print(f"resumed from {ckpt} at {counters['env_steps']} env steps")
+    elif cfg.resume:
+        print(f"no checkpoint in {run_dir / 'checkpoints'}; starting a fresh run")
+    # Copy i of a run (re)started at iteration k gets seed + k*E + i; a fresh run is `VecEnv(seed=cfg.seed)`.
+    env_seed = cfg.seed + counters["iteration"] * cfg.num_envs
+    vec = VecEnv(cfg.env_id, num_envs=cfg.num_envs, seed=env_seed, backend=cfg.backend, **cfg.env_kwargs)
+    writer = SummaryWriter(str(run_dir), purge_step=counters["env_steps"] if ckpt is not None else None)
+    writer.add_text("config", f"```\n{json.dumps(asdict(cfg), indent=2)}\n```", counters["env_steps"])
+    storage, carry = agent.new_storage(cfg.num_envs), agent.start(vec)
+    eval_seed = cfg.seed + 1_000_000
+    eval_returns: list[tuple[int, float]] = []
+    train_returns: list[tuple[int, float]] = []
+    metrics: dict[str, float] = {}
+
+    def run_eval() -> None:
+        ret = evaluate(agent, cfg.env_id, cfg.eval_episodes, eval_seed, **cfg.env_kwargs)
+        eval_returns.append((counters["env_steps"], ret))
+        writer.add_scalar("eval/episode_return", ret, counters["env_steps"])
+
+    saved_at = -1
+    bar = tqdm(total=cfg.iterations * cfg.steps_per_iteration, initial=counters["env_steps"], disable=not cfg.progress,
+               unit="step", dynamic_ncols=True)  # fmt: skip
+    try:
+        if cfg.eval_every and counters["env_steps"] == 0:
+            run_eval()
+        while counters["iteration"] < cfg.iterations:
+            t0 = time.perf_counter()
+            lr_scale = 1.0 - counters["iteration"] / cfg.iterations if cfg.anneal_lr else 1.0
+            carry, episodes = agent.collect(vec, storage, carry)
+            metrics = agent.update(storage, lr_scale)
+            before = counters["env_steps"]
+            counters["iteration"] += 1
+            counters["env_steps"] += cfg.steps_per_iteration
+            counters["episodes"] += len(episodes.lengths)
+            step = counters["env_steps"]
+            _log(writer, "train", metrics, step)
+            writer.add_scalar("charts/env_steps_per_s", cfg.steps_per_iteration / (time.perf_counter() - t0), step)
+            if len(episodes.lengths):
+                ret = float(episodes.returns.mean())
+                train_returns.append((step, ret))
+                _log(writer, "charts", {"episode_return": ret, "episode_length": float(episodes.lengths.mean())}, step)
+                bar.set_postfix(ret=f"{ret:.2f}", refresh=False)
+            if cfg.eval_every and step // cfg.eval_every > before // cfg.eval_every:
+                run_eval()
+            if cfg.checkpoint_every and step // cfg.checkpoint_every > before // cfg.checkpoint_every:
+                final, saved_at = save_checkpoint(run_dir, agent, cfg, spec, counters), step
+            bar.update(cfg.steps_per_iteration)
+        if saved_at != counters["env_steps"]:
+            final = save_checkpoint(run_dir, agent, cfg, spec, counters)
+    finally:
+        bar.close()
+        writer.close()
+        vec.close()
+    return TrainResult(counters["env_steps"], counters["iteration"], eval_returns, train_returns, metrics, str(final))

@@ -1,0 +1,82 @@
+"""GAE: the vectorized version equals a plain per-element Python loop, including ends and truncation bootstrap."""
+
+import pytest
+import torch
+
+from agents.gae import gae
+
+
+def _loop_gae(rewards, values, dones, truncated, boot, last, gamma, lam):
+    """Textbook GAE, one scalar sequence at a time."""
+    T = rewards.shape[0]
+    flat = [x.reshape(T, -1) for x in (rewards, values, dones, truncated, boot)]
+    last = last.reshape(-1)
+    adv = torch.zeros_like(flat[0])
+    for j in range(flat[0].shape[1]):
+        r, v, d, tr, b = (x[:, j].tolist() for x in flat)
+        running = 0.0
+        for t in reversed(range(T)):
+            if d[t]:
+                next_v = b[t] if tr[t] else 0.0
+                running = r[t] + gamma * next_v - v[t]
+            else:
+                next_v = v[t + 1] if t + 1 < T else float(last[j])
+                running = r[t] + gamma * next_v - v[t] + gamma * lam * running
+            adv[t, j] = running
+    adv = adv.reshape(rewards.shape)
+    return adv, adv + values
+
+
+def _random_rollout(T=13, E=3, N=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    rewards = torch.randn(T, E, N, generator=g, dtype=torch.float64)
+    values = torch.randn(T, E, N, generator=g, dtype=torch.float64)
+    dones = torch.rand(T, E, N, generator=g) < 0.25
+    truncated = dones & (torch.rand(T, E, N, generator=g) < 0.5)
+    boot = torch.randn(T, E, N, generator=g, dtype=torch.float64)
+    last = torch.randn(E, N, generator=g, dtype=torch.float64)
+    assert dones.any() and truncated.any() and (dones & ~truncated).any()
+    return rewards, values, dones, truncated, boot, last
+
+
+@pytest.mark.parametrize(("gamma", "lam"), [(0.99, 0.95), (0.9, 1.0), (1.0, 0.0)])
+def test_vectorized_equals_python_loop(gamma, lam):
+    data = _random_rollout()
+    adv, ret = gae(*data, gamma=gamma, lam=lam)
+    ref_adv, ref_ret = _loop_gae(*data, gamma, lam)
+    torch.testing.assert_close(adv, ref_adv, rtol=0, atol=1e-12)
+    torch.testing.assert_close(ret, ref_ret, rtol=0, atol=1e-12)
+
+
+def test_termination_cuts_and_truncation_bootstraps():
+    """One sequence of 3 steps ending after step 1, then a new trajectory; λ=1 gives Monte-Carlo returns."""
+    rewards = torch.tensor([1.0, 2.0, 4.0], dtype=torch.float64)
+    values = torch.tensor([0.5, 0.25, 3.0], dtype=torch.float64)
+    dones = torch.tensor([False, True, False])
+    boot = torch.tensor([0.0, 10.0, 0.0], dtype=torch.float64)
+    last = torch.tensor(8.0, dtype=torch.float64)
+    g = 0.5
+    # terminated: the bootstrap value is ignored
+    _, ret = gae(rewards, values, dones, torch.zeros(3, dtype=torch.bool), boot, last, gamma=g, lam=1.0)
+    torch.testing.assert_close(ret, torch.tensor([1 + g * 2, 2.0, 4 + g * 8], dtype=torch.float64))
+    # truncated: V(final state) = 10 continues the return, never the next stored value 3.0
+    _, ret = gae(rewards, values, dones, torch.tensor([False, True, False]), boot, last, gamma=g, lam=1.0)
+    torch.testing.assert_close(ret, torch.tensor([1 + g * (2 + g * 10), 2 + g * 10, 4 + g * 8], dtype=torch.float64))
+    # λ=0: one-step TD targets
+    adv, _ = gae(rewards, values, dones, torch.tensor([False, True, False]), boot, last, gamma=g, lam=0.0)
+    td = [1 + g * 0.25 - 0.5, 2 + g * 10 - 0.25, 4 + g * 8 - 3.0]
+    torch.testing.assert_close(adv, torch.tensor(td, dtype=torch.float64))
+
+
+def test_bad_input():
+    r, v, d, tr, b, last = _random_rollout(T=4, E=2, N=1)
+    with pytest.raises(ValueError, match=r"values: expected shape \(4, 2, 1\)"):
+        gae(r, v[:3], d, tr, b, last, 0.99, 0.95)
+    with pytest.raises(ValueError, match="last_values: expected shape"):
+        gae(r, v, d, tr, b, last[:1], 0.99, 0.95)
+    with pytest.raises(ValueError, match="truncated: expected truncated steps to be done"):
+        gae(r, v, torch.zeros_like(d), torch.ones_like(tr), b, last, 0.99, 0.95)
+    with pytest.raises(ValueError, match="gamma: expected a value in"):
+        gae(r, v, d, tr, b, last, 1.5, 0.95)
+    with pytest.raises(ValueError, match="lam: expected a value in"):
+        gae(r, v, d, tr, b, last, 0.99, -0.1)

@@ -1,0 +1,82 @@
+"""VecEnv: fixed-slot arrays, auto-reset, final observations, seeding, backends."""
+
+import numpy as np
+import pytest
+
+from wmenv.envs import make
+from wmenv.envs.vector import VecEnv
+
+MPE = "mpe:simple_spread_v3"
+
+
+def _random_actions(s, rng):
+    """(E, N) uniformly random available actions."""
+    p = s.action_mask / s.action_mask.sum(-1, keepdims=True)
+    return np.array([[rng.choice(p.shape[-1], p=pa) for pa in pe] for pe in p])
+
+
+def test_shapes_and_autoreset():
+    with VecEnv(MPE, num_envs=3, seed=0, max_cycles=5) as vec:
+        spec = vec.spec
+        s = vec.reset()
+        assert s.obs.shape == (3, spec.n_agents, spec.obs_dim) and s.obs.dtype == np.float32
+        assert s.state.shape == (3, spec.state_dim)
+        assert s.action_mask.shape == (3, spec.n_agents, spec.n_actions)
+        assert s.alive.all() and not s.done.any()
+        rng = np.random.default_rng(0)
+        rets = np.zeros((3, spec.n_agents), dtype=np.float32)
+        for t in range(1, 6):
+            s = vec.step(_random_actions(s, rng))
+            rets += s.reward
+            assert s.done.all() == (t == 5), f"episodes of max_cycles=5 end exactly at step 5, not {t}"
+        assert s.truncated.all() and not s.terminated.any()
+        np.testing.assert_allclose(s.episode_return, rets, rtol=1e-6)
+        assert (s.episode_length == 5).all()
+        # after auto-reset the current obs is a new episode's first; the final obs is the old last one
+        assert not np.allclose(s.final_obs, s.obs)
+        assert s.alive.all()
+
+
+def test_final_obs_matches_single_env():
+    """The final observation a VecEnv reports is what a plain env returns on its last step."""
+    env, spec = make(MPE, max_cycles=4)
+    obs, _ = env.reset(seed=7)
+    with VecEnv(MPE, num_envs=1, seed=7, max_cycles=4) as vec:
+        s = vec.reset()
+        np.testing.assert_array_equal(s.obs[0, 0], obs[spec.agents[0]])
+        for _ in range(4):
+            obs, *_ = env.step({a: 1 for a in env.agents})
+            s = vec.step(np.ones((1, spec.n_agents), dtype=np.int64))
+        assert s.done[0]
+        for i, a in enumerate(spec.agents):
+            np.testing.assert_array_equal(s.final_obs[0, i], obs[a])
+
+
+def test_same_seed_same_rollout_and_subproc_matches_sync():
+    def rollout(backend):
+        with VecEnv(MPE, num_envs=2, seed=3, backend=backend, num_workers=2, max_cycles=6) as vec:
+            s = vec.reset()
+            out = [s.obs]
+            for t in range(13):
+                s = vec.step(np.full((2, vec.spec.n_agents), t % 5))
+                out.append(s.obs)
+            return np.stack(out)
+
+    a = rollout("sync")
+    np.testing.assert_array_equal(a, rollout("sync"))
+    np.testing.assert_array_equal(a, rollout("subproc"))
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="num_envs"):
+        VecEnv(MPE, num_envs=0)
+    with pytest.raises(ValueError, match="backend"):
+        VecEnv(MPE, backend="threads")
+    with VecEnv(MPE, num_envs=2) as vec:
+        vec.reset()
+        with pytest.raises(ValueError, match=r"actions: expected shape \(2, 3\)"):
+            vec.step(np.zeros((3, 3), dtype=np.int64))
+        with pytest.raises(ValueError, match="agent_0"):
+            vec.step(np.full((2, 3), 9))
+    with pytest.raises(RuntimeError, match="closed"):
+        vec.reset()

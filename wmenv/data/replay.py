@@ -1,0 +1,380 @@
+"""`EpisodeReplay`: whole multi-agent episodes in, ``(B, T, N, ...)`` training windows out.
+
+Glossary: B batch (windows), T window length (rows), N agent slots, E stored episodes, R rows.
+
+Storage is one preallocated ring of ``capacity`` rows per field. Episodes are written back to
+back in insertion order (an episode may wrap around the end of the ring), so stored rows always
+form one contiguous run, oldest episode first. Adding an episode that does not fit evicts the
+oldest whole episodes first. Sampling turns B (episode, start) picks into a (B, T) array of ring
+indices and gathers every field with one fancy-indexing call; no Python loop per element.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from wmenv.data import persist
+from wmenv.data.episode import episode_schema, validate_episode
+from wmenv.data.samplers import StartSampler, uniform_starts
+from wmenv.envs.spec import EnvSpec
+
+Schema = dict[str, tuple[tuple[int, ...], np.dtype]]
+
+
+@dataclass
+class ReplayConfig:
+    """Settings of an `EpisodeReplay`."""
+
+    capacity: int = 1_000_000
+    """Most rows held (an episode of T steps has T+1 rows); the oldest whole episodes are evicted to make room."""
+    seed: int = 0
+    """Seed of the replay's own generator, used by `sample` when no ``generator`` is passed."""
+    validate: bool = True
+    """Check every added episode with `validate_episode` (when the replay has a spec)."""
+
+    def __post_init__(self) -> None:
+        for name in ("capacity", "seed"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise TypeError(f"ReplayConfig.{name}: expected an int, got {v!r} ({type(v).__name__})")
+        if self.capacity < 2:
+            raise ValueError(f"ReplayConfig.capacity: expected at least 2 rows (one env step), got {self.capacity}")
+        if not isinstance(self.validate, bool):
+            raise TypeError(f"ReplayConfig.validate: expected a bool, got {self.validate!r}")
+
+
+def _positive_int(name: str, v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise TypeError(f"{name}: expected an integer >= 1, got {v!r} ({type(v).__name__})")
+    if v < 1:
+        raise ValueError(f"{name}: expected an integer >= 1, got {v}")
+    return int(v)
+
+
+class EpisodeReplay:
+    """A replay of whole episodes with uniform (or pluggable) window sampling and atomic save / load.
+
+    Args:
+        config: capacity, seed, validation.
+        spec: the env's spec. When given, the standard episode fields must match it (see
+            `wmenv.data.episode`) and saved files record ``spec.describe()``. Without it, any fields
+            are accepted; the first episode fixes them.
+        sampler: picks window starts (default `uniform_starts`).
+    """
+
+    def __init__(
+        self, config: ReplayConfig | None = None, spec: EnvSpec | None = None, sampler: StartSampler = uniform_starts
+    ) -> None:
+        if config is None:
+            config = ReplayConfig()
+        if not isinstance(config, ReplayConfig):
+            raise TypeError(f"config: expected a ReplayConfig, got {type(config).__name__}")
+        if spec is not None and not isinstance(spec, EnvSpec):
+            raise TypeError(f"spec: expected an EnvSpec or None, got {type(spec).__name__}")
+        if not callable(sampler):
+            raise TypeError(f"sampler: expected a callable StartSampler, got {type(sampler).__name__}")
+        self.config, self.spec, self.sampler = config, spec, sampler
+        self.spec_description: dict[str, Any] | None = spec.describe() if spec is not None else None
+        """What saved files record as the spec (kept from a loaded file when no spec was given)."""
+        self._schema: Schema | None = None
+        self._data: dict[str, np.ndarray] = {}
+        self._starts: deque[int] = deque()  # ring index of each episode's row 0, oldest first
+        self._lengths: deque[int] = deque()  # rows of each episode
+        self._ids: deque[int] = deque()
+        self._next_id = 0
+        self._rows = 0
+        self._head = 0  # ring index the next episode is written at
+        self._cache: tuple[np.ndarray, np.ndarray] | None = None  # (lengths, ids) as arrays
+        self.generator = torch.Generator().manual_seed(int(config.seed))
+        """The generator `sample` uses by default; its state is saved and restored with the replay."""
+
+    # --- sizes ---
+    def __len__(self) -> int:
+        """Rows stored (T+1 per episode)."""
+        return self._rows
+
+    @property
+    def num_episodes(self) -> int:
+        """Episodes stored."""
+        return len(self._lengths)
+
+    @property
+    def num_steps(self) -> int:
+        """Env steps stored (rows minus one per episode)."""
+        return self._rows - len(self._lengths)
+
+    @property
+    def episode_ids(self) -> np.ndarray:
+        """(E,) int64 ids of the stored episodes, oldest first (ids count every episode ever added)."""
+        return self._arrays()[1].copy()
+
+    @property
+    def episode_lengths(self) -> np.ndarray:
+        """(E,) int64 rows of each stored episode, oldest first."""
+        return self._arrays()[0].copy()
+
+    @property
+    def schema(self) -> Schema | None:
+        """Field -> (shape of one row, dtype), fixed by the spec and the first episode; None before."""
+        return None if self._schema is None else dict(self._schema)
+
+    def _arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._cache is None:
+            self._cache = (
+                np.fromiter(self._lengths, np.int64, len(self._lengths)),
+                np.fromiter(self._ids, np.int64, len(self._ids)),
+            )
+        return self._cache
+
+    # --- adding ---
+    def add(self, episode: Mapping[str, Any]) -> int:
+        """Store one whole episode, evicting the oldest ones if it does not fit.
+
+        Args:
+            episode: field -> (R, ...) array, all fields with the same R >= 1 rows (an episode in the
+                format of `wmenv.data.episode` when the replay has a spec; extra fields allowed).
+
+        Returns:
+            The id given to the episode.
+        """
+        ep = self._check_episode(episode)
+        rows = next(iter(ep.values())).shape[0]
+        cap = self.config.capacity
+        if rows > cap:
+            raise ValueError(f"episode: {rows} rows do not fit in a replay of capacity {cap} rows")
+        if self._schema is None:
+            self._schema = {k: (v.shape[1:], v.dtype) for k, v in ep.items()}
+            self._data = {k: np.zeros((cap, *shape), dtype) for k, (shape, dtype) in self._schema.items()}
+        while self._rows + rows > cap:
+            self._rows -= self._lengths.popleft()
+            self._starts.popleft()
+            self._ids.popleft()
+        first = min(rows, cap - self._head)  # rows before the ring wraps
+        for k, v in ep.items():
+            self._data[k][self._head : self._head + first] = v[:first]
+            self._data[k][: rows - first] = v[first:]
+        self._starts.append(self._head)
+        self._lengths.append(rows)
+        self._ids.append(self._next_id)
+        self._next_id += 1
+        self._rows += rows
+        self._head = (self._head + rows) % cap
+        self._cache = None
+        return self._next_id - 1
+
+    def _check_episode(self, episode: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        if not isinstance(episode, Mapping) or not episode:
+            raise TypeError(f"episode: expected a non-empty dict field -> array, got {episode!r:.80}")
+        ep: dict[str, np.ndarray] = {}
+        for k, v in episode.items():
+            if not isinstance(k, str):
+                raise TypeError(f"episode: expected str keys, got {k!r}")
+            if k == "reset":
+                raise ValueError("episode: the field name 'reset' is reserved for the reset flags `sample` adds")
+            arr = v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
+            if arr.ndim == 0:
+                raise ValueError(f"episode[{k!r}]: expected an array with one row per step, got a scalar")
+            try:
+                torch.from_numpy(arr[:0].copy())
+            except TypeError as e:
+                raise TypeError(f"episode[{k!r}]: dtype {arr.dtype} has no torch equivalent") from e
+            ep[k] = arr
+        rows = {k: v.shape[0] for k, v in ep.items()}
+        if len(set(rows.values())) != 1:
+            raise ValueError(f"episode: expected every field to have the same number of rows, got {rows}")
+        if self.spec is not None and self.config.validate:
+            validate_episode(ep, self.spec)
+        expected = self._schema
+        if expected is None and self.spec is not None:
+            expected = {**{k: (v.shape[1:], v.dtype) for k, v in ep.items()}, **episode_schema(self.spec)}
+        if expected is not None:
+            if set(ep) != set(expected):
+                raise ValueError(
+                    f"episode: expected fields {sorted(expected)}; missing {sorted(set(expected) - set(ep))}, "
+                    f"unexpected {sorted(set(ep) - set(expected))}"
+                )
+            for k, (shape, dtype) in expected.items():
+                if ep[k].shape[1:] != shape or ep[k].dtype != dtype:
+                    raise ValueError(
+                        f"episode[{k!r}]: expected rows of shape {shape} {dtype}, got {ep[k].shape[1:]} {ep[k].dtype}"
+                    )
+        return ep
+
+    def episode(self, index: int) -> dict[str, np.ndarray]:
+        """A copy of stored episode ``index`` (0 = oldest, -1 = newest): field -> (R, ...) array."""
+        e = self.num_episodes
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not -e <= index < e:
+            raise IndexError(f"index: expected an integer in [{-e}, {e}), got {index!r}")
+        idx = (self._starts[index] + np.arange(self._lengths[index])) % self.config.capacity
+        return {k: v[idx] for k, v in self._data.items()}
+
+    # --- sampling ---
+    def _generator(self, generator: torch.Generator | int | None) -> torch.Generator:
+        if generator is None:
+            return self.generator
+        if isinstance(generator, torch.Generator):
+            return generator
+        if isinstance(generator, (int, np.integer)) and not isinstance(generator, bool):
+            return torch.Generator().manual_seed(int(generator))
+        raise TypeError(f"generator: expected a torch.Generator, an int seed or None, got {type(generator).__name__}")
+
+    def sample_indices(
+        self, batch_size: int, length: int, cross_episodes: bool = False, generator: torch.Generator | int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Pick B windows of T rows; the index half of `sample`.
+
+        Returns:
+            index: (B, T) int64 ring indices into the stored fields.
+            reset: (B, T) bool, True where a row is an episode's first row.
+        """
+        batch_size, length = _positive_int("batch_size", batch_size), _positive_int("length", length)
+        if not isinstance(cross_episodes, bool):
+            raise TypeError(f"cross_episodes: expected a bool, got {cross_episodes!r}")
+        gen = self._generator(generator)
+        if self._rows == 0:
+            raise ValueError("sample: the replay is empty; add episodes first")
+        lengths, ids = self._arrays()
+        ep_start = np.cumsum(lengths) - lengths  # (E,) first row of each episode in the stored run
+        if cross_episodes:
+            if length > self._rows:
+                raise ValueError(f"length: requested windows of {length} rows but the replay holds only {self._rows} rows")
+            valid = np.clip(self._rows - length + 1 - ep_start, 0, lengths)  # starts that keep the window in the run
+        else:
+            valid = np.clip(lengths - length + 1, 0, None)
+            if not valid.any():
+                raise ValueError(
+                    f"length: requested windows of {length} rows but the longest stored episode has {int(lengths.max())} rows "
+                    "(pass cross_episodes=True to span episode boundaries)"
+                )
+        episode, start = self.sampler(valid, ids, length, batch_size, gen)
+        episode, start = np.asarray(episode, dtype=np.int64), np.asarray(start, dtype=np.int64)
+        if episode.shape != (batch_size,) or start.shape != (batch_size,):
+            raise ValueError(f"sampler: expected two ({batch_size},) arrays, got shapes {episode.shape} and {start.shape}")
+        ok = (episode >= 0) & (episode < len(lengths))
+        if not ok.all() or (start < 0).any() or (start >= valid[episode]).any():
+            raise ValueError("sampler: returned an episode index or start row outside the valid starts")
+        rows = (ep_start[episode] + start)[:, None] + np.arange(length)  # (B, T) positions in the stored run
+        index = (self._starts[0] + rows) % self.config.capacity
+        if cross_episodes:
+            owner = np.searchsorted(ep_start, rows, side="right") - 1  # (B, T) episode of each row
+            reset = rows == ep_start[owner]
+        else:
+            reset = (start[:, None] + np.arange(length)) == 0
+        return index, reset
+
+    def gather(
+        self, index: np.ndarray, reset: np.ndarray | None = None, device: torch.device | str | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Fields at ring ``index`` (B, T) as tensors (B, T, ...), plus ``reset`` (B, T) if given."""
+        out = {k: torch.from_numpy(v[index]) for k, v in self._data.items()}
+        if reset is not None:
+            out["reset"] = torch.from_numpy(np.asarray(reset, dtype=bool))
+        if device is not None:
+            out = {k: v.to(device, non_blocking=True) for k, v in out.items()}
+        return out
+
+    def sample(
+        self,
+        batch_size: int,
+        length: int,
+        cross_episodes: bool = False,
+        generator: torch.Generator | int | None = None,
+        device: torch.device | str | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Sample B windows of T consecutive rows.
+
+        Args:
+            batch_size: B.
+            length: T, rows per window.
+            cross_episodes: let windows run from one episode into the next (in insertion order);
+                otherwise windows stay inside one episode.
+            generator: a `torch.Generator`, an int seed (a fresh generator), or None (the replay's own).
+            device: where to put the tensors (default: CPU).
+
+        Returns:
+            Every stored field as a (B, T, ...) tensor, e.g. ``obs`` (B, T, N, D), ``is_first`` (B, T),
+            plus ``reset`` (B, T) bool: True at rows where an episode starts (its ``is_first`` row).
+
+        Raises:
+            ValueError: an empty replay, or ``length`` longer than every stored episode (longer than
+                all stored rows with ``cross_episodes``).
+        """
+        index, reset = self.sample_indices(batch_size, length, cross_episodes, generator)
+        return self.gather(index, reset, device)
+
+    # --- persistence ---
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the replay to ``path`` atomically (a crash leaves any previous file intact)."""
+        order = (self._starts[0] + np.arange(self._rows)) % self.config.capacity if self._rows else np.zeros(0, np.int64)
+        arrays = {f"field/{k}": v[order] for k, v in self._data.items()}
+        lengths, ids = self._arrays()
+        arrays.update({"episode/lengths": lengths, "episode/ids": ids, "rng/state": self.generator.get_state().numpy()})
+        schema = None if self._schema is None else {k: [list(s), d.str] for k, (s, d) in self._schema.items()}
+        meta = {"spec": self.spec_description, "config": asdict(self.config), "schema": schema, "next_id": self._next_id}
+        persist.write(path, arrays, meta)
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        spec: EnvSpec | None = None,
+        config: ReplayConfig | None = None,
+        sampler: StartSampler = uniform_starts,
+    ) -> EpisodeReplay:
+        """Read a replay written by `save`.
+
+        Args:
+            path: the file.
+            spec: the spec the data must belong to; a file saved for another spec (or without one) raises.
+            config: overrides the saved config (e.g. a larger capacity); with a smaller capacity the
+                oldest episodes that do not fit are dropped. The generator state always comes from the file.
+            sampler: the start sampler of the loaded replay.
+
+        Raises:
+            ValueError: another format version, a corrupt or truncated file, or a spec mismatch.
+        """
+        arrays, meta = persist.read(path)
+        where = f"path: {str(path)!r}"
+        try:
+            file_spec, schema_json, next_id = meta["spec"], meta["schema"], int(meta["next_id"])
+            config = config if config is not None else ReplayConfig(**meta["config"])
+            lengths, ids, rng = arrays.pop("episode/lengths"), arrays.pop("episode/ids"), arrays.pop("rng/state")
+            schema = None if schema_json is None else {k: (tuple(s), np.dtype(d)) for k, (s, d) in schema_json.items()}
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{where} has corrupt replay metadata: {e!r}") from e
+        if spec is not None and file_spec != spec.describe():
+            if file_spec is None:
+                raise ValueError(f"{where} was saved without a spec; expected spec {spec.describe()}")
+            diff = {k: (file_spec.get(k), v) for k, v in spec.describe().items() if file_spec.get(k) != v}
+            raise ValueError(f"{where} holds a replay of another env; field: (file, expected) = {diff}")
+        fields = {k.removeprefix("field/"): v for k, v in arrays.items()}
+        rows = int(lengths.sum())
+        if set(fields) != set(schema or {}) or any(
+            v.shape != (rows, *schema[k][0]) or v.dtype != schema[k][1] for k, v in fields.items()
+        ):
+            raise ValueError(f"{where} is inconsistent: its arrays do not match its schema and episode lengths")
+        replay = cls(config, spec, sampler)
+        replay.spec_description = file_spec
+        replay.generator.set_state(torch.from_numpy(rng.copy()))
+        replay._next_id = next_id
+        if rows:
+            # keep the newest episodes that fit, as adding them one by one would
+            keep = int((np.cumsum(lengths[::-1]) <= config.capacity).sum())
+            lengths, ids = lengths[len(lengths) - keep :], ids[len(ids) - keep :]
+            kept = int(lengths.sum())
+            replay._schema = schema
+            replay._data = {k: np.zeros((config.capacity, *s), d) for k, (s, d) in schema.items()}
+            for k, v in fields.items():
+                replay._data[k][:kept] = v[rows - kept :]
+            replay._starts.extend((np.cumsum(lengths) - lengths).tolist())
+            replay._lengths.extend(lengths.tolist())
+            replay._ids.extend(ids.tolist())
+            replay._rows, replay._head = kept, kept % config.capacity
+        return replay

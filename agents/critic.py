@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from agents.policies.base import PolicyState
 from agents.policies.gru import Activation, ResettableGRU, init_linear_, mlp_encoder
+from wmenv.checks import check_choice, check_int
 
 
 @dataclass
@@ -46,11 +47,8 @@ class CriticConfig:
 
     def __post_init__(self) -> None:
         for name in ("hidden", "mlp_layers", "gru_layers"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"CriticConfig.{name}: expected an integer >= 1, got {v!r}")
-        if self.activation not in ("relu", "tanh"):
-            raise ValueError(f"CriticConfig.activation: expected 'relu' or 'tanh', got {self.activation!r}")
+            check_int(f"CriticConfig.{name}", getattr(self, name))
+        check_choice("CriticConfig.activation", self.activation, ("relu", "tanh"))
         if not 0.0 < self.value_norm_beta < 1.0:
             raise ValueError(f"CriticConfig.value_norm_beta: expected a value in (0, 1), got {self.value_norm_beta!r}")
 
@@ -119,8 +117,7 @@ class CentralCritic(nn.Module):
     def __init__(self, state_dim: int, n_agents: int, config: CriticConfig | None = None) -> None:
         super().__init__()
         for name, v in (("state_dim", state_dim), ("n_agents", n_agents)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name}: expected an integer >= 1, got {v!r}")
+            check_int(name, v)
         self.config = cfg = config if config is not None else CriticConfig()
         if not isinstance(cfg, CriticConfig):
             raise TypeError(f"config: expected a CriticConfig, got {type(cfg).__name__}")

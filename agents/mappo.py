@@ -24,6 +24,7 @@ from agents.gae import gae
 from agents.policies.base import PolicyState, RecurrentPolicy, log_prob_entropy, mask_logits, sample_actions
 from agents.policies.gru import GRUPolicy, GRUPolicyConfig
 from agents.storage import BatchedEnv, Carry, Chunks, Episodes, RolloutStorage
+from wmenv.checks import check_int
 
 __all__ = ["MAPPO", "MAPPOConfig", "masked_mean", "ppo_policy_loss", "ppo_value_loss"]
 
@@ -75,9 +76,7 @@ class MAPPOConfig:
 
     def __post_init__(self) -> None:
         for name in ("rollout_length", "epochs", "num_minibatches", "chunk_length"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"MAPPOConfig.{name}: expected an integer >= 1, got {v!r}")
+            check_int(f"MAPPOConfig.{name}", getattr(self, name))
         for name in ("lr", "critic_lr", "adam_eps", "clip", "value_clip", "huber_delta", "max_grad_norm"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 and np.isfinite(v)):

@@ -24,6 +24,7 @@ from einops import rearrange
 from torch import Tensor
 
 from agents.policies.base import PolicyState
+from wmenv.checks import check_int
 
 
 class BatchedEnv(Protocol):
@@ -148,8 +149,7 @@ class RolloutStorage:
     ) -> None:
         for name, v in (("length", length), ("num_envs", num_envs), ("n_agents", n_agents), ("obs_dim", obs_dim),
                         ("state_dim", state_dim), ("n_actions", n_actions)):  # fmt: skip
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name}: expected an integer >= 1, got {v!r}")
+            check_int(name, v)
         self.length, self.num_envs, self.n_agents = length, num_envs, n_agents
         self.device = torch.device(device)
         T, E, N = length, num_envs, n_agents
@@ -228,8 +228,7 @@ class RolloutStorage:
             `Chunks` of B = C·E·N sequences, ordered (chunk, env, agent).
         """
         self.check_full()
-        if isinstance(chunk_length, bool) or not isinstance(chunk_length, int) or chunk_length < 1:
-            raise ValueError(f"chunk_length: expected an integer >= 1, got {chunk_length!r}")
+        check_int("chunk_length", chunk_length)
         T, E, N, L = self.length, self.num_envs, self.n_agents, chunk_length
         for name, x in (("advantages", advantages), ("returns", returns)):
             if tuple(x.shape) != (T, E, N):

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from agents.critic import CriticConfig
 from agents.mappo import MAPPO, MAPPOConfig
 from agents.policies.gru import GRUPolicyConfig
+from wmenv.checks import check_choice, check_int
 from wmenv.envs.vector import VecEnv
 
 CHECKPOINT_FORMAT = 1
@@ -84,15 +85,10 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for name in ("total_steps", "num_envs", "eval_episodes", "keep_checkpoints"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"TrainConfig.{name}: expected an integer >= 1, got {v!r}")
+            check_int(f"TrainConfig.{name}", getattr(self, name))
         for name in ("eval_every", "checkpoint_every", "torch_threads"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ValueError(f"TrainConfig.{name}: expected an integer >= 0, got {v!r}")
-        if self.backend not in ("sync", "subproc"):
-            raise ValueError(f"TrainConfig.backend: expected 'sync' or 'subproc', got {self.backend!r}")
+            check_int(f"TrainConfig.{name}", getattr(self, name), 0)
+        check_choice("TrainConfig.backend", self.backend, ("sync", "subproc"))
         self.steps_per_iteration = self.num_envs * self.mappo.rollout_length
         self.iterations = math.ceil(self.total_steps / self.steps_per_iteration)
 

@@ -1,8 +1,21 @@
 """wmenv: learned multi-agent world models as imaginary PettingZoo environments."""
 
-from wmenv import envs
+from wmenv import data, envs
+from wmenv.data import EpisodeRecorder, EpisodeReplay, ReplayConfig
 from wmenv.envs import EnvSpec, make
+from wmenv.envs.vector import VecEnv, VecStep
 
 __version__ = "0.1.0"
 
-__all__ = ["EnvSpec", "__version__", "envs", "make"]
+__all__ = [
+    "EnvSpec",
+    "EpisodeRecorder",
+    "EpisodeReplay",
+    "ReplayConfig",
+    "VecEnv",
+    "VecStep",
+    "__version__",
+    "data",
+    "envs",
+    "make",
+]

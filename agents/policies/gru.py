@@ -19,6 +19,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from agents.policies.base import PolicyState, RecurrentPolicy
+from wmenv.checks import check_choice, check_int
 
 Activation = Literal["relu", "tanh"]
 
@@ -42,11 +43,8 @@ class GRUPolicyConfig:
 
     def __post_init__(self) -> None:
         for name in ("hidden", "mlp_layers", "gru_layers"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"GRUPolicyConfig.{name}: expected an integer >= 1, got {v!r}")
-        if self.activation not in ("relu", "tanh"):
-            raise ValueError(f"GRUPolicyConfig.activation: expected 'relu' or 'tanh', got {self.activation!r}")
+            check_int(f"GRUPolicyConfig.{name}", getattr(self, name))
+        check_choice("GRUPolicyConfig.activation", self.activation, ("relu", "tanh"))
         if not self.head_gain > 0:
             raise ValueError(f"GRUPolicyConfig.head_gain: expected a positive float, got {self.head_gain!r}")
 
@@ -125,8 +123,7 @@ class GRUPolicy(RecurrentPolicy):
     def __init__(self, obs_dim: int, n_actions: int, config: GRUPolicyConfig | None = None) -> None:
         super().__init__()
         for name, v in (("obs_dim", obs_dim), ("n_actions", n_actions)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name}: expected an integer >= 1, got {v!r}")
+            check_int(name, v)
         self.config = cfg = config if config is not None else GRUPolicyConfig()
         if not isinstance(cfg, GRUPolicyConfig):
             raise TypeError(f"config: expected a GRUPolicyConfig, got {type(cfg).__name__}")

@@ -8,7 +8,6 @@ from episode_fixtures import ACT, AGENTS, OBS, make_spec, scripted_run
 
 from wmenv.data import FIELDS, EpisodeRecorder, episode_schema, validate_episode
 from wmenv.envs import make
-from wmenv.envs.vector import VecEnv
 
 
 def test_dict_recording_rows_alive_flags(spec, record):
@@ -311,30 +310,3 @@ def test_recorder_on_mpe():
     np.testing.assert_array_equal(ep["obs"][-1, 1], obs[spec.agents[1]])
     np.testing.assert_array_equal(ep["state"][0], first_state)
     validate_episode(ep, spec)
-
-
-def test_vec_env_arrays_record_what_the_dicts_record():
-    """The array entry points fed from `VecEnv` (as the recorder's docstring says) equal the dict path."""
-    env, spec = make("mpe:simple_spread_v3", max_cycles=5)
-    actions = np.random.default_rng(1).integers(0, 5, size=(5, spec.n_agents))
-    rec = EpisodeRecorder(spec)
-    obs, infos = env.reset(seed=4)
-    rec.start(obs, infos, env.state())
-    for act in actions:
-        step = {a: int(act[i]) for i, a in enumerate(spec.agents)}
-        rec.add(step, *env.step(step), env.state())
-    ref = rec.finish()
-    with VecEnv("mpe:simple_spread_v3", num_envs=1, seed=4, max_cycles=5) as vec:
-        s = vec.reset()
-        rec.start_arrays(s.obs[0], s.state[0], s.alive[0], s.action_mask[0])
-        for act in actions:
-            s = vec.step(act[None])
-            term, trunc, alive = s.terminated[0], s.truncated[0], s.alive[0]
-            if s.done[0]:  # the VecStep's obs already belong to the next episode
-                rec.add_arrays(act, s.final_obs[0], s.final_state[0], term | trunc, s.reward[0], term, trunc)
-            else:
-                rec.add_arrays(act, s.obs[0], s.state[0], alive | term | trunc, s.reward[0], term, trunc, s.action_mask[0])
-        assert s.done[0]
-    ep = rec.finish()
-    for k in ref:
-        np.testing.assert_array_equal(ep[k], ref[k], err_msg=k)

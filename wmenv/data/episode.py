@@ -61,21 +61,7 @@ def episode_schema(spec: EnvSpec) -> dict[str, tuple[tuple[int, ...], np.dtype]]
     Returns:
         field -> (shape of one row, dtype); e.g. ``"obs" -> ((N, D), float32)``.
     """
-    n, d, a, s = spec.n_agents, spec.obs_dim, spec.n_actions, spec.state_dim
-    f32, b = np.dtype(np.float32), np.dtype(bool)
-    return {
-        "obs": ((n, d), f32),
-        "state": ((s,), f32),
-        "action_mask": ((n, a), b),
-        "alive": ((n,), b),
-        "action": ((n,), np.dtype(np.int64)) if spec.discrete else ((n, a), f32),
-        "reward": ((n,), f32),
-        "terminated": ((n,), b),
-        "truncated": ((n,), b),
-        "is_first": ((), b),
-        "is_last": ((), b),
-        "is_terminal": ((), b),
-    }
+    return _schema(spec.n_agents, spec.obs_dim, spec.state_dim, spec.n_actions, spec.discrete)
 
 
 def _infer_schema(ep: Mapping[str, np.ndarray]) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
@@ -85,9 +71,14 @@ def _infer_schema(ep: Mapping[str, np.ndarray]) -> dict[str, tuple[tuple[int, ..
     _, s = _ndim("state", ep["state"], 2)
     if n_m != n:
         raise ValueError(f"episode['action_mask']: expected {n} agent slots (from obs), got shape {ep['action_mask'].shape}")
-    f32, b = np.dtype(np.float32), np.dtype(bool)
     act = ep["action"]
     discrete = isinstance(act, np.ndarray) and np.issubdtype(act.dtype, np.integer)
+    return _schema(n, d, s, a, discrete)
+
+
+def _schema(n: int, d: int, s: int, a: int, discrete: bool) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """The schema of N agent slots, D observation features, S state features and A actions."""
+    f32, b = np.dtype(np.float32), np.dtype(bool)
     return {
         "obs": ((n, d), f32),
         "state": ((s,), f32),

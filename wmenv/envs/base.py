@@ -15,6 +15,7 @@ import gymnasium as gym
 import numpy as np
 from pettingzoo import ParallelEnv
 
+from wmenv.checks import check_choice
 from wmenv.envs.spec import EnvSpec, check_actions
 
 MaskedAction = Literal["raise", "noop"]
@@ -34,8 +35,7 @@ class MultiAgentEnv(ParallelEnv, ABC):
     metadata: dict[str, Any] = {"render_modes": [], "name": "wmenv", "is_parallelizable": True}
 
     def __init__(self, spec: EnvSpec, masked_action: MaskedAction = "raise") -> None:
-        if masked_action not in ("raise", "noop"):
-            raise ValueError(f"masked_action: expected 'raise' or 'noop', got {masked_action!r}")
+        check_choice("masked_action", masked_action, ("raise", "noop"))
         self.env_spec = spec
         self.masked_action = masked_action
         self.possible_agents = list(spec.agents)

@@ -54,6 +54,7 @@ from flatland.envs.step_utils.states import TrainState
 from flatland.envs.timetable_generators import timetable_generator
 from flatland.envs.timetable_utils import Timetable
 
+from wmenv.checks import check_int
 from wmenv.envs.base import MaskedAction, MultiAgentEnv
 from wmenv.envs.flatland_obs import (
     N_ACTIONS,
@@ -130,9 +131,7 @@ class FlatlandConfig:
         sizes = ("n_agents", "max_rails_between_cities", "max_rail_pairs_in_city", "tree_depth", "predictor_depth")
         durations = ("malfunction_min_duration", "malfunction_max_duration")
         for name, low in [(n, 2) for n in ("height", "width", "n_cities")] + [(n, 1) for n in sizes + durations]:
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise ValueError(f"FlatlandConfig.{name}: expected an int >= {low}, got {v!r}")
+            check_int(f"FlatlandConfig.{name}", getattr(self, name), low, expected=f"an int >= {low}")
         if self.malfunction_min_duration > self.malfunction_max_duration:
             raise ValueError(
                 f"FlatlandConfig.malfunction_min_duration: expected <= malfunction_max_duration "
@@ -142,9 +141,8 @@ class FlatlandConfig:
             raise ValueError(f"FlatlandConfig.malfunction_rate: expected a rate in [0, 1], got {self.malfunction_rate!r}")
         if not self.observation_radius > 0:
             raise ValueError(f"FlatlandConfig.observation_radius: expected > 0, got {self.observation_radius!r}")
-        m = self.max_episode_steps
-        if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 1):
-            raise ValueError(f"FlatlandConfig.max_episode_steps: expected a positive int or None, got {m!r}")
+        if self.max_episode_steps is not None:
+            check_int("FlatlandConfig.max_episode_steps", self.max_episode_steps, expected="a positive int or None")
 
     @property
     def obs_dim(self) -> int:

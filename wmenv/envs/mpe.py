@@ -12,6 +12,7 @@ import pkgutil
 import re
 from typing import Any
 
+from wmenv.checks import check_int
 from wmenv.envs.pettingzoo import PettingZooAdapter, call_checked, import_env_module, split_adapter_kwargs
 
 #: Scenarios where all agents share one objective (the rest are mixed / adversarial).
@@ -44,9 +45,7 @@ def make_mpe(name: str, **kwargs: Any) -> PettingZooAdapter:
     if "episode_limit" in own:
         raise TypeError("episode_limit: MPE's limit is max_cycles; pass max_cycles=... instead")
     env_kwargs = {"continuous_actions": False, "max_cycles": 25, **env_kwargs}
-    max_cycles = env_kwargs["max_cycles"]
-    if isinstance(max_cycles, bool) or not isinstance(max_cycles, int) or max_cycles < 1:
-        raise ValueError(f"max_cycles: expected a positive int, got {max_cycles!r}")
+    max_cycles = check_int("max_cycles", env_kwargs["max_cycles"], expected="a positive int")
     module = import_env_module(f"mpe2.{name}", "mpe")
     env = call_checked(module.parallel_env, env_kwargs, f"mpe:{name}")
     base = name.rsplit("_v", 1)[0]

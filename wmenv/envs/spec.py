@@ -194,8 +194,10 @@ def check_actions(
             raise ValueError(f"actions: agent {a!r} is no longer alive; live agents are {list(live_agents)}")
         space = spec.action_spaces[a]
         if isinstance(space, gym.spaces.Discrete):
-            if isinstance(act, (bool, np.bool_)) or not isinstance(act, (int, np.integer)) and not (
-                isinstance(act, np.ndarray) and act.shape == () and np.issubdtype(act.dtype, np.integer)
+            if (
+                isinstance(act, (bool, np.bool_))
+                or not isinstance(act, (int, np.integer))
+                and not (isinstance(act, np.ndarray) and act.shape == () and np.issubdtype(act.dtype, np.integer))
             ):
                 raise TypeError(f"actions[{a!r}]: expected an integer in [0, {space.n}), got {act!r} ({type(act).__name__})")
             if not 0 <= int(act) < int(space.n):

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from wmenv.checks import check_choice
 from wmenv.envs.base import MultiAgentEnv
 from wmenv.envs.spec import EnvSpec, stack_masks, stack_obs, stack_rewards, unstack_actions
 
@@ -171,8 +172,7 @@ class VecEnv:
     ) -> None:
         if not isinstance(num_envs, int) or num_envs < 1:
             raise ValueError(f"num_envs: expected an integer >= 1, got {num_envs!r}")
-        if backend not in ("sync", "subproc"):
-            raise ValueError(f"backend: expected 'sync' or 'subproc', got {backend!r}")
+        check_choice("backend", backend, ("sync", "subproc"))
         self.num_envs, self.backend = num_envs, backend
         factory = _EnvFactory(env_id, make_kwargs)
         seeds = [seed + i for i in range(num_envs)]

@@ -1,0 +1,63 @@
+"""check_int and check_choice: what they accept, what they reject, and what the message says."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from wmenv.checks import check_choice, check_int
+
+
+def test_check_int_accepts_and_returns_ints():
+    assert check_int("n", 1) == 1
+    assert check_int("n", 7, minimum=7) == 7
+    assert check_int("n", 0, 0) == 0
+    assert check_int("n", -3, minimum=-5) == -3
+
+
+@pytest.mark.parametrize(
+    "value, shown",
+    [
+        (True, "True"),
+        (False, "False"),
+        (1.0, "1.0"),
+        (2.5, "2.5"),
+        ("3", "'3'"),
+        (None, "None"),
+        (np.int64(3), None),  # numpy integers are not plain ints: rejected like floats
+    ],
+)
+def test_check_int_rejects_non_ints(value, shown):
+    with pytest.raises(ValueError) as e:
+        check_int("Owner.size", value)
+    message = str(e.value)
+    assert message.startswith("Owner.size: expected an integer >= 1, got ")
+    assert message.endswith(repr(value))
+    if shown is not None:
+        assert message == f"Owner.size: expected an integer >= 1, got {shown}"
+
+
+def test_check_int_rejects_below_minimum():
+    with pytest.raises(ValueError, match=r"^TrainConfig\.total_steps: expected an integer >= 1, got 0$"):
+        check_int("TrainConfig.total_steps", 0)
+    with pytest.raises(ValueError, match=r"^TrainConfig\.eval_every: expected an integer >= 0, got -1$"):
+        check_int("TrainConfig.eval_every", -1, 0)
+    with pytest.raises(ValueError, match=r"^h: expected an integer >= 2, got 1$"):
+        check_int("h", 1, minimum=2)
+
+
+def test_check_int_custom_expected_text():
+    with pytest.raises(ValueError, match=r"^max_cycles: expected a positive int, got 0$"):
+        check_int("max_cycles", 0, expected="a positive int")
+    # the custom text only changes the message, not the check
+    assert check_int("max_cycles", 5, expected="a positive int") == 5
+
+
+def test_check_choice():
+    assert check_choice("activation", "tanh", ("relu", "tanh")) == "tanh"
+    with pytest.raises(ValueError, match=r"^CriticConfig\.activation: expected 'relu' or 'tanh', got 'gelu'$"):
+        check_choice("CriticConfig.activation", "gelu", ("relu", "tanh"))
+    with pytest.raises(ValueError, match=r"^mode: expected 'a', 'b' or 'c', got None$"):
+        check_choice("mode", None, ("a", "b", "c"))
+    with pytest.raises(ValueError, match=r"^mode: expected 'a', got 'b'$"):
+        check_choice("mode", "b", ["a"])

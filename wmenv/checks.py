@@ -1,0 +1,58 @@
+"""Argument checks shared by configs and constructors, with messages that name the argument.
+
+Every check raises `ValueError` with ``"<name>: expected <what>, got <value>"``, where ``name``
+carries the owner prefix when there is one (e.g. ``"TrainConfig.total_steps"``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def check_int(name: str, value: object, minimum: int = 1, *, expected: str | None = None) -> int:
+    """Check that ``value`` is a Python ``int`` (not a ``bool``) of at least ``minimum``.
+
+    NumPy integers are rejected like any other non-``int``: the callers take plain config values.
+
+    Args:
+        name: the argument's name as the message shows it, e.g. ``"MAPPOConfig.epochs"``.
+        value: the value to check.
+        minimum: the smallest value allowed.
+        expected: what the message says was expected; defaults to ``"an integer >= {minimum}"``.
+
+    Returns:
+        ``value``, typed as ``int``.
+
+    Raises:
+        ValueError: ``value`` is a bool, not an int, or below ``minimum``;
+            the message is ``f"{name}: expected {expected}, got {value!r}"``.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        what = expected if expected is not None else f"an integer >= {minimum}"
+        raise ValueError(f"{name}: expected {what}, got {value!r}")
+    return value
+
+
+def check_choice(name: str, value: T, choices: Sequence[T]) -> T:
+    """Check that ``value`` is one of ``choices`` (compared with ``==``).
+
+    Args:
+        name: the argument's name as the message shows it, e.g. ``"CriticConfig.activation"``.
+        value: the value to check.
+        choices: the allowed values, in the order the message lists them.
+
+    Returns:
+        ``value``.
+
+    Raises:
+        ValueError: ``value`` is not among ``choices``; the message lists them,
+            e.g. ``"TrainConfig.backend: expected 'sync' or 'subproc', got 'x'"``.
+    """
+    if value not in choices:
+        names = [repr(c) for c in choices]
+        listed = " or ".join(names) if len(names) <= 2 else f"{', '.join(names[:-1])} or {names[-1]}"
+        raise ValueError(f"{name}: expected {listed}, got {value!r}")
+    return value

@@ -1,0 +1,78 @@
+"""`VecRecorder`: records the episodes of all E copies of a `VecEnv` into replay-ready episode dicts.
+
+Glossary: E env copies, N agent slots, D observation features, A actions, S state features.
+
+A `VecStep` reports only agents that still act as ``alive``, and when a copy's episode ends its
+``obs`` already belong to the next episode. This module is the one place that turns that view
+into the recorder's rows: an agent has an observation at a row if it acts there or just ended
+there, and a finished copy's last row is its ``final_obs`` / ``final_state``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from wmenv.data.recorder import EpisodeRecorder
+from wmenv.envs.spec import EnvSpec
+from wmenv.envs.vector import VecStep
+
+
+class VecRecorder:
+    """One `EpisodeRecorder` per env copy, fed from `VecStep`s.
+
+    Usage::
+
+        rec = VecRecorder(vec.spec, vec.num_envs)
+        step = vec.reset(); rec.start(step)
+        while ...:
+            actions = ...                       # (E, N)
+            step = vec.step(actions)
+            episodes += rec.add(actions, step)  # the episodes that ended on this step
+    """
+
+    def __init__(self, spec: EnvSpec, num_envs: int) -> None:
+        if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1:
+            raise ValueError(f"num_envs: expected an integer >= 1, got {num_envs!r}")
+        self.spec, self.num_envs = spec, num_envs
+        self.recorders = [EpisodeRecorder(spec) for _ in range(num_envs)]
+
+    def _check(self, step: VecStep) -> None:
+        if step.obs.shape[0] != self.num_envs:
+            raise ValueError(f"step.obs: expected {self.num_envs} env copies, got shape {step.obs.shape}")
+
+    def start(self, step: VecStep) -> None:
+        """Begin an episode in every copy from the `VecStep` of `VecEnv.reset`."""
+        self._check(step)
+        for e, rec in enumerate(self.recorders):
+            rec.discard()
+            rec.start_arrays(step.obs[e], step.state[e], step.alive[e], step.action_mask[e])
+
+    def add(self, actions: Any, step: VecStep) -> list[dict[str, np.ndarray]]:
+        """Record the step that produced ``step`` from ``actions``; returns the episodes that ended on it.
+
+        Args:
+            actions: (E, N) int or (E, N, A) float, the actions passed to `VecEnv.step`.
+            step: what `VecEnv.step` returned.
+        """
+        self._check(step)
+        actions = np.asarray(actions)
+        if actions.shape[0] != self.num_envs:
+            raise ValueError(f"actions: expected {self.num_envs} env copies, got shape {actions.shape}")
+        ended = step.terminated | step.truncated  # (E, N)
+        done: list[dict[str, np.ndarray]] = []
+        for e, rec in enumerate(self.recorders):
+            if step.done[e]:
+                rec.add_arrays(
+                    actions[e], step.final_obs[e], step.final_state[e], ended[e],
+                    step.reward[e], step.terminated[e], step.truncated[e], None,
+                )  # fmt: skip
+                done.append(rec.finish())
+                rec.start_arrays(step.obs[e], step.state[e], step.alive[e], step.action_mask[e])
+            else:
+                rec.add_arrays(
+                    actions[e], step.obs[e], step.state[e], step.alive[e] | ended[e],
+                    step.reward[e], step.terminated[e], step.truncated[e], step.action_mask[e],
+                )  # fmt: skip
+        return done

@@ -18,7 +18,8 @@ test: $(VENV)/.installed
 	$(PY) -m pytest -q -m "not cuda"
 
 demo: $(VENV)/.installed
-	$(PY) examples/01_train_mappo.py --env-id mpe:simple_spread_v3 --total-steps 100000
+	$(PY) examples/01_collect.py --env-id flatland:5 --steps 2000 --out runs/demo/replay_flatland5.safetensors
+	$(PY) examples/02_train_mappo.py --env-id mpe:simple_spread_v3 --total-steps 100000 --run-dir runs/demo/mappo_spread
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check wmenv agents exports examples tests

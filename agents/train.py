@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
@@ -215,17 +216,36 @@ def load_checkpoint(path: str | Path, agent: MAPPO, spec: Any) -> dict[str, int]
         The saved counters (``iteration``, ``env_steps``, ``episodes``).
 
     Raises:
-        ValueError: the checkpoint is of another format or was made for an env with another spec.
+        ValueError: the checkpoint is of another format, corrupt, made for an env with another spec or
+            for another architecture.
+        FileNotFoundError: ``path`` holds no checkpoint.
     """
     path = Path(path)
-    with open(path / "config.json") as f:
-        meta = json.load(f)
-    if meta.get("format") != CHECKPOINT_FORMAT:
+    try:
+        with open(path / "config.json") as f:
+            meta = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"path: {path / 'config.json'} is not valid JSON (corrupt checkpoint?): {e}") from e
+    if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"path: expected checkpoint format {CHECKPOINT_FORMAT}, got {meta.get('format')!r} in {path}")
     if meta["spec"] != spec.describe():
         raise ValueError(f"path: checkpoint was made for env {meta['spec']}, expected {spec.describe()}")
-    tensors = load_file(str(path / "model.safetensors"), device=str(agent.device))
-    agent.load_state_dict({k[len("agent.") :]: v for k, v in tensors.items() if k.startswith("agent.")})
+    try:
+        tensors = load_file(str(path / "model.safetensors"), device=str(agent.device))
+    except (SafetensorError, OSError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise ValueError(f"path: {path / 'model.safetensors'} cannot be read (corrupt checkpoint?): {e}") from e
+    weights = {k[len("agent.") :]: v for k, v in tensors.items() if k.startswith("agent.")}
+    expected = {k: tuple(v.shape) for k, v in agent.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in weights.items()}
+    if got != expected:
+        diff = sorted(k for k in expected.keys() | got.keys() if expected.get(k) != got.get(k))[:5]
+        raise ValueError(
+            f"path: checkpoint {path} holds another architecture; first differing weights "
+            + ", ".join(f"{k}: expected {expected.get(k)}, got {got.get(k)}" for k in diff)
+        )
+    agent.load_state_dict(weights)
     state: dict[int, dict[str, torch.Tensor]] = {}
     for k, v in tensors.items():
         if k.startswith("optim."):

@@ -10,6 +10,7 @@ from toyvec import ToySpec, ToyVecEnv
 
 from agents.mappo import MAPPO, MAPPOConfig, ppo_policy_loss
 from agents.policies.base import log_prob_entropy, mask_logits
+from agents.policies.gru import GRUPolicyConfig
 from agents.train import TrainConfig, latest_checkpoint, load_checkpoint, save_checkpoint, train
 from wmenv.envs import make
 from wmenv.envs.vector import VecEnv
@@ -259,3 +260,19 @@ def test_bad_config_values():
         agent.update(agent.new_storage(1), lr_scale=0.0)
     with pytest.raises(RuntimeError, match="were not written"):
         agent.update(agent.new_storage(1))
+
+
+def test_checkpoint_corrupt_or_other_architecture_raises_value_error(tmp_path):
+    spec = make(MPE)[1]
+    cfg = TrainConfig(num_envs=2, run_dir=str(tmp_path))
+    path = save_checkpoint(tmp_path, _agent(spec), cfg, spec, {"iteration": 0, "env_steps": 0, "episodes": 0})
+    wide = MAPPO(spec, MAPPOConfig(), policy_config=GRUPolicyConfig(hidden=32))
+    with pytest.raises(ValueError, match="another architecture.*expected"):
+        load_checkpoint(path, wide, spec)
+    blob = (path / "model.safetensors").read_bytes()
+    (path / "model.safetensors").write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(ValueError, match="corrupt checkpoint"):
+        load_checkpoint(path, _agent(spec), spec)
+    (path / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_checkpoint(path, _agent(spec), spec)

@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _run(*args):
-    cmd = [sys.executable, str(ROOT / "examples" / "01_train_mappo.py"), "--no-progress", "--torch-threads", "1", *args]
+    cmd = [sys.executable, str(ROOT / "examples" / "02_train_mappo.py"), "--no-progress", "--torch-threads", "1", *args]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stdout
@@ -32,7 +32,7 @@ def test_example_trains_evaluates_checkpoints_and_resumes(tmp_path):
 
 
 def test_example_help_lists_nested_configs():
-    out = subprocess.run([sys.executable, str(ROOT / "examples" / "01_train_mappo.py"), "--help"], cwd=ROOT,
+    out = subprocess.run([sys.executable, str(ROOT / "examples" / "02_train_mappo.py"), "--help"], cwd=ROOT,
                          capture_output=True, text=True, timeout=60)  # fmt: skip
     assert out.returncode == 0 and "--mappo.lr" in out.stdout and "--policy.hidden" in out.stdout
     assert "--critic.value-norm" in out.stdout

@@ -4,11 +4,11 @@ Writes TensorBoard scalars and checkpoints to ``--run-dir`` (``tensorboard --log
 the greedy evaluation return before and after training.
 
 Usage:
-    python examples/01_train_mappo.py --env-id mpe:simple_spread_v3 --total-steps 100000
-    python examples/01_train_mappo.py --total-steps 20000 --num-envs 4 --mappo.epochs 10 --policy.hidden 128
-    python examples/01_train_mappo.py --run-dir runs/spread --resume          # continue the latest checkpoint
-    python examples/01_train_mappo.py --env-id mpe:simple_spread_v3 --env-kwargs max_cycles 50
-    python examples/01_train_mappo.py --help
+    python examples/02_train_mappo.py --env-id mpe:simple_spread_v3 --total-steps 100000
+    python examples/02_train_mappo.py --total-steps 20000 --num-envs 4 --mappo.epochs 10 --policy.hidden 128
+    python examples/02_train_mappo.py --run-dir runs/spread --resume          # continue the latest checkpoint
+    python examples/02_train_mappo.py --env-id mpe:simple_spread_v3 --env-kwargs max_cycles 50
+    python examples/02_train_mappo.py --help
 """
 
 from __future__ import annotations

@@ -10,6 +10,8 @@ Usage:
     python examples/benchmarks/mappo_baseline.py --env-id mpe:simple_spread_v3 --total-steps 1000000
     python examples/benchmarks/mappo_baseline.py --env-id flatland:5 --total-steps 300000 --env-kwargs dense_reward True
     python examples/benchmarks/mappo_baseline.py --env-id mpe:simple_spread_v3 --total-steps 20000 --seeds 0 1   # quick look
+    # seeds run as separate processes (one per core), then merged into one JSON + PNG:
+    python examples/benchmarks/mappo_baseline.py --merge a/mpe_simple_spread_v3.json b/mpe_simple_spread_v3.json --out all
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ class Args:
     """Output folder for JSON, PNG and the runs' TensorBoard logs."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """Further MAPPO / training settings (env id, steps, seeds and envs above take precedence)."""
+    merge: list[str] = field(default_factory=list)
+    """Instead of training: merge the runs of these result JSONs (same env and steps) into ``out``."""
 
 
 def raw_step_rate(env_id: str, seconds: float, seed: int = 0, **kwargs: object) -> dict[str, float]:
@@ -112,7 +116,8 @@ def main(args: Args) -> dict:
     """Measure the raw rate, train every seed, write JSON + PNG, return the summary."""
     torch.set_num_threads(args.torch_threads)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if args.merge:
+        return merge(args.merge, out)
     tag = args.env_id.replace(":", "_")
     rate = raw_step_rate(args.env_id, args.rate_seconds, **args.env_kwargs)
     runs = []
@@ -143,27 +148,59 @@ def main(args: Args) -> dict:
                 "train_returns": result.train_returns,
             }
         )
+    return write_results(out, args.env_id, dict(args.env_kwargs), args.total_steps, rate, runs)
+
+
+def write_results(out: Path, env_id: str, env_kwargs: dict, total_steps: int, rate: dict, runs: list[dict]) -> dict:
+    """Summarize ``runs``, write ``<env>.json`` and ``<env>.png`` to ``out``, print the summary as one JSON line."""
     finals = [r["eval_returns"][-1][1] for r in runs if r["eval_returns"]]
+    train_rate = float(np.mean([r["train_env_steps_per_s"] for r in runs]))
     summary = {
         "benchmark": "mappo_baseline",
-        "env_id": args.env_id,
-        "env_kwargs": args.env_kwargs,
-        "total_steps": args.total_steps,
-        "seeds": args.seeds,
+        "env_id": env_id,
+        "env_kwargs": env_kwargs,
+        "total_steps": total_steps,
+        "seeds": [r["seed"] for r in runs],
         "raw_agent_steps_per_s": round(rate["agent_steps_per_s"], 1),
         "raw_env_steps_per_s": round(rate["env_steps_per_s"], 1),
-        "train_env_steps_per_s": round(float(np.mean([r["train_env_steps_per_s"] for r in runs])), 1),
-        "train_vs_raw_ratio": round(float(np.mean([r["train_env_steps_per_s"] for r in runs])) / rate["env_steps_per_s"], 3),
+        "train_env_steps_per_s": round(train_rate, 1),
+        "train_vs_raw_ratio": round(train_rate / rate["env_steps_per_s"], 3),
         "wall_clock_s": round(float(np.sum([r["wall_clock_s"] for r in runs])), 1),
         "first_eval_return": round(float(np.mean([r["eval_returns"][0][1] for r in runs if r["eval_returns"]])), 3),
         "final_eval_return_mean": round(float(np.mean(finals)), 3) if finals else None,
         "final_eval_return_std": round(float(np.std(finals)), 3) if finals else None,
+        # each seed's mean over its last 3 evaluations: less noisy than one evaluation of a few episodes
+        "last3_eval_return_mean": round(float(np.mean([np.mean([v for _, v in r["eval_returns"][-3:]]) for r in runs])), 3)
+        if finals
+        else None,
         "machine": f"{platform.machine()} {torch.get_num_threads()} torch thread(s), torch {torch.__version__}",
     }
+    tag = env_id.replace(":", "_")
+    out.mkdir(parents=True, exist_ok=True)
     (out / f"{tag}.json").write_text(json.dumps({"summary": summary, "raw_rate": rate, "runs": runs}, indent=1))
-    plot(out / f"{tag}.png", args.env_id, runs)
+    plot(out / f"{tag}.png", env_id, runs)
     print(json.dumps(summary))
     return summary
+
+
+def merge(paths: list[str], out: Path) -> dict:
+    """Combine the runs of several result JSONs of one env and budget; the raw rate is their mean."""
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    first = parts[0]["summary"]
+    for p, part in zip(paths, parts):
+        s = part["summary"]
+        if (s["env_id"], s["env_kwargs"], s["total_steps"]) != (first["env_id"], first["env_kwargs"], first["total_steps"]):
+            raise ValueError(
+                f"merge: {p} is for {s['env_id']} {s['env_kwargs']} at {s['total_steps']} steps, "
+                f"expected {first['env_id']} {first['env_kwargs']} at {first['total_steps']} steps"
+            )
+    runs = sorted((r for part in parts for r in part["runs"]), key=lambda r: r["seed"])
+    seeds = [r["seed"] for r in runs]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"merge: the same seed appears twice among {seeds}")
+    rate = {k: float(np.mean([part["raw_rate"][k] for part in parts])) for k in ("agent_steps_per_s", "env_steps_per_s")}
+    rate.update(n_agents=parts[0]["raw_rate"]["n_agents"], merged_from=list(paths))
+    return write_results(out, first["env_id"], first["env_kwargs"], first["total_steps"], rate, runs)
 
 
 if __name__ == "__main__":

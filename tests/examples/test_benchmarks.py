@@ -25,6 +25,27 @@ def test_mappo_baseline_writes_curves(tmp_path):
     assert (tmp_path / "mpe_simple_spread_v3.png").stat().st_size > 10_000
 
 
+def test_mappo_baseline_merges_separate_seed_runs(tmp_path):
+    common = ["--env-id", "mpe:simple_spread_v3", "--total-steps", "200", "--num-envs", "2", "--eval-every", "200",
+              "--rate-seconds", "0.2"]  # fmt: skip
+    for seed in ("3", "1"):
+        _run("mappo_baseline.py", *common, "--seeds", seed, "--out", str(tmp_path / seed))
+    parts = [str(tmp_path / s / "mpe_simple_spread_v3.json") for s in ("3", "1")]
+    out = _run("mappo_baseline.py", "--merge", *parts, "--out", str(tmp_path / "all"))
+    assert out["seeds"] == [1, 3]
+    single = [json.loads(open(p).read())["summary"] for p in parts]
+    assert abs(out["final_eval_return_mean"] - sum(s["final_eval_return_mean"] for s in single) / 2) < 1e-3
+    assert (tmp_path / "all" / "mpe_simple_spread_v3.png").is_file()
+    other = _run("mappo_baseline.py", *common[:2], "--total-steps", "100", *common[4:], "--out", str(tmp_path / "o"))
+    assert other["total_steps"] == 100
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "benchmarks" / "mappo_baseline.py"), "--merge", parts[0],
+         str(tmp_path / "o" / "mpe_simple_spread_v3.json"), "--out", str(tmp_path / "bad")],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode != 0 and "at 100 steps, expected" in proc.stderr
+
+
 def test_vec_env_compares_backends():
     out = _run("vec_env.py", "--env-ids", "mpe:simple_spread_v3", "--num-envs", "2", "--seconds", "0.3")
     r = out["results"]["mpe:simple_spread_v3"]

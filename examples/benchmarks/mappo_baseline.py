@@ -59,6 +59,8 @@ class Args:
     """Output folder for JSON, PNG and the runs' TensorBoard logs."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """Further MAPPO / training settings (env id, steps, seeds and envs above take precedence)."""
+    checkpoint_every: int = 50_000
+    """Checkpoint every this many env steps, so an interrupted benchmark continues with ``--train.resume``."""
     merge: list[str] = field(default_factory=list)
     """Instead of training: merge the runs of these result JSONs (same env and steps) into ``out``."""
 
@@ -120,6 +122,10 @@ def main(args: Args) -> dict:
         return merge(args.merge, out)
     tag = args.env_id.replace(":", "_")
     rate = raw_step_rate(args.env_id, args.rate_seconds, **args.env_kwargs)
+    # with --train.resume, each seed continues its checkpoint and its curve continues the earlier JSON's
+    earlier = {}
+    if args.train.resume and (out / f"{tag}.json").is_file():
+        earlier = {r["seed"]: r for r in json.loads((out / f"{tag}.json").read_text())["runs"]}
     runs = []
     for seed in args.seeds:
         cfg = dataclasses.replace(
@@ -130,7 +136,7 @@ def main(args: Args) -> dict:
             seed=seed,
             env_kwargs=dict(args.env_kwargs),
             eval_every=args.eval_every,
-            checkpoint_every=max(args.total_steps, 1),
+            checkpoint_every=args.checkpoint_every,
             run_dir=str(out / "runs" / f"{tag}_seed{seed}"),
             torch_threads=args.torch_threads,
             progress=False,
@@ -138,16 +144,20 @@ def main(args: Args) -> dict:
         start = time.perf_counter()
         result = train(cfg)
         wall = time.perf_counter() - start
-        runs.append(
-            {
-                "seed": seed,
-                "wall_clock_s": wall,
-                "env_steps": result.env_steps,
-                "train_env_steps_per_s": result.env_steps / wall,
-                "eval_returns": result.eval_returns,
-                "train_returns": result.train_returns,
-            }
-        )
+        run = {
+            "seed": seed,
+            "wall_clock_s": wall,
+            "env_steps": result.env_steps,
+            "eval_returns": result.eval_returns,
+            "train_returns": result.train_returns,
+        }
+        if seed in earlier:  # keep the earlier part of the curve, up to where this call resumed
+            first = min([s for s, _ in result.train_returns + result.eval_returns], default=result.env_steps)
+            for key in ("eval_returns", "train_returns"):
+                run[key] = [p for p in earlier[seed][key] if p[0] < first] + run[key]
+            run["wall_clock_s"] += earlier[seed]["wall_clock_s"]
+        run["train_env_steps_per_s"] = run["env_steps"] / run["wall_clock_s"]
+        runs.append(run)
     return write_results(out, args.env_id, dict(args.env_kwargs), args.total_steps, rate, runs)
 
 

@@ -66,11 +66,16 @@ class Args:
 
 
 def raw_step_rate(env_id: str, seconds: float, seed: int = 0, **kwargs: object) -> dict[str, float]:
-    """Agent-steps and env-steps per second of random available actions in one process, resets included."""
+    """Agent-steps and env-steps per second of random available actions in one process, resets included.
+
+    Also returns the random policy's mean return per agent over the episodes that ended (a reference
+    point for the learning curves).
+    """
     env, spec = make(env_id, **kwargs)
     rng = np.random.default_rng(seed)
     obs, infos = env.reset(seed=seed)
     agent_steps = env_steps = episodes = 0
+    ret, returns = 0.0, []
     start = time.perf_counter()
     while time.perf_counter() - start < seconds:
         actions = {}
@@ -79,9 +84,12 @@ def raw_step_rate(env_id: str, seconds: float, seed: int = 0, **kwargs: object) 
             actions[a] = int(rng.choice(np.flatnonzero(mask))) if mask is not None else env.action_space(a).sample()
         agent_steps += len(env.agents)
         env_steps += 1
-        obs, _, _, _, infos = env.step(actions)
+        obs, rewards, _, _, infos = env.step(actions)
+        ret += sum(rewards.values()) / spec.n_agents
         if not env.agents:
             episodes += 1
+            returns.append(ret)
+            ret = 0.0
             obs, infos = env.reset()
     wall = time.perf_counter() - start
     env.close()
@@ -90,6 +98,7 @@ def raw_step_rate(env_id: str, seconds: float, seed: int = 0, **kwargs: object) 
         "env_steps_per_s": env_steps / wall,
         "episodes": episodes,
         "n_agents": spec.n_agents,
+        "random_policy_return": float(np.mean(returns)) if returns else float("nan"),
     }
 
 
@@ -173,6 +182,7 @@ def write_results(out: Path, env_id: str, env_kwargs: dict, total_steps: int, ra
         "seeds": [r["seed"] for r in runs],
         "raw_agent_steps_per_s": round(rate["agent_steps_per_s"], 1),
         "raw_env_steps_per_s": round(rate["env_steps_per_s"], 1),
+        "random_policy_return": round(rate.get("random_policy_return", float("nan")), 3),
         "train_env_steps_per_s": round(train_rate, 1),
         "train_vs_raw_ratio": round(train_rate / rate["env_steps_per_s"], 3),
         "wall_clock_s": round(float(np.sum([r["wall_clock_s"] for r in runs])), 1),
@@ -208,7 +218,8 @@ def merge(paths: list[str], out: Path) -> dict:
     seeds = [r["seed"] for r in runs]
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"merge: the same seed appears twice among {seeds}")
-    rate = {k: float(np.mean([part["raw_rate"][k] for part in parts])) for k in ("agent_steps_per_s", "env_steps_per_s")}
+    keys = ("agent_steps_per_s", "env_steps_per_s", "random_policy_return")
+    rate = {k: float(np.mean([part["raw_rate"][k] for part in parts if k in part["raw_rate"]])) for k in keys}
     rate.update(n_agents=parts[0]["raw_rate"]["n_agents"], merged_from=list(paths))
     return write_results(out, first["env_id"], first["env_kwargs"], first["total_steps"], rate, runs)
 

@@ -8,8 +8,10 @@ from wmenv.models.ssm import Mamba, Mamba2, Mamba2Config, MambaConfig
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 SMALL = {
     "mamba": lambda: Mamba(d_model=16, d_state=4, scan_block=8),
-    "mamba2": lambda: Mamba2(d_model=16, d_state=8, headdim=8, ngroups=2, chunk_size=8),
-    "mamba2_d_hdim_no_norm": lambda: Mamba2(d_model=16, d_state=8, headdim=4, chunk_size=16, D_has_hdim=True, rmsnorm=False),
+    "mamba2": lambda: Mamba2(d_model=16, d_state=8, headdim=8, ngroups=2, ref_chunk_size=8),
+    "mamba2_d_hdim_no_norm": lambda: Mamba2(
+        d_model=16, d_state=8, headdim=4, ref_chunk_size=16, D_has_hdim=True, rmsnorm=False
+    ),
 }
 
 

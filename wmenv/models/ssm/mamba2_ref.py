@@ -65,7 +65,9 @@ class Mamba2Config:
     bias: bool = False
     """Biases in ``in_proj`` and ``out_proj``."""
     chunk_size: int = 256
-    """Q: chunk length of the SSD algorithm (kernels and reference)."""
+    """Q: chunk length of the mamba-ssm SSD kernel."""
+    ref_chunk_size: int = 64
+    """Q of the pure-PyTorch SSD: its cost grows with Q^2 per chunk, so CPUs want it short (result-invariant)."""
     backend: Backend = "auto"
     """"ref": pure PyTorch; "cuda": mamba-ssm kernels (error if missing); "auto": kernels for CUDA tensors if installed."""
     d_inner: int = field(init=False)
@@ -74,7 +76,7 @@ class Mamba2Config:
     """H = E / P (derived)."""
 
     def __post_init__(self) -> None:
-        for name in ("d_model", "d_state", "d_conv", "expand", "headdim", "ngroups", "chunk_size"):
+        for name in ("d_model", "d_state", "d_conv", "expand", "headdim", "ngroups", "chunk_size", "ref_chunk_size"):
             check_int(f"Mamba2Config.{name}", getattr(self, name))
         check_choice("Mamba2Config.backend", self.backend, ("auto", "ref", "cuda"))
         self.d_inner = self.expand * self.d_model
@@ -165,7 +167,7 @@ class Mamba2(SSMBlock):
         if resolve_backend(self.config.backend, x.device, "Mamba2") == "cuda":
             y, ssm_state = ssd_cuda(xs, dt, A, B, C, D, self.config.chunk_size, resets, ssm0)
         else:
-            y, ssm_state = ssd_chunked(xs, dt, A, B, C, D, self.config.chunk_size, resets, ssm0)
+            y, ssm_state = ssd_chunked(xs, dt, A, B, C, D, self.config.ref_chunk_size, resets, ssm0)
         return self._output(y, z), (conv_state, ssm_state)
 
     def _step(self, x: torch.Tensor, state: SSMState) -> tuple[torch.Tensor, SSMState]:

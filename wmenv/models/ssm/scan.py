@@ -23,49 +23,49 @@ from __future__ import annotations
 import torch
 from einops import einsum
 
-SCAN_BLOCK = 16
+SCAN_BLOCK = 8
 """C: default block length of `selective_scan_ref`."""
 
 
-def _doubling_scan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Inclusive scan ``h_t = a_t h_{t-1} + b_t`` along dim 1 from a zero state, in log2(T) doubling steps.
+def _doubling_scan(a: torch.Tensor, b: torch.Tensor, reverse: bool = False) -> torch.Tensor:
+    """Inclusive scan along dim 1 from a zero state, in log2(T) doubling steps (Hillis-Steele).
+
+    Forward: ``h_t = a_t h_{t-1} + b_t``. Reverse (the adjoint): ``h_t = b_t + a_{t+1} h_{t+1}``.
+    Each step writes into the other of two buffers (``out=``), so nothing is allocated per step.
 
     Args:
-        a: (B, T, ...) decays; left unchanged.
-        b: (B, T, ...) inputs; left unchanged.
+        a: (B, T, ...) decays; left unchanged (with ``reverse``, ``a_0`` is not used).
+        b: (B, T, ...) inputs; consumed (used as a buffer).
 
     Returns:
         (B, T, ...) the states.
     """
-    step, length = 1, a.shape[1]
+    length = a.shape[1]
+    if reverse:
+        a = a[:, 1:]  # a[t] now couples step t to step t + 1; the scan runs from the end
+    b_next = torch.empty_like(b)
+    a_bufs = (torch.empty_like(a), torch.empty_like(a)) if length > 2 else ()
+    step, flip = 1, 0
     while step < length:
-        h = b.clone()
-        torch.addcmul(b[:, step:], a[:, step:], b[:, :-step], out=h[:, step:])
-        if 2 * step < length:
-            a = torch.cat([a[:, :step], a[:, step:] * a[:, :-step]], dim=1)
-        b, step = h, 2 * step
+        n = length - step
+        if reverse:  # h[:n] = b[:n] + a[:n] * b[step:]
+            torch.addcmul(b[:, :n], a[:, :n], b[:, step:], out=b_next[:, :n])
+            b_next[:, n:] = b[:, n:]
+        else:  # h[step:] = b[step:] + a[step:] * b[:n]
+            torch.addcmul(b[:, step:], a[:, step:], b[:, :n], out=b_next[:, step:])
+            b_next[:, :step] = b[:, :step]
+        b, b_next = b_next, b
+        if 2 * step < length:  # decay products over 2 * step steps
+            out, m = a_bufs[flip], a.shape[1] - step
+            if reverse:
+                torch.mul(a[:, :m], a[:, step:], out=out[:, :m])
+                out[:, m:] = a[:, m:]
+            else:
+                torch.mul(a[:, step:], a[:, :m], out=out[:, step:])
+                out[:, :step] = a[:, :step]
+            a, flip = out, 1 - flip
+        step *= 2
     return b
-
-
-def _doubling_scan_reverse(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """Adjoint scan ``g_t <- g_t + a_{t+1} g_{t+1}`` along dim 1, from the last step backwards.
-
-    Args:
-        a: (B, T, ...) the forward decays ``a_t`` (``a_0`` is not used).
-        g: (B, T, ...) direct gradients ``dL/dh_t``; left unchanged.
-
-    Returns:
-        (B, T, ...) the total gradients ``dL/dh_t``.
-    """
-    step, length = 1, a.shape[1]
-    a = a[:, 1:]  # a[t] now couples step t to step t + 1
-    while step < length:
-        out = g.clone()
-        torch.addcmul(g[:, :-step], a[:, : length - step], g[:, step:], out=out[:, :-step])
-        if 2 * step < length:
-            a = torch.cat([a[:, : length - 2 * step] * a[:, step : length - step], a[:, length - 2 * step :]], dim=1)
-        g, step = out, 2 * step
-    return g
 
 
 def _block_terms(
@@ -100,7 +100,7 @@ class _SelectiveScan(torch.autograd.Function):
             decay, drive, _ = _block_terms(u[:, sl], delta[:, sl], A, B[:, sl], None if keep is None else keep[:, sl])
             states = _block_states(decay, drive, h)
             y[:, sl] = (states @ C[:, sl].unsqueeze(-1)).squeeze(-1)
-            h = states[:, -1]
+            h = states[:, -1].clone()  # not a view: the block's states are freed
         ctx.save_for_backward(u, delta, A, B, C, keep, torch.stack(entering))
         ctx.block = block
         return y, h
@@ -109,8 +109,8 @@ class _SelectiveScan(torch.autograd.Function):
     def backward(ctx, grad_y, grad_h):  # noqa: D102
         u, delta, A, B, C, keep, entering = ctx.saved_tensors
         block = ctx.block
-        grads = [torch.zeros_like(t) for t in (u, delta, A, B, C)]
-        g_u, g_delta, g_A, g_B, g_C = grads
+        g_u, g_delta, g_B, g_C = (torch.empty_like(t) for t in (u, delta, B, C))  # every block writes its slice
+        g_A = torch.zeros_like(A)  # summed over blocks
         carry = grad_h if grad_h is not None else torch.zeros_like(entering[0])
         for i in reversed(range(entering.shape[0])):
             sl = slice(i * block, (i + 1) * block)
@@ -120,10 +120,11 @@ class _SelectiveScan(torch.autograd.Function):
             # adjoint: g_t = dL/dh_t + a_{t+1} g_{t+1}, scanned backwards through the block
             g = gy.unsqueeze(-1) * C[:, sl].unsqueeze(2)  # (B, C, D, N) dL/dh_t from y_t
             g[:, -1] += carry
-            g = _doubling_scan_reverse(decay, g)
+            g = _doubling_scan(decay, g, reverse=True)
             carry = decay[:, 0] * g[:, 0]
-            h_prev = torch.cat([entering[i].unsqueeze(1), states[:, :-1]], dim=1)
-            g_decay = g * h_prev * decay  # d/d(delta A) of exp(delta A) * keep
+            g_decay = g * decay  # d/d(delta A) of exp(delta A) * keep, times h_{t-1} below
+            g_decay[:, 1:] *= states[:, :-1]
+            g_decay[:, 0] *= entering[i]
             g_d = (g_decay * A).sum(-1)
             g_A += (g_decay * delta[:, sl].unsqueeze(-1)).sum((0, 1))
             g_du = (g @ Bk.unsqueeze(-1)).squeeze(-1)

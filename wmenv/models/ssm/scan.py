@@ -21,7 +21,6 @@ Working on one block at a time keeps the (B, C, D, N) temporaries in cache.
 from __future__ import annotations
 
 import torch
-from einops import einsum
 
 SCAN_BLOCK = 8
 """C: default block length of `selective_scan_ref`."""
@@ -189,11 +188,17 @@ def selective_scan_naive(
     resets: torch.Tensor | None = None,
     h0: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """`selective_scan_ref` as a Python loop over time: the definition the parallel scan is tested against."""
-    decay, drive = _discretize(u, delta, A, B, resets)
+    """`selective_scan_ref` as a Python loop over time: the definition the parallel scan is tested against.
+
+    Each step discretizes only its own inputs, so the loop's memory and backward stay O(L).
+    """
+    keep = None if resets is None else 1.0 - resets.to(u.dtype)
     h = h0 if h0 is not None else u.new_zeros(u.shape[0], A.shape[0], A.shape[1])
     ys = []
-    for t in range(u.shape[1]):
-        h = decay[:, t] * h + drive[:, t]
-        ys.append(einsum(h, C[:, t], "b d n, b n -> b d"))
+    for t, (u_t, delta_t, B_t, C_t) in enumerate(zip(u.unbind(1), delta.unbind(1), B.unbind(1), C.unbind(1))):
+        decay, drive, _ = _block_terms(
+            u_t[:, None], delta_t[:, None], A, B_t[:, None], None if keep is None else keep[:, t, None]
+        )
+        h = decay[:, 0] * h + drive[:, 0]
+        ys.append((h @ C_t.unsqueeze(-1)).squeeze(-1))
     return torch.stack(ys, dim=1) + u * D, h

@@ -132,8 +132,7 @@ def ssd_naive(
     Bh, Ch = _heads(B, heads), _heads(C, heads)
     h = h0 if h0 is not None else x.new_zeros(x.shape[0], heads, x.shape[3], B.shape[-1])
     ys = []
-    for t in range(x.shape[1]):
-        drive = einsum(x[:, t] * dt[:, t, :, None], Bh[:, t], "b h p, b h n -> b h p n")
-        h = h * decay[:, t, :, None, None] + drive
-        ys.append(einsum(h, Ch[:, t], "b h p n, b h n -> b h p"))
+    for x_t, dt_t, decay_t, B_t, C_t in zip(*(t.unbind(1) for t in (x, dt, decay, Bh, Ch))):  # unbind: O(L) backward
+        h = h * decay_t[:, :, None, None] + einsum(x_t * dt_t[..., None], B_t, "b h p, b h n -> b h p n")
+        ys.append(einsum(h, C_t, "b h p n, b h n -> b h p"))
     return torch.stack(ys, dim=1) + x * _skip(D), h

@@ -38,7 +38,7 @@ import torch
 import tyro
 from torch import nn
 
-from wmenv.models.ssm import Mamba, Mamba2
+from wmenv.models.ssm import Mamba, Mamba2, selective_scan_naive, selective_scan_ref, ssd_chunked, ssd_naive
 
 ModelName = Literal["gru", "mamba", "mamba2", "mamba_step_loop", "mamba2_step_loop"]
 MODELS: tuple[ModelName, ...] = ("gru", "mamba", "mamba2", "mamba_step_loop", "mamba2_step_loop")
@@ -78,6 +78,8 @@ class Args:
     """torch intra-op threads."""
     seed: int = 0
     """Seed of the models' init and the inputs."""
+    scan_only: bool = True
+    """Also time the SSM core alone (scan / SSD vs its plain loop over time) at the goal length."""
     out: Path | None = None
     """Also write the JSON to this file."""
 
@@ -156,6 +158,38 @@ def measure(d_model: int, length: int, models: dict[str, nn.Module], args: Args)
     }
 
 
+def scan_only(d_model: int, length: int, models: dict[str, nn.Module], args: Args) -> dict:
+    """Tokens/s of the SSM core alone (no projections): parallel form vs the plain loop over time.
+
+    Inputs are random with the blocks' shapes at ``d_model`` (Mamba: u, delta (B, L, E), A (E, N);
+    Mamba2: x (B, L, H, P), dt (B, L, H), one group), all requiring grad, loss ``y.square().mean()``.
+    """
+    g = torch.Generator().manual_seed(args.seed)
+    m1, m2 = models["mamba"].config, models["mamba2"].config
+    b, e, n = args.batch, m1.d_inner, m1.d_state
+    s1 = [torch.randn(b, length, e, generator=g), torch.rand(b, length, e, generator=g) * 0.1, -torch.rand(e, n, generator=g)]
+    s1 += [torch.randn(b, length, n, generator=g), torch.randn(b, length, n, generator=g), torch.randn(e, generator=g)]
+    h, p, n2 = m2.nheads, m2.headdim, m2.d_state
+    s2 = [torch.randn(b, length, h, p, generator=g), torch.rand(b, length, h, generator=g) * 0.1, -torch.rand(h, generator=g)]
+    s2 += [torch.randn(b, length, 1, n2, generator=g), torch.randn(b, length, 1, n2, generator=g), torch.randn(h, generator=g)]
+    for t in s1 + s2:
+        t.requires_grad_(True)
+    runs = {
+        "mamba_scan": lambda: selective_scan_ref(*s1, block=m1.scan_block)[0],
+        "mamba_scan_loop": lambda: selective_scan_naive(*s1)[0],
+        "mamba2_ssd": lambda: ssd_chunked(*s2, chunk_size=m2.ref_chunk_size)[0],
+        "mamba2_ssd_loop": lambda: ssd_naive(*s2)[0],
+    }
+    rate = {k: args.batch * length / time_fwd_bwd(run, s1 + s2, args.seconds)[0] for k, run in runs.items()}
+    return {
+        "d_model": d_model,
+        "L": length,
+        "tokens_per_s": {k: round(v, 1) for k, v in rate.items()},
+        "mamba_scan_vs_loop": ratio(rate["mamba_scan"], rate["mamba_scan_loop"]),
+        "mamba2_ssd_vs_loop": ratio(rate["mamba2_ssd"], rate["mamba2_ssd_loop"]),
+    }
+
+
 def goals(results: list[dict], length: int) -> dict[str, dict[str, bool | None]]:
     """Per d_model at L = ``length``: is each block >= 10x its step loop and >= 0.5x the GRU (None: not measured)."""
     out = {}
@@ -174,7 +208,7 @@ def goals(results: list[dict], length: int) -> dict[str, dict[str, bool | None]]
 def main(args: Args) -> dict:
     """Measure every (d_model, L, model); print and return the JSON summary."""
     torch.set_num_threads(args.threads)
-    results, configs = [], {}
+    results, configs, scans = [], {}, []
     for d_model in args.d_models:
         models = build_models(d_model, args)
         m1, m2 = models["mamba"].config, models["mamba2"].config
@@ -192,6 +226,8 @@ def main(args: Args) -> dict:
         }
         for length in args.lengths:
             results.append(measure(d_model, length, models, args))
+        if args.scan_only:
+            scans.append(scan_only(d_model, args.goal_length, models, args))
     summary = {
         "benchmark": "ssm",
         "batch": args.batch,
@@ -209,6 +245,7 @@ def main(args: Args) -> dict:
             "gru_x": GRU_GOAL,
             "by_d_model": goals(results, args.goal_length),
         },  # fmt: skip
+        "scan_only": scans,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",

@@ -26,12 +26,17 @@ def test_ssm_benchmark_measures_every_model(tmp_path):
             for key, ref in ((f"{block}_vs_gru", "gru"), (f"{block}_vs_step_loop", f"{block}_step_loop")):
                 assert abs(r[key] - rate[block] / rate[ref]) <= 1e-3 * (1 + r[key]), (key, r)
     assert out["goals"]["by_d_model"] == {}, "no result at the goal length L = 256"
+    (scan,) = out["scan_only"]  # the SSM core alone, at the goal length
+    assert scan["L"] == 256 and all(v > 0 for v in scan["tokens_per_s"].values())
+    assert (
+        abs(scan["mamba_scan_vs_loop"] - scan["tokens_per_s"]["mamba_scan"] / scan["tokens_per_s"]["mamba_scan_loop"]) < 1e-2
+    )
 
 
 def test_ssm_benchmark_skips_long_step_loops():
     cmd = [sys.executable, "examples/benchmarks/ssm.py", "--lengths", "4", "--d-models", "16", "--batch", "2",
            "--seconds", "0.01", "--step-loop-max-len", "2", "--goal-length", "4", "--models", "gru", "mamba",
-           "mamba_step_loop"]  # fmt: skip
+           "mamba_step_loop", "--no-scan-only"]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])

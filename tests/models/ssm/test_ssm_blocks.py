@@ -176,3 +176,16 @@ def test_bad_configs_are_named():
         Mamba(d_modle=8)
     with pytest.raises(TypeError, match="config: expected a Mamba2Config, got MambaConfig"):
         Mamba2(MambaConfig())
+
+
+def test_mamba_features_are_the_ssm_output_before_the_gate():
+    block = _block("mamba")
+    x, resets = _episode_data()
+    y, ssm_out, state = block.forward_features(x, resets)
+    y2, state2 = block(x, resets, return_state=True)
+    assert torch.equal(y, y2) and all(torch.equal(a, b) for a, b in zip(state, state2))
+    assert ssm_out.shape == (3, 27, block.config.d_inner)
+    _, z = block.in_proj(x).chunk(2, dim=-1)
+    torch.testing.assert_close(block.out_proj(ssm_out * torch.nn.functional.silu(z)), y)
+    with pytest.raises(ValueError, match=r"x: expected shape \(B, L, 16\)"):
+        block.forward_features(x[..., :3])

@@ -118,16 +118,22 @@ class SSMBlock(nn.Module):
         Returns:
             y: (B, L, D); with ``return_state``, ``(y, state)``.
         """
+        y, new_state = self._forward(x, resets, self.check_sequence(x, resets, state))
+        return (y, new_state) if return_state else y
+
+    def check_sequence(self, x: torch.Tensor, resets: torch.Tensor | None, state: SSMState | None) -> SSMState | None:
+        """Check the arguments of `forward` (see there); returns ``state`` as a tuple.
+
+        Raises:
+            TypeError, ValueError: naming the tensor, the expected shape and the received one.
+        """
         check_tensor("x", x, ("B", "L", self.d_model), (None, None, self.d_model), self._dtype)
         batch, length = x.shape[:2]
         if resets is not None:
             if not isinstance(resets, torch.Tensor) or tuple(resets.shape) != (batch, length):
                 got = tuple(resets.shape) if isinstance(resets, torch.Tensor) else type(resets).__name__
                 raise ValueError(f"resets: expected shape ({batch}, {length}) (B, L) like x, got {got}")
-        if state is not None:
-            state = self._check_state(state, batch)
-        y, new_state = self._forward(x, resets, state)
-        return (y, new_state) if return_state else y
+        return None if state is None else self._check_state(state, batch)
 
     def step(self, x: torch.Tensor, state: SSMState) -> tuple[torch.Tensor, SSMState]:
         """Advance one token; the state is returned new, never updated in place.

@@ -14,6 +14,31 @@ import torch
 from einops import rearrange
 
 
+def window_taps(x: torch.Tensor, past: torch.Tensor, resets: torch.Tensor | None) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The inputs every step of a causal window of width W sees, hiding those before an episode start.
+
+    Args:
+        x: (B, L, D) inputs.
+        past: (B, W-1, D) the W-1 inputs before the sequence, oldest first.
+        resets: (B, L) 1 where an episode starts: inputs before it are not seen from there on.
+
+    Returns:
+        taps: W tensors (B, L, D); ``taps[k][:, t]`` is input ``t - (W-1-k)`` (zero where hidden).
+        tail: (B, W, D) the last W inputs after the sequence (zero before its last episode start).
+    """
+    width, length = past.shape[1] + 1, x.shape[1]
+    padded = torch.cat([past, x], dim=1)  # (B, W-1+L, D)
+    taps = [padded[:, k : k + length] for k in range(width)]
+    tail = padded[:, -width:]  # W-1+L >= W inputs are always there
+    if resets is not None:
+        # segment id of every padded position: the past is segment 0, each reset opens a new one
+        seg = torch.cumsum(resets.to(torch.int64), dim=1)  # (B, L)
+        seg_padded = torch.cat([seg.new_zeros(x.shape[0], width - 1), seg], dim=1)  # (B, W-1+L)
+        taps = [tap * (seg_padded[:, k : k + length] == seg).unsqueeze(-1).to(x.dtype) for k, tap in enumerate(taps)]
+        tail = tail * (seg_padded[:, -width:] == seg[:, -1:]).unsqueeze(-1).to(x.dtype)
+    return taps, tail
+
+
 def causal_conv(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -33,28 +58,16 @@ def causal_conv(
     Returns:
         y: (B, L, D) outputs (before the activation); conv_state: (B, D, W) the last W inputs after it.
     """
-    batch, length, _ = x.shape
     width = weight.shape[-1]
     if conv_state is None:
-        past = x.new_zeros(batch, width - 1, x.shape[2])
+        past = x.new_zeros(x.shape[0], width - 1, x.shape[2])
     else:
         past = rearrange(conv_state[..., 1:], "b d w -> b w d")  # (B, W-1, D)
-    padded = torch.cat([past, x], dim=1)  # (B, W-1+L, D)
-    if resets is not None:
-        # segment id of every padded position: the past is segment 0, each reset opens a new one
-        seg = torch.cumsum(resets.to(torch.int64), dim=1)  # (B, L)
-        seg_padded = torch.cat([seg.new_zeros(batch, width - 1), seg], dim=1)  # (B, W-1+L)
+    taps, tail = window_taps(x, past, resets)
     kernel = rearrange(weight, "d 1 w -> w d")  # (W, D)
-    y = x.new_zeros(x.shape) if bias is None else bias.expand_as(x).clone()
-    for k in range(width):  # window tap k reads input t - (W-1-k)
-        tap = padded[:, k : k + length]
-        if resets is not None:
-            tap = tap * (seg_padded[:, k : k + length] == seg).unsqueeze(-1).to(x.dtype)
-        y = y + tap * kernel[k]
-    tail = padded[:, -width:]  # (B, W, D): W-1+L >= W inputs are always there
-    if resets is not None:
-        live = (seg_padded[:, -width:] == seg[:, -1:]).unsqueeze(-1).to(x.dtype)  # (B, W, 1)
-        tail = tail * live
+    y = x.new_zeros(x.shape) if bias is None else bias.expand_as(x)
+    for tap, k in zip(taps, kernel):
+        y = y + tap * k
     return y, rearrange(tail, "b w d -> b d w")
 
 

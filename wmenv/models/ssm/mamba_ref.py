@@ -111,8 +111,10 @@ class Mamba(SSMBlock):
         dt, B, C = self.x_proj(xc).split([self.config.rank, N, N], dim=-1)
         return F.softplus(self.dt_proj(dt)), B, C, -torch.exp(self.A_log)
 
-    def _forward(self, x: torch.Tensor, resets: torch.Tensor | None, state: SSMState | None) -> tuple[torch.Tensor, SSMState]:
-        """y (B, L, D) and the final state, from x (B, L, D)."""
+    def _core(
+        self, x: torch.Tensor, resets: torch.Tensor | None, state: SSMState | None
+    ) -> tuple[torch.Tensor, torch.Tensor, SSMState]:
+        """SSM output ``C h + D x`` (B, L, E), the gate input z (B, L, E) and the final state, from x (B, L, D)."""
         xs, z = self.in_proj(x).chunk(2, dim=-1)  # (B, L, E) each
         conv0, ssm0 = (None, None) if state is None else state
         xc, conv_state = causal_conv(xs, self.conv1d.weight, self.conv1d.bias, resets, conv0)
@@ -123,7 +125,26 @@ class Mamba(SSMBlock):
             y, ssm_state = selective_scan_cuda(xc, delta, A, B, C, self.D)
         else:  # the kernel takes neither resets nor an initial state
             y, ssm_state = selective_scan_ref(xc, delta, A, B, C, self.D, resets, ssm0, self.config.scan_block)
-        return self.out_proj(y * F.silu(z)), (conv_state, ssm_state)
+        return y, z, (conv_state, ssm_state)
+
+    def _forward(self, x: torch.Tensor, resets: torch.Tensor | None, state: SSMState | None) -> tuple[torch.Tensor, SSMState]:
+        """y (B, L, D) and the final state, from x (B, L, D)."""
+        y, z, state = self._core(x, resets, state)
+        return self.out_proj(y * F.silu(z)), state
+
+    def forward_features(
+        self, x: torch.Tensor, resets: torch.Tensor | None = None, state: SSMState | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, SSMState]:
+        """`forward` that also returns the SSM's own output, before the gate and ``out_proj``.
+
+        Args:
+            x: (B, L, D); resets: (B, L); state: as in `forward`.
+
+        Returns:
+            y: (B, L, D) the block's output; ssm_out: (B, L, E) ``C h_t + D x_t`` per step; the final state.
+        """
+        y, z, state = self._core(x, resets, self.check_sequence(x, resets, state))
+        return self.out_proj(y * F.silu(z)), y, state
 
     def _step(self, x: torch.Tensor, state: SSMState) -> tuple[torch.Tensor, SSMState]:
         """y (B, D) and the new state, from x (B, D)."""

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from agents.critic import CentralCritic, CriticConfig
 from agents.gae import gae
-from agents.policies.base import PolicyState, RecurrentPolicy, log_prob_entropy, mask_logits, sample_actions
+from agents.policies.base import PolicyState, RecurrentPolicy, log_prob_entropy, mask_logits, masked_mean, sample_actions
 from agents.policies.gru import GRUPolicy, GRUPolicyConfig
 from agents.storage import BatchedEnv, Carry, Chunks, Episodes, RolloutStorage
 from wmenv.checks import check_int
@@ -66,7 +66,7 @@ class MAPPOConfig:
     entropy_coef: float = 0.01
     """Weight of the entropy bonus."""
     aux_coef: float = 1.0
-    """Weight of the policy's `auxiliary_loss` (0 for the GRU policy, which has none)."""
+    """Weight of the policy's auxiliary loss from `forward_train` (the GRU and Mamba policies have none)."""
     max_grad_norm: float = 10.0
     """Gradient-norm clipping, applied to actor and critic separately."""
     normalize_advantages: bool = True
@@ -93,11 +93,6 @@ class MAPPOConfig:
             torch.device(self.device)
         except RuntimeError as e:
             raise ValueError(f"MAPPOConfig.device: expected a torch device string, got {self.device!r}") from e
-
-
-def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
-    """Mean of ``x`` over the True entries of ``mask`` (0 if there are none); masked-out values never leak."""
-    return torch.where(mask, x, torch.zeros_like(x)).sum() / mask.sum().clamp(min=1)
 
 
 def ppo_policy_loss(
@@ -341,11 +336,13 @@ class MAPPO(nn.Module):
             loss: scalar; stats: detached scalars for logging.
         """
         cfg, vn, valid = self.config, self.critic.value_norm, batch.valid
-        logits = mask_logits(self.policy.forward_sequence(batch.obs, batch.resets, batch.actor_state), batch.action_mask)
+        logits, aux_loss, aux_stats = self.policy.forward_train(
+            batch.obs, batch.resets, batch.actor_state, batch.actions, valid
+        )
+        logits = mask_logits(logits, batch.action_mask)
         log_probs, entropy = log_prob_entropy(logits, batch.actions)  # (B, L) each
         policy_loss, stats = ppo_policy_loss(log_probs, batch.log_probs, batch.advantages, valid, cfg.clip)
         entropy = masked_mean(entropy, valid)
-        aux_loss, aux_stats = self.policy.auxiliary_loss(batch.obs, batch.resets, batch.actor_state, valid)
         values = self.critic.forward_sequence(batch.state, batch.agent, batch.resets, batch.critic_state)  # (B, L)
         if bool(valid.any()):
             vn.update(batch.returns[valid])

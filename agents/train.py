@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from agents.critic import CriticConfig
 from agents.mappo import MAPPO, MAPPOConfig
-from agents.policies.gru import GRUPolicyConfig
+from agents.policies import POLICIES, GRUPolicyConfig, MambaPolicyConfig, SPMambaConfig, make_policy
 from wmenv.checks import check_choice, check_int
 from wmenv.envs.vector import VecEnv
 
@@ -75,8 +75,14 @@ class TrainConfig:
     """Show a tqdm progress bar."""
     mappo: MAPPOConfig = field(default_factory=MAPPOConfig)
     """PPO hyperparameters."""
-    policy: GRUPolicyConfig = field(default_factory=GRUPolicyConfig)
-    """Actor architecture."""
+    policy: Literal["gru", "mamba", "sp-mamba"] = "gru"
+    """Actor: the MAPPO GRU policy, the plain Mamba policy, or Self-Predictive Mamba."""
+    gru: GRUPolicyConfig = field(default_factory=GRUPolicyConfig)
+    """Architecture of the "gru" actor."""
+    mamba: MambaPolicyConfig = field(default_factory=MambaPolicyConfig)
+    """Architecture of the "mamba" actor."""
+    sp_mamba: SPMambaConfig = field(default_factory=SPMambaConfig)
+    """Architecture and self-prediction losses of the "sp-mamba" actor."""
     critic: CriticConfig = field(default_factory=CriticConfig)
     """Critic architecture and value normalization."""
     steps_per_iteration: int = field(init=False)
@@ -90,8 +96,14 @@ class TrainConfig:
         for name in ("eval_every", "checkpoint_every", "torch_threads"):
             check_int(f"TrainConfig.{name}", getattr(self, name), 0)
         check_choice("TrainConfig.backend", self.backend, ("sync", "subproc"))
+        check_choice("TrainConfig.policy", self.policy, POLICIES)
         self.steps_per_iteration = self.num_envs * self.mappo.rollout_length
         self.iterations = math.ceil(self.total_steps / self.steps_per_iteration)
+
+    @property
+    def policy_config(self) -> GRUPolicyConfig | MambaPolicyConfig | SPMambaConfig:
+        """The config of the selected actor kind."""
+        return {"gru": self.gru, "mamba": self.mamba, "sp-mamba": self.sp_mamba}[self.policy]
 
 
 @dataclass
@@ -270,7 +282,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     probe = VecEnv(cfg.env_id, num_envs=1, seed=cfg.seed, **cfg.env_kwargs)
     spec = probe.spec
     probe.close()
-    agent = MAPPO(spec, cfg.mappo, policy_config=cfg.policy, critic_config=cfg.critic, seed=cfg.seed)
+    policy = make_policy(cfg.policy, spec.obs_dim, spec.n_actions, cfg.policy_config)
+    agent = MAPPO(spec, cfg.mappo, policy=policy, critic_config=cfg.critic, seed=cfg.seed)
     counters = {"iteration": 0, "env_steps": 0, "episodes": 0}
     ckpt = latest_checkpoint(run_dir) if cfg.resume else None
     if ckpt is not None:

@@ -1,11 +1,14 @@
-"""Train MAPPO (shared GRU actor, centralized GRU critic) on a real multi-agent env, model-free.
+"""Train MAPPO (shared GRU / Mamba / SP-Mamba actor, centralized GRU critic) on a real multi-agent env, model-free.
 
 Writes TensorBoard scalars and checkpoints to ``--run-dir`` (``tensorboard --logdir runs``) and prints
 the greedy evaluation return before and after training.
 
 Usage:
     python examples/02_train_mappo.py --env-id mpe:simple_spread_v3 --total-steps 100000
-    python examples/02_train_mappo.py --total-steps 20000 --num-envs 4 --mappo.epochs 10 --policy.hidden 128
+    python examples/02_train_mappo.py --total-steps 20000 --num-envs 4 --mappo.epochs 10 --gru.hidden 128
+    python examples/02_train_mappo.py --policy sp-mamba --env-id flatland:5 --env-kwargs dense_reward True
+    python examples/02_train_mappo.py --policy sp-mamba --sp-mamba.k 8 --sp-mamba.encoder simnorm --sp-mamba.rep-loss
+    python examples/02_train_mappo.py --policy mamba --mamba.d-state 32
     python examples/02_train_mappo.py --run-dir runs/spread --resume          # continue the latest checkpoint
     python examples/02_train_mappo.py --env-id mpe:simple_spread_v3 --env-kwargs max_cycles 50
     python examples/02_train_mappo.py --help

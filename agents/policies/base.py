@@ -64,6 +64,11 @@ def mask_logits(logits: Tensor, action_mask: Tensor) -> Tensor:
     return logits.masked_fill(~action_mask, float("-inf"))
 
 
+def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Mean of ``x`` over the True entries of ``mask`` (0 if there are none); masked-out values never leak."""
+    return torch.where(mask, x, torch.zeros_like(x)).sum() / mask.sum().clamp(min=1)
+
+
 def log_prob_entropy(logits: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
     """Log-probability of ``actions`` and entropy under ``Categorical(logits)``; -inf logits are allowed.
 
@@ -146,21 +151,24 @@ class RecurrentPolicy(nn.Module, ABC):
             out.append(logits)
         return torch.stack(out, dim=1)
 
-    def auxiliary_loss(
-        self, obs: Tensor, resets: Tensor, state0: PolicyState, valid: Tensor
-    ) -> tuple[Tensor, dict[str, float]]:
-        """An extra loss trained with the actor (e.g. SP-Mamba's self-prediction); plain policies have none.
+    def forward_train(
+        self, obs: Tensor, resets: Tensor, state0: PolicyState, actions: Tensor, valid: Tensor
+    ) -> tuple[Tensor, Tensor, dict[str, float]]:
+        """`forward_sequence` plus the policy's own auxiliary loss, from one pass (what the PPO update calls).
+
+        Plain policies have no auxiliary loss; SP-Mamba's is its self-prediction (trained with the actor).
 
         Args:
             obs: (B, T, D) float.
             resets: (B, T) bool.
             state0: name -> (B, ...), the state before step 0.
+            actions: (B, T) int64, the actions taken.
             valid: (B, T) bool, steps that count (alive agents inside the rollout).
 
         Returns:
-            loss: scalar tensor (0 here); stats: name -> float for logging (empty here).
+            logits: (B, T, A) unmasked; loss: scalar tensor (0 here); stats: name -> float for logging.
         """
-        return obs.new_zeros(()), {}
+        return self.forward_sequence(obs, resets, state0), obs.new_zeros(()), {}
 
     def state_shapes(self) -> dict[str, tuple[int, ...]]:
         """Per-row shape of every state tensor (what rollout storage allocates)."""

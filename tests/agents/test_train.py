@@ -5,6 +5,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -34,5 +37,24 @@ def test_example_trains_evaluates_checkpoints_and_resumes(tmp_path):
 def test_example_help_lists_nested_configs():
     out = subprocess.run([sys.executable, str(ROOT / "examples" / "02_train_mappo.py"), "--help"], cwd=ROOT,
                          capture_output=True, text=True, timeout=60)  # fmt: skip
-    assert out.returncode == 0 and "--mappo.lr" in out.stdout and "--policy.hidden" in out.stdout
+    assert out.returncode == 0 and "--mappo.lr" in out.stdout and "--gru.hidden" in out.stdout
     assert "--critic.value-norm" in out.stdout
+
+
+@pytest.mark.parametrize("policy", ["mamba", "sp-mamba"])
+def test_example_trains_mamba_policies_on_flatland_and_refuses_a_gru_checkpoint(tmp_path, policy):
+    run = tmp_path / "run"
+    common = ["--env-id", "flatland:5", "--num-envs", "2", "--mappo.epochs", "2", "--mappo.rollout-length", "10",
+              "--eval-every", "0", "--run-dir", str(run)]  # fmt: skip
+    extra = ["--sp-mamba.k", "2", "--sp-mamba.d-model", "16"] if policy == "sp-mamba" else ["--mamba.hidden", "16"]
+    out = _run(*common, "--policy", policy, *extra, "--total-steps", "40")
+    assert "env steps: 40  iterations: 2" in out
+    meta = json.loads((run / "checkpoints" / "step_000000000040" / "config.json").read_text())
+    assert meta["train"]["policy"] == policy
+    if policy == "sp-mamba":
+        scalars = EventAccumulator(str(run)).Reload().Tags()["scalars"]
+        assert any("pred_kl" in tag for tag in scalars), scalars
+    cmd = [sys.executable, str(ROOT / "examples" / "02_train_mappo.py"), "--no-progress", *common, "--policy", "gru",
+           "--total-steps", "60", "--resume"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "ValueError" in proc.stderr

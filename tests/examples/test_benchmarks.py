@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -52,3 +54,23 @@ def test_vec_env_compares_backends():
     r = out["results"]["mpe:simple_spread_v3"]
     assert r["sync_agent_steps_per_s"] > 0 and r["subproc_agent_steps_per_s"] > 0
     assert abs(r["subproc_over_sync"] - r["subproc_agent_steps_per_s"] / r["sync_agent_steps_per_s"]) < 1e-2
+
+
+def test_policies_benchmark_compares_actors_and_merges(tmp_path):
+    common = ["--env-id", "mpe:simple_spread_v3", "--total-steps", "200", "--num-envs", "2", "--eval-every", "100",
+              "--inference-batches", "1", "4", "--inference-seconds", "0.05", "--train.mappo.epochs", "1"]  # fmt: skip
+    a = _run("policies.py", *common, "--policies", "gru", "sp-mamba", "--seeds", "0", "--out", str(tmp_path / "a"))
+    assert set(a["policies"]) == {"gru", "sp-mamba"}
+    for kind in ("gru", "sp-mamba"):
+        p = a["policies"][kind]
+        assert p["seeds"] == [0] and p["us_per_agent_step_b1"] > 0 and p["us_per_agent_step_b4"] > 0 and p["params"] > 0
+    _run("policies.py", *common, "--policies", "mamba", "--seeds", "0", "1", "--out", str(tmp_path / "b"))
+    parts = [str(tmp_path / x / "mpe_simple_spread_v3.json") for x in ("a", "b")]
+    merged = _run("policies.py", "--merge", *parts, "--out", str(tmp_path / "all"))
+    assert list(merged["policies"]) == ["gru", "mamba", "sp-mamba"] and merged["policies"]["mamba"]["seeds"] == [0, 1]
+    data = json.loads((tmp_path / "all" / "mpe_simple_spread_v3.json").read_text())
+    assert [(r["policy"], r["seed"]) for r in data["runs"]] == [("gru", 0), ("mamba", 0), ("mamba", 1), ("sp-mamba", 0)]
+    assert [s for s, _ in data["runs"][0]["eval_returns"]] == [0, 100, 200]
+    assert (tmp_path / "all" / "mpe_simple_spread_v3.png").stat().st_size > 10_000
+    with pytest.raises(AssertionError, match="appears twice"):
+        _run("policies.py", "--merge", parts[0], parts[0], "--out", str(tmp_path / "dup"))

@@ -12,9 +12,14 @@ chunks of a sequence from stored states. A reset flag (per row, per step) restor
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
+
+from wmenv.checks import check_int
+
+C = TypeVar("C")
 
 PolicyState = dict[str, Tensor]
 """A recurrent state: name -> tensor of shape (B, ...). Empty for stateless modules."""
@@ -169,6 +174,21 @@ class RecurrentPolicy(nn.Module, ABC):
             logits: (B, T, A) unmasked; loss: scalar tensor (0 here); stats: name -> float for logging.
         """
         return self.forward_sequence(obs, resets, state0), obs.new_zeros(()), {}
+
+    def _setup(self, obs_dim: int, n_actions: int, config: C | None, config_type: type[C]) -> C:
+        """Check and store D and A; return ``config`` (a default ``config_type()`` when None).
+
+        Raises:
+            ValueError: D or A is not an integer >= 1.
+            TypeError: ``config`` is not a ``config_type``.
+        """
+        for name, v in (("obs_dim", obs_dim), ("n_actions", n_actions)):
+            check_int(name, v)
+        cfg = config if config is not None else config_type()
+        if not isinstance(cfg, config_type):
+            raise TypeError(f"config: expected a {config_type.__name__}, got {type(cfg).__name__}")
+        self.obs_dim, self.n_actions = obs_dim, n_actions
+        return cfg
 
     def state_shapes(self) -> dict[str, tuple[int, ...]]:
         """Per-row shape of every state tensor (what rollout storage allocates)."""

@@ -122,12 +122,7 @@ class GRUPolicy(RecurrentPolicy):
 
     def __init__(self, obs_dim: int, n_actions: int, config: GRUPolicyConfig | None = None) -> None:
         super().__init__()
-        for name, v in (("obs_dim", obs_dim), ("n_actions", n_actions)):
-            check_int(name, v)
-        self.config = cfg = config if config is not None else GRUPolicyConfig()
-        if not isinstance(cfg, GRUPolicyConfig):
-            raise TypeError(f"config: expected a GRUPolicyConfig, got {type(cfg).__name__}")
-        self.obs_dim, self.n_actions = obs_dim, n_actions
+        self.config = cfg = self._setup(obs_dim, n_actions, config, GRUPolicyConfig)
         self.encoder = mlp_encoder(obs_dim, cfg.hidden, cfg.mlp_layers, cfg.feature_norm, cfg.activation)
         self.rnn = ResettableGRU(cfg.hidden, cfg.hidden, cfg.gru_layers)
         self.head = init_linear_(nn.Linear(cfg.hidden, n_actions), cfg.head_gain)

@@ -79,12 +79,7 @@ class MambaPolicy(MambaStateMixin, RecurrentPolicy):
 
     def __init__(self, obs_dim: int, n_actions: int, config: MambaPolicyConfig | None = None) -> None:
         super().__init__()
-        for name, v in (("obs_dim", obs_dim), ("n_actions", n_actions)):
-            check_int(name, v)
-        self.config = cfg = config if config is not None else MambaPolicyConfig()
-        if not isinstance(cfg, MambaPolicyConfig):
-            raise TypeError(f"config: expected a MambaPolicyConfig, got {type(cfg).__name__}")
-        self.obs_dim, self.n_actions = obs_dim, n_actions
+        self.config = cfg = self._setup(obs_dim, n_actions, config, MambaPolicyConfig)
         self.encoder = mlp_encoder(obs_dim, cfg.hidden, cfg.mlp_layers, cfg.feature_norm, cfg.activation)
         self.mamba = Mamba(d_model=cfg.hidden, d_state=cfg.d_state, expand=cfg.expand, d_conv=cfg.d_conv, backend=cfg.backend)
         self.norm = nn.LayerNorm(cfg.hidden)

@@ -145,12 +145,8 @@ class SPMambaPolicy(MambaStateMixin, RecurrentPolicy):
 
     def __init__(self, obs_dim: int, n_actions: int, config: SPMambaConfig | None = None) -> None:
         super().__init__()
-        for name, v in (("obs_dim", obs_dim), ("n_actions", n_actions)):
-            check_int(name, v)
-        self.config = cfg = config if config is not None else SPMambaConfig()
-        if not isinstance(cfg, SPMambaConfig):
-            raise TypeError(f"config: expected a SPMambaConfig, got {type(cfg).__name__}")
-        self.obs_dim, self.n_actions, self.k, Z = obs_dim, n_actions, cfg.k, cfg.latent_dim
+        self.config = cfg = self._setup(obs_dim, n_actions, config, SPMambaConfig)
+        self.k, Z = cfg.k, cfg.latent_dim
         self.encoder = ObsEncoder(obs_dim, cfg)
         self.window = nn.Conv1d(Z, cfg.d_model, cfg.k)  # CNN over the last k encodings
         self.mamba = Mamba(d_model=cfg.d_model, d_state=cfg.d_state, expand=cfg.expand, d_conv=cfg.d_conv, backend=cfg.backend)

@@ -93,7 +93,8 @@ class MambaPolicy(MambaStateMixin, RecurrentPolicy):
         """obs: (B, D), state, resets: (B,) bool -> logits: (B, A), new state."""
         self.check_step(obs, resets)
         state = self._restart(state, resets)
-        y, (conv, ssm) = self.mamba.step(self.encoder(obs), (state["conv"], state["ssm"]))
+        # the unchecked step: obs was checked above and the state is ours; keeps the step traceable (ONNX)
+        y, (conv, ssm) = self.mamba._step(self.encoder(obs), (state["conv"], state["ssm"]))
         return self.head(self.norm(y)), {"conv": conv, "ssm": ssm}
 
     def forward_sequence(self, obs: Tensor, resets: Tensor, state0: PolicyState) -> Tensor:

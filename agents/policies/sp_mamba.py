@@ -187,7 +187,8 @@ class SPMambaPolicy(MambaStateMixin, RecurrentPolicy):
         state = self._restart(state, resets)
         z, _ = self.encoder(obs)  # (B, Z)
         window = [z] if hist is None else [*state["z_hist"].unbind(1), z]
-        y, (conv, ssm) = self.mamba.step(self._window(window), (state["conv"], state["ssm"]))
+        # the unchecked step: obs was checked above and the state is ours; keeps the step traceable (ONNX)
+        y, (conv, ssm) = self.mamba._step(self._window(window), (state["conv"], state["ssm"]))
         new = {"conv": conv, "ssm": ssm}
         if hist is not None:
             new["z_hist"] = torch.stack(window[1:], dim=1)

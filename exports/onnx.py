@@ -1,0 +1,160 @@
+"""ONNX export of a decentralized agent's recurrent step.
+
+Glossary: B batch (agents stepped together), D observation features, A actions.
+
+One graph computes one decision step of one agent type for B rows:
+
+    inputs   obs (B, D) float32, action_mask (B, A) bool, reset (B,) bool,
+             one input per recurrent state tensor (B, ...) float32 (names as the policy's state dict),
+             [noise (B, A) float32 uniform in (0, 1), when exported with ``sampling=True``]
+    outputs  logits (B, A) float32 (masked actions -inf), action (B,) int64 (greedy),
+             [sampled_action (B,) int64: Gumbel-max over ``log(-log noise)``, RNG-free],
+             new_<state> (B, ...) per state tensor
+
+The batch dimension is dynamic. The graph comes from ``torch.export`` (``torch.onnx.export(dynamo=True)``,
+opset 18): the policy's ``step`` is straight-line tensor code, so the graph has no loops or branches.
+Metadata (``metadata_props``) records the format, library version, policy class, D, A, the state
+names and shapes, whether it samples, and the env spec it was made for.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+from torch import Tensor, nn
+
+from agents.policies.base import RecurrentPolicy
+
+EXPORT_FORMAT = 1
+"""Version of the graph's input / output / metadata layout; `OnnxAgent` refuses other versions."""
+OPSET = 18
+
+
+def library_version() -> str:
+    """The installed wmenv version (``"unknown"`` when running from a source tree without metadata)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("wmenv")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+class StepGraph(nn.Module):
+    """The module that is exported: one policy step with masking and greedy / Gumbel-max action choice."""
+
+    def __init__(self, policy: RecurrentPolicy, state_names: list[str], sampling: bool) -> None:
+        super().__init__()
+        self.policy, self.state_names, self.sampling = policy, state_names, sampling
+
+    def forward(
+        self, obs: Tensor, action_mask: Tensor, reset: Tensor, state: tuple[Tensor, ...], noise: Tensor | None = None
+    ) -> tuple[Tensor, ...]:
+        """See the module docstring for inputs and outputs."""
+        logits, new = self.policy.step(obs, dict(zip(self.state_names, state)), reset)
+        logits = logits.masked_fill(~action_mask, float("-inf"))
+        outs = [logits, logits.argmax(-1)]
+        if self.sampling:
+            tiny = torch.finfo(noise.dtype).tiny
+            gumbel = -torch.log(-torch.log(noise.clamp(tiny, 1.0 - 1e-7)))
+            outs.append((logits + gumbel).argmax(-1))
+        return (*outs, *(new[n] for n in self.state_names))
+
+
+def export_agent(
+    policy: RecurrentPolicy,
+    path: str | Path,
+    spec: Any | None = None,
+    sampling: bool = False,
+    opset: int = OPSET,
+) -> Path:
+    """Export ``policy``'s step to an ONNX file (written atomically); see the module docstring for the graph.
+
+    The policy is copied, put in eval mode (SP-Mamba's categorical encoder then takes its mode) and
+    exported in float32 on the CPU.
+
+    Args:
+        policy: a `RecurrentPolicy` (GRU, Mamba, SP-Mamba, or any whose ``step`` is traceable).
+        path: the ``.onnx`` file to write.
+        spec: the `EnvSpec` the agent acts in; recorded so `OnnxAgent` can refuse another env.
+        sampling: add the ``noise`` input and the ``sampled_action`` output.
+        opset: ONNX opset (18 or later).
+
+    Returns:
+        ``path``.
+
+    Raises:
+        TypeError: ``policy`` is not a `RecurrentPolicy`.
+        ValueError: ``spec`` disagrees with the policy's D or A.
+        RuntimeError: the step cannot be exported, with the exporter's reason.
+    """
+    if not isinstance(policy, RecurrentPolicy):
+        raise TypeError(
+            f"policy: expected a RecurrentPolicy (GRUPolicy, MambaPolicy, SPMambaPolicy), got {type(policy).__name__}"
+        )
+    if spec is not None and (spec.obs_dim, spec.n_actions) != (policy.obs_dim, policy.n_actions):
+        raise ValueError(
+            f"spec: expected obs_dim={policy.obs_dim}, n_actions={policy.n_actions} (the policy's), "
+            f"got obs_dim={spec.obs_dim}, n_actions={spec.n_actions} ({spec.id})"
+        )
+    path = Path(path)
+    policy = copy.deepcopy(policy).float().cpu().eval()
+    state0 = policy.initial_state(2)
+    names = list(state0)
+    graph = StepGraph(policy, names, sampling)
+    D, A = policy.obs_dim, policy.n_actions
+    args: tuple[Any, ...] = (
+        torch.zeros(2, D),
+        torch.ones(2, A, dtype=torch.bool),
+        torch.zeros(2, dtype=torch.bool),
+        tuple(state0.values()),
+    )
+    batch = torch.export.Dim("batch", min=1)
+    dynamic: tuple[Any, ...] = ({0: batch}, {0: batch}, {0: batch}, tuple({0: batch} for _ in names))
+    inputs = ["obs", "action_mask", "reset", *names]
+    outputs = ["logits", "action", *(["sampled_action"] if sampling else []), *(f"new_{n}" for n in names)]
+    if sampling:
+        args, dynamic, inputs = (*args, torch.full((2, A), 0.5)), (*dynamic, {0: batch}), [*inputs, "noise"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with torch.no_grad():
+            torch.onnx.export(
+                graph, args, str(tmp), dynamo=True, opset_version=opset, dynamic_shapes=dynamic, input_names=inputs,
+                output_names=outputs, external_data=False, optimize=True, verbose=False,
+            )  # fmt: skip
+    except Exception as e:
+        tmp.unlink(missing_ok=True)
+        raise RuntimeError(f"policy: {type(policy).__name__}.step cannot be exported to ONNX: {type(e).__name__}: {e}") from e
+    model = onnx.load(str(tmp))
+    loops = sorted({n.op_type for n in model.graph.node if n.op_type in ("Loop", "Scan", "If")})
+    if loops:
+        tmp.unlink(missing_ok=True)
+        raise RuntimeError(
+            f"policy: {type(policy).__name__}.step exported with control flow {loops}; expected straight-line code"
+        )
+    meta = {
+        "wmenv.format": str(EXPORT_FORMAT),
+        "wmenv.version": library_version(),
+        "wmenv.policy": type(policy).__name__,
+        "wmenv.obs_dim": str(D),
+        "wmenv.n_actions": str(A),
+        "wmenv.state": json.dumps([[n, list(state0[n].shape[1:])] for n in names]),
+        "wmenv.sampling": json.dumps(sampling),
+        "wmenv.observation_space": json.dumps({"shape": [D], "dtype": "float32"}),
+        "wmenv.action_space": json.dumps({"n": A}),
+        "wmenv.env": json.dumps(spec.describe() if spec is not None else None),
+    }
+    del model.metadata_props[:]
+    for k, v in meta.items():
+        model.metadata_props.add(key=k, value=v)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(tmp))
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,137 @@
+"""ONNX export: 1000 steps of onnxruntime vs PyTorch per policy type, a real episode, and clear errors."""
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+pytest.importorskip("onnxruntime")
+
+from agents.policies import GRUPolicyConfig, MambaPolicyConfig, SPMambaConfig, make_policy  # noqa: E402
+from exports import OnnxAgent, export_agent  # noqa: E402
+from wmenv.envs import make  # noqa: E402
+
+D, A = 9, 5
+KINDS = {
+    "gru": ("gru", GRUPolicyConfig(hidden=32)),
+    "mamba": ("mamba", MambaPolicyConfig(hidden=32, d_state=8)),
+    "sp-mamba": ("sp-mamba", SPMambaConfig(d_model=32, d_state=8)),
+    "sp-mamba k=4 categorical": ("sp-mamba", SPMambaConfig(d_model=32, d_state=8, k=4, encoder="categorical")),
+}
+
+
+@pytest.fixture(scope="module", params=list(KINDS))
+def exported(request, tmp_path_factory):
+    kind, cfg = KINDS[request.param]
+    torch.manual_seed(0)
+    policy = make_policy(kind, D, A, cfg)
+    with torch.no_grad():  # away from the near-uniform init, so greedy actions are not ties
+        policy.head.weight.mul_(100.0)
+    path = export_agent(policy, tmp_path_factory.mktemp("onnx") / "agent.onnx", sampling=True)
+    return policy.eval(), path
+
+
+def test_graph_checks_and_has_no_loops_and_carries_metadata(exported):
+    policy, path = exported
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model)
+    assert not {n.op_type for n in model.graph.node} & {"Loop", "Scan", "If"}
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert (
+        meta["wmenv.policy"] == type(policy).__name__ and meta["wmenv.obs_dim"] == str(D) and meta["wmenv.n_actions"] == str(A)
+    )
+    assert [i.name for i in model.graph.input][:3] == ["obs", "action_mask", "reset"]
+
+
+def test_thousand_steps_with_resets_match_pytorch(exported):
+    policy, path = exported
+    agent = OnnxAgent(path, providers=["CPUExecutionProvider"])
+    B, rng = 3, np.random.default_rng(0)
+    agent.reset(B)
+    state = policy.initial_state(B)
+    for t in range(1000):
+        obs = rng.normal(size=(B, D)).astype(np.float32)
+        mask = rng.random((B, A)) < 0.7
+        mask[np.arange(B), rng.integers(0, A, B)] = True
+        resets = rng.random(B) < 0.03
+        resets[0] |= t == 500
+        action = agent.act(obs, mask, resets)
+        with torch.no_grad():
+            logits, state = policy.step(torch.from_numpy(obs), state, torch.from_numpy(resets))
+        logits = logits.masked_fill(~torch.from_numpy(mask), float("-inf"))
+        np.testing.assert_allclose(agent.logits, logits.numpy(), atol=1e-5, rtol=1e-5, err_msg=f"step {t}")
+        assert np.array_equal(action, logits.argmax(-1).numpy()), f"step {t}"
+        for name, value in state.items():
+            np.testing.assert_allclose(agent.state[name], value.numpy(), atol=1e-5, rtol=1e-5, err_msg=f"{name} at step {t}")
+
+
+def test_sampling_is_gumbel_max_over_available_actions(exported):
+    _, path = exported
+    agent = OnnxAgent(path)
+    agent.reset(2000)
+    mask = np.zeros((2000, A), dtype=bool)
+    mask[:, [1, 3]] = True
+    actions = agent.act(
+        np.zeros((2000, D), np.float32), np.repeat(mask[:1], 2000, 0), deterministic=False, rng=np.random.default_rng(1)
+    )
+    assert set(np.unique(actions)) <= {1, 3}, "masked actions are never sampled"
+    p3 = torch.softmax(torch.from_numpy(agent.logits[0, [1, 3]]), 0)[1].item()
+    assert abs((actions == 3).mean() - p3) < 0.04
+
+
+def test_exported_agent_plays_a_real_episode_and_refuses_another_env(tmp_path):
+    env, spec = make("mpe:simple_spread_v3", max_cycles=25)
+    torch.manual_seed(0)
+    path = export_agent(
+        make_policy("sp-mamba", spec.obs_dim, spec.n_actions, SPMambaConfig(k=2)), tmp_path / "a.onnx", spec=spec
+    )
+    agent = OnnxAgent(path, spec=spec)
+    obs, infos = env.reset(seed=0)
+    agent.reset(len(spec.agents))
+    total, steps, first = 0.0, 0, True
+    while env.agents:
+        o = np.stack([obs[a] for a in spec.agents])
+        m = np.stack([infos[a].get("action_mask", np.ones(spec.n_actions, bool)) for a in spec.agents])
+        actions = agent.act(o, m.astype(bool), resets=np.full(len(spec.agents), first))
+        first = False
+        obs, rewards, term, trunc, infos = env.step({a: int(actions[i]) for i, a in enumerate(spec.agents)})
+        total += sum(rewards.values())
+        steps += 1
+    assert steps == 25 and np.isfinite(total)
+    _, other = make("flatland:5")
+    with pytest.raises(ValueError, match=r"spec: flatland:5 has obs_dim=\d+, n_actions=5; .* expects obs_dim=18, n_actions=5"):
+        OnnxAgent(path, spec=other)
+
+
+def test_bad_files_and_inputs_get_clear_errors(exported, tmp_path):
+    _, path = exported
+    agent = OnnxAgent(path)
+    agent.reset(2)
+    with pytest.raises(ValueError, match=r"obs: expected shape \(2, 9\) \(B = 2 from reset\), got \(3, 9\)"):
+        agent.act(np.zeros((3, D), np.float32))
+    with pytest.raises(ValueError, match=r"action_mask: rows \[1\] have no available action"):
+        agent.act(np.zeros((2, D), np.float32), np.array([[True] * A, [False] * A]))
+    with pytest.raises(TypeError, match="action_mask: expected a bool array, got dtype float64"):
+        agent.act(np.zeros((2, D), np.float32), np.ones((2, A)))
+    with pytest.raises(ValueError, match="obs: contains NaN or inf in rows \\[0\\]"):
+        agent.act(np.array([[np.nan] * D, [0.0] * D], np.float32))
+    # a file whose recurrent state input was renamed
+    model = onnx.load(str(path))
+    state_input = model.graph.input[3]
+    old = state_input.name
+    state_input.name = "hidden"
+    for node in model.graph.node:
+        node.input[:] = ["hidden" if i == old else i for i in node.input]
+    onnx.save(model, str(tmp_path / "renamed.onnx"))
+    with pytest.raises(ValueError, match=f"has no input '{old}'"):
+        OnnxAgent(tmp_path / "renamed.onnx")
+    x, y = (onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, [1]) for n in "xy")
+    plain = onnx.helper.make_model(onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y]))
+    onnx.save(plain, str(tmp_path / "plain.onnx"))
+    with pytest.raises(ValueError, match="is not a wmenv agent of format 1"):
+        OnnxAgent(tmp_path / "plain.onnx")
+    (tmp_path / "junk.onnx").write_bytes(b"not a model")
+    with pytest.raises(ValueError, match="is not a loadable ONNX model"):
+        OnnxAgent(tmp_path / "junk.onnx")
+    with pytest.raises(TypeError, match="policy: expected a RecurrentPolicy"):
+        export_agent(torch.nn.GRU(3, 3), tmp_path / "x.onnx")

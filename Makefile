@@ -20,6 +20,7 @@ test: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(PY) examples/01_collect.py --env-id flatland:5 --steps 2000 --out runs/demo/replay_flatland5.safetensors
 	$(PY) examples/02_train_mappo.py --env-id mpe:simple_spread_v3 --total-steps 100000 --run-dir runs/demo/mappo_spread
+	$(PY) examples/03_export_onnx.py --run-dir runs/demo/mappo_spread --out runs/demo/agent.onnx --episodes 5
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check wmenv agents exports examples tests

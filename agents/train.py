@@ -13,6 +13,7 @@ restart from fresh episodes (seeded from the step count), since simulator states
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -32,7 +33,7 @@ from tqdm.auto import tqdm
 
 from agents.critic import CriticConfig
 from agents.mappo import MAPPO, MAPPOConfig
-from agents.policies import POLICIES, GRUPolicyConfig, MambaPolicyConfig, SPMambaConfig, make_policy
+from agents.policies import POLICIES, GRUPolicyConfig, MambaPolicyConfig, RecurrentPolicy, SPMambaConfig, make_policy
 from wmenv.checks import check_choice, check_int
 from wmenv.envs.vector import VecEnv
 
@@ -219,6 +220,41 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
         return None
     path = pointer.parent / pointer.read_text().strip()
     return path if path.is_dir() else None
+
+
+def policy_from_checkpoint(path: str | Path) -> tuple[RecurrentPolicy, dict[str, Any]]:
+    """The actor saved in a checkpoint folder, rebuilt from its config and weights (CPU, eval mode).
+
+    Returns:
+        The policy and the run's saved training config (a dict: ``env_id``, ``env_kwargs``, ...).
+
+    Raises:
+        ValueError: not a checkpoint of this format, or weights that do not fit the saved architecture.
+    """
+    path = Path(path)
+    try:
+        meta = json.loads((path / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"path: {path} holds no readable checkpoint config.json: {e}") from e
+    if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"path: expected checkpoint format {CHECKPOINT_FORMAT}, got {meta.get('format')!r} in {path}")
+    train_cfg, spec = meta["train"], meta["spec"]
+    if isinstance(train_cfg["policy"], dict):  # checkpoints from before the policy choice: a GRU config there
+        kind, fields = "gru", train_cfg["policy"]
+    else:
+        kind, fields = train_cfg["policy"], train_cfg[train_cfg["policy"].replace("-", "_")]
+    config_type = {"gru": GRUPolicyConfig, "mamba": MambaPolicyConfig, "sp-mamba": SPMambaConfig}[kind]
+    init = {f.name for f in dataclasses.fields(config_type) if f.init}
+    policy = make_policy(
+        kind, spec["obs_dim"], spec["n_actions"], config_type(**{k: v for k, v in fields.items() if k in init})
+    )
+    tensors = load_file(str(path / "model.safetensors"))
+    weights = {k[len("agent.policy.") :]: v for k, v in tensors.items() if k.startswith("agent.policy.")}
+    try:
+        policy.load_state_dict(weights)
+    except RuntimeError as e:
+        raise ValueError(f"path: the policy weights in {path} do not fit its saved {kind} config: {e}") from e
+    return policy.eval(), train_cfg
 
 
 def load_checkpoint(path: str | Path, agent: MAPPO, spec: Any) -> dict[str, int]:

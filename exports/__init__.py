@@ -10,7 +10,7 @@ actions = agent.act(obs, action_mask)              # (3,) int64; the recurrent s
 ```
 """
 
-from exports.agent import OnnxAgent, default_providers
+from exports.agent import OnnxAgent, default_providers, play_episode
 from exports.onnx import EXPORT_FORMAT, export_agent
 
-__all__ = ["EXPORT_FORMAT", "OnnxAgent", "default_providers", "export_agent"]
+__all__ = ["EXPORT_FORMAT", "OnnxAgent", "default_providers", "export_agent", "play_episode"]

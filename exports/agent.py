@@ -148,3 +148,24 @@ class OnnxAgent:
         self.logits = out["logits"]
         self.state = {n: out[f"new_{n}"] for n in self.state_shapes}
         return out["action"] if deterministic else out["sampled_action"]
+
+
+def play_episode(agent: OnnxAgent, env: Any, spec: Any, seed: int | None = None) -> float:
+    """Play one episode of a real env (`wmenv.envs.make`) with ``agent`` controlling every agent slot.
+
+    Returns:
+        The undiscounted episode return, summed over steps and averaged over agents.
+    """
+    from wmenv.envs.spec import stack_masks, stack_obs, stack_rewards, unstack_actions
+
+    agent.check_spec(spec)
+    obs, infos = env.reset(seed=seed)
+    agent.reset(spec.n_agents)
+    total, first = np.zeros(spec.n_agents), True
+    while env.agents:
+        o, alive = stack_obs(spec, obs)
+        actions = agent.act(o, stack_masks(spec, infos, alive), resets=np.full(spec.n_agents, first))
+        first = False
+        obs, rewards, _, _, infos = env.step(unstack_actions(spec, actions, env.agents))
+        total += stack_rewards(spec, rewards)
+    return float(total.mean())

@@ -58,3 +58,30 @@ def test_example_trains_mamba_policies_on_flatland_and_refuses_a_gru_checkpoint(
            "--total-steps", "60", "--resume"]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "ValueError" in proc.stderr
+
+
+def test_policy_from_checkpoint_rebuilds_the_actor_and_refuses_mismatched_weights(tmp_path):
+    import torch
+
+    from agents.train import latest_checkpoint, policy_from_checkpoint
+
+    run = tmp_path / "run"
+    _run("--env-id", "mpe:simple_spread_v3", "--num-envs", "2", "--mappo.epochs", "1", "--total-steps", "50",
+         "--eval-every", "0", "--policy", "mamba", "--mamba.hidden", "16", "--run-dir", str(run))  # fmt: skip
+    ckpt = latest_checkpoint(run)
+    policy, train_cfg = policy_from_checkpoint(ckpt)
+    assert (
+        type(policy).__name__ == "MambaPolicy" and policy.config.hidden == 16 and train_cfg["env_id"] == "mpe:simple_spread_v3"
+    )
+    from safetensors.torch import load_file
+
+    saved = load_file(str(ckpt / "model.safetensors"))
+    assert torch.equal(policy.head.weight, saved["agent.policy.head.weight"])
+    meta = json.loads((ckpt / "config.json").read_text())
+    meta["train"]["mamba"]["hidden"] = 32
+    (ckpt / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="do not fit its saved mamba config"):
+        policy_from_checkpoint(ckpt)
+    (ckpt / "config.json").write_text("{")
+    with pytest.raises(ValueError, match="holds no readable checkpoint config.json"):
+        policy_from_checkpoint(ckpt)

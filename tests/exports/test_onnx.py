@@ -135,3 +135,23 @@ def test_bad_files_and_inputs_get_clear_errors(exported, tmp_path):
         OnnxAgent(tmp_path / "junk.onnx")
     with pytest.raises(TypeError, match="policy: expected a RecurrentPolicy"):
         export_agent(torch.nn.GRU(3, 3), tmp_path / "x.onnx")
+
+
+def test_example_exports_a_trained_checkpoint_and_plays_it(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    run = tmp_path / "run"
+    train = [sys.executable, "examples/02_train_mappo.py", "--no-progress", "--env-id", "flatland:5", "--policy", "sp-mamba",
+             "--sp-mamba.d-model", "16", "--num-envs", "2", "--mappo.rollout-length", "10", "--mappo.epochs", "1",
+             "--total-steps", "20", "--eval-every", "0", "--run-dir", str(run)]  # fmt: skip
+    assert subprocess.run(train, cwd=root, capture_output=True, timeout=300).returncode == 0
+    export = [sys.executable, "examples/03_export_onnx.py", "--run-dir", str(run), "--out", str(tmp_path / "a.onnx"),
+              "--episodes", "1"]  # fmt: skip
+    proc = subprocess.run(export, cwd=root, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "exported SPMambaPolicy" in proc.stdout and "episode return per agent on flatland:5 over 1 episodes" in proc.stdout
+    meta = {p.key: p.value for p in onnx.load(str(tmp_path / "a.onnx")).metadata_props}
+    assert '"id": "flatland:5"' in meta["wmenv.env"]

@@ -1,0 +1,62 @@
+"""Export a trained MAPPO actor to ONNX and play it on the real env with onnxruntime.
+
+Reads the latest checkpoint of ``--run-dir`` (or ``--checkpoint``), rebuilds the actor (GRU, Mamba or
+SP-Mamba) from its saved config, writes one ONNX step graph (``--out``), loads it with `OnnxAgent`
+(CUDA provider where onnxruntime-gpu sees a GPU) and prints the return of ``--episodes`` real episodes.
+
+Usage:
+    python examples/03_export_onnx.py --run-dir runs/demo/mappo_spread --out runs/demo/agent.onnx
+    python examples/03_export_onnx.py --checkpoint runs/mappo/checkpoints/step_000000100000 --episodes 10 --sampling
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tyro
+
+from agents.train import latest_checkpoint, policy_from_checkpoint
+from exports import OnnxAgent, export_agent, play_episode
+from wmenv.envs import make
+
+
+@dataclass
+class Args:
+    """Export settings."""
+
+    run_dir: str = "runs/demo/mappo_spread"
+    """A training run folder; its latest checkpoint is exported."""
+    checkpoint: str | None = None
+    """A checkpoint folder to export instead of ``run_dir``'s latest."""
+    out: str = "runs/demo/agent.onnx"
+    """The ONNX file to write."""
+    episodes: int = 5
+    """Real episodes to play with the exported agent."""
+    seed: int = 1000
+    """Seed of the first episode (the next ones count up)."""
+    sampling: bool = False
+    """Also export the Gumbel-max sampling input."""
+
+
+def main(args: Args) -> list[float]:
+    """Export, reload with onnxruntime, play; returns the per-episode returns."""
+    ckpt = Path(args.checkpoint) if args.checkpoint else latest_checkpoint(args.run_dir)
+    if ckpt is None:
+        raise SystemExit(f"no checkpoint in {args.run_dir}/checkpoints; train one with examples/02_train_mappo.py")
+    policy, train_cfg = policy_from_checkpoint(ckpt)
+    env, spec = make(train_cfg["env_id"], **train_cfg["env_kwargs"])
+    path = export_agent(policy, args.out, spec=spec, sampling=args.sampling)
+    agent = OnnxAgent(path, spec=spec)
+    size, providers = path.stat().st_size / 1024, agent.session.get_providers()
+    print(f"exported {type(policy).__name__} from {ckpt} to {path} ({size:.0f} KiB); providers {providers}")
+    returns = [play_episode(agent, env, spec, seed=args.seed + i) for i in range(args.episodes)]
+    print(
+        f"episode return per agent on {spec.id} over {args.episodes} episodes: {np.mean(returns):.2f} ± {np.std(returns):.2f}"
+    )
+    return returns
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))

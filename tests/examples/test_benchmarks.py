@@ -74,3 +74,17 @@ def test_policies_benchmark_compares_actors_and_merges(tmp_path):
     assert (tmp_path / "all" / "mpe_simple_spread_v3.png").stat().st_size > 10_000
     with pytest.raises(AssertionError, match="appears twice"):
         _run("policies.py", "--merge", parts[0], parts[0], "--out", str(tmp_path / "dup"))
+
+
+def test_onnx_step_benchmark_times_torch_and_onnxruntime(tmp_path):
+    out = _run("onnx_step.py", "--policies", "gru", "sp-mamba", "--batches", "1", "8", "--seconds", "0.05",
+               "--out", str(tmp_path / "o.json"))  # fmt: skip
+    assert json.loads((tmp_path / "o.json").read_text()) == out
+    for kind in ("gru", "sp-mamba"):
+        for b in ("b1", "b8"):
+            row = out["results"][kind][b]
+            assert (
+                row["torch_us"] > 0 and row["ort_us"] > 0 and abs(row["ort_speedup"] - row["torch_us"] / row["ort_us"]) < 0.01
+            )
+        assert out["results"][kind]["b1"]["onnx_agent_us"] > 0
+    assert set(out["goal"]) == {"sp_mamba_b1_ort_us", "le_50us", "ge_5x_torch"}

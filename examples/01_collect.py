@@ -20,10 +20,9 @@ from typing import Literal
 
 import numpy as np
 import tyro
-from tqdm.auto import tqdm
 
 from wmenv.data import EpisodeReplay, ReplayConfig
-from wmenv.data.collect import VecRecorder
+from wmenv.data.collect import collect, random_available
 from wmenv.envs.vector import VecEnv
 
 
@@ -49,31 +48,16 @@ class Args:
     """Replay file to write (atomically)."""
 
 
-def random_available(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Uniformly random available actions: mask (E, N, A) bool -> (E, N) int64."""
-    u = rng.random(mask.shape) * mask  # zero where masked; ties impossible almost surely
-    return u.argmax(-1)
-
-
 def main(args: Args) -> dict:
     """Collect, save, print a JSON summary."""
     rng = np.random.default_rng(args.seed)
     replay = None
-    returns: list[float] = []
     start = time.perf_counter()
     with VecEnv(args.env_id, num_envs=args.num_envs, seed=args.seed, backend=args.backend, **args.env_kwargs) as vec:
         if not vec.spec.discrete:
             raise ValueError(f"env_id: 01_collect samples discrete actions; {args.env_id} has continuous ones")
         replay = EpisodeReplay(ReplayConfig(capacity=args.capacity, seed=args.seed), spec=vec.spec)
-        rec = VecRecorder(vec.spec, vec.num_envs)
-        step = vec.reset()
-        rec.start(step)
-        for _ in tqdm(range(-(-args.steps // args.num_envs)), desc="collect", unit="step"):
-            actions = random_available(step.action_mask, rng)
-            step = vec.step(actions)
-            for ep in rec.add(actions, step):
-                replay.add(ep)
-            returns += step.episode_return[step.done].mean(-1).tolist()
+        returns = collect(vec, replay, args.steps, lambda step: random_available(step.action_mask, rng), progress=True)
     wall = time.perf_counter() - start
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     replay.save(args.out)

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from wmenv.checks import check_int
+from wmenv.tensor_ops import masked_mean  # noqa: F401 - re-exported for the learners
 
 C = TypeVar("C")
 
@@ -67,11 +68,6 @@ def mask_logits(logits: Tensor, action_mask: Tensor) -> Tensor:
     if not bool(action_mask.any(-1).all()):
         raise ValueError("action_mask: expected at least one available action per row, got a row that masks all actions")
     return logits.masked_fill(~action_mask, float("-inf"))
-
-
-def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
-    """Mean of ``x`` over the True entries of ``mask`` (0 if there are none); masked-out values never leak."""
-    return torch.where(mask, x, torch.zeros_like(x)).sum() / mask.sum().clamp(min=1)
 
 
 def log_prob_entropy(logits: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:

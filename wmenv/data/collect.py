@@ -76,3 +76,37 @@ class VecRecorder:
                     step.reward[e], step.terminated[e], step.truncated[e], step.action_mask[e],
                 )  # fmt: skip
         return done
+
+
+def random_available(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Uniformly random available actions: mask (E, N, A) bool -> (E, N) int64."""
+    u = rng.random(mask.shape) * mask  # zero where masked; ties impossible almost surely
+    return u.argmax(-1)
+
+
+def collect(vec: Any, replay: Any, steps: int, act: Any, progress: bool = False) -> list[float]:
+    """Step ``vec`` (a `VecEnv`) for at least ``steps`` env steps with ``act`` and store the finished episodes.
+
+    Args:
+        vec: the env copies (reset here).
+        replay: an `EpisodeReplay` that receives every episode that ends.
+        steps: env steps in total (rounded up to whole steps of all E copies).
+        act: the policy: `VecStep` -> (E, N) actions.
+        progress: show a tqdm bar.
+
+    Returns:
+        The mean return per agent of every finished episode, in order.
+    """
+    from tqdm.auto import tqdm
+
+    rec = VecRecorder(vec.spec, vec.num_envs)
+    step = vec.reset()
+    rec.start(step)
+    returns: list[float] = []
+    for _ in tqdm(range(-(-steps // vec.num_envs)), desc="collect", unit="step", disable=not progress):
+        actions = act(step)
+        step = vec.step(actions)
+        for ep in rec.add(actions, step):
+            replay.add(ep)
+        returns += step.episode_return[step.done].mean(-1).tolist()
+    return returns

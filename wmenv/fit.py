@@ -1,0 +1,160 @@
+"""Fitting a world model on the episode replay, and its checkpoints.
+
+`fit` samples (B, T, N, ...) windows from an `EpisodeReplay`, minimizes ``model.loss`` with Adam and
+gradient-norm clipping, shows a progress bar and logs every loss term to TensorBoard.
+`save_model` / `load_model` write and read ``model.safetensors`` + ``config.json`` atomically; a
+checkpoint of another format, env or configuration is refused with a ValueError.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch.utils.tensorboard import SummaryWriter
+from tqdm.auto import tqdm
+
+from wmenv.checks import check_int
+from wmenv.models.mamba_wm import MAMBAConfig, MAMBAWorldModel
+from wmenv.models.rssm import RSSMConfig
+from wmenv.models.world_model import WorldModel
+
+MODEL_FORMAT = 1
+
+
+@dataclass
+class FitConfig:
+    """How to fit a world model on replay windows."""
+
+    steps: int = 1000
+    """Gradient steps."""
+    batch_size: int = 16
+    """B, windows per step."""
+    seq_len: int = 20
+    """T, rows per window (the MAMBA paper: 20 SMAC, 50 Flatland); at most the shortest episode's rows."""
+    lr: float | None = None
+    """Adam learning rate; None takes the model config's ``lr``."""
+    grad_clip: float | None = None
+    """Gradient-norm clip; None takes the model config's ``grad_clip``."""
+    seed: int = 0
+    """Seed of the window sampling and the latent samples."""
+    log_every: int = 25
+    """Write TensorBoard scalars every this many steps (when a writer or ``run_dir`` is given)."""
+    checkpoint_every: int = 0
+    """Save a checkpoint to ``run_dir/model`` every this many steps (0: only at the end, if ``run_dir``)."""
+    run_dir: str | None = None
+    """TensorBoard events and the model checkpoint go here; nothing is written when None."""
+    progress: bool = True
+    """Show a tqdm progress bar."""
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "seq_len", "log_every"):
+            check_int(f"FitConfig.{name}", getattr(self, name))
+        check_int("FitConfig.checkpoint_every", self.checkpoint_every, 0)
+
+
+def fit(
+    model: WorldModel, replay: Any, config: FitConfig | None = None, optimizer: torch.optim.Optimizer | None = None
+) -> dict[str, list[float]]:
+    """Fit ``model`` on windows of ``replay``; returns the history of every loss term (one value per step).
+
+    Raises:
+        ValueError: the replay was recorded for another env than ``model.spec``, or holds no window of ``seq_len`` rows.
+    """
+    cfg = config if config is not None else FitConfig()
+    if replay.spec_description is not None and replay.spec_description != model.spec.describe():
+        raise ValueError(f"replay: recorded for env {replay.spec_description}, the model is for {model.spec.describe()}")
+    model_cfg = getattr(model, "config", None)
+    lr = cfg.lr if cfg.lr is not None else getattr(model_cfg, "lr", 1e-3)
+    clip = cfg.grad_clip if cfg.grad_clip is not None else getattr(model_cfg, "grad_clip", 10.0)
+    optimizer = optimizer if optimizer is not None else torch.optim.Adam(model.parameters(), lr=lr)
+    device = next(model.parameters()).device
+    sampler = torch.Generator().manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # the latent samples of the RSSM
+    writer = SummaryWriter(cfg.run_dir) if cfg.run_dir is not None else None
+    history: dict[str, list[float]] = {}
+    model.train()
+    bar = tqdm(range(cfg.steps), desc="fit world model", unit="step", disable=not cfg.progress)
+    for step in bar:
+        batch = replay.sample(cfg.batch_size, cfg.seq_len, generator=sampler, device=device)
+        loss, stats = model.loss(batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
+        stats["loss"] = float(loss.detach())
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"world-model loss is {stats['loss']} at fit step {step}: {stats}")
+        optimizer.step()
+        for k, v in stats.items():
+            history.setdefault(k, []).append(v)
+        bar.set_postfix(loss=f"{stats['loss']:.3f}")
+        if writer is not None and step % cfg.log_every == 0:
+            for k, v in stats.items():
+                writer.add_scalar(f"world_model/{k}", v, step)
+        if cfg.run_dir is not None and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
+            save_model(Path(cfg.run_dir) / "model", model)
+    if writer is not None:
+        writer.close()
+    if cfg.run_dir is not None:
+        save_model(Path(cfg.run_dir) / "model", model)
+    return history
+
+
+def save_model(path: str | Path, model: MAMBAWorldModel) -> Path:
+    """Write ``path/{model.safetensors, config.json}`` atomically (a crash leaves an older checkpoint intact)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+    meta = {
+        "format": MODEL_FORMAT,
+        "model": type(model).__name__,
+        "config": dataclasses.asdict(model.config),
+        "spec": model.spec.describe(),
+    }
+    (tmp / "config.json").write_text(json.dumps(meta, indent=2))
+    if path.exists():
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, path)
+    return path
+
+
+def load_model(path: str | Path, spec: Any) -> MAMBAWorldModel:
+    """Rebuild a world model saved by `save_model` for the env ``spec``.
+
+    Raises:
+        ValueError: another format or model class, another env, weights that do not fit the saved
+            configuration, or unreadable files.
+    """
+    path = Path(path)
+    try:
+        meta = json.loads((path / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"path: {path} holds no readable world-model config.json: {e}") from e
+    if meta.get("format") != MODEL_FORMAT or meta.get("model") != MAMBAWorldModel.__name__:
+        raise ValueError(f"path: expected a {MAMBAWorldModel.__name__} checkpoint of format {MODEL_FORMAT}, "
+                         f"got {meta.get('model')!r} of format {meta.get('format')!r}")  # fmt: skip
+    if meta["spec"] != spec.describe():
+        raise ValueError(f"spec: the model in {path} was fitted on env {meta['spec']}, got {spec.describe()}")
+    fields = dict(meta["config"])
+    fields["rssm"] = RSSMConfig(**fields["rssm"])
+    model = MAMBAWorldModel(spec, MAMBAConfig(**fields))
+    try:
+        weights = load_file(str(path / "model.safetensors"))
+        model.load_state_dict(weights)
+    except (SafetensorError, OSError, RuntimeError) as e:
+        raise ValueError(f"path: the weights in {path} cannot be loaded into the saved configuration: {e}") from e
+    return model

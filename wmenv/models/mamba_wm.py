@@ -1,0 +1,197 @@
+"""The MAMBA world model (Egorov & Shpilman 2022, ``papers/mamba-marl-world-model.txt``) behind the `WorldModel` contract.
+
+Glossary: B batch, T time, N agents, D observation features, A actions, F = H + S·K per-agent features.
+
+A `MultiAgentRSSM` plus per-agent heads on f_t = [h_t, z_t]: observation (Gaussian, unit variance),
+reward, continuation (Bernoulli: the agent is present and not terminated), available actions
+(Bernoulli per action, for envs with masks) and the action decoder of the info loss (eq. 5:
+-ln p(a_{t-1} | h_t, z_t)). KL balancing: 0.8 · KL[sg(q) || p] + 0.2 · KL[q || sg(p)].
+
+Absorbing states: an agent that is absent at row t (gone, or not yet there) has no observation loss;
+its reward and continuation targets are 0 (the replay stores zeros there), so the model learns those
+states from rewards and continuations alone. Windows always start from the blank state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor
+
+from wmenv.checks import check_int
+from wmenv.models.rssm import MultiAgentRSSM, RSSMConfig, mlp
+from wmenv.models.world_model import Prediction, State, WorldModel
+from wmenv.tensor_ops import masked_mean
+
+
+@dataclass
+class MAMBAConfig:
+    """The MAMBA world model; `preset` gives the paper's SMAC and Flatland sizes and a small CPU one."""
+
+    rssm: RSSMConfig = field(default_factory=RSSMConfig)
+    """Sizes of the recurrent state-space model."""
+    head_hidden: int = 256
+    """Width of the prediction heads."""
+    head_layers: int = 2
+    """Hidden layers of each prediction head."""
+    kl_balance: float = 0.8
+    """Weight of the cross-entropy side of KL balancing (the paper: 0.8; 0.2 on the posterior side)."""
+    kl_scale: float = 1.0
+    """Weight of the balanced KL (the paper uses no extra β)."""
+    info_scale: float = 1.0
+    """Weight of the info loss (predicting the previous action)."""
+    lr: float = 2e-4
+    """Model learning rate (Appendix A)."""
+    grad_clip: float = 10.0
+    """Gradient-norm clipping (Appendix A)."""
+
+    def __post_init__(self) -> None:
+        for name in ("head_hidden", "head_layers"):
+            check_int(f"MAMBAConfig.{name}", getattr(self, name))
+        if not 0 <= self.kl_balance <= 1:
+            raise ValueError(f"MAMBAConfig.kl_balance: expected a number in [0, 1], got {self.kl_balance!r}")
+
+
+PRESETS = ("smac", "flatland", "small")
+
+
+def preset(name: str) -> MAMBAConfig:
+    """Named sizes: ``"smac"`` / ``"flatland"`` (Appendix A: hidden 256 / 400, 32×32 latents) and ``"small"`` for CPUs."""
+    if name == "smac":
+        return MAMBAConfig(rssm=RSSMConfig(deter=256, hidden=256, comm_width=256))
+    if name == "flatland":
+        return MAMBAConfig(rssm=RSSMConfig(deter=400, hidden=400, comm_width=400), head_hidden=400)
+    if name == "small":
+        rssm = RSSMConfig(deter=64, stoch=8, classes=8, hidden=64, comm_width=64, comm_layers=1, comm_heads=2)
+        return MAMBAConfig(rssm=rssm, head_hidden=64, head_layers=1, lr=1e-3)
+    raise ValueError(f"name: expected one of {list(PRESETS)}, got {name!r}")
+
+
+def categorical_kl(p_logits: Tensor, q_logits: Tensor) -> Tensor:
+    """KL[p || q] of (..., S, K) categoricals, summed over S: (...)."""
+    log_p, log_q = torch.log_softmax(p_logits, -1), torch.log_softmax(q_logits, -1)
+    return (log_p.exp() * (log_p - log_q)).sum((-2, -1))
+
+
+class MAMBAWorldModel(WorldModel):
+    """MAMBA's world model for an env `spec` (discrete actions).
+
+    Args:
+        spec: the real env's `EnvSpec`.
+        config: sizes and loss weights; default `MAMBAConfig()` (the paper's SMAC sizes).
+    """
+
+    def __init__(self, spec, config: MAMBAConfig | None = None) -> None:
+        super().__init__()
+        if not spec.discrete:
+            raise ValueError(f"spec: MAMBA's world model needs discrete actions, {spec.id} has continuous ones")
+        self.spec, self.config = spec, config if config is not None else MAMBAConfig()
+        c = self.config
+        D, A, N = spec.obs_dim, spec.n_actions, spec.n_agents
+        self.rssm = MultiAgentRSSM(D, A, N, c.rssm)
+        feat = self.rssm.feature_dim
+        self.obs_head = mlp(feat, c.head_hidden, D, c.head_layers)
+        self.reward_head = mlp(feat, c.head_hidden, 1, c.head_layers)
+        self.cont_head = mlp(feat, c.head_hidden, 1, c.head_layers)
+        self.mask_head = mlp(feat, c.head_hidden, A, c.head_layers) if spec.action_masked else None
+        self.action_head = mlp(feat, c.head_hidden, A, c.head_layers)
+
+    # --- the contract ---
+    def features(self, state: State) -> Tensor:
+        """(B, N, F) = [h, z] per agent."""
+        return torch.cat([state["deter"], state["stoch"]], dim=-1)
+
+    def critic_features(self, state: State) -> Tensor:
+        """(B, N·F): every agent's features."""
+        return rearrange(self.features(state), "b n f -> b (n f)")
+
+    def _onehot(self, actions: Tensor) -> Tensor:
+        return F.one_hot(actions.long(), self.spec.n_actions).to(self.rssm.cell.weight_hh.dtype)
+
+    def initial(self, batch_size: int, generator: torch.Generator | None = None) -> State:
+        """The prior of an episode's first step: one step from the blank state with no action."""
+        blank = self.rssm.blank(batch_size)
+        return self.rssm.img_step(
+            blank, torch.zeros_like(self._onehot(torch.zeros(batch_size, self.spec.n_agents))), generator
+        )
+
+    def observe(
+        self,
+        obs: Tensor,
+        actions: Tensor,
+        resets: Tensor,
+        state: State | None = None,
+        generator: torch.Generator | None = None,
+    ) -> State:
+        """The posterior after the last row of real windows (obs (B, T, N, D), actions (B, T, N) taken at each row)."""
+        prev = self._prev_actions(actions, resets, state is None)
+        posts, _ = self.rssm.observe_sequence(obs, prev, resets, state, generator)
+        return {k: v[:, -1] for k, v in posts.items()}
+
+    def imagine(
+        self, state: State, actions: Tensor, generator: torch.Generator | None = None, decode: bool = False
+    ) -> tuple[State, Prediction]:
+        """One imagined step for actions (B, N) int64; the prediction is for the new state."""
+        nxt = self.rssm.img_step(state, self._onehot(actions), generator)
+        return nxt, self.predict(nxt, decode)
+
+    def predict(self, state: State, decode: bool = False) -> Prediction:
+        """Reward, continuation, action availability (and observation) of a state."""
+        feat = self.features(state)
+        return Prediction(
+            reward=self.reward_head(feat).squeeze(-1),
+            cont=torch.sigmoid(self.cont_head(feat).squeeze(-1)),
+            action_mask=None if self.mask_head is None else torch.sigmoid(self.mask_head(feat)),
+            obs=self.obs_head(feat) if decode else None,
+        )
+
+    def _prev_actions(self, actions: Tensor, resets: Tensor, blank_start: bool) -> Tensor:
+        """(B, T, N, A) one-hot action of the previous row; zeros at row 0 (blank start) and at episode starts."""
+        prev = torch.zeros_like(self._onehot(actions))
+        prev[:, 1:] = self._onehot(actions[:, :-1])
+        keep = ~resets.bool()
+        if blank_start:
+            keep = keep.clone()
+            keep[:, 0] = False
+        return prev * keep[:, :, None, None]
+
+    def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
+        """World-model loss of replay windows (see the module docstring); returns the total and each term."""
+        c = self.config
+        obs, actions, alive = batch["obs"], batch["action"], batch["alive"].bool()
+        resets = batch["reset"].bool().clone()
+        resets[:, 0] = True  # every window starts from the blank state
+        ended = batch["terminated"].bool() | batch["truncated"].bool()
+        acts = alive & ~ended  # (B, T, N) the agent acts at row t
+        posts, priors = self.rssm.observe_sequence(obs, self._prev_actions(actions, resets, True), resets, alive=alive)
+        feat = self.features(posts)  # (B, T, N, F)
+        terms = {
+            "obs": masked_mean((self.obs_head(feat) - obs).square().sum(-1), alive),
+            "reward": (self.reward_head(feat).squeeze(-1) - batch["reward"]).square().mean(),
+            "cont": F.binary_cross_entropy_with_logits(
+                self.cont_head(feat).squeeze(-1), (alive & ~batch["terminated"].bool()).to(feat.dtype)
+            ),
+        }
+        if self.mask_head is not None:
+            bce = F.binary_cross_entropy_with_logits(
+                self.mask_head(feat), batch["action_mask"].to(feat.dtype), reduction="none"
+            )
+            terms["action_mask"] = masked_mean(bce.mean(-1), acts)
+        acted_before = torch.zeros_like(acts)
+        acted_before[:, 1:] = acts[:, :-1]
+        acted_before &= ~resets[:, :, None]
+        info = F.cross_entropy(
+            rearrange(self.action_head(feat), "b t n a -> b a t n"), torch.roll(actions, 1, dims=1).long(), reduction="none"
+        )
+        terms["info"] = masked_mean(info, acted_before)
+        kl_prior = categorical_kl(posts["logits"].detach(), priors["logits"]).mean()  # trains the prior
+        kl_post = categorical_kl(posts["logits"], priors["logits"].detach()).mean()  # regularizes the posterior
+        terms["kl"] = c.kl_balance * kl_prior + (1 - c.kl_balance) * kl_post
+        total = terms["obs"] + terms["reward"] + terms["cont"] + terms.get("action_mask", 0.0)
+        total = total + c.info_scale * terms["info"] + c.kl_scale * terms["kl"]
+        stats = {k: float(v.detach()) for k, v in terms.items()}
+        stats["kl_prior"] = float(kl_prior.detach())
+        return total, stats

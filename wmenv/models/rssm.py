@@ -1,0 +1,158 @@
+"""MAMBA's multi-agent RSSM: per-agent GRU state and 32×32 categorical latents, coupled by communication.
+
+Glossary: B batch, T time, N agents, D observation features, A actions, H deterministic width,
+S categoricals, K classes, E communication / embedding width.
+
+    e_t     = Comm([z_{t-1}, a_{t-1}] of all agents)       (B, N, E)
+    h_t     = GRU(e_t, h_{t-1})                             per agent
+    ẑ_t     ~ p(ẑ_t | h_t)          prior (imagination)
+    z_t     ~ q(z_t | h_t, o_t)     posterior (real data)
+
+Samples are one-hot per categorical with straight-through gradients. The state is
+``{"deter": (B, N, H), "stoch": (B, N, S·K), "logits": (B, N, S, K)}``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from wmenv.checks import check_int
+from wmenv.models.comm import CommBlock
+from wmenv.models.world_model import State
+
+
+@dataclass
+class RSSMConfig:
+    """Sizes of `MultiAgentRSSM` (defaults: the MAMBA paper's SMAC model)."""
+
+    deter: int = 256
+    """H, GRU width (the paper's hidden size: 256 SMAC, 400 Flatland)."""
+    stoch: int = 32
+    """S, categorical variables of the stochastic state."""
+    classes: int = 32
+    """K, classes per categorical."""
+    hidden: int = 256
+    """Width of the prior / posterior / observation-encoder MLPs."""
+    comm_width: int = 256
+    """E, width of the communication transformer."""
+    comm_layers: int = 3
+    """Stacked transformer layers of the communication block."""
+    comm_heads: int = 4
+    """Attention heads (must divide ``comm_width``)."""
+    dropout: float = 0.1
+    """Dropout in the communication block."""
+
+    def __post_init__(self) -> None:
+        for name in ("deter", "stoch", "classes", "hidden", "comm_width", "comm_layers", "comm_heads"):
+            check_int(f"RSSMConfig.{name}", getattr(self, name))
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"RSSMConfig.dropout: expected a number in [0, 1), got {self.dropout!r}")
+
+
+def mlp(in_dim: int, hidden: int, out_dim: int, layers: int = 1) -> nn.Sequential:
+    """``layers`` × (Linear, LayerNorm, ELU) of width ``hidden``, then a Linear to ``out_dim``."""
+    mods: list[nn.Module] = []
+    for i in range(layers):
+        mods += [nn.Linear(in_dim if i == 0 else hidden, hidden), nn.LayerNorm(hidden), nn.ELU()]
+    return nn.Sequential(*mods, nn.Linear(hidden if layers else in_dim, out_dim))
+
+
+def sample_onehot(logits: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """One-hot samples of (..., S, K) categoricals with straight-through gradients, flattened to (..., S·K)."""
+    probs = torch.softmax(logits, dim=-1)
+    index = torch.multinomial(rearrange(probs.detach(), "... k -> (...) k"), 1, generator=generator)
+    onehot = F.one_hot(index.reshape(probs.shape[:-1]), probs.shape[-1]).to(probs.dtype)
+    return rearrange(onehot + probs - probs.detach(), "... s k -> ... (s k)")
+
+
+class MultiAgentRSSM(nn.Module):
+    """The recurrent state-space model of N agents coupled by attention.
+
+    Args:
+        obs_dim: D.
+        n_actions: A (actions enter as one-hot vectors).
+        n_agents: N.
+        config: sizes.
+    """
+
+    def __init__(self, obs_dim: int, n_actions: int, n_agents: int, config: RSSMConfig) -> None:
+        super().__init__()
+        c = self.config = config
+        self.n_actions, self.n_agents = n_actions, n_agents
+        latent = c.stoch * c.classes
+        self.comm = CommBlock(latent + n_actions, c.comm_width, n_agents, c.comm_layers, c.comm_heads, c.dropout)
+        self.cell = nn.GRUCell(c.comm_width, c.deter)
+        self.prior_net = mlp(c.deter, c.hidden, latent)
+        self.obs_encoder = nn.Sequential(mlp(obs_dim, c.hidden, c.hidden), nn.ELU())
+        self.post_net = mlp(c.deter + c.hidden, c.hidden, latent)
+
+    @property
+    def feature_dim(self) -> int:
+        """F = H + S·K, the per-agent feature width."""
+        return self.config.deter + self.config.stoch * self.config.classes
+
+    def blank(self, batch: int) -> State:
+        """The all-zero state that precedes an episode's first step."""
+        c, p = self.config, self.cell.weight_hh
+        zeros = lambda *s: torch.zeros(batch, self.n_agents, *s, device=p.device, dtype=p.dtype)  # noqa: E731
+        return {"deter": zeros(c.deter), "stoch": zeros(c.stoch * c.classes), "logits": zeros(c.stoch, c.classes)}
+
+    def _logits(self, net: nn.Module, x: Tensor) -> Tensor:
+        return rearrange(net(x), "... (s k) -> ... s k", k=self.config.classes)
+
+    def img_step(self, state: State, action: Tensor, generator: torch.Generator | None = None) -> State:
+        """Prior step: state (B, N, ...) and one-hot actions (B, N, A) of the previous step -> the next prior state."""
+        e = self.comm(torch.cat([state["stoch"], action], dim=-1))  # (B, N, E)
+        batch = e.shape[0]
+        deter = self.cell(rearrange(e, "b n e -> (b n) e"), rearrange(state["deter"], "b n h -> (b n) h"))
+        deter = rearrange(deter, "(b n) h -> b n h", b=batch)
+        logits = self._logits(self.prior_net, deter)
+        return {"deter": deter, "stoch": sample_onehot(logits, generator), "logits": logits}
+
+    def post_step(self, prior: State, embed: Tensor, generator: torch.Generator | None = None) -> State:
+        """Posterior for the same step: prior state and embedded observations (B, N, hidden)."""
+        logits = self._logits(self.post_net, torch.cat([prior["deter"], embed], dim=-1))
+        return {"deter": prior["deter"], "stoch": sample_onehot(logits, generator), "logits": logits}
+
+    def observe_sequence(
+        self,
+        obs: Tensor,
+        prev_actions: Tensor,
+        resets: Tensor,
+        state: State | None = None,
+        generator: torch.Generator | None = None,
+        alive: Tensor | None = None,
+    ) -> tuple[State, State]:
+        """Filter real windows.
+
+        Args:
+            obs: (B, T, N, D).
+            prev_actions: (B, T, N, A) one-hot action of the previous row (zeros where none).
+            resets: (B, T) bool: the state entering row t is the blank one.
+            state: the state before row 0 (blank when None).
+            alive: (B, T, N) bool; absent agents' observations are not seen (their posterior rests on h alone).
+
+        Returns:
+            posteriors and priors, each name -> (B, T, N, ...).
+        """
+        batch, length = obs.shape[:2]
+        embed = self.obs_encoder(obs)  # (B, T, N, hidden)
+        if alive is not None:
+            embed = embed * alive.unsqueeze(-1).to(embed.dtype)
+        blank = self.blank(batch)
+        state = blank if state is None else state
+        posts, priors = [], []
+        for t in range(length):
+            r = resets[:, t].view(batch, 1, 1)
+            state = {k: torch.where(r.view(batch, *[1] * (v.dim() - 1)), blank[k], v) for k, v in state.items()}
+            prior = self.img_step(state, prev_actions[:, t], generator)
+            state = self.post_step(prior, embed[:, t], generator)
+            posts.append(state)
+            priors.append(prior)
+        stack = lambda seq: {k: torch.stack([s[k] for s in seq], dim=1) for k in seq[0]}  # noqa: E731
+        return stack(posts), stack(priors)

@@ -2,12 +2,15 @@
 
 from wmenv import data, envs
 from wmenv.data import EpisodeRecorder, EpisodeReplay, ReplayConfig
+from wmenv.dream import DreamEnv, DreamVecEnv
 from wmenv.envs import EnvSpec, make
 from wmenv.envs.vector import VecEnv, VecStep
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DreamEnv",
+    "DreamVecEnv",
     "EnvSpec",
     "EpisodeRecorder",
     "EpisodeReplay",

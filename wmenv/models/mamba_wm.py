@@ -125,10 +125,14 @@ class MAMBAWorldModel(WorldModel):
         resets: Tensor,
         state: State | None = None,
         generator: torch.Generator | None = None,
+        alive: Tensor | None = None,
     ) -> State:
-        """The posterior after the last row of real windows (obs (B, T, N, D), actions (B, T, N) taken at each row)."""
+        """The posterior after the last row of real windows (obs (B, T, N, D), actions (B, T, N) taken at each row).
+
+        ``alive`` (B, T, N) marks agents with an observation; absent agents' rows are not looked at.
+        """
         prev = self._prev_actions(actions, resets, state is None)
-        posts, _ = self.rssm.observe_sequence(obs, prev, resets, state, generator)
+        posts, _ = self.rssm.observe_sequence(obs, prev, resets, state, generator, alive)
         return {k: v[:, -1] for k, v in posts.items()}
 
     def imagine(

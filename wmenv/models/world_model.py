@@ -55,8 +55,9 @@ class WorldModel(nn.Module, ABC):
         resets: Tensor,
         state: State | None = None,
         generator: torch.Generator | None = None,
+        alive: Tensor | None = None,
     ) -> State:
-        """Filter real windows (obs (B, T, N, D), actions (B, T, N), resets (B, T)); the posterior after the last row."""
+        """Filter real windows (obs (B, T, N, D), actions (B, T, N), resets (B, T), alive (B, T, N)); the last posterior."""
 
     @abstractmethod
     def imagine(

@@ -1,0 +1,6 @@
+"""Imaginary environments inside learned world models: `DreamVecEnv` (batched) and `DreamEnv` (PettingZoo)."""
+
+from wmenv.dream.env import DreamEnv
+from wmenv.dream.vec import DreamStep, DreamVecEnv
+
+__all__ = ["DreamEnv", "DreamStep", "DreamVecEnv"]

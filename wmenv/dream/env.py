@@ -1,0 +1,132 @@
+"""`DreamEnv`: one imagined world of a learned world model as a PettingZoo `ParallelEnv`.
+
+Glossary: N agents, F per-agent features (or D decoded observation features), A actions.
+
+``env = wmenv.DreamEnv(model)`` behaves like the real env the model was fitted on: the same agent ids,
+``Discrete(A)`` actions, ``infos[agent]["action_mask"]`` where the real env masks actions, and
+``state()`` for centralized critics. Observations are the model's latent features (default) or its
+decoded observations. Agents whose predicted continuation ends leave ``env.agents``; the episode is
+truncated after ``horizon`` steps. Seeding ``reset(seed=...)`` fixes every draw (a `torch.Generator`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from pettingzoo import ParallelEnv
+
+from wmenv.checks import check_choice
+from wmenv.dream.vec import DreamStep, DreamVecEnv
+from wmenv.envs.spec import check_actions
+from wmenv.models.world_model import WorldModel
+
+
+class DreamEnv(ParallelEnv):
+    """A `ParallelEnv` view of one world of a `DreamVecEnv`.
+
+    Args:
+        model: a fitted `WorldModel`.
+        start: None (the model's initial distribution) or an `EpisodeReplay` of real contexts.
+        obs: "latent" or "decoded".
+        seed: seed of the first reset (``reset(seed=...)`` re-seeds).
+        horizon: steps before truncation.
+        context: rows of real context per start (with ``start``).
+        masked_action: "raise" (default) refuses actions the model predicts unavailable; "noop" replaces
+            them by the first available one (for mask-blind samplers such as pettingzoo's API test).
+    """
+
+    metadata = {"name": "wmenv_dream_v0", "render_modes": [], "is_parallelizable": True}
+
+    def __init__(
+        self,
+        model: WorldModel,
+        start: Any = None,
+        obs: Literal["latent", "decoded"] = "latent",
+        seed: int | None = None,
+        horizon: int = 15,
+        context: int = 8,
+        masked_action: Literal["raise", "noop"] = "raise",
+    ) -> None:
+        check_choice("masked_action", masked_action, ("raise", "noop"))
+        self.vec = DreamVecEnv(model, 1, horizon, start, context, obs, 0 if seed is None else seed)
+        self.spec_ = model.spec
+        self.masked_action, self.render_mode = masked_action, None
+        self.possible_agents = list(model.spec.agents)
+        self.agents: list[str] = []
+        with torch.no_grad():
+            probe = self.vec._view(model.initial(1, generator=torch.Generator(device=self.vec.device).manual_seed(0)))
+        width = probe[0].shape[-1]
+        box = spaces.Box(-np.inf, np.inf, (width,), np.float32)
+        self._obs_spaces = {a: box for a in self.possible_agents}
+        self._act_spaces = {a: spaces.Discrete(model.spec.n_actions) for a in self.possible_agents}
+        self.state_space = spaces.Box(-np.inf, np.inf, (probe[1].shape[-1],), np.float32)
+        self._last: DreamStep | None = None
+
+    def observation_space(self, agent: str) -> spaces.Space:
+        """The (cached) observation space of ``agent``."""
+        return self._obs_spaces[agent]
+
+    def action_space(self, agent: str) -> spaces.Space:
+        """The (cached) ``Discrete(A)`` action space of ``agent``."""
+        return self._act_spaces[agent]
+
+    def _obs(self, obs: torch.Tensor) -> dict[str, np.ndarray]:
+        arr = obs[0].detach().cpu().numpy().astype(np.float32)
+        return {a: arr[i] for i, a in enumerate(self.possible_agents) if a in self.agents}
+
+    def _infos(self, step: DreamStep, agents: list[str]) -> dict[str, dict]:
+        mask = step.action_mask[0].cpu().numpy().astype(np.int8)
+        return {
+            a: ({"action_mask": mask[i]} if self.spec_.action_masked else {})
+            for i, a in enumerate(self.possible_agents)
+            if a in agents
+        }
+
+    def reset(self, seed: int | None = None, options: dict | None = None) -> tuple[dict, dict]:
+        """Start an imagined episode; ``seed`` re-seeds every random draw."""
+        if seed is not None:
+            self.vec.seed(seed)
+        self._last = self.vec.reset()
+        self.agents = list(self.possible_agents)
+        return self._obs(self._last.obs), self._infos(self._last, self.agents)
+
+    def step(self, actions: dict[str, Any]) -> tuple[dict, dict, dict, dict, dict]:
+        """Advance the imagined world one step with one action per live agent."""
+        if not isinstance(actions, dict):
+            raise TypeError(f"actions: expected a dict agent -> action, got {type(actions).__name__}")
+        if not self.agents or self._last is None:
+            raise RuntimeError("step() called with no live agents: call reset() first")
+        masks = {a: self._last.action_mask[0, i].cpu().numpy() for i, a in enumerate(self.possible_agents)}
+        check_actions(self.spec_, actions, self.agents, masks if self.masked_action == "raise" else None)
+        row = torch.zeros(1, len(self.possible_agents), dtype=torch.long)
+        for i, a in enumerate(self.possible_agents):
+            if a in actions:
+                act = int(actions[a])
+                row[0, i] = act if masks[a][act] else int(np.flatnonzero(masks[a])[0])
+        step = self.vec.step(row)
+        done = bool(step.done[0])
+        before = list(self.agents)
+        obs_src = step.final_obs if done else step.obs
+        arr = obs_src[0].cpu().numpy().astype(np.float32)
+        obs = {a: arr[i] for i, a in enumerate(self.possible_agents) if a in before}
+        rewards = {a: float(step.reward[0, i]) for i, a in enumerate(self.possible_agents) if a in before}
+        terms = {a: bool(step.terminated[0, i]) for i, a in enumerate(self.possible_agents) if a in before}
+        truncs = {
+            a: bool(step.truncated[0, i]) or (done and not terms[a]) for i, a in enumerate(self.possible_agents) if a in before
+        }
+        infos = self._infos(step, before)
+        self.agents = [] if done else [a for a in before if not (terms[a] or truncs[a])]
+        self._last = step
+        return obs, rewards, terms, truncs, infos
+
+    def state(self) -> np.ndarray:
+        """The centralized features (N·F,) of the current imagined state."""
+        if self._last is None:
+            raise RuntimeError("state() called before reset()")
+        return self._last.state[0].detach().cpu().numpy().astype(np.float32)
+
+    def close(self) -> None:
+        """Nothing to release."""

@@ -1,0 +1,190 @@
+"""`DreamVecEnv`: B imagined worlds × N agents stepped as one batch inside a learned world model.
+
+Glossary: B worlds, N agents, F per-agent features (or D decoded observation features), A actions.
+
+Each world starts from the model's learned initial distribution, or from the posterior of a real
+context window taken from a replay. A step imagines all B × N agents at once; an agent whose predicted
+continuation is sampled as 0 terminates and stays absorbed (absent) for the rest of its world's episode;
+a world ends when all its agents have terminated (termination) or after ``horizon`` steps (truncation)
+and is reset in place (auto-reset), its final observation kept in the step's ``final_obs``.
+Sampling (initial states, latents, terminations) uses one `torch.Generator`, so a seed fixes the dream.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from wmenv.models.world_model import State, WorldModel
+
+
+@dataclass
+class DreamStep:
+    """What `DreamVecEnv.reset` / `step` return; all tensors on the model's device."""
+
+    obs: Tensor
+    """(B, N, F) per-agent observations (latent features or decoded observations); after an auto-reset, the new episode's."""
+    state: Tensor
+    """(B, N·F) centralized features (for critics)."""
+    action_mask: Tensor
+    """(B, N, A) bool: predicted available actions (all True for absent agents and unmasked envs)."""
+    alive: Tensor
+    """(B, N) bool: the agent is present and acts now."""
+    reward: Tensor
+    """(B, N) predicted reward of the step just taken (0 for agents that were absent)."""
+    terminated: Tensor
+    """(B, N) bool: the agent terminated on the step just taken."""
+    truncated: Tensor
+    """(B, N) bool: the agent was cut by the horizon on the step just taken."""
+    done: Tensor
+    """(B,) bool: the world's episode ended on this step and it was reset."""
+    final_obs: Tensor
+    """(B, N, F): where ``done``, the finished episode's last observation."""
+
+
+class DreamVecEnv:
+    """B imagined copies of a real env inside ``model``.
+
+    Args:
+        model: a fitted `WorldModel` (set to eval mode here).
+        num_worlds: B.
+        horizon: steps before a world is truncated (the MAMBA paper: 15).
+        start: None (the model's initial distribution) or an `EpisodeReplay` whose windows of
+            ``context`` rows are filtered into start states.
+        context: rows of real context per start (with ``start``).
+        obs: "latent" (the model's features) or "decoded" (predicted observations, shaped like the real env's).
+        seed: seeds the generator of every random draw.
+        mask_threshold: an action is available where its predicted probability exceeds this.
+    """
+
+    def __init__(
+        self,
+        model: WorldModel,
+        num_worlds: int,
+        horizon: int = 15,
+        start=None,
+        context: int = 8,
+        obs: Literal["latent", "decoded"] = "latent",
+        seed: int = 0,
+        mask_threshold: float = 0.5,
+    ) -> None:
+        for name, value in (("num_worlds", num_worlds), ("horizon", horizon), ("context", context)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
+        if obs not in ("latent", "decoded"):
+            raise ValueError(f"obs: expected 'latent' or 'decoded', got {obs!r}")
+        if start is not None and start.spec_description is not None and start.spec_description != model.spec.describe():
+            raise ValueError(
+                f"start: replay recorded for env {start.spec_description}, the model is for {model.spec.describe()}"
+            )
+        self.model, self.spec = model.eval(), model.spec
+        self.num_worlds, self.horizon, self.start, self.context = num_worlds, horizon, start, context
+        self.obs_kind, self.mask_threshold = obs, mask_threshold
+        self.device = next(model.parameters()).device
+        self.generator = torch.Generator(device=self.device)
+        self.seed(seed)
+        self._state: State | None = None
+
+    def seed(self, seed: int) -> None:
+        """Re-seed every random draw (starts, latents, terminations)."""
+        self.generator.manual_seed(int(seed))
+        self._replay_seed = int(seed)
+
+    # --- starts ---
+    def _starts(self, count: int) -> State:
+        if self.start is None:
+            return self.model.initial(count, generator=self.generator)
+        self._replay_seed += 1
+        w = self.start.sample(count, self.context, generator=self._replay_seed, device=self.device)
+        return self.model.observe(w["obs"], w["action"], w["reset"], generator=self.generator, alive=w["alive"].bool())
+
+    def _view(self, state: State) -> tuple[Tensor, Tensor, Tensor]:
+        """obs (B, N, F), critic state (B, N·F), action mask (B, N, A) bool of ``state``."""
+        pred = self.model.predict(state, decode=self.obs_kind == "decoded")
+        obs = pred.obs if self.obs_kind == "decoded" else self.model.features(state)
+        if pred.action_mask is None:
+            mask = torch.ones(*obs.shape[:2], self.spec.n_actions, dtype=torch.bool, device=self.device)
+        else:
+            mask = pred.action_mask > self.mask_threshold
+            mask[~mask.any(-1)] = True  # an agent always has some action
+        return obs, self.model.critic_features(state), mask
+
+    def reset(self) -> DreamStep:
+        """Start all B worlds."""
+        B, N = self.num_worlds, self.spec.n_agents
+        with torch.no_grad():
+            self._state = self._starts(B)
+            obs, crit, mask = self._view(self._state)
+        self._alive = torch.ones(B, N, dtype=torch.bool, device=self.device)
+        self._t = torch.zeros(B, dtype=torch.long, device=self.device)
+        self._mask = mask
+        zeros = torch.zeros(B, N, device=self.device)
+        false = torch.zeros(B, N, dtype=torch.bool, device=self.device)
+        return DreamStep(
+            obs, crit, mask, self._alive.clone(), zeros, false, false.clone(), false[:, 0].clone(), torch.zeros_like(obs)
+        )
+
+    def check_actions(self, actions: Tensor) -> Tensor:
+        """Validate (B, N) integer actions of the present agents against range and predicted masks."""
+        B, N, A = self.num_worlds, self.spec.n_agents, self.spec.n_actions
+        if not isinstance(actions, Tensor):
+            raise TypeError(f"actions: expected a torch.Tensor of shape ({B}, {N}), got {type(actions).__name__}")
+        if actions.shape != (B, N):
+            raise ValueError(f"actions: expected shape ({B}, {N}) (worlds, agents), got {tuple(actions.shape)}")
+        if actions.dtype.is_floating_point or actions.dtype == torch.bool or actions.is_complex():
+            raise TypeError(f"actions: expected an integer dtype, got {actions.dtype}")
+        actions = actions.to(self.device).long()
+        live = self._alive
+        bad = live & ((actions < 0) | (actions >= A))
+        if bad.any():
+            b, n = (int(i) for i in bad.nonzero()[0])
+            got = int(actions[b, n])
+            raise ValueError(f"actions: agent {self.spec.agents[n]!r} in world {b}: expected an action in [0, {A}), got {got}")
+        masked = live & ~self._mask.gather(-1, actions.clamp(0, A - 1).unsqueeze(-1)).squeeze(-1)
+        if masked.any():
+            b, n = (int(i) for i in masked.nonzero()[0])
+            raise ValueError(f"actions: agent {self.spec.agents[n]!r} in world {b} chose action {int(actions[b, n])}, "
+                             "which the model predicts unavailable (see action_mask)")  # fmt: skip
+        return torch.where(live, actions, torch.zeros_like(actions))
+
+    def step(self, actions: Tensor) -> DreamStep:
+        """Advance all B worlds by one imagined step; finished worlds are reset in place."""
+        if self._state is None:
+            raise RuntimeError("DreamVecEnv.step before reset")
+        actions = self.check_actions(actions)
+        with torch.no_grad():
+            state, pred = self.model.imagine(self._state, actions, generator=self.generator)
+            obs, crit, mask = self._view(state)
+        self._check_finite(obs, pred.reward)
+        was_alive = self._alive
+        reward = torch.where(was_alive, pred.reward, torch.zeros_like(pred.reward))
+        cont = torch.bernoulli(pred.cont.clamp(0, 1), generator=self.generator).bool()
+        terminated = was_alive & ~cont
+        alive = was_alive & cont
+        self._t = self._t + 1
+        world_end = ~alive.any(-1) | (self._t >= self.horizon)
+        truncated = alive & (self._t >= self.horizon)[:, None]
+        final_obs = torch.where(world_end[:, None, None], obs, torch.zeros_like(obs))
+        if world_end.any():
+            idx = world_end.nonzero().squeeze(-1)
+            with torch.no_grad():
+                fresh = self._starts(len(idx))
+            state = {k: v.index_copy(0, idx, fresh[k]) for k, v in state.items()}
+            with torch.no_grad():
+                obs, crit, mask = self._view(state)
+            alive = alive.index_fill(0, idx, True)
+            self._t = self._t.index_fill(0, idx, 0)
+        self._state, self._alive, self._mask = state, alive, mask
+        mask = torch.where(alive[..., None], mask, torch.ones_like(mask))
+        self._mask = mask
+        return DreamStep(obs, crit, mask, alive.clone(), reward, terminated, truncated, world_end, final_obs)
+
+    def _check_finite(self, obs: Tensor, reward: Tensor) -> None:
+        bad = ~torch.isfinite(obs).all(-1) | ~torch.isfinite(reward)
+        if bad.any():
+            b, n = (int(i) for i in bad.nonzero()[0])
+            raise FloatingPointError(f"the world model produced NaN/inf at step {int(self._t[b]) + 1} of world {b} "
+                                     f"for agent {self.spec.agents[n]!r}")  # fmt: skip

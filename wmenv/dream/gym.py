@@ -1,0 +1,175 @@
+"""Single-agent and stable-baselines3 views of a dream: `DreamGymEnv` and `DreamSB3VecEnv`.
+
+Glossary: B worlds, N agents, F per-agent observation features, A actions.
+
+`DreamGymEnv` is a `gymnasium.Env` over one world of a one-agent model (e.g. fitted on
+``"gym:CartPole-v1"``). `DreamSB3VecEnv` turns a `DreamVecEnv` into a stable-baselines3 ``VecEnv`` of
+B·N environments, one per (world, agent), for parameter-shared independent learners: an agent that
+terminates before its world ends receives zero reward and an unchanged observation until the world
+ends, when all its N environments report ``done`` together (with ``terminal_observation``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import gymnasium as gym
+import numpy as np
+import torch
+from einops import rearrange
+from gymnasium import spaces
+
+from wmenv.dream.vec import DreamVecEnv
+from wmenv.models.world_model import WorldModel
+
+
+class DreamGymEnv(gym.Env):
+    """One imagined world of a one-agent world model as a Gymnasium env.
+
+    Args:
+        model: a fitted `WorldModel` whose spec has one agent.
+        start, obs, horizon, context: as for `DreamVecEnv`.
+        masked_action: "raise" refuses actions the model predicts unavailable; "noop" replaces them.
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(
+        self,
+        model: WorldModel,
+        start: Any = None,
+        obs: Literal["latent", "decoded"] = "latent",
+        horizon: int = 15,
+        context: int = 8,
+        masked_action: Literal["raise", "noop"] = "noop",
+    ) -> None:
+        if model.spec.n_agents != 1:
+            raise ValueError(f"model: DreamGymEnv needs a one-agent model, {model.spec.id} has {model.spec.n_agents} agents")
+        self.vec = DreamVecEnv(model, 1, horizon, start, context, obs, 0)
+        self.masked_action = masked_action
+        with torch.no_grad():
+            width = self.vec._view(model.initial(1, generator=torch.Generator(device=self.vec.device).manual_seed(0)))[
+                0
+            ].shape[-1]
+        self.observation_space = spaces.Box(-np.inf, np.inf, (width,), np.float32)
+        self.action_space = spaces.Discrete(model.spec.n_actions)
+        self._mask: np.ndarray | None = None
+
+    def _out(self, obs: torch.Tensor, mask: torch.Tensor) -> tuple[np.ndarray, dict]:
+        self._mask = mask[0, 0].cpu().numpy()
+        return obs[0, 0].cpu().numpy().astype(np.float32), {"action_mask": self._mask.astype(np.int8)}
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        """Start an imagined episode (``seed`` re-seeds every draw)."""
+        super().reset(seed=seed)
+        if seed is not None:
+            self.vec.seed(seed)
+        s = self.vec.reset()
+        return self._out(s.obs, s.action_mask)
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
+        """One imagined step."""
+        if self._mask is None:
+            raise RuntimeError("step() before reset()")
+        if not self.action_space.contains(action if np.isscalar(action) else np.asarray(action).item()):
+            raise ValueError(f"action: expected an integer in [0, {self.action_space.n}), got {action!r}")
+        action = int(action)
+        if not self._mask[action]:
+            if self.masked_action == "raise":
+                raise ValueError(
+                    f"action: {action} is predicted unavailable; available: {np.flatnonzero(self._mask).tolist()}"
+                )
+            action = int(np.flatnonzero(self._mask)[0])
+        s = self.vec.step(torch.tensor([[action]]))
+        done = bool(s.done[0])
+        obs, info = self._out(s.final_obs if done else s.obs, s.action_mask)
+        return obs, float(s.reward[0, 0]), bool(s.terminated[0, 0]), bool(s.truncated[0, 0]), info
+
+
+try:
+    from stable_baselines3.common.vec_env import VecEnv as _SB3VecEnv
+except ImportError:  # stable-baselines3 is the [sb3] extra
+    _SB3VecEnv = None
+
+
+class DreamSB3VecEnv(_SB3VecEnv or object):
+    """A stable-baselines3 ``VecEnv`` of B·N (world, agent) environments over a `DreamVecEnv`.
+
+    Args:
+        vec: the dream; predicted-unavailable actions are replaced by the first available one
+            (stable-baselines3 policies do not mask).
+    """
+
+    def __init__(self, vec: DreamVecEnv) -> None:
+        if _SB3VecEnv is None:
+            raise ImportError('DreamSB3VecEnv needs stable-baselines3: pip install "wmenv[sb3]"')
+        self.vec = vec
+        self.n_agents = vec.spec.n_agents
+        first = vec.reset()
+        self._last = first
+        width = first.obs.shape[-1]
+        super().__init__(
+            vec.num_worlds * self.n_agents,
+            spaces.Box(-np.inf, np.inf, (width,), np.float32),
+            spaces.Discrete(vec.spec.n_actions),
+        )
+        self._actions: np.ndarray | None = None
+
+    def _flat(self, x: torch.Tensor) -> np.ndarray:
+        return rearrange(x, "b n ... -> (b n) ...").cpu().numpy()
+
+    def reset(self) -> np.ndarray:
+        """Restart every world; (B·N, F) observations."""
+        self._last = self.vec.reset()
+        return self._flat(self._last.obs).astype(np.float32)
+
+    def step_async(self, actions: np.ndarray) -> None:
+        """Store (B·N,) actions for `step_wait`."""
+        self._actions = np.asarray(actions).reshape(self.num_envs)
+
+    def step_wait(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict]]:
+        """Step the dream; absent agents' actions are ignored."""
+        acts = torch.as_tensor(self._actions, dtype=torch.long, device=self.vec.device).view(
+            self.vec.num_worlds, self.n_agents
+        )
+        mask = self._last.action_mask
+        ok = mask.gather(-1, acts.clamp(0, mask.shape[-1] - 1).unsqueeze(-1)).squeeze(-1)
+        acts = torch.where(ok & self._last.alive, acts, mask.float().argmax(-1))
+        s = self.vec.step(acts)
+        obs = s.obs  # after an auto-reset: the new episode's first observation
+        done = s.done[:, None].expand(-1, self.n_agents)
+        infos: list[dict] = []
+        final, trunc = self._flat(s.final_obs), self._flat(s.truncated)
+        for i, d in enumerate(self._flat(done)):
+            info: dict = {}
+            if d:
+                info["terminal_observation"] = final[i].astype(np.float32)
+                info["TimeLimit.truncated"] = bool(trunc[i])
+            infos.append(info)
+        self._last = s
+        return self._flat(obs).astype(np.float32), self._flat(s.reward).astype(np.float32), self._flat(done), infos
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+    def get_attr(self, attr_name: str, indices: Any = None) -> list[Any]:
+        """The dream's attribute, once per selected env."""
+        return [getattr(self.vec, attr_name)] * len(self._get_indices(indices))
+
+    def set_attr(self, attr_name: str, value: Any, indices: Any = None) -> None:
+        """Set an attribute of the dream (shared by all envs)."""
+        setattr(self.vec, attr_name, value)
+
+    def env_method(self, method_name: str, *method_args: Any, indices: Any = None, **method_kwargs: Any) -> list[Any]:
+        """Call a method of the dream once per selected env."""
+        return [getattr(self.vec, method_name)(*method_args, **method_kwargs) for _ in self._get_indices(indices)]
+
+    def env_is_wrapped(self, wrapper_class: type, indices: Any = None) -> list[bool]:
+        """No env is wrapped."""
+        return [False] * len(self._get_indices(indices))
+
+    def seed(self, seed: int | None = None) -> list[int | None]:
+        """Re-seed the dream's generator."""
+        if seed is not None:
+            self.vec.seed(seed)
+        return [seed] * self.num_envs

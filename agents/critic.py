@@ -137,6 +137,10 @@ class CentralCritic(nn.Module):
             onehot = onehot[:, None].expand(-1, state.shape[1], -1)  # (B, T, N)
         return torch.cat([state, onehot], dim=-1)
 
+    def _embed(self, state: Tensor, agent: Tensor) -> Tensor:
+        """state: (B, [T,] S), agent: (B,) -> (B, [T,] H) before the optional GRU."""
+        return self.encoder(self._inputs(state, agent))
+
     def _check(self, state: Tensor, agent: Tensor, resets: Tensor, dims: int) -> None:
         want = "(B, S)" if dims == 2 else "(B, T, S)"
         if state.dim() != dims or state.shape[-1] != self.state_dim:
@@ -157,7 +161,7 @@ class CentralCritic(nn.Module):
     def step(self, state: Tensor, agent: Tensor, hidden: PolicyState, resets: Tensor) -> tuple[Tensor, PolicyState]:
         """One step. state: (B, S), agent: (B,) long, hidden: the critic state, resets: (B,) bool -> value: (B,), hidden."""
         self._check(state, agent, resets, 2)
-        y = self.encoder(self._inputs(state, agent))  # (B, H)
+        y = self._embed(state, agent)  # (B, H)
         if self.rnn is not None:
             y, hidden = self.rnn.step(y, hidden, resets.bool())
         return self.head(y).squeeze(-1), hidden
@@ -165,7 +169,40 @@ class CentralCritic(nn.Module):
     def forward_sequence(self, state: Tensor, agent: Tensor, resets: Tensor, hidden0: PolicyState) -> Tensor:
         """Values of B sequences. state: (B, T, S), agent: (B,) long, resets: (B, T) bool -> (B, T)."""
         self._check(state, agent, resets, 3)
-        y = self.encoder(self._inputs(state, agent))  # (B, T, H)
+        y = self._embed(state, agent)  # (B, T, H)
         if self.rnn is not None:
             y, _ = self.rnn.forward_sequence(y, resets.bool(), hidden0)
         return self.head(y).squeeze(-1)
+
+
+class AttentionCritic(CentralCritic):
+    """V(all agents' latent states, agent): MAMBA's critic (§3.2), attention over the N agents' features.
+
+    The state is the N agents' features side by side, (…, N·F) (`WorldModel.critic_features`). Each
+    agent's features are embedded, one transformer layer attends across agents, and the row of the
+    agent being valued goes through the MLP head (and the GRU when ``config.recurrent``).
+
+    Args:
+        state_dim: N·F.
+        n_agents: N.
+        config: widths and value normalization (``agent_id`` is implied by taking the agent's row).
+        heads: attention heads (must divide ``config.hidden``).
+    """
+
+    def __init__(self, state_dim: int, n_agents: int, config: CriticConfig | None = None, heads: int = 4) -> None:
+        super().__init__(state_dim, n_agents, config)
+        if state_dim % n_agents:
+            raise ValueError(f"state_dim: expected a multiple of n_agents={n_agents} (N·F), got {state_dim}")
+        hidden = self.config.hidden
+        self.encoder = nn.Sequential(nn.LayerNorm(state_dim // n_agents), nn.Linear(state_dim // n_agents, hidden))
+        self.position = nn.Embedding(n_agents, hidden)
+        self.attend = nn.TransformerEncoderLayer(hidden, heads, 2 * hidden, 0.0, batch_first=True, norm_first=True)
+        self.out = nn.Sequential(nn.LayerNorm(hidden), nn.ReLU())
+
+    def _embed(self, state: Tensor, agent: Tensor) -> Tensor:
+        """state: (B, [T,] N·F), agent: (B,) -> (B, [T,] H): the agent's row after attention."""
+        lead = state.shape[:-1]
+        x = self.encoder(state.reshape(-1, self.n_agents, self.state_dim // self.n_agents)) + self.position.weight
+        y = self.attend(x)  # (B·T, N, H)
+        index = agent.long().reshape(-1, *([1] * (len(lead) - 1))).expand(lead).reshape(-1)  # (B·T,)
+        return self.out(y[torch.arange(y.shape[0], device=y.device), index]).reshape(*lead, -1)

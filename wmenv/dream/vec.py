@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -43,6 +44,12 @@ class DreamStep:
     """(B,) bool: the world's episode ended on this step and it was reset."""
     final_obs: Tensor
     """(B, N, F): where ``done``, the finished episode's last observation."""
+    final_state: Tensor
+    """(B, N·F): where ``done``, the finished episode's last centralized features."""
+    episode_return: Tensor
+    """(B, N): where ``done``, each agent's undiscounted predicted return over the finished episode."""
+    episode_length: Tensor
+    """(B,) int64: where ``done``, the finished episode's number of steps."""
 
 
 class DreamVecEnv:
@@ -120,18 +127,27 @@ class DreamVecEnv:
             obs, crit, mask = self._view(self._state)
         self._alive = torch.ones(B, N, dtype=torch.bool, device=self.device)
         self._t = torch.zeros(B, dtype=torch.long, device=self.device)
+        self._return = torch.zeros(B, N, device=self.device)
         self._mask = mask
         zeros = torch.zeros(B, N, device=self.device)
         false = torch.zeros(B, N, dtype=torch.bool, device=self.device)
         return DreamStep(
-            obs, crit, mask, self._alive.clone(), zeros, false, false.clone(), false[:, 0].clone(), torch.zeros_like(obs)
-        )
+            obs, crit, mask, self._alive.clone(), zeros, false, false.clone(), false[:, 0].clone(), torch.zeros_like(obs),
+            torch.zeros_like(crit), zeros.clone(), self._t.clone(),
+        )  # fmt: skip
+
+    @property
+    def num_envs(self) -> int:
+        """B, for learners written against `VecEnv` (``MAPPO.collect``)."""
+        return self.num_worlds
 
     def check_actions(self, actions: Tensor) -> Tensor:
         """Validate (B, N) integer actions of the present agents against range and predicted masks."""
         B, N, A = self.num_worlds, self.spec.n_agents, self.spec.n_actions
+        if isinstance(actions, np.ndarray):
+            actions = torch.from_numpy(actions)
         if not isinstance(actions, Tensor):
-            raise TypeError(f"actions: expected a torch.Tensor of shape ({B}, {N}), got {type(actions).__name__}")
+            raise TypeError(f"actions: expected a tensor or NumPy array of shape ({B}, {N}), got {type(actions).__name__}")
         if actions.shape != (B, N):
             raise ValueError(f"actions: expected shape ({B}, {N}) (worlds, agents), got {tuple(actions.shape)}")
         if actions.dtype.is_floating_point or actions.dtype == torch.bool or actions.is_complex():
@@ -165,9 +181,13 @@ class DreamVecEnv:
         terminated = was_alive & ~cont
         alive = was_alive & cont
         self._t = self._t + 1
+        self._return = self._return + reward
         world_end = ~alive.any(-1) | (self._t >= self.horizon)
         truncated = alive & (self._t >= self.horizon)[:, None]
         final_obs = torch.where(world_end[:, None, None], obs, torch.zeros_like(obs))
+        final_state = torch.where(world_end[:, None], crit, torch.zeros_like(crit))
+        episode_return = torch.where(world_end[:, None], self._return, torch.zeros_like(self._return))
+        episode_length = torch.where(world_end, self._t, torch.zeros_like(self._t))
         if world_end.any():
             idx = world_end.nonzero().squeeze(-1)
             with torch.no_grad():
@@ -177,10 +197,14 @@ class DreamVecEnv:
                 obs, crit, mask = self._view(state)
             alive = alive.index_fill(0, idx, True)
             self._t = self._t.index_fill(0, idx, 0)
+            self._return = self._return.index_fill(0, idx, 0.0)
         self._state, self._alive, self._mask = state, alive, mask
         mask = torch.where(alive[..., None], mask, torch.ones_like(mask))
         self._mask = mask
-        return DreamStep(obs, crit, mask, alive.clone(), reward, terminated, truncated, world_end, final_obs)
+        return DreamStep(
+            obs, crit, mask, alive.clone(), reward, terminated, truncated, world_end, final_obs, final_state, episode_return,
+            episode_length,
+        )  # fmt: skip
 
     def _check_finite(self, obs: Tensor, reward: Tensor) -> None:
         bad = ~torch.isfinite(obs).all(-1) | ~torch.isfinite(reward)

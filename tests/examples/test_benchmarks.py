@@ -88,3 +88,15 @@ def test_onnx_step_benchmark_times_torch_and_onnxruntime(tmp_path):
             )
         assert out["results"][kind]["b1"]["onnx_agent_us"] > 0
     assert set(out["goal"]) == {"sp_mamba_b1_ort_us", "le_50us", "ge_5x_torch"}
+
+
+def test_dream_throughput_benchmark_reports_ratios(tmp_path):
+    out = _run("dream_throughput.py", "--env-id", "mpe:simple_spread_v3", "--env-kwargs", "--model", "small",
+               "--batches", "4", "16", "--seconds", "0.1", "--matmul-size", "128",
+               "--out", str(tmp_path / "t.json"))  # fmt: skip
+    assert json.loads((tmp_path / "t.json").read_text()) == out
+    assert out["real_agent_steps_per_s"] > 0 and out["matmul_gflops"] > 0
+    for b in ("4", "16"):
+        r = out["results"][b]
+        assert r["agent_steps_per_s"] > 0 and r["gflops"] > 0
+        assert abs(r["vs_real_env"] - r["agent_steps_per_s"] / out["real_agent_steps_per_s"]) < 0.01 * (1 + r["vs_real_env"])

@@ -1,0 +1,142 @@
+"""Imagination throughput: `DreamVecEnv` agent-steps per second vs the real env, and achieved GFLOP/s vs a matmul.
+
+In one run: the real env's raw rate (random available actions, one process), then for each batch
+size B the dream's imagined agent-steps per second (B worlds × N agents per step, random available
+actions, auto-resets included) with the model's FLOPs per step counted by
+``torch.utils.flop_counter``, and the GFLOP/s of a square float32 matmul as the machine's reference.
+Prints one JSON line. Goal (issue 5): at B = 1024, >= 100x the real Flatland env and >= 30 % of the
+matmul rate.
+
+Usage:
+    python examples/benchmarks/dream_throughput.py --env-id flatland:5 --env-kwargs dense_reward True --model flatland
+    python examples/benchmarks/dream_throughput.py --batches 64 1024 4096 --seconds 5 --out benchmarks/dream/throughput.json
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import tyro
+from torch.utils.flop_counter import FlopCounterMode
+
+from wmenv.data.collect import random_available
+from wmenv.dream import DreamVecEnv
+from wmenv.envs.vector import VecEnv
+from wmenv.models.mamba_wm import MAMBAWorldModel, preset
+
+
+@dataclass
+class Args:
+    """Benchmark settings."""
+
+    env_id: str = "flatland:5"
+    """The real env (and the spec of the world model)."""
+    env_kwargs: dict[str, int | float | bool | str] = field(default_factory=lambda: {"dense_reward": True})
+    """Extra keywords for `wmenv.envs.make`."""
+    model: str = "flatland"
+    """World-model preset ("flatland": the paper's size; "small")."""
+    batches: list[int] = field(default_factory=lambda: [64, 1024, 4096])
+    """B, imagined worlds per step."""
+    seconds: float = 5.0
+    """Measuring time per rate."""
+    threads: int = 0
+    """torch threads (0: torch's default, all cores)."""
+    matmul_size: int = 1024
+    """Side of the square matmul whose GFLOP/s is the reference."""
+    out: Path | None = None
+    """Also write the JSON to this file."""
+
+
+def real_rate(env_id: str, env_kwargs: dict, seconds: float) -> float:
+    """Agent-steps per second of the real env, one copy, random available actions, resets included."""
+    rng = np.random.default_rng(0)
+    with VecEnv(env_id, num_envs=1, seed=0, **env_kwargs) as vec:
+        s, steps, start = vec.reset(), 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            steps += int(s.alive.sum())
+            s = vec.step(random_available(s.action_mask, rng))
+        return steps / (time.perf_counter() - start)
+
+
+def matmul_gflops(n: int, seconds: float) -> float:
+    """GFLOP/s of float32 (n × n) @ (n × n)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    reps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        reps += 1
+    return 2 * n**3 * reps / (time.perf_counter() - start) / 1e9
+
+
+def dream_rate(model: MAMBAWorldModel, batch: int, seconds: float) -> dict[str, float]:
+    """Imagined agent-steps per second and GFLOP/s of the model at B = ``batch``."""
+    vec = DreamVecEnv(model, batch, seed=0)
+    s = vec.reset()
+    gen = torch.Generator().manual_seed(0)
+    pick = lambda mask: (torch.rand(mask.shape, generator=gen) * mask).argmax(-1)  # noqa: E731
+    with FlopCounterMode(display=False) as counter:
+        s = vec.step(pick(s.action_mask))
+    flops_per_step = counter.get_total_flops()
+    steps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds or steps == 0:
+        s = vec.step(pick(s.action_mask))
+        steps += 1
+    wall = time.perf_counter() - start
+    agent_steps = steps * batch * model.spec.n_agents
+    return {
+        "agent_steps_per_s": agent_steps / wall,
+        "gflops": flops_per_step * steps / wall / 1e9,
+        "ms_per_step": wall / steps * 1e3,
+    }
+
+
+def main(args: Args) -> dict:
+    """Measure and print the JSON summary."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    real = real_rate(args.env_id, args.env_kwargs, args.seconds)
+    ref = matmul_gflops(args.matmul_size, args.seconds)
+    with VecEnv(args.env_id, num_envs=1, seed=0, **args.env_kwargs) as vec:
+        spec = vec.spec
+    torch.manual_seed(0)
+    model = MAMBAWorldModel(spec, preset(args.model)).eval()
+    results = {}
+    for batch in args.batches:
+        r = dream_rate(model, batch, args.seconds)
+        results[str(batch)] = {
+            "agent_steps_per_s": round(r["agent_steps_per_s"], 1),
+            "vs_real_env": round(r["agent_steps_per_s"] / real, 2),
+            "gflops": round(r["gflops"], 2),
+            "vs_matmul": round(r["gflops"] / ref, 3),
+            "ms_per_step": round(r["ms_per_step"], 2),
+        }
+    summary = {
+        "benchmark": "dream_throughput",
+        "env_id": args.env_id,
+        "model": args.model,
+        "params": sum(p.numel() for p in model.parameters()),
+        "real_agent_steps_per_s": round(real, 1),
+        "matmul_gflops": round(ref, 2),
+        "results": results,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+    }
+    line = json.dumps(summary)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(line + "\n")
+    print(line)
+    return summary
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))

@@ -38,8 +38,8 @@ class Args:
 
     env_id: str = "flatland:5"
     """The real env (and the spec of the world model)."""
-    env_kwargs: dict[str, int | float | bool | str] = field(default_factory=lambda: {"dense_reward": True})
-    """Extra keywords for `wmenv.envs.make`."""
+    env_kwargs: dict[str, int | float | bool | str] = field(default_factory=dict)
+    """Extra keywords for `wmenv.envs.make` (e.g. ``dense_reward True``)."""
     model: str = "flatland"
     """World-model preset ("flatland": the paper's size; "small")."""
     batches: list[int] = field(default_factory=lambda: [64, 1024, 4096])

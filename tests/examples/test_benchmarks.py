@@ -91,7 +91,7 @@ def test_onnx_step_benchmark_times_torch_and_onnxruntime(tmp_path):
 
 
 def test_dream_throughput_benchmark_reports_ratios(tmp_path):
-    out = _run("dream_throughput.py", "--env-id", "mpe:simple_spread_v3", "--env-kwargs", "--model", "small",
+    out = _run("dream_throughput.py", "--env-id", "mpe:simple_spread_v3", "--model", "small",
                "--batches", "4", "16", "--seconds", "0.1", "--matmul-size", "128",
                "--out", str(tmp_path / "t.json"))  # fmt: skip
     assert json.loads((tmp_path / "t.json").read_text()) == out

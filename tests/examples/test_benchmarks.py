@@ -100,3 +100,12 @@ def test_dream_throughput_benchmark_reports_ratios(tmp_path):
         r = out["results"][b]
         assert r["agent_steps_per_s"] > 0 and r["gflops"] > 0
         assert abs(r["vs_real_env"] - r["agent_steps_per_s"] / out["real_agent_steps_per_s"]) < 0.01 * (1 + r["vs_real_env"])
+
+
+def test_dream_vs_reality_benchmark_writes_errors_and_plot(tmp_path):
+    out = _run("dream_vs_reality.py", "--train-steps", "300", "--heldout-steps", "150", "--fit-steps", "10",
+               "--windows", "4", "--horizon", "5", "--out", str(tmp_path))  # fmt: skip
+    errors = out["errors"]
+    assert set(errors) == {"obs_model", "obs_copy_last", "obs_mean", "reward_model", "reward_zero"}
+    assert all(len(v) == 5 and all(x >= 0 for x in v) for v in errors.values())
+    assert (tmp_path / "mpe_simple_spread_v3.png").stat().st_size > 10_000

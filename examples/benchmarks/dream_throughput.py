@@ -14,9 +14,6 @@ Usage:
 
 from __future__ import annotations
 
-import json
-import os
-import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import tyro
+from report import emit, machine
 from torch.utils.flop_counter import FlopCounterMode
 
 from wmenv.data.collect import random_available
@@ -128,14 +126,9 @@ def main(args: Args) -> dict:
         "results": results,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "machine": machine(),
     }
-    line = json.dumps(summary)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(line + "\n")
-    print(line)
-    return summary
+    return emit(summary, args.out)
 
 
 if __name__ == "__main__":

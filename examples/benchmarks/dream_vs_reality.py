@@ -24,9 +24,7 @@ import numpy as np
 import torch
 import tyro
 
-from wmenv.data.collect import collect, random_available
-from wmenv.data.replay import EpisodeReplay, ReplayConfig
-from wmenv.envs.vector import VecEnv
+from wmenv.data.collect import random_replay
 from wmenv.fit import FitConfig, fit
 from wmenv.models.mamba_wm import MAMBAWorldModel, preset
 
@@ -64,14 +62,6 @@ class Args:
     """Output folder."""
 
 
-def _replay(args: Args, steps: int, seed: int) -> EpisodeReplay:
-    rng = np.random.default_rng(seed)
-    with VecEnv(args.env_id, num_envs=4, seed=seed, **args.env_kwargs) as vec:
-        replay = EpisodeReplay(ReplayConfig(capacity=max(steps * 2, 10_000), seed=seed), spec=vec.spec)
-        collect(vec, replay, steps, lambda s: random_available(s.action_mask, rng))
-    return replay
-
-
 def open_loop_errors(
     model: MAMBAWorldModel, window: dict, context: int, horizon: int, obs_mean: torch.Tensor
 ) -> dict[str, np.ndarray]:
@@ -98,15 +88,12 @@ def main(args: Args) -> dict:
     """Collect, fit, evaluate open-loop, write JSON + PNG."""
     torch.manual_seed(args.seed)
     start = time.perf_counter()
-    train = _replay(args, args.train_steps, args.seed)
-    held = _replay(args, args.heldout_steps, args.seed + 10_000)
+    train, spec = random_replay(args.env_id, args.train_steps, seed=args.seed, **args.env_kwargs)
+    held, _ = random_replay(args.env_id, args.heldout_steps, seed=args.seed + 10_000, **args.env_kwargs)
     spec_desc = train.spec_description
     total = args.context + args.horizon
     if int(held.episode_lengths.max()) + 1 < total:
         raise ValueError(f"context + horizon = {total} rows: longer than every held-out episode; lower them")
-    from wmenv.envs import make
-
-    _, spec = make(args.env_id, **args.env_kwargs)
     model = MAMBAWorldModel(spec, preset(args.model))
     seq = min(args.seq_len, int(train.episode_lengths.min()) + 1)
     history = fit(model, train, FitConfig(steps=args.fit_steps, batch_size=16, seq_len=seq, seed=args.seed, progress=False))

@@ -19,9 +19,6 @@ Usage:
 
 from __future__ import annotations
 
-import json
-import os
-import platform
 import statistics
 import tempfile
 import time
@@ -33,6 +30,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 import tyro
+from report import emit, machine
 
 from agents.policies import POLICIES, make_policy
 from exports import OnnxAgent, export_agent
@@ -149,14 +147,9 @@ def main(args: Args) -> dict:
         "goal": goal,
         "torch": torch.__version__,
         "onnxruntime": ort.__version__,
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "machine": machine(),
     }
-    line = json.dumps(summary)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(line + "\n")
-    print(line)
-    return summary
+    return emit(summary, args.out)
 
 
 if __name__ == "__main__":

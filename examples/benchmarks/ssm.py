@@ -24,9 +24,6 @@ Usage:
 from __future__ import annotations
 
 import functools
-import json
-import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -36,6 +33,7 @@ from typing import Literal
 
 import torch
 import tyro
+from report import emit, machine
 from torch import nn
 
 from wmenv.models.ssm import Mamba, Mamba2, selective_scan_naive, selective_scan_ref, ssd_chunked, ssd_naive
@@ -248,14 +246,9 @@ def main(args: Args) -> dict:
         "scan_only": scans,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "machine": machine(),
     }
-    line = json.dumps(summary)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(line + "\n")
-    print(line)
-    return summary
+    return emit(summary, args.out)
 
 
 if __name__ == "__main__":

@@ -6,11 +6,9 @@ import torch
 from pettingzoo.test import parallel_api_test, parallel_seed_test
 
 import wmenv
-from wmenv.data.collect import collect, random_available
-from wmenv.data.replay import EpisodeReplay, ReplayConfig
+from wmenv.data.collect import random_replay
 from wmenv.dream import DreamVecEnv
 from wmenv.envs import make
-from wmenv.envs.vector import VecEnv
 from wmenv.models.mamba_wm import MAMBAWorldModel, preset
 
 
@@ -23,11 +21,7 @@ def flatland_model():
 
 @pytest.fixture(scope="module")
 def mpe_model_and_replay():
-    rng = np.random.default_rng(0)
-    with VecEnv("mpe:simple_spread_v3", num_envs=2, seed=0) as vec:
-        replay = EpisodeReplay(ReplayConfig(capacity=10_000, seed=0), spec=vec.spec)
-        collect(vec, replay, 200, lambda s: random_available(s.action_mask, rng))
-        spec = vec.spec
+    replay, spec = random_replay("mpe:simple_spread_v3", 200, num_envs=2)
     torch.manual_seed(0)
     return MAMBAWorldModel(spec, preset("small")), replay
 

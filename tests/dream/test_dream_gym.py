@@ -5,10 +5,8 @@ import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
 
-from wmenv.data.collect import collect, random_available
-from wmenv.data.replay import EpisodeReplay, ReplayConfig
+from wmenv.data.collect import random_replay
 from wmenv.dream import DreamGymEnv, DreamSB3VecEnv, DreamVecEnv
-from wmenv.envs.vector import VecEnv
 from wmenv.fit import FitConfig, fit
 from wmenv.models.mamba_wm import MAMBAWorldModel, preset
 
@@ -17,11 +15,7 @@ sb3 = pytest.importorskip("stable_baselines3")
 
 @pytest.fixture(scope="module")
 def cartpole_model():
-    rng = np.random.default_rng(0)
-    with VecEnv("gym:CartPole-v1", num_envs=4, seed=0) as vec:
-        replay = EpisodeReplay(ReplayConfig(capacity=20_000, seed=0), spec=vec.spec)
-        collect(vec, replay, 1500, lambda s: random_available(s.action_mask, rng))
-        spec = vec.spec
+    replay, spec = random_replay("gym:CartPole-v1", 1500)
     torch.manual_seed(0)
     model = MAMBAWorldModel(spec, preset("small"))
     seq = int(min(replay.episode_lengths))

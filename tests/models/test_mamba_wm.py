@@ -6,30 +6,20 @@ import numpy as np
 import pytest
 import torch
 
-from wmenv.data.collect import collect, random_available
-from wmenv.data.replay import EpisodeReplay, ReplayConfig
+from wmenv.data.collect import random_replay
 from wmenv.envs import make
-from wmenv.envs.vector import VecEnv
 from wmenv.fit import FitConfig, fit, load_model, save_model
 from wmenv.models.mamba_wm import MAMBAWorldModel, preset
 
 
-def _replay(env_id, steps, **kw):
-    rng = np.random.default_rng(0)
-    with VecEnv(env_id, num_envs=4, seed=0, **kw) as vec:
-        replay = EpisodeReplay(ReplayConfig(capacity=50_000, seed=0), spec=vec.spec)
-        collect(vec, replay, steps, lambda s: random_available(s.action_mask, rng))
-        return replay, vec.spec
-
-
 @pytest.fixture(scope="module")
 def mpe():
-    return _replay("mpe:simple_spread_v3", 800)
+    return random_replay("mpe:simple_spread_v3", 800)
 
 
 @pytest.fixture(scope="module")
 def flatland():
-    return _replay("flatland:5", 400, dense_reward=True)
+    return random_replay("flatland:5", 400, dense_reward=True)
 
 
 def test_small_preset_fits_real_mpe_data(mpe, tmp_path):

@@ -120,8 +120,9 @@ class DreamVecEnv:
         return obs, self.model.critic_features(state), mask
 
     def reset(self) -> DreamStep:
-        """Start all B worlds."""
+        """Start all B worlds (the model is put in eval mode: no dropout while imagining)."""
         B, N = self.num_worlds, self.spec.n_agents
+        self.model.eval()
         with torch.no_grad():
             self._state = self._starts(B)
             obs, crit, mask = self._view(self._state)

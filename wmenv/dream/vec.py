@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from wmenv.models.world_model import State, WorldModel
+from wmenv.models.world_model import Prediction, State, WorldModel
 
 
 @dataclass
@@ -108,9 +108,10 @@ class DreamVecEnv:
         w = self.start.sample(count, self.context, generator=self._replay_seed, device=self.device)
         return self.model.observe(w["obs"], w["action"], w["reset"], generator=self.generator, alive=w["alive"].bool())
 
-    def _view(self, state: State) -> tuple[Tensor, Tensor, Tensor]:
-        """obs (B, N, F), critic state (B, N·F), action mask (B, N, A) bool of ``state``."""
-        pred = self.model.predict(state, decode=self.obs_kind == "decoded")
+    def _view(self, state: State, pred: Prediction | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """obs (B, N, F), critic state (B, N·F), action mask (B, N, A) bool of ``state``; ``pred`` if already made."""
+        if pred is None:
+            pred = self.model.predict(state, decode=self.obs_kind == "decoded")
         obs = pred.obs if self.obs_kind == "decoded" else self.model.features(state)
         if pred.action_mask is None:
             mask = torch.ones(*obs.shape[:2], self.spec.n_actions, dtype=torch.bool, device=self.device)
@@ -173,8 +174,8 @@ class DreamVecEnv:
             raise RuntimeError("DreamVecEnv.step before reset")
         actions = self.check_actions(actions)
         with torch.no_grad():
-            state, pred = self.model.imagine(self._state, actions, generator=self.generator)
-            obs, crit, mask = self._view(state)
+            state, pred = self.model.imagine(self._state, actions, generator=self.generator, decode=self.obs_kind == "decoded")
+            obs, crit, mask = self._view(state, pred)
         self._check_finite(obs, pred.reward)
         was_alive = self._alive
         reward = torch.where(was_alive, pred.reward, torch.zeros_like(pred.reward))

@@ -27,6 +27,7 @@ import matplotlib
 import numpy as np
 import torch
 import tyro
+from report import load_parts
 
 from agents.train import TrainConfig, train
 from wmenv.envs import make
@@ -205,15 +206,8 @@ def write_results(out: Path, env_id: str, env_kwargs: dict, total_steps: int, ra
 
 def merge(paths: list[str], out: Path) -> dict:
     """Combine the runs of several result JSONs of one env and budget; the raw rate is their mean."""
-    parts = [json.loads(Path(p).read_text()) for p in paths]
+    parts = load_parts(paths)
     first = parts[0]["summary"]
-    for p, part in zip(paths, parts):
-        s = part["summary"]
-        if (s["env_id"], s["env_kwargs"], s["total_steps"]) != (first["env_id"], first["env_kwargs"], first["total_steps"]):
-            raise ValueError(
-                f"merge: {p} is for {s['env_id']} {s['env_kwargs']} at {s['total_steps']} steps, "
-                f"expected {first['env_id']} {first['env_kwargs']} at {first['total_steps']} steps"
-            )
     runs = sorted((r for part in parts for r in part["runs"]), key=lambda r: r["seed"])
     seeds = [r["seed"] for r in runs]
     if len(set(seeds)) != len(seeds):

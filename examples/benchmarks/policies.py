@@ -29,6 +29,7 @@ import matplotlib
 import numpy as np
 import torch
 import tyro
+from report import load_parts
 
 from agents.policies import POLICIES, make_policy
 from agents.train import TrainConfig, train
@@ -162,13 +163,8 @@ def write_results(out: Path, env_id: str, env_kwargs: dict, total: int, runs: li
 
 def merge(paths: list[str], out: Path) -> dict:
     """Combine the runs (and inference costs) of several result JSONs of one env and budget."""
-    parts = [json.loads(Path(p).read_text()) for p in paths]
+    parts = load_parts(paths)
     first = parts[0]["summary"]
-    for p, part in zip(paths, parts):
-        s = part["summary"]
-        if (s["env_id"], s["env_kwargs"], s["total_steps"]) != (first["env_id"], first["env_kwargs"], first["total_steps"]):
-            raise ValueError(f"merge: {p} is for {s['env_id']} {s['env_kwargs']} at {s['total_steps']} steps, expected "
-                             f"{first['env_id']} {first['env_kwargs']} at {first['total_steps']} steps")  # fmt: skip
     runs = [r for part in parts for r in part["runs"]]
     keys = [(r["policy"], r["seed"]) for r in runs]
     if len(set(keys)) != len(keys):

@@ -8,6 +8,11 @@ state through attention (`AttentionCritic`, MAMBA §3.2). Dream rollouts start f
 context windows and last ``horizon`` (15) steps. Every iteration logs the greedy real-env return against
 the real env steps taken so far (TensorBoard ``eval/episode_return``), the world-model loss terms and
 the PPO statistics.
+
+After every iteration ``run_dir/checkpoints/step_<real env steps>`` is written atomically: the MAPPO
+agent in the model-free checkpoint format (so `agents.train.policy_from_checkpoint` and the ONNX export
+read it), plus ``world_model/``, the world model's optimizer, the replay and the evaluation curve.
+``resume=True`` continues from ``checkpoints/latest``; the real envs restart from fresh episodes.
 """
 
 from __future__ import annotations
@@ -21,19 +26,30 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 from agents.critic import AttentionCritic, CriticConfig
 from agents.mappo import MAPPO, MAPPOConfig
 from agents.policies import POLICIES, GRUPolicyConfig, MambaPolicyConfig, SPMambaConfig, make_policy
-from agents.train import evaluate, seed_everything
+from agents.train import (
+    evaluate,
+    latest_checkpoint,
+    load_checkpoint,
+    optimizer_tensors,
+    restore_optimizer,
+    save_checkpoint,
+    seed_everything,
+)
 from wmenv.checks import check_choice, check_int
-from wmenv.data.collect import collect
+from wmenv.data.collect import Collector
 from wmenv.data.replay import EpisodeReplay, ReplayConfig
 from wmenv.dream import DreamVecEnv
+from wmenv.envs import make
 from wmenv.envs.vector import VecEnv
-from wmenv.fit import FitConfig, fit, save_model
+from wmenv.fit import FitConfig, fit, load_model, save_model
 from wmenv.models.mamba_wm import PRESETS, MAMBAWorldModel, preset
 
 
@@ -82,7 +98,13 @@ class ModelBasedConfig:
     seed: int = 0
     """Seeds everything."""
     run_dir: str = "runs/model_based"
-    """TensorBoard events, the world model and the result JSON."""
+    """TensorBoard events, checkpoints, the final world model and the result JSON."""
+    resume: bool = False
+    """Continue from ``run_dir/checkpoints/latest`` if there is one (a fresh run otherwise)."""
+    keep_checkpoints: int = 2
+    """How many of the newest checkpoints to keep."""
+    torch_threads: int = 0
+    """torch intra-op threads (0: torch's default)."""
     progress: bool = True
     """Show a progress bar over iterations."""
 
@@ -96,6 +118,7 @@ class ModelBasedConfig:
             "context",
             "dream_updates",
             "eval_episodes",
+            "keep_checkpoints",
         ):
             check_int(f"ModelBasedConfig.{name}", getattr(self, name))
         check_choice("ModelBasedConfig.model", self.model, PRESETS)
@@ -129,16 +152,60 @@ def _acting(agent: MAPPO, num_envs: int, n_agents: int):
     return act
 
 
+def _save(run_dir: Path, cfg: ModelBasedConfig, spec: Any, agent: MAPPO, model: MAMBAWorldModel,
+          wm_optim: torch.optim.Optimizer, replay: EpisodeReplay, counters: dict[str, int],
+          curve: list[tuple[int, float]], real_returns: list[tuple[int, float]]) -> Path:  # fmt: skip
+    def extra(folder: Path) -> None:
+        save_model(folder / "world_model", model)
+        tensors, groups = optimizer_tensors(wm_optim)
+        tensors["rng.torch"] = torch.get_rng_state()
+        save_file(tensors, str(folder / "world_model_optim.safetensors"))
+        replay.save(folder / "replay.safetensors")
+        loop = {"param_groups": groups, "eval_returns": curve, "real_returns": real_returns}
+        (folder / "loop.json").write_text(json.dumps(loop))
+
+    return save_checkpoint(run_dir, agent, cfg, spec, counters, extra)
+
+
+def _restore(folder: Path, cfg: ModelBasedConfig, spec: Any, agent: MAPPO, model: MAMBAWorldModel,
+             wm_optim: torch.optim.Optimizer) -> tuple[dict[str, int], EpisodeReplay, list, list]:  # fmt: skip
+    """Load a checkpoint written by `_save` into ``agent``, ``model`` and ``wm_optim``.
+
+    Returns:
+        The counters, the replay, the evaluation curve and the real training-episode returns.
+    """
+    counters = load_checkpoint(folder, agent, spec)
+    saved = load_model(folder / "world_model", spec)
+    if saved.config != model.config:
+        raise ValueError(
+            f"path: the world model in {folder} has config {saved.config}, expected the {cfg.model!r} preset {model.config}"
+        )
+    model.load_state_dict(saved.state_dict())
+    try:
+        tensors = load_file(str(folder / "world_model_optim.safetensors"))
+        loop = json.loads((folder / "loop.json").read_text())
+        restore_optimizer(wm_optim, tensors, loop["param_groups"])
+        torch.set_rng_state(tensors["rng.torch"])
+        curves = [[(int(n), float(r)) for n, r in loop[k]] for k in ("eval_returns", "real_returns")]
+    except (SafetensorError, OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise ValueError(
+            f"path: {folder} holds no readable world-model optimizer state or curves (corrupt checkpoint?): {e!r}"
+        ) from e
+    replay = EpisodeReplay.load(folder / "replay.safetensors", spec, ReplayConfig(capacity=cfg.capacity, seed=cfg.seed))
+    return counters, replay, *curves
+
+
 def run(cfg: ModelBasedConfig) -> dict[str, Any]:
     """Run the loop; returns (and writes to ``run_dir/result.json``) the real-env evaluation curve."""
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
     seed_everything(cfg.seed)
     run_dir = Path(cfg.run_dir)
-    vec = VecEnv(cfg.env_id, num_envs=cfg.num_envs, seed=cfg.seed, **cfg.env_kwargs)
-    spec = vec.spec
+    probe, spec = make(cfg.env_id, **cfg.env_kwargs)
+    probe.close()
     replay = EpisodeReplay(ReplayConfig(capacity=cfg.capacity, seed=cfg.seed), spec=spec)
     model = MAMBAWorldModel(spec, preset(cfg.model))
     wm_optim = torch.optim.Adam(model.parameters(), lr=model.config.lr)
-    dream = DreamVecEnv(model, cfg.dream_worlds, cfg.horizon, start=replay, context=cfg.context, obs="decoded", seed=cfg.seed)
     policy_cfg = {"gru": cfg.gru, "mamba": cfg.mamba, "sp-mamba": cfg.sp_mamba}[cfg.policy]
     policy = make_policy(cfg.policy, spec.obs_dim, spec.n_actions, policy_cfg)
     state_dim = spec.n_agents * model.rssm.feature_dim
@@ -153,40 +220,67 @@ def run(cfg: ModelBasedConfig) -> dict[str, Any]:
         critic=critic,
         seed=cfg.seed,
     )
-    writer = SummaryWriter(str(run_dir))
-    eval_seed, real_steps = cfg.seed + 1_000_000, 0
-    curve: list[tuple[int, float]] = [(0, evaluate(agent, cfg.env_id, cfg.eval_episodes, eval_seed, **cfg.env_kwargs))]
-    writer.add_scalar("eval/episode_return", curve[0][1], 0)
+    counters = {"iteration": 0, "env_steps": 0, "episodes": 0}
+    eval_seed, curve, real_returns = cfg.seed + 1_000_000, [], []
+    ckpt = latest_checkpoint(run_dir) if cfg.resume else None
+    if ckpt is not None:
+        counters, replay, curve, real_returns = _restore(ckpt, cfg, spec, agent, model, wm_optim)
+        print(f"resumed from {ckpt} at {counters['env_steps']} real env steps")
+    elif cfg.resume:
+        print(f"no checkpoint in {run_dir / 'checkpoints'}; starting a fresh run")
+    # Copy i of a run (re)started at iteration k gets seed + k*E + i.
+    vec = VecEnv(cfg.env_id, num_envs=cfg.num_envs, seed=cfg.seed + counters["iteration"] * cfg.num_envs, **cfg.env_kwargs)
+    collector = Collector(vec, replay)
+    act = _acting(agent, cfg.num_envs, spec.n_agents)
+    dream = DreamVecEnv(model, cfg.dream_worlds, cfg.horizon, start=replay, context=cfg.context, obs="decoded", seed=cfg.seed)
+    writer = SummaryWriter(str(run_dir), purge_step=counters["env_steps"] if ckpt is not None else None)
+    if not curve:
+        curve.append((0, evaluate(agent, cfg.env_id, cfg.eval_episodes, eval_seed, **cfg.env_kwargs)))
+        writer.add_scalar("eval/episode_return", curve[0][1], 0)
     start = time.perf_counter()
+    bar = tqdm(total=cfg.iterations, initial=counters["iteration"], desc="model-based", unit="iter", disable=not cfg.progress)
     try:
-        for it in tqdm(range(cfg.iterations), desc="model-based", unit="iter", disable=not cfg.progress):
-            returns = collect(vec, replay, cfg.real_steps, _acting(agent, cfg.num_envs, spec.n_agents))
-            real_steps += -(-cfg.real_steps // cfg.num_envs) * cfg.num_envs
+        for it in range(counters["iteration"], cfg.iterations):
+            returns = collector(cfg.real_steps, act)
+            counters["env_steps"] += -(-cfg.real_steps // cfg.num_envs) * cfg.num_envs
+            counters["episodes"] += len(returns)
+            real_steps = counters["env_steps"]
             if returns:
-                writer.add_scalar("charts/real_episode_return", float(np.mean(returns)), real_steps)
-            seq = min(cfg.fit.seq_len, int(replay.episode_lengths.min()) + 1)
-            fit_cfg = dataclasses.replace(cfg.fit, seq_len=seq, seed=cfg.seed + it, run_dir=None)
-            history = fit(model, replay, fit_cfg, optimizer=wm_optim)
-            for k, v in history.items():
-                writer.add_scalar(f"world_model/{k}", float(np.mean(v[-10:])), real_steps)
-            dream.seed(cfg.seed + 10_000 + it)
-            storage, carry = agent.new_storage(cfg.dream_worlds), agent.start(dream)
-            for _ in range(cfg.dream_updates):
-                carry, episodes = agent.collect(dream, storage, carry)
-                metrics = agent.update(storage)
-            for k, v in metrics.items():
-                writer.add_scalar(f"dream/{k}", float(v), real_steps)
-            curve.append((real_steps, evaluate(agent, cfg.env_id, cfg.eval_episodes, eval_seed, **cfg.env_kwargs)))
+                real_returns.append((real_steps, float(np.mean(returns))))
+                writer.add_scalar("charts/real_episode_return", real_returns[-1][1], real_steps)
+            if not len(replay.episode_lengths):
+                curve.append((real_steps, curve[-1][1]))  # no finished episode to fit on yet
+            else:
+                seq = min(cfg.fit.seq_len, int(replay.episode_lengths.min()) + 1)
+                fit_cfg = dataclasses.replace(cfg.fit, seq_len=seq, seed=cfg.seed + it, run_dir=None)
+                history = fit(model, replay, fit_cfg, optimizer=wm_optim)
+                for k, v in history.items():
+                    writer.add_scalar(f"world_model/{k}", float(np.mean(v[-10:])), real_steps)
+                dream.seed(cfg.seed + 10_000 + it)
+                storage, carry = agent.new_storage(cfg.dream_worlds), agent.start(dream)
+                for _ in range(cfg.dream_updates):
+                    carry, _ = agent.collect(dream, storage, carry)
+                    metrics = agent.update(storage)
+                for k, v in metrics.items():
+                    writer.add_scalar(f"dream/{k}", float(v), real_steps)
+                curve.append((real_steps, evaluate(agent, cfg.env_id, cfg.eval_episodes, eval_seed, **cfg.env_kwargs)))
             writer.add_scalar("eval/episode_return", curve[-1][1], real_steps)
+            counters["iteration"] = it + 1
+            _save(run_dir, cfg, spec, agent, model, wm_optim, replay, counters, curve, real_returns)
+            bar.update(1)
+            bar.set_postfix(ret=f"{curve[-1][1]:.2f}", refresh=False)
     finally:
+        bar.close()
         writer.close()
         vec.close()
     save_model(run_dir / "world_model", model)
     result = {
         "env_id": cfg.env_id,
         "eval_returns": curve,
-        "real_steps": real_steps,
+        "real_returns": real_returns,
+        "real_steps": counters["env_steps"],
         "wall_clock_s": time.perf_counter() - start,
+        "checkpoint": str(latest_checkpoint(run_dir)),
     }
     (run_dir / "result.json").write_text(json.dumps(result, indent=1))
     return result

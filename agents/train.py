@@ -20,6 +20,7 @@ import os
 import random
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -158,15 +159,38 @@ def evaluate(agent: MAPPO, env_id: str, episodes: int, seed: int, deterministic:
         raise RuntimeError(f"evaluate: {int(np.isnan(returns).sum())} of {episodes} episodes did not end in 100000 steps")
 
 
-def _optimizer_tensors(agent: MAPPO) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Adam's state as flat tensors ``optim.<param>.<key>`` plus its JSON-able param groups."""
-    sd = agent.optimizer.state_dict()
-    tensors = {f"optim.{p}.{k}": v for p, st in sd["state"].items() for k, v in st.items()}
-    return tensors, {"param_groups": sd["param_groups"]}
+def optimizer_tensors(optimizer: torch.optim.Optimizer, prefix: str = "optim") -> tuple[dict[str, torch.Tensor], list]:
+    """An optimizer's state as flat tensors ``<prefix>.<param>.<key>`` plus its JSON-able param groups."""
+    sd = optimizer.state_dict()
+    tensors = {f"{prefix}.{p}.{k}": v.contiguous().cpu() for p, st in sd["state"].items() for k, v in st.items()}
+    return tensors, sd["param_groups"]
 
 
-def save_checkpoint(run_dir: str | Path, agent: MAPPO, cfg: TrainConfig, spec: Any, counters: dict[str, int]) -> Path:
+def restore_optimizer(
+    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], param_groups: list, prefix: str = "optim"
+) -> None:
+    """Load the state written by `optimizer_tensors` back into ``optimizer``."""
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for k, v in tensors.items():
+        if k.startswith(f"{prefix}."):
+            p, key = k[len(prefix) + 1 :].split(".", 1)
+            state.setdefault(int(p), {})[key] = v
+    optimizer.load_state_dict({"state": state, "param_groups": param_groups})
+
+
+def save_checkpoint(
+    run_dir: str | Path,
+    agent: MAPPO,
+    cfg: Any,
+    spec: Any,
+    counters: dict[str, int],
+    extra: Callable[[Path], None] | None = None,
+) -> Path:
     """Write ``checkpoints/step_<env steps>`` atomically and point ``checkpoints/latest`` at it.
+
+    Args:
+        cfg: the run's config dataclass (saved as ``train``; its ``keep_checkpoints`` is honoured).
+        extra: writes further files into the (temporary) checkpoint folder before it is moved in place.
 
     Returns:
         The checkpoint folder.
@@ -178,8 +202,8 @@ def save_checkpoint(run_dir: str | Path, agent: MAPPO, cfg: TrainConfig, spec: A
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     tensors = {f"agent.{k}": v.detach().contiguous().cpu() for k, v in agent.state_dict().items()}
-    optim_tensors, optim_meta = _optimizer_tensors(agent)
-    tensors.update({k: v.contiguous().cpu() for k, v in optim_tensors.items()})
+    optim_tensors, param_groups = optimizer_tensors(agent.optimizer)
+    tensors.update(optim_tensors)
     tensors["rng.generator"] = agent.generator.get_state()
     save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": str(CHECKPOINT_FORMAT)})
     meta = {
@@ -187,12 +211,14 @@ def save_checkpoint(run_dir: str | Path, agent: MAPPO, cfg: TrainConfig, spec: A
         "counters": counters,
         "spec": spec.describe(),
         "train": asdict(cfg),
-        "optimizer": optim_meta,
+        "optimizer": {"param_groups": param_groups},
     }
     with open(tmp / "config.json", "w") as f:
         json.dump(meta, f, indent=2)
         f.flush()
         os.fsync(f.fileno())
+    if extra is not None:
+        extra(tmp)
     final = root / name
     if final.exists():
         shutil.rmtree(final)
@@ -294,12 +320,7 @@ def load_checkpoint(path: str | Path, agent: MAPPO, spec: Any) -> dict[str, int]
             + ", ".join(f"{k}: expected {expected.get(k)}, got {got.get(k)}" for k in diff)
         )
     agent.load_state_dict(weights)
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for k, v in tensors.items():
-        if k.startswith("optim."):
-            _, p, key = k.split(".", 2)
-            state.setdefault(int(p), {})[key] = v
-    agent.optimizer.load_state_dict({"state": state, "param_groups": meta["optimizer"]["param_groups"]})
+    restore_optimizer(agent.optimizer, tensors, meta["optimizer"]["param_groups"])
     agent.generator.set_state(tensors["rng.generator"].cpu())
     return {k: int(v) for k, v in meta["counters"].items()}
 

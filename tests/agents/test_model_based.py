@@ -5,9 +5,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from agents.model_based import ModelBasedConfig
+from agents.model_based import ModelBasedConfig, run
+from agents.train import latest_checkpoint, policy_from_checkpoint
+from wmenv.fit import FitConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,9 +29,42 @@ def test_example_runs_collect_fit_dream_and_evaluates(tmp_path):
     assert {"eval/episode_return", "world_model/kl", "dream/policy_loss"} <= set(tags), tags
 
 
-def test_config_checks():
-    import pytest
+def _small(run_dir, iterations, **kw):
+    return ModelBasedConfig(
+        iterations=iterations, real_steps=60, num_envs=2, fit=FitConfig(steps=5, batch_size=4, progress=False),
+        dream_worlds=8, dream_updates=1, eval_episodes=1, run_dir=str(run_dir), progress=False, **kw,
+    )  # fmt: skip
 
+
+def test_resume_continues_the_curve_replay_and_weights(tmp_path):
+    """A run stopped after 1 iteration and resumed to 2 keeps its curve and replay; its checkpoint exports."""
+    first = run(_small(tmp_path, 1))
+    ckpt = latest_checkpoint(tmp_path)
+    assert ckpt is not None and ckpt.name == "step_000000000060"
+    assert {p.name for p in ckpt.iterdir()} >= {"model.safetensors", "world_model", "replay.safetensors", "loop.json"}
+    second = run(_small(tmp_path, 2, resume=True))
+    assert second["eval_returns"][:2] == first["eval_returns"] and [s for s, _ in second["eval_returns"]] == [0, 60, 120]
+    assert second["real_steps"] == 120
+    from wmenv.data.replay import EpisodeReplay
+
+    replay = EpisodeReplay.load(latest_checkpoint(tmp_path) / "replay.safetensors")
+    assert int(replay.episode_lengths.sum()) > int(EpisodeReplay.load(ckpt / "replay.safetensors").episode_lengths.sum())
+    # the actor in the checkpoint is the one the model-free tools read (ONNX export, policy_from_checkpoint)
+    policy, train_cfg = policy_from_checkpoint(latest_checkpoint(tmp_path))
+    logits, _ = policy.step(torch.zeros(2, 18), policy.initial_state(2), torch.zeros(2, dtype=torch.bool))
+    assert train_cfg["env_id"] == "mpe:simple_spread_v3" and logits.shape == (2, 5)
+
+
+def test_resume_refuses_other_world_model_and_corrupt_checkpoints(tmp_path):
+    run(_small(tmp_path, 1))
+    with pytest.raises(ValueError, match="another architecture"):  # the critic reads the world model's features
+        run(_small(tmp_path, 2, resume=True, model="smac"))
+    (latest_checkpoint(tmp_path) / "loop.json").write_text("{not json")
+    with pytest.raises(ValueError, match="corrupt checkpoint"):
+        run(_small(tmp_path, 2, resume=True))
+
+
+def test_config_checks():
     with pytest.raises(ValueError, match="ModelBasedConfig.model: expected 'smac', 'flatland' or 'small', got 'tiny'"):
         ModelBasedConfig(model="tiny")
     with pytest.raises(ValueError, match="ModelBasedConfig.horizon: expected an integer >= 1, got 0"):

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from wmenv.data import EpisodeRecorder, validate_episode
-from wmenv.data.collect import VecRecorder
+from wmenv.data.collect import Collector, VecRecorder, random_available
+from wmenv.data.replay import EpisodeReplay, ReplayConfig
 from wmenv.envs import make
 from wmenv.envs.vector import VecEnv
 
@@ -75,3 +76,24 @@ def test_vec_recorder_bad_input():
         rec = VecRecorder(vec.spec, 3)
         with pytest.raises(ValueError, match="3 env copies"):
             rec.start(vec.reset())
+
+
+def test_collector_carries_episodes_across_calls():
+    """Calls shorter than an episode lose nothing: 4 calls of 3 steps == one call of 12 steps."""
+
+    def run(calls, steps):
+        with VecEnv("mpe:simple_spread_v3", num_envs=2, seed=3, max_cycles=5) as vec:
+            replay, rng = EpisodeReplay(ReplayConfig(capacity=1000), spec=vec.spec), np.random.default_rng(0)
+            collector = Collector(vec, replay)
+            returns = [collector(steps, lambda s: random_available(s.action_mask, rng)) for _ in range(calls)]
+            return replay, returns
+
+    split, split_returns = run(4, 6)  # 3 steps of each copy per call; episodes last 5
+    whole, whole_returns = run(1, 24)
+    assert [len(r) for r in split_returns] == [0, 2, 0, 2] and sum(split_returns, []) == whole_returns[0]
+    assert len(split.episode_lengths) == len(whole.episode_lengths) == 4
+    for i in range(4):
+        a, b = split.episode(i), whole.episode(i)
+        assert a.keys() == b.keys() and len(a["obs"]) == 6  # 5 steps -> 6 rows
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)

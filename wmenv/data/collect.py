@@ -84,8 +84,46 @@ def random_available(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return u.argmax(-1)
 
 
+class Collector:
+    """Steps a `VecEnv` with a policy and stores every finished episode in a replay.
+
+    Episodes still running when a call ends go on in the next call (nothing is discarded), so
+    episodes longer than one call's budget are still recorded; the first call resets ``vec``.
+    """
+
+    def __init__(self, vec: Any, replay: Any) -> None:
+        self.vec, self.replay = vec, replay
+        self.recorder = VecRecorder(vec.spec, vec.num_envs)
+        self.step: VecStep | None = None
+
+    def __call__(self, steps: int, act: Any, progress: bool = False) -> list[float]:
+        """Step for at least ``steps`` env steps (rounded up to whole steps of all E copies).
+
+        Args:
+            steps: env steps in total.
+            act: the policy: `VecStep` -> (E, N) actions.
+            progress: show a tqdm bar.
+
+        Returns:
+            The mean return per agent of every episode that finished in this call, in order.
+        """
+        from tqdm.auto import tqdm
+
+        if self.step is None:
+            self.step = self.vec.reset()
+            self.recorder.start(self.step)
+        returns: list[float] = []
+        for _ in tqdm(range(-(-steps // self.vec.num_envs)), desc="collect", unit="step", disable=not progress):
+            actions = act(self.step)
+            self.step = self.vec.step(actions)
+            for ep in self.recorder.add(actions, self.step):
+                self.replay.add(ep)
+            returns += self.step.episode_return[self.step.done].mean(-1).tolist()
+        return returns
+
+
 def collect(vec: Any, replay: Any, steps: int, act: Any, progress: bool = False) -> list[float]:
-    """Step ``vec`` (a `VecEnv`) for at least ``steps`` env steps with ``act`` and store the finished episodes.
+    """Reset ``vec``, step it for at least ``steps`` env steps with ``act`` and store the finished episodes.
 
     Args:
         vec: the env copies (reset here).
@@ -95,34 +133,6 @@ def collect(vec: Any, replay: Any, steps: int, act: Any, progress: bool = False)
         progress: show a tqdm bar.
 
     Returns:
-        The mean return per agent of every finished episode, in order.
+        The mean return per agent of every finished episode, in order; unfinished episodes are dropped.
     """
-    from tqdm.auto import tqdm
-
-    rec = VecRecorder(vec.spec, vec.num_envs)
-    step = vec.reset()
-    rec.start(step)
-    returns: list[float] = []
-    for _ in tqdm(range(-(-steps // vec.num_envs)), desc="collect", unit="step", disable=not progress):
-        actions = act(step)
-        step = vec.step(actions)
-        for ep in rec.add(actions, step):
-            replay.add(ep)
-        returns += step.episode_return[step.done].mean(-1).tolist()
-    return returns
-
-
-def random_replay(env_id: str, steps: int, num_envs: int = 4, seed: int = 0, capacity: int | None = None, **make_kwargs: Any):
-    """A new `EpisodeReplay` of at least ``steps`` env steps of uniformly random available actions.
-
-    Returns:
-        ``(replay, spec)``.
-    """
-    from wmenv.data.replay import EpisodeReplay, ReplayConfig
-    from wmenv.envs.vector import VecEnv
-
-    rng = np.random.default_rng(seed)
-    with VecEnv(env_id, num_envs=num_envs, seed=seed, **make_kwargs) as vec:
-        replay = EpisodeReplay(ReplayConfig(capacity=capacity or max(2 * steps, 10_000), seed=seed), spec=vec.spec)
-        collect(vec, replay, steps, lambda s: random_available(s.action_mask, rng))
-        return replay, vec.spec
+    return Collector(vec, replay)(steps, act, progress)

@@ -1,0 +1,204 @@
+"""Sample efficiency: model-based MAPPO (MAMBA world model, actor trained in the dream) vs model-free MAPPO.
+
+Runs `agents.model_based.run` once per seed and records the greedy real-env return against the real
+env steps taken. The model-free reference is the curve of ``examples/benchmarks/mappo_baseline.py`` for the
+same env (``--model-free benchmarks/mappo/<env>.json``, same greedy evaluation: 8 episodes on the same
+seeds). Reported:
+
+- ``target``: model-free's final return (mean over its seeds of the mean of its last 3 evaluations);
+- ``steps_to_target``: the first real step count at which each curve (mean over seeds, running mean of
+  3 evaluations) reaches the target, and the model-free / model-based ratio (goal: ≥ 10);
+- ``mb_final`` vs ``mf_at_same_steps``: the returns at the model-based budget.
+
+Writes ``<out>/<env>.json`` and ``<out>/<env>.png`` and prints one JSON line. Each seed's run checkpoints
+every iteration and is resumed when the script is started again.
+
+Usage:
+    python examples/benchmarks/model_based.py --env-id mpe:simple_spread_v3 --seeds 0 1 2 --run.iterations 30
+    python examples/benchmarks/model_based.py --env-id flatland:5 --env-kwargs dense_reward True --seeds 0 \\
+        --model-free benchmarks/mappo/flatland_5.json --run.iterations 40
+    # seeds run as separate processes (one per core), then merged into one JSON + PNG:
+    python examples/benchmarks/model_based.py --merge a/mpe_simple_spread_v3.json b/mpe_simple_spread_v3.json
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import torch
+import tyro
+from report import emit, machine
+
+from agents.model_based import ModelBasedConfig, run
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+@dataclass
+class Args:
+    """Benchmark settings."""
+
+    env_id: str = "mpe:simple_spread_v3"
+    """A `wmenv.envs.make` id with discrete actions."""
+    env_kwargs: dict[str, int | float | bool | str] = field(default_factory=dict)
+    """Extra keywords for `wmenv.envs.make` (``dense_reward True`` for Flatland)."""
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    """One model-based run per seed."""
+    model_free: str | None = None
+    """The model-free baseline JSON (default: ``benchmarks/mappo/<env>.json``)."""
+    torch_threads: int = 1
+    """torch threads per run (1 lets two runs share a 2-core machine)."""
+    out: str = "benchmarks/model_based"
+    """Output folder for JSON, PNG and the runs (TensorBoard, checkpoints)."""
+    merge: list[str] = field(default_factory=list)
+    """Instead of running: combine these result JSONs (same env and settings) into ``out``."""
+    run: ModelBasedConfig = field(default_factory=ModelBasedConfig)
+    """The model-based loop's settings (``--run.iterations``, ``--run.fit.steps``, ``--run.model``, ...)."""
+
+
+def mean_curve(curves: list[list[list[float]]]) -> tuple[np.ndarray, np.ndarray]:
+    """Steps (K,) and the mean return over runs (K,) of curves that share their evaluation steps."""
+    steps = np.array([s for s, _ in curves[0]], dtype=float)
+    for c in curves[1:]:
+        if [s for s, _ in c] != steps.tolist():
+            raise ValueError(f"curves: expected evaluations at the same steps, got {[s for s, _ in c]} vs {steps.tolist()}")
+    return steps, np.mean([[v for _, v in c] for c in curves], axis=0)
+
+
+def smooth(values: np.ndarray, width: int = 3) -> np.ndarray:
+    """Trailing running mean over ``width`` points (fewer at the start): (K,) -> (K,)."""
+    cums = np.cumsum(np.insert(values, 0, 0.0))
+    lo = np.maximum(np.arange(1, len(values) + 1) - width, 0)
+    return (cums[1:] - cums[lo]) / (np.arange(1, len(values) + 1) - lo)
+
+
+def steps_to_reach(steps: np.ndarray, values: np.ndarray, target: float) -> float | None:
+    """The first step whose smoothed value is ≥ ``target`` (None if never)."""
+    hit = np.flatnonzero(smooth(values) >= target)
+    return float(steps[hit[0]]) if len(hit) else None
+
+
+def compare(runs: list[dict], reference: dict) -> dict:
+    """The sample-efficiency numbers of the module docstring from model-based runs and a model-free JSON."""
+    mb_steps, mb_mean = mean_curve([r["eval_returns"] for r in runs])
+    mf_steps, mf_mean = mean_curve([r["eval_returns"] for r in reference["runs"]])
+    target = float(np.mean([np.mean([v for _, v in r["eval_returns"][-3:]]) for r in reference["runs"]]))
+    mb_hit, mf_hit = steps_to_reach(mb_steps, mb_mean, target), steps_to_reach(mf_steps, mf_mean, target)
+    budget = float(mb_steps[-1])
+    finals = [np.mean([v for _, v in r["eval_returns"][-3:]]) for r in runs]
+    return {
+        "target": round(target, 3),
+        "model_free_seeds": [r["seed"] for r in reference["runs"]],
+        "model_free_total_steps": int(mf_steps[-1]),
+        "steps_to_target_model_based": mb_hit,
+        "steps_to_target_model_free": mf_hit,
+        "speedup_to_target": None if mb_hit is None or mf_hit is None else round(mf_hit / max(mb_hit, 1.0), 2),
+        "fewer_steps_than_model_free_final": None if mb_hit is None else round(mf_steps[-1] / max(mb_hit, 1.0), 1),
+        "mb_budget_steps": int(budget),
+        "mb_final_mean": round(float(np.mean(finals)), 3),
+        "mb_final_std": round(float(np.std(finals)), 3),
+        "mf_at_same_steps": round(float(np.interp(budget, mf_steps, smooth(mf_mean))), 3),
+        "mb_best_smoothed": round(float(smooth(mb_mean).max()), 3),
+    }
+
+
+def plot(path: Path, env_id: str, runs: list[dict], reference: dict, numbers: dict) -> None:
+    """Return vs real env steps (log x): model-based seeds and mean, model-free mean and min-max band."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    mf = np.array([[v for _, v in r["eval_returns"]] for r in reference["runs"]])
+    mf_steps = np.array([s for s, _ in reference["runs"][0]["eval_returns"]], dtype=float)
+    keep = mf_steps > 0  # log axis
+    ax.plot(mf_steps[keep], mf.mean(0)[keep], color="C0", marker="o", ms=3,
+            label=f"model-free MAPPO ({len(mf)} seed{'s' * (len(mf) > 1)})")  # fmt: skip
+    ax.fill_between(mf_steps[keep], mf.min(0)[keep], mf.max(0)[keep], color="C0", alpha=0.15)
+    steps, mean = mean_curve([r["eval_returns"] for r in runs])
+    for r in runs:
+        s = np.array([x for x, _ in r["eval_returns"]], dtype=float)
+        ax.plot(s[s > 0], [v for x, v in r["eval_returns"] if x > 0], color="C1", alpha=0.25, lw=0.8)
+    ax.plot(steps[steps > 0], smooth(mean)[steps > 0], color="C1", lw=2,
+            label=f"model-based, MAMBA world model ({len(runs)} seeds, running mean of 3)")  # fmt: skip
+    ax.axhline(numbers["target"], color="k", ls=":", lw=1, label=f"model-free final return {numbers['target']:.2f}")
+    ax.set_xscale("log")
+    ax.set_xlabel("real env steps")
+    ax.set_ylabel("greedy return per agent")
+    ax.set_title(f"Sample efficiency on {env_id}")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_results(out: Path, args_summary: dict, runs: list[dict], reference_path: str) -> dict:
+    """Compare, write ``<env>.json`` and ``<env>.png``, print the summary line."""
+    reference = json.loads(Path(reference_path).read_text())
+    env_id = args_summary["env_id"]
+    if reference["summary"]["env_id"] != env_id or reference["summary"]["env_kwargs"] != args_summary["env_kwargs"]:
+        raise ValueError(
+            f"model_free: {reference_path} is for {reference['summary']['env_id']} {reference['summary']['env_kwargs']}, "
+            f"expected {env_id} {args_summary['env_kwargs']}"
+        )
+    numbers = compare(runs, reference)
+    summary = {
+        **args_summary,
+        "seeds": [r["seed"] for r in runs],
+        **numbers,
+        "wall_clock_s_per_run": round(float(np.mean([r["wall_clock_s"] for r in runs])), 1),
+        "model_free_reference": reference_path,
+        "machine": f"{machine()}, {args_summary['torch_threads']} torch thread(s) per run, torch {torch.__version__}",
+    }
+    tag = env_id.replace(":", "_")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{tag}.json").write_text(json.dumps({"summary": summary, "runs": runs}, indent=1))
+    plot(out / f"{tag}.png", env_id, runs, reference, numbers)
+    return emit(summary, None)
+
+
+def merge(paths: list[str], out: Path) -> dict:
+    """Combine the runs of several result JSONs made with the same settings."""
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    settings = [{k: v for k, v in p["summary"].items() if k in ("env_id", "env_kwargs", "run")} for p in parts]
+    for p, s in zip(paths, settings):
+        if s != settings[0]:
+            raise ValueError(f"merge: {p} was made with other settings: {s}, expected {settings[0]}")
+    runs = sorted((r for p in parts for r in p["runs"]), key=lambda r: r["seed"])
+    if len({r["seed"] for r in runs}) != len(runs):
+        raise ValueError(f"merge: a seed appears twice among {[r['seed'] for r in runs]}")
+    first = parts[0]["summary"]
+    keys = ("env_id", "env_kwargs", "run", "torch_threads")
+    return write_results(out, {"benchmark": "model_based", **{k: first[k] for k in keys}}, runs, first["model_free_reference"])
+
+
+def main(args: Args) -> dict:
+    """Run every seed (resuming finished or interrupted ones), compare with the model-free JSON, write JSON + PNG."""
+    out = Path(args.out)
+    if args.merge:
+        return merge(args.merge, out)
+    tag = args.env_id.replace(":", "_")
+    reference = args.model_free or f"benchmarks/mappo/{tag}.json"
+    runs = []
+    for seed in args.seeds:
+        cfg = dataclasses.replace(
+            args.run, env_id=args.env_id, env_kwargs=dict(args.env_kwargs), seed=seed, resume=True, progress=False,
+            run_dir=str(out / "runs" / f"{tag}_seed{seed}"), torch_threads=args.torch_threads,
+        )  # fmt: skip
+        start = time.perf_counter()
+        result = run(cfg)
+        runs.append({"seed": seed, **result, "process_s": time.perf_counter() - start})
+    unused = {"gru", "mamba", "sp_mamba"} - {args.run.policy.replace("-", "_")}  # other actors' architectures
+    skip = {"env_id", "env_kwargs", "seed", "run_dir", "resume", "progress", "torch_threads", *unused}
+    run_settings = {k: v for k, v in dataclasses.asdict(args.run).items() if k not in skip}
+    head = {"benchmark": "model_based", "env_id": args.env_id, "env_kwargs": dict(args.env_kwargs), "run": run_settings,
+            "torch_threads": args.torch_threads}  # fmt: skip
+    return write_results(out, head, runs, reference)
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))

@@ -18,9 +18,8 @@ test: $(VENV)/.installed
 	$(PY) -m pytest -q -m "not cuda"
 
 demo: $(VENV)/.installed
-	$(PY) examples/01_collect.py --env-id flatland:5 --steps 2000 --out runs/demo/replay_flatland5.safetensors
-	$(PY) examples/02_train_mappo.py --env-id mpe:simple_spread_v3 --total-steps 100000 --run-dir runs/demo/mappo_spread
-	$(PY) examples/03_export_onnx.py --run-dir runs/demo/mappo_spread --out runs/demo/agent.onnx --episodes 5
+	$(PY) examples/04_model_based.py --env-id mpe:simple_spread_v3 --iterations 10 --run-dir runs/demo/model_based --resume
+	$(PY) examples/03_export_onnx.py --run-dir runs/demo/model_based --out runs/demo/agent.onnx --episodes 5
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check wmenv agents exports examples tests

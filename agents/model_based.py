@@ -77,7 +77,7 @@ class ModelBasedConfig:
     """Imagined steps per rollout (the MAMBA paper: 15)."""
     context: int = 8
     """Real rows filtered into each dream start."""
-    dream_updates: int = 4
+    dream_updates: int = 8
     """MAPPO iterations (one horizon-long dream rollout + PPO update each) per loop iteration."""
     policy: Literal["gru", "mamba", "sp-mamba"] = "gru"
     """Actor kind."""

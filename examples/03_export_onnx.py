@@ -44,7 +44,8 @@ def main(args: Args) -> list[float]:
     """Export, reload with onnxruntime, play; returns the per-episode returns."""
     ckpt = Path(args.checkpoint) if args.checkpoint else latest_checkpoint(args.run_dir)
     if ckpt is None:
-        raise SystemExit(f"no checkpoint in {args.run_dir}/checkpoints; train one with examples/02_train_mappo.py or examples/04_model_based.py")
+        hint = "train one with examples/02_train_mappo.py or examples/04_model_based.py"
+        raise SystemExit(f"no checkpoint in {args.run_dir}/checkpoints; {hint}")
     policy, train_cfg = policy_from_checkpoint(ckpt)
     env, spec = make(train_cfg["env_id"], **train_cfg["env_kwargs"])
     path = export_agent(policy, args.out, spec=spec, sampling=args.sampling)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from agents.model_based import ModelBasedConfig, run
@@ -53,6 +54,16 @@ def test_resume_continues_the_curve_replay_and_weights(tmp_path):
     policy, train_cfg = policy_from_checkpoint(latest_checkpoint(tmp_path))
     logits, _ = policy.step(torch.zeros(2, 18), policy.initial_state(2), torch.zeros(2, dtype=torch.bool))
     assert train_cfg["env_id"] == "mpe:simple_spread_v3" and logits.shape == (2, 5)
+
+
+def test_same_seed_same_run(tmp_path):
+    a, b = run(_small(tmp_path / "a", 1)), run(_small(tmp_path / "b", 1))
+    assert a["eval_returns"] == b["eval_returns"] and a["real_returns"] == b["real_returns"]
+    wa, wb = (load_file(str(latest_checkpoint(tmp_path / r) / "model.safetensors")) for r in "ab")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    run(_small(tmp_path / "c", 1, seed=1))
+    wc = load_file(str(latest_checkpoint(tmp_path / "c") / "model.safetensors"))
+    assert any(not torch.equal(wa[k], wc[k]) for k in wa if k.startswith("agent.policy."))
 
 
 def test_resume_refuses_other_world_model_and_corrupt_checkpoints(tmp_path):

@@ -220,7 +220,7 @@ def run(cfg: ModelBasedConfig) -> dict[str, Any]:
         critic=critic,
         seed=cfg.seed,
     )
-    counters = {"iteration": 0, "env_steps": 0, "episodes": 0}
+    counters = {"iteration": 0, "env_steps": 0, "episodes": 0, "wall_clock_s": 0}
     eval_seed, curve, real_returns = cfg.seed + 1_000_000, [], []
     ckpt = latest_checkpoint(run_dir) if cfg.resume else None
     if ckpt is not None:
@@ -237,7 +237,7 @@ def run(cfg: ModelBasedConfig) -> dict[str, Any]:
     if not curve:
         curve.append((0, evaluate(agent, cfg.env_id, cfg.eval_episodes, eval_seed, **cfg.env_kwargs)))
         writer.add_scalar("eval/episode_return", curve[0][1], 0)
-    start = time.perf_counter()
+    start, elapsed = time.perf_counter(), counters.get("wall_clock_s", 0)
     bar = tqdm(total=cfg.iterations, initial=counters["iteration"], desc="model-based", unit="iter", disable=not cfg.progress)
     try:
         for it in range(counters["iteration"], cfg.iterations):
@@ -266,6 +266,7 @@ def run(cfg: ModelBasedConfig) -> dict[str, Any]:
                 curve.append((real_steps, evaluate(agent, cfg.env_id, cfg.eval_episodes, eval_seed, **cfg.env_kwargs)))
             writer.add_scalar("eval/episode_return", curve[-1][1], real_steps)
             counters["iteration"] = it + 1
+            counters["wall_clock_s"] = elapsed + round(time.perf_counter() - start)
             _save(run_dir, cfg, spec, agent, model, wm_optim, replay, counters, curve, real_returns)
             bar.update(1)
             bar.set_postfix(ret=f"{curve[-1][1]:.2f}", refresh=False)
@@ -279,7 +280,7 @@ def run(cfg: ModelBasedConfig) -> dict[str, Any]:
         "eval_returns": curve,
         "real_returns": real_returns,
         "real_steps": counters["env_steps"],
-        "wall_clock_s": time.perf_counter() - start,
+        "wall_clock_s": elapsed + time.perf_counter() - start,
         "checkpoint": str(latest_checkpoint(run_dir)),
     }
     (run_dir / "result.json").write_text(json.dumps(result, indent=1))

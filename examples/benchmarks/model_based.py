@@ -7,8 +7,13 @@ seeds). Reported:
 
 - ``target``: model-free's final return (mean over its seeds of the mean of its last 3 evaluations);
 - ``steps_to_target``: the first real step count at which each curve (mean over seeds, running mean of
-  3 evaluations) reaches the target, and the model-free / model-based ratio (goal: ≥ 10);
-- ``mb_final`` vs ``mf_at_same_steps``: the returns at the model-based budget.
+  3 evaluations, the untrained evaluation at step 0 left out) reaches the target, and the model-free /
+  model-based ratio (goal: ≥ 10);
+- ``mb_final`` vs ``mf_at_same_steps``: the returns at the model-based budget;
+- ``levels``: for returns from a quarter of the way (from the random policy's return to the target)
+  up to the model-based curve's best, the real steps each needs to get there and their ratio. Steps
+  are known only to each curve's evaluation spacing; where model-free reaches a level at its first
+  trained evaluation, the ratio is an upper bound (``ratio_is_upper_bound``).
 
 Writes ``<out>/<env>.json`` and ``<out>/<env>.png`` and prints one JSON line. Each seed's run checkpoints
 every iteration and is resumed when the script is started again.
@@ -80,9 +85,13 @@ def smooth(values: np.ndarray, width: int = 3) -> np.ndarray:
 
 
 def steps_to_reach(steps: np.ndarray, values: np.ndarray, target: float) -> float | None:
-    """The first step whose smoothed value is ≥ ``target`` (None if never)."""
-    hit = np.flatnonzero(smooth(values) >= target)
-    return float(steps[hit[0]]) if len(hit) else None
+    """The first step after the start whose smoothed value is ≥ ``target`` (None if never).
+
+    The evaluation at step 0 (the untrained initialization) is left out, also from the running mean.
+    """
+    trained = steps > 0
+    hit = np.flatnonzero(smooth(values[trained]) >= target)
+    return float(steps[trained][hit[0]]) if len(hit) else None
 
 
 def compare(runs: list[dict], reference: dict) -> dict:
@@ -92,6 +101,15 @@ def compare(runs: list[dict], reference: dict) -> dict:
     target = float(np.mean([np.mean([v for _, v in r["eval_returns"][-3:]]) for r in reference["runs"]]))
     mb_hit, mf_hit = steps_to_reach(mb_steps, mb_mean, target), steps_to_reach(mf_steps, mf_mean, target)
     budget = float(mb_steps[-1])
+    best = float(smooth(mb_mean[mb_steps > 0]).max())
+    random = float(reference["summary"]["random_policy_return"])
+    levels = sorted({*(random + f * (target - random) for f in (0.25, 0.5, 0.75, 0.9, 1.0)), best})
+    table = []
+    for level in (x for x in levels if x <= best):
+        mb, mf = steps_to_reach(mb_steps, mb_mean, level), steps_to_reach(mf_steps, mf_mean, level)
+        ratio = None if mb is None or mf is None else round(mf / max(mb, 1.0), 2)
+        table.append({"return": round(level, 3), "steps_model_based": mb, "steps_model_free": mf, "ratio": ratio,
+                      "ratio_is_upper_bound": mf == float(mf_steps[mf_steps > 0][0])})  # fmt: skip
     finals = [np.mean([v for _, v in r["eval_returns"][-3:]]) for r in runs]
     return {
         "target": round(target, 3),
@@ -104,8 +122,9 @@ def compare(runs: list[dict], reference: dict) -> dict:
         "mb_budget_steps": int(budget),
         "mb_final_mean": round(float(np.mean(finals)), 3),
         "mb_final_std": round(float(np.std(finals)), 3),
-        "mf_at_same_steps": round(float(np.interp(budget, mf_steps, smooth(mf_mean))), 3),
-        "mb_best_smoothed": round(float(smooth(mb_mean).max()), 3),
+        "mf_at_same_steps": round(float(np.interp(budget, mf_steps, mf_mean)), 3),
+        "mb_best_smoothed": round(best, 3),
+        "levels": table,
     }
 
 
@@ -122,7 +141,7 @@ def plot(path: Path, env_id: str, runs: list[dict], reference: dict, numbers: di
     for r in runs:
         s = np.array([x for x, _ in r["eval_returns"]], dtype=float)
         ax.plot(s[s > 0], [v for x, v in r["eval_returns"] if x > 0], color="C1", alpha=0.25, lw=0.8)
-    ax.plot(steps[steps > 0], smooth(mean)[steps > 0], color="C1", lw=2,
+    ax.plot(steps[steps > 0], smooth(mean[steps > 0]), color="C1", lw=2,
             label=f"model-based, MAMBA world model ({len(runs)} seeds, running mean of 3)")  # fmt: skip
     ax.axhline(numbers["target"], color="k", ls=":", lw=1, label=f"model-free final return {numbers['target']:.2f}")
     ax.set_xscale("log")

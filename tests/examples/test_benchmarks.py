@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -109,3 +110,49 @@ def test_dream_vs_reality_benchmark_writes_errors_and_plot(tmp_path):
     assert set(errors) == {"obs_model", "obs_copy_last", "obs_mean", "reward_model", "reward_zero"}
     assert all(len(v) == 5 and all(x >= 0 for x in v) for v in errors.values())
     assert (tmp_path / "mpe_simple_spread_v3.png").stat().st_size > 10_000
+
+
+def _model_based_module():
+    sys.path.insert(0, str(ROOT / "examples" / "benchmarks"))
+    try:
+        import model_based
+    finally:
+        sys.path.pop(0)
+    return model_based
+
+
+def test_model_based_compare_counts_steps_to_each_level():
+    mb = _model_based_module()
+    np.testing.assert_allclose(mb.smooth(np.array([0.0, 3.0, 6.0, 9.0])), [0.0, 1.5, 3.0, 6.0])
+    reference = {
+        "summary": {"random_policy_return": -30.0},
+        "runs": [{"seed": s, "eval_returns": [[0, -50.0 + s], [100, -25.0], [200, -21.0], [300, -20.0], [400, -20.0]]}
+                 for s in (0, 1)],
+    }  # fmt: skip
+    runs = [{"seed": 0, "eval_returns": [[0, -10.0], [10, -26.0], [20, -22.0], [30, -21.0]]}]
+    out = mb.compare(runs, reference)
+    assert out["target"] == -20.333 and out["steps_to_target_model_free"] == 400.0  # smoothed: -22 at 300
+    assert out["steps_to_target_model_based"] is None  # the step-0 evaluation (-10) never counts
+    assert out["mb_best_smoothed"] == -23.0 and out["mf_at_same_steps"] == -42.15  # -49.5 + 0.3 * 24.5
+    levels = {row["return"]: row for row in out["levels"]}
+    assert set(levels) == {-27.583, -25.167, -23.0}  # quarter and half of random -> target, and the best
+    assert levels[-25.167] == {"return": -25.167, "steps_model_based": 20.0, "steps_model_free": 100.0, "ratio": 5.0,
+                               "ratio_is_upper_bound": True}  # fmt: skip
+    assert levels[-23.0]["steps_model_based"] == 30.0 and levels[-23.0]["steps_model_free"] == 200.0
+    assert not levels[-23.0]["ratio_is_upper_bound"]
+
+
+def test_model_based_benchmark_runs_seeds_and_merges(tmp_path):
+    common = ["--run.iterations", "1", "--run.real-steps", "50", "--run.num-envs", "2", "--run.fit.steps", "3",
+              "--run.fit.batch-size", "2", "--run.dream-worlds", "4", "--run.dream-updates", "1",
+              "--run.eval-episodes", "1"]  # fmt: skip
+    for seed in ("3", "1"):
+        _run("model_based.py", *common, "--seeds", seed, "--out", str(tmp_path / seed))
+    parts = [str(tmp_path / s / "mpe_simple_spread_v3.json") for s in ("3", "1")]
+    out = _run("model_based.py", "--merge", *parts, "--out", str(tmp_path / "all"))
+    assert out["seeds"] == [1, 3] and out["mb_budget_steps"] == 50 and out["model_free_seeds"] == [0, 1, 2]
+    assert out["run"]["real_steps"] == 50 and "sp_mamba" not in out["run"]  # only the trained actor's config
+    assert (tmp_path / "all" / "mpe_simple_spread_v3.png").stat().st_size > 10_000
+    with pytest.raises(AssertionError, match="a seed appears twice"):
+        _run("model_based.py", "--merge", parts[0], str(tmp_path / "all" / "mpe_simple_spread_v3.json"),
+             "--out", str(tmp_path / "x"))  # fmt: skip

@@ -56,8 +56,9 @@ class Args:
     """Extra keywords for `wmenv.envs.make` (``dense_reward True`` for Flatland)."""
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     """One model-based run per seed."""
-    model_free: str | None = None
-    """The model-free baseline JSON (default: ``benchmarks/mappo/<env>.json``)."""
+    model_free: list[str] = field(default_factory=list)
+    """Model-free baseline JSONs of `mappo_baseline.py` (default: ``benchmarks/mappo/<env>.json``); the one
+    trained longest sets the target, a short one evaluated more often resolves the early curve."""
     torch_threads: int = 1
     """torch threads per run (1 lets two runs share a 2-core machine)."""
     out: str = "benchmarks/model_based"
@@ -94,49 +95,70 @@ def steps_to_reach(steps: np.ndarray, values: np.ndarray, target: float) -> floa
     return float(steps[trained][hit[0]]) if len(hit) else None
 
 
-def compare(runs: list[dict], reference: dict) -> dict:
-    """The sample-efficiency numbers of the module docstring from model-based runs and a model-free JSON."""
+def _mf_reach(curves: list[tuple[np.ndarray, np.ndarray]], level: float) -> tuple[float | None, bool]:
+    """Fewest real steps any model-free curve needs to reach ``level``; True if that is its first trained evaluation."""
+    hits = []
+    for steps, mean in curves:
+        if (hit := steps_to_reach(steps, mean, level)) is not None:
+            hits.append((hit, hit == float(steps[steps > 0][0])))
+    return min(hits) if hits else (None, False)
+
+
+def compare(runs: list[dict], references: list[dict]) -> dict:
+    """The sample-efficiency numbers of the module docstring from model-based runs and model-free JSONs.
+
+    The target is the final return of the reference that trained longest; steps to a level are the
+    fewest any reference needs (a short reference evaluated more often resolves the early curve).
+    """
     mb_steps, mb_mean = mean_curve([r["eval_returns"] for r in runs])
-    mf_steps, mf_mean = mean_curve([r["eval_returns"] for r in reference["runs"]])
-    target = float(np.mean([np.mean([v for _, v in r["eval_returns"][-3:]]) for r in reference["runs"]]))
-    mb_hit, mf_hit = steps_to_reach(mb_steps, mb_mean, target), steps_to_reach(mf_steps, mf_mean, target)
+    curves = [mean_curve([r["eval_returns"] for r in ref["runs"]]) for ref in references]
+    main_ref = max(range(len(references)), key=lambda i: curves[i][0][-1])
+    final_runs = references[main_ref]["runs"]
+    target = float(np.mean([np.mean([v for _, v in r["eval_returns"][-3:]]) for r in final_runs]))
+    mf_total = float(curves[main_ref][0][-1])
+    mb_hit, (mf_hit, _) = steps_to_reach(mb_steps, mb_mean, target), _mf_reach(curves, target)
     budget = float(mb_steps[-1])
     best = float(smooth(mb_mean[mb_steps > 0]).max())
-    random = float(reference["summary"]["random_policy_return"])
+    random = float(references[main_ref]["summary"]["random_policy_return"])
     levels = sorted({*(random + f * (target - random) for f in (0.25, 0.5, 0.75, 0.9, 1.0)), best})
     table = []
     for level in (x for x in levels if x <= best):
-        mb, mf = steps_to_reach(mb_steps, mb_mean, level), steps_to_reach(mf_steps, mf_mean, level)
+        mb, (mf, first) = steps_to_reach(mb_steps, mb_mean, level), _mf_reach(curves, level)
         ratio = None if mb is None or mf is None else round(mf / max(mb, 1.0), 2)
         table.append({"return": round(level, 3), "steps_model_based": mb, "steps_model_free": mf, "ratio": ratio,
-                      "ratio_is_upper_bound": mf == float(mf_steps[mf_steps > 0][0])})  # fmt: skip
+                      "ratio_is_upper_bound": first})  # fmt: skip
+    # model-free at the model-based budget: from the reference with the most evaluations up to it
+    covering = [c for c in curves if c[0][-1] >= budget] or curves
+    steps, mean = max(covering, key=lambda c: int((c[0] <= budget).sum()))
     finals = [np.mean([v for _, v in r["eval_returns"][-3:]]) for r in runs]
     return {
         "target": round(target, 3),
-        "model_free_seeds": [r["seed"] for r in reference["runs"]],
-        "model_free_total_steps": int(mf_steps[-1]),
+        "model_free_seeds": [r["seed"] for r in final_runs],
+        "model_free_total_steps": int(mf_total),
         "steps_to_target_model_based": mb_hit,
         "steps_to_target_model_free": mf_hit,
         "speedup_to_target": None if mb_hit is None or mf_hit is None else round(mf_hit / max(mb_hit, 1.0), 2),
-        "fewer_steps_than_model_free_final": None if mb_hit is None else round(mf_steps[-1] / max(mb_hit, 1.0), 1),
+        "fewer_steps_than_model_free_final": None if mb_hit is None else round(mf_total / max(mb_hit, 1.0), 1),
         "mb_budget_steps": int(budget),
         "mb_final_mean": round(float(np.mean(finals)), 3),
         "mb_final_std": round(float(np.std(finals)), 3),
-        "mf_at_same_steps": round(float(np.interp(budget, mf_steps, mf_mean)), 3),
+        "mf_at_same_steps": round(float(np.interp(budget, steps, mean)), 3),
         "mb_best_smoothed": round(best, 3),
         "levels": table,
     }
 
 
-def plot(path: Path, env_id: str, runs: list[dict], reference: dict, numbers: dict) -> None:
-    """Return vs real env steps (log x): model-based seeds and mean, model-free mean and min-max band."""
+def plot(path: Path, env_id: str, runs: list[dict], references: list[dict], numbers: dict) -> None:
+    """Return vs real env steps (log x): model-based seeds and mean, each model-free mean with its min-max band."""
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    mf = np.array([[v for _, v in r["eval_returns"]] for r in reference["runs"]])
-    mf_steps = np.array([s for s, _ in reference["runs"][0]["eval_returns"]], dtype=float)
-    keep = mf_steps > 0  # log axis
-    ax.plot(mf_steps[keep], mf.mean(0)[keep], color="C0", marker="o", ms=3,
-            label=f"model-free MAPPO ({len(mf)} seed{'s' * (len(mf) > 1)})")  # fmt: skip
-    ax.fill_between(mf_steps[keep], mf.min(0)[keep], mf.max(0)[keep], color="C0", alpha=0.15)
+    for i, ref in enumerate(references):
+        mf = np.array([[v for _, v in r["eval_returns"]] for r in ref["runs"]])
+        mf_steps = np.array([s for s, _ in ref["runs"][0]["eval_returns"]], dtype=float)
+        keep, color = mf_steps > 0, ("C0", "C2", "C3")[i % 3]  # log axis: no step 0
+        every = int(np.diff(mf_steps).min())
+        ax.plot(mf_steps[keep], mf.mean(0)[keep], color=color, marker="o", ms=3,
+                label=f"model-free MAPPO ({len(mf)} seed{'s' * (len(mf) > 1)}, evaluated every {every:,} steps)")  # fmt: skip
+        ax.fill_between(mf_steps[keep], mf.min(0)[keep], mf.max(0)[keep], color=color, alpha=0.12)
     steps, mean = mean_curve([r["eval_returns"] for r in runs])
     for r in runs:
         s = np.array([x for x, _ in r["eval_returns"]], dtype=float)
@@ -155,33 +177,35 @@ def plot(path: Path, env_id: str, runs: list[dict], reference: dict, numbers: di
     plt.close(fig)
 
 
-def write_results(out: Path, args_summary: dict, runs: list[dict], reference_path: str) -> dict:
+def write_results(out: Path, args_summary: dict, runs: list[dict], reference_paths: list[str]) -> dict:
     """Compare, write ``<env>.json`` and ``<env>.png``, print the summary line."""
-    reference = json.loads(Path(reference_path).read_text())
-    env_id = args_summary["env_id"]
-    if reference["summary"]["env_id"] != env_id or reference["summary"]["env_kwargs"] != args_summary["env_kwargs"]:
-        raise ValueError(
-            f"model_free: {reference_path} is for {reference['summary']['env_id']} {reference['summary']['env_kwargs']}, "
-            f"expected {env_id} {args_summary['env_kwargs']}"
-        )
-    numbers = compare(runs, reference)
+    env_id, references = args_summary["env_id"], []
+    for path in reference_paths:
+        ref = json.loads(Path(path).read_text())
+        if ref["summary"]["env_id"] != env_id or ref["summary"]["env_kwargs"] != args_summary["env_kwargs"]:
+            raise ValueError(
+                f"model_free: {path} is for {ref['summary']['env_id']} {ref['summary']['env_kwargs']}, "
+                f"expected {env_id} {args_summary['env_kwargs']}"
+            )
+        references.append(ref)
+    numbers = compare(runs, references)
     summary = {
         **args_summary,
         "seeds": [r["seed"] for r in runs],
         **numbers,
         "wall_clock_s_per_run": round(float(np.mean([r["wall_clock_s"] for r in runs])), 1),
-        "model_free_reference": reference_path,
+        "model_free_references": reference_paths,
         "machine": f"{machine()}, {args_summary['torch_threads']} torch thread(s) per run, torch {torch.__version__}",
     }
     tag = env_id.replace(":", "_")
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{tag}.json").write_text(json.dumps({"summary": summary, "runs": runs}, indent=1))
-    plot(out / f"{tag}.png", env_id, runs, reference, numbers)
+    plot(out / f"{tag}.png", env_id, runs, references, numbers)
     return emit(summary, None)
 
 
-def merge(paths: list[str], out: Path) -> dict:
-    """Combine the runs of several result JSONs made with the same settings."""
+def merge(paths: list[str], out: Path, references: list[str]) -> dict:
+    """Combine the runs of several result JSONs made with the same settings (compared with ``references``, or theirs)."""
     parts = [json.loads(Path(p).read_text()) for p in paths]
     settings = [{k: v for k, v in p["summary"].items() if k in ("env_id", "env_kwargs", "run")} for p in parts]
     for p, s in zip(paths, settings):
@@ -192,16 +216,17 @@ def merge(paths: list[str], out: Path) -> dict:
         raise ValueError(f"merge: a seed appears twice among {[r['seed'] for r in runs]}")
     first = parts[0]["summary"]
     keys = ("env_id", "env_kwargs", "run", "torch_threads")
-    return write_results(out, {"benchmark": "model_based", **{k: first[k] for k in keys}}, runs, first["model_free_reference"])
+    head = {"benchmark": "model_based", **{k: first[k] for k in keys}}
+    return write_results(out, head, runs, references or first["model_free_references"])
 
 
 def main(args: Args) -> dict:
     """Run every seed (resuming finished or interrupted ones), compare with the model-free JSON, write JSON + PNG."""
     out = Path(args.out)
     if args.merge:
-        return merge(args.merge, out)
+        return merge(args.merge, out, args.model_free)
     tag = args.env_id.replace(":", "_")
-    reference = args.model_free or f"benchmarks/mappo/{tag}.json"
+    references = args.model_free or [f"benchmarks/mappo/{tag}.json"]
     runs = []
     for seed in args.seeds:
         cfg = dataclasses.replace(
@@ -216,7 +241,7 @@ def main(args: Args) -> dict:
     run_settings = {k: v for k, v in dataclasses.asdict(args.run).items() if k not in skip}
     head = {"benchmark": "model_based", "env_id": args.env_id, "env_kwargs": dict(args.env_kwargs), "run": run_settings,
             "torch_threads": args.torch_threads}  # fmt: skip
-    return write_results(out, head, runs, reference)
+    return write_results(out, head, runs, references)
 
 
 if __name__ == "__main__":

@@ -130,7 +130,7 @@ def test_model_based_compare_counts_steps_to_each_level():
                  for s in (0, 1)],
     }  # fmt: skip
     runs = [{"seed": 0, "eval_returns": [[0, -10.0], [10, -26.0], [20, -22.0], [30, -21.0]]}]
-    out = mb.compare(runs, reference)
+    out = mb.compare(runs, [reference])
     assert out["target"] == -20.333 and out["steps_to_target_model_free"] == 400.0  # smoothed: -22 at 300
     assert out["steps_to_target_model_based"] is None  # the step-0 evaluation (-10) never counts
     assert out["mb_best_smoothed"] == -23.0 and out["mf_at_same_steps"] == -42.15  # -49.5 + 0.3 * 24.5

@@ -140,6 +140,15 @@ def test_model_based_compare_counts_steps_to_each_level():
                                "ratio_is_upper_bound": True}  # fmt: skip
     assert levels[-23.0]["steps_model_based"] == 30.0 and levels[-23.0]["steps_model_free"] == 200.0
     assert not levels[-23.0]["ratio_is_upper_bound"]
+    # a short model-free run evaluated every 25 steps resolves the early curve; the long one keeps the target
+    early_curve = [[0, -50.0], [25, -30.0], [50, -25.0], [75, -25.0], [100, -25.0]]
+    early = {"summary": {"random_policy_return": -30.0}, "runs": [{"seed": 0, "eval_returns": early_curve}]}
+    both = mb.compare(runs, [early, reference])
+    assert both["target"] == out["target"] and both["model_free_total_steps"] == 400
+    rows = {row["return"]: row for row in both["levels"]}
+    assert rows[-27.583]["steps_model_free"] == 50.0 and not rows[-27.583]["ratio_is_upper_bound"]  # (-30-25)/2
+    assert rows[-25.167]["steps_model_free"] == 100.0 and rows[-23.0]["steps_model_free"] == 200.0
+    assert both["mf_at_same_steps"] == -29.0  # at the budget, 30 steps, on the early run: -30 + 5 / 25 * 5
 
 
 def test_model_based_benchmark_runs_seeds_and_merges(tmp_path):

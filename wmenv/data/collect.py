@@ -136,3 +136,19 @@ def collect(vec: Any, replay: Any, steps: int, act: Any, progress: bool = False)
         The mean return per agent of every finished episode, in order; unfinished episodes are dropped.
     """
     return Collector(vec, replay)(steps, act, progress)
+
+
+def random_replay(env_id: str, steps: int, num_envs: int = 4, seed: int = 0, capacity: int | None = None, **make_kwargs: Any):
+    """A new `EpisodeReplay` of at least ``steps`` env steps of uniformly random available actions.
+
+    Returns:
+        ``(replay, spec)``.
+    """
+    from wmenv.data.replay import EpisodeReplay, ReplayConfig
+    from wmenv.envs.vector import VecEnv
+
+    rng = np.random.default_rng(seed)
+    with VecEnv(env_id, num_envs=num_envs, seed=seed, **make_kwargs) as vec:
+        replay = EpisodeReplay(ReplayConfig(capacity=capacity or max(2 * steps, 10_000), seed=seed), spec=vec.spec)
+        collect(vec, replay, steps, lambda s: random_available(s.action_mask, rng))
+        return replay, vec.spec

@@ -41,6 +41,8 @@ import tyro
 from report import emit, machine
 
 from agents.model_based import ModelBasedConfig, run
+from wmenv.data.collect import random_available
+from wmenv.envs.vector import VecEnv
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -104,11 +106,23 @@ def _mf_reach(curves: list[tuple[np.ndarray, np.ndarray]], level: float) -> tupl
     return min(hits) if hits else (None, False)
 
 
-def compare(runs: list[dict], references: list[dict]) -> dict:
+def random_return(env_id: str, episodes: int, seed: int, **kwargs: object) -> float:
+    """Mean return per agent of uniformly random available actions over ``episodes`` seeded episodes."""
+    rng, returns = np.random.default_rng(seed), []
+    with VecEnv(env_id, num_envs=1, seed=seed, **kwargs) as vec:
+        step = vec.reset()
+        while len(returns) < episodes:
+            step = vec.step(random_available(step.action_mask, rng))
+            returns += step.episode_return[step.done].mean(-1).tolist()
+    return float(np.mean(returns))
+
+
+def compare(runs: list[dict], references: list[dict], random: float | None = None) -> dict:
     """The sample-efficiency numbers of the module docstring from model-based runs and model-free JSONs.
 
     The target is the final return of the reference that trained longest; steps to a level are the
     fewest any reference needs (a short reference evaluated more often resolves the early curve).
+    ``random`` is the random policy's return (default: the one recorded with the target's reference).
     """
     mb_steps, mb_mean = mean_curve([r["eval_returns"] for r in runs])
     curves = [mean_curve([r["eval_returns"] for r in ref["runs"]]) for ref in references]
@@ -119,7 +133,8 @@ def compare(runs: list[dict], references: list[dict]) -> dict:
     mb_hit, (mf_hit, _) = steps_to_reach(mb_steps, mb_mean, target), _mf_reach(curves, target)
     budget = float(mb_steps[-1])
     best = float(smooth(mb_mean[mb_steps > 0]).max())
-    random = float(references[main_ref]["summary"]["random_policy_return"])
+    if random is None:
+        random = float(references[main_ref]["summary"]["random_policy_return"])
     levels = sorted({*(random + f * (target - random) for f in (0.25, 0.5, 0.75, 0.9, 1.0)), best})
     table = []
     for level in (x for x in levels if x <= best):
@@ -188,13 +203,19 @@ def write_results(out: Path, args_summary: dict, runs: list[dict], reference_pat
                 f"expected {env_id} {args_summary['env_kwargs']}"
             )
         references.append(ref)
-    numbers = compare(runs, references)
+    # the random policy's return sets the levels; measured here when the references did not record it
+    recorded = [r["summary"].get("random_policy_return") for r in references]
+    random = next((x for x in recorded if x is not None), None)
+    if random is None:
+        random = random_return(env_id, 10, 0, **args_summary["env_kwargs"])
+    numbers = compare(runs, references, random)
     summary = {
         **args_summary,
         "seeds": [r["seed"] for r in runs],
         **numbers,
         "wall_clock_s_per_run": round(float(np.mean([r["wall_clock_s"] for r in runs])), 1),
         "model_free_references": reference_paths,
+        "random_policy_return": round(float(random), 3),
         "machine": f"{machine()}, {args_summary['torch_threads']} torch thread(s) per run, torch {torch.__version__}",
     }
     tag = env_id.replace(":", "_")

@@ -140,6 +140,8 @@ def test_model_based_compare_counts_steps_to_each_level():
                                "ratio_is_upper_bound": True}  # fmt: skip
     assert levels[-23.0]["steps_model_based"] == 30.0 and levels[-23.0]["steps_model_free"] == 200.0
     assert not levels[-23.0]["ratio_is_upper_bound"]
+    lower = mb.compare(runs, [reference], random=-40.0)  # levels from a given random return instead
+    assert [row["return"] for row in lower["levels"]] == [-35.083, -30.167, -25.25, -23.0]  # -40 + k/4 * 19.667
     # a short model-free run evaluated every 25 steps resolves the early curve; the long one keeps the target
     early_curve = [[0, -50.0], [25, -30.0], [50, -25.0], [75, -25.0], [100, -25.0]]
     early = {"summary": {"random_policy_return": -30.0}, "runs": [{"seed": 0, "eval_returns": early_curve}]}

@@ -233,7 +233,8 @@ def run(cfg: ModelBasedConfig) -> dict[str, Any]:
     collector = Collector(vec, replay)
     act = _acting(agent, cfg.num_envs, spec.n_agents)
     dream = DreamVecEnv(model, cfg.dream_worlds, cfg.horizon, start=replay, context=cfg.context, obs="decoded", seed=cfg.seed)
-    writer = SummaryWriter(str(run_dir), purge_step=counters["env_steps"] if ckpt is not None else None)
+    # a resumed run hides what an interrupted run logged after its checkpoint (scalars at steps > env_steps)
+    writer = SummaryWriter(str(run_dir), purge_step=counters["env_steps"] + 1 if ckpt is not None else None)
     if not curve:
         curve.append((0, evaluate(agent, cfg.env_id, cfg.eval_episodes, eval_seed, **cfg.env_kwargs)))
         writer.add_scalar("eval/episode_return", curve[0][1], 0)

@@ -351,7 +351,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     # Copy i of a run (re)started at iteration k gets seed + k*E + i; a fresh run is `VecEnv(seed=cfg.seed)`.
     env_seed = cfg.seed + counters["iteration"] * cfg.num_envs
     vec = VecEnv(cfg.env_id, num_envs=cfg.num_envs, seed=env_seed, backend=cfg.backend, **cfg.env_kwargs)
-    writer = SummaryWriter(str(run_dir), purge_step=counters["env_steps"] if ckpt is not None else None)
+    # a resumed run hides what an interrupted run logged after its checkpoint (scalars at steps > env_steps)
+    writer = SummaryWriter(str(run_dir), purge_step=counters["env_steps"] + 1 if ckpt is not None else None)
     writer.add_text("config", f"```\n{json.dumps(asdict(cfg), indent=2)}\n```", counters["env_steps"])
     storage, carry = agent.new_storage(cfg.num_envs), agent.start(vec)
     eval_seed = cfg.seed + 1_000_000

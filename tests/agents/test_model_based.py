@@ -46,6 +46,8 @@ def test_resume_continues_the_curve_replay_and_weights(tmp_path):
     second = run(_small(tmp_path, 2, resume=True))
     assert second["eval_returns"][:2] == first["eval_returns"] and [s for s, _ in second["eval_returns"]] == [0, 60, 120]
     assert second["real_steps"] == 120
+    evals = EventAccumulator(str(tmp_path)).Reload().Scalars("eval/episode_return")
+    assert sorted({e.step for e in evals}) == [0, 60, 120], "the resumed run keeps the scalars logged up to its checkpoint"
     from wmenv.data.replay import EpisodeReplay
 
     replay = EpisodeReplay.load(latest_checkpoint(tmp_path) / "replay.safetensors")

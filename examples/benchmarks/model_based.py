@@ -106,6 +106,16 @@ def _mf_reach(curves: list[tuple[np.ndarray, np.ndarray]], level: float) -> tupl
     return min(hits) if hits else (None, False)
 
 
+def last3(run: dict) -> float:
+    """A run's final return: the mean of its last 3 evaluations."""
+    return float(np.mean([v for _, v in run["eval_returns"][-3:]]))
+
+
+def ratio(model_free: float | None, model_based: float | None) -> float | None:
+    """How many times the model-based steps the model-free ones are (None where either is unknown)."""
+    return None if model_free is None or model_based is None else round(model_free / max(model_based, 1.0), 2)
+
+
 def random_return(env_id: str, episodes: int, seed: int, **kwargs: object) -> float:
     """Mean return per agent of uniformly random available actions over ``episodes`` seeded episodes."""
     rng, returns = np.random.default_rng(seed), []
@@ -128,7 +138,7 @@ def compare(runs: list[dict], references: list[dict], random: float | None = Non
     curves = [mean_curve([r["eval_returns"] for r in ref["runs"]]) for ref in references]
     main_ref = max(range(len(references)), key=lambda i: curves[i][0][-1])
     final_runs = references[main_ref]["runs"]
-    target = float(np.mean([np.mean([v for _, v in r["eval_returns"][-3:]]) for r in final_runs]))
+    target = float(np.mean([last3(r) for r in final_runs]))
     mf_total = float(curves[main_ref][0][-1])
     mb_hit, (mf_hit, _) = steps_to_reach(mb_steps, mb_mean, target), _mf_reach(curves, target)
     budget = float(mb_steps[-1])
@@ -139,20 +149,19 @@ def compare(runs: list[dict], references: list[dict], random: float | None = Non
     table = []
     for level in (x for x in levels if x <= best):
         mb, (mf, first) = steps_to_reach(mb_steps, mb_mean, level), _mf_reach(curves, level)
-        ratio = None if mb is None or mf is None else round(mf / max(mb, 1.0), 2)
-        table.append({"return": round(level, 3), "steps_model_based": mb, "steps_model_free": mf, "ratio": ratio,
+        table.append({"return": round(level, 3), "steps_model_based": mb, "steps_model_free": mf, "ratio": ratio(mf, mb),
                       "ratio_is_upper_bound": first})  # fmt: skip
     # model-free at the model-based budget: from the reference with the most evaluations up to it
     covering = [c for c in curves if c[0][-1] >= budget] or curves
     steps, mean = max(covering, key=lambda c: int((c[0] <= budget).sum()))
-    finals = [np.mean([v for _, v in r["eval_returns"][-3:]]) for r in runs]
+    finals = [last3(r) for r in runs]
     return {
         "target": round(target, 3),
         "model_free_seeds": [r["seed"] for r in final_runs],
         "model_free_total_steps": int(mf_total),
         "steps_to_target_model_based": mb_hit,
         "steps_to_target_model_free": mf_hit,
-        "speedup_to_target": None if mb_hit is None or mf_hit is None else round(mf_hit / max(mb_hit, 1.0), 2),
+        "speedup_to_target": ratio(mf_hit, mb_hit),
         "fewer_steps_than_model_free_final": None if mb_hit is None else round(mf_total / max(mb_hit, 1.0), 1),
         "mb_budget_steps": int(budget),
         "mb_final_mean": round(float(np.mean(finals)), 3),

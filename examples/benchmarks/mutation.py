@@ -23,6 +23,7 @@ Usage:
 
 from __future__ import annotations
 
+import ast
 import difflib
 import glob
 import json
@@ -110,26 +111,28 @@ def make_work_copy(module: str, work: Path) -> None:
 
 
 def function_diffs(mutated_source: str) -> dict[str, tuple[str, str]]:
-    """Mutant name (without module) -> (function name, unified diff of the changed lines) from mutmut's mutated file."""
-    blocks = re.split(r"(?m)^(?=(?:async )?def |    def )", mutated_source)
+    """Mutant name (without module) -> (function name, diff of the changed lines) from mutmut's mutated file.
+
+    mutmut 3 writes every mutant as a copy of the function named ``<f>__mutmut_<k>`` beside the
+    original ``<f>__mutmut_orig`` (methods as ``xǁClassǁmethod``); the diff is between the two copies.
+    """
+    lines = mutated_source.splitlines()
     by_name = {}
-    for block in blocks:
-        m = re.match(r"\s*(?:async )?def (\w+)\(", block)
-        if m:
-            by_name[m.group(1)] = block
+    for node in ast.walk(ast.parse(mutated_source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            segment = lines[node.lineno - 1 : node.end_lineno]
+            segment[0] = segment[0].replace(node.name, "_", 1)  # the copies differ in name only on the def line
+            by_name[node.name] = segment
     out = {}
     for name, body in by_name.items():
         m = re.match(r"(\w+)__mutmut_(\d+)$", name)
-        if not m:
-            continue
-        orig = by_name.get(f"{m.group(1)}__mutmut_orig")
+        orig = by_name.get(f"{m.group(1)}__mutmut_orig") if m else None
         if orig is None:
             continue
-        head = lambda s: s.split("\n", 1)[1] if "\n" in s else s  # noqa: E731 (drop the renamed def line)
         diff = [
             line
-            for line in difflib.unified_diff(head(orig).splitlines(), head(body).splitlines(), lineterm="", n=0)
-            if line[:1] in "+-" and not line.startswith(("+++", "---")) and not line[1:].lstrip().startswith("@_mutmut")
+            for line in difflib.unified_diff(orig, body, lineterm="", n=0)
+            if line[:1] in "+-" and not line.startswith(("+++", "---"))
         ]
         func = re.sub(r"^x[ǁ_]", "", m.group(1)).replace("ǁ", ".")
         out[name] = (func, "\n".join(diff))
@@ -144,7 +147,7 @@ def load_equivalent(module: str) -> list[dict]:
 
 def normalized(diff: str) -> str:
     """A diff with whitespace collapsed, so reformatting does not unexplain a survivor."""
-    return "\n".join(" ".join(line.split()) for line in diff.splitlines())
+    return "\n".join(line[:1] + " ".join(line[1:].split()) for line in diff.splitlines())
 
 
 def run_module(module: str, args: Args) -> dict:

@@ -35,7 +35,7 @@ from agents.critic import AttentionCritic, CriticConfig
 from agents.mappo import MAPPO, MAPPOConfig
 from agents.policies import POLICIES, GRUPolicyConfig, MambaPolicyConfig, SPMambaConfig, make_policy
 from agents.train import (
-    evaluate,
+    evaluate_and_log,
     latest_checkpoint,
     load_checkpoint,
     optimizer_tensors,
@@ -235,9 +235,13 @@ def run(cfg: ModelBasedConfig) -> dict[str, Any]:
     dream = DreamVecEnv(model, cfg.dream_worlds, cfg.horizon, start=replay, context=cfg.context, obs="decoded", seed=cfg.seed)
     # a resumed run hides what an interrupted run logged after its checkpoint (scalars at steps > env_steps)
     writer = SummaryWriter(str(run_dir), purge_step=counters["env_steps"] + 1 if ckpt is not None else None)
+
+    def run_eval(step: int) -> float:
+        result = evaluate_and_log(agent, writer, step, cfg.env_id, cfg.eval_episodes, eval_seed, **cfg.env_kwargs)
+        return result["episode_return"]
+
     if not curve:
-        curve.append((0, evaluate(agent, cfg.env_id, cfg.eval_episodes, eval_seed, **cfg.env_kwargs)))
-        writer.add_scalar("eval/episode_return", curve[0][1], 0)
+        curve.append((0, run_eval(0)))
     start, elapsed = time.perf_counter(), counters.get("wall_clock_s", 0)
     bar = tqdm(total=cfg.iterations, initial=counters["iteration"], desc="model-based", unit="iter", disable=not cfg.progress)
     try:
@@ -251,6 +255,7 @@ def run(cfg: ModelBasedConfig) -> dict[str, Any]:
                 writer.add_scalar("charts/real_episode_return", real_returns[-1][1], real_steps)
             if not len(replay.episode_lengths):
                 curve.append((real_steps, curve[-1][1]))  # no finished episode to fit on yet
+                writer.add_scalar("eval/episode_return", curve[-1][1], real_steps)
             else:
                 seq = min(cfg.fit.seq_len, int(replay.episode_lengths.min()) + 1)
                 fit_cfg = dataclasses.replace(cfg.fit, seq_len=seq, seed=cfg.seed + it, run_dir=None)
@@ -264,8 +269,7 @@ def run(cfg: ModelBasedConfig) -> dict[str, Any]:
                     metrics = agent.update(storage)
                 for k, v in metrics.items():
                     writer.add_scalar(f"dream/{k}", float(v), real_steps)
-                curve.append((real_steps, evaluate(agent, cfg.env_id, cfg.eval_episodes, eval_seed, **cfg.env_kwargs)))
-            writer.add_scalar("eval/episode_return", curve[-1][1], real_steps)
+                curve.append((real_steps, run_eval(real_steps)))
             counters["iteration"] = it + 1
             counters["wall_clock_s"] = elapsed + round(time.perf_counter() - start)
             _save(run_dir, cfg, spec, agent, model, wm_optim, replay, counters, curve, real_returns)

@@ -134,8 +134,11 @@ def seed_everything(seed: int) -> None:
 
 
 @torch.no_grad()
-def evaluate(agent: MAPPO, env_id: str, episodes: int, seed: int, deterministic: bool = True, **make_kwargs: Any) -> float:
-    """Mean undiscounted return per agent over ``episodes`` episodes, one per env copy seeded ``seed + i``.
+def evaluate_metrics(
+    agent: MAPPO, env_id: str, episodes: int, seed: int, deterministic: bool = True, **make_kwargs: Any
+) -> dict[str, float]:
+    """Means over ``episodes`` episodes, one per env copy seeded ``seed + i``: the undiscounted return per
+    agent (``episode_return``) and the env's `episode_metrics` (e.g. Flatland's ``arrived_fraction``).
 
     Raises:
         RuntimeError: an episode did not end within 100,000 steps.
@@ -146,6 +149,7 @@ def evaluate(agent: MAPPO, env_id: str, episodes: int, seed: int, deterministic:
         state = agent.policy.initial_state(episodes * N)
         resets = torch.ones(episodes * N, dtype=torch.bool, device=agent.device)
         returns = np.full(episodes, np.nan)
+        metrics: list[dict[str, float]] = [{} for _ in range(episodes)]
         for _ in range(100_000):
             obs = torch.as_tensor(s.obs, device=agent.device).flatten(0, 1)  # (E*N, D)
             mask = torch.as_tensor(s.action_mask, device=agent.device).flatten(0, 1)  # (E*N, A)
@@ -153,10 +157,29 @@ def evaluate(agent: MAPPO, env_id: str, episodes: int, seed: int, deterministic:
             s = vec.step(actions.view(episodes, N).cpu().numpy())
             first = s.done & np.isnan(returns)
             returns[first] = s.episode_return[first].mean(-1)
+            for e in np.flatnonzero(first):
+                metrics[e] = s.episode_metrics[e]
             if not np.isnan(returns).any():
-                return float(returns.mean())
+                out = {"episode_return": float(returns.mean())}
+                out.update({k: float(np.mean([m[k] for m in metrics])) for k in metrics[0]})
+                return out
             resets = torch.as_tensor(s.terminated | s.truncated | s.done[:, None], device=agent.device).flatten()
         raise RuntimeError(f"evaluate: {int(np.isnan(returns).sum())} of {episodes} episodes did not end in 100000 steps")
+
+
+def evaluate_and_log(
+    agent: MAPPO, writer: SummaryWriter, step: int, env_id: str, episodes: int, seed: int, **make_kwargs: Any
+) -> dict[str, float]:
+    """`evaluate_metrics` (greedy), each mean logged to TensorBoard as ``eval/<name>`` at ``step``."""
+    result = evaluate_metrics(agent, env_id, episodes, seed, **make_kwargs)
+    for k, v in result.items():
+        writer.add_scalar(f"eval/{k}", v, step)
+    return result
+
+
+def evaluate(agent: MAPPO, env_id: str, episodes: int, seed: int, deterministic: bool = True, **make_kwargs: Any) -> float:
+    """Mean undiscounted return per agent over ``episodes`` episodes (`evaluate_metrics`' ``episode_return``)."""
+    return evaluate_metrics(agent, env_id, episodes, seed, deterministic, **make_kwargs)["episode_return"]
 
 
 def optimizer_tensors(optimizer: torch.optim.Optimizer, prefix: str = "optim") -> tuple[dict[str, torch.Tensor], list]:
@@ -361,9 +384,9 @@ def train(cfg: TrainConfig) -> TrainResult:
     metrics: dict[str, float] = {}
 
     def run_eval() -> None:
-        ret = evaluate(agent, cfg.env_id, cfg.eval_episodes, eval_seed, **cfg.env_kwargs)
-        eval_returns.append((counters["env_steps"], ret))
-        writer.add_scalar("eval/episode_return", ret, counters["env_steps"])
+        step = counters["env_steps"]
+        result = evaluate_and_log(agent, writer, step, cfg.env_id, cfg.eval_episodes, eval_seed, **cfg.env_kwargs)
+        eval_returns.append((counters["env_steps"], result["episode_return"]))
 
     saved_at = -1
     bar = tqdm(total=cfg.iterations * cfg.steps_per_iteration, initial=counters["env_steps"], disable=not cfg.progress,

@@ -5,8 +5,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from agents.mappo import MAPPO
+from agents.train import evaluate, evaluate_metrics
+from wmenv import VecEnv
+from wmenv.envs import make
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -85,3 +92,30 @@ def test_policy_from_checkpoint_rebuilds_the_actor_and_refuses_mismatched_weight
     (ckpt / "config.json").write_text("{")
     with pytest.raises(ValueError, match="holds no readable checkpoint config.json"):
         policy_from_checkpoint(ckpt)
+
+
+def test_evaluation_reports_the_envs_episode_metrics():
+    """Flatland evaluations carry the mean % arrived beside the return; MPE's carry the return alone."""
+    _, spec = make("flatland:5")
+    agent = MAPPO(spec, seed=0)
+    kw = {"malfunction_rate": 0.0, "max_episode_steps": 40}
+    result = evaluate_metrics(agent, "flatland:5", 3, seed=7, **kw)
+    assert set(result) == {"episode_return", "arrived_fraction"} and 0.0 <= result["arrived_fraction"] <= 1.0
+    # the same three episodes replayed by hand: the metric is the mean of each episode's final fraction
+    with VecEnv("flatland:5", num_envs=3, seed=7, **kw) as vec:
+        s, state = vec.reset(), agent.policy.initial_state(3 * spec.n_agents)
+        resets, fractions = np.ones(3 * spec.n_agents, bool), {}
+        while len(fractions) < 3:
+            obs, mask = (torch.as_tensor(x).flatten(0, 1) for x in (s.obs, s.action_mask))
+            actions, _, state = agent.act(obs, state, torch.as_tensor(resets), mask, deterministic=True)
+            s = vec.step(actions.view(3, -1).numpy())
+            fractions.update(
+                {e: s.episode_metrics[e]["arrived_fraction"] for e in np.flatnonzero(s.done) if e not in fractions}
+            )
+            resets = (s.terminated | s.truncated | s.done[:, None]).reshape(-1)
+    assert result["arrived_fraction"] == np.mean([fractions[e] for e in range(3)])
+    _, mpe = make("mpe:simple_spread_v3")
+    mpe_agent = MAPPO(mpe, seed=0)
+    mpe_result = evaluate_metrics(mpe_agent, "mpe:simple_spread_v3", 2, seed=0, max_cycles=10)
+    assert set(mpe_result) == {"episode_return"}
+    assert mpe_result["episode_return"] == evaluate(mpe_agent, "mpe:simple_spread_v3", 2, seed=0, max_cycles=10)

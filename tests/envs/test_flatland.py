@@ -8,6 +8,7 @@ from flatland.envs.rail_env_action import RailEnvActions
 from flatland.envs.step_utils.states import TrainState
 from pettingzoo.test import parallel_api_test
 
+from wmenv import VecEnv
 from wmenv.envs import make
 from wmenv.envs.flatland import PRESETS, FlatlandConfig, FlatlandEnv
 from wmenv.envs.flatland_obs import next_cell, rail_action_mask
@@ -270,3 +271,27 @@ def test_config_validation_and_unknown_preset():
         make("flatland:4")
     with pytest.raises(RuntimeError, match="state: call reset"):
         FlatlandEnv().state()
+
+
+def test_arrivals_are_counted_in_infos_episode_metrics_and_vec_env():
+    """``arrived`` / ``arrived_fraction`` follow Flatland's DONE trains; VecEnv reports the fraction when the episode ends."""
+    env, spec = make("flatland:5", malfunction_rate=0.0)
+    _, infos = env.reset(seed=0)
+    assert env.episode_metrics() == {"arrived_fraction": 0.0}
+    assert all(i["arrived"] is False and i["arrived_fraction"] == 0.0 for i in infos.values())
+    while "agent_0" in env.agents:  # agent_0 drives to its target, the others wait
+        _, _, term, _, infos = env.step({a: (greedy_action(env, a) if a == "agent_0" else 4) for a in env.agents})
+    assert term["agent_0"] and infos["agent_0"]["arrived"] is True
+    assert all(i["arrived_fraction"] == 1 / 5 for i in infos.values())  # 1 of 5 trains
+    assert not any(i["arrived"] for a, i in infos.items() if a != "agent_0")
+    assert env.episode_metrics() == {"arrived_fraction": 1 / 5}
+
+    vec = VecEnv("flatland:5", num_envs=2, seed=0, malfunction_rate=0.0, max_episode_steps=30)
+    s = vec.reset()
+    assert s.episode_metrics == [{}, {}]
+    ends = []
+    while len(ends) < 2:
+        s = vec.step(np.full((2, spec.n_agents), 4))  # everyone stops: nobody arrives
+        ends += [m for m, d in zip(s.episode_metrics, s.done) if d]
+        assert all(m == {} for m, d in zip(s.episode_metrics, s.done) if not d)
+    assert ends == [{"arrived_fraction": 0.0}] * 2

@@ -87,6 +87,14 @@ class MultiAgentEnv(ParallelEnv, ABC):
         self._remember_masks(out[4])
         return out
 
+    def episode_metrics(self) -> dict[str, float]:
+        """Scalar facts about the current episode beyond its return (e.g. Flatland's ``arrived_fraction``).
+
+        `VecEnv` reports them for every finished episode (`VecStep.episode_metrics`) and the evaluations
+        average them; none by default.
+        """
+        return {}
+
     def noop_action(self, agent: str) -> Any:
         """The action substituted for a masked one when ``masked_action="noop"`` (default: the first allowed)."""
         allowed = np.flatnonzero(self._masks[agent])

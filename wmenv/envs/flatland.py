@@ -28,6 +28,9 @@ One step of the view:
   ``distance_reward_coef`` (0.01) times the decrease of the shortest-path distance to the target
   (unreachable counts as 1000), plus ``deadlock_penalty`` (-5) once when the agent becomes
   deadlocked (`flatland_obs.find_deadlocked`); Flatland's own reward is then not added (as there).
+- **Infos** per agent: Flatland's train ``state``, remaining ``malfunction`` steps, ``deadlocked``,
+  ``arrived`` (this train reached its target) and ``arrived_fraction`` (of all N trains, so far; the
+  last step's value is the episode's "% arrived" the papers report, also `episode_metrics()`).
 - **Episode limit**: Flatland sets a limit per generated map (``env.max_episode_steps``, from its
   timetable). ``spec.episode_limit`` is a fixed upper bound of it, ``3 * int(8 * (H + W + N))``
   (Flatland's formula with at least one city), unless ``max_episode_steps`` fixes the limit for all maps.
@@ -288,14 +291,24 @@ class FlatlandEnv(MultiAgentEnv):
         self._obs[handles] = obs
         return {self.possible_agents[h]: obs[i].copy() for i, h in enumerate(handles)}
 
+    def episode_metrics(self) -> dict[str, float]:
+        """``arrived_fraction``: the fraction of all N trains that have reached their target (the papers' "% arrived")."""
+        if self.rail_env is None:
+            raise RuntimeError("episode_metrics: call reset() first")
+        arrived = sum(a.state == TrainState.DONE for a in self.rail_env.agents)
+        return {"arrived_fraction": arrived / self.config.n_agents}
+
     def _infos(self, handles: list[int], live: set[int]) -> dict[str, dict]:
         infos = {}
+        arrived_fraction = self.episode_metrics()["arrived_fraction"]
         for h in handles:
             agent = self.rail_env.agents[h]
             info: dict[str, Any] = {
                 "state": int(agent.state),
                 "malfunction": int(agent.malfunction_handler.malfunction_down_counter),
                 "deadlocked": h in self._deadlocked,
+                "arrived": agent.state == TrainState.DONE,
+                "arrived_fraction": arrived_fraction,
             }
             if h in live:
                 info["action_mask"] = self._mask(agent)

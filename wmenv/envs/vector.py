@@ -53,6 +53,8 @@ class VecStep:
     """(E,) int64: where ``done``, the finished episode's number of steps."""
     infos: list[dict[str, Any]] = field(default_factory=list)
     """Per copy: the env's raw infos of the step just taken (agent -> dict)."""
+    episode_metrics: list[dict[str, float]] = field(default_factory=list)
+    """Per copy: where ``done``, the finished episode's `MultiAgentEnv.episode_metrics` (else empty)."""
 
 
 class _Copy:
@@ -90,6 +92,7 @@ class _Copy:
             episode_return=zeros_n.copy(),
             episode_length=0,
             infos=infos,
+            episode_metrics={},
         )
         return row
 
@@ -104,13 +107,14 @@ class _Copy:
         if self.env.agents:
             row = self._row(obs, infos)
             row.update(done=False, final_obs=np.zeros_like(row["obs"]), final_state=np.zeros_like(row["state"]))
-            row.update(episode_return=np.zeros_like(self.ret), episode_length=0)
+            row.update(episode_return=np.zeros_like(self.ret), episode_length=0, episode_metrics={})
         else:
             final_obs, _ = stack_obs(self.spec, obs)
             final_state = np.asarray(self.env.state(), dtype=np.float32)
-            ep_ret, ep_len = self.ret.copy(), self.length
+            ep_ret, ep_len, metrics = self.ret.copy(), self.length, self.env.episode_metrics()
             row = self.reset()
             row.update(done=True, final_obs=final_obs, final_state=final_state, episode_return=ep_ret, episode_length=ep_len)
+            row.update(episode_metrics=metrics)
         row.update(reward=reward, terminated=terminated, truncated=truncated, infos=infos)
         return row
 
@@ -214,9 +218,10 @@ class VecEnv:
             for remote, idx in zip(self._remotes, self._split):
                 remote.send((cmd, None if actions is None else actions[idx]))
             rows = self._gather([remote.recv() for remote in self._remotes])
+        lists = ("infos", "episode_metrics")
         return VecStep(
-            **{k: np.stack([np.asarray(r[k]) for r in rows]) for k in VecStep.__dataclass_fields__ if k != "infos"},
-            infos=[r["infos"] for r in rows],
+            **{k: np.stack([np.asarray(r[k]) for r in rows]) for k in VecStep.__dataclass_fields__ if k not in lists},
+            **{k: [r[k] for r in rows] for k in lists},
         )
 
     def reset(self) -> VecStep:

@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
+from numpy.testing import assert_array_equal
+from scripted_wm import F, ScriptedWorldModel, make_spec
 
 from wmenv.data.collect import random_replay
 from wmenv.dream import DreamGymEnv, DreamSB3VecEnv, DreamVecEnv
@@ -39,8 +41,10 @@ def test_sb3_ppo_trains_inside_a_dream(cartpole_model):
     venv = DreamSB3VecEnv(DreamVecEnv(cartpole_model, num_worlds=8, horizon=15, seed=0))
     assert venv.num_envs == 8 and venv.observation_space.shape == (128,)
     model = sb3.PPO("MlpPolicy", venv, n_steps=64, batch_size=128, n_epochs=2, seed=0, device="cpu")
+    before = torch.nn.utils.parameters_to_vector(model.policy.parameters()).clone()
     model.learn(total_timesteps=2048)
-    assert model.num_timesteps >= 2048
+    assert model.num_timesteps == 2048  # 4 rollouts of 64 steps x 8 worlds
+    assert not torch.equal(torch.nn.utils.parameters_to_vector(model.policy.parameters()), before)
     obs = venv.reset()
     actions, _ = model.predict(obs, deterministic=True)
     obs, rewards, dones, infos = venv.step(actions)
@@ -53,3 +57,59 @@ def test_gym_view_needs_a_one_agent_model():
     _, spec = make("mpe:simple_spread_v3")
     with pytest.raises(ValueError, match="needs a one-agent model, mpe:simple_spread_v3 has 3 agents"):
         DreamGymEnv(MAMBAWorldModel(spec, preset("small")))
+
+
+MASK = [[0.9, 0.5, 0.2, 0.7], [0.1, 0.2, 0.3, 0.4], [0.6, 0.6, 0.6, 0.6]]
+"""Scripted availability: agent_0 may take 0 and 3 (first available: 0), the others anything."""
+
+
+def test_sb3_view_maps_flat_index_to_world_and_agent():
+    """Flat SB3 env i is agent i % N of world i // N: its action, observation and reward; masked actions become 0."""
+    model = ScriptedWorldModel(make_spec(), mask=[MASK])
+    venv = DreamSB3VecEnv(DreamVecEnv(model, num_worlds=2, horizon=5))
+    assert venv.num_envs == 6 and venv.observation_space.shape == (F,) and venv.action_space.n == 4
+    obs = venv.reset()
+    assert obs.shape == (6, F) and obs.dtype == np.float32
+    assert_array_equal(obs[:, 4], [0, 1, 2, 0, 1, 2])  # agent index feature
+    obs, rewards, dones, infos = venv.step(np.array([3, 1, 2, 2, 0, 1]))  # flat 3 is agent_0 of world 1: 2 is masked
+    assert_array_equal(model.imagined[-1], [[3, 1, 2], [0, 0, 1]])
+    assert_array_equal(obs[:, 1], [3, 1, 2, 0, 0, 1])  # each env sees its own last action
+    assert_array_equal(rewards, [11, 12, 13, 11, 12, 13])
+    assert rewards.dtype == np.float32
+    assert not dones.any() and infos == [{}] * 6
+
+
+def test_sb3_view_of_an_ended_agent_is_frozen_until_its_world_ends():
+    """An agent ended early gets zero reward and its last observation until the world ends; then every env of it is done."""
+    model = ScriptedWorldModel(make_spec(), quit=3, mask=[MASK])
+    venv = DreamSB3VecEnv(DreamVecEnv(model, num_worlds=2, horizon=3))
+    venv.reset()
+    last, rewards, dones, _ = venv.step(np.array([0, 0, 0, 3, 0, 0]))  # agent_0 of world 1 quits on step 1
+    assert_array_equal(rewards, [11, 12, 13, 11, 12, 13])
+    assert not dones.any()
+    obs, rewards, dones, infos = venv.step(np.array([0, 0, 0, 2, 0, 0]))  # its (masked) action is ignored
+    assert_array_equal(rewards, [21, 22, 23, 0, 22, 23])
+    assert not dones.any()
+    assert_array_equal(obs[3], last[3])  # frozen
+    assert_array_equal(obs[[0, 1, 2, 4, 5], 0], [2] * 5)
+    obs, rewards, dones, infos = venv.step(np.zeros(6, np.int64))  # the horizon ends both worlds
+    assert_array_equal(rewards, [31, 32, 33, 0, 32, 33])
+    assert dones.all()
+    assert_array_equal(obs[:, [0, 2]], [[0, -1]] * 6)  # new episodes
+    assert [info["TimeLimit.truncated"] for info in infos] == [True, True, True, False, True, True]
+    terminal = np.stack([info["terminal_observation"] for info in infos])
+    assert terminal.dtype == np.float32
+    assert_array_equal(terminal[3], last[3])
+    assert_array_equal(terminal[[0, 1, 2, 4, 5], 0], [3] * 5)
+
+
+def test_sb3_view_reports_terminations_as_not_truncated():
+    """A world whose agents all ended reports done with TimeLimit.truncated False and their final observations."""
+    model = ScriptedWorldModel(make_spec(), quit=3)
+    venv = DreamSB3VecEnv(DreamVecEnv(model, num_worlds=2, horizon=5))
+    venv.reset()
+    obs, rewards, dones, infos = venv.step(np.array([3, 3, 3, 0, 0, 0]))
+    assert_array_equal(dones, [True] * 3 + [False] * 3)
+    assert [info.get("TimeLimit.truncated") for info in infos] == [False] * 3 + [None] * 3
+    assert_array_equal(np.stack([infos[i]["terminal_observation"][:2] for i in range(3)]), [[1, 3]] * 3)
+    assert_array_equal(obs[:, 0], [0] * 3 + [1] * 3)

@@ -106,7 +106,7 @@ class DreamSB3VecEnv(_SB3VecEnv or object):
         self.vec = vec
         self.n_agents = vec.spec.n_agents
         first = vec.reset()
-        self._last = first
+        self._last, self._obs = first, first.obs
         width = first.obs.shape[-1]
         super().__init__(
             vec.num_worlds * self.n_agents,
@@ -121,7 +121,8 @@ class DreamSB3VecEnv(_SB3VecEnv or object):
     def reset(self) -> np.ndarray:
         """Restart every world; (B·N, F) observations."""
         self._last = self.vec.reset()
-        return self._flat(self._last.obs).astype(np.float32)
+        self._obs = self._last.obs
+        return self._flat(self._obs).astype(np.float32)
 
     def step_async(self, actions: np.ndarray) -> None:
         """Store (B·N,) actions for `step_wait`."""
@@ -136,17 +137,18 @@ class DreamSB3VecEnv(_SB3VecEnv or object):
         ok = mask.gather(-1, acts.clamp(0, mask.shape[-1] - 1).unsqueeze(-1)).squeeze(-1)
         acts = torch.where(ok & self._last.alive, acts, mask.float().argmax(-1))
         s = self.vec.step(acts)
-        obs = s.obs  # after an auto-reset: the new episode's first observation
+        absent = ~self._last.alive[..., None]  # (B, N, 1) agents that had ended before this step keep their last obs
+        obs = torch.where(absent & ~s.done[:, None, None], self._obs, s.obs)  # after an auto-reset: the new episode's
         done = s.done[:, None].expand(-1, self.n_agents)
         infos: list[dict] = []
-        final, trunc = self._flat(s.final_obs), self._flat(s.truncated)
+        final, trunc = self._flat(torch.where(absent, self._obs, s.final_obs)), self._flat(s.truncated)
         for i, d in enumerate(self._flat(done)):
             info: dict = {}
             if d:
                 info["terminal_observation"] = final[i].astype(np.float32)
                 info["TimeLimit.truncated"] = bool(trunc[i])
             infos.append(info)
-        self._last = s
+        self._last, self._obs = s, obs
         return self._flat(obs).astype(np.float32), self._flat(s.reward).astype(np.float32), self._flat(done), infos
 
     def close(self) -> None:

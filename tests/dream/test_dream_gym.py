@@ -16,13 +16,28 @@ sb3 = pytest.importorskip("stable_baselines3")
 
 
 @pytest.fixture(scope="module")
-def cartpole_model():
+def cartpole():
     replay, spec = random_replay("gym:CartPole-v1", 1500)
     torch.manual_seed(0)
     model = MAMBAWorldModel(spec, preset("small"))
     seq = int(min(replay.episode_lengths))
     fit(model, replay, FitConfig(steps=60, batch_size=8, seq_len=min(seq, 10), progress=False))
-    return model
+    return model, replay
+
+
+@pytest.fixture(scope="module")
+def cartpole_model(cartpole):
+    return cartpole[0]
+
+
+def test_fitted_replay_starts_decode_to_their_real_context(cartpole):
+    """A fitted model started from real windows decodes their last observation far better than its initial starts do."""
+    model, replay = cartpole
+    from_replay = DreamVecEnv(model, num_worlds=32, start=replay, obs="decoded", seed=0).reset().obs
+    from_initial = DreamVecEnv(model, num_worlds=32, obs="decoded", seed=0).reset().obs
+    real = replay.sample(32, 8, generator=1)["obs"][:, -1]  # the windows the dream drew (seed + 1, 8 rows)
+    replay_error, initial_error = (from_replay - real).square().mean(), (from_initial - real).square().mean()
+    assert replay_error < 0.6 * initial_error, (replay_error, initial_error)
 
 
 def test_dream_gym_env_passes_gymnasium_and_sb3_checkers(cartpole_model):
@@ -113,3 +128,21 @@ def test_sb3_view_reports_terminations_as_not_truncated():
     assert [info.get("TimeLimit.truncated") for info in infos] == [False] * 3 + [None] * 3
     assert_array_equal(np.stack([infos[i]["terminal_observation"][:2] for i in range(3)]), [[1, 3]] * 3)
     assert_array_equal(obs[:, 0], [0] * 3 + [1] * 3)
+
+
+def test_dream_gym_env_refuses_or_replaces_masked_actions():
+    """masked_action="raise" refuses a predicted-unavailable action naming it; "noop" takes the first available."""
+    model = ScriptedWorldModel(make_spec(n_agents=1), mask=[[[0.1, 0.9, 0.1, 0.9]]])
+    env = DreamGymEnv(model, masked_action="raise", horizon=2)
+    obs, info = env.reset(seed=0)
+    assert_array_equal(info["action_mask"], [0, 1, 0, 1])
+    with pytest.raises(ValueError, match=r"^action: 2 is predicted unavailable; available: \[1, 3\]$"):
+        env.step(2)
+    obs, reward, terminated, truncated, info = env.step(3)
+    assert (obs[0], obs[1], reward, terminated, truncated) == (1.0, 3.0, 11.0, False, False)
+    noop = DreamGymEnv(model, horizon=2)
+    noop.reset(seed=0)
+    noop.step(0)
+    assert_array_equal(model.imagined[-1], [[1]])
+    obs, reward, terminated, truncated, info = noop.step(3)
+    assert (obs[0], obs[1], reward, terminated, truncated) == (2.0, 3.0, 21.0, False, True)  # the final observation

@@ -19,9 +19,13 @@ names and shapes, whether it samples, and the env spec it was made for.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+import logging
 import os
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +48,29 @@ def library_version() -> str:
         return version("wmenv")
     except PackageNotFoundError:
         return "unknown"
+
+
+# Known, harmless messages of torch's exporter (torch 2.13) that say nothing about the exported agent.
+_EXPORTER_NOISE = (
+    r".*isinstance\(treespec, LeafSpec\)` is deprecated",  # torch.export internals
+    r"# The axis name: .* will not be used, since it shares the same shape constraints",  # one Dim for every batch axis
+    r"_check_is_size will be removed",  # torch.export internals
+)
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Silence `_EXPORTER_NOISE` and the exporter's "torchvision is not installed" log lines during one export."""
+    logger = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            for pattern in _EXPORTER_NOISE:
+                warnings.filterwarnings("ignore", message=pattern)
+            yield
+    finally:
+        logger.setLevel(level)
 
 
 class StepGraph(nn.Module):
@@ -107,7 +134,7 @@ def export_agent(
     policy = copy.deepcopy(policy).float().cpu().eval()
     state0 = policy.initial_state(2)
     names = list(state0)
-    graph = StepGraph(policy, names, sampling)
+    graph = StepGraph(policy, names, sampling).eval()
     D, A = policy.obs_dim, policy.n_actions
     args: tuple[Any, ...] = (
         torch.zeros(2, D),
@@ -124,7 +151,7 @@ def export_agent(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with torch.no_grad():
+        with torch.no_grad(), _quiet_exporter():
             torch.onnx.export(
                 graph, args, str(tmp), dynamo=True, opset_version=opset, dynamic_shapes=dynamic, input_names=inputs,
                 output_names=outputs, external_data=False, optimize=True, verbose=False,

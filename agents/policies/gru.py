@@ -93,8 +93,14 @@ class ResettableGRU(nn.Module):
     def step(self, x: Tensor, state: PolicyState, resets: Tensor) -> tuple[Tensor, PolicyState]:
         """x: (B, F), state ``{"h": (B, R, H)}``, resets: (B,) bool -> y: (B, H), new state."""
         h = state["h"] * (~resets).to(x.dtype)[:, None, None]
-        y, h = self.gru(x.unsqueeze(1), rearrange(h, "b r h -> r b h").contiguous())  # y: (B, 1, H)
-        return self.norm(y.squeeze(1)), {"h": rearrange(h, "r b h -> b r h")}  # (B, H), (B, R, H)
+        # One GRU cell per layer on nn.GRU's own parameters: the same math as ``self.gru`` on a length-1
+        # sequence, without nn.GRU's flattened-weight cache (which the ONNX exporter reports as unregistered).
+        y, new = x, []
+        for r in range(self.layers):
+            w = [getattr(self.gru, f"{kind}_l{r}") for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+            y = torch.gru_cell(y, h[:, r], *w)  # (B, H)
+            new.append(y)
+        return self.norm(y), {"h": torch.stack(new, dim=1)}  # (B, H), (B, R, H)
 
     def forward_sequence(self, x: Tensor, resets: Tensor, state0: PolicyState) -> tuple[Tensor, PolicyState]:
         """x: (B, T, F), resets: (B, T) bool, state0 ``{"h": (B, R, H)}`` -> y: (B, T, H), state after step T-1."""

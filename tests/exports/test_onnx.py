@@ -162,3 +162,14 @@ def test_example_exports_a_trained_checkpoint_and_plays_it(tmp_path):
     assert "exported SPMambaPolicy" in proc.stdout and "episode return per agent on flatland:5 over 1 episodes" in proc.stdout
     meta = {p.key: p.value for p in onnx.load(str(tmp_path / "a.onnx")).metadata_props}
     assert '"id": "flatland:5"' in meta["wmenv.env"]
+
+
+@pytest.mark.parametrize("kind", ["gru", "sp-mamba"])
+def test_export_prints_nothing(kind, tmp_path, caplog, recwarn):
+    """No warning or log line from an export: ours are fixed (eval mode, GRU weights), torch's known noise is filtered."""
+    policy = make_policy(kind, D, A, KINDS[kind][1])  # in training mode, as a learner leaves it
+    assert policy.training
+    export_agent(policy, tmp_path / "agent.onnx", sampling=True)
+    assert [str(w.message) for w in recwarn] == []
+    assert [r.getMessage() for r in caplog.records if r.levelno >= 30] == []
+    assert policy.training, "the caller's policy keeps its mode"

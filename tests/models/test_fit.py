@@ -1,0 +1,281 @@
+"""fit(): lr and clipping defaults, seeding, logging, checkpoints; save_model / load_model round trips and refusals."""
+
+import json
+from types import SimpleNamespace
+
+import gymnasium as gym
+import pytest
+import torch
+from torch import nn
+
+import wmenv.fit as fit_module
+from wmenv.envs.spec import EnvSpec
+from wmenv.fit import MODEL_FORMAT, FitConfig, fit, load_model, save_model
+from wmenv.models.mamba_wm import MAMBAConfig, MAMBAWorldModel
+from wmenv.models.rssm import RSSMConfig
+from wmenv.models.world_model import WorldModel
+
+
+def spec(name: str = "tiny", n_actions: int = 4) -> EnvSpec:
+    agents = ("a0", "a1")
+    box = gym.spaces.Box(-1, 1, (3,))
+    act = gym.spaces.Discrete(n_actions)
+    return EnvSpec(name, agents, {a: box for a in agents}, {a: act for a in agents}, gym.spaces.Box(-1, 1, (5,)), True, None)
+
+
+def tiny_wm(seed: int = 0, deter: int = 5) -> MAMBAWorldModel:
+    torch.manual_seed(seed)
+    rssm = RSSMConfig(deter=deter, stoch=2, classes=3, hidden=8, comm_width=4, comm_layers=1, comm_heads=2, dropout=0.0)
+    return MAMBAWorldModel(spec(), MAMBAConfig(rssm=rssm, head_hidden=9, head_layers=1))
+
+
+class Linear(WorldModel):
+    """loss = scale · Σ w (+ 0 · batch): a constant gradient ``scale`` on each of 4 weights; optional NaN at one step."""
+
+    def __init__(self, config=None, scale: float = 1.0, nan_at: int = -1) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(4))
+        self.spec = spec()
+        if config is not None:
+            self.config = config
+        self.scale, self.nan_at, self.calls, self.draws = scale, nan_at, 0, []
+
+    def loss(self, batch):
+        self.draws.append(float(torch.rand(())))  # the global RNG, which fit seeds
+        loss = self.scale * self.w.sum() + 0 * batch["x"].sum()
+        if self.calls == self.nan_at:
+            loss = loss * float("nan")
+        self.calls += 1
+        return loss, {"lin": float(loss.detach())}
+
+    initial = observe = imagine = features = critic_features = None
+
+
+class Replay:
+    """Records what fit asks for; windows are uniform draws from the given generator."""
+
+    def __init__(self, spec_description=None) -> None:
+        self.spec_description, self.calls = spec_description, []
+
+    def sample(self, batch_size, length, generator=None, device=None):
+        x = torch.rand(batch_size, length, generator=generator)
+        self.calls.append((batch_size, length, device, x))
+        return {"x": x}
+
+
+def quiet(**kw) -> FitConfig:
+    return FitConfig(**{"progress": False, **kw})
+
+
+def test_fit_config_defaults():
+    """FitConfig(): 1000 steps of 16 × 20-row windows, model's lr and clip, seed 0, log every 25, checkpoint at the end."""
+    assert FitConfig() == FitConfig(
+        steps=1000, batch_size=16, seq_len=20, lr=None, grad_clip=None, seed=0, log_every=25,
+        checkpoint_every=0, run_dir=None, progress=True,
+    )  # fmt: skip
+    assert FitConfig(checkpoint_every=0).checkpoint_every == 0
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "minimum"),
+    [("steps", 0, 1), ("batch_size", 0, 1), ("seq_len", 0, 1), ("log_every", 0, 1), ("checkpoint_every", -1, 0)],
+)
+def test_fit_config_rejects_bad_counts(field, value, minimum):
+    """Counts below their minimum raise a ValueError naming the field."""
+    with pytest.raises(ValueError, match=rf"^FitConfig.{field}: expected an integer >= {minimum}, got {value}$"):
+        FitConfig(**{field: value})
+
+
+@pytest.mark.parametrize(
+    ("config", "fit_lr", "expected"),
+    [(None, None, 1e-3), (SimpleNamespace(lr=3e-3, grad_clip=10.0), None, 3e-3), (SimpleNamespace(lr=3e-3), 5e-4, 5e-4)],
+)
+def test_adam_learning_rate_comes_from_fit_config_then_model_config_then_1e_3(config, fit_lr, expected):
+    """Adam's first step moves each weight by lr (update lr·g/(|g| + ε) with g = 100)."""
+    model = Linear(config, scale=100.0)
+    fit(model, Replay(), quiet(steps=1, lr=fit_lr))
+    torch.testing.assert_close(model.w.detach(), torch.full((4,), -expected))
+
+
+@pytest.mark.parametrize(
+    ("config", "fit_clip", "expected"),
+    [(None, None, 10.0), (SimpleNamespace(lr=1.0, grad_clip=4.0), None, 4.0), (SimpleNamespace(grad_clip=4.0), 2.0, 2.0)],
+)
+def test_gradients_are_clipped_to_the_configured_norm(config, fit_clip, expected):
+    """SGD(lr=1) after clipping: the gradient (100, 100, 100, 100) of norm 200 becomes clip/2 per weight."""
+    model = Linear(config, scale=100.0)
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    history = fit(model, Replay(), quiet(steps=1, grad_clip=fit_clip), optimizer=opt)
+    torch.testing.assert_close(model.w.detach(), torch.full((4,), -expected / 2))  # 100 · clip / 200
+    assert history["grad_norm"] == [200.0]  # the norm before clipping: √(4 · 100²)
+
+
+def test_fit_samples_seeded_windows_and_seeds_the_global_rng():
+    """Windows come from Generator(seed) with B, T and the model's device; torch's global RNG is seeded with seed."""
+    model, replay = Linear(), Replay()
+    history = fit(model, replay, quiet(steps=3, batch_size=2, seq_len=5, seed=7))
+    g = torch.Generator().manual_seed(7)
+    for b, t, device, x in replay.calls:
+        assert (b, t, device) == (2, 5, torch.device("cpu"))
+        torch.testing.assert_close(x, torch.rand(2, 5, generator=g))
+    torch.manual_seed(7)
+    assert model.draws == [float(torch.rand(())) for _ in range(3)]
+    assert set(history) == {"lin", "grad_norm", "loss"} and all(len(v) == 3 for v in history.values())
+    assert history["loss"] == history["lin"] == pytest.approx([0.0, -4e-3, -8e-3])  # Σ w after k Adam steps of lr 1e-3
+    assert model.training
+
+
+def test_a_non_finite_loss_stops_before_the_update():
+    """A NaN loss raises FloatingPointError naming the step, and that step changes no weight."""
+    model = Linear(nan_at=1)
+    with pytest.raises(FloatingPointError, match=r"^world-model loss is nan at fit step 1: "):
+        fit(model, Replay(), quiet(steps=3))
+    torch.testing.assert_close(model.w.detach(), torch.full((4,), -1e-3))  # only step 0 moved the weights
+
+
+def test_replay_of_another_env_is_refused():
+    """A replay recorded for another env raises a ValueError naming replay; a matching or unknown one is accepted."""
+    with pytest.raises(ValueError, match=r"^replay: recorded for env \{'id': 'other'"):
+        fit(Linear(), Replay({"id": "other"}), quiet(steps=1))
+    fit(Linear(), Replay(spec().describe()), quiet(steps=1))
+    fit(Linear(), Replay(None), quiet(steps=1))
+
+
+def test_progress_bar_only_when_asked(capsys):
+    """progress=True shows a 'fit world model' bar on stderr; progress=False prints nothing."""
+    fit(Linear(), Replay(), quiet(steps=2))
+    assert capsys.readouterr().err == ""
+    fit(Linear(), Replay(), FitConfig(steps=2, progress=True))
+    assert "fit world model" in capsys.readouterr().err
+
+
+def test_tensorboard_scalars_every_log_every_steps_and_checkpoints(tmp_path, monkeypatch):
+    """run_dir: every term logged at steps 0, 2, 4 (log_every 2); checkpoints after steps 2, 4 and at the end."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    saved = []
+    monkeypatch.setattr(fit_module, "save_model", lambda path, model: saved.append((path, float(model.w[0].detach()))))
+    model = Linear()
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)  # w = -k after k steps
+    fit(model, Replay(), quiet(steps=5, log_every=2, checkpoint_every=2, run_dir=str(tmp_path)), optimizer=opt)
+    assert saved == [(tmp_path / "model", -2.0), (tmp_path / "model", -4.0), (tmp_path / "model", -5.0)]
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    assert sorted(tags) == ["world_model/grad_norm", "world_model/lin", "world_model/loss"]
+    assert [e.step for e in events.Scalars("world_model/lin")] == [0, 2, 4]
+    assert [e.value for e in events.Scalars("world_model/lin")] == [0.0, -8.0, -16.0]  # Σ w before steps 0, 2, 4
+
+
+def test_nothing_is_written_without_run_dir(tmp_path, monkeypatch):
+    """run_dir=None: no checkpoint even with checkpoint_every, no event files."""
+    saved = []
+    monkeypatch.setattr(fit_module, "save_model", lambda path, model: saved.append(path))
+    monkeypatch.chdir(tmp_path)
+    fit(Linear(), Replay(), quiet(steps=2, checkpoint_every=1))
+    assert saved == [] and list(tmp_path.iterdir()) == []
+
+
+def test_fit_trains_a_world_model_on_sampled_windows(tmp_path):
+    """A tiny MAMBA model: 3 steps on a replay's windows lower nothing to NaN and checkpoint to run_dir/model."""
+
+    class Windows(Replay):
+        def sample(self, batch_size, length, generator=None, device=None):
+            alive = torch.ones(batch_size, length, 2, dtype=torch.bool)
+            flags = torch.zeros(batch_size, length, 2, dtype=torch.bool)
+            return {
+                "obs": torch.randn(batch_size, length, 2, 3, generator=generator),
+                "action": torch.randint(0, 4, (batch_size, length, 2), generator=generator),
+                "reward": torch.randn(batch_size, length, 2, generator=generator),
+                "terminated": flags, "truncated": flags, "alive": alive,
+                "action_mask": torch.ones(batch_size, length, 2, 4, dtype=torch.bool),
+                "reset": torch.zeros(batch_size, length, dtype=torch.bool),
+            }  # fmt: skip
+
+    model = tiny_wm()
+    history = fit(model, Windows(spec().describe()), quiet(steps=3, run_dir=str(tmp_path)))
+    assert set(history) == {"obs", "reward", "cont", "action_mask", "info", "kl", "kl_prior", "grad_norm", "loss"}
+    again = load_model(tmp_path / "model", spec())
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+
+
+def same_outputs(a: MAMBAWorldModel, b: MAMBAWorldModel) -> None:
+    """observe then imagine (decoded) with the same inputs and seeds give bitwise-equal results."""
+    g = torch.Generator().manual_seed(0)
+    obs, actions = torch.randn(2, 3, 2, 3, generator=g), torch.randint(0, 4, (2, 3, 2), generator=g)
+    resets = torch.zeros(2, 3, dtype=torch.bool)
+    outs = []
+    for m in (a, b):
+        gen = torch.Generator().manual_seed(1)
+        state = m.observe(obs, actions, resets, generator=gen)
+        nxt, pred = m.imagine(state, actions[:, -1], gen, decode=True)
+        outs.append([*state.values(), *nxt.values(), pred.reward, pred.cont, pred.action_mask, pred.obs])
+    assert all(torch.equal(x, y) for x, y in zip(*outs))
+
+
+def test_save_load_round_trip(tmp_path):
+    """load_model(save_model(m)) has m's config, every tensor of its state_dict and the same observe / imagine outputs."""
+    model = tiny_wm().eval()
+    assert save_model(tmp_path / "m", model) == tmp_path / "m"
+    again = load_model(tmp_path / "m", spec()).eval()
+    assert again.config == model.config and again.spec.describe() == model.spec.describe()
+    assert model.state_dict().keys() == again.state_dict().keys()
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in model.state_dict().items())
+    same_outputs(model, again)
+    meta = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert (meta["format"], meta["model"], meta["spec"]) == (MODEL_FORMAT, "MAMBAWorldModel", spec().describe())
+
+
+def test_save_replaces_an_existing_checkpoint_and_leaves_no_temporaries(tmp_path):
+    """Saving over a checkpoint replaces it and leaves only ``m`` in the folder; missing parents are created."""
+    save_model(tmp_path / "m", tiny_wm(0))
+    newer = tiny_wm(1).eval()
+    save_model(tmp_path / "m", newer)
+    assert [p.name for p in tmp_path.iterdir()] == ["m"]
+    same_outputs(newer, load_model(tmp_path / "m", spec()).eval())
+    save_model(tmp_path / "a" / "b", newer)
+    assert (tmp_path / "a" / "b" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (
+            {"format": MODEL_FORMAT + 1},
+            r"^path: expected a MAMBAWorldModel checkpoint of format 1, got 'MAMBAWorldModel' of format 2$",
+        ),
+        ({"model": "Dreamer"}, r"^path: expected a MAMBAWorldModel checkpoint of format 1, got 'Dreamer' of format 1$"),
+        ({"spec": {"id": "other"}}, r"^spec: the model in .* was fitted on env \{'id': 'other'\}, got \{'id': 'tiny'"),
+        ({"config": {"rssm": {"deter": 6}}}, r"^path: the weights in .* cannot be loaded into the saved configuration: "),
+    ],
+)
+def test_load_refuses_mismatched_checkpoints(tmp_path, edit, match):
+    """Another format, model class, env or configuration raises a ValueError naming the argument."""
+    save_model(tmp_path / "m", tiny_wm())
+    meta = json.loads((tmp_path / "m" / "config.json").read_text())
+    for k, v in edit.items():
+        if k == "config":
+            meta["config"]["rssm"].update(v["rssm"])
+        else:
+            meta[k] = v
+    (tmp_path / "m" / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=match):
+        load_model(tmp_path / "m", spec())
+
+
+def test_load_refuses_another_env_and_unreadable_files(tmp_path):
+    """A spec with other actions, a missing folder, a broken config.json or broken weights raise ValueErrors."""
+    save_model(tmp_path / "m", tiny_wm())
+    with pytest.raises(ValueError, match=r"^spec: the model in .* was fitted on env"):
+        load_model(tmp_path / "m", spec(n_actions=5))
+    with pytest.raises(ValueError, match=r"^path: .*nowhere holds no readable world-model config.json: "):
+        load_model(tmp_path / "nowhere", spec())
+    (tmp_path / "m" / "model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(ValueError, match=r"^path: the weights in .* cannot be loaded into the saved configuration: "):
+        load_model(tmp_path / "m", spec())
+    (tmp_path / "m" / "model.safetensors").unlink()
+    with pytest.raises(ValueError, match=r"^path: the weights in .* cannot be loaded"):
+        load_model(tmp_path / "m", spec())
+    (tmp_path / "m" / "config.json").write_text("{")
+    with pytest.raises(ValueError, match=r"^path: .* holds no readable world-model config.json: "):
+        load_model(tmp_path / "m", spec())

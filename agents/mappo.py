@@ -139,17 +139,22 @@ def ppo_value_loss(
         scalar loss.
     """
 
-    def err(e: Tensor) -> Tensor:
-        if huber_delta is None:
-            return 0.5 * e**2
-        a = e.abs()
-        return torch.where(a <= huber_delta, 0.5 * e**2, huber_delta * (a - 0.5 * huber_delta))
-
-    loss = err(targets - values)
+    loss = _value_error(targets - values, huber_delta)
     if clip is not None:
         clipped = old_values + (values - old_values).clamp(-clip, clip)
-        loss = torch.max(loss, err(targets - clipped))
+        loss = torch.max(loss, _value_error(targets - clipped, huber_delta))
     return masked_mean(loss, valid)
+
+
+def _value_error(e: Tensor, huber_delta: float | None) -> Tensor:
+    """Elementwise Huber loss of the error ``e`` with δ = ``huber_delta``, or ``e² / 2`` when it is None.
+
+    A module-level function rather than a closure in `ppo_value_loss`, so mutation testing reports its mutants apart.
+    """
+    if huber_delta is None:
+        return 0.5 * e**2
+    a = e.abs()
+    return torch.where(a <= huber_delta, 0.5 * e**2, huber_delta * (a - 0.5 * huber_delta))
 
 
 class MAPPO(nn.Module):

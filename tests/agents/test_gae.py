@@ -68,15 +68,41 @@ def test_termination_cuts_and_truncation_bootstraps():
     torch.testing.assert_close(adv, torch.tensor(td, dtype=torch.float64))
 
 
-def test_bad_input():
+def test_zero_discount_gives_one_step_rewards():
+    """γ = 0 is allowed: every advantage is r_t - V_t and every return r_t, whatever λ and the ends."""
     r, v, d, tr, b, last = _random_rollout(T=4, E=2, N=1)
-    with pytest.raises(ValueError, match=r"values: expected shape \(4, 2, 1\)"):
-        gae(r, v[:3], d, tr, b, last, 0.99, 0.95)
-    with pytest.raises(ValueError, match="last_values: expected shape"):
+    adv, ret = gae(r, v, d, tr, b, last, gamma=0.0, lam=0.95)
+    torch.testing.assert_close(adv, r - v)
+    torch.testing.assert_close(ret, r)
+
+
+@pytest.mark.parametrize("name", ["values", "dones", "truncated", "bootstrap_values"])
+def test_bad_shape_names_the_argument(name):
+    """Each per-step input must have the rewards' shape; the error names it and both shapes."""
+    args = dict(
+        zip(["rewards", "values", "dones", "truncated", "bootstrap_values", "last_values"], _random_rollout(T=4, E=2, N=1))
+    )
+    args[name] = args[name][:3]
+    with pytest.raises(ValueError, match=rf"^{name}: expected shape \(4, 2, 1\) \(as rewards\), got \(3, 2, 1\)$"):
+        gae(**args, gamma=0.99, lam=0.95)
+
+
+def test_bad_input():
+    """Scalar rewards, a wrong last_values shape, truncation without an end, γ or λ outside [0, 1]: anchored messages."""
+    r, v, d, tr, b, last = _random_rollout(T=4, E=2, N=1)
+    with pytest.raises(ValueError, match=r"^rewards: expected shape \(T, \.\.\.\), got \(\)$"):
+        gae(r[0, 0, 0], v, d, tr, b, last, 0.99, 0.95)
+    with pytest.raises(ValueError, match=r"^last_values: expected shape \(2, 1\), got \(1, 1\)$"):
         gae(r, v, d, tr, b, last[:1], 0.99, 0.95)
-    with pytest.raises(ValueError, match="truncated: expected truncated steps to be done"):
+    with pytest.raises(
+        ValueError, match=r"^truncated: expected truncated steps to be done as well, got truncated=True where dones=False$"
+    ):
         gae(r, v, torch.zeros_like(d), torch.ones_like(tr), b, last, 0.99, 0.95)
-    with pytest.raises(ValueError, match="gamma: expected a value in"):
-        gae(r, v, d, tr, b, last, 1.5, 0.95)
-    with pytest.raises(ValueError, match="lam: expected a value in"):
-        gae(r, v, d, tr, b, last, 0.99, -0.1)
+    for gamma, lam, match in [
+        (1.5, 0.95, r"^gamma: expected a value in \[0, 1\], got 1.5$"),
+        (-0.1, 0.95, r"^gamma: expected a value in \[0, 1\], got -0.1$"),
+        (0.99, -0.1, r"^lam: expected a value in \[0, 1\], got -0.1$"),
+        (0.99, 1.5, r"^lam: expected a value in \[0, 1\], got 1.5$"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            gae(r, v, d, tr, b, last, gamma, lam)

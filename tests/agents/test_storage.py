@@ -74,3 +74,73 @@ def test_writes_are_validated():
         st.chunks(0, torch.zeros(T, E, N), torch.zeros(T, E, N))
     with pytest.raises(ValueError, match="num_envs: expected an integer >= 1, got 0"):
         RolloutStorage(T, 0, N, D, S, A, {}, {})
+
+
+@pytest.mark.parametrize("name", ["length", "num_envs", "n_agents", "obs_dim", "state_dim", "n_actions"])
+def test_sizes_must_be_positive_integers(name):
+    """Each size argument is checked by name."""
+    sizes = dict(length=T, num_envs=E, n_agents=N, obs_dim=D, state_dim=S, n_actions=A)
+    sizes[name] = 0
+    with pytest.raises(ValueError, match=rf"^{name}: expected an integer >= 1, got 0$"):
+        RolloutStorage(**sizes, actor_state_shapes={}, critic_state_shapes={})
+
+
+def test_error_messages_name_what_is_wrong():
+    """Unknown attributes, wrong keys, recurrent-state shapes and chunk targets: anchored messages."""
+    st = _storage()
+    with pytest.raises(AttributeError, match=r"^RolloutStorage has no attribute 'nope'$"):
+        st.nope  # noqa: B018
+    bad = _step(0)
+    bad["extra"] = torch.zeros(1)
+    del bad["dones"]
+    with pytest.raises(
+        ValueError, match=r"^step: expected keys \['obs', .*, 'critic_state'\]; missing \['dones'\], unexpected \['extra'\]$"
+    ):
+        st[0] = bad
+    bad = _step(0)
+    bad["actor_state"] = {"h": torch.zeros(E, N, 8)}
+    with pytest.raises(ValueError, match=r"^step\['actor_state'\]\['h'\]: expected shape \(2, 3, 1, 8\), got \(2, 3, 8\)$"):
+        st[0] = bad
+    with pytest.raises(ValueError, match=r"^t: expected an integer in \[0, 5\), got 1.0$"):
+        st[1.0] = _step(0)
+    for t in range(T):
+        st[t] = _step(t)
+    for name in ("advantages", "returns"):
+        targets = {"advantages": torch.zeros(T, E, N), "returns": torch.zeros(T, E, N)}
+        targets[name] = torch.zeros(T, E, N + 1)
+        with pytest.raises(ValueError, match=rf"^{name}: expected shape \(5, 2, 3\), got \(5, 2, 4\)$"):
+            st.chunks(2, **targets)
+
+
+def test_critic_state_chunks_and_step_counts():
+    """A recurrent critic's state is chunked like the actor's; len() is T; clear() unmarks every step."""
+    st = RolloutStorage(T, E, N, D, S, A, {"h": (1, 8)}, {"c": (2,)})
+    assert len(st) == T
+    for t in range(T):
+        step = _step(t)
+        step["critic_state"] = {"c": torch.full((E, N, 2), 10.0 * t) + torch.arange(E * N).view(E, N, 1)}
+        st[t] = step
+    ch = st.chunks(3, torch.zeros(T, E, N), torch.zeros(T, E, N))  # C = 2: chunks start at steps 0 and 3
+    assert ch.critic_state["c"].shape == (2 * E * N, 2)
+    # row (c*E + e)*N + n holds the critic state of (e, n) before step 3c: 10 * 3c + e*N + n
+    rows = torch.arange(2 * E * N)
+    c, en = rows // (E * N), rows % (E * N)
+    torch.testing.assert_close(ch.critic_state["c"][:, 0], 30.0 * c + en)
+    st.clear()
+    with pytest.raises(RuntimeError, match=r"^storage: steps \[0, 1, 2, 3, 4\] were not written$"):
+        st.check_full()
+
+
+def test_tensors_live_on_the_requested_device():
+    """Storage and chunk tensors go to ``device``, not to torch's default device."""
+    with torch.device("meta"):  # anything created without an explicit device would land here
+        st = RolloutStorage(T, E, N, D, S, A, {"h": (1, 8)}, {"c": (2,)}, device="cpu")
+    assert st.device == torch.device("cpu")
+    tensors = [*st.data.values(), *st.actor_state.values(), *st.critic_state.values(), st.last_values]
+    assert all(x.device.type == "cpu" for x in tensors)
+    st = RolloutStorage(T, E, N, D, S, A, {"h": (1, 8)}, {}, device="cpu")
+    for t in range(T):
+        st[t] = _step(t)
+    with torch.device("meta"):
+        ch = st.chunks(2, torch.zeros(T, E, N), torch.zeros(T, E, N))
+    assert ch.agent.device.type == "cpu" and ch.valid.device.type == "cpu"

@@ -8,6 +8,7 @@ from agents.critic import AttentionCritic, CentralCritic, CriticConfig, ValueNor
 
 
 def test_value_norm_tracks_moments_and_inverts():
+    """ValueNorm converges to the targets' mean and std, denormalize inverts normalize, and one update is already debiased."""
     vn = ValueNorm(beta=0.99)
     g = torch.Generator().manual_seed(0)
     for _ in range(400):
@@ -25,6 +26,7 @@ def test_value_norm_tracks_moments_and_inverts():
 
 
 def test_value_norm_off_is_identity_and_state_is_saved():
+    """A disabled ValueNorm is the identity; an enabled one travels in the critic's state_dict."""
     critic = CentralCritic(4, 2, CriticConfig(value_norm=False))
     x = torch.randn(7)
     critic.value_norm.update(x * 100)

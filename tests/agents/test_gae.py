@@ -41,6 +41,7 @@ def _random_rollout(T=13, E=3, N=2, seed=0):
 
 @pytest.mark.parametrize(("gamma", "lam"), [(0.99, 0.95), (0.9, 1.0), (1.0, 0.0)])
 def test_vectorized_equals_python_loop(gamma, lam):
+    """The vectorized GAE equals a per-sequence Python loop on a random rollout with ends and truncations."""
     data = _random_rollout()
     adv, ret = gae(*data, gamma=gamma, lam=lam)
     ref_adv, ref_ret = _loop_gae(*data, gamma, lam)

@@ -37,6 +37,7 @@ def _agent(spec=None, seed=0, **cfg):
 
 
 def test_masked_actions_never_sampled():
+    """act never samples a masked action, samples every available one, and greedy picks an available action."""
     agent = _agent()
     g = torch.Generator().manual_seed(0)
     B, A = 4096, ToySpec.n_actions
@@ -56,6 +57,7 @@ def test_masked_actions_never_sampled():
 
 
 def test_masked_logits_entropy_and_gradients():
+    """Masked logits give the two-action log-probability and entropy, finite gradients and zero gradient on masked logits."""
     logits = torch.randn(6, 4, requires_grad=True)
     mask = torch.ones(6, 4, dtype=torch.bool)
     mask[:, 1:3] = False
@@ -138,6 +140,7 @@ def _perturb_dead(storage, seed):
 
 
 def test_dead_agents_excluded_from_loss(toy_env):
+    """Rewriting dead agents' data leaves the update unchanged; changing a living agent's reward does not."""
     agent = _agent(rollout_length=10, epochs=3, num_minibatches=2)
     storage, carry = agent.new_storage(toy_env.num_envs), agent.start(toy_env)
     agent.collect(toy_env, storage, carry)
@@ -187,6 +190,7 @@ def _objective(agent, batch):
 
 
 def test_checkpoint_roundtrip_gives_identical_continuation(tmp_path):
+    """A saved and loaded agent continues bit for bit like the original; old checkpoints are pruned."""
     spec = make(MPE)[1]
     cfg = TrainConfig(num_envs=2, mappo=MAPPOConfig(epochs=2), run_dir=str(tmp_path), keep_checkpoints=1)
     agent = _agent(spec, epochs=2)
@@ -218,6 +222,7 @@ def test_checkpoint_roundtrip_gives_identical_continuation(tmp_path):
 
 
 def test_train_resume_is_deterministic(tmp_path):
+    """Resuming a training run from its checkpoint gives the same metrics and weights as a copy of it."""
     small = dict(num_envs=2, eval_every=0, progress=False, mappo=MAPPOConfig(epochs=2), checkpoint_every=50)
     first = train(TrainConfig(total_steps=100, run_dir=str(tmp_path / "a"), **small))
     assert first.env_steps == 100 and first.iterations == 2 and np.isfinite(list(first.metrics.values())).all()
@@ -225,6 +230,7 @@ def test_train_resume_is_deterministic(tmp_path):
     runs = [train(TrainConfig(total_steps=150, run_dir=str(tmp_path / r), resume=True, **small)) for r in "ab"]
     assert runs[0].env_steps == runs[1].env_steps == 150 and runs[0].iterations == 3
     assert runs[0].metrics == runs[1].metrics and runs[0].train_returns == runs[1].train_returns
+    assert {"policy_loss", "value_loss"} <= set(runs[0].metrics) and len(runs[0].train_returns) == 1  # not vacuous
     spec = make(MPE)[1]
     agents = [_agent(spec, seed=i) for i in range(2)]
     counters = [load_checkpoint(latest_checkpoint(tmp_path / r), a, spec) for r, a in zip("ab", agents)]
@@ -234,6 +240,7 @@ def test_train_resume_is_deterministic(tmp_path):
 
 
 def test_bad_config_values():
+    """Bad MAPPOConfig / TrainConfig values and bad update calls raise with the field named."""
     for kwargs, match in [
         (dict(lr=-1.0), "MAPPOConfig.lr: expected a positive"),
         (dict(epochs=0), "MAPPOConfig.epochs: expected an integer >= 1, got 0"),
@@ -263,6 +270,7 @@ def test_bad_config_values():
 
 
 def test_checkpoint_corrupt_or_other_architecture_raises_value_error(tmp_path):
+    """Loading a checkpoint into another architecture, a truncated file or broken JSON raises ValueError."""
     spec = make(MPE)[1]
     cfg = TrainConfig(num_envs=2, run_dir=str(tmp_path))
     path = save_checkpoint(tmp_path, _agent(spec), cfg, spec, {"iteration": 0, "env_steps": 0, "episodes": 0})

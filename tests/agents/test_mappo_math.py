@@ -418,11 +418,11 @@ def test_constructor_defaults_and_given_parts():
     agent = MAPPO(ToySpec())
     assert agent.config == MAPPOConfig() and agent.generator.initial_seed() == 0
     policy, critic = GRUPolicy(ToySpec.obs_dim, ToySpec.n_actions), CentralCritic(ToySpec.state_dim, ToySpec.n_agents)
-    cfg = MAPPOConfig(lr=1e-3, critic_lr=3e-3, adam_eps=1e-6)
+    cfg = MAPPOConfig(lr=4e-4, critic_lr=3e-3, adam_eps=1e-6)  # not Adam's defaults (1e-3, 1e-8)
     agent = MAPPO(ToySpec(), cfg, policy=policy, critic=critic, seed=5)
     assert agent.policy is policy and agent.critic is critic and agent.generator.initial_seed() == 5
     groups = agent.optimizer.param_groups
-    assert [g["lr"] for g in groups] == [1e-3, 3e-3] and [g["eps"] for g in groups] == [1e-6, 1e-6]
+    assert [g["lr"] for g in groups] == [4e-4, 3e-3] and [g["eps"] for g in groups] == [1e-6, 1e-6]
     assert [set(map(id, g["params"])) for g in groups] == [
         set(map(id, policy.parameters())),
         set(map(id, critic.parameters())),

@@ -25,6 +25,7 @@ def _step(t):
 
 
 def test_chunks_follow_sequences_with_padding():
+    """Chunk rows follow (chunk, env, agent) order; padding is invalid, unmasked, reset-free; states are chunk-start ones."""
     st = _storage()
     for t in range(T):
         st[t] = _step(t)
@@ -49,6 +50,7 @@ def test_chunks_follow_sequences_with_padding():
 
 
 def test_writes_are_validated():
+    """Unwritten steps, wrong shapes, missing keys, wrong state keys, bad t and bad chunk arguments raise."""
     st = _storage()
     with pytest.raises(RuntimeError, match=r"steps \[0, 1, 2, 3, 4\] were not written"):
         st.chunks(2, torch.zeros(T, E, N), torch.zeros(T, E, N))

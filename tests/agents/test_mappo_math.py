@@ -206,6 +206,17 @@ def test_sample_actions_follow_renormalized_probabilities():
     assert torch.equal(sample_actions(masked, deterministic=True), best)
 
 
+def test_masked_mean_ignores_masked_entries():
+    """masked_mean averages the True entries only; NaN / inf under the mask never leak into the value or the gradient."""
+    x = _t(1.0, 2.0, float("nan"), float("inf")).requires_grad_()
+    mask = torch.tensor([True, True, False, False])
+    out = masked_mean(x, mask)
+    torch.testing.assert_close(out, torch.tensor(1.5, dtype=F64))  # (1 + 2) / 2
+    out.backward()
+    torch.testing.assert_close(x.grad, _t(0.5, 0.5, 0.0, 0.0))
+    assert float(masked_mean(x.detach(), torch.zeros(4, dtype=torch.bool))) == 0.0  # empty mask: 0, not NaN
+
+
 # --- MAPPO.advantages --------------------------------------------------------------------------------
 
 

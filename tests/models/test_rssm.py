@@ -89,6 +89,8 @@ def test_modules_have_the_documented_sizes():
     rssm = tiny_rssm()
     assert rssm.feature_dim == 5 + 2 * 3 and (rssm.n_actions, rssm.n_agents) == (4, 2)
     assert rssm.comm.embed.in_features == 6 + 4 and rssm.comm.embed.out_features == 4
+    assert len(rssm.comm.encoder.layers) == 1 and rssm.comm.encoder.layers[0].self_attn.num_heads == 2
+    assert [m.p for m in rssm.comm.modules() if isinstance(m, nn.Dropout)] == [0.0] * 3  # the config's, not CommBlock's 0.1
     assert (rssm.cell.input_size, rssm.cell.hidden_size) == (4, 5)
     first_last = lambda m: (m[0].in_features, m[-1].out_features)  # noqa: E731
     assert first_last(rssm.prior_net) == (5, 6) and first_last(rssm.post_net) == (5 + 8, 6)

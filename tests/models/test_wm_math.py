@@ -277,12 +277,17 @@ def test_heads_sizes_and_unmasked_envs_have_no_mask_head():
         linears = [m for m in head if isinstance(m, nn.Linear)]
         assert [(m.in_features, m.out_features) for m in linears] == [(11, 9), (9, out)]
     deep = MAMBAWorldModel(tiny_spec(), tiny_config(head_layers=2))
-    assert [m.out_features for m in deep.obs_head if isinstance(m, nn.Linear)] == [9, 9, 3]
+    heads = (deep.obs_head, deep.reward_head, deep.cont_head, deep.mask_head, deep.action_head)
+    for head, out in zip(heads, (3, 1, 1, 4, 4)):
+        assert [m.out_features for m in head if isinstance(m, nn.Linear)] == [9, 9, out]
     plain = tiny_model(masked=False)
     assert plain.mask_head is None
     batch = hand_batch()
     del batch["action_mask"]
-    assert "action_mask" not in plain.loss(batch)[1]
+    torch.manual_seed(0)
+    total, stats = plain.loss(batch)
+    assert "action_mask" not in stats  # and it adds nothing to the total:
+    torch.testing.assert_close(total.item(), stats["obs"] + stats["reward"] + stats["cont"] + stats["info"] + stats["kl"])
     assert plain.predict(plain.initial(1)).action_mask is None
 
 

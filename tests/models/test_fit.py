@@ -1,7 +1,9 @@
 """fit(): lr and clipping defaults, seeding, logging, checkpoints; save_model / load_model round trips and refusals."""
 
 import json
+import os
 import re
+import shutil
 import threading
 from types import SimpleNamespace
 
@@ -22,6 +24,7 @@ from wmenv.models.world_model import WorldModel
 def thread_lock_for_tqdm(monkeypatch):
     """tqdm's default lock is a multiprocessing RLock shared by forked processes (mutmut's workers): they can deadlock."""
     monkeypatch.setattr(fit_module.tqdm, "_lock", threading.RLock(), raising=False)
+    monkeypatch.setattr(fit_module.tqdm, "monitor_interval", 0)  # and no monitor thread outliving the test
 
 
 def spec(name: str = "tiny", n_actions: int = 4) -> EnvSpec:
@@ -149,9 +152,8 @@ def test_replay_of_another_env_is_refused():
     fit(Linear(), Replay(None), quiet(steps=1))
 
 
-def test_progress_bar_only_when_asked(capsys, monkeypatch):
+def test_progress_bar_only_when_asked(capsys):
     """progress=True shows a 'fit world model' bar counting steps with the loss on stderr; progress=False prints nothing."""
-    monkeypatch.setattr(fit_module.tqdm, "monitor_interval", 0)  # no tqdm monitor thread left behind (it breaks forks)
     fit(Linear(), Replay(), quiet(steps=2))
     assert capsys.readouterr().err == ""
     fit(Linear(), Replay(), FitConfig(steps=2, progress=True))
@@ -160,21 +162,21 @@ def test_progress_bar_only_when_asked(capsys, monkeypatch):
 
 
 def test_tensorboard_scalars_every_log_every_steps_and_checkpoints(tmp_path, monkeypatch):
-    """run_dir: every term logged at steps 0, 2, 4 (log_every 2); checkpoints after steps 2, 4 and at the end."""
+    """run_dir: every term logged at steps 0, 2, 4, 6 (log_every 2); checkpoints after 3 and 6 steps and at the end (7)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     saved = []
     monkeypatch.setattr(fit_module, "save_model", lambda path, model: saved.append((path, float(model.w[0].detach()))))
     model = Linear()
     opt = torch.optim.SGD(model.parameters(), lr=1.0)  # w = -k after k steps
-    fit(model, Replay(), quiet(steps=5, log_every=2, checkpoint_every=2, run_dir=str(tmp_path)), optimizer=opt)
-    assert saved == [(tmp_path / "model", -2.0), (tmp_path / "model", -4.0), (tmp_path / "model", -5.0)]
+    fit(model, Replay(), quiet(steps=7, log_every=2, checkpoint_every=3, run_dir=str(tmp_path)), optimizer=opt)
+    assert saved == [(tmp_path / "model", -3.0), (tmp_path / "model", -6.0), (tmp_path / "model", -7.0)]
     events = EventAccumulator(str(tmp_path))
     events.Reload()
     tags = events.Tags()["scalars"]
     assert sorted(tags) == ["world_model/grad_norm", "world_model/lin", "world_model/loss"]
-    assert [e.step for e in events.Scalars("world_model/lin")] == [0, 2, 4]
-    assert [e.value for e in events.Scalars("world_model/lin")] == [0.0, -8.0, -16.0]  # Σ w before steps 0, 2, 4
+    assert [e.step for e in events.Scalars("world_model/lin")] == [0, 2, 4, 6]
+    assert [e.value for e in events.Scalars("world_model/lin")] == [0.0, -8.0, -16.0, -24.0]  # Σ w = -4k before step k
 
 
 def test_nothing_is_written_without_run_dir(tmp_path, monkeypatch):
@@ -245,6 +247,46 @@ def test_save_replaces_an_existing_checkpoint_and_leaves_no_temporaries(tmp_path
     same_outputs(newer, load_model(tmp_path / "m", spec()).eval())
     save_model(tmp_path / "a" / "b", newer)
     assert (tmp_path / "a" / "b" / "model.safetensors").is_file()
+
+
+def test_save_survives_leftovers_and_cleanup_errors(tmp_path, monkeypatch):
+    """A stale temporary of a crashed save is cleared first; failing to delete the replaced checkpoint is not an error."""
+    stale = tmp_path / f".m.tmp-{os.getpid()}"
+    stale.mkdir()
+    (stale / "junk").write_text("from a crashed save")
+    save_model(tmp_path / "m", tiny_wm(0))
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors"]
+    text = (tmp_path / "m" / "config.json").read_text()
+    assert text == json.dumps(json.loads(text), indent=2)  # human-readable, diff-friendly
+    real = shutil.rmtree
+
+    def busy(path, ignore_errors=False):
+        if not ignore_errors:
+            raise OSError(f"{path} is busy")
+        real(path, ignore_errors=True)
+
+    monkeypatch.setattr(shutil, "rmtree", busy)
+    newer = tiny_wm(1).eval()
+    save_model(tmp_path / "m", newer)
+    same_outputs(newer, load_model(tmp_path / "m", spec()).eval())
+
+
+def test_default_fit_config_and_skipped_parameters():
+    """config=None is FitConfig() (1000 steps of 16 × 20); a parameter without a gradient in a step is not moved by Adam."""
+
+    class Once(Linear):
+        def __init__(self) -> None:
+            super().__init__()
+            self.v = nn.Parameter(torch.zeros(1))
+
+        def loss(self, batch):
+            loss, stats = super().loss(batch)
+            return (loss + self.v.sum() if self.calls == 1 else loss), stats  # v only in step 0
+
+    model, replay = Once(), Replay()
+    history = fit(model, replay, None, optimizer=torch.optim.Adam(model.parameters(), lr=1e-3))
+    assert len(history["loss"]) == 1000 and {c[:2] for c in replay.calls} == {(16, 20)}
+    torch.testing.assert_close(model.v.detach(), torch.tensor([-1e-3]))  # one Adam step; no momentum steps afterwards
 
 
 @pytest.mark.parametrize(

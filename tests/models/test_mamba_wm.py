@@ -20,6 +20,7 @@ from wmenv.models.mamba_wm import MAMBAWorldModel, preset
 def thread_lock_for_tqdm(monkeypatch):
     """tqdm's default lock is a multiprocessing RLock shared by forked processes (mutmut's workers): they can deadlock."""
     monkeypatch.setattr(fit_module.tqdm, "_lock", threading.RLock(), raising=False)
+    monkeypatch.setattr(fit_module.tqdm, "monitor_interval", 0)  # and no monitor thread outliving the test
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ import json
 import os
 import re
 import shutil
-import threading
 from types import SimpleNamespace
 
 import gymnasium as gym
@@ -18,13 +17,6 @@ from wmenv.fit import MODEL_FORMAT, FitConfig, fit, load_model, save_model
 from wmenv.models.mamba_wm import MAMBAConfig, MAMBAWorldModel
 from wmenv.models.rssm import RSSMConfig
 from wmenv.models.world_model import WorldModel
-
-
-@pytest.fixture(autouse=True)
-def thread_lock_for_tqdm(monkeypatch):
-    """tqdm's default lock is a multiprocessing RLock shared by forked processes (mutmut's workers): they can deadlock."""
-    monkeypatch.setattr(fit_module.tqdm, "_lock", threading.RLock(), raising=False)
-    monkeypatch.setattr(fit_module.tqdm, "monitor_interval", 0)  # and no monitor thread outliving the test
 
 
 def spec(name: str = "tiny", n_actions: int = 4) -> EnvSpec:

@@ -4,23 +4,14 @@ Slow fits on real data live in test_quality.py (outside the mutation guards).
 """
 
 import json
-import threading
 
 import pytest
 import torch
 
-import wmenv.fit as fit_module
 from wmenv.data.collect import random_replay
 from wmenv.envs import make
 from wmenv.fit import FitConfig, fit, load_model, save_model
 from wmenv.models.mamba_wm import MAMBAWorldModel, preset
-
-
-@pytest.fixture(autouse=True)
-def thread_lock_for_tqdm(monkeypatch):
-    """tqdm's default lock is a multiprocessing RLock shared by forked processes (mutmut's workers): they can deadlock."""
-    monkeypatch.setattr(fit_module.tqdm, "_lock", threading.RLock(), raising=False)
-    monkeypatch.setattr(fit_module.tqdm, "monitor_interval", 0)  # and no monitor thread outliving the test
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,19 @@
+"""Fixtures for every test."""
+
+import threading
+
+import pytest
+import tqdm.auto
+import tqdm.std
+
+
+@pytest.fixture(autouse=True)
+def thread_lock_for_tqdm(monkeypatch):
+    """tqdm's default lock is a multiprocessing RLock shared by forked processes (mutmut's workers): they can deadlock.
+
+    After one forked test run died holding it, every later mutant that drew a progress bar hung until
+    mutmut's timeout (and counted as killed); a per-test thread lock and no monitor thread avoid both.
+    """
+    for cls in {tqdm.std.tqdm, tqdm.auto.tqdm}:
+        monkeypatch.setattr(cls, "_lock", threading.RLock(), raising=False)
+        monkeypatch.setattr(cls, "monitor_interval", 0)

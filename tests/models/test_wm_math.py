@@ -206,15 +206,14 @@ def test_kl_reaches_the_prior_logits_of_every_row():
 
 
 def test_prev_actions_are_shifted_one_hots_cleared_at_episode_starts():
-    """_prev_actions: row t holds onehot(a_{t-1}); zeros at resets, and at row 0 only for a blank start."""
+    """_prev_actions: row t holds onehot(a_{t-1}); zeros at row 0 (no earlier row in the window) and at resets."""
     model = tiny_model()
     actions, resets = torch.tensor(ACTION), torch.tensor(RESET, dtype=torch.bool)
-    torch.testing.assert_close(model._prev_actions(actions, resets, True), hand_prev_actions(actions, resets))
-    # not a blank start: row 0 of window 1 is not a reset and has no earlier row in the window, so zeros too
-    torch.testing.assert_close(model._prev_actions(actions, resets, False), hand_prev_actions(actions, resets))
-    # a window continuing from a state: row 1 after a non-reset row 0 keeps a_0
-    cont = model._prev_actions(actions[1:], torch.zeros(1, 4, dtype=torch.bool), False)
+    torch.testing.assert_close(model._prev_actions(actions, resets), hand_prev_actions(actions, resets))
+    # row 1 after a non-reset row 0 keeps a_0; row 0 itself stays zeros
+    cont = model._prev_actions(actions[1:], torch.zeros(1, 4, dtype=torch.bool))
     torch.testing.assert_close(cont[0, 1], F.one_hot(actions[1, 0], 4).float())
+    assert not cont[0, 0].any()
     assert resets.tolist() == RESET  # not written into
 
 

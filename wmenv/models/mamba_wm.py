@@ -131,7 +131,7 @@ class MAMBAWorldModel(WorldModel):
 
         ``alive`` (B, T, N) marks agents with an observation; absent agents' rows are not looked at.
         """
-        prev = self._prev_actions(actions, resets, state is None)
+        prev = self._prev_actions(actions, resets)  # row 0: zeros, also when continuing ``state`` (its action is not given)
         posts, _ = self.rssm.observe_sequence(obs, prev, resets, state, generator, alive)
         return {k: v[:, -1] for k, v in posts.items()}
 
@@ -152,25 +152,20 @@ class MAMBAWorldModel(WorldModel):
             obs=self.obs_head(feat) if decode else None,
         )
 
-    def _prev_actions(self, actions: Tensor, resets: Tensor, blank_start: bool) -> Tensor:
-        """(B, T, N, A) one-hot action of the previous row; zeros at row 0 (blank start) and at episode starts."""
+    def _prev_actions(self, actions: Tensor, resets: Tensor) -> Tensor:
+        """(B, T, N, A) one-hot action of the previous row; zeros at row 0 and at episode starts."""
         prev = torch.zeros_like(self._onehot(actions))
         prev[:, 1:] = self._onehot(actions[:, :-1])
-        keep = ~resets.bool()
-        if blank_start:
-            keep = keep.clone()
-            keep[:, 0] = False
-        return prev * keep[:, :, None, None]
+        return prev * (~resets.bool())[:, :, None, None]
 
     def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
         """World-model loss of replay windows (see the module docstring); returns the total and each term."""
         c = self.config
         obs, actions, alive = batch["obs"], batch["action"], batch["alive"].bool()
-        resets = batch["reset"].bool().clone()
-        resets[:, 0] = True  # every window starts from the blank state
+        resets = batch["reset"].bool()  # every window starts from the blank state (no state is passed below)
         ended = batch["terminated"].bool() | batch["truncated"].bool()
         acts = alive & ~ended  # (B, T, N) the agent acts at row t
-        posts, priors = self.rssm.observe_sequence(obs, self._prev_actions(actions, resets, True), resets, alive=alive)
+        posts, priors = self.rssm.observe_sequence(obs, self._prev_actions(actions, resets), resets, alive=alive)
         feat = self.features(posts)  # (B, T, N, F)
         terms = {
             "obs": masked_mean((self.obs_head(feat) - obs).square().sum(-1), alive),

@@ -7,21 +7,24 @@ Glossary: B batch, T time (rows), N agent slots, D observation features, A actio
 `validate_episode`              checks an episode dict against the format (and an `EnvSpec`)
 `EpisodeReplay`, `ReplayConfig`  whole episodes in, windows out; `save` / `load`
 `uniform_starts`                the default window-start sampler (`StartSampler` protocol)
+`EventStarts`, `event_rows`     balanced sampling: windows with rare events (large rewards, terminations) at a rate
 ==============================  ================================================================
 """
 
 from wmenv.data.episode import FIELDS, episode_schema, validate_episode
 from wmenv.data.recorder import EpisodeRecorder
 from wmenv.data.replay import EpisodeReplay, ReplayConfig
-from wmenv.data.samplers import StartSampler, uniform_starts
+from wmenv.data.samplers import EventStarts, StartSampler, event_rows, uniform_starts
 
 __all__ = [
     "FIELDS",
     "EpisodeRecorder",
+    "EventStarts",
     "EpisodeReplay",
     "ReplayConfig",
     "StartSampler",
     "episode_schema",
+    "event_rows",
     "uniform_starts",
     "validate_episode",
 ]

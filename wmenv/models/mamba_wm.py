@@ -3,7 +3,8 @@
 Glossary: B batch, T time, N agents, D observation features, A actions, F = H + S·K per-agent features.
 
 A `MultiAgentRSSM` plus per-agent heads on f_t = [h_t, z_t]: observation (Gaussian, unit variance),
-reward, continuation (Bernoulli: the agent is present and not terminated), available actions
+reward (a scalar with squared error, or DreamerV3's symlog two-hot categorical: `wmenv.models.twohot`),
+continuation (Bernoulli: the agent is present and not terminated), available actions
 (Bernoulli per action, for envs with masks) and the action decoder of the info loss (eq. 5:
 -ln p(a_{t-1} | h_t, z_t)). KL balancing: 0.8 · KL[sg(q) || p] + 0.2 · KL[q || sg(p)].
 
@@ -15,14 +16,16 @@ states from rewards and continuations alone. Windows always start from the blank
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from torch import Tensor
+from torch import Tensor, nn
 
 from wmenv.checks import check_int
 from wmenv.models.rssm import MultiAgentRSSM, RSSMConfig, mlp
+from wmenv.models.twohot import symexp, symlog, symlog_bins, twohot_decode, twohot_loss
 from wmenv.models.world_model import Prediction, State, WorldModel
 from wmenv.tensor_ops import masked_mean
 
@@ -47,10 +50,20 @@ class MAMBAConfig:
     """Model learning rate (Appendix A)."""
     grad_clip: float = 10.0
     """Gradient-norm clipping (Appendix A)."""
+    reward_head: Literal["mse", "twohot"] = "mse"
+    """``"mse"``: one scalar with squared error (the paper's); ``"twohot"``: DreamerV3's symlog two-hot categorical
+    over ``reward_bins`` bins with cross-entropy (learns rare large rewards), zero-initialized output layer."""
+    reward_bins: int = 255
+    """K, bins of the two-hot reward head, evenly spaced over symlog [-20, 20]; odd so that 0 is a bin (DreamerV3: 255)."""
 
     def __post_init__(self) -> None:
         for name in ("head_hidden", "head_layers"):
             check_int(f"MAMBAConfig.{name}", getattr(self, name))
+        if self.reward_head not in ("mse", "twohot"):
+            raise ValueError(f"MAMBAConfig.reward_head: expected 'mse' or 'twohot', got {self.reward_head!r}")
+        b = self.reward_bins
+        if not isinstance(b, int) or b < 3 or b % 2 == 0:  # True / False are ints below 3
+            raise ValueError(f"MAMBAConfig.reward_bins: expected an odd integer >= 3 (so that 0 is a bin), got {b!r}")
         if not 0 <= self.kl_balance <= 1:
             raise ValueError(f"MAMBAConfig.kl_balance: expected a number in [0, 1], got {self.kl_balance!r}")
 
@@ -94,7 +107,11 @@ class MAMBAWorldModel(WorldModel):
         self.rssm = MultiAgentRSSM(D, A, N, c.rssm)
         feat = self.rssm.feature_dim
         self.obs_head = mlp(feat, c.head_hidden, D, c.head_layers)
-        self.reward_head = mlp(feat, c.head_hidden, 1, c.head_layers)
+        self.reward_head = mlp(feat, c.head_hidden, c.reward_bins if c.reward_head == "twohot" else 1, c.head_layers)
+        if c.reward_head == "twohot":  # DreamerV3: start from a uniform categorical, i.e. a predicted reward of 0
+            nn.init.zeros_(self.reward_head[-1].weight)
+            nn.init.zeros_(self.reward_head[-1].bias)
+            self.register_buffer("reward_bins", symlog_bins(c.reward_bins), persistent=False)  # (K,) not in checkpoints
         self.cont_head = mlp(feat, c.head_hidden, 1, c.head_layers)
         self.mask_head = mlp(feat, c.head_hidden, A, c.head_layers) if spec.action_masked else None
         self.action_head = mlp(feat, c.head_hidden, A, c.head_layers)
@@ -146,11 +163,24 @@ class MAMBAWorldModel(WorldModel):
         """Reward, continuation, action availability (and observation) of a state."""
         feat = self.features(state)
         return Prediction(
-            reward=self.reward_head(feat).squeeze(-1),
+            reward=self._reward(feat),
             cont=torch.sigmoid(self.cont_head(feat).squeeze(-1)),
             action_mask=None if self.mask_head is None else torch.sigmoid(self.mask_head(feat)),
             obs=self.obs_head(feat) if decode else None,
         )
+
+    def _reward(self, feat: Tensor) -> Tensor:
+        """Predicted reward (...) in env units of features (..., F)."""
+        out = self.reward_head(feat)  # (..., 1) or (..., K)
+        if self.config.reward_head == "twohot":
+            return symexp(twohot_decode(out, self.reward_bins))
+        return out.squeeze(-1)
+
+    def _reward_loss(self, feat: Tensor, reward: Tensor) -> Tensor:
+        """Mean over (B, T, N) of the reward head's loss: squared error, or two-hot cross-entropy in symlog space."""
+        if self.config.reward_head == "twohot":
+            return twohot_loss(self.reward_head(feat), symlog(reward), self.reward_bins).mean()
+        return (self.reward_head(feat).squeeze(-1) - reward).square().mean()
 
     def _prev_actions(self, actions: Tensor, resets: Tensor) -> Tensor:
         """(B, T, N, A) one-hot action of the previous row; zeros at row 0 and at episode starts."""
@@ -161,6 +191,9 @@ class MAMBAWorldModel(WorldModel):
     def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
         """World-model loss of replay windows (see the module docstring); returns the total and each term."""
         c = self.config
+        if not bool(torch.isfinite(batch["reward"]).all()):
+            bad = int((~torch.isfinite(batch["reward"])).sum())
+            raise ValueError(f"batch['reward']: expected finite rewards, got {bad} non-finite value(s)")
         obs, actions, alive = batch["obs"], batch["action"], batch["alive"].bool()
         resets = batch["reset"].bool()  # every window starts from the blank state (no state is passed below)
         ended = batch["terminated"].bool() | batch["truncated"].bool()
@@ -169,7 +202,7 @@ class MAMBAWorldModel(WorldModel):
         feat = self.features(posts)  # (B, T, N, F)
         terms = {
             "obs": masked_mean((self.obs_head(feat) - obs).square().sum(-1), alive),
-            "reward": (self.reward_head(feat).squeeze(-1) - batch["reward"]).square().mean(),
+            "reward": self._reward_loss(feat, batch["reward"]),
             "cont": F.binary_cross_entropy_with_logits(
                 self.cont_head(feat).squeeze(-1), (alive & ~batch["terminated"].bool()).to(feat.dtype)
             ),

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from agents.critic import AttentionCritic, CriticConfig
 from agents.mappo import MAPPO, MAPPOConfig
 from agents.policies import POLICIES, GRUPolicyConfig, MambaPolicyConfig, SPMambaConfig, make_policy
+from agents.schedule import achieved_ratios, collect_for_update, scheduled_units
 from agents.train import (
     evaluate_and_log,
     latest_checkpoint,
@@ -61,24 +62,35 @@ class ModelBasedConfig:
     """A `wmenv.envs.make` id with discrete actions."""
     env_kwargs: dict[str, int | float | bool | str] = field(default_factory=dict)
     """Extra keywords for `wmenv.envs.make`."""
+    schedule: str = "cpu"
+    """The named schedule the defaults came from (`SCHEDULES`; set by ``--schedule`` in the example)."""
     iterations: int = 10
-    """Loop iterations (collect -> fit -> dream training)."""
+    """Loop iterations, i.e. updates (collect -> fit -> dream training)."""
     real_steps: int = 1000
-    """Real env steps collected per iteration (with the current actor; random-free)."""
+    """Real env steps collected per iteration (with the current actor; rounded up to whole steps of the E copies)."""
+    real_episodes: int = 0
+    """If > 0, collect until this many episodes have ended instead of ``real_steps`` (the MAMBA paper: 1)."""
+    train_ratio: float = 64.0
+    """Replayed world-model steps (window rows, B x T per fit step) per real env step (DreamerV3's train ratio)."""
+    dream_ratio: float = 96.0
+    """Imagined agent-steps (worlds x horizon x N per PPO iteration) per real env step."""
+    fit_steps: int = 0
+    """If > 0, exactly this many fit steps per update instead of ``train_ratio`` (the paper's "Number of epochs")."""
     num_envs: int = 4
     """E, real env copies collected in parallel."""
     model: str = "small"
     """World-model preset: "small", "smac" or "flatland"."""
     fit: FitConfig = field(default_factory=lambda: FitConfig(steps=200, batch_size=16, seq_len=20, progress=False))
-    """World-model fitting per iteration (steps, windows, ...)."""
+    """World-model fitting per update: windows, learning rate, ... (its ``steps`` is set by the schedule)."""
     dream_worlds: int = 256
     """B, imagined worlds stepped in one batch."""
     horizon: int = 15
     """Imagined steps per rollout (the MAMBA paper: 15)."""
     context: int = 8
     """Real rows filtered into each dream start."""
-    dream_updates: int = 8
-    """MAPPO iterations (one horizon-long dream rollout + PPO update each) per loop iteration."""
+    dream_updates: int = 0
+    """If > 0, exactly this many MAPPO iterations (one horizon-long dream rollout + PPO update each) per update
+    instead of ``dream_ratio`` (the paper's "Number of updates")."""
     policy: Literal["gru", "mamba", "sp-mamba"] = "gru"
     """Actor kind."""
     gru: GRUPolicyConfig = field(default_factory=GRUPolicyConfig)
@@ -116,13 +128,57 @@ class ModelBasedConfig:
             "dream_worlds",
             "horizon",
             "context",
-            "dream_updates",
             "eval_episodes",
             "keep_checkpoints",
         ):
             check_int(f"ModelBasedConfig.{name}", getattr(self, name))
+        for name in ("real_episodes", "fit_steps", "dream_updates"):
+            check_int(f"ModelBasedConfig.{name}", getattr(self, name), 0)
+        for name in ("train_ratio", "dream_ratio"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < float("inf"):
+                raise ValueError(f"ModelBasedConfig.{name}: expected a positive finite number, got {v!r}")
+        if self.fit.seq_len > self.capacity:
+            raise ValueError(
+                f"ModelBasedConfig.fit.seq_len: windows of {self.fit.seq_len} rows cannot fit a replay of "
+                f"capacity {self.capacity} rows"
+            )
         check_choice("ModelBasedConfig.model", self.model, PRESETS)
         check_choice("ModelBasedConfig.policy", self.policy, POLICIES)
+
+
+def _paper_schedule(env_id: str, env_kwargs: dict, model: str, seq_len: int, fit_steps: int, capacity: int,
+                    hidden: int, minibatches: int) -> ModelBasedConfig:  # fmt: skip
+    """The MAMBA paper's Appendix A schedule as its code ran it (jbr-ai-labs/mamba, ``configs/dreamer/optimal``).
+
+    After every trajectory: ``fit_steps`` model updates on 40 windows of ``seq_len`` rows; then 4 times,
+    imagination from every posterior of 40 fresh windows (40 x (seq_len - 1) worlds, horizon 15) and 5 PPO
+    epochs over minibatches of about 2,000 agent-steps; actor / critic lr 5e-4, entropy 0.001.
+    """
+    return ModelBasedConfig(
+        schedule="mamba-" + model, env_id=env_id, env_kwargs=env_kwargs, model=model, num_envs=1, real_episodes=1,
+        fit_steps=fit_steps, fit=FitConfig(batch_size=40, seq_len=seq_len, progress=False), dream_updates=4,
+        dream_worlds=40 * (seq_len - 1), horizon=15, capacity=capacity, gru=GRUPolicyConfig(hidden=hidden),
+        critic=CriticConfig(hidden=hidden),
+        mappo=MAPPOConfig(epochs=5, lr=5e-4, critic_lr=5e-4, entropy_coef=0.001, num_minibatches=minibatches),
+    )  # fmt: skip
+
+
+SCHEDULES: dict[str, Any] = {
+    "cpu": ModelBasedConfig,
+    # Flatland-5: 1960 worlds x 15 steps x 5 agents / ~2,000 agent-steps per minibatch = 74 minibatches.
+    "mamba-flatland": lambda: _paper_schedule("flatland:5", {"dense_reward": True}, "flatland", 50, 40, 500_000, 400, 74),
+    # SMAC (5 agents): 760 worlds x 15 x 5 / 2,000 = 29 minibatches.
+    "mamba-smac": lambda: _paper_schedule("smacv2:protoss_5_vs_5", {}, "smac", 20, 60, 250_000, 256, 29),
+}
+"""Named schedules -> a factory of their `ModelBasedConfig`: ``cpu`` (the default, sized for 2 CPU cores) and
+the MAMBA paper's (``mamba-flatland``, ``mamba-smac``: paper-size models, for a GPU)."""
+
+
+def schedule_config(name: str) -> ModelBasedConfig:
+    """The `ModelBasedConfig` of a named schedule (a new object each call)."""
+    check_choice("schedule", name, tuple(SCHEDULES))
+    return SCHEDULES[name]()
 
 
 @dataclass
@@ -195,6 +251,40 @@ def _restore(folder: Path, cfg: ModelBasedConfig, spec: Any, agent: MAPPO, model
     return counters, replay, *curves
 
 
+def _learn(cfg: ModelBasedConfig, it: int, counters: dict[str, int], spec: Any, model: MAMBAWorldModel,
+           wm_optim: torch.optim.Optimizer, replay: EpisodeReplay, agent: MAPPO, dream: DreamVecEnv,
+           writer: SummaryWriter) -> int:  # fmt: skip
+    """One update: fit the world model, then train the actor in the dream, as much as the schedule asks.
+
+    Returns:
+        The dream PPO iterations run (0: the actor did not change).
+    """
+    real_steps = counters["env_steps"]
+    seq = min(cfg.fit.seq_len, int(replay.episode_lengths.min()) + 1)
+    rows = cfg.fit.batch_size * seq
+    n_fit = cfg.fit_steps or scheduled_units(cfg.train_ratio, real_steps, counters["replayed_steps"], rows)
+    if n_fit:
+        fit_cfg = dataclasses.replace(cfg.fit, steps=n_fit, seq_len=seq, seed=cfg.seed + it, run_dir=None)
+        history = fit(model, replay, fit_cfg, optimizer=wm_optim)
+        counters["replayed_steps"] += n_fit * rows
+        for k, v in history.items():
+            writer.add_scalar(f"world_model/{k}", float(np.mean(v[-10:])), real_steps)
+    per_rollout = cfg.dream_worlds * cfg.horizon * spec.n_agents
+    n_dream = cfg.dream_updates or scheduled_units(cfg.dream_ratio, real_steps, counters["imagined_agent_steps"], per_rollout)
+    if n_dream:
+        dream.seed(cfg.seed + 10_000 + it)
+        storage, carry = agent.new_storage(cfg.dream_worlds), agent.start(dream)
+        for _ in range(n_dream):
+            carry, _ = agent.collect(dream, storage, carry)
+            metrics = agent.update(storage)
+        counters["imagined_agent_steps"] += n_dream * per_rollout
+        for k, v in metrics.items():
+            writer.add_scalar(f"dream/{k}", float(v), real_steps)
+    for k, v in {"fit_steps": n_fit, "dream_updates": n_dream, **achieved_ratios(counters)}.items():
+        writer.add_scalar(f"schedule/{k}", v, real_steps)
+    return n_dream
+
+
 def run(cfg: ModelBasedConfig) -> dict[str, Any]:
     """Run the loop; returns (and writes to ``run_dir/result.json``) the real-env evaluation curve."""
     if cfg.torch_threads:
@@ -203,6 +293,13 @@ def run(cfg: ModelBasedConfig) -> dict[str, Any]:
     run_dir = Path(cfg.run_dir)
     probe, spec = make(cfg.env_id, **cfg.env_kwargs)
     probe.close()
+    per_copy = cfg.iterations * -(-cfg.real_steps // cfg.num_envs)
+    if not cfg.real_episodes and spec.episode_limit is not None and per_copy < spec.episode_limit:
+        raise ValueError(
+            f"ModelBasedConfig.real_steps: {cfg.iterations} iterations x {cfg.real_steps} steps over {cfg.num_envs} copies "
+            f"give each copy {per_copy} steps, fewer than one {cfg.env_id} episode ({spec.episode_limit} steps): no "
+            "episode could end to fit on; collect more steps, use fewer copies or set real_episodes"
+        )
     replay = EpisodeReplay(ReplayConfig(capacity=cfg.capacity, seed=cfg.seed), spec=spec)
     model = MAMBAWorldModel(spec, preset(cfg.model))
     wm_optim = torch.optim.Adam(model.parameters(), lr=model.config.lr)
@@ -220,11 +317,20 @@ def run(cfg: ModelBasedConfig) -> dict[str, Any]:
         critic=critic,
         seed=cfg.seed,
     )
-    counters = {"iteration": 0, "env_steps": 0, "episodes": 0, "wall_clock_s": 0}
+    counters = {
+        "iteration": 0,
+        "env_steps": 0,
+        "episodes": 0,
+        "wall_clock_s": 0,
+        "replayed_steps": 0,
+        "imagined_agent_steps": 0,
+    }
     eval_seed, curve, real_returns = cfg.seed + 1_000_000, [], []
     ckpt = latest_checkpoint(run_dir) if cfg.resume else None
     if ckpt is not None:
         counters, replay, curve, real_returns = _restore(ckpt, cfg, spec, agent, model, wm_optim)
+        counters.setdefault("replayed_steps", 0)  # checkpoints from before the schedule counted nothing
+        counters.setdefault("imagined_agent_steps", 0)
         print(f"resumed from {ckpt} at {counters['env_steps']} real env steps")
     elif cfg.resume:
         print(f"no checkpoint in {run_dir / 'checkpoints'}; starting a fresh run")
@@ -235,6 +341,7 @@ def run(cfg: ModelBasedConfig) -> dict[str, Any]:
     dream = DreamVecEnv(model, cfg.dream_worlds, cfg.horizon, start=replay, context=cfg.context, obs="decoded", seed=cfg.seed)
     # a resumed run hides what an interrupted run logged after its checkpoint (scalars at steps > env_steps)
     writer = SummaryWriter(str(run_dir), purge_step=counters["env_steps"] + 1 if ckpt is not None else None)
+    writer.add_text("config", f"```\n{json.dumps(dataclasses.asdict(cfg), indent=2)}\n```", counters["env_steps"])
 
     def run_eval(step: int) -> float:
         result = evaluate_and_log(agent, writer, step, cfg.env_id, cfg.eval_episodes, eval_seed, **cfg.env_kwargs)
@@ -246,30 +353,19 @@ def run(cfg: ModelBasedConfig) -> dict[str, Any]:
     bar = tqdm(total=cfg.iterations, initial=counters["iteration"], desc="model-based", unit="iter", disable=not cfg.progress)
     try:
         for it in range(counters["iteration"], cfg.iterations):
-            returns = collector(cfg.real_steps, act)
-            counters["env_steps"] += -(-cfg.real_steps // cfg.num_envs) * cfg.num_envs
+            returns, steps = collect_for_update(collector, act, cfg.real_steps, cfg.real_episodes, cfg.num_envs)
+            counters["env_steps"] += steps
             counters["episodes"] += len(returns)
             real_steps = counters["env_steps"]
             if returns:
                 real_returns.append((real_steps, float(np.mean(returns))))
                 writer.add_scalar("charts/real_episode_return", real_returns[-1][1], real_steps)
-            if not len(replay.episode_lengths):
-                curve.append((real_steps, curve[-1][1]))  # no finished episode to fit on yet
-                writer.add_scalar("eval/episode_return", curve[-1][1], real_steps)
-            else:
-                seq = min(cfg.fit.seq_len, int(replay.episode_lengths.min()) + 1)
-                fit_cfg = dataclasses.replace(cfg.fit, seq_len=seq, seed=cfg.seed + it, run_dir=None)
-                history = fit(model, replay, fit_cfg, optimizer=wm_optim)
-                for k, v in history.items():
-                    writer.add_scalar(f"world_model/{k}", float(np.mean(v[-10:])), real_steps)
-                dream.seed(cfg.seed + 10_000 + it)
-                storage, carry = agent.new_storage(cfg.dream_worlds), agent.start(dream)
-                for _ in range(cfg.dream_updates):
-                    carry, _ = agent.collect(dream, storage, carry)
-                    metrics = agent.update(storage)
-                for k, v in metrics.items():
-                    writer.add_scalar(f"dream/{k}", float(v), real_steps)
+            has_data = bool(len(replay.episode_lengths))
+            if has_data and _learn(cfg, it, counters, spec, model, wm_optim, replay, agent, dream, writer):
                 curve.append((real_steps, run_eval(real_steps)))
+            else:  # no finished episode to fit on yet, or the actor did not change: its evaluation would repeat
+                curve.append((real_steps, curve[-1][1]))
+                writer.add_scalar("eval/episode_return", curve[-1][1], real_steps)
             counters["iteration"] = it + 1
             counters["wall_clock_s"] = elapsed + round(time.perf_counter() - start)
             _save(run_dir, cfg, spec, agent, model, wm_optim, replay, counters, curve, real_returns)
@@ -285,6 +381,8 @@ def run(cfg: ModelBasedConfig) -> dict[str, Any]:
         "eval_returns": curve,
         "real_returns": real_returns,
         "real_steps": counters["env_steps"],
+        "achieved": achieved_ratios(counters),
+        "config": dataclasses.asdict(cfg),
         "wall_clock_s": elapsed + time.perf_counter() - start,
         "checkpoint": str(latest_checkpoint(run_dir)),
     }

@@ -4,17 +4,27 @@ Prints the greedy real-env return against real env steps after every iteration (
 ``eval/episode_return``, and in ``<run-dir>/result.json``); the fitted world model is saved to
 ``<run-dir>/world_model``.
 
+``--schedule`` picks the defaults every other flag overrides: ``cpu`` (sized for 2 CPU cores) or the
+MAMBA paper's Appendix A schedule and sizes (``mamba-flatland``, ``mamba-smac``: update after every
+trajectory, paper-size models; meant for a GPU, ``--mappo.device cuda``). How much is learned per real
+env step is set by ``--train-ratio`` (replayed world-model steps) and ``--dream-ratio`` (imagined
+agent-steps), or by fixed ``--fit-steps`` / ``--dream-updates`` per update.
+
 Usage:
     python examples/04_model_based.py --env-id mpe:simple_spread_v3 --iterations 10
     python examples/04_model_based.py --env-id flatland:5 --env-kwargs dense_reward True --policy sp-mamba --model flatland
-    python examples/04_model_based.py --fit.steps 500 --dream-worlds 1024 --dream-updates 8 --help
+    python examples/04_model_based.py --schedule mamba-flatland --iterations 200
+    python examples/04_model_based.py --train-ratio 128 --dream-ratio 200 --help
 """
 
 from __future__ import annotations
 
+import argparse
+import sys
+
 import tyro
 
-from agents.model_based import ModelBasedConfig, run
+from agents.model_based import SCHEDULES, ModelBasedConfig, run, schedule_config
 
 
 def main(cfg: ModelBasedConfig) -> dict:
@@ -22,9 +32,19 @@ def main(cfg: ModelBasedConfig) -> dict:
     result = run(cfg)
     for steps, ret in result["eval_returns"]:
         print(f"real env steps {steps:>8d}: greedy return per agent {ret:.2f}")
+    ratios = result["achieved"]
+    print(f"achieved train ratio {ratios['train_ratio']:.1f}, dream ratio {ratios['dream_ratio']:.1f} (per real env step)")
     print(f"wall-clock {result['wall_clock_s']:.0f} s; world model and result.json in {cfg.run_dir}")
     return result
 
 
+def cli(argv: list[str]) -> ModelBasedConfig:
+    """``--schedule NAME`` chooses the defaults (`SCHEDULES`); every other flag is tyro's over them."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--schedule", default="cpu", choices=sorted(SCHEDULES))
+    known, rest = pre.parse_known_args(argv)
+    return tyro.cli(ModelBasedConfig, default=schedule_config(known.schedule), args=rest)
+
+
 if __name__ == "__main__":
-    main(tyro.cli(ModelBasedConfig))
+    main(cli(sys.argv[1:]))

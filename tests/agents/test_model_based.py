@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_example_runs_collect_fit_dream_and_evaluates(tmp_path):
     cmd = [sys.executable, "examples/04_model_based.py", "--no-progress", "--iterations", "2", "--real-steps", "100",
-           "--num-envs", "2", "--fit.steps", "10", "--fit.batch-size", "4", "--dream-worlds", "16", "--dream-updates", "1",
+           "--num-envs", "2", "--fit-steps", "10", "--fit.batch-size", "4", "--dream-worlds", "16", "--dream-updates", "1",
            "--eval-episodes", "2", "--policy", "sp-mamba", "--sp-mamba.d-model", "16", "--run-dir", str(tmp_path)]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -27,13 +27,16 @@ def test_example_runs_collect_fit_dream_and_evaluates(tmp_path):
     assert [s for s, _ in result["eval_returns"]] == [0, 100, 200] and result["real_steps"] == 200
     assert (tmp_path / "world_model" / "model.safetensors").is_file()
     tags = EventAccumulator(str(tmp_path)).Reload().Tags()["scalars"]
-    assert {"eval/episode_return", "world_model/kl", "dream/policy_loss"} <= set(tags), tags
+    assert {"eval/episode_return", "world_model/kl", "dream/policy_loss", "schedule/train_ratio"} <= set(tags), tags
+    assert "achieved train ratio 8.0, dream ratio 7.2" in proc.stdout  # 2 x 10 fit steps x 4 x 20 rows / 200 steps;
+    # 2 x 1 dream iteration x 16 worlds x 15 steps x 3 agents / 200 steps
 
 
 def _small(run_dir, iterations, **kw):
+    kw = {"real_steps": 60, "num_envs": 2, "fit_steps": 5, "dream_updates": 1, **kw}
     return ModelBasedConfig(
-        iterations=iterations, real_steps=60, num_envs=2, fit=FitConfig(steps=5, batch_size=4, progress=False),
-        dream_worlds=8, dream_updates=1, eval_episodes=1, run_dir=str(run_dir), progress=False, **kw,
+        iterations=iterations, fit=FitConfig(batch_size=4, progress=False), dream_worlds=8, eval_episodes=1,
+        run_dir=str(run_dir), progress=False, **kw,
     )  # fmt: skip
 
 
@@ -82,3 +85,94 @@ def test_config_checks():
         ModelBasedConfig(model="tiny")
     with pytest.raises(ValueError, match="ModelBasedConfig.horizon: expected an integer >= 1, got 0"):
         ModelBasedConfig(horizon=0)
+
+
+def test_scheduled_units_keep_the_cumulative_ratio_on_target():
+    """Each update adds the whole units nearest the target; the achieved ratio stays within half a unit of it."""
+    from agents.schedule import achieved_ratios, scheduled_units
+
+    assert scheduled_units(64.0, 1000, 0, 320) == 200  # 64 x 1000 rows / 320 rows per fit step
+    assert scheduled_units(96.0, 1000, 0, 11520) == 8  # 96,000 / 11,520 = 8.33
+    assert scheduled_units(96.0, 2000, 8 * 11520, 11520) == 9  # (192,000 - 92,160) / 11,520 = 8.67
+    assert scheduled_units(1.0, 10, 1000, 7) == 0  # ahead of target: nothing, never negative
+    done = 0
+    for k in range(1, 50):
+        done += 11520 * scheduled_units(96.0, 1000 * k, done, 11520)
+        assert abs(done - 96.0 * 1000 * k) <= 11520 / 2
+    counters = {"env_steps": 1000, "replayed_steps": 64_000, "imagined_agent_steps": 92_160}
+    assert achieved_ratios(counters) == {"train_ratio": 64.0, "dream_ratio": 92.16}
+    with pytest.raises(ValueError, match=r"^unit: "):
+        scheduled_units(1.0, 10, 0, 0)
+
+
+def test_ratios_set_the_work_per_update_and_are_achieved(tmp_path):
+    """With ratios instead of fixed counts, fit steps and dream iterations follow the real steps collected."""
+    cfg = _small(tmp_path, 2, fit_steps=0, dream_updates=0, train_ratio=8.0, dream_ratio=12.0)
+    result = run(cfg)
+    # per 60 real steps: 8 x 60 = 480 rows = 6 fit steps of 4 x 20 rows; 12 x 60 = 720 agent-steps = 2 iterations of 8 x 15 x 3
+    assert result["achieved"] == {"train_ratio": 8.0, "dream_ratio": 12.0}
+    scalars = EventAccumulator(str(tmp_path)).Reload()
+    assert [e.value for e in scalars.Scalars("schedule/fit_steps")] == [6, 6]
+    assert [e.value for e in scalars.Scalars("schedule/dream_updates")] == [2, 2]
+    assert result["config"]["train_ratio"] == 8.0 and "config/text_summary" in scalars.Tags()["tensors"]
+
+
+def test_updates_after_every_episode(tmp_path):
+    """real_episodes=1 with one copy updates after each 25-step MPE episode, as the MAMBA paper's schedule."""
+    result = run(_small(tmp_path, 2, num_envs=1, real_episodes=1))
+    assert [s for s, _ in result["eval_returns"]] == [0, 25, 50] and len(result["real_returns"]) == 2
+
+
+def test_named_schedules_reproduce_the_paper_and_the_cli_reads_them():
+    """mamba-flatland / mamba-smac are the paper's Appendix A as its code ran; --schedule picks them, flags override."""
+    from agents.model_based import SCHEDULES, schedule_config
+
+    assert set(SCHEDULES) == {"cpu", "mamba-flatland", "mamba-smac"} and schedule_config("cpu") == ModelBasedConfig()
+    fl, sc = schedule_config("mamba-flatland"), schedule_config("mamba-smac")
+    assert (fl.model, fl.fit.batch_size, fl.fit.seq_len, fl.fit_steps, fl.capacity) == ("flatland", 40, 50, 40, 500_000)
+    assert (sc.model, sc.fit.seq_len, sc.fit_steps, sc.capacity) == ("smac", 20, 60, 250_000)
+    for c in (fl, sc):
+        assert (c.real_episodes, c.num_envs, c.dream_updates, c.horizon, c.mappo.epochs) == (1, 1, 4, 15, 5)
+        assert (c.mappo.lr, c.mappo.critic_lr, c.mappo.entropy_coef) == (5e-4, 5e-4, 1e-3)
+    assert (fl.dream_worlds, sc.dream_worlds) == (40 * 49, 40 * 19) and fl.gru.hidden == 400 and sc.gru.hidden == 256
+    assert schedule_config("mamba-flatland") is not schedule_config("mamba-flatland")
+    with pytest.raises(ValueError, match=r"^schedule: "):
+        schedule_config("mamba-atari")
+    sys.path.insert(0, str(ROOT / "examples"))
+    try:
+        cli = __import__("04_model_based").cli
+    finally:
+        sys.path.pop(0)
+    cfg = cli(["--schedule", "mamba-flatland", "--iterations", "3", "--fit-steps", "7"])
+    assert (cfg.schedule, cfg.model, cfg.iterations, cfg.fit_steps, cfg.fit.seq_len) == (
+        "mamba-flatland",
+        "flatland",
+        3,
+        7,
+        50,
+    )
+    assert cli([]) == ModelBasedConfig()
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"train_ratio": 0.0}, r"^ModelBasedConfig.train_ratio: expected a positive finite number, got 0.0"),
+        ({"dream_ratio": float("inf")}, r"^ModelBasedConfig.dream_ratio: "),
+        ({"train_ratio": True}, r"^ModelBasedConfig.train_ratio: "),
+        ({"fit_steps": -1}, r"^ModelBasedConfig.fit_steps: expected an integer >= 0, got -1"),
+        ({"real_episodes": 1.5}, r"^ModelBasedConfig.real_episodes: "),
+        ({"capacity": 10}, r"^ModelBasedConfig.fit.seq_len: windows of 20 rows cannot fit a replay of capacity 10"),
+    ],
+)
+def test_impossible_schedules_are_refused_before_any_work(kw, message):
+    """Ratios <= 0 or infinite, negative counts and windows longer than the replay are ValueErrors naming the field."""
+    with pytest.raises(ValueError, match=message):
+        ModelBasedConfig(**kw)
+
+
+def test_too_few_real_steps_for_one_episode_is_refused(tmp_path):
+    """A run whose copies cannot finish one episode fails before collecting anything."""
+    with pytest.raises(ValueError, match=r"^ModelBasedConfig.real_steps: 1 iterations x 40 steps over 2 copies give each"):
+        run(_small(tmp_path, 1, real_steps=40))
+    assert not (tmp_path / "checkpoints").exists()

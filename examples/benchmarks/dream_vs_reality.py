@@ -7,17 +7,30 @@ mean squared error of the decoded observations (present agents) and of the predi
 two references: the error of copying the last context observation ("copy last"), and of predicting
 the training-set mean. Writes ``<out>/<env>.json`` and a plot ``<out>/<env>.png``; prints one JSON line.
 
+Rare events (Flatland with ``dense_reward=True``: +10 on arrival, −5 once on deadlock, plus 0.01 ×
+distance progress): an agent-step of an imagined step k is a real *arrival* when its real reward is
+above ``arrival_threshold`` (5, half of +10) and a predicted one when the predicted reward is; the same
+for *deadlocks* below ``deadlock_threshold`` (−2.5, half of −5). Counted over all B windows × H steps ×
+N agent slots (same step, same agent: an event predicted one step early is a miss and a false alarm),
+``events`` reports real / predicted / matched counts, recall = matched / real and precision = matched /
+predicted (None when the count below is 0). On other envs the two keys count rewards beyond the same
+thresholds.
+
 Usage:
     python examples/benchmarks/dream_vs_reality.py --env-id flatland:5 --env-kwargs dense_reward True --fit-steps 2000
     python examples/benchmarks/dream_vs_reality.py --env-id mpe:simple_spread_v3 --fit-steps 1000 --out benchmarks/dream
+    python examples/benchmarks/dream_vs_reality.py --env-id flatland:5 --env-kwargs dense_reward True --reward-head twohot \
+        --event-rate 0.5 --heldout-steps 3000 --windows 512 --out runs/dream_twohot
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import matplotlib
 import numpy as np
@@ -25,6 +38,7 @@ import torch
 import tyro
 
 from wmenv.data.collect import random_replay
+from wmenv.data.samplers import EventStarts
 from wmenv.fit import FitConfig, fit
 from wmenv.models.mamba_wm import MAMBAWorldModel, preset
 
@@ -56,21 +70,52 @@ class Args:
     """Open-loop imagined steps."""
     windows: int = 64
     """Held-out windows evaluated."""
+    reward_head: Literal["mse", "twohot"] | None = None
+    """The world model's reward head (`MAMBAConfig.reward_head`); None keeps the preset's."""
+    event_rate: float | None = None
+    """Fit on windows that hold an event (|reward| >= 1 or a termination) with this probability (`EventStarts`);
+    None samples windows uniformly."""
+    arrival_threshold: float = 5.0
+    """A reward above this is an arrival event (Flatland's +10)."""
+    deadlock_threshold: float = -2.5
+    """A reward below this is a deadlock event (Flatland's −5)."""
     seed: int = 0
     """Seeds collection, fitting and latent samples."""
     out: str = "benchmarks/dream"
     """Output folder."""
 
 
+def event_scores(real: torch.Tensor, predicted: torch.Tensor, above: float | None = None, below: float | None = None) -> dict:
+    """Recall and precision of events (reward > ``above``, or < ``below``) of predicted vs real rewards (any equal shapes).
+
+    Returns ``real``, ``predicted`` and ``matched`` counts (same position in both) and ``recall`` /
+    ``precision`` (None where ``real`` / ``predicted`` is 0).
+    """
+    if (above is None) == (below is None):
+        raise ValueError(f"above, below: expected exactly one threshold, got above={above!r}, below={below!r}")
+    hit = (lambda r: r > above) if above is not None else (lambda r: r < below)
+    is_real, is_pred = hit(real), hit(predicted)
+    n_real, n_pred, matched = int(is_real.sum()), int(is_pred.sum()), int((is_real & is_pred).sum())
+    return {
+        "real": n_real,
+        "predicted": n_pred,
+        "matched": matched,
+        "recall": round(matched / n_real, 4) if n_real else None,
+        "precision": round(matched / n_pred, 4) if n_pred else None,
+    }
+
+
 def open_loop_errors(
     model: MAMBAWorldModel, window: dict, context: int, horizon: int, obs_mean: torch.Tensor
 ) -> dict[str, np.ndarray]:
-    """Per imagined step: obs MSE (model / copy-last / mean) and reward MSE (model / zero / mean), each (H,)."""
+    """Per imagined step: obs MSE (model / copy-last / mean) and reward MSE (model / zero), each (H,);
+    plus ``reward_real`` and ``reward_pred``, each (B, H, N), the real and the predicted rewards."""
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         state = model.observe(window["obs"][:, :context], window["action"][:, :context], window["reset"][:, :context],
                               generator=g, alive=window["alive"][:, :context].bool())  # fmt: skip
         out = {k: [] for k in ("obs_model", "obs_copy_last", "obs_mean", "reward_model", "reward_zero")}
+        rewards: dict[str, list[torch.Tensor]] = {"real": [], "pred": []}  # per step, (B, N) each
         last = window["obs"][:, context - 1]
         for k in range(horizon):
             t = context + k
@@ -81,7 +126,16 @@ def open_loop_errors(
                 out[name].append(float((guess - real_obs).square().mean(-1)[alive].mean()))
             out["reward_model"].append(float((pred.reward - real_r).square().mean()))
             out["reward_zero"].append(float(real_r.square().mean()))
-    return {k: np.array(v) for k, v in out.items()}
+            rewards["real"].append(real_r)
+            rewards["pred"].append(pred.reward)
+    errors = {k: np.array(v) for k, v in out.items()}
+    errors.update({f"reward_{k}": torch.stack(v, dim=1).numpy() for k, v in rewards.items()})  # (B, H, N)
+    return errors
+
+
+def fmt(x: float | None) -> str:
+    """A score for the plot: two decimals, or a dash for None."""
+    return "-" if x is None else f"{x:.2f}"
 
 
 def main(args: Args) -> dict:
@@ -94,7 +148,12 @@ def main(args: Args) -> dict:
     total = args.context + args.horizon
     if int(held.episode_lengths.max()) + 1 < total:
         raise ValueError(f"context + horizon = {total} rows: longer than every held-out episode; lower them")
-    model = MAMBAWorldModel(spec, preset(args.model))
+    config = preset(args.model)
+    if args.reward_head is not None:
+        config = dataclasses.replace(config, reward_head=args.reward_head)
+    if args.event_rate is not None:
+        train.sampler = EventStarts(train, args.event_rate)
+    model = MAMBAWorldModel(spec, config)
     seq = min(args.seq_len, int(train.episode_lengths.min()) + 1)
     history = fit(model, train, FitConfig(steps=args.fit_steps, batch_size=16, seq_len=seq, seed=args.seed, progress=False))
     model.eval()
@@ -102,6 +161,11 @@ def main(args: Args) -> dict:
     train_obs = train.sample(256, seq, generator=args.seed)
     obs_mean = train_obs["obs"][train_obs["alive"].bool()].mean(0)
     errors = open_loop_errors(model, window, args.context, args.horizon, obs_mean)
+    real_r, pred_r = errors.pop("reward_real"), errors.pop("reward_pred")  # (B, H, N)
+    events = {
+        "arrival": {"threshold": args.arrival_threshold, **event_scores(real_r, pred_r, above=args.arrival_threshold)},
+        "deadlock": {"threshold": args.deadlock_threshold, **event_scores(real_r, pred_r, below=args.deadlock_threshold)},
+    }
     tag = args.env_id.replace(":", "_")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -112,7 +176,8 @@ def main(args: Args) -> dict:
     for name, style in (("reward_model", "-o"), ("reward_zero", "--")):
         ax_r.plot(k, errors[name], style, label=name.removeprefix("reward_").replace("_", " "))
     ax_o.set(title=f"observation MSE per feature, {args.env_id}", xlabel="imagined step", ylabel="MSE")
-    ax_r.set(title="reward MSE", xlabel="imagined step")
+    scores = ", ".join(f"{k} R {fmt(v['recall'])} P {fmt(v['precision'])}" for k, v in events.items())
+    ax_r.set(title=f"reward MSE ({config.reward_head})\n{scores}", xlabel="imagined step")
     for ax in (ax_o, ax_r):
         ax.grid(alpha=0.3)
         ax.legend()
@@ -123,6 +188,8 @@ def main(args: Args) -> dict:
         "benchmark": "dream_vs_reality",
         "env_id": args.env_id,
         "model": args.model,
+        "reward_head": config.reward_head,
+        "event_rate": args.event_rate,
         "spec": spec_desc,
         "train_steps": args.train_steps,
         "fit_steps": args.fit_steps,
@@ -131,6 +198,8 @@ def main(args: Args) -> dict:
         "horizon": args.horizon,
         "windows": args.windows,
         "errors": {k: [round(float(x), 5) for x in v] for k, v in errors.items()},
+        "mean_over_horizon": {k: round(float(np.mean(v)), 5) for k, v in errors.items()},
+        "events": events,
         "wall_clock_s": round(time.perf_counter() - start, 1),
     }
     (out / f"{tag}.json").write_text(json.dumps(summary, indent=1))

@@ -105,13 +105,48 @@ def test_dream_throughput_benchmark_reports_ratios(tmp_path):
 
 def test_dream_vs_reality_benchmark_writes_errors_and_plot(tmp_path):
     out = _run("dream_vs_reality.py", "--train-steps", "300", "--heldout-steps", "150", "--fit-steps", "10",
-               "--windows", "4", "--horizon", "5", "--out", str(tmp_path))  # fmt: skip
+               "--windows", "4", "--horizon", "5", "--reward-head", "twohot", "--event-rate", "0.5",
+               "--arrival-threshold", "-100", "--deadlock-threshold", "-0.5", "--out", str(tmp_path))  # fmt: skip
     errors = out["errors"]
     assert set(errors) == {"obs_model", "obs_copy_last", "obs_mean", "reward_model", "reward_zero"}
     assert all(len(v) == 5 and all(np.isfinite(x) and x > 0 for x in v) for v in errors.values())
+    assert out["mean_over_horizon"] == {k: round(float(np.mean(v)), 5) for k, v in errors.items()}
     # random actions move the agents: copying the last context observation gets worse with the horizon
     assert errors["obs_copy_last"][-1] > errors["obs_copy_last"][0]
     assert (tmp_path / "mpe_simple_spread_v3.png").stat().st_size > 10_000
+    assert out["reward_head"] == "twohot" and out["event_rate"] == 0.5
+    events = out["events"]
+    assert events["arrival"]["threshold"] == -100 and events["deadlock"]["threshold"] == -0.5
+    # every reward is above -100: all 4 windows × 5 steps × 3 agents are real and predicted "arrivals"
+    arrival = {"threshold": -100, "real": 60, "predicted": 60, "matched": 60, "recall": 1.0, "precision": 1.0}
+    assert events["arrival"] == arrival
+    low = events["deadlock"]  # MPE's spread rewards are below -0.5 at most steps; 10 fit steps from 0 predict none
+    assert low["real"] > 10 and low["predicted"] == low["matched"] == 0 and low["recall"] == 0.0 and low["precision"] is None
+    assert out == json.loads((tmp_path / "mpe_simple_spread_v3.json").read_text())
+
+
+def test_dream_vs_reality_event_scores_by_hand():
+    """Recall = matched / real, precision = matched / predicted, at the same position; None when nothing to divide by."""
+    sys.path.insert(0, str(ROOT / "examples" / "benchmarks"))
+    try:
+        import dream_vs_reality as dvr
+    finally:
+        sys.path.pop(0)
+    real = np.array([[10.0, 0.0, -5.0, 10.2], [0.01, 9.0, -4.9, 0.0]])
+    pred = np.array([[6.0, 5.5, -1.0, 5.0], [0.0, 8.0, -3.0, -2.6]])
+    assert dvr.event_scores(real, pred, above=5.0) == {
+        "real": 3,
+        "predicted": 3,
+        "matched": 2,
+        "recall": 0.6667,
+        "precision": 0.6667,
+    }  # fmt: skip (5.0 is not above 5)
+    assert dvr.event_scores(real, pred, below=-2.5) == {
+        "real": 2, "predicted": 2, "matched": 1, "recall": 0.5, "precision": 0.5}  # fmt: skip
+    assert dvr.event_scores(np.zeros(3), np.zeros(3), above=5.0) == {
+        "real": 0, "predicted": 0, "matched": 0, "recall": None, "precision": None}  # fmt: skip
+    with pytest.raises(ValueError, match=r"^above, below: expected exactly one threshold"):
+        dvr.event_scores(real, pred, above=1.0, below=-1.0)
 
 
 def _model_based_module():

@@ -72,8 +72,9 @@ class ModelBasedConfig:
     """If > 0, collect until this many episodes have ended instead of ``real_steps`` (the MAMBA paper: 1)."""
     train_ratio: float = 64.0
     """Replayed world-model steps (window rows, B x T per fit step) per real env step (DreamerV3's train ratio)."""
-    dream_ratio: float = 96.0
-    """Imagined agent-steps (worlds x horizon x N per PPO iteration) per real env step."""
+    dream_ratio: float = 92.16
+    """Imagined agent-steps (worlds x horizon x N per PPO iteration) per real env step (default: 8 PPO iterations
+    of 256 worlds x 15 steps x 3 MPE agents per 1,000 real steps, the schedule measured in BENCHMARKS.md)."""
     fit_steps: int = 0
     """If > 0, exactly this many fit steps per update instead of ``train_ratio`` (the paper's "Number of epochs")."""
     num_envs: int = 4

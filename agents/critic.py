@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor, nn
 
 from agents.policies.base import PolicyState
@@ -103,6 +104,25 @@ class ValueNorm(nn.Module):
             return x
         mean, var = self.mean_var()
         return (x * var.sqrt() + mean).to(x.dtype)
+
+
+def agent_groups(state: Tensor, agent: Tensor, n_agents: int) -> bool:
+    """Whether the B rows come as groups of N consecutive copies of one state, valued for agents 0..N-1 in order.
+
+    That is how `MAPPO` builds the critic's rows (``repeat(state, "e s -> (e n) s")``, the storage's
+    ``(c e n)`` chunks); a critic that attends across agents then needs to run once per group.
+
+    Args:
+        state: (B, [T,] S) float.
+        agent: (B,) int64.
+        n_agents: N.
+    """
+    B = state.shape[0]
+    if B % n_agents or agent.shape != (B,):
+        return False
+    order = torch.arange(n_agents, device=agent.device).expand(B // n_agents, n_agents)
+    groups = state.reshape(B // n_agents, n_agents, -1)  # (G, N, [T·]S)
+    return torch.equal(agent.long().reshape(-1, n_agents), order) and torch.equal(groups, groups[:, :1].expand_as(groups))
 
 
 class CentralCritic(nn.Module):
@@ -201,8 +221,14 @@ class AttentionCritic(CentralCritic):
 
     def _embed(self, state: Tensor, agent: Tensor) -> Tensor:
         """state: (B, [T,] N·F), agent: (B,) -> (B, [T,] H): the agent's row after attention."""
-        lead = state.shape[:-1]
-        x = self.encoder(state.reshape(-1, self.n_agents, self.state_dim // self.n_agents)) + self.position.weight
+        lead, N = state.shape[:-1], self.n_agents
+        if agent_groups(state, agent, N):
+            # MAPPO's layout: N consecutive rows value one state for agents 0..N-1. Attend once per state
+            # (N times less work) and keep every agent's row: the same rows as the general path below.
+            x = self.encoder(state[::N].reshape(-1, N, self.state_dim // N)) + self.position.weight  # (G·T, N, F)
+            y = self.out(self.attend(x)).reshape(lead[0] // N, *lead[1:], N, -1)  # (G, [T,] N, H)
+            return rearrange(y, "g ... n h -> (g n) ... h")  # (B, [T,] H)
+        x = self.encoder(state.reshape(-1, N, self.state_dim // N)) + self.position.weight
         y = self.attend(x)  # (B·T, N, H)
         index = agent.long().reshape(-1, *([1] * (len(lead) - 1))).expand(lead).reshape(-1)  # (B·T,)
         return self.out(y[torch.arange(y.shape[0], device=y.device), index]).reshape(*lead, -1)

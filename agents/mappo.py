@@ -386,7 +386,9 @@ class MAPPO(nn.Module):
         for _ in range(cfg.epochs):
             perm = torch.randperm(n, generator=self.generator, device=self.device)
             for idx in perm.split(size):
-                loss, stats = self.loss(chunks.index(idx))
+                # One minibatch holds every chunk and the loss is a mean over them, so storage order gives the same
+                # loss without a copy and keeps each env's N agent rows together (`AttentionCritic` attends once for them).
+                loss, stats = self.loss(chunks if len(idx) == n else chunks.index(idx))
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 stats["grad_norm_actor"] = nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)

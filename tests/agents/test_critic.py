@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from agents.critic import AttentionCritic, CentralCritic, CriticConfig, ValueNorm
+from agents.critic import AttentionCritic, CentralCritic, CriticConfig, ValueNorm, agent_groups
 
 
 def test_value_norm_tracks_moments_and_inverts():
@@ -247,3 +247,46 @@ def test_attention_critic_layout():
     assert AttentionCritic(12, 3, CriticConfig(hidden=8), heads=2).attend.self_attn.num_heads == 2
     with pytest.raises(ValueError, match=r"^state_dim: expected a multiple of n_agents=3 \(N·F\), got 10$"):
         AttentionCritic(10, 3)
+
+
+def test_agent_groups_detects_mappo_rows_only():
+    """True only for N consecutive copies of one state valued for agents 0..N-1, per step or per sequence."""
+    state = torch.randn(2, 5, 6)
+    rows = state.repeat_interleave(3, dim=0)  # (6, 5, 6): env 0 for agents 0..2, then env 1
+    agent = torch.arange(3).repeat(2)
+    assert agent_groups(rows, agent, 3) and agent_groups(rows[:, 0], agent, 3)
+    assert agent_groups(rows, agent.int(), 3)
+    with torch.device("meta"):  # the agent order is built on the input's device, not torch's default one
+        assert agent_groups(rows, agent, 3)
+    assert not agent_groups(rows, agent.flip(0), 3)  # agents out of order
+    assert not agent_groups(rows[:4], agent[:4], 3)  # not a whole number of groups
+    assert not agent_groups(rows, agent[:3], 3)  # one agent per group only
+    other = rows.clone()
+    other[2, 4, 5] += 1e-3  # agent 2 of env 0 sees another state at the last step
+    assert not agent_groups(other, agent, 3) and not agent_groups(other[:, 4], agent, 3)
+    assert agent_groups(other[:, 3], agent, 3)
+    assert agent_groups(torch.randn(4, 6), torch.zeros(4, dtype=torch.long), 1)
+
+
+@pytest.mark.parametrize("recurrent", [False, True])
+def test_attention_critic_grouped_rows_attend_once_with_the_same_values(recurrent):
+    """MAPPO's row layout (N copies of a state) runs attention once per state and gives the general path's values."""
+    torch.manual_seed(0)
+    critic = AttentionCritic(3 * 4, 3, CriticConfig(hidden=8, recurrent=recurrent))
+    state = torch.randn(4, 7, 12).repeat_interleave(3, dim=0)  # (12, 7, 12)
+    agent, resets = torch.arange(3).repeat(4), torch.zeros(12, 7, dtype=torch.bool)
+    resets[5, 3] = True
+    sizes = []
+    critic.attend.register_forward_hook(lambda m, a, out: sizes.append(a[0].shape[0]))
+    perm = torch.tensor([3, 0, 1, 2, 4, 5, 6, 7, 8, 9, 10, 11])  # one group broken: the general path
+    with torch.no_grad():
+        grouped = critic.forward_sequence(state, agent, resets, critic.initial_state(12))
+        general = critic.forward_sequence(state[perm], agent[perm], resets[perm], critic.initial_state(12))
+        step, _ = critic.step(state[:, 2], agent, critic.initial_state(12), resets[:, 2])
+        step_general, _ = critic.step(state[perm, 2], agent[perm], critic.initial_state(12), resets[perm, 2])
+    assert sizes == [4 * 7, 12 * 7, 4, 12]
+    torch.testing.assert_close(grouped[perm], general, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(step[perm], step_general, rtol=1e-5, atol=1e-6)
+    if not recurrent:
+        torch.testing.assert_close(step, grouped[:, 2], rtol=1e-5, atol=1e-6)
+    assert grouped.shape == (12, 7) and step.shape == (12,)

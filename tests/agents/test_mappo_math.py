@@ -408,6 +408,29 @@ def test_update_averages_stats_over_minibatches_and_scales_learning_rates():
     assert [g["lr"] for g in agent.optimizer.param_groups] == [1e-3, 2e-3]
 
 
+def test_update_with_one_minibatch_takes_chunks_in_storage_order_and_still_draws_the_permutation():
+    """One minibatch: every chunk in (chunk, env, agent) order (no copy; N agent rows together); the shuffle is still drawn."""
+    agent = _agent(rollout_length=7, chunk_length=3, epochs=2, num_minibatches=1)
+    env = ToyVecEnv()
+    storage, carry = agent.new_storage(env.num_envs), agent.start(env)
+    agent.collect(env, storage, carry)
+    batches, loss = [], agent.loss
+
+    def probe(batch):
+        batches.append(batch)
+        return loss(batch)
+
+    agent.loss = probe
+    state = agent.generator.get_state()
+    agent.update(storage)
+    N = ToyVecEnv.N
+    assert len(batches) == 2 and all(torch.equal(b.agent, torch.arange(N).repeat(3 * env.num_envs)) for b in batches)
+    expected = torch.Generator().set_state(state)
+    for _ in range(2):
+        torch.randperm(3 * env.num_envs * N, generator=expected)
+    assert torch.equal(agent.generator.get_state(), expected.get_state())
+
+
 def test_update_keeps_tensors_on_the_configured_device():
     """Collection and update create their tensors on config.device, not on torch's default device."""
     agent = _agent(rollout_length=7, chunk_length=3, epochs=2, num_minibatches=2)

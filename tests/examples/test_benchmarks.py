@@ -204,3 +204,30 @@ def test_model_based_benchmark_runs_seeds_and_merges(tmp_path):
     with pytest.raises(AssertionError, match="a seed appears twice"):
         _run("model_based.py", "--merge", parts[0], str(tmp_path / "all" / "mpe_simple_spread_v3.json"),
              "--out", str(tmp_path / "x"))  # fmt: skip
+
+
+def test_loop_profile_reports_consistent_phases(tmp_path):
+    out = _run("loop_profile.py", "--run.real-steps", "100", "--run.num-envs", "2", "--run.fit-steps", "2",
+               "--run.fit.batch-size", "4", "--run.dream-updates", "1", "--run.dream-worlds", "4", "--run.eval-episodes", "1",
+               "--run.mappo.epochs", "1", "--matmul-size", "64", "--matmul-seconds", "0.1",
+               "--out", str(tmp_path / "p.json"))  # fmt: skip
+    assert json.loads((tmp_path / "p.json").read_text()) == out
+    phases = {"collect", "fit", "dream", "ppo", "eval", "checkpoint"}
+    ms, ref = out["cpu_ms_per_real_step"], out["matmul_gflops"]
+    assert set(ms) == set(out["wall_ms_per_real_step"]) == set(out["ms_x_matmul"]) == phases
+    assert all(v > 0 for v in ms.values()) and ref > 0
+    assert out["real_steps"] == 100 and out["fit_steps"] == 2 and out["dream_rollouts"] == 1
+    rows = 2 * 4 * 20  # fit steps x windows x rows per window (MPE episodes are 25 rows)
+    assert out["train_ratio"] == pytest.approx(rows / 100, rel=1e-3)
+    assert out["dream_ratio"] == pytest.approx(4 * 15 * 3 / 100, rel=1e-3)
+    assert out["total_cpu_ms_per_real_step"] == pytest.approx(sum(ms.values()), abs=1e-3)
+    fixed = sum(ms.values()) + ms["fit"] * (out["fixed_train_ratio"] / out["train_ratio"] - 1)
+    assert out["total_cpu_ms_at_fixed_train_ratio"] == pytest.approx(fixed, rel=1e-3)
+    for k, v in ms.items():
+        assert out["ms_x_matmul"][k] == pytest.approx(v * ref, rel=1e-2, abs=0.02)
+    assert set(out["flops"]) == {"fit_step", "dream_reset", "dream_rollout", "ppo_update"}
+    assert all(v > 0 for v in out["flops"].values())
+    for k in ("fit", "dream", "ppo"):
+        assert out["vs_matmul"][k] == pytest.approx(out["gflops"][k] / ref, rel=1e-2, abs=1e-3)
+    work = out["flops"]["fit_step"] * 2 / 1e9
+    assert out["gflops"]["fit"] == pytest.approx(work / (ms["fit"] * 100 / 1e3), rel=2e-2)

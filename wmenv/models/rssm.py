@@ -147,9 +147,11 @@ class MultiAgentRSSM(nn.Module):
         blank = self.blank(batch)
         state = blank if state is None else state
         posts, priors = [], []
+        restarts = resets.any(0).tolist()  # (T,) rows where some window restarts (replay windows: row 0 at most)
         for t in range(length):
-            r = resets[:, t].view(batch, 1, 1)
-            state = {k: torch.where(r.view(batch, *[1] * (v.dim() - 1)), blank[k], v) for k, v in state.items()}
+            if restarts[t]:  # elsewhere the blend below keeps every row: skip its ops (and their gradients)
+                r = resets[:, t].view(batch, 1, 1)
+                state = {k: torch.where(r.view(batch, *[1] * (v.dim() - 1)), blank[k], v) for k, v in state.items()}
             prior = self.img_step(state, prev_actions[:, t], generator)
             state = self.post_step(prior, embed[:, t], generator)
             posts.append(state)

@@ -122,6 +122,8 @@ def test_dream_vs_reality_benchmark_writes_errors_and_plot(tmp_path):
     assert events["arrival"] == arrival
     low = events["deadlock"]  # MPE's spread rewards are below -0.5 at most steps; 10 fit steps from 0 predict none
     assert low["real"] > 10 and low["predicted"] == low["matched"] == 0 and low["recall"] == 0.0 and low["precision"] is None
+    for key in ("events_one_step", "events_filtered"):  # the same 60 agent-steps, seen up to / including the row
+        assert out[key]["arrival"] == arrival and out[key]["deadlock"]["real"] == low["real"]
     assert out == json.loads((tmp_path / "mpe_simple_spread_v3.json").read_text())
 
 

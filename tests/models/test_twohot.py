@@ -30,6 +30,9 @@ def test_symlog_bins_are_dreamerv3s():
     torch.testing.assert_close(bins[1:] - bins[:-1], torch.full((254,), 40 / 254))
     assert symlog_bins(3, torch.float64).tolist() == [-20.0, 0.0, 20.0]
     assert symlog_bins(5, torch.float64).dtype == torch.float64
+    exact = torch.linspace(-20, 20, 255, dtype=torch.float64)
+    exact[127] = 0.0
+    torch.testing.assert_close(symlog_bins(255, torch.float64), exact, rtol=0, atol=1e-12)  # spaced in float64
 
 
 @pytest.mark.parametrize("bad", [2, 4, 1, 0, -3, 255.0, True, "255"])
@@ -72,6 +75,20 @@ def test_twohot_keeps_leading_shapes_and_the_bins_dtype():
     assert ((w > 0).sum(-1) <= 2).all()
 
 
+def test_results_follow_the_dtypes_of_the_bins_and_the_logits():
+    """encode: the bins' dtype whatever the targets'; decode and loss: the logits' dtype whatever the bins'."""
+    bins32 = BINS.float()
+    w = twohot_encode(torch.tensor([0.2, -7.0], dtype=torch.float64), bins32)
+    assert w.dtype == torch.float32
+    torch.testing.assert_close(w[0], torch.tensor([0, 0, 0.6, 0.4, 0]))
+    logits = torch.zeros(2, 5)
+    assert twohot_decode(logits, BINS).dtype == torch.float32
+    torch.testing.assert_close(twohot_decode(logits, BINS), torch.full((2,), -0.1))
+    loss = twohot_loss(logits, torch.tensor([0.0, 1.25]), BINS)
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss, torch.full((2,), math.log(5)))
+
+
 def test_decode_is_the_expected_bin_and_round_trips_the_encoding():
     """decode(logits) = Σ softmax · bins; decoding log two-hot weights gives the target back (inside the bins)."""
     logits = torch.tensor([[0.0, 0.0, 0.0, 0.0, 0.0], [1.0, 2.0, 3.0, 4.0, 5.0]], dtype=torch.float64)
@@ -103,12 +120,14 @@ def test_bad_inputs_raise_value_errors_naming_the_argument():
     """Non-finite targets, bad bins and logits of another width are refused."""
     for bad in (float("nan"), float("inf"), -float("inf")):
         with pytest.raises(ValueError, match=r"^x: expected finite targets, got 1 non-finite value\(s\)$"):
-            twohot_encode(torch.tensor([0.0, bad]), BINS)
+            twohot_encode(torch.tensor([0.0, bad, 1.0]), BINS)
+    torch.testing.assert_close(twohot_encode(torch.tensor([0.25]), torch.tensor([0.0, 1.0])), torch.tensor([[0.75, 0.25]]))
     with pytest.raises(ValueError, match=r"^bins: expected a 1-D tensor of at least 2 bin values, got shape \(1,\)$"):
         twohot_encode(torch.zeros(2), torch.zeros(1))
     with pytest.raises(ValueError, match=r"^bins: expected a 1-D tensor"):
         twohot_decode(torch.zeros(2, 4), torch.zeros(2, 2))
-    with pytest.raises(ValueError, match=r"^bins: expected strictly increasing bin values$"):
-        twohot_encode(torch.zeros(2), torch.tensor([0.0, 0.0, 1.0]))
+    for bins in ([0.0, 0.0, 1.0], [0.0, 2.0, 1.0]):  # a tie; out of order after the first bin
+        with pytest.raises(ValueError, match=r"^bins: expected strictly increasing bin values$"):
+            twohot_encode(torch.zeros(2), torch.tensor(bins))
     with pytest.raises(ValueError, match=r"^logits: expected a last dim of 5 \(one per bin\), got shape \(2, 4\)$"):
         twohot_decode(torch.zeros(2, 4), BINS)

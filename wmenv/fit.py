@@ -12,6 +12,8 @@ import dataclasses
 import json
 import os
 import shutil
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +56,9 @@ class FitConfig:
     """TensorBoard events and the model checkpoint go here; nothing is written when None."""
     progress: bool = True
     """Show a tqdm progress bar."""
+    compile: bool = False
+    """Run the loss through `torch.compile` (`compiled`: eager's random streams, the plain loss where compiling fails).
+    Off by default: on a 2-core CPU it made the small model's fit step 24 % faster but took about 5 minutes to compile."""
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "seq_len", "log_every"):
@@ -82,10 +87,11 @@ def fit(
     writer = SummaryWriter(cfg.run_dir) if cfg.run_dir is not None else None
     history: dict[str, list[float]] = {}
     model.train()
+    loss_fn = compiled(model.loss) if cfg.compile else model.loss
     bar = tqdm(range(cfg.steps), desc="fit world model", unit="step", disable=not cfg.progress)
     for step in bar:
         batch = replay.sample(cfg.batch_size, cfg.seq_len, generator=sampler, device=device)
-        loss, stats = model.loss(batch)
+        loss, stats = loss_fn(batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
@@ -106,6 +112,23 @@ def fit(
     if cfg.run_dir is not None:
         save_model(Path(cfg.run_dir) / "model", model)
     return history
+
+
+def compiled(fn: Callable) -> Callable:
+    """``fn`` through `torch.compile`, drawing random numbers as eager does (inductor's ``fallback_random``), so a
+    seed gives the plain path's samples; if compiling fails, a warning and the plain ``fn`` from then on."""
+    current = [torch.compile(fn, options={"fallback_random": True})]
+
+    def call(*args: Any) -> Any:
+        if current[0] is not fn:
+            try:
+                return current[0](*args)
+            except Exception as e:  # any compiler or backend failure (a C++ compiler missing, an unsupported op)
+                warnings.warn(f"torch.compile failed ({type(e).__name__}: {e}); using the plain function", stacklevel=2)
+                current[0] = fn
+        return fn(*args)
+
+    return call
 
 
 def save_model(path: str | Path, model: MAMBAWorldModel) -> Path:

@@ -4,6 +4,7 @@ import json
 import os
 import re
 import shutil
+import warnings
 from types import SimpleNamespace
 
 import gymnasium as gym
@@ -74,7 +75,7 @@ def test_fit_config_defaults():
     """FitConfig(): 1000 steps of 16 × 20-row windows, model's lr and clip, seed 0, log every 25, checkpoint at the end."""
     assert FitConfig() == FitConfig(
         steps=1000, batch_size=16, seq_len=20, lr=None, grad_clip=None, seed=0, log_every=25,
-        checkpoint_every=0, run_dir=None, progress=True,
+        checkpoint_every=0, run_dir=None, progress=True, compile=False,
     )  # fmt: skip
     assert FitConfig(checkpoint_every=0).checkpoint_every == 0
 
@@ -126,6 +127,42 @@ def test_fit_samples_seeded_windows_and_seeds_the_global_rng():
     assert set(history) == {"lin", "grad_norm", "loss"} and all(len(v) == 3 for v in history.values())
     assert history["loss"] == history["lin"] == pytest.approx([0.0, -4e-3, -8e-3])  # Σ w after k Adam steps of lr 1e-3
     assert model.training
+
+
+def test_compile_wraps_the_loss_with_eager_random_streams(monkeypatch):
+    """compile=True fits through torch.compile(model.loss, fallback_random) with the plain path's results."""
+    calls = []
+
+    def fake_compile(fn, **kwargs):
+        calls.append((fn, kwargs))
+        return lambda *a, **kw: fn(*a, **kw)
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    plain = fit(Linear(), Replay(), quiet(steps=3, seed=7))
+    model = Linear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a working compiler falls back to nothing
+        history = fit(model, Replay(), quiet(steps=3, seed=7, compile=True))
+    assert len(calls) == 1 and calls[0][0] == model.loss and calls[0][1] == {"options": {"fallback_random": True}}
+    assert history == plain
+    assert fit(Linear(), Replay(), quiet(steps=2)) and len(calls) == 1  # off by default
+
+
+def test_compile_failure_warns_once_and_fits_with_the_plain_loss(monkeypatch):
+    """A compiler that fails at the first call: one warning naming the error, then the plain loss for every step."""
+    attempts = []
+
+    def broken(*a, **kw):
+        attempts.append(1)
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: broken)
+    plain = fit(Linear(), Replay(), quiet(steps=3, seed=7))
+    message = r"^torch.compile failed \(RuntimeError: no C\+\+ compiler\); using the plain function$"
+    with pytest.warns(UserWarning, match=message) as record:
+        history = fit(Linear(), Replay(), quiet(steps=3, seed=7, compile=True))
+    assert history == plain and len(attempts) == 1
+    assert len(record) == 1
 
 
 def test_a_non_finite_loss_stops_before_the_update():

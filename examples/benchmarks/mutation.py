@@ -95,14 +95,14 @@ def make_work_copy(module: str, work: Path) -> None:
     ).stdout.splitlines()
     for rel in listed:
         src = ROOT / rel
-        if src.is_file() and rel.split("/")[0] in {"wmenv", "agents", "exports", "tests", "pyproject.toml"}:
+        if src.is_file() and rel.split("/")[0] in {"wmenv", "agents", "exports", "tests", "pyproject.toml", "conftest.py"}:
             (work / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, work / rel)
     tests = guard_files(module)
     config = (
         "\n[tool.mutmut]\n"
         f"source_paths = [{json.dumps(module)}]\n"
-        'also_copy = ["wmenv", "agents", "exports"]\n'
+        'also_copy = ["wmenv", "agents", "exports", "conftest.py"]\n'
         f"pytest_add_cli_args_test_selection = {json.dumps(tests)}\n"
         'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-m", "not cuda and not expensive"]\n'
         "use_git_change_detection = false\n"

@@ -1,4 +1,5 @@
-"""Fixtures for every test."""
+"""Fixtures for every test (here, not in tests/, so that pytest puts the repository root, not tests/, on sys.path:
+tests/exports/ would otherwise shadow the exports package when pytest runs as a script)."""
 
 import threading
 

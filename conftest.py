@@ -4,6 +4,7 @@ tests/exports/ would otherwise shadow the exports package when pytest runs as a 
 import threading
 
 import pytest
+import torch
 import tqdm.auto
 import tqdm.std
 
@@ -18,3 +19,12 @@ def thread_lock_for_tqdm(monkeypatch):
     for cls in {tqdm.std.tqdm, tqdm.auto.tqdm}:
         monkeypatch.setattr(cls, "_lock", threading.RLock(), raising=False)
         monkeypatch.setattr(cls, "monitor_interval", 0)
+
+
+@pytest.fixture
+def one_thread():
+    """One torch intra-op thread for the test (results that depend on reduction order stay bitwise reproducible)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -23,12 +23,7 @@ def toy_env():
     return ToyVecEnv()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _agent(spec=None, seed=0, **cfg):

@@ -95,6 +95,20 @@ def test_fallbacks_when_one_group_is_empty():
     full.add(episode(0, 5, {r: (2.0, False) for r in range(5)}))
     full.sampler = EventStarts(full, 0.0)
     assert holds_event(full.sample(50, 2, generator=0)).all()
+    with pytest.raises(ValueError, match=r"^valid: expected at least one valid start, got counts \[0, 0\]$"):
+        EventStarts(rep, 0.5)(np.zeros(2, np.int64), rep.episode_ids, 7, 4, torch.Generator())
+
+
+def test_event_windows_follow_the_window_length_and_new_episodes():
+    """The split into event / other windows is redone when T or the stored episodes change."""
+    rep = replay_with_events()
+    rep.sampler = EventStarts(rep, 1.0)
+    assert holds_event(rep.sample(500, 4, generator=0)).all()
+    b = rep.sample(500, 1, generator=0)  # one-row windows: only rows 6 of episode 0 and 9 of episode 2
+    assert holds_event(b).all() and set(zip(b["episode"][:, 0].tolist(), b["step"][:, 0].tolist())) == {(0, 6), (2, 9)}
+    rep.add(episode(3, 3, {1: (-5.0, False)}))
+    b = rep.sample(2000, 1, generator=0)
+    assert set(zip(b["episode"][:, 0].tolist(), b["step"][:, 0].tolist())) == {(0, 6), (2, 9), (3, 1)}
 
 
 def test_windows_past_an_episode_end_only_count_its_own_rows_and_evicted_episodes_are_forgotten():

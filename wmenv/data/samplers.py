@@ -107,6 +107,7 @@ class EventStarts:
         self.replay, self.rate = replay, float(rate)
         self.min_abs_reward, self.terminations = float(min_abs_reward), bool(terminations)
         self._cumsum: dict[int, np.ndarray] = {}  # episode id -> (R+1,) running count of event rows
+        self._groups: tuple[tuple, list[np.ndarray]] | None = None  # (T, valid, ids) -> `_split` of the last call
 
     def _events(self, index: int, episode_id: int) -> np.ndarray:
         if episode_id not in self._cumsum:
@@ -114,21 +115,30 @@ class EventStarts:
             self._cumsum[episode_id] = np.concatenate([[0], np.cumsum(rows)])
         return self._cumsum[episode_id]
 
-    def __call__(
-        self, valid: np.ndarray, episode_ids: np.ndarray, length: int, batch_size: int, generator: torch.Generator
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Choose B window starts (the `StartSampler` protocol); ``episode_ids`` must be the replay's own."""
-        valid = np.asarray(valid, dtype=np.int64)
-        self._cumsum = {i: c for i, c in self._cumsum.items() if i in set(episode_ids.tolist())}  # forget evicted ones
+    def _split(self, valid: np.ndarray, episode_ids: np.ndarray, length: int) -> list[np.ndarray]:
+        """Positions among all Σ valid starts of windows without / with an event row: two sorted int64 arrays."""
+        stored = set(episode_ids.tolist())
+        self._cumsum = {i: c for i, c in self._cumsum.items() if i in stored}  # forget evicted episodes
         has = []  # per episode: (valid[e],) bool, the window starting there holds an event row
         for e, (v, i) in enumerate(zip(valid.tolist(), episode_ids.tolist())):
             cs = self._events(e, i)
             starts = np.arange(v)
             has.append(cs[np.minimum(starts + length, len(cs) - 1)] > cs[starts])
         flat = np.concatenate(has) if has else np.zeros(0, bool)  # (Σ valid,)
-        groups = [np.flatnonzero(~flat), np.flatnonzero(flat)]  # positions among all valid starts
+        groups = [np.flatnonzero(~flat), np.flatnonzero(flat)]
         if not len(groups[0]) and not len(groups[1]):
             raise ValueError(f"valid: expected at least one valid start, got counts {valid.tolist()}")
+        return groups
+
+    def __call__(
+        self, valid: np.ndarray, episode_ids: np.ndarray, length: int, batch_size: int, generator: torch.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Choose B window starts (the `StartSampler` protocol); ``episode_ids`` must be the replay's own."""
+        valid, episode_ids = np.asarray(valid, dtype=np.int64), np.asarray(episode_ids, dtype=np.int64)
+        key = (length, valid.tobytes(), episode_ids.tobytes())
+        if self._groups is None or self._groups[0] != key:  # recomputed only when the replay or T changed
+            self._groups = (key, self._split(valid, episode_ids, length))
+        groups = self._groups[1]
         want = torch.rand(batch_size, generator=generator, dtype=torch.float64).numpy() < self.rate  # (B,) event window?
         u = torch.rand(batch_size, generator=generator, dtype=torch.float64).numpy()  # (B,) position within the group
         pos = np.zeros(batch_size, np.int64)

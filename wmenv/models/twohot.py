@@ -65,11 +65,12 @@ def twohot_encode(x: Tensor, bins: Tensor) -> Tensor:
         raise ValueError(f"x: expected finite targets, got {int((~torch.isfinite(x)).sum())} non-finite value(s)")
     num_bins = bins.shape[0]
     x = x.to(bins.dtype).clamp(bins[0], bins[-1])
-    above = torch.bucketize(x, bins, right=True).clamp(1, num_bins - 1)  # (...) index of the bin above x
+    # (...) index of the first bin >= x, in [0, K-1] as x is clipped; 1 for x on the first bin, so that below >= 0
+    above = torch.bucketize(x, bins).clamp(min=1)
     below = above - 1
     lo, hi = bins[below], bins[above]
-    w_hi = (x - lo) / (hi - lo)  # (...) in [0, 1]
-    weights = torch.zeros(*x.shape, num_bins, dtype=bins.dtype, device=bins.device)
+    w_hi = (x - lo) / (hi - lo)  # (...) in [0, 1]; 1 for x on a bin (all weight on ``above``)
+    weights = bins.new_zeros(*x.shape, num_bins)
     weights.scatter_(-1, below.unsqueeze(-1), (1 - w_hi).unsqueeze(-1))
     weights.scatter_add_(-1, above.unsqueeze(-1), w_hi.unsqueeze(-1))
     return weights

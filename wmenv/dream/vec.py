@@ -195,8 +195,9 @@ class DreamVecEnv:
             with torch.no_grad():
                 fresh = self._starts(len(idx))
             state = {k: v.index_copy(0, idx, fresh[k]) for k, v in state.items()}
-            with torch.no_grad():
-                obs, crit, mask = self._view(state)
+            with torch.no_grad():  # the heads act per row: only the restarted worlds need a new view
+                view = self._view(fresh)
+            obs, crit, mask = (x.index_copy(0, idx, fresh_x) for x, fresh_x in zip((obs, crit, mask), view))
             alive = alive.index_fill(0, idx, True)
             self._t = self._t.index_fill(0, idx, 0)
             self._return = self._return.index_fill(0, idx, 0.0)

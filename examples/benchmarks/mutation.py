@@ -48,6 +48,7 @@ GUARDS: dict[str, list[str]] = {
     "agents/storage.py": ["tests/agents/test_storage.py", "tests/agents/test_mappo*.py"],
     "wmenv/models/mamba_wm.py": ["tests/models/test_mamba_wm*.py", "tests/models/test_wm_*.py"],
     "wmenv/models/twohot.py": ["tests/models/test_twohot.py", "tests/models/test_wm_twohot.py"],
+    "wmenv/data/samplers.py": ["tests/data/test_samplers.py", "tests/data/test_replay.py"],
     "wmenv/models/rssm.py": ["tests/models/test_rssm*.py", "tests/models/test_mamba_wm*.py", "tests/models/test_wm_*.py"],
     "wmenv/models/comm.py": ["tests/models/test_comm*.py", "tests/models/test_mamba_wm*.py"],
     "wmenv/dream/vec.py": ["tests/dream/test_dream_vec*.py", "tests/dream/test_dream_env.py"],

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from wmenv.data import EpisodeReplay, EventStarts, ReplayConfig, event_rows
+from wmenv.data import EpisodeReplay, EventStarts, ReplayConfig, event_rows, uniform_starts
 
 
 def episode(eid: int, rows: int, events: dict[int, tuple[float, bool]] | None = None, n: int = 2) -> dict[str, np.ndarray]:
@@ -137,3 +137,172 @@ def test_bad_reward_thresholds_are_refused(threshold):
     """A non-positive (or non-numeric) reward threshold raises a ValueError naming min_abs_reward."""
     with pytest.raises(ValueError, match=r"^min_abs_reward: expected a positive number, got "):
         EventStarts(replay_with_events(), 0.5, min_abs_reward=threshold)
+
+
+# --- exact picks on hand-built inputs ---------------------------------------------------------------------------------
+
+
+def draws(seed: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The two (B,) float64 uniform draws `EventStarts` takes from a generator seeded ``seed``: event-or-not, then position."""
+    gen = torch.Generator().manual_seed(seed)
+    want = torch.rand(batch_size, generator=gen, dtype=torch.float64).numpy()
+    return want, torch.rand(batch_size, generator=gen, dtype=torch.float64).numpy()
+
+
+def tiny_replay() -> EpisodeReplay:
+    """Episode 0: 4 rows, reward exactly 1 at row 0; 1: 3 rows, reward -0.6 at row 1; 2: 4 rows, only a termination, row 3."""
+    rep = EpisodeReplay(ReplayConfig(capacity=100))
+    rep.add(episode(0, 4, {0: (1.0, False)}))
+    rep.add(episode(1, 3, {1: (-0.6, False)}))
+    rep.add(episode(2, 4, {3: (0.0, True)}))
+    return rep
+
+
+TINY_VALID = np.array([3, 2, 3])  # windows of T = 2 rows: starts 0-2, 0-1, 0-2
+TINY_WINDOWS = [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (2, 0), (2, 1), (2, 2)]  # all 8, in flat order
+
+
+@pytest.mark.parametrize(
+    "kwargs, events",
+    [
+        ({}, [(0, 0), (2, 2)]),  # default threshold 1: reward 1.0 counts, -0.6 does not; the termination counts
+        ({"min_abs_reward": 0.5}, [(0, 0), (1, 0), (1, 1), (2, 2)]),  # -0.6 now counts
+        ({"terminations": False}, [(0, 0)]),  # episode 2's only event is a termination
+        ({"min_abs_reward": 0.5, "terminations": False}, [(0, 0), (1, 0), (1, 1)]),
+        ({"min_abs_reward": 2.0}, [(2, 2)]),
+    ],
+)
+@pytest.mark.filterwarnings("error::DeprecationWarning")
+def test_event_split_and_picks_by_hand(kwargs, events):
+    """Rate 1 picks exactly the event windows, rate 0 exactly the others; in between, each pick is the documented
+    function of two float64 draws: ``draw < rate`` chooses the group, ``int(u * len(group))`` the window in it."""
+    rep = tiny_replay()
+    others = [w for w in TINY_WINDOWS if w not in events]
+    ids = rep.episode_ids
+    for rate, expected in [(1.0, events), (0.0, others)]:
+        episode_, start = EventStarts(rep, rate, **kwargs)(TINY_VALID, ids, 2, 300, torch.Generator().manual_seed(0))
+        assert sorted(set(zip(episode_.tolist(), start.tolist()))) == expected
+    want, u = draws(4, 64)
+    rate = float(want[0])  # a draw equal to the rate is not below it: that window is not an event window
+    picked = EventStarts(rep, rate, **kwargs)(TINY_VALID, ids, 2, 64, torch.Generator().manual_seed(4))
+    groups = [others, events]
+    exp = [groups[bool(w < rate)][int(x * len(groups[bool(w < rate)]))] for w, x in zip(want, u)]
+    assert list(zip(*(a.tolist() for a in picked))) == exp
+    assert picked[0].dtype == picked[1].dtype == np.int64
+    # valid in another dtype (floats holding counts) gives the same picks
+    again = EventStarts(rep, rate, **kwargs)(TINY_VALID.astype(np.float64), ids, 2, 64, torch.Generator().manual_seed(4))
+    assert all(np.array_equal(a, b) for a, b in zip(again, picked))
+
+
+@pytest.mark.filterwarnings("error::DeprecationWarning")
+@pytest.mark.parametrize("rate", [0.0, 0.5, 1.0])
+def test_an_empty_group_hands_every_pick_to_the_other(rate):
+    """Without events every pick is ``others[int(u * 8)]``, whatever the rate; with events only, ``events[int(u * n)]``."""
+    rep = EpisodeReplay(ReplayConfig(capacity=100))
+    rep.add(episode(0, 4))
+    rep.add(episode(1, 3))
+    rep.add(episode(2, 4))
+    _, u = draws(9, 50)
+    picked = EventStarts(rep, rate)(TINY_VALID, rep.episode_ids, 2, 50, torch.Generator().manual_seed(9))
+    assert list(zip(*(a.tolist() for a in picked))) == [TINY_WINDOWS[int(x * 8)] for x in u]
+    full = EpisodeReplay(ReplayConfig(capacity=100))
+    full.add(episode(0, 4, {r: (-3.0, False) for r in range(4)}))
+    full.add(episode(1, 3, {r: (0.0, True) for r in range(3)}))
+    picked = EventStarts(full, rate)(np.array([3, 2]), full.episode_ids, 2, 50, torch.Generator().manual_seed(9))
+    assert list(zip(*(a.tolist() for a in picked))) == [TINY_WINDOWS[int(x * 5)] for x in u]
+
+
+def test_no_stored_episode_is_refused():
+    """E = 0 (no valid start at all) raises the documented ValueError, not a numpy error."""
+    with pytest.raises(ValueError, match=r"^valid: expected at least one valid start, got counts \[\]$"):
+        EventStarts(tiny_replay(), 0.5)(np.zeros(0, np.int64), np.zeros(0, np.int64), 2, 4, torch.Generator())
+
+
+def test_the_split_is_cached_on_length_valid_and_ids():
+    """The event / other split is recomputed only when T, ``valid`` or the episode ids change (compared by value)."""
+    rep = tiny_replay()
+    sampler = EventStarts(rep, 0.5)
+    calls = []
+    split = sampler._split
+    sampler._split = lambda *a: calls.append(a) or split(*a)
+    ids = rep.episode_ids
+    gen = torch.Generator().manual_seed(0)
+    sampler(TINY_VALID, ids, 2, 8, gen)
+    sampler(TINY_VALID, ids, 2, 8, gen)
+    sampler(TINY_VALID.astype(np.int32), ids.astype(np.int32), 2, 8, gen)  # same values in another dtype
+    assert len(calls) == 1
+    sampler(np.array([4, 3, 4]), ids, 1, 8, gen)  # another T (and valid)
+    assert len(calls) == 2
+    sampler(np.array([4, 3, 3]), ids, 1, 8, gen)  # another valid only
+    assert len(calls) == 3
+    sampler(np.array([4, 3, 3]), ids + 1, 1, 8, gen)  # other ids only: the cache by id is rebuilt
+    assert len(calls) == 4 and set(sampler._cumsum) == {1, 2, 3}
+    sampler(np.array([4, 3, 3]), ids + 1, 1, 8, gen)
+    assert len(calls) == 4
+
+
+def test_the_default_reward_threshold_is_one():
+    """Rewards of magnitude exactly 1 are events by default (Flatland's ±1 or more)."""
+    rep = EpisodeReplay(ReplayConfig(capacity=100))
+    rep.add(episode(0, 4, {2: (-1.0, False)}))
+    episode_, start = EventStarts(rep, 1.0)(np.array([4]), rep.episode_ids, 1, 40, torch.Generator().manual_seed(0))
+    assert set(episode_.tolist()) == {0} and set(start.tolist()) == {2}
+
+
+def test_event_rows_multi_agent_shapes_and_float64_comparison():
+    """Rewards (R, N) or (R,) and terminations (R, N): any agent counts; magnitudes are compared in float64."""
+    reward = np.array([[0.0, 0.0, 0.0], [0.0, -2.0, 0.0], [0.0, 0.0, 0.9], [0.5, 0.5, 0.5], [0.0, 0.0, 0.0]])  # (5, 3)
+    terminated = np.zeros((5, 3), bool)
+    terminated[4, 2] = True
+    ep = {"reward": reward, "terminated": terminated}
+    assert event_rows(ep).tolist() == [False, True, False, False, True]
+    assert event_rows(ep, min_abs_reward=0.9, terminations=False).tolist() == [False, True, True, False, False]
+    assert event_rows(ep, min_abs_reward=0.5).tolist() == [False, True, True, True, True]
+    single = {"reward": np.array([0.0, 1.5, -1.0]), "terminated": np.array([True, False, False])}  # (R,) one agent
+    assert event_rows(single).tolist() == [True, True, True]
+    assert event_rows(single, min_abs_reward=1.2, terminations=False).tolist() == [False, True, False]
+    # float32 1.0 is below 1 + 1e-8 (float32 would round the threshold to 1.0); int8 -128 has magnitude 128
+    f32 = {"reward": np.array([[1.0, 0.0]], np.float32), "terminated": np.zeros((1, 2), bool)}
+    assert event_rows(f32, min_abs_reward=1 + 1e-8).tolist() == [False]
+    i8 = {"reward": np.array([[0, -128]], np.int8), "terminated": np.zeros((1, 2), bool)}
+    assert event_rows(i8, min_abs_reward=100.0).tolist() == [True]
+    assert event_rows(ep).dtype == bool
+
+
+# --- uniform_starts ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.filterwarnings("error::DeprecationWarning")
+def test_uniform_starts_maps_each_draw_to_its_episode_and_row():
+    """Draw ``k = randint(Σ valid)`` is the k-th valid (episode, start) pair, episodes oldest first, rows in order."""
+    valid = np.array([0, 2, 0, 3, 1])
+    pairs = [(1, 0), (1, 1), (3, 0), (3, 1), (3, 2), (4, 0)]
+    k = torch.randint(6, (200,), generator=torch.Generator().manual_seed(7), dtype=torch.int64).numpy()
+    episode_, start = uniform_starts(valid, np.arange(5), 3, 200, torch.Generator().manual_seed(7))
+    assert episode_.dtype == start.dtype == np.int64 and episode_.shape == start.shape == (200,)
+    assert list(zip(episode_.tolist(), start.tolist())) == [pairs[i] for i in k]
+    assert sorted(set(zip(episode_.tolist(), start.tolist()))) == pairs
+    for other in ([0, 2, 0, 3, 1], valid.astype(np.int32)):  # a list, another int dtype: same picks, int64
+        e2, s2 = uniform_starts(other, np.arange(5), 3, 200, torch.Generator().manual_seed(7))
+        assert e2.dtype == s2.dtype == np.int64 and np.array_equal(e2, episode_) and np.array_equal(s2, start)
+
+
+def test_uniform_starts_uses_only_the_given_generator():
+    """Same generator state -> same picks (whatever the global seed); another seed -> other picks."""
+    valid = np.array([5, 1, 7])
+    torch.manual_seed(0)
+    a = uniform_starts(valid, np.arange(3), 2, 32, torch.Generator().manual_seed(3))
+    torch.manual_seed(1)
+    b = uniform_starts(valid, np.arange(3), 2, 32, torch.Generator().manual_seed(3))
+    c = uniform_starts(valid, np.arange(3), 2, 32, torch.Generator().manual_seed(4))
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert not (np.array_equal(a[0], c[0]) and np.array_equal(a[1], c[1]))
+
+
+@pytest.mark.parametrize(
+    "valid, shown", [(np.zeros(2), r"\[0, 0\]"), (np.array([0, 0, 0]), r"\[0, 0, 0\]"), (np.array([-1, 1]), r"\[-1, 1\]")]
+)
+def test_uniform_starts_without_a_valid_start_is_refused(valid, shown):
+    """No valid start (Σ valid <= 0) raises a ValueError naming valid, with the counts as integers."""
+    with pytest.raises(ValueError, match=rf"^valid: expected at least one valid start, got counts {shown}$"):
+        uniform_starts(valid, np.arange(len(valid)), 2, 4, torch.Generator())

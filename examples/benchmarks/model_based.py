@@ -68,7 +68,7 @@ class Args:
     merge: list[str] = field(default_factory=list)
     """Instead of running: combine these result JSONs (same env and settings) into ``out``."""
     run: ModelBasedConfig = field(default_factory=ModelBasedConfig)
-    """The model-based loop's settings (``--run.iterations``, ``--run.fit.steps``, ``--run.model``, ...)."""
+    """The model-based loop's settings (``--run.iterations``, ``--run.train-ratio``, ``--run.model``, ...)."""
 
 
 def mean_curve(curves: list[list[list[float]]]) -> tuple[np.ndarray, np.ndarray]:

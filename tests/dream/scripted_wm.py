@@ -96,7 +96,9 @@ class ScriptedWorldModel(WorldModel):
         B, T = obs.shape[:2]
         return self._state(B, torch.zeros(B, self.spec.n_agents), actions[:, -1], obs[:, -1, :, 0], float(T), generator)
 
-    def imagine(self, state: State, actions: Tensor, generator=None, decode: bool = False) -> tuple[State, Prediction]:
+    def imagine(
+        self, state: State, actions: Tensor, generator=None, decode: bool = False, present=None
+    ) -> tuple[State, Prediction]:
         """t + 1, the action remembered."""
         self.imagined.append(actions.clone())
         B = actions.shape[0]

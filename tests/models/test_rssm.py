@@ -11,9 +11,9 @@ from wmenv.models.rssm import MultiAgentRSSM, RSSMConfig, mlp, sample_onehot
 CONFIG = RSSMConfig(deter=5, stoch=2, classes=3, hidden=8, comm_width=4, comm_layers=1, comm_heads=2, dropout=0.0)
 
 
-def tiny_rssm(seed: int = 0) -> MultiAgentRSSM:
+def tiny_rssm(seed: int = 0, n_agents: int = 2) -> MultiAgentRSSM:
     torch.manual_seed(seed)
-    return MultiAgentRSSM(3, 4, 2, CONFIG).eval()
+    return MultiAgentRSSM(3, 4, n_agents, CONFIG).eval()
 
 
 def test_config_defaults_are_the_papers_smac_sizes():
@@ -130,7 +130,8 @@ def test_img_step_and_post_step_wire_comm_gru_and_nets():
 
 
 def test_observe_sequence_equals_a_step_loop_with_resets_and_absent_agents():
-    """observe_sequence = a loop of img_step / post_step; resets restart from blank; absent agents' obs are unseen."""
+    """observe_sequence = a loop of img_step (no prior sample) / post_step; resets restart from blank; absent agents'
+    obs are unseen and they send no message."""
     rssm = tiny_rssm()
     g = torch.Generator().manual_seed(1)
     obs, prev = torch.randn(3, 4, 2, 3, generator=g), F.one_hot(torch.randint(0, 4, (3, 4, 2), generator=g), 4).float()
@@ -144,12 +145,37 @@ def test_observe_sequence_equals_a_step_loop_with_resets_and_absent_agents():
     embed = rssm.obs_encoder(obs) * alive[..., None]
     for t in range(4):
         state = {k: torch.stack([blank[k][b] if resets[b, t] else v[b] for b in range(3)]) for k, v in state.items()}
-        prior = rssm.img_step(state, prev[:, t], steps)
+        senders = alive[:, t, None, :].expand(-1, 2, -1)  # (B, receiver, sender)
+        prior = rssm.img_step(state, prev[:, t], steps, senders, sample=False)
+        assert set(prior) == {"deter", "logits"}
         state = rssm.post_step(prior, embed[:, t], steps)
         for k in ("deter", "stoch", "logits"):
             torch.testing.assert_close(posts[k][:, t], state[k])
+        for k in ("deter", "logits"):
             torch.testing.assert_close(priors[k][:, t], prior[k])
-    assert posts["logits"].shape == (3, 4, 2, 2, 3) and priors["stoch"].shape == (3, 4, 2, 6)
+    assert posts["logits"].shape == (3, 4, 2, 2, 3) and set(priors) == {"deter", "logits"}
+    assert not alive.all(1).all()  # some rows do take the masked path
+
+
+def test_unheard_messages_cannot_reach_a_receiver():
+    """img_step with hears: receiver i's h' ignores senders it does not hear; all-True hears equals hears=None."""
+    rssm = tiny_rssm(n_agents=3)
+    g = torch.Generator().manual_seed(0)
+    state = {"deter": torch.randn(2, 3, 5, generator=g), "stoch": torch.randn(2, 3, 6, generator=g)}
+    action = F.one_hot(torch.randint(0, 4, (2, 3), generator=g), 4).float()
+    full = rssm.img_step(state, action, sample=False)
+    torch.testing.assert_close(rssm.img_step(state, action, None, torch.ones(2, 3, 3, dtype=torch.bool), False)["deter"],
+                               full["deter"])  # fmt: skip
+    hears = torch.ones(2, 3, 3, dtype=torch.bool)
+    hears[:, 0, 2] = False  # agent 0 does not hear agent 2
+    hears[:, :, 1] = False  # nobody hears agent 1 (but agent 1 hears itself)
+    base = rssm.img_step(state, action, None, hears, False)["deter"]
+    moved = {k: v.clone() for k, v in state.items()}
+    moved["stoch"][:, 2] += 5.0
+    moved["stoch"][:, 1] -= 3.0
+    out = rssm.img_step(moved, action, None, hears, False)["deter"]
+    torch.testing.assert_close(out[:, 0], base[:, 0])  # hears neither 1 nor 2
+    assert not torch.allclose(out[:, 2], base[:, 2]) and not torch.allclose(out[:, 1], base[:, 1])  # their own
 
 
 def test_observe_sequence_starts_blank_and_ignores_absent_agents_observations():

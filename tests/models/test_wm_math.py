@@ -72,13 +72,16 @@ def hand_batch(seed: int = 1) -> dict[str, torch.Tensor]:
     }
 
 
-def hand_prev_actions(actions: torch.Tensor, resets: torch.Tensor, n_actions: int = 4) -> torch.Tensor:
-    """a_{t-1} one-hot at row t; zeros at row 0 and at resets, written out without the model's helper."""
+def hand_prev_actions(
+    actions: torch.Tensor, resets: torch.Tensor, alive: torch.Tensor | None = None, n_actions: int = 4
+) -> torch.Tensor:
+    """a_{t-1} one-hot at row t; zeros at row 0, at resets and for agents absent at row t, written out by hand."""
     prev = torch.zeros(*actions.shape, n_actions)
     for b in range(actions.shape[0]):
         for t in range(1, actions.shape[1]):
-            if not resets[b, t]:
-                prev[b, t] = F.one_hot(actions[b, t - 1], n_actions).float()
+            for n in range(actions.shape[2]):
+                if not resets[b, t] and (alive is None or alive[b, t, n]):
+                    prev[b, t, n] = F.one_hot(actions[b, t - 1, n], n_actions).float()
     return prev
 
 
@@ -103,7 +106,7 @@ def test_loss_terms_match_a_hand_computation_with_absorbing_states():
     forced[:, 0] = True  # the window starts from the blank state even where row 0 is not an episode start
     torch.manual_seed(5)
     posts, priors = model.rssm.observe_sequence(
-        batch["obs"], hand_prev_actions(batch["action"], forced), forced, alive=batch["alive"]
+        batch["obs"], hand_prev_actions(batch["action"], forced, batch["alive"]), forced, alive=batch["alive"]
     )
     torch.manual_seed(5)
     total, stats = model.loss(batch)
@@ -206,10 +209,14 @@ def test_kl_reaches_the_prior_logits_of_every_row():
 
 
 def test_prev_actions_are_shifted_one_hots_cleared_at_episode_starts():
-    """_prev_actions: row t holds onehot(a_{t-1}); zeros at row 0 (no earlier row in the window) and at resets."""
+    """_prev_actions: row t holds onehot(a_{t-1}); zeros at row 0 (no earlier row in the window), at resets and for
+    absent agents."""
     model = tiny_model()
     actions, resets = torch.tensor(ACTION), torch.tensor(RESET, dtype=torch.bool)
     torch.testing.assert_close(model._prev_actions(actions, resets), hand_prev_actions(actions, resets))
+    alive = torch.tensor(ALIVE, dtype=torch.bool)
+    assert not alive.all()  # absent agents did not act on the row before: no previous action
+    torch.testing.assert_close(model._prev_actions(actions, resets, alive), hand_prev_actions(actions, resets, alive))
     # row 1 after a non-reset row 0 keeps a_0; row 0 itself stays zeros
     cont = model._prev_actions(actions[1:], torch.zeros(1, 4, dtype=torch.bool))
     torch.testing.assert_close(cont[0, 1], F.one_hot(actions[1, 0], 4).float())
@@ -226,7 +233,7 @@ def test_observe_is_the_last_posterior_of_observe_sequence():
         batch["obs"], batch["action"], resets, generator=torch.Generator().manual_seed(2), alive=batch["alive"]
     )
     posts, _ = model.rssm.observe_sequence(
-        batch["obs"], hand_prev_actions(batch["action"], resets), resets,
+        batch["obs"], hand_prev_actions(batch["action"], resets, batch["alive"]), resets,
         generator=torch.Generator().manual_seed(2), alive=batch["alive"],
     )  # fmt: skip
     assert state.keys() == posts.keys()

@@ -64,7 +64,7 @@ def test_twohot_loss_and_prediction_match_a_hand_computation():
     forced[:, 0] = True
     torch.manual_seed(5)
     posts, _ = model.rssm.observe_sequence(
-        batch["obs"], hand_prev_actions(batch["action"], forced), forced, alive=batch["alive"]
+        batch["obs"], hand_prev_actions(batch["action"], forced, batch["alive"]), forced, alive=batch["alive"]
     )
     torch.manual_seed(5)
     total, stats = model.loss(batch)

@@ -174,7 +174,9 @@ class DreamVecEnv:
             raise RuntimeError("DreamVecEnv.step before reset")
         actions = self.check_actions(actions)
         with torch.no_grad():
-            state, pred = self.model.imagine(self._state, actions, generator=self.generator, decode=self.obs_kind == "decoded")
+            state, pred = self.model.imagine(
+                self._state, actions, self.generator, self.obs_kind == "decoded", present=self._alive
+            )  # absent agents send no message
             obs, crit, mask = self._view(state, pred)
         self._check_finite(obs, pred.reward)
         was_alive = self._alive

@@ -143,21 +143,113 @@ class MAMBAWorldModel(WorldModel):
         state: State | None = None,
         generator: torch.Generator | None = None,
         alive: Tensor | None = None,
+        hears: Tensor | None = None,
     ) -> State:
         """The posterior after the last row of real windows (obs (B, T, N, D), actions (B, T, N) taken at each row).
 
-        ``alive`` (B, T, N) marks agents with an observation; absent agents' rows are not looked at.
+        ``alive`` (B, T, N) marks agents with an observation; absent agents' rows are not looked at and they send
+        no message. ``hears`` (B, T, N, N) bool restricts who receives whose message (e.g. neighbours).
         """
-        prev = self._prev_actions(actions, resets)  # row 0: zeros, also when continuing ``state`` (its action is not given)
-        posts, _ = self.rssm.observe_sequence(obs, prev, resets, state, generator, alive)
+        prev = self._prev_actions(actions, resets, alive)  # row 0: zeros, also when continuing ``state`` (its action is not given)
+        posts, _ = self.rssm.observe_sequence(obs, prev, resets, state, generator, alive, hears)
         return {k: v[:, -1] for k, v in posts.items()}
 
     def imagine(
-        self, state: State, actions: Tensor, generator: torch.Generator | None = None, decode: bool = False
+        self,
+        state: State,
+        actions: Tensor,
+        generator: torch.Generator | None = None,
+        decode: bool = False,
+        present: Tensor | None = None,
     ) -> tuple[State, Prediction]:
-        """One imagined step for actions (B, N) int64; the prediction is for the new state."""
-        nxt = self.rssm.img_step(state, self._onehot(actions), generator)
+        """One imagined step for actions (B, N) int64; the prediction is for the new state.
+
+        ``present`` (B, N) bool: the acting agents; absent ones send no message (as in training, `observe`).
+        """
+        hears = None
+        if present is not None and not bool(present.all()):
+            hears = present.bool()[:, None, :].expand(-1, self.spec.n_agents, -1)
+        nxt = self.rssm.img_step(state, self._onehot(actions), generator, hears)
         return nxt, self.predict(nxt, decode)
+
+    # --- execution: one agent's filter ---
+    @property
+    def message_dim(self) -> int:
+        """M = S·K + A: an agent's message is its posterior sample z_t and its one-hot action a_t."""
+        return self.rssm.config.stoch * self.rssm.config.classes + self.spec.n_actions
+
+    def filter_initial(self, batch_size: int) -> State:
+        """B blank filter states ``{"deter": (B, H), "stoch": (B, S·K)}``."""
+        return {k: v[:, 0] for k, v in self.rssm.blank(batch_size).items() if k != "logits"}
+
+    def message(self, state: State, action: Tensor) -> Tensor:
+        """(B, S·K + A): [z, one-hot action] of filter states after ``action`` (B,) int64 (-1: none, a zero vector)."""
+        action = torch.as_tensor(action, device=state["stoch"].device).long()
+        onehot = self._onehot(action.clamp(min=0)) * (action >= 0).unsqueeze(-1)
+        return torch.cat([state["stoch"], onehot.to(state["stoch"].dtype)], dim=-1)
+
+    def filter_step(
+        self,
+        state: State,
+        obs: Tensor,
+        prev_action: Tensor,
+        reset: Tensor,
+        agent: Tensor,
+        messages: Tensor | None = None,
+        heard: Tensor | None = None,
+        alive: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[State, Tensor]:
+        """One agent's posterior step per row (`WorldModel.filter_step`); features (B, F) = [h_t, z_t].
+
+        The agent puts its own message (its z_{t-1}, a_{t-1}) in its slot, runs the communication block over the
+        messages it hears, updates its GRU and samples its posterior from h_t and its observation. On ``reset``
+        its state, previous action and the received messages are the blank ones (the whole episode restarts).
+        """
+        reset, agent = self._check_filter(state, obs, prev_action, reset, agent, messages, heard, alive)
+        batch, n = obs.shape[0], self.spec.n_agents
+        if messages is None:
+            messages = obs.new_zeros(batch, n, self.message_dim)
+        if heard is None:
+            heard = torch.ones(batch, n, dtype=torch.bool, device=obs.device)
+        keep = ~reset
+        state = {k: v * keep.view(-1, *[1] * (v.dim() - 1)).to(v.dtype) for k, v in state.items()}
+        own = self.message(state, torch.where(keep, prev_action.long(), -1))
+        messages = messages * keep.view(-1, 1, 1).to(messages.dtype)
+        slot = torch.nn.functional.one_hot(agent, n).bool()
+        messages = torch.where(slot.unsqueeze(-1), own.unsqueeze(1), messages)
+        embed = self.rssm.obs_encoder(obs)
+        if alive is not None:
+            embed = embed * alive.unsqueeze(-1).to(embed.dtype)
+        post = self.rssm.filter_step(state["deter"], messages, heard.bool(), agent, embed, generator)
+        new = {"deter": post["deter"], "stoch": post["stoch"]}
+        return new, self.features(new)
+
+    def _check_filter(self, state, obs, prev_action, reset, agent, messages, heard, alive) -> tuple[Tensor, Tensor]:
+        """Refuse filter inputs of the wrong shape, range or model; returns ``reset`` and ``agent`` as tensors."""
+        if not isinstance(obs, Tensor) or obs.dim() != 2 or obs.shape[1] != self.spec.obs_dim:
+            got = tuple(obs.shape) if isinstance(obs, Tensor) else type(obs).__name__
+            raise ValueError(f"obs: expected a (B, {self.spec.obs_dim}) tensor, got {got}")
+        batch, n, c = obs.shape[0], self.spec.n_agents, self.rssm.config
+        widths = {"deter": c.deter, "stoch": c.stoch * c.classes}
+        if not isinstance(state, dict) or set(state) != set(widths):
+            got = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"state: expected a filter state with keys {sorted(widths)}, got {got}")
+        for k, w in widths.items():
+            if tuple(state[k].shape) != (batch, w):
+                raise ValueError(f"state: {k!r} has shape {tuple(state[k].shape)}, expected ({batch}, {w}) "
+                                 "(a filter state of another model?)")  # fmt: skip
+        reset, agent = torch.as_tensor(reset, device=obs.device), torch.as_tensor(agent, device=obs.device)
+        for name, value, shape in (("prev_action", prev_action, (batch,)), ("reset", reset, (batch,)),
+                                   ("agent", agent, (batch,)), ("messages", messages, (batch, n, self.message_dim)),
+                                   ("heard", heard, (batch, n)), ("alive", alive, (batch,))):  # fmt: skip
+            if value is not None and tuple(value.shape) != shape:
+                raise ValueError(f"{name}: expected shape {shape}, got {tuple(value.shape)}")
+        if bool(((prev_action < -1) | (prev_action >= self.spec.n_actions)).any()):
+            raise ValueError(f"prev_action: expected actions in [-1, {self.spec.n_actions}), got {prev_action.tolist()}")
+        if bool(((agent < 0) | (agent >= n)).any()):
+            raise ValueError(f"agent: expected slots in [0, {n}), got {agent.tolist()}")
+        return reset.bool(), agent.long()
 
     def predict(self, state: State, decode: bool = False) -> Prediction:
         """Reward, continuation, action availability (and observation) of a state."""
@@ -182,11 +274,13 @@ class MAMBAWorldModel(WorldModel):
             return twohot_loss(self.reward_head(feat), symlog(reward), self.reward_bins).mean()
         return (self.reward_head(feat).squeeze(-1) - reward).square().mean()
 
-    def _prev_actions(self, actions: Tensor, resets: Tensor) -> Tensor:
-        """(B, T, N, A) one-hot action of the previous row; zeros at row 0 and at episode starts."""
+    def _prev_actions(self, actions: Tensor, resets: Tensor, alive: Tensor | None = None) -> Tensor:
+        """(B, T, N, A) one-hot action of the previous row; zeros at row 0, at episode starts and, with ``alive``
+        (B, T, N), for agents absent at row t (an agent present at row t acted at row t - 1)."""
         prev = torch.zeros_like(self._onehot(actions))
         prev[:, 1:] = self._onehot(actions[:, :-1])
-        return prev * (~resets.bool())[:, :, None, None]
+        prev = prev * (~resets.bool())[:, :, None, None]
+        return prev if alive is None else prev * alive[..., None].to(prev.dtype)
 
     def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
         """World-model loss of replay windows (see the module docstring); returns the total and each term."""
@@ -198,7 +292,7 @@ class MAMBAWorldModel(WorldModel):
         resets = batch["reset"].bool()  # every window starts from the blank state (no state is passed below)
         ended = batch["terminated"].bool() | batch["truncated"].bool()
         acts = alive & ~ended  # (B, T, N) the agent acts at row t
-        posts, priors = self.rssm.observe_sequence(obs, self._prev_actions(actions, resets), resets, alive=alive)
+        posts, priors = self.rssm.observe_sequence(obs, self._prev_actions(actions, resets, alive), resets, alive=alive)
         feat = self.features(posts)  # (B, T, N, F)
         terms = {
             "obs": masked_mean((self.obs_head(feat) - obs).square().sum(-1), alive),

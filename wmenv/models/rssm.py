@@ -8,6 +8,10 @@ S categoricals, K classes, E communication / embedding width.
     ẑ_t     ~ p(ẑ_t | h_t)          prior (imagination)
     z_t     ~ q(z_t | h_t, o_t)     posterior (real data)
 
+Absent agents send no message: at row t only agents present at row t (they acted at t-1) are heard, and a
+``hears`` matrix can narrow that further (neighbours). `MultiAgentRSSM.filter_step` is one agent's own
+posterior step at execution (MAMBA §3.3), the same math as `observe_sequence` for that agent's row.
+
 Samples are one-hot per categorical with straight-through gradients. The state is
 ``{"deter": (B, N, H), "stoch": (B, N, S·K), "logits": (B, N, S, K)}``.
 """
@@ -105,19 +109,57 @@ class MultiAgentRSSM(nn.Module):
     def _logits(self, net: nn.Module, x: Tensor) -> Tensor:
         return rearrange(net(x), "... (s k) -> ... s k", k=self.config.classes)
 
-    def img_step(self, state: State, action: Tensor, generator: torch.Generator | None = None) -> State:
-        """Prior step: state (B, N, ...) and one-hot actions (B, N, A) of the previous step -> the next prior state."""
-        e = self.comm(torch.cat([state["stoch"], action], dim=-1))  # (B, N, E)
+    def img_step(
+        self,
+        state: State,
+        action: Tensor,
+        generator: torch.Generator | None = None,
+        hears: Tensor | None = None,
+        sample: bool = True,
+    ) -> State:
+        """Prior step: state (B, N, ...) and one-hot actions (B, N, A) of the previous step -> the next prior state.
+
+        ``hears`` (B, N, N) bool: who receives whose message (`CommBlock`); None: all hear all. ``sample=False``
+        leaves out the prior sample (filtering needs only h_t and the prior's logits).
+        """
+        e = self.comm(torch.cat([state["stoch"], action], dim=-1), hears)  # (B, N, E)
         batch = e.shape[0]
         deter = self.cell(rearrange(e, "b n e -> (b n) e"), rearrange(state["deter"], "b n h -> (b n) h"))
         deter = rearrange(deter, "(b n) h -> b n h", b=batch)
         logits = self._logits(self.prior_net, deter)
+        if not sample:
+            return {"deter": deter, "logits": logits}
         return {"deter": deter, "stoch": sample_onehot(logits, generator), "logits": logits}
 
     def post_step(self, prior: State, embed: Tensor, generator: torch.Generator | None = None) -> State:
         """Posterior for the same step: prior state and embedded observations (B, N, hidden)."""
         logits = self._logits(self.post_net, torch.cat([prior["deter"], embed], dim=-1))
         return {"deter": prior["deter"], "stoch": sample_onehot(logits, generator), "logits": logits}
+
+    def filter_step(
+        self,
+        deter: Tensor,
+        messages: Tensor,
+        heard: Tensor,
+        receiver: Tensor,
+        embed: Tensor,
+        generator: torch.Generator | None = None,
+    ) -> State:
+        """One agent's posterior step per row, from what it has at execution.
+
+        Args:
+            deter: (B, H) the agent's h_{t-1}.
+            messages: (B, N, M) the (z_{t-1}, a_{t-1}) messages in sender slots, the agent's own included.
+            heard: (B, N) bool, the slots that hold a message the agent receives.
+            receiver: (B,) int64, the agent's own slot.
+            embed: (B, hidden) its embedded observation (zeros when it has none).
+
+        Returns:
+            ``{"deter": (B, H), "stoch": (B, S·K), "logits": (B, S, K)}``: the agent's posterior at t.
+        """
+        deter = self.cell(self.comm.receive(messages, heard, receiver), deter)
+        logits = self._logits(self.post_net, torch.cat([deter, embed], dim=-1))
+        return {"deter": deter, "stoch": sample_onehot(logits, generator), "logits": logits}
 
     def observe_sequence(
         self,
@@ -127,6 +169,7 @@ class MultiAgentRSSM(nn.Module):
         state: State | None = None,
         generator: torch.Generator | None = None,
         alive: Tensor | None = None,
+        hears: Tensor | None = None,
     ) -> tuple[State, State]:
         """Filter real windows.
 
@@ -135,15 +178,24 @@ class MultiAgentRSSM(nn.Module):
             prev_actions: (B, T, N, A) one-hot action of the previous row (zeros where none).
             resets: (B, T) bool: the state entering row t is the blank one.
             state: the state before row 0 (blank when None).
-            alive: (B, T, N) bool; absent agents' observations are not seen (their posterior rests on h alone).
+            alive: (B, T, N) bool; absent agents' observations are not seen (their posterior rests on h alone)
+                and they send no message (an agent present at row t acted at row t - 1, or t starts its episode).
+            hears: (B, T, N, N) bool: [b, t, i, j] agent i may receive agent j's message at row t (e.g. only
+                neighbours); None: everyone.
 
         Returns:
-            posteriors and priors, each name -> (B, T, N, ...).
+            posteriors and priors (deter and logits; no prior samples), each name -> (B, T, N, ...).
         """
-        batch, length = obs.shape[:2]
+        batch, length, n = obs.shape[:3]
         embed = self.obs_encoder(obs)  # (B, T, N, hidden)
         if alive is not None:
             embed = embed * alive.unsqueeze(-1).to(embed.dtype)
+        listen = None if alive is None else alive.bool()[:, :, None, :].expand(-1, -1, n, -1)
+        if hears is not None:
+            listen = hears.bool() if listen is None else listen & hears.bool()
+        if listen is not None:  # rows where someone misses a message take the per-receiver path
+            eye = torch.eye(n, dtype=torch.bool, device=obs.device)
+            masked = (~(listen | eye)).flatten(2).any(-1).any(0).tolist()
         blank = self.blank(batch)
         state = blank if state is None else state
         posts, priors = [], []
@@ -152,7 +204,8 @@ class MultiAgentRSSM(nn.Module):
             if restarts[t]:  # elsewhere the blend below keeps every row: skip its ops (and their gradients)
                 r = resets[:, t].view(batch, 1, 1)
                 state = {k: torch.where(r.view(batch, *[1] * (v.dim() - 1)), blank[k], v) for k, v in state.items()}
-            prior = self.img_step(state, prev_actions[:, t], generator)
+            row_hears = listen[:, t] if listen is not None and masked[t] else None
+            prior = self.img_step(state, prev_actions[:, t], generator, row_hears, sample=False)
             state = self.post_step(prior, embed[:, t], generator)
             posts.append(state)
             priors.append(prior)

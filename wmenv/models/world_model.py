@@ -6,6 +6,11 @@ A model's state is a dict of tensors with leading dims (B, N) (``State``); what 
 predicts is a `Prediction`. Real data comes as replay windows (``EpisodeReplay.sample``): dicts of
 (B, T, ...) tensors with ``obs`` (B, T, N, D), ``action`` (B, T, N) taken at row t, ``reward`` and
 ``terminated`` received on arriving at row t, ``alive``, ``action_mask`` and ``reset`` (B, T).
+
+Execution (decentralized): each agent runs its own copy of the model's posterior filter
+(`WorldModel.filter_step`), fed only by what it has when acting — its observation, its previous action,
+the reset flag, its own filter state (`filter_initial`) and the messages it receives from the other agents
+(`WorldModel.message`, M features each; models without communication have M = 0).
 """
 
 from __future__ import annotations
@@ -61,9 +66,17 @@ class WorldModel(nn.Module, ABC):
 
     @abstractmethod
     def imagine(
-        self, state: State, actions: Tensor, generator: torch.Generator | None = None, decode: bool = False
+        self,
+        state: State,
+        actions: Tensor,
+        generator: torch.Generator | None = None,
+        decode: bool = False,
+        present: Tensor | None = None,
     ) -> tuple[State, Prediction]:
-        """One imagined step of all B × N agents: actions (B, N) int64 -> the next state and its prediction."""
+        """One imagined step of all B × N agents: actions (B, N) int64 -> the next state and its prediction.
+
+        ``present`` (B, N) bool: the agents that act this step (the others are absent: they send no message).
+        """
 
     @abstractmethod
     def features(self, state: State) -> Tensor:
@@ -72,3 +85,41 @@ class WorldModel(nn.Module, ABC):
     @abstractmethod
     def critic_features(self, state: State) -> Tensor:
         """(B, N * F): the centralized view of all agents (CTDE critics)."""
+
+    # --- execution: one agent's filter (models that support decentralized execution override these) ---
+    message_dim: int = 0
+    """M, the width of the message an agent sends each step (0: the model needs no messages)."""
+
+    def filter_initial(self, batch_size: int) -> State:
+        """B blank per-agent filter states (name -> (B, ...)): what an agent holds before its episode starts."""
+        raise NotImplementedError(f"{type(self).__name__} has no execution-time filter")
+
+    def message(self, state: State, action: Tensor) -> Tensor:
+        """(B, M): the message an agent sends after ``action`` (B,) int64 (-1: none yet) from filter ``state``."""
+        raise NotImplementedError(f"{type(self).__name__} has no execution-time filter")
+
+    def filter_step(
+        self,
+        state: State,
+        obs: Tensor,
+        prev_action: Tensor,
+        reset: Tensor,
+        agent: Tensor,
+        messages: Tensor | None = None,
+        heard: Tensor | None = None,
+        alive: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[State, Tensor]:
+        """One posterior step of B agents, each on its own inputs; returns the new filter states and features (B, F).
+
+        Args:
+            state: the agents' filter states (from `filter_initial` or the previous step).
+            obs: (B, D) each agent's own observation.
+            prev_action: (B,) int64, each agent's previous action (-1: none).
+            reset: (B,) bool, a new episode starts at this step (the state entering it is the blank one).
+            agent: (B,) int64, each agent's slot in ``spec.agents``.
+            messages: (B, N, M) the messages received this step, in sender slots (the agent's own is ignored).
+            heard: (B, N) bool, which slots of ``messages`` hold a received message (None: all of them).
+            alive: (B,) bool, the agent has an observation (None: all do).
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no execution-time filter")

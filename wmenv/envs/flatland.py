@@ -67,6 +67,8 @@ from wmenv.envs.flatland_obs import (
     n_tree_nodes,
     normalize_tree,
     rail_action_mask,
+    rail_exits,
+    rail_neighbours,
     tree_to_array,
 )
 from wmenv.envs.spec import EnvSpec
@@ -297,6 +299,25 @@ class FlatlandEnv(MultiAgentEnv):
             raise RuntimeError("episode_metrics: call reset() first")
         arrived = sum(a.state == TrainState.DONE for a in self.rail_env.agents)
         return {"arrived_fraction": arrived / self.config.n_agents}
+
+    def neighbours(self, radius: int) -> np.ndarray:
+        """(N, N) bool: ``[i, j]`` is True when agent j is within ``radius`` cells of agent i along the rail network.
+
+        Rows and columns follow ``possible_agents`` (Flatland handles). Distance counts the cells of a
+        breadth-first search from agent i's cell along the rails, leaving each cell through any exit of
+        any direction of travel (a train ahead and one behind are both near); radius 0 is the agent's own
+        cell. Agents off the map (not departed yet, or arrived) have no neighbours and are nobody's;
+        ``[i, i]`` is always True. A train terminated for deadlock still occupies its cell and counts.
+        See `flatland_obs.rail_neighbours`.
+
+        Raises:
+            ValueError: ``radius`` is not a non-negative int.
+            RuntimeError: called before `reset`.
+        """
+        if self.rail_env is None:
+            raise RuntimeError("neighbours: call reset() first")
+        positions = [a.current_configuration[0] if a.state.is_on_map_state() else None for a in self.rail_env.agents]
+        return rail_neighbours(positions, rail_exits(self.rail_env.rail.grid), radius)
 
     def _infos(self, handles: list[int], live: set[int]) -> dict[str, dict]:
         infos = {}

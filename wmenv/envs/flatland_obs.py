@@ -1,4 +1,4 @@
-"""Pure helpers of the Flatland adapter: tree-observation flattening, action masks, deadlocks.
+"""Pure helpers of the Flatland adapter: tree-observation flattening, action masks, deadlocks, rail neighbours.
 
 Tree observation (``TreeObsForRailEnv``): every node has 12 features; the tree branches into
 L / F / R / B (left, forward, right, back relative to the agent) down to ``max_depth``, so it has
@@ -18,10 +18,12 @@ Flatland's own training examples do (``normalize_observation``):
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
+from wmenv.checks import check_int
 
 N_NODE_FEATURES = 12
 BRANCHES = ("L", "F", "R", "B")
@@ -147,3 +149,66 @@ def find_deadlocked(
                 free.add(h)
                 changed = True
     return {h for h, cells in exits.items() if h not in free and cells}
+
+
+def rail_exits(grid: np.ndarray) -> np.ndarray:
+    """``(H, W)`` Flatland transition codes (``rail.grid``) -> ``(H, W, 4)`` bool: the cell can be left towards N, E, S, W.
+
+    A code holds four 4-bit groups, one per direction of travel into the cell (N first, most
+    significant), each with one bit per exit (N first). An exit counts whatever the direction of
+    travel, so the result is the OR of the four groups (a switch can be left through all its branches).
+    """
+    codes = np.asarray(grid).astype(np.int64)
+    any_travel = (codes >> 12 | codes >> 8 | codes >> 4 | codes) & 0xF  # (H, W)
+    return ((any_travel[..., None] >> np.array([3, 2, 1, 0])) & 1).astype(bool)  # (H, W, 4)
+
+
+def _rail_ball(start: tuple[int, int], exits: np.ndarray, radius: int) -> set[tuple[int, int]]:
+    """The cells at most ``radius`` rail steps from ``start`` (breadth-first over ``exits``)."""
+    h, w = exits.shape[:2]
+    seen, frontier = {start}, [start]
+    for _ in range(radius):
+        reached = []
+        for cell in frontier:
+            for d in np.flatnonzero(exits[cell]):
+                nxt = next_cell(cell, int(d))
+                if nxt not in seen and 0 <= nxt[0] < h and 0 <= nxt[1] < w:
+                    seen.add(nxt)
+                    reached.append(nxt)
+        if not reached:
+            break
+        frontier = reached
+    return seen
+
+
+def rail_neighbours(positions: Sequence[tuple[int, int] | None], exits: np.ndarray, radius: int) -> np.ndarray:
+    """(N, N) bool: ``[i, j]`` is True when agent j is within ``radius`` cells of agent i along the rails.
+
+    Distance is counted in cells of a breadth-first search from agent i's cell that leaves every
+    cell through any of its exits, whatever the direction of travel (a train ahead and a train behind
+    are both near); cells reached in at most ``radius`` steps count (0: agent i's own cell only). Cells
+    next to each other but not linked by rail (two parallel tracks) are not near. Agents off the map
+    have no neighbours and are nobody's; ``[i, i]`` is always True. On a valid Flatland map every rail
+    link runs both ways, so the result is symmetric.
+
+    Args:
+        positions: N agents' ``(row, col)``, or None for an agent that is not on the map.
+        exits: (H, W, 4) bool, ``exits[r, c, d]``: the cell can be left towards d (N, E, S, W); see `rail_exits`.
+        radius: the largest distance, in cells.
+
+    Raises:
+        ValueError: ``radius`` is not a non-negative int.
+    """
+    check_int("radius", radius, 0, expected="a non-negative int")
+    assert exits.ndim == 3 and exits.shape[-1] == 4, f"exits: expected (H, W, 4), got {exits.shape}"
+    cells = [None if p is None else (int(p[0]), int(p[1])) for p in positions]
+    at: dict[tuple[int, int], list[int]] = {}
+    for j, cell in enumerate(cells):
+        if cell is not None:
+            at.setdefault(cell, []).append(j)
+    out = np.eye(len(cells), dtype=bool)
+    for i, cell in enumerate(cells):
+        if cell is not None:
+            for near in _rail_ball(cell, exits, radius) & at.keys():
+                out[i, at[near]] = True
+    return out

@@ -5,6 +5,7 @@ from wmenv.data import EpisodeRecorder, EpisodeReplay, ReplayConfig
 from wmenv.dream import DreamEnv, DreamVecEnv
 from wmenv.envs import EnvSpec, make
 from wmenv.envs.vector import VecEnv, VecStep
+from wmenv.latent import LatentEnv, LatentGymEnv
 
 __version__ = "0.1.0"
 
@@ -14,6 +15,8 @@ __all__ = [
     "EnvSpec",
     "EpisodeRecorder",
     "EpisodeReplay",
+    "LatentEnv",
+    "LatentGymEnv",
     "ReplayConfig",
     "VecEnv",
     "VecStep",

@@ -2,9 +2,11 @@
 
 Glossary: E real env copies, B dream worlds, N agents, D observation features, F latent features, A actions.
 
-The actor is trained on the dream's *decoded* observations, so the same actor acts on the real env
-directly (collection and evaluation need no world-model filter); the critic sees every agent's latent
-state through attention (`AttentionCritic`, MAMBA §3.2). Dream rollouts start from posteriors of real
+The actor's input is a choice (``actor_input``): the dream's *decoded* observations, so that the same actor
+acts on the real env directly (collection and evaluation need no world model), or the model's *latent*
+features [h, z], as in MAMBA, where on the real env each agent runs its own copy of the model's filter
+(`wmenv.latent.AgentFilters`: own observation plus the present agents' messages). The critic sees every
+agent's latent state through attention (`AttentionCritic`, MAMBA §3.2). Dream rollouts start from posteriors of real
 context windows and last ``horizon`` (15) steps. Every iteration logs the greedy real-env return against
 the real env steps taken so far (TensorBoard ``eval/episode_return``), the world-model loss terms and
 the PPO statistics.
@@ -51,6 +53,7 @@ from wmenv.dream import DreamVecEnv
 from wmenv.envs import make
 from wmenv.envs.vector import VecEnv
 from wmenv.fit import FitConfig, fit, load_model, save_model
+from wmenv.latent.filter import AgentFilters
 from wmenv.models.mamba_wm import PRESETS, MAMBAWorldModel, preset
 
 
@@ -94,6 +97,9 @@ class ModelBasedConfig:
     instead of ``dream_ratio`` (the paper's "Number of updates")."""
     policy: Literal["gru", "mamba", "sp-mamba"] = "gru"
     """Actor kind."""
+    actor_input: Literal["decoded", "latent"] = "decoded"
+    """What the actor sees: "decoded" observations (acts on the real env alone) or the world model's "latent"
+    features (acts on the real env through each agent's own filter of the model, as MAMBA)."""
     gru: GRUPolicyConfig = field(default_factory=GRUPolicyConfig)
     """Architecture of the "gru" actor."""
     mamba: MambaPolicyConfig = field(default_factory=MambaPolicyConfig)
@@ -146,6 +152,7 @@ class ModelBasedConfig:
             )
         check_choice("ModelBasedConfig.model", self.model, PRESETS)
         check_choice("ModelBasedConfig.policy", self.policy, POLICIES)
+        check_choice("ModelBasedConfig.actor_input", self.actor_input, ("decoded", "latent"))
 
 
 def _paper_schedule(env_id: str, env_kwargs: dict, model: str, seq_len: int, fit_steps: int, capacity: int,
@@ -193,18 +200,25 @@ class DreamSpec:
     discrete: bool = True
 
 
-def _acting(agent: MAPPO, num_envs: int, n_agents: int):
-    """A `collect` policy: samples from ``agent`` with its recurrent state carried across steps."""
+def _acting(agent: MAPPO, num_envs: int, n_agents: int, filters: AgentFilters | None = None):
+    """A `collect` policy: samples from ``agent`` with its recurrent state carried across steps.
+
+    With ``filters`` (latent actors) the agent acts on each agent's filtered features instead of the observations.
+    """
     carry = {"state": agent.policy.initial_state(num_envs * n_agents), "first": True}
 
     def act(step: Any) -> np.ndarray:
         ended = np.asarray(step.terminated) | np.asarray(step.truncated) | np.asarray(step.done)[:, None]
         resets = torch.ones(num_envs * n_agents, dtype=torch.bool) if carry["first"] else torch.as_tensor(ended).flatten()
+        obs = step.obs if filters is None else filters.observe_vec(step, first=carry["first"])
         carry["first"] = False
-        obs = torch.as_tensor(step.obs, dtype=torch.float32).flatten(0, 1)
+        obs = torch.as_tensor(obs, dtype=torch.float32).flatten(0, 1)
         mask = torch.as_tensor(step.action_mask).flatten(0, 1)
         actions, _, carry["state"] = agent.act(obs, carry["state"], resets, mask)
-        return actions.view(num_envs, n_agents).cpu().numpy()
+        actions = actions.view(num_envs, n_agents).cpu().numpy()
+        if filters is not None:
+            filters.record(actions, step.alive)
+        return actions
 
     return act
 
@@ -305,14 +319,15 @@ def run(cfg: ModelBasedConfig) -> dict[str, Any]:
     model = MAMBAWorldModel(spec, preset(cfg.model))
     wm_optim = torch.optim.Adam(model.parameters(), lr=model.config.lr)
     policy_cfg = {"gru": cfg.gru, "mamba": cfg.mamba, "sp-mamba": cfg.sp_mamba}[cfg.policy]
-    policy = make_policy(cfg.policy, spec.obs_dim, spec.n_actions, policy_cfg)
+    actor_dim = spec.obs_dim if cfg.actor_input == "decoded" else model.rssm.feature_dim
+    policy = make_policy(cfg.policy, actor_dim, spec.n_actions, policy_cfg)
     state_dim = spec.n_agents * model.rssm.feature_dim
     critic = AttentionCritic(state_dim, spec.n_agents, cfg.critic)
     mappo_cfg = dataclasses.replace(
         cfg.mappo, rollout_length=cfg.horizon, chunk_length=min(cfg.mappo.chunk_length, cfg.horizon)
     )
     agent = MAPPO(
-        DreamSpec(spec.n_agents, spec.obs_dim, state_dim, spec.n_actions),
+        DreamSpec(spec.n_agents, actor_dim, state_dim, spec.n_actions),
         mappo_cfg,
         policy=policy,
         critic=critic,
@@ -338,14 +353,20 @@ def run(cfg: ModelBasedConfig) -> dict[str, Any]:
     # Copy i of a run (re)started at iteration k gets seed + k*E + i.
     vec = VecEnv(cfg.env_id, num_envs=cfg.num_envs, seed=cfg.seed + counters["iteration"] * cfg.num_envs, **cfg.env_kwargs)
     collector = Collector(vec, replay)
-    act = _acting(agent, cfg.num_envs, spec.n_agents)
-    dream = DreamVecEnv(model, cfg.dream_worlds, cfg.horizon, start=replay, context=cfg.context, obs="decoded", seed=cfg.seed)
+    latent = cfg.actor_input == "latent"
+    filters = AgentFilters(model, cfg.num_envs, cfg.seed) if latent else None
+    act = _acting(agent, cfg.num_envs, spec.n_agents, filters)
+    dream = DreamVecEnv(
+        model, cfg.dream_worlds, cfg.horizon, start=replay, context=cfg.context, obs=cfg.actor_input, seed=cfg.seed
+    )
     # a resumed run hides what an interrupted run logged after its checkpoint (scalars at steps > env_steps)
     writer = SummaryWriter(str(run_dir), purge_step=counters["env_steps"] + 1 if ckpt is not None else None)
     writer.add_text("config", f"```\n{json.dumps(dataclasses.asdict(cfg), indent=2)}\n```", counters["env_steps"])
 
     def run_eval(step: int) -> float:
-        result = evaluate_and_log(agent, writer, step, cfg.env_id, cfg.eval_episodes, eval_seed, **cfg.env_kwargs)
+        result = evaluate_and_log(
+            agent, writer, step, cfg.env_id, cfg.eval_episodes, eval_seed, model if latent else None, **cfg.env_kwargs
+        )
         return result["episode_return"]
 
     if not curve:

@@ -37,6 +37,7 @@ from agents.mappo import MAPPO, MAPPOConfig
 from agents.policies import POLICIES, GRUPolicyConfig, MambaPolicyConfig, RecurrentPolicy, SPMambaConfig, make_policy
 from wmenv.checks import check_choice, check_int
 from wmenv.envs.vector import VecEnv
+from wmenv.latent.filter import AgentFilters
 
 CHECKPOINT_FORMAT = 1
 
@@ -135,10 +136,19 @@ def seed_everything(seed: int) -> None:
 
 @torch.no_grad()
 def evaluate_metrics(
-    agent: MAPPO, env_id: str, episodes: int, seed: int, deterministic: bool = True, **make_kwargs: Any
+    agent: MAPPO,
+    env_id: str,
+    episodes: int,
+    seed: int,
+    deterministic: bool = True,
+    world_model: Any = None,
+    **make_kwargs: Any,
 ) -> dict[str, float]:
     """Means over ``episodes`` episodes, one per env copy seeded ``seed + i``: the undiscounted return per
     agent (``episode_return``) and the env's `episode_metrics` (e.g. Flatland's ``arrived_fraction``).
+
+    With ``world_model``, the actor is a latent one: it sees each agent's own filtered features
+    (`wmenv.latent.AgentFilters`, seeded ``seed``) instead of the raw observations.
 
     Raises:
         RuntimeError: an episode did not end within 100,000 steps.
@@ -146,15 +156,20 @@ def evaluate_metrics(
     with VecEnv(env_id, num_envs=episodes, seed=seed, **make_kwargs) as vec:
         N = vec.spec.n_agents
         s = vec.reset()
+        filters = None if world_model is None else AgentFilters(world_model, episodes, seed)
         state = agent.policy.initial_state(episodes * N)
         resets = torch.ones(episodes * N, dtype=torch.bool, device=agent.device)
         returns = np.full(episodes, np.nan)
         metrics: list[dict[str, float]] = [{} for _ in range(episodes)]
-        for _ in range(100_000):
-            obs = torch.as_tensor(s.obs, device=agent.device).flatten(0, 1)  # (E*N, D)
+        for i in range(100_000):
+            obs = s.obs if filters is None else filters.observe_vec(s, first=i == 0)
+            obs = torch.as_tensor(obs, device=agent.device).flatten(0, 1)  # (E*N, D)
             mask = torch.as_tensor(s.action_mask, device=agent.device).flatten(0, 1)  # (E*N, A)
             actions, _, state = agent.act(obs, state, resets, mask, deterministic=deterministic)
-            s = vec.step(actions.view(episodes, N).cpu().numpy())
+            actions = actions.view(episodes, N).cpu().numpy()
+            if filters is not None:
+                filters.record(actions, s.alive)
+            s = vec.step(actions)
             first = s.done & np.isnan(returns)
             returns[first] = s.episode_return[first].mean(-1)
             for e in np.flatnonzero(first):
@@ -168,10 +183,17 @@ def evaluate_metrics(
 
 
 def evaluate_and_log(
-    agent: MAPPO, writer: SummaryWriter, step: int, env_id: str, episodes: int, seed: int, **make_kwargs: Any
+    agent: MAPPO,
+    writer: SummaryWriter,
+    step: int,
+    env_id: str,
+    episodes: int,
+    seed: int,
+    world_model: Any = None,
+    **make_kwargs: Any,
 ) -> dict[str, float]:
     """`evaluate_metrics` (greedy), each mean logged to TensorBoard as ``eval/<name>`` at ``step``."""
-    result = evaluate_metrics(agent, env_id, episodes, seed, **make_kwargs)
+    result = evaluate_metrics(agent, env_id, episodes, seed, True, world_model, **make_kwargs)
     for k, v in result.items():
         writer.add_scalar(f"eval/{k}", v, step)
     return result
@@ -233,6 +255,7 @@ def save_checkpoint(
         "format": CHECKPOINT_FORMAT,
         "counters": counters,
         "spec": spec.describe(),
+        "policy_obs_dim": agent.policy.obs_dim,  # the env's D, or the world model's F for latent actors
         "train": asdict(cfg),
         "optimizer": {"param_groups": param_groups},
     }
@@ -295,7 +318,10 @@ def policy_from_checkpoint(path: str | Path) -> tuple[RecurrentPolicy, dict[str,
     config_type = {"gru": GRUPolicyConfig, "mamba": MambaPolicyConfig, "sp-mamba": SPMambaConfig}[kind]
     init = {f.name for f in dataclasses.fields(config_type) if f.init}
     policy = make_policy(
-        kind, spec["obs_dim"], spec["n_actions"], config_type(**{k: v for k, v in fields.items() if k in init})
+        kind,
+        meta.get("policy_obs_dim", spec["obs_dim"]),
+        spec["n_actions"],
+        config_type(**{k: v for k, v in fields.items() if k in init}),
     )
     tensors = load_file(str(path / "model.safetensors"))
     weights = {k[len("agent.policy.") :]: v for k, v in tensors.items() if k.startswith("agent.policy.")}

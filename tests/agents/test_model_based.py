@@ -71,6 +71,22 @@ def test_same_seed_same_run(tmp_path):
     assert any(not torch.equal(wa[k], wc[k]) for k in wa if k.startswith("agent.policy."))
 
 
+def test_latent_actors_act_through_the_filter_resume_and_repeat(tmp_path):
+    """actor_input="latent": the actor reads F = H + S·K features in the dream and, through each agent's filter, on
+    the real env; the checkpoint rebuilds it; a resumed run continues and a same-seed run repeats."""
+    first = run(_small(tmp_path / "a", 1, actor_input="latent"))
+    again = run(_small(tmp_path / "b", 1, actor_input="latent"))
+    assert first["eval_returns"] == again["eval_returns"] and first["real_returns"] == again["real_returns"]
+    decoded = run(_small(tmp_path / "c", 1))
+    assert decoded["eval_returns"][1] != first["eval_returns"][1]
+    second = run(_small(tmp_path / "a", 2, actor_input="latent", resume=True))
+    assert second["eval_returns"][:2] == first["eval_returns"] and second["real_steps"] == 120
+    policy, train_cfg = policy_from_checkpoint(latest_checkpoint(tmp_path / "a"))
+    assert train_cfg["actor_input"] == "latent" and policy.obs_dim == 64 + 8 * 8  # the small preset's [h, z]
+    with pytest.raises(ValueError, match="another architecture"):  # a decoded actor cannot take over a latent one
+        run(_small(tmp_path / "a", 3, resume=True))
+
+
 def test_resume_refuses_other_world_model_and_corrupt_checkpoints(tmp_path):
     run(_small(tmp_path, 1))
     with pytest.raises(ValueError, match="another architecture"):  # the critic reads the world model's features
@@ -85,6 +101,8 @@ def test_config_checks():
         ModelBasedConfig(model="tiny")
     with pytest.raises(ValueError, match="ModelBasedConfig.horizon: expected an integer >= 1, got 0"):
         ModelBasedConfig(horizon=0)
+    with pytest.raises(ValueError, match="ModelBasedConfig.actor_input: expected 'decoded' or 'latent', got 'raw'"):
+        ModelBasedConfig(actor_input="raw")
 
 
 def test_scheduled_units_keep_the_cumulative_ratio_on_target():

@@ -60,6 +60,8 @@ class AgentFilters:
         reset = self._tensor("reset", reset, (W,), torch.bool)
         alive = self._tensor("alive", alive, (W, N), torch.bool)
         rows_reset = repeat(reset, "w -> (w n)", n=N)
+        if self.model.training:  # e.g. fitted since the last step: no dropout while filtering
+            self.model.eval()
         with torch.no_grad():
             prev = torch.where(rows_reset, -1, self.prev_action)
             keep = (~rows_reset).unsqueeze(-1).to(self.dtype)
@@ -75,6 +77,12 @@ class AgentFilters:
         self.prev_action = prev
         self.features = rearrange(feat, "(w n) f -> w n f", w=W)
         return self.features
+
+    def observe_vec(self, step, first: bool = False) -> Tensor:
+        """Filter a `VecStep` of W env copies: copies whose episode starts now (all if ``first``, else ``step.done``,
+        auto-reset) restart their filters; present agents are ``step.alive``. Returns the features (W, N, F)."""
+        reset = np.ones(self.num_worlds, dtype=bool) if first else np.asarray(step.done, dtype=bool)
+        return self.step(step.obs, reset, step.alive)
 
     def record(self, actions, acted) -> None:
         """Remember the actions (W, N) int of the agents that acted (W, N) bool (the others: none)."""

@@ -150,7 +150,7 @@ class MAMBAWorldModel(WorldModel):
         ``alive`` (B, T, N) marks agents with an observation; absent agents' rows are not looked at and they send
         no message. ``hears`` (B, T, N, N) bool restricts who receives whose message (e.g. neighbours).
         """
-        prev = self._prev_actions(actions, resets, alive)  # row 0: zeros, also when continuing ``state`` (its action is not given)
+        prev = self._prev_actions(actions, resets, alive)  # row 0: zeros, also when continuing ``state`` (no action given)
         posts, _ = self.rssm.observe_sequence(obs, prev, resets, state, generator, alive, hears)
         return {k: v[:, -1] for k, v in posts.items()}
 

@@ -13,8 +13,9 @@ One graph computes one decision step of one agent type for B rows:
 
 The batch dimension is dynamic. The graph comes from ``torch.export`` (``torch.onnx.export(dynamo=True)``,
 opset 18): the policy's ``step`` is straight-line tensor code, so the graph has no loops or branches.
-Metadata (``metadata_props``) records the format, library version, policy class, D, A, the state
-names and shapes, whether it samples, and the env spec it was made for.
+Metadata (``metadata_props``) records the format, the kind (``"actor"``; `exports.wm_agent` writes
+``"world_model"`` graphs), library version, policy class, D, A, the state names and shapes, whether it
+samples, and the env spec it was made for.
 """
 
 from __future__ import annotations
@@ -48,6 +49,13 @@ def library_version() -> str:
         return version("wmenv")
     except PackageNotFoundError:
         return "unknown"
+
+
+def spec_diff(expected: dict, got: dict) -> str:
+    """``"env 'a', got env 'b'; they differ in obs_dim: 18 vs 252, ..."`` for two `EnvSpec.describe` dicts."""
+    keys = [k for k in {**expected, **got} if expected.get(k) != got.get(k)]
+    diff = ", ".join(f"{k}: {expected.get(k)!r} vs {got.get(k)!r}" for k in keys)
+    return f"env {expected.get('id')!r}, got env {got.get('id')!r}; they differ in {diff}"
 
 
 # Known, harmless messages of torch's exporter (torch 2.13) that say nothing about the exported agent.
@@ -148,26 +156,9 @@ def export_agent(
     outputs = ["logits", "action", *(["sampled_action"] if sampling else []), *(f"new_{n}" for n in names)]
     if sampling:
         args, dynamic, inputs = (*args, torch.full((2, A), 0.5)), (*dynamic, {0: batch}), [*inputs, "noise"]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with torch.no_grad(), _quiet_exporter():
-            torch.onnx.export(
-                graph, args, str(tmp), dynamo=True, opset_version=opset, dynamic_shapes=dynamic, input_names=inputs,
-                output_names=outputs, external_data=False, optimize=True, verbose=False,
-            )  # fmt: skip
-    except Exception as e:
-        tmp.unlink(missing_ok=True)
-        raise RuntimeError(f"policy: {type(policy).__name__}.step cannot be exported to ONNX: {type(e).__name__}: {e}") from e
-    model = onnx.load(str(tmp))
-    loops = sorted({n.op_type for n in model.graph.node if n.op_type in ("Loop", "Scan", "If")})
-    if loops:
-        tmp.unlink(missing_ok=True)
-        raise RuntimeError(
-            f"policy: {type(policy).__name__}.step exported with control flow {loops}; expected straight-line code"
-        )
     meta = {
         "wmenv.format": str(EXPORT_FORMAT),
+        "wmenv.kind": "actor",
         "wmenv.version": library_version(),
         "wmenv.policy": type(policy).__name__,
         "wmenv.obs_dim": str(D),
@@ -178,6 +169,51 @@ def export_agent(
         "wmenv.action_space": json.dumps({"n": A}),
         "wmenv.env": json.dumps(spec.describe() if spec is not None else None),
     }
+    return write_graph(graph, args, dynamic, inputs, outputs, meta, path, f"policy: {type(policy).__name__}.step", opset)
+
+
+def write_graph(
+    graph: nn.Module,
+    args: tuple[Any, ...],
+    dynamic: tuple[Any, ...],
+    inputs: list[str],
+    outputs: list[str],
+    meta: dict[str, str],
+    path: Path,
+    what: str,
+    opset: int = OPSET,
+) -> Path:
+    """Export ``graph(*args)`` with ``torch.export`` to ``path`` (atomically), refuse control flow, store ``meta``.
+
+    Args:
+        graph: the module to export, in eval mode.
+        args: example inputs (batch 2, so that the batch axis is not specialized).
+        dynamic: ``dynamic_shapes`` per argument (the batch axis).
+        inputs, outputs: the graph's input and output names.
+        meta: ``metadata_props`` (key -> string).
+        path: the ``.onnx`` file to write.
+        what: names the exported thing in errors (``"policy: GRUPolicy.step"``).
+        opset: ONNX opset.
+
+    Raises:
+        RuntimeError: the exporter failed, or the graph has loops or branches.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with torch.no_grad(), _quiet_exporter():
+            torch.onnx.export(
+                graph, args, str(tmp), dynamo=True, opset_version=opset, dynamic_shapes=dynamic, input_names=inputs,
+                output_names=outputs, external_data=False, optimize=True, verbose=False,
+            )  # fmt: skip
+    except Exception as e:
+        tmp.unlink(missing_ok=True)
+        raise RuntimeError(f"{what} cannot be exported to ONNX: {type(e).__name__}: {e}") from e
+    model = onnx.load(str(tmp))
+    loops = sorted({n.op_type for n in model.graph.node if n.op_type in ("Loop", "Scan", "If")})
+    if loops:
+        tmp.unlink(missing_ok=True)
+        raise RuntimeError(f"{what} exported with control flow {loops}; expected straight-line code")
     del model.metadata_props[:]
     for k, v in meta.items():
         model.metadata_props.add(key=k, value=v)

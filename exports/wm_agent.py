@@ -1,0 +1,247 @@
+"""ONNX export of a world-model agent: its own posterior filter, its message and its actor in one step graph.
+
+Glossary: B batch (agents stepped together), N agent slots, D observation features, A actions, H deterministic
+width, S categoricals, K classes, M = S·K + A message width, E communication width, F = H + S·K features,
+P attention head width.
+
+One graph computes one decision step of one agent (MAMBA §3.3) for B rows, each row on its own inputs:
+
+    inputs   obs (B, D) float32, action_mask (B, A) bool, reset (B,) bool, agent (B,) int64 (the row's slot),
+             messages (B, N, M) float32 in sender slots (the own slot is overwritten), heard (B, N) bool,
+             deter (B, H) float32, stoch (B, S·K) float32, prev_action (B,) int64 (-1: none),
+             one input per actor state tensor (B, ...) float32 (names as the policy's state dict),
+             [noise (B, S, K) float32 uniform in (0, 1), with ``latent="sample"``]
+    outputs  logits (B, A) float32 (masked actions -inf), action (B,) int64 (greedy),
+             message (B, M) float32 = [new stoch, one_hot(action)], new_deter (B, H), new_stoch (B, S·K),
+             new_prev_action (B,) int64 (= action), new_<actor state> per actor state tensor
+
+The step is `MAMBAWorldModel.filter_step` followed by the actor on the features [h_t, z_t]: on ``reset`` the
+filter state, previous action, received messages and actor state are the blank ones; the agent puts its own
+message [z_{t-1}, a_{t-1}] in its slot, attends over the heard messages, updates its GRU and takes its
+posterior z_t from h_t and its observation. The posterior is the argmax one-hot (``latent="mode"``) or a
+Gumbel-max sample ``argmax(logits - log(-log noise))`` (``latent="sample"``, the same distribution as the
+model's multinomial draw, but reproducible in any runtime). The communication transformer is written out
+from its layers' weights (`receive`): only the receiver's row goes through the last layer.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from agents.policies.base import RecurrentPolicy
+from exports.onnx import EXPORT_FORMAT, OPSET, library_version, spec_diff, write_graph
+from wmenv.models.comm import CommBlock
+
+LATENTS = ("mode", "sample")
+FILTER_INPUTS = ("obs", "action_mask", "reset", "agent", "messages", "heard", "deter", "stoch", "prev_action")
+"""The graph's inputs before the actor's state tensors (and ``noise``)."""
+
+
+def _attend(layer: nn.TransformerEncoderLayer, query: Tensor, x: Tensor, bias: Tensor) -> Tensor:
+    """Self-attention of ``layer`` for queries (B, Q, E) over keys / values x (B, N, E); bias (B, N) -inf where unheard."""
+    attn = layer.self_attn
+    heads, width = attn.num_heads, attn.embed_dim
+    w, b = attn.in_proj_weight, attn.in_proj_bias
+    q = rearrange(F.linear(query, w[:width], b[:width]), "b q (h p) -> b h q p", h=heads)
+    k = rearrange(F.linear(x, w[width : 2 * width], b[width : 2 * width]), "b n (h p) -> b h p n", h=heads)
+    v = rearrange(F.linear(x, w[2 * width :], b[2 * width :]), "b n (h p) -> b h n p", h=heads)
+    scores = torch.matmul(q, k) * (1.0 / math.sqrt(width // heads)) + bias[:, None, None, :]  # (B, h, Q, N)
+    out = rearrange(torch.matmul(torch.softmax(scores, -1), v), "b h q p -> b q (h p)")  # (B, Q, E)
+    return attn.out_proj(out)
+
+
+def _layer(layer: nn.TransformerEncoderLayer, x: Tensor, bias: Tensor, slot: Tensor | None) -> Tensor:
+    """One encoder layer (eval mode) over x (B, N, E); with ``slot`` (B, N) float one-hot only that row: (B, 1, E)."""
+    feed = lambda h: layer.linear2(layer.activation(layer.linear1(h)))  # noqa: E731
+    row = x if slot is None else (x * slot.unsqueeze(-1)).sum(1, keepdim=True)  # (B, Q, E)
+    if layer.norm_first:
+        keys = layer.norm1(x)
+        query = keys if slot is None else layer.norm1(row)
+        row = row + _attend(layer, query, keys, bias)
+        return row + feed(layer.norm2(row))
+    row = layer.norm1(row + _attend(layer, row, x, bias))
+    return layer.norm2(row + feed(row))
+
+
+def receive(comm: CommBlock, messages: Tensor, heard: Tensor, receiver: Tensor) -> Tensor:
+    """`CommBlock.receive` in eval mode, written out from the layers' weights (exports without a padding-mask op).
+
+    Args:
+        comm: the communication block.
+        messages: (B, N, M) float, in sender slots.
+        heard: (B, N) bool, the slots the receiver hears (its own is added).
+        receiver: (B,) int64, the receiver's slot.
+
+    Returns:
+        (B, E): the receiver's row of the transformer's output.
+    """
+    n = messages.shape[1]
+    slot = receiver.unsqueeze(-1) == torch.arange(n, device=messages.device)  # (B, N)
+    bias = torch.where(heard.bool() | slot, 0.0, float("-inf"))  # (B, N)
+    x = comm.embed(messages) + comm.position.weight[:n]  # (B, N, E)
+    layers = comm.encoder.layers
+    for i, layer in enumerate(layers):
+        x = _layer(layer, x, bias, slot.to(x.dtype) if i == len(layers) - 1 else None)
+    if comm.encoder.norm is not None:
+        x = comm.encoder.norm(x)
+    return comm.norm(x[:, 0])
+
+
+class WorldModelStep(nn.Module):
+    """The module that is exported (and the PyTorch reference of the graph, in eval mode); see the module docstring.
+
+    Args:
+        model: a `MAMBAWorldModel` (its ``rssm`` submodules and ``spec`` are used; the heads are not).
+        policy: the actor, on observations of width F = H + S·K.
+        state_names: the actor's state names, in input order.
+        latent: ``"mode"`` or ``"sample"``.
+    """
+
+    def __init__(self, model: nn.Module, policy: RecurrentPolicy, state_names: list[str], latent: str) -> None:
+        super().__init__()
+        rssm = model.rssm
+        self.comm, self.cell, self.obs_encoder, self.post_net = rssm.comm, rssm.cell, rssm.obs_encoder, rssm.post_net
+        self.policy, self.state_names, self.latent = policy, state_names, latent
+        self.n_agents, self.n_actions, self.classes = rssm.n_agents, rssm.n_actions, rssm.config.classes
+
+    def forward(
+        self,
+        obs: Tensor,
+        action_mask: Tensor,
+        reset: Tensor,
+        agent: Tensor,
+        messages: Tensor,
+        heard: Tensor,
+        deter: Tensor,
+        stoch: Tensor,
+        prev_action: Tensor,
+        actor_state: tuple[Tensor, ...],
+        noise: Tensor | None = None,
+    ) -> tuple[Tensor, ...]:
+        """See the module docstring for inputs and outputs."""
+        reset = reset.bool()  # masked_fill with constants: no zeros_like / full_like ops in the graph
+        deter, stoch = deter.masked_fill(reset.unsqueeze(-1), 0.0), stoch.masked_fill(reset.unsqueeze(-1), 0.0)
+        prev = prev_action.masked_fill(reset, -1)
+        own = torch.cat([stoch, self._onehot(prev, self.n_actions, stoch.dtype)], -1)  # (B, M); -1: zeros
+        slot = agent.unsqueeze(-1) == torch.arange(self.n_agents, device=obs.device)  # (B, N)
+        messages = torch.where(slot.unsqueeze(-1), own.unsqueeze(1), messages.masked_fill(reset[:, None, None], 0.0))
+        deter = self.cell(receive(self.comm, messages, heard, agent), deter)  # (B, H)
+        embed = self.obs_encoder(obs)  # (B, hidden)
+        logits = rearrange(self.post_net(torch.cat([deter, embed], -1)), "b (s k) -> b s k", k=self.classes)
+        if self.latent == "sample":
+            if noise is None:
+                raise ValueError("noise: expected (B, S, K) uniforms in (0, 1) for latent='sample', got None")
+            tiny = torch.finfo(noise.dtype).tiny
+            logits = logits - torch.log(-torch.log(noise.clamp(tiny, 1.0 - 1e-7)))
+        stoch = rearrange(self._onehot(logits.argmax(-1), self.classes, deter.dtype), "b s k -> b (s k)")
+        out, new = self.policy.step(torch.cat([deter, stoch], -1), dict(zip(self.state_names, actor_state)), reset)
+        out = out.masked_fill(~action_mask, float("-inf"))  # (B, A)
+        action = out.argmax(-1)
+        message = torch.cat([stoch, self._onehot(action, self.n_actions, stoch.dtype)], -1)
+        return out, action, message, deter, stoch, action, *(new[n] for n in self.state_names)
+
+    @staticmethod
+    def _onehot(index: Tensor, classes: int, dtype: torch.dtype) -> Tensor:
+        """(...) int64 -> (..., classes) one-hot; indices outside [0, classes) give zeros."""
+        return (index.unsqueeze(-1) == torch.arange(classes, device=index.device)).to(dtype)
+
+
+def _check(model: Any, policy: Any, spec: Any | None, latent: str) -> None:
+    """Refuse a model without the MAMBA filter, a policy that does not fit it, another env or an unknown latent."""
+    rssm = getattr(model, "rssm", None)
+    if not isinstance(model, nn.Module) or not isinstance(getattr(rssm, "comm", None), CommBlock):
+        raise TypeError(f"model: expected a MAMBAWorldModel (an RSSM with a CommBlock filter), got {type(model).__name__}")
+    if not isinstance(policy, RecurrentPolicy):
+        raise TypeError(
+            f"policy: expected a RecurrentPolicy (GRUPolicy, MambaPolicy, SPMambaPolicy), got {type(policy).__name__}"
+        )
+    if latent not in LATENTS:
+        raise ValueError(f"latent: expected one of {list(LATENTS)}, got {latent!r}")
+    F_, A = rssm.feature_dim, model.spec.n_actions
+    if (policy.obs_dim, policy.n_actions) != (F_, A):
+        raise ValueError(f"policy: expected obs_dim={F_} (the model's features H + S·K) and n_actions={A}, got "
+                         f"obs_dim={policy.obs_dim}, n_actions={policy.n_actions}")  # fmt: skip
+    if spec is not None and spec.describe() != model.spec.describe():
+        raise ValueError(f"spec: the model was made for {spec_diff(model.spec.describe(), spec.describe())}")
+    clash = sorted(set(policy.initial_state(1)) & {*FILTER_INPUTS, "noise"})
+    if clash:
+        raise ValueError(f"policy: its state names {clash} clash with the graph's inputs {list(FILTER_INPUTS)}")
+
+
+def export_wm_agent(
+    model: nn.Module,
+    policy: RecurrentPolicy,
+    path: str | Path,
+    spec: Any | None = None,
+    latent: Literal["mode", "sample"] = "sample",
+    opset: int = OPSET,
+) -> Path:
+    """Export a world-model agent's step (filter + actor) to an ONNX file; see the module docstring for the graph.
+
+    Model and policy are copied, put in eval mode and exported in float32 on the CPU.
+
+    Args:
+        model: a `MAMBAWorldModel`; its env spec is recorded so `OnnxAgent` can refuse another env.
+        policy: the actor, a `RecurrentPolicy` on the model's features (obs_dim F = H + S·K).
+        path: the ``.onnx`` file to write.
+        spec: when given, must be the model's env spec.
+        latent: ``"sample"`` (Gumbel-max with a ``noise`` input) or ``"mode"`` (argmax, no noise).
+        opset: ONNX opset (18 or later).
+
+    Returns:
+        ``path``.
+
+    Raises:
+        TypeError: ``model`` has no MAMBA filter, or ``policy`` is not a `RecurrentPolicy`.
+        ValueError: the policy does not fit the model, ``spec`` is another env, or an unknown ``latent``.
+        RuntimeError: the step cannot be exported, with the exporter's reason.
+    """
+    _check(model, policy, spec, latent)
+    path = Path(path)
+    model, policy = copy.deepcopy(model).float().cpu().eval(), copy.deepcopy(policy).float().cpu().eval()
+    state0 = policy.initial_state(2)
+    names = list(state0)
+    c, spec = model.rssm.config, model.spec
+    D, A, N, M, H, SK = spec.obs_dim, spec.n_actions, spec.n_agents, model.message_dim, c.deter, c.stoch * c.classes
+    graph = WorldModelStep(model, policy, names, latent).eval()
+    args: tuple[Any, ...] = (
+        torch.zeros(2, D), torch.ones(2, A, dtype=torch.bool), torch.zeros(2, dtype=torch.bool),
+        torch.tensor([0, N - 1]), torch.zeros(2, N, M), torch.ones(2, N, dtype=torch.bool), torch.zeros(2, H),
+        torch.zeros(2, SK), torch.full((2,), -1), tuple(state0.values()),
+    )  # fmt: skip
+    batch = torch.export.Dim("batch", min=1)
+    dynamic: tuple[Any, ...] = (*({0: batch} for _ in FILTER_INPUTS), tuple({0: batch} for _ in names))
+    inputs = [*FILTER_INPUTS, *names]
+    outputs = ["logits", "action", "message", "new_deter", "new_stoch", "new_prev_action", *(f"new_{n}" for n in names)]
+    if latent == "sample":
+        args, dynamic, inputs = (*args, torch.full((2, c.stoch, c.classes), 0.5)), (*dynamic, {0: batch}), [*inputs, "noise"]
+    meta = {
+        "wmenv.format": str(EXPORT_FORMAT),
+        "wmenv.kind": "world_model",
+        "wmenv.version": library_version(),
+        "wmenv.policy": type(policy).__name__,
+        "wmenv.model": type(model).__name__,
+        "wmenv.obs_dim": str(D),
+        "wmenv.n_actions": str(A),
+        "wmenv.n_agents": str(N),
+        "wmenv.message_dim": str(M),
+        "wmenv.filter_state": json.dumps([["deter", [H]], ["stoch", [SK]]]),
+        "wmenv.latent_shape": json.dumps([c.stoch, c.classes]),
+        "wmenv.latent": latent,
+        "wmenv.state": json.dumps([[n, list(state0[n].shape[1:])] for n in names]),
+        "wmenv.sampling": json.dumps(False),
+        "wmenv.observation_space": json.dumps({"shape": [D], "dtype": "float32"}),
+        "wmenv.action_space": json.dumps({"n": A}),
+        "wmenv.env": json.dumps(spec.describe()),
+    }
+    what = f"model: {type(model).__name__} filter + {type(policy).__name__}.step"
+    return write_graph(graph, args, dynamic, inputs, outputs, meta, path, what, opset)

@@ -1,0 +1,187 @@
+"""ONNX export of a world-model agent: 1000 steps of onnxruntime vs the PyTorch module, the filter's math, a real
+MPE episode with 3 agents exchanging messages, and clear errors."""
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+pytest.importorskip("onnxruntime")
+
+from agents.policies import GRUPolicyConfig, make_policy  # noqa: E402
+from exports import OnnxAgent, export_wm_agent, play_episode  # noqa: E402
+from exports.wm_agent import WorldModelStep, receive  # noqa: E402
+from wmenv.envs import make  # noqa: E402
+from wmenv.models.comm import CommBlock  # noqa: E402
+from wmenv.models.mamba_wm import MAMBAWorldModel, preset  # noqa: E402
+
+B = 3
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """An untrained `small` MAMBA model on MPE simple_spread (N=3), a GRU actor on its features, both latents exported."""
+    _, spec = make("mpe:simple_spread_v3", max_cycles=25)
+    torch.manual_seed(0)
+    model = MAMBAWorldModel(spec, preset("small")).eval()
+    policy = make_policy("gru", model.rssm.feature_dim, spec.n_actions, GRUPolicyConfig(hidden=32)).eval()
+    with torch.no_grad():  # away from the near-uniform init, so greedy actions are not ties
+        policy.head.weight.mul_(100.0)
+    folder = tmp_path_factory.mktemp("wm")
+    paths = {latent: export_wm_agent(model, policy, folder / f"{latent}.onnx", latent=latent) for latent in ("sample", "mode")}
+    return spec, model, policy, paths
+
+
+def random_inputs(rng: np.random.Generator, spec, M: int, t: int) -> tuple[np.ndarray, ...]:
+    """obs, action_mask, resets (all at t = 0, row 0 at t = 500, else 3 %), messages, heard (70 %), agent slots."""
+    N, A = spec.n_agents, spec.n_actions
+    obs = rng.normal(size=(B, spec.obs_dim)).astype(np.float32)
+    mask = rng.random((B, A)) < 0.7
+    mask[np.arange(B), rng.integers(0, A, B)] = True
+    resets = (rng.random(B) < 0.03) | (t == 0)
+    resets[0] |= t == 500
+    messages = rng.normal(size=(B, N, M)).astype(np.float32)
+    return obs, mask, resets, messages, rng.random((B, N)) < 0.7, rng.integers(0, N, B)
+
+
+def test_graph_checks_names_and_metadata(setup):
+    spec, model, policy, paths = setup
+    graph = onnx.load(str(paths["sample"]))
+    onnx.checker.check_model(graph)
+    assert not {n.op_type for n in graph.graph.node} & {"Loop", "Scan", "If"}
+    c = model.rssm.config
+    shapes = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in graph.graph.input}
+    N, M, D, A = spec.n_agents, model.message_dim, spec.obs_dim, spec.n_actions
+    assert shapes == {
+        "obs": ["batch", D], "action_mask": ["batch", A], "reset": ["batch"], "agent": ["batch"],
+        "messages": ["batch", N, M], "heard": ["batch", N], "deter": ["batch", c.deter],
+        "stoch": ["batch", c.stoch * c.classes], "prev_action": ["batch"], "h": ["batch", 1, 32],
+        "noise": ["batch", c.stoch, c.classes],
+    }  # fmt: skip
+    assert [o.name for o in graph.graph.output] == [
+        "logits", "action", "message", "new_deter", "new_stoch", "new_prev_action", "new_h"
+    ]  # fmt: skip
+    meta = {p.key: p.value for p in graph.metadata_props}
+    assert meta["wmenv.kind"] == "world_model" and meta["wmenv.message_dim"] == str(M) and meta["wmenv.n_agents"] == str(N)
+    assert '"id": "mpe:simple_spread_v3"' in meta["wmenv.env"] and meta["wmenv.latent"] == "sample"
+    assert "noise" not in [i.name for i in onnx.load(str(paths["mode"])).graph.input]
+
+
+def test_thousand_steps_with_resets_and_dropouts_match_pytorch(setup):
+    """OnnxAgent (latent "sample") = the exported module run in PyTorch with the same noise, states fed back."""
+    spec, model, policy, paths = setup
+    c, M = model.rssm.config, model.message_dim
+    agent = OnnxAgent(paths["sample"], providers=["CPUExecutionProvider"], spec=spec)
+    agent.reset(B)
+    ref = WorldModelStep(model, policy, ["h"], "sample").eval()
+    state = {"deter": torch.zeros(B, c.deter), "stoch": torch.zeros(B, c.stoch * c.classes),
+             "prev_action": torch.full((B,), -1), "h": policy.initial_state(B)["h"]}  # fmt: skip
+    rng, agent_rng, ref_rng = np.random.default_rng(0), np.random.default_rng(1), np.random.default_rng(1)
+    for t in range(1000):
+        inputs = random_inputs(rng, spec, M, t)
+        action = agent.act(*inputs, rng=agent_rng)
+        noise = torch.from_numpy(ref_rng.random((B, c.stoch, c.classes), dtype=np.float32))
+        with torch.no_grad():
+            obs, mask, resets, messages, heard, slots = map(torch.from_numpy, inputs)
+            logits, greedy, message, *new = ref(obs, mask, resets, slots, messages, heard, state["deter"], state["stoch"],
+                                                state["prev_action"], (state["h"],), noise)  # fmt: skip
+        state = dict(zip(["deter", "stoch", "prev_action", "h"], new))
+        np.testing.assert_allclose(agent.logits, logits.numpy(), atol=1e-5, rtol=1e-5, err_msg=f"step {t}")
+        assert np.array_equal(action, greedy.numpy()), f"step {t}"
+        np.testing.assert_allclose(agent.outgoing, message.numpy(), atol=1e-5, rtol=0, err_msg=f"message at step {t}")
+        for name, value in state.items():
+            np.testing.assert_allclose(agent.state[name], value.numpy(), atol=1e-5, rtol=1e-5, err_msg=f"{name} at step {t}")
+    assert np.array_equal(agent.state["prev_action"], action)
+
+
+def test_mode_graph_is_the_models_filter_with_the_argmax_posterior(setup):
+    """deter = `filter_step`'s, z = one_hot(argmax of the posterior logits it computes), logits = the actor's on [h, z]."""
+    spec, model, policy, paths = setup
+    c, M = model.rssm.config, model.message_dim
+    agent = OnnxAgent(paths["mode"], spec=spec)
+    agent.reset(B)
+    posterior: list[torch.Tensor] = []
+    hook = model.rssm.post_net.register_forward_hook(lambda mod, args, out: posterior.append(out))
+    h, rng = policy.initial_state(B), np.random.default_rng(2)
+    try:
+        for t in range(200):
+            inputs = random_inputs(rng, spec, M, t)
+            before = {k: torch.from_numpy(v) for k, v in agent.state.items()}
+            agent.act(*inputs)
+            with torch.no_grad():
+                obs, mask, resets, messages, heard, slots = map(torch.from_numpy, inputs)
+                filt = {k: before[k] for k in ("deter", "stoch")}
+                new, _ = model.filter_step(filt, obs, before["prev_action"], resets, slots, messages, heard)
+                z = torch.nn.functional.one_hot(posterior[-1].view(B, c.stoch, c.classes).argmax(-1), c.classes)
+                logits, h = policy.step(torch.cat([new["deter"], z.flatten(1).float()], -1), h, resets)
+            np.testing.assert_allclose(agent.state["deter"], new["deter"].numpy(), atol=1e-5, rtol=0, err_msg=f"step {t}")
+            assert np.array_equal(agent.state["stoch"], z.flatten(1).float().numpy()), f"step {t}"
+            np.testing.assert_allclose(agent.logits, logits.masked_fill(~mask, float("-inf")).numpy(), atol=1e-5, rtol=1e-5)
+    finally:
+        hook.remove()
+
+
+def test_written_out_attention_equals_comm_receive():
+    """`receive` = `CommBlock.receive`, 2 layers (a message could leak through a first-layer output), pre- and post-norm."""
+    torch.manual_seed(0)
+    comm = CommBlock(7, 8, 4, layers=2, heads=2, dropout=0.1).eval()
+    g = torch.Generator().manual_seed(1)
+    messages, heard = torch.randn(64, 4, 7, generator=g), torch.rand(64, 4, generator=g) < 0.5
+    receiver = torch.randint(0, 4, (64,), generator=g)
+    with torch.no_grad():
+        torch.testing.assert_close(receive(comm, messages, heard, receiver), comm.receive(messages, heard, receiver))
+        for layer in comm.encoder.layers:
+            layer.norm_first = False
+        torch.testing.assert_close(receive(comm, messages, heard, receiver), comm.receive(messages, heard, receiver))
+
+
+def test_three_agents_exchange_messages_in_a_real_episode(setup):
+    spec, model, _, paths = setup
+    env, _ = make("mpe:simple_spread_v3", max_cycles=25)
+    agent = OnnxAgent(paths["sample"], spec=spec)
+    ret = play_episode(agent, env, spec, seed=0)
+    assert np.isfinite(ret) and agent.batch_size == spec.n_agents == 3
+    c = model.rssm.config
+    sent = agent.outgoing  # [one-hot z (S of K), one-hot greedy action]
+    assert sent.shape == (3, model.message_dim)
+    assert (sent[:, : c.stoch * c.classes].sum(1) == c.stoch).all() and (sent[:, c.stoch * c.classes :].sum(1) == 1).all()
+    with pytest.raises(ValueError, match="neighbours: env mpe:simple_spread_v3 has no neighbours"):
+        play_episode(agent, env, spec, seed=0, neighbours=2)
+
+
+def test_bad_inputs_get_clear_errors(setup):
+    spec, model, policy, paths = setup
+    N, M, H = spec.n_agents, model.message_dim, model.rssm.config.deter
+    agent = OnnxAgent(paths["mode"])
+    agent.reset(B)
+    obs = np.zeros((B, spec.obs_dim), np.float32)
+    with pytest.raises(ValueError, match=rf"messages: expected shape \(B, N, M\) = \(3, 3, {M}\), got \(3, 3, {M + 1}\): "
+                                         rf"each message must have width M={M}"):  # fmt: skip
+        agent.act(obs, messages=np.zeros((B, N, M + 1), np.float32))
+    with pytest.raises(ValueError, match=r"messages: .* got \(3, 4, \d+\): each row must hold N=3 messages"):
+        agent.act(obs, messages=np.zeros((B, N + 1, M), np.float32))
+    with pytest.raises(ValueError, match=r"heard: expected shape \(3, 3\)"):
+        agent.act(obs, messages=np.zeros((B, N, M), np.float32), heard=np.ones((B, 2), bool))
+    with pytest.raises(ValueError, match=r"agent: expected slots in \[0, 3\), got \[0, 1, 3\]"):
+        agent.act(obs, agent=np.array([0, 1, 3]))
+    with pytest.raises(ValueError, match=rf"deter: expected shape \(3, {H}\) .* got \(3, 32\): a state of another model"):
+        agent.set_state({**agent.state, "deter": np.zeros((B, 32), np.float32)})
+    with pytest.raises(ValueError, match=r"deterministic: .* without action sampling \(world-model agents act greedily\)"):
+        agent.act(obs, deterministic=False)
+    # another env: other sizes, or the same sizes and another episode limit
+    _, flatland = make("flatland:5")
+    with pytest.raises(ValueError, match=r"spec: flatland:5 has obs_dim=\d+, n_actions=5; .* expects obs_dim=18, n_actions=5"):
+        OnnxAgent(paths["mode"], spec=flatland)
+    _, longer = make("mpe:simple_spread_v3", max_cycles=50)
+    with pytest.raises(ValueError, match=r"exported for env 'mpe:simple_spread_v3', .* differ in episode_limit: 25 vs 50"):
+        OnnxAgent(paths["mode"], spec=longer)
+    # export: an actor that does not fit the model, another env, an unknown latent
+    wrong = make_policy("gru", spec.obs_dim, spec.n_actions, GRUPolicyConfig(hidden=8))
+    with pytest.raises(ValueError, match=rf"policy: expected obs_dim={model.rssm.feature_dim} \(the model's features"):
+        export_wm_agent(model, wrong, paths["mode"].parent / "x.onnx")
+    with pytest.raises(ValueError, match=r"spec: the model was made for env 'mpe:simple_spread_v3', got env 'flatland:5'"):
+        export_wm_agent(model, policy, paths["mode"].parent / "x.onnx", spec=flatland)
+    with pytest.raises(ValueError, match=r"latent: expected one of \['mode', 'sample'\], got 'argmax'"):
+        export_wm_agent(model, policy, paths["mode"].parent / "x.onnx", latent="argmax")
+    with pytest.raises(TypeError, match="model: expected a MAMBAWorldModel"):
+        export_wm_agent(torch.nn.Linear(2, 2), policy, paths["mode"].parent / "x.onnx")

@@ -3,6 +3,8 @@
 Reads the latest checkpoint of ``--run-dir`` (or ``--checkpoint``), rebuilds the actor (GRU, Mamba or
 SP-Mamba) from its saved config, writes one ONNX step graph (``--out``), loads it with `OnnxAgent`
 (CUDA provider where onnxruntime-gpu sees a GPU) and prints the return of ``--episodes`` real episodes.
+A model-based run with latent actors (``--actor-input latent``) exports the whole world-model agent
+(its filter of the run's world model + the actor) and plays N such agents exchanging messages.
 
 Usage:
     python examples/03_export_onnx.py --run-dir runs/demo/mappo_spread --out runs/demo/agent.onnx
@@ -18,8 +20,9 @@ import numpy as np
 import tyro
 
 from agents.train import latest_checkpoint, policy_from_checkpoint
-from exports import OnnxAgent, export_agent, play_episode
+from exports import OnnxAgent, export_agent, export_wm_agent, play_episode
 from wmenv.envs import make
+from wmenv.fit import load_model
 
 
 @dataclass
@@ -37,7 +40,9 @@ class Args:
     seed: int = 1000
     """Seed of the first episode (the next ones count up)."""
     sampling: bool = False
-    """Also export the Gumbel-max sampling input."""
+    """Also export the Gumbel-max sampling input (actor-only graphs)."""
+    neighbours: int | None = None
+    """World-model agents: hear only ``env.neighbours(radius)`` (Flatland) instead of every present agent."""
 
 
 def main(args: Args) -> list[float]:
@@ -48,11 +53,14 @@ def main(args: Args) -> list[float]:
         raise SystemExit(f"no checkpoint in {args.run_dir}/checkpoints; {hint}")
     policy, train_cfg = policy_from_checkpoint(ckpt)
     env, spec = make(train_cfg["env_id"], **train_cfg["env_kwargs"])
-    path = export_agent(policy, args.out, spec=spec, sampling=args.sampling)
+    if train_cfg.get("actor_input") == "latent":  # the actor reads the world model's features: export both
+        path = export_wm_agent(load_model(ckpt / "world_model", spec), policy, args.out, spec=spec)
+    else:
+        path = export_agent(policy, args.out, spec=spec, sampling=args.sampling)
     agent = OnnxAgent(path, spec=spec)
     size, providers = path.stat().st_size / 1024, agent.session.get_providers()
     print(f"exported {type(policy).__name__} from {ckpt} to {path} ({size:.0f} KiB); providers {providers}")
-    returns = [play_episode(agent, env, spec, seed=args.seed + i) for i in range(args.episodes)]
+    returns = [play_episode(agent, env, spec, args.seed + i, args.neighbours) for i in range(args.episodes)]
     print(
         f"episode return per agent on {spec.id} over {args.episodes} episodes: {np.mean(returns):.2f} ± {np.std(returns):.2f}"
     )

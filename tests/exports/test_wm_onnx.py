@@ -185,3 +185,26 @@ def test_bad_inputs_get_clear_errors(setup):
         export_wm_agent(model, policy, paths["mode"].parent / "x.onnx", latent="argmax")
     with pytest.raises(TypeError, match="model: expected a MAMBAWorldModel"):
         export_wm_agent(torch.nn.Linear(2, 2), policy, paths["mode"].parent / "x.onnx")
+
+
+def test_example_exports_a_latent_model_based_run_and_plays_it(tmp_path):
+    """examples/03_export_onnx.py on a model-based run with latent actors exports filter + actor and plays N agents."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from agents.model_based import ModelBasedConfig, run
+    from wmenv.fit import FitConfig
+
+    root = Path(__file__).resolve().parents[2]
+    cfg = ModelBasedConfig(iterations=1, real_steps=60, num_envs=2, fit_steps=5, dream_updates=1, dream_worlds=8,
+                           fit=FitConfig(batch_size=4, progress=False), eval_episodes=1, actor_input="latent",
+                           run_dir=str(tmp_path / "run"), progress=False)  # fmt: skip
+    run(cfg)
+    export = [sys.executable, "examples/03_export_onnx.py", "--run-dir", str(tmp_path / "run"), "--out",
+              str(tmp_path / "a.onnx"), "--episodes", "1"]  # fmt: skip
+    proc = subprocess.run(export, cwd=root, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "episode return per agent on mpe:simple_spread_v3 over 1 episodes" in proc.stdout
+    agent = OnnxAgent(tmp_path / "a.onnx")
+    assert agent.kind == "world_model" and agent.n_agents == 3

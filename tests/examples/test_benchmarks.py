@@ -88,7 +88,9 @@ def test_onnx_step_benchmark_times_torch_and_onnxruntime(tmp_path):
                 row["torch_us"] > 0 and row["ort_us"] > 0 and abs(row["ort_speedup"] - row["torch_us"] / row["ort_us"]) < 0.01
             )
         assert out["results"][kind]["b1"]["onnx_agent_us"] > 0
-    assert set(out["goal"]) == {"sp_mamba_b1_ort_us", "le_50us", "ge_5x_torch"}
+    assert out["results"]["wm:gru"]["b1"]["ort_us"] > 0  # the world-model agent (small preset) by default
+    assert set(out["goal"]) == {"sp_mamba_b1_ort_us", "le_50us", "ge_5x_torch", "wm_small_b1_ort_us", "wm_le_100us"}
+    assert out["goal"]["wm_le_100us"] == (out["results"]["wm:gru"]["b1"]["ort_us"] <= 100.0)
 
 
 def test_dream_throughput_benchmark_reports_ratios(tmp_path):

@@ -53,13 +53,15 @@ def main(args: Args) -> list[float]:
         raise SystemExit(f"no checkpoint in {args.run_dir}/checkpoints; {hint}")
     policy, train_cfg = policy_from_checkpoint(ckpt)
     env, spec = make(train_cfg["env_id"], **train_cfg["env_kwargs"])
+    what = type(policy).__name__
     if train_cfg.get("actor_input") == "latent":  # the actor reads the world model's features: export both
         path = export_wm_agent(load_model(ckpt / "world_model", spec), policy, args.out, spec=spec)
+        what = f"the world model's filter + {what}"
     else:
         path = export_agent(policy, args.out, spec=spec, sampling=args.sampling)
     agent = OnnxAgent(path, spec=spec)
     size, providers = path.stat().st_size / 1024, agent.session.get_providers()
-    print(f"exported {type(policy).__name__} from {ckpt} to {path} ({size:.0f} KiB); providers {providers}")
+    print(f"exported {what} from {ckpt} to {path} ({size:.0f} KiB); providers {providers}")
     returns = [play_episode(agent, env, spec, args.seed + i, args.neighbours) for i in range(args.episodes)]
     print(
         f"episode return per agent on {spec.id} over {args.episodes} episodes: {np.mean(returns):.2f} ± {np.std(returns):.2f}"

@@ -57,7 +57,8 @@ def test_resume_continues_the_curve_replay_and_weights(tmp_path):
     assert int(replay.episode_lengths.sum()) > int(EpisodeReplay.load(ckpt / "replay.safetensors").episode_lengths.sum())
     # the actor in the checkpoint is the one the model-free tools read (ONNX export, policy_from_checkpoint)
     policy, train_cfg = policy_from_checkpoint(latest_checkpoint(tmp_path))
-    logits, _ = policy.step(torch.zeros(2, 18), policy.initial_state(2), torch.zeros(2, dtype=torch.bool))
+    assert policy.obs_dim == 64 + 8 * 8  # the default latent actor reads the small preset's [h, z]
+    logits, _ = policy.step(torch.zeros(2, 128), policy.initial_state(2), torch.zeros(2, dtype=torch.bool))
     assert train_cfg["env_id"] == "mpe:simple_spread_v3" and logits.shape == (2, 5)
 
 
@@ -77,14 +78,15 @@ def test_latent_actors_act_through_the_filter_resume_and_repeat(tmp_path):
     first = run(_small(tmp_path / "a", 1, actor_input="latent"))
     again = run(_small(tmp_path / "b", 1, actor_input="latent"))
     assert first["eval_returns"] == again["eval_returns"] and first["real_returns"] == again["real_returns"]
-    decoded = run(_small(tmp_path / "c", 1))
+    decoded = run(_small(tmp_path / "c", 1, actor_input="decoded"))
     assert decoded["eval_returns"][1] != first["eval_returns"][1]
+    assert policy_from_checkpoint(latest_checkpoint(tmp_path / "c"))[0].obs_dim == 18  # MPE's observation
     second = run(_small(tmp_path / "a", 2, actor_input="latent", resume=True))
     assert second["eval_returns"][:2] == first["eval_returns"] and second["real_steps"] == 120
     policy, train_cfg = policy_from_checkpoint(latest_checkpoint(tmp_path / "a"))
     assert train_cfg["actor_input"] == "latent" and policy.obs_dim == 64 + 8 * 8  # the small preset's [h, z]
     with pytest.raises(ValueError, match="another architecture"):  # a decoded actor cannot take over a latent one
-        run(_small(tmp_path / "a", 3, resume=True))
+        run(_small(tmp_path / "a", 3, resume=True, actor_input="decoded"))
 
 
 def test_resume_refuses_other_world_model_and_corrupt_checkpoints(tmp_path):

@@ -74,3 +74,14 @@ def test_heads_must_divide_the_width():
     """heads that do not divide the width raise a ValueError naming heads."""
     with pytest.raises(ValueError, match=r"^heads: expected a divisor of width=6, got 4$"):
         CommBlock(3, 6, 2, heads=4)
+
+
+def test_one_receiver_per_row_equals_its_row_of_the_per_receiver_forward():
+    """receive(messages, heard, receiver) = forward(messages, hears)[b, receiver] for any receiver slot (not only the last)."""
+    torch.manual_seed(0)
+    block = CommBlock(5, 6, 3, layers=2, heads=2, dropout=0.0).eval()
+    messages, hears = torch.randn(2, 3, 5), torch.tensor([[[1, 0, 1], [1, 1, 0], [0, 0, 1]]] * 2, dtype=torch.bool)
+    full = block(messages, hears)
+    receiver = torch.tensor([0, 1])  # slot 2 never asked: the one-hot width must come from the message count
+    got = block.receive(messages, hears[torch.arange(2), receiver], receiver)
+    torch.testing.assert_close(got, full[torch.arange(2), receiver])

@@ -178,6 +178,28 @@ def test_unheard_messages_cannot_reach_a_receiver():
     assert not torch.allclose(out[:, 2], base[:, 2]) and not torch.allclose(out[:, 1], base[:, 1])  # their own
 
 
+def test_observe_sequence_takes_a_hears_matrix_without_alive_and_filter_step_returns_the_posterior_logits():
+    """hears alone (alive=None) restricts messages as in img_step; filter_step's logits are post_net([h', embed])."""
+    rssm = tiny_rssm(n_agents=3)
+    g = torch.Generator().manual_seed(0)
+    obs, prev = torch.randn(2, 3, 3, 3, generator=g), F.one_hot(torch.randint(0, 4, (2, 3, 3), generator=g), 4).float()
+    resets = torch.zeros(2, 3, dtype=torch.bool)
+    hears = torch.rand(2, 3, 3, 3, generator=g) < 0.4
+    posts, _ = rssm.observe_sequence(obs, prev, resets, None, torch.Generator().manual_seed(1), hears=hears)
+    steps, state, embed = torch.Generator().manual_seed(1), rssm.blank(2), rssm.obs_encoder(obs)
+    for t in range(3):
+        state = rssm.post_step(rssm.img_step(state, prev[:, t], steps, hears[:, t], sample=False), embed[:, t], steps)
+        torch.testing.assert_close(posts["deter"][:, t], state["deter"])
+    deter, e = torch.randn(4, 5, generator=g), torch.randn(4, 8, generator=g)
+    messages, heard, receiver = (
+        torch.randn(4, 3, 10, generator=g),
+        torch.ones(4, 3, dtype=torch.bool),
+        torch.tensor([0, 1, 2, 0]),
+    )
+    out = rssm.filter_step(deter, messages, heard, receiver, e, torch.Generator().manual_seed(2))
+    torch.testing.assert_close(out["logits"], rssm.post_net(torch.cat([out["deter"], e], -1)).view(4, 2, 3))
+
+
 def test_observe_sequence_starts_blank_and_ignores_absent_agents_observations():
     """state=None is the blank state; an absent agent's observation changes nothing, a present one's changes its posterior."""
     rssm = tiny_rssm()

@@ -151,3 +151,35 @@ def test_filter_refuses_bad_inputs():
         model.filter_step(state, obs, prev, reset, torch.tensor([0, 3]))
     with pytest.raises(ValueError, match=r"obs: expected a \(B, 3\) tensor, got \(2, 4\)"):
         model.filter_step(state, torch.zeros(2, 4), prev, reset, agent)
+
+
+def test_imagine_and_observe_pass_presence_and_hears_to_the_rssm():
+    """imagine(present=p): absent agents send nothing (= img_step with hears p as senders); observe(hears=H) = the
+    last row of observe_sequence with H; filter_step without messages / heard = zero messages, all slots heard."""
+    model = model_of()
+    g = torch.Generator().manual_seed(0)
+    state = model.initial(2, g)
+    actions = torch.randint(0, 4, (2, N), generator=g)
+    present = torch.tensor([[True, False, True], [True, True, True]])
+    nxt, _ = model.imagine(state, actions, torch.Generator().manual_seed(1), present=present)
+    senders = present[:, None, :].expand(-1, N, -1)
+    ref = model.rssm.img_step(
+        state, torch.nn.functional.one_hot(actions, 4).float(), torch.Generator().manual_seed(1), senders
+    )
+    torch.testing.assert_close(nxt["deter"], ref["deter"])
+    everyone, _ = model.imagine(state, actions, torch.Generator().manual_seed(1))
+    assert not torch.allclose(nxt["deter"][0], everyone["deter"][0])  # agent 1 of world 0 is not heard
+    torch.testing.assert_close(nxt["deter"][1], everyone["deter"][1])  # world 1: everyone present
+    traj = trajectory(model, torch.float32)
+    hears = torch.rand(B, T, N, N, generator=g) < 0.5
+    last = model.observe(
+        traj["obs"], traj["action"], traj["reset"], None, torch.Generator().manual_seed(2), traj["alive"], hears
+    )
+    torch.testing.assert_close(model.features(last), observed(model, traj, 2, hears)[:, -1])
+    state, obs = model.filter_initial(2), torch.randn(2, 3, generator=g)
+    state["stoch"] = torch.rand(2, 6, generator=g)
+    args = (obs, torch.tensor([1, 2]), torch.tensor([False, False]), torch.tensor([0, 2]))
+    a = model.filter_step(dict(state), *args, generator=torch.Generator().manual_seed(3))[1]
+    full = model.filter_step(dict(state), *args, torch.zeros(2, N, model.message_dim), torch.ones(2, N, dtype=torch.bool),
+                             generator=torch.Generator().manual_seed(3))[1]  # fmt: skip
+    torch.testing.assert_close(a, full)

@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from agents.policies.base import RecurrentPolicy
+from wmenv.envs.spec import spec_differences
 
 EXPORT_FORMAT = 1
 """Version of the graph's input / output / metadata layout; `OnnxAgent` refuses other versions."""
@@ -53,8 +54,7 @@ def library_version() -> str:
 
 def spec_diff(expected: dict, got: dict) -> str:
     """``"env 'a', got env 'b'; they differ in obs_dim: 18 vs 252, ..."`` for two `EnvSpec.describe` dicts."""
-    keys = [k for k in {**expected, **got} if expected.get(k) != got.get(k)]
-    diff = ", ".join(f"{k}: {expected.get(k)!r} vs {got.get(k)!r}" for k in keys)
+    diff = ", ".join(f"{k}: {a!r} vs {b!r}" for k, a, b in spec_differences(expected, got))
     return f"env {expected.get('id')!r}, got env {got.get('id')!r}; they differ in {diff}"
 
 

@@ -113,6 +113,11 @@ class EnvSpec:
         }
 
 
+def spec_differences(expected: Mapping[str, Any], got: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+    """``(field, expected value, got value)`` for every field where two `EnvSpec.describe` dicts differ, in order."""
+    return [(k, expected.get(k), got.get(k)) for k in {**expected, **got} if expected.get(k) != got.get(k)]
+
+
 def stack_obs(spec: EnvSpec, obs: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Per-agent observation dict -> fixed-slot arrays.
 

@@ -20,17 +20,16 @@ import numpy as np
 from gymnasium import spaces
 from pettingzoo import ParallelEnv
 
-from wmenv.envs.spec import stack_obs
+from wmenv.envs.spec import spec_differences, stack_obs
 from wmenv.latent.filter import AgentFilters
 from wmenv.models.world_model import WorldModel
 
 
 def check_same_spec(env_spec: Any, model: WorldModel, what: str = "env") -> None:
     """Refuse an env whose spec differs from the one the model was fitted on, naming the fields that differ."""
-    ours, theirs = model.spec.describe(), env_spec.describe()
-    differ = {k: (theirs.get(k), v) for k, v in ours.items() if theirs.get(k) != v}
+    differ = spec_differences(model.spec.describe(), env_spec.describe())
     if differ:
-        lines = "; ".join(f"{k}: env {got!r}, model {want!r}" for k, (got, want) in differ.items())
+        lines = "; ".join(f"{k}: env {got!r}, model {want!r}" for k, want, got in differ)
         raise ValueError(f"{what}: its spec differs from the model's ({lines})")
 
 

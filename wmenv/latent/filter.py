@@ -63,18 +63,17 @@ class AgentFilters:
         if self.model.training:  # e.g. fitted since the last step: no dropout while filtering
             self.model.eval()
         with torch.no_grad():
-            prev = torch.where(rows_reset, -1, self.prev_action)
-            keep = (~rows_reset).unsqueeze(-1).to(self.dtype)
-            sent = self.model.message({k: v * keep for k, v in self.state.items()}, prev)  # (W·N, M)
+            # filter_step blanks a reset row's state, previous action and received messages (a whole world resets)
+            sent = self.model.message(self.state, self.prev_action)  # (W·N, M)
             messages = repeat(sent, "(w j) m -> (w i) j m", w=W, i=N)
             heard = repeat(alive, "w j -> (w i) j", i=N)  # absent agents send nothing
             if hears is not None:
                 heard = heard & rearrange(self._tensor("hears", hears, (W, N, N), torch.bool), "w i j -> (w i) j")
             self.state, feat = self.model.filter_step(
-                self.state, rearrange(obs, "w n d -> (w n) d"), prev, rows_reset, self._agent, messages, heard,
-                rearrange(alive, "w n -> (w n)"), self.generator,
+                self.state, rearrange(obs, "w n d -> (w n) d"), self.prev_action, rows_reset, self._agent, messages,
+                heard, rearrange(alive, "w n -> (w n)"), self.generator,
             )  # fmt: skip
-        self.prev_action = prev
+        self.prev_action = torch.where(rows_reset, -1, self.prev_action)  # until `record`: no action in the new episode
         self.features = rearrange(feat, "(w n) f -> w n f", w=W)
         return self.features
 

@@ -83,15 +83,29 @@ def median_us(fn: Callable[[], None], seconds: float) -> float:
     return statistics.median(times) * 1e6
 
 
+def open_session(path: Path, args: Args) -> tuple[ort.InferenceSession, list[str]]:
+    """An onnxruntime session of ``path`` with ``args.threads`` intra-op threads on ``args.device``, and its providers."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = args.threads
+    providers = ["CUDAExecutionProvider"] if args.device == "cuda" else ["CPUExecutionProvider"]
+    return ort.InferenceSession(str(path), options, providers=providers), providers
+
+
+def timing_row(torch_step: Callable[[], None], ort_step: Callable[[], None], batch: int, args: Args) -> dict:
+    """Median µs per step of both runtimes, onnxruntime's speed-up, and agent-steps/s of each."""
+    t_us, o_us = median_us(torch_step, args.seconds), median_us(ort_step, args.seconds)
+    row = {"torch_us": round(t_us, 2), "ort_us": round(o_us, 2), "ort_speedup": round(t_us / o_us, 2)}
+    row["torch_agent_steps_per_s"] = round(batch / t_us * 1e6, 1)
+    row["ort_agent_steps_per_s"] = round(batch / o_us * 1e6, 1)
+    return row
+
+
 def measure(kind: str, spec, args: Args, folder: Path) -> dict:
     """Times of one policy kind at every batch size, torch vs onnxruntime."""
     torch.manual_seed(0)
     policy = make_policy(kind, spec.obs_dim, spec.n_actions).eval()
     path = export_agent(policy, folder / f"{kind}.onnx", spec=spec)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = args.threads
-    providers = ["CUDAExecutionProvider"] if args.device == "cuda" else ["CPUExecutionProvider"]
-    session = ort.InferenceSession(str(path), options, providers=providers)
+    session, providers = open_session(path, args)
     policy = policy.to(torch.device(args.device))
     result: dict = {"params": sum(p.numel() for p in policy.parameters())}
     for batch in args.batches:
@@ -129,10 +143,7 @@ def measure_batch(
         out = session.run(None, feeds)
         feeds.update({n: out[2 + i] for i, n in enumerate(names)})
 
-    t_us, o_us = median_us(torch_step, args.seconds), median_us(ort_step, args.seconds)
-    row = {"torch_us": round(t_us, 2), "ort_us": round(o_us, 2), "ort_speedup": round(t_us / o_us, 2)}
-    row["torch_agent_steps_per_s"] = round(batch / t_us * 1e6, 1)
-    row["ort_agent_steps_per_s"] = round(batch / o_us * 1e6, 1)
+    row = timing_row(torch_step, ort_step, batch, args)
     if batch == 1:
         agent = OnnxAgent(path, providers=providers, spec=spec, threads=args.threads)
         agent.reset(1)
@@ -146,10 +157,7 @@ def measure_wm(kind: str, spec, args: Args, folder: Path) -> dict:
     model = MAMBAWorldModel(spec, preset(args.wm_preset)).eval()
     policy = make_policy(kind, model.rssm.feature_dim, spec.n_actions).eval()
     path = export_wm_agent(model, policy, folder / f"wm-{kind}.onnx", latent=args.wm_latent)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = args.threads
-    providers = ["CUDAExecutionProvider"] if args.device == "cuda" else ["CPUExecutionProvider"]
-    session = ort.InferenceSession(str(path), options, providers=providers)
+    session, providers = open_session(path, args)
     names = list(policy.initial_state(1))
     step = WorldModelStep(model, policy, names, args.wm_latent).eval().to(torch.device(args.device))
     result: dict = {
@@ -201,10 +209,7 @@ def measure_wm_batch(
         out = dict(zip(outputs, session.run(None, feeds)))
         feeds.update({n: out[f"new_{n}"] for n in states})
 
-    t_us, o_us = median_us(torch_step, args.seconds), median_us(ort_step, args.seconds)
-    row = {"torch_us": round(t_us, 2), "ort_us": round(o_us, 2), "ort_speedup": round(t_us / o_us, 2)}
-    row["torch_agent_steps_per_s"] = round(batch / t_us * 1e6, 1)
-    row["ort_agent_steps_per_s"] = round(batch / o_us * 1e6, 1)
+    row = timing_row(torch_step, ort_step, batch, args)
     if batch == 1:
         agent = OnnxAgent(path, providers=providers, spec=spec, threads=args.threads)
         agent.reset(1)

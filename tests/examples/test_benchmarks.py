@@ -236,3 +236,20 @@ def test_loop_profile_reports_consistent_phases(tmp_path):
         assert out["vs_matmul"][k] == pytest.approx(out["gflops"][k] / ref, rel=1e-2, abs=1e-3)
     work = out["flops"]["fit_step"] * 2 / 1e9
     assert out["gflops"]["fit"] == pytest.approx(work / (ms["fit"] * 100 / 1e3), rel=2e-2)
+
+
+def test_eval_scalars_collects_every_eval_scalar_of_the_runs(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    for seed, arrived in ((0, [0.0, 0.1, 0.2, 0.3]), (1, [0.0, 0.3, 0.2, 0.1])):
+        with SummaryWriter(str(tmp_path / f"run{seed}")) as w:
+            for i, a in enumerate(arrived):
+                w.add_scalar("eval/arrived_fraction", a, i * 100)
+                w.add_scalar("eval/episode_return", -a, i * 100)
+                w.add_scalar("train/loss", 1.0, i * 100)  # not an evaluation: left out
+    out = _run("eval_scalars.py", "--runs", str(tmp_path / "run0"), str(tmp_path / "run1"), "--out", str(tmp_path / "e.json"))
+    assert set(out["scalars"]) == {"arrived_fraction", "episode_return"}
+    arrived = out["scalars"]["arrived_fraction"]
+    assert arrived["steps"] == [0, 100, 200, 300] and arrived["mean"] == pytest.approx([0.0, 0.2, 0.2, 0.2])
+    assert arrived["last3_per_run"] == pytest.approx([0.2, 0.2]) and arrived["last3_mean"] == pytest.approx(0.2)
+    assert json.loads((tmp_path / "e.json").read_text()) == out

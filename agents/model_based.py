@@ -35,7 +35,15 @@ from tqdm.auto import tqdm
 
 from agents.critic import AttentionCritic, CriticConfig
 from agents.mappo import MAPPO, MAPPOConfig
-from agents.policies import POLICIES, GRUPolicyConfig, MambaPolicyConfig, SPMambaConfig, make_policy
+from agents.policies import (
+    POLICIES,
+    GRUPolicyConfig,
+    MambaPolicyConfig,
+    MLPPolicyConfig,
+    SPMambaConfig,
+    make_policy,
+    policy_field,
+)
 from agents.schedule import achieved_ratios, collect_for_update, scheduled_units
 from agents.train import (
     evaluate_and_log,
@@ -95,7 +103,7 @@ class ModelBasedConfig:
     dream_updates: int = 0
     """If > 0, exactly this many MAPPO iterations (one horizon-long dream rollout + PPO update each) per update
     instead of ``dream_ratio`` (the paper's "Number of updates")."""
-    policy: Literal["gru", "mamba", "sp-mamba"] = "gru"
+    policy: Literal["gru", "mamba", "sp-mamba", "mlp"] = "gru"
     """Actor kind."""
     actor_input: Literal["decoded", "latent"] = "latent"
     """What the actor sees: the world model's "latent" features (acts on the real env through each agent's own
@@ -107,6 +115,8 @@ class ModelBasedConfig:
     """Architecture of the "mamba" actor."""
     sp_mamba: SPMambaConfig = field(default_factory=SPMambaConfig)
     """Architecture of the "sp-mamba" actor."""
+    mlp: MLPPolicyConfig = field(default_factory=MLPPolicyConfig)
+    """Architecture of the "mlp" actor."""
     mappo: MAPPOConfig = field(default_factory=lambda: MAPPOConfig(epochs=5, entropy_coef=0.001))
     """PPO settings for training in the dream (rollout length is set to ``horizon``)."""
     critic: CriticConfig = field(default_factory=CriticConfig)
@@ -319,7 +329,7 @@ def run(cfg: ModelBasedConfig) -> dict[str, Any]:
     replay = EpisodeReplay(ReplayConfig(capacity=cfg.capacity, seed=cfg.seed), spec=spec)
     model = MAMBAWorldModel(spec, preset(cfg.model))
     wm_optim = torch.optim.Adam(model.parameters(), lr=model.config.lr)
-    policy_cfg = {"gru": cfg.gru, "mamba": cfg.mamba, "sp-mamba": cfg.sp_mamba}[cfg.policy]
+    policy_cfg = getattr(cfg, policy_field(cfg.policy))
     actor_dim = spec.obs_dim if cfg.actor_input == "decoded" else model.rssm.feature_dim
     policy = make_policy(cfg.policy, actor_dim, spec.n_actions, policy_cfg)
     state_dim = spec.n_agents * model.rssm.feature_dim

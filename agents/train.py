@@ -34,7 +34,18 @@ from tqdm.auto import tqdm
 
 from agents.critic import CriticConfig
 from agents.mappo import MAPPO, MAPPOConfig
-from agents.policies import POLICIES, GRUPolicyConfig, MambaPolicyConfig, RecurrentPolicy, SPMambaConfig, make_policy
+from agents.policies import (
+    POLICIES,
+    POLICY_CONFIGS,
+    GRUPolicyConfig,
+    MambaPolicyConfig,
+    MLPPolicyConfig,
+    PolicyConfig,
+    RecurrentPolicy,
+    SPMambaConfig,
+    make_policy,
+    policy_field,
+)
 from wmenv.checks import check_choice, check_int
 from wmenv.envs.vector import VecEnv
 from wmenv.latent.filter import AgentFilters
@@ -78,14 +89,16 @@ class TrainConfig:
     """Show a tqdm progress bar."""
     mappo: MAPPOConfig = field(default_factory=MAPPOConfig)
     """PPO hyperparameters."""
-    policy: Literal["gru", "mamba", "sp-mamba"] = "gru"
-    """Actor: the MAPPO GRU policy, the plain Mamba policy, or Self-Predictive Mamba."""
+    policy: Literal["gru", "mamba", "sp-mamba", "mlp"] = "gru"
+    """Actor: the MAPPO GRU policy, the plain Mamba policy, Self-Predictive Mamba, or a feed-forward MLP."""
     gru: GRUPolicyConfig = field(default_factory=GRUPolicyConfig)
     """Architecture of the "gru" actor."""
     mamba: MambaPolicyConfig = field(default_factory=MambaPolicyConfig)
     """Architecture of the "mamba" actor."""
     sp_mamba: SPMambaConfig = field(default_factory=SPMambaConfig)
     """Architecture and self-prediction losses of the "sp-mamba" actor."""
+    mlp: MLPPolicyConfig = field(default_factory=MLPPolicyConfig)
+    """Architecture of the "mlp" actor."""
     critic: CriticConfig = field(default_factory=CriticConfig)
     """Critic architecture and value normalization."""
     steps_per_iteration: int = field(init=False)
@@ -104,9 +117,9 @@ class TrainConfig:
         self.iterations = math.ceil(self.total_steps / self.steps_per_iteration)
 
     @property
-    def policy_config(self) -> GRUPolicyConfig | MambaPolicyConfig | SPMambaConfig:
+    def policy_config(self) -> PolicyConfig:
         """The config of the selected actor kind."""
-        return {"gru": self.gru, "mamba": self.mamba, "sp-mamba": self.sp_mamba}[self.policy]
+        return getattr(self, policy_field(self.policy))
 
 
 @dataclass
@@ -314,8 +327,8 @@ def policy_from_checkpoint(path: str | Path) -> tuple[RecurrentPolicy, dict[str,
     if isinstance(train_cfg["policy"], dict):  # checkpoints from before the policy choice: a GRU config there
         kind, fields = "gru", train_cfg["policy"]
     else:
-        kind, fields = train_cfg["policy"], train_cfg[train_cfg["policy"].replace("-", "_")]
-    config_type = {"gru": GRUPolicyConfig, "mamba": MambaPolicyConfig, "sp-mamba": SPMambaConfig}[kind]
+        kind, fields = train_cfg["policy"], train_cfg[policy_field(train_cfg["policy"])]
+    config_type = POLICY_CONFIGS[kind]
     init = {f.name for f in dataclasses.fields(config_type) if f.init}
     policy = make_policy(
         kind,

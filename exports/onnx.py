@@ -63,6 +63,8 @@ _EXPORTER_NOISE = (
     r".*isinstance\(treespec, LeafSpec\)` is deprecated",  # torch.export internals
     r"# The axis name: .* will not be used, since it shares the same shape constraints",  # one Dim for every batch axis
     r"_check_is_size will be removed",  # torch.export internals
+    r"# ONNX model has different number of inputs than the flatten dynamic_shapes",  # a stateless actor's empty
+    # state list: the axes keep generated names, which `write_graph` renames to "batch"
 )
 
 
@@ -148,10 +150,10 @@ def export_agent(
         torch.zeros(2, D),
         torch.ones(2, A, dtype=torch.bool),
         torch.zeros(2, dtype=torch.bool),
-        tuple(state0.values()),
+        list(state0.values()),
     )
     batch = torch.export.Dim("batch", min=1)
-    dynamic: tuple[Any, ...] = ({0: batch}, {0: batch}, {0: batch}, tuple({0: batch} for _ in names))
+    dynamic: tuple[Any, ...] = ({0: batch}, {0: batch}, {0: batch}, state_dynamic(names, batch))
     inputs = ["obs", "action_mask", "reset", *names]
     outputs = ["logits", "action", *(["sampled_action"] if sampling else []), *(f"new_{n}" for n in names)]
     if sampling:
@@ -170,6 +172,14 @@ def export_agent(
         "wmenv.env": json.dumps(spec.describe() if spec is not None else None),
     }
     return write_graph(graph, args, dynamic, inputs, outputs, meta, path, f"policy: {type(policy).__name__}.step", opset)
+
+
+def state_dynamic(names: list[str], batch: Any) -> list[dict[int, Any]]:
+    """``dynamic_shapes`` of the state argument (a list of tensors): the batch axis of each tensor.
+
+    The state goes in as a list, not a tuple: the exporter turns the specs into lists, which an empty tuple
+    (a stateless actor) would not match."""
+    return [{0: batch} for _ in names]
 
 
 def write_graph(
@@ -214,6 +224,10 @@ def write_graph(
     if loops:
         tmp.unlink(missing_ok=True)
         raise RuntimeError(f"{what} exported with control flow {loops}; expected straight-line code")
+    for value in (*model.graph.input, *model.graph.output):
+        batch_axis = value.type.tensor_type.shape.dim[0]
+        if batch_axis.dim_param:  # one dynamic axis: the batch (named by the exporter when it could not rename)
+            batch_axis.dim_param = "batch"
     del model.metadata_props[:]
     for k, v in meta.items():
         model.metadata_props.add(key=k, value=v)

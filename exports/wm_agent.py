@@ -38,7 +38,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from agents.policies.base import RecurrentPolicy
-from exports.onnx import EXPORT_FORMAT, OPSET, library_version, spec_diff, write_graph
+from exports.onnx import EXPORT_FORMAT, OPSET, library_version, spec_diff, state_dynamic, write_graph
 from wmenv.models.comm import CommBlock
 
 LATENTS = ("mode", "sample")
@@ -216,10 +216,10 @@ def export_wm_agent(
     args: tuple[Any, ...] = (
         torch.zeros(2, D), torch.ones(2, A, dtype=torch.bool), torch.zeros(2, dtype=torch.bool),
         torch.tensor([0, N - 1]), torch.zeros(2, N, M), torch.ones(2, N, dtype=torch.bool), torch.zeros(2, H),
-        torch.zeros(2, SK), torch.full((2,), -1), tuple(state0.values()),
+        torch.zeros(2, SK), torch.full((2,), -1), list(state0.values()),
     )  # fmt: skip
     batch = torch.export.Dim("batch", min=1)
-    dynamic: tuple[Any, ...] = (*({0: batch} for _ in FILTER_INPUTS), tuple({0: batch} for _ in names))
+    dynamic: tuple[Any, ...] = (*({0: batch} for _ in FILTER_INPUTS), state_dynamic(names, batch))
     inputs = [*FILTER_INPUTS, *names]
     outputs = ["logits", "action", "message", "new_deter", "new_stoch", "new_prev_action", *(f"new_{n}" for n in names)]
     if latent == "sample":

@@ -41,6 +41,7 @@ import tyro
 from report import emit, machine
 
 from agents.model_based import ModelBasedConfig, run
+from agents.policies import POLICIES, policy_field
 from wmenv.data.collect import random_available
 from wmenv.envs.vector import VecEnv
 
@@ -266,7 +267,7 @@ def main(args: Args) -> dict:
         start = time.perf_counter()
         result = run(cfg)
         runs.append({"seed": seed, **result, "process_s": time.perf_counter() - start})
-    unused = {"gru", "mamba", "sp_mamba"} - {args.run.policy.replace("-", "_")}  # other actors' architectures
+    unused = {policy_field(k) for k in POLICIES} - {policy_field(args.run.policy)}  # other actors' architectures
     skip = {"env_id", "env_kwargs", "seed", "run_dir", "resume", "progress", "torch_threads", *unused}
     run_settings = {k: v for k, v in dataclasses.asdict(args.run).items() if k not in skip}
     head = {"benchmark": "model_based", "env_id": args.env_id, "env_kwargs": dict(args.env_kwargs), "run": run_settings,

@@ -7,7 +7,7 @@ import torch
 
 pytest.importorskip("onnxruntime")
 
-from agents.policies import GRUPolicyConfig, MambaPolicyConfig, SPMambaConfig, make_policy  # noqa: E402
+from agents.policies import GRUPolicyConfig, MambaPolicyConfig, MLPPolicyConfig, SPMambaConfig, make_policy  # noqa: E402
 from exports import OnnxAgent, export_agent  # noqa: E402
 from wmenv.envs import make  # noqa: E402
 
@@ -17,6 +17,7 @@ KINDS = {
     "mamba": ("mamba", MambaPolicyConfig(hidden=32, d_state=8)),
     "sp-mamba": ("sp-mamba", SPMambaConfig(d_model=32, d_state=8)),
     "sp-mamba k=4 categorical": ("sp-mamba", SPMambaConfig(d_model=32, d_state=8, k=4, encoder="categorical")),
+    "mlp": ("mlp", MLPPolicyConfig(hidden=32)),
 }
 
 

@@ -8,7 +8,7 @@ import torch
 
 pytest.importorskip("onnxruntime")
 
-from agents.policies import GRUPolicyConfig, make_policy  # noqa: E402
+from agents.policies import GRUPolicyConfig, MLPPolicyConfig, make_policy  # noqa: E402
 from exports import OnnxAgent, export_wm_agent, play_episode  # noqa: E402
 from exports.wm_agent import WorldModelStep, receive  # noqa: E402
 from wmenv.envs import make  # noqa: E402
@@ -92,6 +92,34 @@ def test_thousand_steps_with_resets_and_dropouts_match_pytorch(setup):
         for name, value in state.items():
             np.testing.assert_allclose(agent.state[name], value.numpy(), atol=1e-5, rtol=1e-5, err_msg=f"{name} at step {t}")
     assert np.array_equal(agent.state["prev_action"], action)
+
+
+def test_stateless_actor_exports_with_the_filter(setup, tmp_path):
+    """A feed-forward actor (MAMBA's) on the features: the graph has only the filter's state, and matches PyTorch."""
+    spec, model, _, _ = setup
+    torch.manual_seed(2)
+    policy = make_policy("mlp", model.rssm.feature_dim, spec.n_actions, MLPPolicyConfig(hidden=16)).eval()
+    with torch.no_grad():
+        policy.head.weight.mul_(100.0)
+    path = export_wm_agent(model, policy, tmp_path / "mlp.onnx", latent="mode")
+    graph = onnx.load(str(path))
+    assert [i.name for i in graph.graph.input] == ["obs", "action_mask", "reset", "agent", "messages", "heard", "deter",
+                                                   "stoch", "prev_action"]  # fmt: skip
+    assert all(i.type.tensor_type.shape.dim[0].dim_param == "batch" for i in graph.graph.input)
+    agent = OnnxAgent(path, providers=["CPUExecutionProvider"], spec=spec)
+    agent.reset(B)
+    ref = WorldModelStep(model, policy, [], "mode").eval()
+    c, M = model.rssm.config, model.message_dim
+    state = [torch.zeros(B, c.deter), torch.zeros(B, c.stoch * c.classes), torch.full((B,), -1)]
+    rng = np.random.default_rng(3)
+    for t in range(200):
+        inputs = random_inputs(rng, spec, M, t)
+        action = agent.act(*inputs)
+        with torch.no_grad():
+            obs, mask, resets, messages, heard, slots = map(torch.from_numpy, inputs)
+            logits, greedy, _, *state = ref(obs, mask, resets, slots, messages, heard, *state, [])
+        np.testing.assert_allclose(agent.logits, logits.numpy(), atol=1e-5, rtol=1e-5, err_msg=f"step {t}")
+        assert np.array_equal(action, greedy.numpy()), f"step {t}"
 
 
 def test_mode_graph_is_the_models_filter_with_the_argmax_posterior(setup):

@@ -47,7 +47,7 @@ from agents.policies import (
     policy_field,
 )
 from wmenv.checks import check_choice, check_int
-from wmenv.envs.vector import VecEnv
+from wmenv.envs.vector import BACKENDS, VecEnv
 from wmenv.latent.filter import AgentFilters
 
 CHECKPOINT_FORMAT = 1
@@ -65,8 +65,8 @@ class TrainConfig:
     """E, env copies collected in parallel (the MAPPO paper used 128 on MPE)."""
     seed: int = 0
     """Seeds torch, NumPy, the envs (copy i gets ``seed + i``) and the learner's sampling stream."""
-    backend: Literal["sync", "subproc"] = "sync"
-    """`VecEnv` backend: in-process (fast envs such as MPE) or worker processes (slow envs)."""
+    backend: Literal["sync", "subproc", "jax"] = "sync"
+    """`VecEnv` backend: in-process (fast envs such as MPE), worker processes (slow envs), "jax" (SMAX: one jitted call)."""
     env_kwargs: dict[str, int | float | bool | str] = field(default_factory=dict)
     """Extra keywords for `wmenv.envs.make` (e.g. ``max_cycles`` for MPE)."""
     run_dir: str = "runs/mappo"
@@ -111,7 +111,7 @@ class TrainConfig:
             check_int(f"TrainConfig.{name}", getattr(self, name))
         for name in ("eval_every", "checkpoint_every", "torch_threads"):
             check_int(f"TrainConfig.{name}", getattr(self, name), 0)
-        check_choice("TrainConfig.backend", self.backend, ("sync", "subproc"))
+        check_choice("TrainConfig.backend", self.backend, BACKENDS)
         check_choice("TrainConfig.policy", self.policy, POLICIES)
         self.steps_per_iteration = self.num_envs * self.mappo.rollout_length
         self.iterations = math.ceil(self.total_steps / self.steps_per_iteration)

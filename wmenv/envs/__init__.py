@@ -7,6 +7,7 @@ Ids are ``"<family>:<name>"``:
 ``pettingzoo:<module path>``       any PettingZoo parallel env, e.g. ``pettingzoo:pettingzoo.butterfly.pistonball_v6``
 ``flatland:5`` / ``:10`` / ``:15``  Flatland 4.x with the MAMBA paper's maps (Table 2)
 ``smacv2:<map>``                   SMACv2, e.g. ``smacv2:protoss_5_vs_5`` (needs StarCraft II)
+``smax:<map>``                     SMAX, JaxMARL's SC2-free SMAC, e.g. ``smax:3s_vs_5z`` (extra ``[smax]``)
 ``mamujoco:<scenario>:<conf>``     MaMuJoCo from ``gymnasium-robotics``, e.g. ``mamujoco:Humanoid:9|8``
 ``gym:<id>``                       a single-agent Gymnasium env as a one-agent parallel env
 =================================  ==========================================================
@@ -26,6 +27,7 @@ _FAMILIES: dict[str, str] = {
     "pettingzoo": "wmenv.envs.pettingzoo:make_pettingzoo",
     "flatland": "wmenv.envs.flatland:make_flatland",
     "smacv2": "wmenv.envs.smacv2:make_smacv2",
+    "smax": "wmenv.envs.smax:make_smax",
     "mamujoco": "wmenv.envs.mamujoco:make_mamujoco",
     "gym": "wmenv.envs.gym:make_gym",
 }
@@ -39,6 +41,8 @@ KNOWN_IDS: tuple[str, ...] = (
     "smacv2:protoss_5_vs_5",
     "smacv2:terran_5_vs_5",
     "smacv2:zerg_5_vs_5",
+    "smax:3m",
+    "smax:3s_vs_5z",
     "mamujoco:Humanoid:9|8",
     "gym:CartPole-v1",
 )

@@ -5,11 +5,13 @@ Glossary: E env copies, N agent slots, D observation features, A actions, S glob
 Every copy auto-resets when its episode ends; the finished episode's last observation and state,
 its return and length come back in the same `VecStep`. With ``backend="subproc"`` the copies are
 split over worker processes (pays for slow envs such as Flatland; for a fast env such as MPE the
-pipe costs more than it saves, so ``"sync"`` is the default).
+pipe costs more than it saves, so ``"sync"`` is the default). With ``backend="jax"`` (JAX envs: SMAX)
+the copies are one batched state stepped by one vmapped, jitted call (`wmenv.envs.smax.SMAXBatch`).
 """
 
 from __future__ import annotations
 
+import importlib
 import multiprocessing as mp
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -152,6 +154,13 @@ class _EnvFactory:
         return make(self.env_id, **self.kwargs)[0]
 
 
+BACKENDS = ("sync", "subproc", "jax")
+"""`VecEnv` backends; ``"jax"`` only for the families in `JAX_BATCHES`."""
+
+JAX_BATCHES: dict[str, str] = {"smax": "wmenv.envs.smax:SMAXBatch"}
+"""Env family -> "module:class" of its batched JAX implementation (``backend="jax"``)."""
+
+
 class VecEnv:
     """E copies of one env, stepped with fixed-slot arrays and auto-reset.
 
@@ -160,7 +169,7 @@ class VecEnv:
         num_envs: E, the number of copies.
         seed: copy i is reset first with ``seed + i``.
         backend: ``"sync"`` steps all copies in this process; ``"subproc"`` spreads them over
-            ``num_workers`` processes.
+            ``num_workers`` processes; ``"jax"`` steps them as one batch with one jitted call (SMAX only).
         num_workers: worker processes for ``"subproc"`` (default: min(E, CPU count)).
         **make_kwargs: passed to `wmenv.envs.make`.
     """
@@ -170,19 +179,29 @@ class VecEnv:
         env_id: str,
         num_envs: int = 1,
         seed: int = 0,
-        backend: Literal["sync", "subproc"] = "sync",
+        backend: Literal["sync", "subproc", "jax"] = "sync",
         num_workers: int | None = None,
         **make_kwargs: Any,
     ) -> None:
         if not isinstance(num_envs, int) or num_envs < 1:
             raise ValueError(f"num_envs: expected an integer >= 1, got {num_envs!r}")
-        check_choice("backend", backend, ("sync", "subproc"))
+        check_choice("backend", backend, BACKENDS)
         self.num_envs, self.backend = num_envs, backend
         factory = _EnvFactory(env_id, make_kwargs)
         seeds = [seed + i for i in range(num_envs)]
         self._remotes: list[Connection] = []
         self._procs: list[Any] = []
-        if backend == "sync":
+        if backend == "jax":
+            family, _, name = env_id.partition(":")
+            if family not in JAX_BATCHES:
+                raise ValueError(
+                    f"backend: 'jax' steps only JAX envs ({', '.join(f'{f}:...' for f in JAX_BATCHES)}), got {env_id!r}; "
+                    "use 'sync' or 'subproc'"
+                )
+            module, cls = JAX_BATCHES[family].split(":")
+            self._batch = getattr(importlib.import_module(module), cls)(name, num_envs, seed, **make_kwargs)
+            self.spec = self._batch.spec
+        elif backend == "sync":
             self._copies = [_Copy(factory(), s) for s in seeds]
             self.spec: EnvSpec = self._copies[0].spec
         else:
@@ -212,6 +231,9 @@ class VecEnv:
     def _call(self, cmd: str, actions: np.ndarray | None = None) -> VecStep:
         if self.closed:
             raise RuntimeError("VecEnv is closed")
+        if self.backend == "jax":
+            batch = self._batch.reset() if cmd == "reset" else self._batch.step(actions)
+            return VecStep(**batch)
         if self.backend == "sync":
             rows = [c.reset() for c in self._copies] if cmd == "reset" else [c.step(a) for c, a in zip(self._copies, actions)]
         else:
@@ -246,7 +268,9 @@ class VecEnv:
         """Close every copy and stop the workers."""
         if self.closed:
             return
-        if self.backend == "sync":
+        if self.backend == "jax":
+            self._batch.close()
+        elif self.backend == "sync":
             for c in self._copies:
                 c.env.close()
         else:

@@ -44,7 +44,9 @@ import contextlib
 import functools
 import importlib.metadata
 import importlib.util
-import io
+import os
+import sys
+from collections.abc import Iterator
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -96,6 +98,24 @@ def known_maps() -> tuple[str, ...]:
     return (*SMAX_MAPS, *EXTRA_MAPS)
 
 
+@contextlib.contextmanager
+def _quiet_stdout() -> Iterator[None]:
+    """Send what is written to stdout (file descriptor 1, whatever ``sys.stdout`` is rebound to) to /dev/null, and
+    restore ``sys.stdout`` afterwards."""
+    saved = sys.stdout
+    saved.flush()
+    fd = os.dup(1)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+            yield
+            sys.stdout.flush()
+    finally:
+        os.dup2(fd, 1)
+        os.close(fd)
+        sys.stdout = saved
+
+
 def check_smax_installed() -> None:
     """Raise a clear error unless JaxMARL 0.2 and a jax with CPU support can be imported.
 
@@ -113,7 +133,7 @@ def check_smax_installed() -> None:
         )
     import jax
 
-    with contextlib.redirect_stdout(io.StringIO()):  # jaxmarl prints "Importing submoduled environments..."
+    with _quiet_stdout():  # jaxmarl prints "Importing submoduled environments..." and rebinds sys.stdout
         import jaxmarl.environments  # noqa: F401
     try:
         jax.devices("cpu")

@@ -1,11 +1,14 @@
-"""VecEnv throughput: the in-process ("sync") backend vs worker processes ("subproc"), in one run.
+"""VecEnv throughput: the in-process ("sync") backend vs worker processes ("subproc") and, for JAX envs (SMAX),
+one jitted batch ("jax"), in one run.
 
 Steps E copies with uniformly random available actions for a fixed time per backend and reports
-agent-steps per second and the subproc / sync ratio, so the README's advice (subprocesses for slow
-envs such as Flatland, in-process for fast ones such as MPE) rests on a measurement. Prints one JSON line.
+agent-steps per second and each backend's ratio to sync, so the README's advice (subprocesses for slow
+envs such as Flatland, in-process for fast ones such as MPE, the jitted batch for SMAX) rests on a
+measurement. Prints one JSON line.
 
 Usage:
     python examples/benchmarks/vec_env.py --env-ids mpe:simple_spread_v3 flatland:5 --num-envs 8 --seconds 20
+    python examples/benchmarks/vec_env.py --env-ids smax:3m --backends sync jax --num-envs 1 8 64 --seconds 10
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import tyro
 
-from wmenv.envs.vector import VecEnv
+from wmenv.envs.vector import JAX_BATCHES, VecEnv
 
 
 @dataclass
@@ -28,12 +31,14 @@ class Args:
 
     env_ids: list[str] = field(default_factory=lambda: ["mpe:simple_spread_v3", "flatland:5"])
     """`wmenv.envs.make` ids to measure."""
-    num_envs: int = 8
-    """E, env copies."""
+    num_envs: list[int] = field(default_factory=lambda: [8])
+    """E, env copies (one measurement per value)."""
+    backends: list[str] = field(default_factory=lambda: ["sync", "subproc", "jax"])
+    """Backends to compare with "sync" (always measured); "jax" only where the env family has one."""
     num_workers: int = 2
     """Worker processes of the subproc backend."""
     seconds: float = 20.0
-    """Measuring time per (env, backend), after one warm-up step."""
+    """Measuring time per (env, backend, E), after one warm-up step (which includes a JAX env's compiling)."""
 
 
 def rate(env_id: str, backend: str, num_envs: int, num_workers: int, seconds: float) -> float:
@@ -51,15 +56,16 @@ def rate(env_id: str, backend: str, num_envs: int, num_workers: int, seconds: fl
 
 def main(args: Args) -> dict:
     """Measure every env with both backends; print and return the JSON summary."""
-    results = {}
+    results: dict[str, dict] = {}
     for env_id in args.env_ids:
-        sync = rate(env_id, "sync", args.num_envs, args.num_workers, args.seconds)
-        sub = rate(env_id, "subproc", args.num_envs, args.num_workers, args.seconds)
-        results[env_id] = {
-            "sync_agent_steps_per_s": round(sync, 1),
-            "subproc_agent_steps_per_s": round(sub, 1),
-            "subproc_over_sync": round(sub / sync, 3),
-        }
+        backends = [b for b in args.backends if b != "sync" and (b != "jax" or env_id.partition(":")[0] in JAX_BATCHES)]
+        for E in args.num_envs:
+            sync = rate(env_id, "sync", E, args.num_workers, args.seconds)
+            row = {"sync_agent_steps_per_s": round(sync, 1)}
+            for backend in backends:
+                r = rate(env_id, backend, E, args.num_workers, args.seconds)
+                row.update({f"{backend}_agent_steps_per_s": round(r, 1), f"{backend}_over_sync": round(r / sync, 3)})
+            results[env_id if len(args.num_envs) == 1 else f"{env_id} E={E}"] = row
     summary = {
         "benchmark": "vec_env",
         "num_envs": args.num_envs,

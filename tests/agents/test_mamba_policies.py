@@ -160,7 +160,7 @@ def test_bad_settings_and_inputs_are_named():
         )
     with pytest.raises(ValueError, match=r"obs: expected shape \(B, 6\), got \(2, 5\)"):
         policy.step(torch.randn(2, 5), state, torch.zeros(2, dtype=torch.bool))
-    with pytest.raises(ValueError, match=r"kind: expected one of \['gru', 'mamba', 'sp-mamba'\], got 'lstm'"):
+    with pytest.raises(ValueError, match=r"kind: expected one of \['gru', 'mamba', 'sp-mamba', 'mlp'\], got 'lstm'"):
         make_policy("lstm", 6, 3)
     with pytest.raises(TypeError, match="config: expected a MambaPolicyConfig, got SPMambaConfig"):
         make_policy("mamba", 6, 3, SPMambaConfig())

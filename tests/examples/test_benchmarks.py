@@ -1,5 +1,6 @@
 """Benchmark scripts run end to end with tiny budgets and print one JSON line of results."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -253,3 +254,16 @@ def test_eval_scalars_collects_every_eval_scalar_of_the_runs(tmp_path):
     assert arrived["steps"] == [0, 100, 200, 300] and arrived["mean"] == pytest.approx([0.0, 0.2, 0.2, 0.2])
     assert arrived["last3_per_run"] == pytest.approx([0.2, 0.2]) and arrived["last3_mean"] == pytest.approx(0.2)
     assert json.loads((tmp_path / "e.json").read_text()) == out
+
+
+@pytest.mark.skipif(importlib.util.find_spec("jaxmarl") is None, reason="jaxmarl not installed (extra [smax])")
+def test_smax_reference_and_jax_backend_rates():
+    out = _run("smax_reference.py", "--maps", "3m", "--episodes", "3")
+    for policy in ("random", "heuristic"):
+        r = out["results"]["3m"][policy]
+        assert r["episodes"] == 3 and 0 <= r["win_rate"] <= 1 and r["win_rate_95"][0] <= r["win_rate"] <= r["win_rate_95"][1]
+        assert 1 <= r["mean_length"] <= 101
+    rates = _run("vec_env.py", "--env-ids", "smax:3m", "--backends", "jax", "--num-envs", "2", "--seconds", "0.3")
+    r = rates["results"]["smax:3m"]
+    assert r["jax_agent_steps_per_s"] > 0 and "subproc_agent_steps_per_s" not in r
+    assert abs(r["jax_over_sync"] - r["jax_agent_steps_per_s"] / r["sync_agent_steps_per_s"]) < 1e-2

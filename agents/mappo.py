@@ -65,6 +65,9 @@ class MAPPOConfig:
     """Weight of the value loss."""
     entropy_coef: float = 0.01
     """Weight of the entropy bonus."""
+    entropy_decay: float = 1.0
+    """Multiplies the entropy weight after every minibatch step (MAMBA's ``ENTROPY_ANNEALING``: 0.99998); the
+    learners pass the decay of earlier updates as ``update(entropy_scale=...)``, so it survives a resume."""
     aux_coef: float = 1.0
     """Weight of the policy's auxiliary loss from `forward_train` (the GRU and Mamba policies have none)."""
     max_grad_norm: float = 10.0
@@ -81,7 +84,7 @@ class MAPPOConfig:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 and np.isfinite(v)):
                 raise ValueError(f"MAPPOConfig.{name}: expected a positive finite number, got {v!r}")
-        for name in ("gamma", "gae_lambda"):
+        for name in ("gamma", "gae_lambda", "entropy_decay"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and 0.0 <= v <= 1.0):
                 raise ValueError(f"MAPPOConfig.{name}: expected a value in [0, 1], got {v!r}")
@@ -332,10 +335,11 @@ class MAPPO(nn.Module):
                 adv = (adv - live.mean()) / (live.std() + 1e-5)
         return adv, ret
 
-    def loss(self, batch: Chunks) -> tuple[Tensor, dict[str, Tensor]]:
+    def loss(self, batch: Chunks, entropy_coef: float | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """The MAPPO loss of a minibatch of chunks (updates the value normalizer with its valid returns).
 
-        Dead agents and padding (``batch.valid`` False) contribute nothing to any term.
+        Dead agents and padding (``batch.valid`` False) contribute nothing to any term. ``entropy_coef`` replaces
+        ``config.entropy_coef`` (an annealed weight).
 
         Returns:
             loss: scalar; stats: detached scalars for logging.
@@ -355,19 +359,29 @@ class MAPPO(nn.Module):
             values, batch.values, vn.normalize(batch.returns), valid,
             cfg.value_clip if cfg.clip_value_loss else None, cfg.huber_delta if cfg.huber_loss else None,
         )  # fmt: skip
-        loss = policy_loss - cfg.entropy_coef * entropy + cfg.value_coef * value_loss + cfg.aux_coef * aux_loss
+        ent_coef = cfg.entropy_coef if entropy_coef is None else entropy_coef
+        loss = policy_loss - ent_coef * entropy + cfg.value_coef * value_loss + cfg.aux_coef * aux_loss
         stats.update(policy_loss=policy_loss.detach(), value_loss=value_loss.detach(), entropy=entropy.detach())
         stats.update({f"aux/{k}": torch.as_tensor(v) for k, v in aux_stats.items()})
         if aux_stats:
             stats["aux_loss"] = aux_loss.detach()
         return loss, stats
 
-    def update(self, storage: RolloutStorage, lr_scale: float = 1.0) -> dict[str, float]:
+    def minibatch_steps(self) -> int:
+        """Optimizer steps one `update` takes (``epochs × num_minibatches``)."""
+        return self.config.epochs * self.config.num_minibatches
+
+    def entropy_scale_after(self, updates: int) -> float:
+        """The entropy weight's factor after ``updates`` earlier updates: ``entropy_decay ** (updates × minibatch steps)``."""
+        return float(self.config.entropy_decay ** (updates * self.minibatch_steps()))
+
+    def update(self, storage: RolloutStorage, lr_scale: float = 1.0, entropy_scale: float = 1.0) -> dict[str, float]:
         """``epochs`` passes of minibatch PPO over a filled storage.
 
         Args:
             storage: written by `collect` (or any source) for all T steps.
             lr_scale: multiplies both learning rates (linear annealing passes ``1 - progress``).
+            entropy_scale: multiplies ``entropy_coef`` (`entropy_scale_after` of the minibatch steps taken before).
 
         Returns:
             name -> mean over minibatches (losses, entropy, approx_kl, clip_frac, grad norms).
@@ -375,6 +389,8 @@ class MAPPO(nn.Module):
         cfg = self.config
         if not 0.0 < lr_scale <= 1.0:
             raise ValueError(f"lr_scale: expected a value in (0, 1], got {lr_scale}")
+        if not 0.0 <= entropy_scale <= 1.0:
+            raise ValueError(f"entropy_scale: expected a value in [0, 1], got {entropy_scale}")
         for group, lr in zip(self.optimizer.param_groups, (cfg.lr, cfg.critic_lr)):
             group["lr"] = lr * lr_scale
         adv, ret = self.advantages(storage)
@@ -388,7 +404,8 @@ class MAPPO(nn.Module):
             for idx in perm.split(size):
                 # One minibatch holds every chunk and the loss is a mean over them, so storage order gives the same
                 # loss without a copy and keeps each env's N agent rows together (`AttentionCritic` attends once for them).
-                loss, stats = self.loss(chunks if len(idx) == n else chunks.index(idx))
+                ent_coef = cfg.entropy_coef * entropy_scale * cfg.entropy_decay**count
+                loss, stats = self.loss(chunks if len(idx) == n else chunks.index(idx), ent_coef)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 stats["grad_norm_actor"] = nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)

@@ -437,7 +437,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             t0 = time.perf_counter()
             lr_scale = 1.0 - counters["iteration"] / cfg.iterations if cfg.anneal_lr else 1.0
             carry, episodes = agent.collect(vec, storage, carry)
-            metrics = agent.update(storage, lr_scale)
+            metrics = agent.update(storage, lr_scale, agent.entropy_scale_after(counters["iteration"]))
             before = counters["env_steps"]
             counters["iteration"] += 1
             counters["env_steps"] += cfg.steps_per_iteration

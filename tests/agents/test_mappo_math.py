@@ -381,8 +381,8 @@ def test_update_averages_stats_over_minibatches_and_scales_learning_rates():
     agent.collect(env, storage, carry)
     calls, loss = [], agent.loss
 
-    def probe(batch):
-        out, stats = loss(batch)
+    def probe(batch, entropy_coef=None):
+        out, stats = loss(batch, entropy_coef)
         stats["probe"] = torch.tensor(float(len(calls)))
         calls.append(len(batch))
         return out, stats
@@ -403,6 +403,35 @@ def test_update_averages_stats_over_minibatches_and_scales_learning_rates():
     assert [g["lr"] for g in agent.optimizer.param_groups] == [1e-3, 2e-3]
 
 
+def test_entropy_weight_anneals_per_minibatch_step_and_resumes_from_earlier_updates():
+    """Minibatch step k of an update weighs entropy by coef × entropy_scale × decay**k; the learners pass
+    entropy_scale_after(u) = decay**(u × epochs × minibatches) for u earlier updates, as MAMBA's ×0.99998 per step."""
+    agent = _agent(rollout_length=7, chunk_length=3, epochs=3, num_minibatches=2, entropy_coef=0.01, entropy_decay=0.9)
+    env = ToyVecEnv()
+    storage, carry = agent.new_storage(env.num_envs), agent.start(env)
+    agent.collect(env, storage, carry)
+    seen, loss = [], agent.loss
+
+    def probe(batch, entropy_coef=None):
+        seen.append(entropy_coef)
+        return loss(batch, entropy_coef)
+
+    agent.loss = probe
+    assert agent.minibatch_steps() == 6 and agent.entropy_scale_after(0) == 1.0
+    assert agent.entropy_scale_after(2) == pytest.approx(0.9**12)
+    agent.update(storage, entropy_scale=agent.entropy_scale_after(2))
+    np.testing.assert_allclose(seen, [0.01 * 0.9 ** (12 + k) for k in range(6)], rtol=1e-12)
+    with pytest.raises(ValueError, match=r"^entropy_scale: expected a value in \[0, 1\], got 2"):
+        agent.update(storage, entropy_scale=2)
+    with pytest.raises(ValueError, match=r"MAPPOConfig.entropy_decay: expected a value in \[0, 1\]"):
+        MAPPOConfig(entropy_decay=1.5)
+    # the coefficient reaches the loss: a larger weight on the same batch lowers the loss by weight × entropy
+    batch = storage.chunks(3, *agent.advantages(storage))
+    low, stats = type(agent).loss(copy.deepcopy(agent), batch, 0.0)  # copies: loss moves the value normalizer
+    high, _ = type(agent).loss(copy.deepcopy(agent), batch, 0.5)
+    torch.testing.assert_close(low - high, 0.5 * stats["entropy"], rtol=1e-5, atol=1e-6)
+
+
 def test_update_with_one_minibatch_takes_chunks_in_storage_order_and_still_draws_the_permutation():
     """One minibatch: every chunk in (chunk, env, agent) order (no copy; N agent rows together); the shuffle is still drawn."""
     agent = _agent(rollout_length=7, chunk_length=3, epochs=2, num_minibatches=1)
@@ -411,9 +440,9 @@ def test_update_with_one_minibatch_takes_chunks_in_storage_order_and_still_draws
     agent.collect(env, storage, carry)
     batches, loss = [], agent.loss
 
-    def probe(batch):
+    def probe(batch, entropy_coef=None):
         batches.append(batch)
-        return loss(batch)
+        return loss(batch, entropy_coef)
 
     agent.loss = probe
     state = agent.generator.get_state()

@@ -153,8 +153,9 @@ def test_named_schedules_reproduce_the_paper_and_the_cli_reads_them():
     assert (sc.model, sc.fit.seq_len, sc.fit_steps, sc.capacity) == ("smac", 20, 60, 250_000)
     for c in (fl, sc):
         assert (c.real_episodes, c.num_envs, c.dream_updates, c.horizon, c.mappo.epochs) == (1, 1, 4, 15, 5)
-        assert (c.mappo.lr, c.mappo.critic_lr, c.mappo.entropy_coef) == (5e-4, 5e-4, 1e-3)
-    assert (fl.dream_worlds, sc.dream_worlds) == (40 * 49, 40 * 19) and fl.gru.hidden == 400 and sc.gru.hidden == 256
+        assert (c.mappo.lr, c.mappo.critic_lr, c.mappo.entropy_coef, c.mappo.entropy_decay) == (5e-4, 5e-4, 1e-3, 0.99998)
+        assert (c.policy, c.mlp.layers, c.critic.recurrent) == ("mlp", 2, False)  # MAMBA's Actor, AugmentedCritic
+    assert (fl.dream_worlds, sc.dream_worlds) == (40 * 49, 40 * 19) and fl.mlp.hidden == 400 and sc.mlp.hidden == 256
     assert schedule_config("mamba-flatland") is not schedule_config("mamba-flatland")
     with pytest.raises(ValueError, match=r"^schedule: "):
         schedule_config("mamba-atari")

@@ -373,12 +373,17 @@ def test_loss_without_valid_steps_leaves_value_norm_alone():
     assert float(stats["policy_loss"]) == 0.0 and float(stats["value_loss"]) == 0.0 and float(loss.detach()) == 0.0
 
 
-def test_update_averages_stats_over_minibatches_and_scales_learning_rates():
-    """update: epochs × minibatches calls of loss covering every chunk once per epoch, mean stats, lr × lr_scale."""
-    agent = _agent(rollout_length=7, chunk_length=3, epochs=3, num_minibatches=2, lr=1e-3, critic_lr=2e-3)
-    env = ToyVecEnv()
+def _collected(**cfg):
+    """A toy-env agent with ``cfg`` and a storage it filled with one rollout: (agent, env, storage)."""
+    agent, env = _agent(**cfg), ToyVecEnv()
     storage, carry = agent.new_storage(env.num_envs), agent.start(env)
     agent.collect(env, storage, carry)
+    return agent, env, storage
+
+
+def test_update_averages_stats_over_minibatches_and_scales_learning_rates():
+    """update: epochs × minibatches calls of loss covering every chunk once per epoch, mean stats, lr × lr_scale."""
+    agent, env, storage = _collected(rollout_length=7, chunk_length=3, epochs=3, num_minibatches=2, lr=1e-3, critic_lr=2e-3)
     calls, loss = [], agent.loss
 
     def probe(batch, entropy_coef=None):
@@ -406,10 +411,8 @@ def test_update_averages_stats_over_minibatches_and_scales_learning_rates():
 def test_entropy_weight_anneals_per_minibatch_step_and_resumes_from_earlier_updates():
     """Minibatch step k of an update weighs entropy by coef × entropy_scale × decay**k; the learners pass
     entropy_scale_after(u) = decay**(u × epochs × minibatches) for u earlier updates, as MAMBA's ×0.99998 per step."""
-    agent = _agent(rollout_length=7, chunk_length=3, epochs=3, num_minibatches=2, entropy_coef=0.01, entropy_decay=0.9)
-    env = ToyVecEnv()
-    storage, carry = agent.new_storage(env.num_envs), agent.start(env)
-    agent.collect(env, storage, carry)
+    agent, _, storage = _collected(rollout_length=7, chunk_length=3, epochs=3, num_minibatches=2, entropy_coef=0.01,
+                                   entropy_decay=0.9)  # fmt: skip
     seen, loss = [], agent.loss
 
     def probe(batch, entropy_coef=None):
@@ -434,10 +437,7 @@ def test_entropy_weight_anneals_per_minibatch_step_and_resumes_from_earlier_upda
 
 def test_update_with_one_minibatch_takes_chunks_in_storage_order_and_still_draws_the_permutation():
     """One minibatch: every chunk in (chunk, env, agent) order (no copy; N agent rows together); the shuffle is still drawn."""
-    agent = _agent(rollout_length=7, chunk_length=3, epochs=2, num_minibatches=1)
-    env = ToyVecEnv()
-    storage, carry = agent.new_storage(env.num_envs), agent.start(env)
-    agent.collect(env, storage, carry)
+    agent, env, storage = _collected(rollout_length=7, chunk_length=3, epochs=2, num_minibatches=1)
     batches, loss = [], agent.loss
 
     def probe(batch, entropy_coef=None):

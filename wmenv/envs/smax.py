@@ -245,6 +245,9 @@ class Core:
         def reset(key: Any) -> tuple[Any, Any, StepOut]:
             key, sub = jax.random.split(key)
             obs, s = env.reset(sub)
+            # Strong types: the heuristic's initial state has a weakly typed leaf that a step makes strong, and the
+            # changed signature would compile `step` twice (≈ 10 s each).
+            s = jax.tree.map(lambda x: jax.lax.convert_element_type(x, x.dtype), s)
             return key, s, view(obs, s, jnp.float32(0.0), jnp.bool_(False))
 
         def step(key: Any, s: Any, actions: Any) -> tuple[Any, Any, StepOut]:

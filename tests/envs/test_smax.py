@@ -40,6 +40,18 @@ def test_another_jaxmarl_version_is_refused_at_make(monkeypatch):
         check_smax_installed()
 
 
+@needs_jaxmarl
+def test_a_jax_without_cpu_backend_is_refused_at_make(monkeypatch):
+    import jax
+
+    def no_cpu(backend=None):
+        raise RuntimeError("Unknown backend cpu")
+
+    monkeypatch.setattr(jax, "devices", no_cpu)
+    with pytest.raises(gym.error.DependencyNotInstalled, match="has no CPU backend"):
+        make("smax:3m")
+
+
 def test_jax_backend_refuses_other_envs():
     with pytest.raises(ValueError, match="backend: 'jax' steps only JAX envs"):
         VecEnv("mpe:simple_spread_v3", num_envs=2, backend="jax")

@@ -310,6 +310,7 @@ def core_for(map_name: str, **env_kwargs: Any) -> Core:
 
     A `Core` holds no episode state, so envs and batches of one map share it; each compiles on first use (seconds).
     """
+    check_smax_installed()  # every time (cheap once imported): a cached Core must not skip the checks
     try:
         return _cached_core(map_name, tuple(sorted(env_kwargs.items())))
     except TypeError:  # unhashable keywords (e.g. arrays): a Core of its own

@@ -186,6 +186,7 @@ def test_jax_batch_equals_the_sync_backend():
             for agent in ia:
                 assert ia[agent]["won"] == ib[agent]["won"] and ia[agent].keys() == ib[agent].keys()
         ends, wins = ends + int(a.done.sum()), wins + sum(m.get("won", 0.0) for m in a.episode_metrics)
+        assert all(getattr(a, k).flags.writeable for k in ("obs", "state", "alive", "action_mask", "done")), "torch reads them"
         actions = np.array([[rng.choice(np.flatnonzero(a.action_mask[e, n])) for n in range(3)] for e in range(E)])
         a, b = jax_vec.step(actions), sync_vec.step(actions)
     assert ends >= E, "several episodes ended (auto-reset was exercised)"

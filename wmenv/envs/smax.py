@@ -352,7 +352,7 @@ class SMAXEnv(MultiAgentEnv):
         self._out, self._won = out, False
         self._policy_state = None
         self.agents = list(self.possible_agents)
-        obs, mask = np.asarray(out.obs), np.asarray(out.mask)
+        obs, mask = np.array(out.obs), np.array(out.mask)  # copies: JAX arrays read as read-only views
         return (
             {a: obs[i] for i, a in enumerate(self.possible_agents)},
             {a: {"action_mask": mask[i], "won": False} for i, a in enumerate(self.possible_agents)},
@@ -366,7 +366,7 @@ class SMAXEnv(MultiAgentEnv):
         acting = list(self.agents)
         self._key, self._s, out = self.core.step(self._key, self._s, joint)
         self._out = out
-        obs, mask, alive = np.asarray(out.obs), np.asarray(out.mask), np.asarray(out.alive)
+        obs, mask, alive = np.array(out.obs), np.array(out.mask), np.array(out.alive)
         done, won, timeout = bool(out.done), bool(out.won), bool(out.timeout)
         self._won = won
         term = {a: not alive[index[a]] or (done and not timeout) for a in acting}
@@ -406,7 +406,7 @@ class SMAXEnv(MultiAgentEnv):
         """The normalized global state, (S,) float32 (see the module docstring)."""
         if self._out is None:
             raise RuntimeError("state() called before reset()")
-        return np.asarray(self._out.state, dtype=np.float32)
+        return np.array(self._out.state, dtype=np.float32)
 
     def episode_metrics(self) -> dict[str, float]:
         """``{"won": 1.0 or 0.0}``: whether the current (finished) episode was won."""
@@ -444,10 +444,10 @@ class SMAXBatch:
         self._len = np.zeros(num_envs, dtype=np.int64)
 
     def _rows(self, out: StepOut) -> dict[str, np.ndarray]:
-        alive = np.asarray(out.alive)
-        mask = np.asarray(out.mask).copy()
+        alive = np.array(out.alive)
+        mask = np.array(out.mask)
         mask[~alive] = True  # the VecStep convention: dead slots are all-ones
-        return {"obs": np.asarray(out.obs), "state": np.asarray(out.state), "alive": alive, "action_mask": mask}
+        return {"obs": np.array(out.obs), "state": np.array(out.state), "alive": alive, "action_mask": mask}
 
     def reset(self) -> dict[str, Any]:
         """Reset every copy (the first time with its seed, then continuing its key stream)."""
@@ -493,7 +493,7 @@ class SMAXBatch:
             joint = np.where(allowed, joint, STOP).astype(np.int32)
         self._keys, self._s, out, first = self.core.batch_step(self._keys, self._s, joint)
         after, start = self._rows(out), self._rows(first)
-        done, won, timeout = np.asarray(out.done), np.asarray(out.won), np.asarray(out.timeout)
+        done, won, timeout = np.array(out.done), np.array(out.won), np.array(out.timeout)
         reward = np.where(alive, np.asarray(out.reward)[:, None], 0.0).astype(np.float32)
         self._ret += reward
         self._len += 1

@@ -53,6 +53,7 @@ from typing import Any, NamedTuple
 import gymnasium as gym
 import numpy as np
 
+from wmenv.checks import check_choice
 from wmenv.envs.base import MaskedAction, MultiAgentEnv
 from wmenv.envs.spec import EnvSpec
 
@@ -143,14 +144,19 @@ def check_smax_installed() -> None:
         ) from e
 
 
+def check_map(name: str, value: Any) -> None:
+    """Raise a `ValueError` naming argument ``name`` and listing the known maps unless ``value`` is one of them."""
+    if not isinstance(value, str) or value not in known_maps():
+        raise ValueError(f"{name}: unknown SMAX map {value!r}; known maps: {', '.join(known_maps())}")
+
+
 def scenario(map_name: str) -> Any:
     """JaxMARL's ``Scenario`` for ``map_name`` (a built-in one or one of `EXTRA_MAPS`).
 
     Raises:
         ValueError: an unknown map; the message lists the known ones.
     """
-    if not isinstance(map_name, str) or map_name not in known_maps():
-        raise ValueError(f"map_name: unknown SMAX map {map_name!r}; known maps: {', '.join(known_maps())}")
+    check_map("map_name", map_name)
     import jax.numpy as jnp
     from jaxmarl.environments.smax import Scenario, map_name_to_scenario
 
@@ -431,8 +437,7 @@ class SMAXBatch:
     ) -> None:
         import jax.numpy as jnp
 
-        if masked_action not in ("raise", "noop"):
-            raise ValueError(f"masked_action: expected 'raise' or 'noop', got {masked_action!r}")
+        check_choice("masked_action", masked_action, ("raise", "noop"))
         self.core = core_for(map_name, **env_kwargs)
         self.spec = self.core.spec(f"smax:{map_name}")
         self.num_envs, self.masked_action = num_envs, masked_action
@@ -536,7 +541,6 @@ def make_smax(name: str, **kwargs: Any) -> SMAXEnv:
         ValueError: an unknown map (the known ones are listed).
         gymnasium.error.DependencyNotInstalled: JaxMARL is missing or of another version (with the install command).
     """
-    if not isinstance(name, str) or name not in known_maps():
-        raise ValueError(f"name: unknown SMAX map {name!r}; known maps: {', '.join(known_maps())}")
+    check_map("name", name)
     masked_action = kwargs.pop("masked_action", "raise")
     return SMAXEnv(core_for(name, **kwargs), id=f"smax:{name}", masked_action=masked_action)

@@ -350,6 +350,7 @@ class SMAXEnv(MultiAgentEnv):
         self._won = False
         self._policy_key: Any = None
         self._policy_state: Any = None
+        self._slot = {a: i for i, a in enumerate(self.possible_agents)}  # agent -> slot in the core's arrays
 
     def _reset(self, seed: int | None, options: dict | None) -> tuple[dict, dict]:
         if seed is not None or self._key is None:
@@ -366,7 +367,7 @@ class SMAXEnv(MultiAgentEnv):
 
     def _step(self, actions: dict[str, Any]) -> tuple[dict, dict, dict, dict, dict]:
         joint = np.full(self.core.n_allies, STOP, dtype=np.int32)  # dead or finished allies: "stop"
-        index = {a: i for i, a in enumerate(self.possible_agents)}
+        index = self._slot
         for a, act in actions.items():
             joint[index[a]] = int(act)
         acting = list(self.agents)
@@ -401,7 +402,7 @@ class SMAXEnv(MultiAgentEnv):
             self._policy_key, self._policy_state, self._out.obs
         )
         actions = np.asarray(actions)
-        index = {a: i for i, a in enumerate(self.possible_agents)}
+        index = self._slot
         return {a: int(actions[index[a]]) for a in self.agents}
 
     def noop_action(self, agent: str) -> int:

@@ -12,8 +12,6 @@ import dataclasses
 import json
 import os
 import shutil
-import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,7 @@ from wmenv.checks import check_int
 from wmenv.models.mamba_wm import MAMBAConfig, MAMBAWorldModel
 from wmenv.models.rssm import RSSMConfig
 from wmenv.models.world_model import WorldModel
+from wmenv.tensor_ops import compiled
 
 MODEL_FORMAT = 1
 
@@ -112,23 +111,6 @@ def fit(
     if cfg.run_dir is not None:
         save_model(Path(cfg.run_dir) / "model", model)
     return history
-
-
-def compiled(fn: Callable) -> Callable:
-    """``fn`` through `torch.compile`, drawing random numbers as eager does (inductor's ``fallback_random``), so a
-    seed gives the plain path's samples; if compiling fails, a warning and the plain ``fn`` from then on."""
-    current = [torch.compile(fn, options={"fallback_random": True})]
-
-    def call(*args: Any) -> Any:
-        if current[0] is not fn:
-            try:
-                return current[0](*args)
-            except Exception as e:  # any compiler or backend failure (a C++ compiler missing, an unsupported op)
-                warnings.warn(f"torch.compile failed ({type(e).__name__}: {e}); using the plain function", stacklevel=2)
-                current[0] = fn
-        return fn(*args)
-
-    return call
 
 
 def save_model(path: str | Path, model: MAMBAWorldModel) -> Path:

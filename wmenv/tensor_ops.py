@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -9,3 +13,20 @@ from torch import Tensor
 def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
     """Mean of ``x`` over the True entries of ``mask`` (0 if there are none); masked-out values never leak."""
     return torch.where(mask, x, torch.zeros_like(x)).sum() / mask.sum().clamp(min=1)
+
+
+def compiled(fn: Callable) -> Callable:
+    """``fn`` through `torch.compile`, drawing random numbers as eager does (inductor's ``fallback_random``), so a
+    seed gives the plain path's samples; if compiling fails, a warning and the plain ``fn`` from then on."""
+    current = [torch.compile(fn, options={"fallback_random": True})]
+
+    def call(*args: Any) -> Any:
+        if current[0] is not fn:
+            try:
+                return current[0](*args)
+            except Exception as e:  # any compiler or backend failure (a C++ compiler missing, an unsupported op)
+                warnings.warn(f"torch.compile failed ({type(e).__name__}: {e}); using the plain function", stacklevel=2)
+                current[0] = fn
+        return fn(*args)
+
+    return call

@@ -12,6 +12,7 @@ episode starts, collection uses ``step``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import get_args
 
 import torch
 from torch import Tensor, nn
@@ -21,6 +22,7 @@ from agents.policies.gru import Activation, init_linear_, mlp_encoder
 from wmenv.checks import check_choice, check_int
 from wmenv.models.ssm import Mamba
 from wmenv.models.ssm.kernels import Backend
+from wmenv.models.ssm.scan import ScanImpl
 
 
 @dataclass
@@ -45,11 +47,14 @@ class MambaPolicyConfig:
     """Orthogonal-init gain of the logits layer."""
     backend: Backend = "auto"
     """Mamba backend: "auto", "ref" or "cuda" (see `MambaConfig`)."""
+    scan: ScanImpl = "auto"
+    """How the pure-PyTorch path runs training sequences: "auto", "blocked", "loop" or "compiled" (see `MambaConfig`)."""
 
     def __post_init__(self) -> None:
         for name in ("hidden", "mlp_layers", "d_state", "expand", "d_conv"):
             check_int(f"MambaPolicyConfig.{name}", getattr(self, name))
         check_choice("MambaPolicyConfig.activation", self.activation, ("relu", "tanh"))
+        check_choice("MambaPolicyConfig.scan", self.scan, get_args(ScanImpl))
         if not self.head_gain > 0:
             raise ValueError(f"MambaPolicyConfig.head_gain: expected a positive float, got {self.head_gain!r}")
 
@@ -81,7 +86,9 @@ class MambaPolicy(MambaStateMixin, RecurrentPolicy):
         super().__init__()
         self.config = cfg = self._setup(obs_dim, n_actions, config, MambaPolicyConfig)
         self.encoder = mlp_encoder(obs_dim, cfg.hidden, cfg.mlp_layers, cfg.feature_norm, cfg.activation)
-        self.mamba = Mamba(d_model=cfg.hidden, d_state=cfg.d_state, expand=cfg.expand, d_conv=cfg.d_conv, backend=cfg.backend)
+        self.mamba = Mamba(
+            d_model=cfg.hidden, d_state=cfg.d_state, expand=cfg.expand, d_conv=cfg.d_conv, backend=cfg.backend, scan=cfg.scan
+        )
         self.norm = nn.LayerNorm(cfg.hidden)
         self.head = init_linear_(nn.Linear(cfg.hidden, n_actions), cfg.head_gain)
 

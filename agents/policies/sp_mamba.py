@@ -23,7 +23,7 @@ MAPPO GRU critic (§4). The state is ``{"conv", "ssm"}`` of the Mamba block plus
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +37,7 @@ from wmenv.checks import check_choice, check_int
 from wmenv.models.ssm import Mamba
 from wmenv.models.ssm.conv import window_taps
 from wmenv.models.ssm.kernels import Backend
+from wmenv.models.ssm.scan import ScanImpl
 
 EncoderKind = Literal["mlp", "categorical", "simnorm"]
 PredFrom = Literal["y", "h", "raw"]
@@ -84,6 +85,8 @@ class SPMambaConfig:
     """Orthogonal-init gain of the logits layer."""
     backend: Backend = "auto"
     """Mamba backend: "auto", "ref" or "cuda" (see `MambaConfig`)."""
+    scan: ScanImpl = "auto"
+    """How the pure-PyTorch path runs training sequences: "auto", "blocked", "loop" or "compiled" (see `MambaConfig`)."""
     latent_dim: int = field(init=False)
     """Z (derived): d·ε for "mlp", G·C otherwise."""
 
@@ -92,6 +95,7 @@ class SPMambaConfig:
             check_int(f"SPMambaConfig.{name}", getattr(self, name))
         check_choice("SPMambaConfig.encoder", self.encoder, ("mlp", "categorical", "simnorm"))
         check_choice("SPMambaConfig.pred_from", self.pred_from, ("y", "h", "raw"))
+        check_choice("SPMambaConfig.scan", self.scan, get_args(ScanImpl))
         for name in ("mu", "alpha", "beta", "sigma"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and value >= 0):
@@ -149,7 +153,9 @@ class SPMambaPolicy(MambaStateMixin, RecurrentPolicy):
         self.k, Z = cfg.k, cfg.latent_dim
         self.encoder = ObsEncoder(obs_dim, cfg)
         self.window = nn.Conv1d(Z, cfg.d_model, cfg.k)  # CNN over the last k encodings
-        self.mamba = Mamba(d_model=cfg.d_model, d_state=cfg.d_state, expand=cfg.expand, d_conv=cfg.d_conv, backend=cfg.backend)
+        self.mamba = Mamba(
+            d_model=cfg.d_model, d_state=cfg.d_state, expand=cfg.expand, d_conv=cfg.d_conv, backend=cfg.backend, scan=cfg.scan
+        )
         self.norm = nn.LayerNorm(cfg.d_model)
         self.head = init_linear_(nn.Linear(cfg.d_model, n_actions), cfg.head_gain)
         features = cfg.d_model * cfg.expand if cfg.pred_from == "h" else cfg.d_model

@@ -88,7 +88,7 @@ def build_models(d_model: int, args: Args) -> dict[str, nn.Module]:
     headdim = args.mamba2_headdim or (32 if d_model <= 64 else 64)
     return {
         "gru": nn.GRU(d_model, d_model, batch_first=True),
-        "mamba": Mamba(d_model=d_model, scan_block=args.mamba_scan_block, backend="ref"),
+        "mamba": Mamba(d_model=d_model, scan="blocked", scan_block=args.mamba_scan_block, backend="ref"),
         "mamba2": Mamba2(
             d_model=d_model, d_state=args.mamba2_d_state, headdim=headdim, ref_chunk_size=args.mamba2_chunk_size, backend="ref"
         ),

@@ -1,5 +1,8 @@
 """Mamba and Mamba2 blocks: sequence forward == step loop (with resets), mamba_ssm layout, clear errors."""
 
+import copy
+import warnings
+
 import pytest
 import torch
 
@@ -7,7 +10,8 @@ from wmenv.models.ssm import Mamba, Mamba2, Mamba2Config, MambaConfig
 
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 SMALL = {
-    "mamba": lambda: Mamba(d_model=16, d_state=4, scan_block=8),
+    "mamba": lambda: Mamba(d_model=16, d_state=4, scan_block=8),  # "auto" picks the loop at these sizes
+    "mamba_blocked": lambda: Mamba(d_model=16, d_state=4, scan="blocked", scan_block=8),
     "mamba2": lambda: Mamba2(d_model=16, d_state=8, headdim=8, ngroups=2, ref_chunk_size=8),
     "mamba2_d_hdim_no_norm": lambda: Mamba2(
         d_model=16, d_state=8, headdim=4, ref_chunk_size=16, D_has_hdim=True, rmsnorm=False
@@ -189,3 +193,29 @@ def test_mamba_features_are_the_ssm_output_before_the_gate():
     torch.testing.assert_close(block.out_proj(ssm_out * torch.nn.functional.silu(z)), y)
     with pytest.raises(ValueError, match=r"x: expected shape \(B, L, 16\)"):
         block.forward_features(x[..., :3])
+
+
+def test_compiled_block_equals_the_loop_and_a_copy_runs_its_own_weights():
+    """scan="compiled" on a short sequence compiles the whole block once for every block (the block is an argument):
+    its outputs and parameter gradients equal the eager loop's, and a perturbed deep copy gets its own results."""
+    x, resets = _episode_data(batch=4, length=12, dtype=torch.float32)
+    a = _block("mamba", torch.float32)
+    a.config.scan = "compiled"
+    b = copy.deepcopy(a)
+    with torch.no_grad():
+        for p in b.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    w = torch.randn(4, 12, 16)
+    for block in (a, b):
+        results = {}
+        for scan in ("compiled", "loop"):
+            block.config.scan = scan
+            block.zero_grad()
+            with warnings.catch_warnings():
+                warnings.filterwarnings("error", "torch.compile failed")
+                y, state = block(x, resets=resets, return_state=True)
+            ((y * w).sum() + state[1].sum()).backward()
+            results[scan] = [y, *state] + [p.grad.clone() for p in block.parameters()]
+        for got, want in zip(results["compiled"], results["loop"]):
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(a(x, resets=resets), b(x, resets=resets))

@@ -1,9 +1,12 @@
-"""The blocked parallel selective scan equals the plain recurrence, in values and gradients."""
+"""The blocked parallel and the compiled selective scans equal the plain recurrence, in values and gradients."""
+
+import warnings
 
 import pytest
 import torch
 
-from wmenv.models.ssm.scan import selective_scan_naive, selective_scan_ref
+from wmenv.models.ssm import scan
+from wmenv.models.ssm.scan import selective_scan, selective_scan_compiled, selective_scan_naive, selective_scan_ref
 
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 
@@ -70,3 +73,73 @@ def test_same_inputs_same_bits():
     a = selective_scan_ref(*args, resets=resets, h0=h0)
     b = selective_scan_ref(*args, resets=resets, h0=h0)
     assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def _grads(fn, args, resets, h0, **kw):
+    leaves = [t.clone().requires_grad_(True) for t in [*args, h0]]
+    g = torch.Generator().manual_seed(5)
+    y, h = fn(*leaves[:6], resets=resets, h0=leaves[6], **kw)
+    loss = (y * torch.randn(y.shape, generator=g, dtype=y.dtype)).sum() + (
+        h * torch.randn(h.shape, generator=g, dtype=h.dtype)
+    ).sum()
+    return (y, h, *torch.autograd.grad(loss, leaves))
+
+
+@pytest.mark.parametrize("length", [4, 11])
+def test_compiled_scan_equals_loop_in_values_and_gradients(length):
+    """One piece (length <= chunk) and three pieces with the last padded by two steps that must leave the state alone."""
+    args, resets, h0 = _inputs(torch.float32, batch=3, length=length)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", "torch.compile failed")  # a fallback to the loop would pass unnoticed
+        got = _grads(selective_scan_compiled, args, resets, h0, chunk=4)
+    want = _grads(selective_scan_naive, args, resets, h0)
+    for name, a, b in zip("y h_last u delta A B C D h0".split(), got, want):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg=f"compiled vs loop: {name}")
+
+
+def test_compiled_scan_warns_and_runs_the_loop_where_compiling_fails(monkeypatch):
+    def broken(fn, **kwargs):
+        def call(*a):
+            raise RuntimeError("no C++ compiler")
+
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken)
+    scan._compiled_steps.cache_clear()
+    try:
+        args, resets, h0 = _inputs(torch.float64, length=9)
+        with pytest.warns(UserWarning, match="torch.compile failed .*no C\\+\\+ compiler"):
+            y, h = selective_scan_compiled(*args, resets=resets, h0=h0, chunk=4)
+        y_loop, h_loop = selective_scan_naive(*args, resets=resets, h0=h0)
+        assert torch.equal(y, y_loop) and torch.equal(h, h_loop)
+    finally:
+        scan._compiled_steps.cache_clear()  # later tests get a real compiler again
+
+
+@pytest.mark.parametrize("batch, expected", [(63, "loop"), (64, "compiled")])
+def test_auto_compiles_only_where_the_states_are_large(monkeypatch, batch, expected):
+    """B·L·D·N against COMPILE_MIN_WORK = 2^18: here L·D·N = 4·64·16 = 4096, so the boundary is B = 64."""
+    called = []
+    monkeypatch.setattr(scan, "selective_scan_compiled", lambda *a: called.append("compiled") or a[:2])
+    monkeypatch.setattr(scan, "selective_scan_naive", lambda *a: called.append("loop") or a[:2])
+    monkeypatch.setattr(scan, "selective_scan_ref", lambda *a: called.append("blocked") or a[:2])
+    u, delta = torch.zeros(batch, 4, 64), torch.zeros(batch, 4, 64)
+    A, BC = torch.zeros(64, 16), torch.zeros(batch, 4, 16)
+    selective_scan(u, delta, A, BC, BC, torch.zeros(64))
+    selective_scan(u, delta, A, BC, BC, torch.zeros(64), impl="blocked")
+    assert called == [expected, "blocked"]
+
+
+@pytest.mark.parametrize("impl", ["blocked", "loop"])
+def test_every_impl_gives_the_loop_result(impl):
+    args, resets, h0 = _inputs(torch.float64, length=20)
+    y, h = selective_scan(*args, resets=resets, h0=h0, impl=impl, block=4)
+    y_loop, h_loop = selective_scan_naive(*args, resets=resets, h0=h0)
+    torch.testing.assert_close(y, y_loop, atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(h, h_loop, atol=1e-10, rtol=1e-10)
+
+
+def test_unknown_impl_is_named():
+    args, _, _ = _inputs(torch.float64, length=3)
+    with pytest.raises(ValueError, match="impl.*'fast'"):
+        selective_scan(*args, impl="fast")

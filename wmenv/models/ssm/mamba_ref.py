@@ -13,9 +13,11 @@ Per token: ``in_proj`` -> (x, z); x -> causal depthwise conv -> SiLU; ``x_proj``
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +28,8 @@ from wmenv.checks import check_choice, check_int
 from wmenv.models.ssm.block import SSMBlock, SSMState, build_config, dt_bias_init
 from wmenv.models.ssm.conv import causal_conv, conv_step
 from wmenv.models.ssm.kernels import Backend, resolve_backend, selective_scan_cuda
-from wmenv.models.ssm.scan import SCAN_BLOCK, selective_scan_ref
+from wmenv.models.ssm.scan import COMPILE_CHUNK, SCAN_BLOCK, ScanImpl, resolve_scan, selective_scan
+from wmenv.tensor_ops import compiled
 
 
 @dataclass
@@ -59,8 +62,12 @@ class MambaConfig:
     """Biases in ``in_proj`` and ``out_proj``."""
     backend: Backend = "auto"
     """"ref": pure PyTorch; "cuda": mamba-ssm kernels (error if missing); "auto": kernels for CUDA tensors if installed."""
+    scan: ScanImpl = "auto"
+    """How the pure-PyTorch path runs a sequence: "blocked" (least memory), "loop", "compiled" (fastest on CPU,
+    seconds to compile per shape: sequences of up to `COMPILE_CHUNK` steps compile the whole block, longer ones
+    the scan in pieces) or "auto" (compiled for large batches, else the loop); see `selective_scan`."""
     scan_block: int = SCAN_BLOCK
-    """Steps the reference scan solves at once (speed / memory trade-off, not the result)."""
+    """Steps the blocked scan solves at once (speed / memory trade-off, not the result)."""
     d_inner: int = field(init=False)
     """E = expand * d_model (derived)."""
     rank: int = field(init=False)
@@ -70,6 +77,7 @@ class MambaConfig:
         for name in ("d_model", "d_state", "d_conv", "expand", "scan_block"):
             check_int(f"MambaConfig.{name}", getattr(self, name))
         check_choice("MambaConfig.backend", self.backend, ("auto", "ref", "cuda"))
+        check_choice("MambaConfig.scan", self.scan, get_args(ScanImpl))
         check_choice("MambaConfig.dt_init", self.dt_init, ("random", "constant"))
         if not 0 < self.dt_min <= self.dt_max:
             raise ValueError(f"MambaConfig.dt_min, dt_max: expected 0 < dt_min <= dt_max, got {self.dt_min}, {self.dt_max}")
@@ -115,16 +123,27 @@ class Mamba(SSMBlock):
         self, x: torch.Tensor, resets: torch.Tensor | None, state: SSMState | None
     ) -> tuple[torch.Tensor, torch.Tensor, SSMState]:
         """SSM output ``C h + D x`` (B, L, E), the gate input z (B, L, E) and the final state, from x (B, L, D)."""
+        if resolve_backend(self.config.backend, x.device, "Mamba") == "cuda" and resets is None and state is None:
+            return self._core_ref(x, None, None, "cuda")  # the kernel takes neither resets nor an initial state
+        E, N = self.config.d_inner, self.config.d_state
+        impl = resolve_scan(self.config.scan, x.shape[0] * x.shape[1] * E * N)
+        if impl == "compiled" and x.shape[1] <= COMPILE_CHUNK:
+            return _compiled_core()(self, x, resets, state)
+        return self._core_ref(x, resets, state, impl)
+
+    def _core_ref(
+        self, x: torch.Tensor, resets: torch.Tensor | None, state: SSMState | None, impl: str
+    ) -> tuple[torch.Tensor, torch.Tensor, SSMState]:
+        """`_core` with the scan ``impl`` ("cuda": the mamba-ssm kernel, or a `selective_scan` formulation)."""
         xs, z = self.in_proj(x).chunk(2, dim=-1)  # (B, L, E) each
         conv0, ssm0 = (None, None) if state is None else state
         xc, conv_state = causal_conv(xs, self.conv1d.weight, self.conv1d.bias, resets, conv0)
         xc = F.silu(xc)
         delta, B, C, A = self._ssm_inputs(xc)
-        path = resolve_backend(self.config.backend, x.device, "Mamba")
-        if path == "cuda" and resets is None and ssm0 is None:
+        if impl == "cuda":
             y, ssm_state = selective_scan_cuda(xc, delta, A, B, C, self.D)
-        else:  # the kernel takes neither resets nor an initial state
-            y, ssm_state = selective_scan_ref(xc, delta, A, B, C, self.D, resets, ssm0, self.config.scan_block)
+        else:
+            y, ssm_state = selective_scan(xc, delta, A, B, C, self.D, resets, ssm0, impl, self.config.scan_block)
         return y, z, (conv_state, ssm_state)
 
     def _forward(self, x: torch.Tensor, resets: torch.Tensor | None, state: SSMState | None) -> tuple[torch.Tensor, SSMState]:
@@ -157,3 +176,17 @@ class Mamba(SSMBlock):
         ssm_state = ssm_state * decay + (delta * xc).unsqueeze(-1) * B.unsqueeze(1)
         y = (ssm_state @ C.unsqueeze(-1)).squeeze(-1) + self.D * xc  # (B, E)
         return self.out_proj(y * F.silu(z)), (conv_state, ssm_state)
+
+
+def _core_loop(
+    block: Mamba, x: torch.Tensor, resets: torch.Tensor | None, state: SSMState | None
+) -> tuple[torch.Tensor, torch.Tensor, SSMState]:
+    return block._core_ref(x, resets, state, "loop")
+
+
+@functools.cache
+def _compiled_core() -> Callable:
+    """`Mamba._core` of a short sequence through `torch.compile`, whole: the projections, the convolution and
+    the step loop fuse (2x the compiled scan alone at MAPPO's training shapes). One function for every block,
+    which it takes as an argument, so a copied block never runs another's weights."""
+    return compiled(_core_loop)

@@ -1,4 +1,4 @@
-"""Mamba-1's selective scan in pure PyTorch: a blocked parallel scan, and the plain loop it must equal.
+"""Mamba-1's selective scan in pure PyTorch: a blocked parallel scan, the plain loop, and the loop compiled.
 
 Glossary (one letter per dimension):
     B  batch
@@ -16,11 +16,25 @@ so the Python loop runs L / C times, never once per step. Like the CUDA kernel, 
 pass recomputes each block's states from it and runs the adjoint recurrence
 ``g_t = dL/dh_t + a_{t+1} g_{t+1}`` through the block backwards, with the same doubling scan.
 Working on one block at a time keeps the (B, C, D, N) temporaries in cache.
+
+On one CPU core the doubling scan's extra work (log2(C) passes instead of one) outweighs its shorter
+Python loop at the short sequences MAPPO trains on: the plain step loop under autograd
+(`selective_scan_naive`) is 1.5-4x faster at L = 10, and the same loop through `torch.compile`
+(`selective_scan_compiled`), which fuses each step's elementwise work, 3-13x. `selective_scan`
+chooses between the three (BENCHMARKS.md, "Mamba-1 training path").
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import Literal, get_args
+
 import torch
+import torch.nn.functional as F
+
+from wmenv.checks import check_choice
+from wmenv.tensor_ops import compiled
 
 SCAN_BLOCK = 8
 """C: default block length of `selective_scan_ref`."""
@@ -170,12 +184,38 @@ def selective_scan_ref(
     return y + u * D, h_last
 
 
-def _discretize(
-    u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, resets: torch.Tensor | None
+def _scan_steps(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    keep: torch.Tensor | None,
+    h: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``C_t . h_t`` (B, T, D) and the last state (B, D, N), one step at a time from the state ``h`` (B, D, N).
+
+    Each step discretizes only its own inputs, so its temporaries are (B, D, N); autograd keeps the states
+    for the backward pass. Run eagerly by `selective_scan_naive` and through `torch.compile` (where the
+    steps fuse into a few loops) by `selective_scan_compiled`.
+    """
+    ys = []
+    for t in range(u.shape[1]):
+        decay = torch.exp(delta[:, t, :, None] * A)  # (B, D, N)
+        if keep is not None:
+            decay = decay * keep[:, t, None, None]
+        h = decay * h + (delta[:, t] * u[:, t]).unsqueeze(-1) * B[:, t, None, :]
+        ys.append((h * C[:, t, None, :]).sum(-1))
+    return torch.stack(ys, dim=1), h
+
+
+def _prepare(
+    u: torch.Tensor, A: torch.Tensor, resets: torch.Tensor | None, h0: torch.Tensor | None
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """``keep`` (B, L) = 1 - resets (or ``None``) and the initial state (zeros when ``h0`` is ``None``)."""
     keep = None if resets is None else 1.0 - resets.to(u.dtype)
-    decay, drive, _ = _block_terms(u, delta, A, B, keep)
-    return decay, drive
+    h = h0 if h0 is not None else u.new_zeros(u.shape[0], A.shape[0], A.shape[1])
+    return keep, h
 
 
 def selective_scan_naive(
@@ -188,17 +228,106 @@ def selective_scan_naive(
     resets: torch.Tensor | None = None,
     h0: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """`selective_scan_ref` as a Python loop over time: the definition the parallel scan is tested against.
+    """`selective_scan_ref` as a Python loop over time: the definition the other scans are tested against.
 
     Each step discretizes only its own inputs, so the loop's memory and backward stay O(L).
     """
-    keep = None if resets is None else 1.0 - resets.to(u.dtype)
-    h = h0 if h0 is not None else u.new_zeros(u.shape[0], A.shape[0], A.shape[1])
+    keep, h = _prepare(u, A, resets, h0)
+    y, h = _scan_steps(u, delta, A, B, C, keep, h)
+    return y + u * D, h
+
+
+COMPILE_CHUNK = 16
+"""Steps per call of the compiled loop: longer sequences run in pieces of this length (the last one padded)."""
+
+
+@functools.cache
+def _compiled_steps() -> Callable:
+    return compiled(_scan_steps)
+
+
+def selective_scan_compiled(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor,
+    resets: torch.Tensor | None = None,
+    h0: torch.Tensor | None = None,
+    chunk: int = COMPILE_CHUNK,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`selective_scan_naive`'s loop through `torch.compile`, in pieces of at most ``chunk`` steps.
+
+    The compiler unrolls the loop, so a piece's compile time grows with its length: a sequence of up to
+    ``chunk`` steps is one piece (one compile per distinct length), a longer one runs in ``chunk``-step
+    pieces with the last padded by steps that leave the state unchanged (delta 0, no reset), so every
+    piece has one shape. Where compiling fails it warns once and runs the plain loop. Arguments and
+    returns as in `selective_scan_ref`.
+    """
+    keep, h = _prepare(u, A, resets, h0)
+    keep = torch.ones_like(u[..., 0]) if keep is None else keep  # one graph with and without resets
+    steps, length = _compiled_steps(), u.shape[1]
+    if length <= chunk:
+        y, h = steps(u, delta, A, B, C, keep, h)
+        return y + u * D, h
+    pad = -length % chunk
+    xs = [F.pad(t, (0, 0, 0, pad)) for t in (u, delta, B, C)] + [F.pad(keep, (0, pad), value=1.0)]
     ys = []
-    for t, (u_t, delta_t, B_t, C_t) in enumerate(zip(u.unbind(1), delta.unbind(1), B.unbind(1), C.unbind(1))):
-        decay, drive, _ = _block_terms(
-            u_t[:, None], delta_t[:, None], A, B_t[:, None], None if keep is None else keep[:, t, None]
-        )
-        h = decay[:, 0] * h + drive[:, 0]
-        ys.append((h @ C_t.unsqueeze(-1)).squeeze(-1))
-    return torch.stack(ys, dim=1) + u * D, h
+    for start in range(0, length + pad, chunk):
+        u_k, delta_k, B_k, C_k, keep_k = (t[:, start : start + chunk] for t in xs)
+        y_k, h = steps(u_k, delta_k, A, B_k, C_k, keep_k, h)
+        ys.append(y_k)
+    return torch.cat(ys, dim=1)[:, :length] + u * D, h
+
+
+ScanImpl = Literal["auto", "blocked", "loop", "compiled"]
+"""How `selective_scan` runs the recurrence (see there)."""
+
+COMPILE_MIN_WORK = 1 << 18
+"""``"auto"`` compiles sequences whose states hold at least this many numbers (B·L·D·N)."""
+
+
+def resolve_scan(impl: ScanImpl, work: int) -> Literal["blocked", "loop", "compiled"]:
+    """The formulation ``impl`` stands for, for a sequence whose states hold ``work`` = B·L·D·N numbers.
+
+    ``"auto"`` is ``"compiled"`` from `COMPILE_MIN_WORK` on (where the compile time pays back), else ``"loop"``.
+
+    Raises:
+        ValueError: ``impl`` is not one of `ScanImpl`.
+    """
+    check_choice("impl", impl, get_args(ScanImpl))
+    if impl == "auto":
+        return "compiled" if work >= COMPILE_MIN_WORK else "loop"
+    return impl
+
+
+def selective_scan(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor,
+    resets: torch.Tensor | None = None,
+    h0: torch.Tensor | None = None,
+    impl: ScanImpl = "auto",
+    block: int = SCAN_BLOCK,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mamba-1's selective SSM by one of the three equal formulations.
+
+    - ``"blocked"``: `selective_scan_ref`, the doubling scan; keeps only one state per block for the
+      backward pass (the least memory), but does several times the loop's elementwise work.
+    - ``"loop"``: `selective_scan_naive`, autograd through the step loop (keeps every state).
+    - ``"compiled"``: `selective_scan_compiled`, the loop fused by `torch.compile` (seconds to compile
+      per shape, then several times faster than the loop on CPU).
+    - ``"auto"``: see `resolve_scan`.
+
+    Arguments and returns as in `selective_scan_ref`; ``block`` is used by ``"blocked"`` only.
+    """
+    impl = resolve_scan(impl, u.shape[0] * u.shape[1] * A.numel())
+    if impl == "blocked":
+        return selective_scan_ref(u, delta, A, B, C, D, resets, h0, block)
+    if impl == "loop":
+        return selective_scan_naive(u, delta, A, B, C, D, resets, h0)
+    return selective_scan_compiled(u, delta, A, B, C, D, resets, h0)

@@ -94,6 +94,20 @@ def test_onnx_step_benchmark_times_torch_and_onnxruntime(tmp_path):
     assert out["goal"]["wm_le_100us"] == (out["results"]["wm:gru"]["b1"]["ort_us"] <= 100.0)
 
 
+def test_mamba_training_benchmark_times_every_scan_against_the_gru(tmp_path):
+    out = _run("mamba_training.py", "--batches", "6", "--length", "4", "--repeats", "1", "--policies", "mamba",
+               "--out", str(tmp_path / "m.json"))  # fmt: skip
+    assert json.loads((tmp_path / "m.json").read_text()) == out
+    (r,) = out["results"]
+    assert r["B"] == 6 and set(r["ms"]) == {"gru", "mamba_blocked", "mamba_loop", "mamba_compiled"}
+    for name, x in r["x_gru"].items():
+        assert x == pytest.approx(r["ms"][name] / r["ms"]["gru"], rel=0.02)
+    assert r["compiled_speedup_vs_blocked"]["mamba"] == pytest.approx(
+        r["ms"]["mamba_blocked"] / r["ms"]["mamba_compiled"], rel=0.02
+    )
+    assert set(r["first_call_s"]) == {"mamba_compiled"}
+
+
 def test_dream_throughput_benchmark_reports_ratios(tmp_path):
     out = _run("dream_throughput.py", "--env-id", "mpe:simple_spread_v3", "--model", "small",
                "--batches", "4", "16", "--seconds", "0.1", "--matmul-size", "128",

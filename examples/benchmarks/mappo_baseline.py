@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import tyro
 from report import load_parts
+from smax_reference import play
 
 from agents.train import TrainConfig, train
 from wmenv.envs import make
@@ -64,6 +65,9 @@ class Args:
     """Checkpoint every this many env steps, so an interrupted benchmark continues with ``--train.resume``."""
     merge: list[str] = field(default_factory=list)
     """Instead of training: merge the runs of these result JSONs (same env and steps) into ``out``."""
+    reference_episodes: int = 0
+    """SMAX only: also play this many battles with random actions and with the heuristic driving the allies
+    (`smax_reference.play`) in the same run, the floor and the reference of the learners' win rates."""
 
 
 def raw_step_rate(env_id: str, seconds: float, seed: int = 0, **kwargs: object) -> dict[str, float]:
@@ -74,15 +78,22 @@ def raw_step_rate(env_id: str, seconds: float, seed: int = 0, **kwargs: object) 
     """
     env, spec = make(env_id, **kwargs)
     rng = np.random.default_rng(seed)
+
+    def random_actions(infos: dict) -> dict:
+        actions = {}
+        for a in env.agents:
+            mask = infos[a].get("action_mask")
+            actions[a] = int(rng.choice(np.flatnonzero(mask))) if mask is not None else env.action_space(a).sample()
+        return actions
+
+    _, infos = env.reset(seed=seed)
+    env.step(random_actions(infos))  # not timed: the first step compiles jitted envs (SMAX, seconds)
     obs, infos = env.reset(seed=seed)
     agent_steps = env_steps = episodes = 0
     ret, returns = 0.0, []
     start = time.perf_counter()
     while time.perf_counter() - start < seconds:
-        actions = {}
-        for a in env.agents:
-            mask = infos[a].get("action_mask")
-            actions[a] = int(rng.choice(np.flatnonzero(mask))) if mask is not None else env.action_space(a).sample()
+        actions = random_actions(infos)
         agent_steps += len(env.agents)
         env_steps += 1
         obs, rewards, _, _, infos = env.step(actions)
@@ -132,6 +143,11 @@ def main(args: Args) -> dict:
         return merge(args.merge, out)
     tag = args.env_id.replace(":", "_")
     rate = raw_step_rate(args.env_id, args.rate_seconds, **args.env_kwargs)
+    if args.reference_episodes > 0:
+        if not args.env_id.startswith("smax:"):
+            raise ValueError(f"--reference-episodes: only for smax:<map> env ids, got {args.env_id!r}")
+        map_name = args.env_id.removeprefix("smax:")
+        rate["references"] = {p: play(map_name, p, args.reference_episodes, seed=0) for p in ("random", "heuristic")}
     # with --train.resume, each seed continues its checkpoint and its curve continues the earlier JSON's
     earlier = {}
     if args.train.resume and (out / f"{tag}.json").is_file():
@@ -196,6 +212,8 @@ def write_results(out: Path, env_id: str, env_kwargs: dict, total_steps: int, ra
         else None,
         "machine": f"{platform.machine()} {torch.get_num_threads()} torch thread(s), torch {torch.__version__}",
     }
+    if "references" in rate:
+        summary["reference_win_rates"] = {p: r["win_rate"] for p, r in rate["references"].items()}
     tag = env_id.replace(":", "_")
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{tag}.json").write_text(json.dumps({"summary": summary, "raw_rate": rate, "runs": runs}, indent=1))
@@ -215,6 +233,9 @@ def merge(paths: list[str], out: Path) -> dict:
     keys = ("agent_steps_per_s", "env_steps_per_s", "random_policy_return")
     rate = {k: float(np.mean([part["raw_rate"][k] for part in parts if k in part["raw_rate"]])) for k in keys}
     rate.update(n_agents=parts[0]["raw_rate"]["n_agents"], merged_from=list(paths))
+    references = [part["raw_rate"]["references"] for part in parts if "references" in part["raw_rate"]]
+    if references:  # the same battles (seed 0) in every part: keep the first part's
+        rate["references"] = references[0]
     return write_results(out, first["env_id"], first["env_kwargs"], first["total_steps"], rate, runs)
 
 

@@ -30,6 +30,13 @@ def test_mappo_baseline_writes_curves(tmp_path):
     assert (tmp_path / "mpe_simple_spread_v3.png").stat().st_size > 10_000
 
 
+def test_mappo_baseline_refuses_references_outside_smax(tmp_path):
+    cmd = [sys.executable, str(ROOT / "examples/benchmarks/mappo_baseline.py"), "--env-id", "mpe:simple_spread_v3",
+           "--total-steps", "10", "--rate-seconds", "0.1", "--reference-episodes", "2", "--out", str(tmp_path)]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "--reference-episodes: only for smax:<map> env ids" in proc.stderr
+
+
 def test_mappo_baseline_merges_separate_seed_runs(tmp_path):
     common = ["--env-id", "mpe:simple_spread_v3", "--total-steps", "200", "--num-envs", "2", "--eval-every", "200",
               "--rate-seconds", "0.2"]  # fmt: skip
@@ -281,3 +288,16 @@ def test_smax_reference_and_jax_backend_rates():
     r = rates["results"]["smax:3m"]
     assert r["jax_agent_steps_per_s"] > 0 and "subproc_agent_steps_per_s" not in r
     assert abs(r["jax_over_sync"] - r["jax_agent_steps_per_s"] / r["sync_agent_steps_per_s"]) < 1e-2
+
+
+@pytest.mark.skipif(importlib.util.find_spec("jaxmarl") is None, reason="jaxmarl not installed (extra [smax])")
+def test_mappo_baseline_plays_the_smax_references_in_the_same_run(tmp_path):
+    args = ["--env-id", "smax:3m", "--total-steps", "64", "--num-envs", "2", "--eval-every", "64", "--rate-seconds", "0.2",
+            "--train.mappo.rollout-length", "32", "--train.eval-episodes", "1", "--train.backend", "jax",
+            "--reference-episodes", "2"]  # fmt: skip
+    out = _run("mappo_baseline.py", *args, "--out", str(tmp_path))
+    refs = json.loads((tmp_path / "smax_3m.json").read_text())["raw_rate"]["references"]
+    assert set(refs) == {"random", "heuristic"} and all(r["episodes"] == 2 for r in refs.values())
+    assert out["reference_win_rates"] == {p: refs[p]["win_rate"] for p in refs}
+    merged = _run("mappo_baseline.py", "--merge", str(tmp_path / "smax_3m.json"), "--out", str(tmp_path / "m"))
+    assert merged["reference_win_rates"] == out["reference_win_rates"]

@@ -177,9 +177,7 @@ def selective_scan_ref(
     Returns:
         y: (B, L, D) outputs; h_last: (B, D, N) the state after the last step.
     """
-    if h0 is None:
-        h0 = u.new_zeros(u.shape[0], A.shape[0], A.shape[1])
-    keep = None if resets is None else 1.0 - resets.to(u.dtype)
+    keep, h0 = _prepare(u, A, resets, h0)
     y, h_last = _SelectiveScan.apply(u, delta, A, B, C, keep, h0, block)
     return y + u * D, h_last
 

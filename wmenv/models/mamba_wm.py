@@ -2,11 +2,9 @@
 
 Glossary: B batch, T time, N agents, D observation features, A actions, F = H + S·K per-agent features.
 
-A `MultiAgentRSSM` plus per-agent heads on f_t = [h_t, z_t]: observation (Gaussian, unit variance),
-reward (a scalar with squared error, or DreamerV3's symlog two-hot categorical: `wmenv.models.twohot`),
-continuation (Bernoulli: the agent is present and not terminated), available actions
-(Bernoulli per action, for envs with masks) and the action decoder of the info loss (eq. 5:
--ln p(a_{t-1} | h_t, z_t)). KL balancing: 0.8 · KL[sg(q) || p] + 0.2 · KL[q || sg(p)].
+A `MultiAgentRSSM` plus per-agent heads on f_t = [h_t, z_t] (`wmenv.models.heads`): observation, reward,
+continuation, available actions and the action decoder of the info loss (eq. 5: -ln p(a_{t-1} | h_t, z_t)).
+KL balancing: 0.8 · KL[sg(q) || p] + 0.2 · KL[q || sg(p)].
 
 Absorbing states: an agent that is absent at row t (gone, or not yet there) has no observation loss;
 its reward and continuation targets are 0 (the replay stores zeros there), so the model learns those
@@ -19,15 +17,15 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
-from torch import Tensor, nn
+from torch import Tensor
 
 from wmenv.checks import check_int
-from wmenv.models.rssm import MultiAgentRSSM, RSSMConfig, mlp
-from wmenv.models.twohot import symexp, symlog, symlog_bins, twohot_decode, twohot_loss
+from wmenv.models.heads import HeadsMixin, balanced_kl, categorical_kl, check_reward_head
+from wmenv.models.rssm import MultiAgentRSSM, RSSMConfig
 from wmenv.models.world_model import Prediction, State, WorldModel
-from wmenv.tensor_ops import masked_mean
+
+__all__ = ["PRESETS", "MAMBAConfig", "MAMBAWorldModel", "categorical_kl", "preset"]
 
 
 @dataclass
@@ -59,11 +57,7 @@ class MAMBAConfig:
     def __post_init__(self) -> None:
         for name in ("head_hidden", "head_layers"):
             check_int(f"MAMBAConfig.{name}", getattr(self, name))
-        if self.reward_head not in ("mse", "twohot"):
-            raise ValueError(f"MAMBAConfig.reward_head: expected 'mse' or 'twohot', got {self.reward_head!r}")
-        b = self.reward_bins
-        if not isinstance(b, int) or b < 3 or b % 2 == 0:  # True / False are ints below 3
-            raise ValueError(f"MAMBAConfig.reward_bins: expected an odd integer >= 3 (so that 0 is a bin), got {b!r}")
+        check_reward_head("MAMBAConfig", self.reward_head, self.reward_bins)
         if not 0 <= self.kl_balance <= 1:
             raise ValueError(f"MAMBAConfig.kl_balance: expected a number in [0, 1], got {self.kl_balance!r}")
 
@@ -83,13 +77,7 @@ def preset(name: str) -> MAMBAConfig:
     raise ValueError(f"name: expected one of {list(PRESETS)}, got {name!r}")
 
 
-def categorical_kl(p_logits: Tensor, q_logits: Tensor) -> Tensor:
-    """KL[p || q] of (..., S, K) categoricals, summed over S: (...)."""
-    log_p, log_q = torch.log_softmax(p_logits, -1), torch.log_softmax(q_logits, -1)
-    return (log_p.exp() * (log_p - log_q)).sum((-2, -1))
-
-
-class MAMBAWorldModel(WorldModel):
+class MAMBAWorldModel(HeadsMixin, WorldModel):
     """MAMBA's world model for an env `spec` (discrete actions).
 
     Args:
@@ -106,15 +94,7 @@ class MAMBAWorldModel(WorldModel):
         D, A, N = spec.obs_dim, spec.n_actions, spec.n_agents
         self.rssm = MultiAgentRSSM(D, A, N, c.rssm)
         feat = self.rssm.feature_dim
-        self.obs_head = mlp(feat, c.head_hidden, D, c.head_layers)
-        self.reward_head = mlp(feat, c.head_hidden, c.reward_bins if c.reward_head == "twohot" else 1, c.head_layers)
-        if c.reward_head == "twohot":  # DreamerV3: start from a uniform categorical, i.e. a predicted reward of 0
-            nn.init.zeros_(self.reward_head[-1].weight)
-            nn.init.zeros_(self.reward_head[-1].bias)
-            self.register_buffer("reward_bins", symlog_bins(c.reward_bins), persistent=False)  # (K,) not in checkpoints
-        self.cont_head = mlp(feat, c.head_hidden, 1, c.head_layers)
-        self.mask_head = mlp(feat, c.head_hidden, A, c.head_layers) if spec.action_masked else None
-        self.action_head = mlp(feat, c.head_hidden, A, c.head_layers)
+        self._build_heads(feat, feat, c.head_hidden, c.head_layers, c.reward_head, c.reward_bins)
 
     # --- the contract ---
     def features(self, state: State) -> Tensor:
@@ -124,9 +104,6 @@ class MAMBAWorldModel(WorldModel):
     def critic_features(self, state: State) -> Tensor:
         """(B, N·F): every agent's features."""
         return rearrange(self.features(state), "b n f -> b (n f)")
-
-    def _onehot(self, actions: Tensor) -> Tensor:
-        return F.one_hot(actions.long(), self.spec.n_actions).to(self.rssm.cell.weight_hh.dtype)
 
     def initial(self, batch_size: int, generator: torch.Generator | None = None) -> State:
         """The prior of an episode's first step: one step from the blank state with no action."""
@@ -254,68 +231,18 @@ class MAMBAWorldModel(WorldModel):
     def predict(self, state: State, decode: bool = False) -> Prediction:
         """Reward, continuation, action availability (and observation) of a state."""
         feat = self.features(state)
-        return Prediction(
-            reward=self._reward(feat),
-            cont=torch.sigmoid(self.cont_head(feat).squeeze(-1)),
-            action_mask=None if self.mask_head is None else torch.sigmoid(self.mask_head(feat)),
-            obs=self.obs_head(feat) if decode else None,
-        )
-
-    def _reward(self, feat: Tensor) -> Tensor:
-        """Predicted reward (...) in env units of features (..., F)."""
-        out = self.reward_head(feat)  # (..., 1) or (..., K)
-        if self.config.reward_head == "twohot":
-            return symexp(twohot_decode(out, self.reward_bins))
-        return out.squeeze(-1)
-
-    def _reward_loss(self, feat: Tensor, reward: Tensor) -> Tensor:
-        """Mean over (B, T, N) of the reward head's loss: squared error, or two-hot cross-entropy in symlog space."""
-        if self.config.reward_head == "twohot":
-            return twohot_loss(self.reward_head(feat), symlog(reward), self.reward_bins).mean()
-        return (self.reward_head(feat).squeeze(-1) - reward).square().mean()
-
-    def _prev_actions(self, actions: Tensor, resets: Tensor, alive: Tensor | None = None) -> Tensor:
-        """(B, T, N, A) one-hot action of the previous row; zeros at row 0, at episode starts and, with ``alive``
-        (B, T, N), for agents absent at row t (an agent present at row t acted at row t - 1)."""
-        prev = torch.zeros_like(self._onehot(actions))
-        prev[:, 1:] = self._onehot(actions[:, :-1])
-        prev = prev * (~resets.bool())[:, :, None, None]
-        return prev if alive is None else prev * alive[..., None].to(prev.dtype)
+        return self._predict_heads(feat, feat, decode)
 
     def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
         """World-model loss of replay windows (see the module docstring); returns the total and each term."""
         c = self.config
-        if not bool(torch.isfinite(batch["reward"]).all()):
-            bad = int((~torch.isfinite(batch["reward"])).sum())
-            raise ValueError(f"batch['reward']: expected finite rewards, got {bad} non-finite value(s)")
+        self._check_rewards(batch)
         obs, actions, alive = batch["obs"], batch["action"], batch["alive"].bool()
         resets = batch["reset"].bool()  # every window starts from the blank state (no state is passed below)
-        ended = batch["terminated"].bool() | batch["truncated"].bool()
-        acts = alive & ~ended  # (B, T, N) the agent acts at row t
         posts, priors = self.rssm.observe_sequence(obs, self._prev_actions(actions, resets, alive), resets, alive=alive)
         feat = self.features(posts)  # (B, T, N, F)
-        terms = {
-            "obs": masked_mean((self.obs_head(feat) - obs).square().sum(-1), alive),
-            "reward": self._reward_loss(feat, batch["reward"]),
-            "cont": F.binary_cross_entropy_with_logits(
-                self.cont_head(feat).squeeze(-1), (alive & ~batch["terminated"].bool()).to(feat.dtype)
-            ),
-        }
-        if self.mask_head is not None:
-            bce = F.binary_cross_entropy_with_logits(
-                self.mask_head(feat), batch["action_mask"].to(feat.dtype), reduction="none"
-            )
-            terms["action_mask"] = masked_mean(bce.mean(-1), acts)
-        acted_before = torch.zeros_like(acts)
-        acted_before[:, 1:] = acts[:, :-1]
-        acted_before &= ~resets[:, :, None]
-        info = F.cross_entropy(
-            rearrange(self.action_head(feat), "b t n a -> b a t n"), torch.roll(actions, 1, dims=1).long(), reduction="none"
-        )
-        terms["info"] = masked_mean(info, acted_before)
-        kl_prior = categorical_kl(posts["logits"].detach(), priors["logits"]).mean()  # trains the prior
-        kl_post = categorical_kl(posts["logits"], priors["logits"].detach()).mean()  # regularizes the posterior
-        terms["kl"] = c.kl_balance * kl_prior + (1 - c.kl_balance) * kl_post
+        terms = self._head_losses(feat, feat, batch)
+        terms["kl"], kl_prior = balanced_kl(posts["logits"], priors["logits"], c.kl_balance)
         total = terms["obs"] + terms["reward"] + terms["cont"] + terms.get("action_mask", 0.0)
         total = total + c.info_scale * terms["info"] + c.kl_scale * terms["kl"]
         stats = {k: float(v.detach()) for k, v in terms.items()}

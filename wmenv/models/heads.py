@@ -1,0 +1,155 @@
+"""The prediction heads every world model of this library shares, and their losses on replay windows.
+
+Glossary: B batch, T time, N agents, D observation features, A actions, F features the heads read.
+
+Per agent: observation (Gaussian, unit variance: squared error), reward (a scalar with squared error, or
+DreamerV3's symlog two-hot categorical: `wmenv.models.twohot`), continuation (Bernoulli: the agent is present
+and not terminated), available actions (Bernoulli per action, for envs with masks) and the action decoder of
+the info loss (MAMBA eq. 5: -ln p(a_{t-1} | features_t)). A model chooses what each head reads: MAMBA gives all
+of them [h, z]; MABL gives the observation, reward and info heads the agent level only and the continuation
+and mask heads both levels.
+
+Absorbing states: an agent that is absent at row t (gone, or not yet there) has no observation loss; its
+reward and continuation targets are 0 (the replay stores zeros there).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from wmenv.models.rssm import mlp
+from wmenv.models.twohot import symexp, symlog, symlog_bins, twohot_decode, twohot_loss
+from wmenv.models.world_model import Prediction
+from wmenv.tensor_ops import masked_mean
+
+RewardKind = Literal["mse", "twohot"]
+
+
+def check_reward_head(owner: str, kind: object, bins: object) -> None:
+    """Refuse an unknown reward head kind or a bin count that leaves 0 without a bin, naming ``owner``'s field."""
+    if kind not in ("mse", "twohot"):
+        raise ValueError(f"{owner}.reward_head: expected 'mse' or 'twohot', got {kind!r}")
+    if not isinstance(bins, int) or bins < 3 or bins % 2 == 0:  # True / False are ints below 3
+        raise ValueError(f"{owner}.reward_bins: expected an odd integer >= 3 (so that 0 is a bin), got {bins!r}")
+
+
+class HeadsMixin:
+    """Builds, runs and trains the heads of a `WorldModel` whose ``spec`` has discrete actions.
+
+    The host sets ``spec`` and calls `_build_heads` in its ``__init__``; the attribute names
+    (``obs_head``, ``reward_head``, ``cont_head``, ``mask_head``, ``action_head``) are the checkpoints' keys.
+    """
+
+    spec: object
+    reward_kind: RewardKind
+
+    def _build_heads(
+        self, agent_dim: int, full_dim: int, hidden: int, layers: int, reward_kind: RewardKind, reward_bins: int
+    ) -> None:
+        """Heads reading ``agent_dim`` (observation, reward, info) or ``full_dim`` features (continuation, mask)."""
+        D, A = self.spec.obs_dim, self.spec.n_actions
+        self.reward_kind = reward_kind
+        self.obs_head = mlp(agent_dim, hidden, D, layers)
+        self.reward_head = mlp(agent_dim, hidden, reward_bins if reward_kind == "twohot" else 1, layers)
+        if reward_kind == "twohot":  # DreamerV3: start from a uniform categorical, i.e. a predicted reward of 0
+            nn.init.zeros_(self.reward_head[-1].weight)
+            nn.init.zeros_(self.reward_head[-1].bias)
+            self.register_buffer("reward_bins", symlog_bins(reward_bins), persistent=False)  # (K,) not in checkpoints
+        self.cont_head = mlp(full_dim, hidden, 1, layers)
+        self.mask_head = mlp(full_dim, hidden, A, layers) if self.spec.action_masked else None
+        self.action_head = mlp(agent_dim, hidden, A, layers)
+
+    def _onehot(self, actions: Tensor) -> Tensor:
+        return F.one_hot(actions.long(), self.spec.n_actions).to(self.obs_head[0].weight.dtype)
+
+    def _prev_actions(self, actions: Tensor, resets: Tensor, alive: Tensor | None = None) -> Tensor:
+        """(B, T, N, A) one-hot action of the previous row; zeros at row 0, at episode starts and, with ``alive``
+        (B, T, N), for agents absent at row t (an agent present at row t acted at row t - 1)."""
+        prev = torch.zeros_like(self._onehot(actions))
+        prev[:, 1:] = self._onehot(actions[:, :-1])
+        prev = prev * (~resets.bool())[:, :, None, None]
+        return prev if alive is None else prev * alive[..., None].to(prev.dtype)
+
+    def _predict_heads(self, agent_feat: Tensor, full_feat: Tensor, decode: bool) -> Prediction:
+        """Reward, continuation, action availability (and observation) from (B, N, F) features."""
+        return Prediction(
+            reward=self._reward(agent_feat),
+            cont=torch.sigmoid(self.cont_head(full_feat).squeeze(-1)),
+            action_mask=None if self.mask_head is None else torch.sigmoid(self.mask_head(full_feat)),
+            obs=self.obs_head(agent_feat) if decode else None,
+        )
+
+    def _reward(self, feat: Tensor) -> Tensor:
+        """Predicted reward (...) in env units of features (..., F)."""
+        out = self.reward_head(feat)  # (..., 1) or (..., K)
+        if self.reward_kind == "twohot":
+            return symexp(twohot_decode(out, self.reward_bins))
+        return out.squeeze(-1)
+
+    def _reward_loss(self, feat: Tensor, reward: Tensor) -> Tensor:
+        """Mean over (B, T, N) of the reward head's loss: squared error, or two-hot cross-entropy in symlog space."""
+        if self.reward_kind == "twohot":
+            return twohot_loss(self.reward_head(feat), symlog(reward), self.reward_bins).mean()
+        return (self.reward_head(feat).squeeze(-1) - reward).square().mean()
+
+    def _check_rewards(self, batch: dict[str, Tensor]) -> None:
+        if not bool(torch.isfinite(batch["reward"]).all()):
+            bad = int((~torch.isfinite(batch["reward"])).sum())
+            raise ValueError(f"batch['reward']: expected finite rewards, got {bad} non-finite value(s)")
+
+    def _head_losses(self, agent_feat: Tensor, full_feat: Tensor, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The heads' loss terms on posterior features (B, T, N, F) of replay windows: obs, reward, cont,
+        action_mask (envs with masks) and info (the previous action, where the agent acted at the previous row)."""
+        obs, actions, alive = batch["obs"], batch["action"], batch["alive"].bool()
+        resets = batch["reset"].bool()
+        ended = batch["terminated"].bool() | batch["truncated"].bool()
+        acts = alive & ~ended  # (B, T, N) the agent acts at row t
+        terms = {
+            "obs": masked_mean((self.obs_head(agent_feat) - obs).square().sum(-1), alive),
+            "reward": self._reward_loss(agent_feat, batch["reward"]),
+            "cont": F.binary_cross_entropy_with_logits(
+                self.cont_head(full_feat).squeeze(-1), (alive & ~batch["terminated"].bool()).to(full_feat.dtype)
+            ),
+        }
+        if self.mask_head is not None:
+            bce = F.binary_cross_entropy_with_logits(
+                self.mask_head(full_feat), batch["action_mask"].to(full_feat.dtype), reduction="none"
+            )
+            terms["action_mask"] = masked_mean(bce.mean(-1), acts)
+        acted_before = torch.zeros_like(acts)
+        acted_before[:, 1:] = acts[:, :-1]
+        acted_before &= ~resets[:, :, None]
+        info = F.cross_entropy(
+            rearrange(self.action_head(agent_feat), "b t n a -> b a t n"),
+            torch.roll(actions, 1, dims=1).long(),
+            reduction="none",
+        )
+        terms["info"] = masked_mean(info, acted_before)
+        return terms
+
+
+def balanced_kl(post_logits: Tensor, prior_logits: Tensor, balance: float, reduce: Literal["sum", "mean"] = "sum"):
+    """KL balancing: ``balance`` · KL[sg(q) || p] + (1 - balance) · KL[q || sg(p)], mean over the leading dims.
+
+    Args:
+        post_logits, prior_logits: (..., S, K) categoricals q and p.
+        reduce: over the S categoricals, "sum" (MAMBA, DreamerV2) or "mean" (MABL's code).
+
+    Returns:
+        (balanced KL, the prior-training side KL[sg(q) || p]), scalars.
+    """
+    scale = 1.0 / post_logits.shape[-2] if reduce == "mean" else 1.0
+    kl_prior = categorical_kl(post_logits.detach(), prior_logits).mean() * scale  # trains the prior
+    kl_post = categorical_kl(post_logits, prior_logits.detach()).mean() * scale  # regularizes the posterior
+    return balance * kl_prior + (1 - balance) * kl_post, kl_prior
+
+
+def categorical_kl(p_logits: Tensor, q_logits: Tensor) -> Tensor:
+    """KL[p || q] of (..., S, K) categoricals, summed over S: (...)."""
+    log_p, log_q = torch.log_softmax(p_logits, -1), torch.log_softmax(q_logits, -1)
+    return (log_p.exp() * (log_p - log_q)).sum((-2, -1))

@@ -52,7 +52,7 @@ class Linear(WorldModel):
         self.calls += 1
         return loss, {"lin": float(loss.detach())}
 
-    initial = observe = imagine = features = critic_features = None
+    initial = observe = imagine = predict = features = critic_features = None
 
 
 class Replay:

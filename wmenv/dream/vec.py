@@ -106,7 +106,9 @@ class DreamVecEnv:
             return self.model.initial(count, generator=self.generator)
         self._replay_seed += 1
         w = self.start.sample(count, self.context, generator=self._replay_seed, device=self.device)
-        return self.model.observe(w["obs"], w["action"], w["reset"], generator=self.generator, alive=w["alive"].bool())
+        return self.model.observe(
+            w["obs"], w["action"], w["reset"], generator=self.generator, alive=w["alive"].bool(), global_state=w.get("state")
+        )
 
     def _view(self, state: State, pred: Prediction | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """obs (B, N, F), critic state (B, N·F), action mask (B, N, A) bool of ``state``; ``pred`` if already made."""

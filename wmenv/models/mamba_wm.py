@@ -120,9 +120,12 @@ class MAMBAWorldModel(HeadsMixin, WorldModel):
         state: State | None = None,
         generator: torch.Generator | None = None,
         alive: Tensor | None = None,
+        global_state: Tensor | None = None,
         hears: Tensor | None = None,
     ) -> State:
         """The posterior after the last row of real windows (obs (B, T, N, D), actions (B, T, N) taken at each row).
+
+        ``global_state`` is ignored: MAMBA's model does not see the env's global state.
 
         ``alive`` (B, T, N) marks agents with an observation; absent agents' rows are not looked at and they send
         no message. ``hears`` (B, T, N, N) bool restricts who receives whose message (e.g. neighbours).

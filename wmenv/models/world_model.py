@@ -61,8 +61,13 @@ class WorldModel(nn.Module, ABC):
         state: State | None = None,
         generator: torch.Generator | None = None,
         alive: Tensor | None = None,
+        global_state: Tensor | None = None,
     ) -> State:
-        """Filter real windows (obs (B, T, N, D), actions (B, T, N), resets (B, T), alive (B, T, N)); the last posterior."""
+        """Filter real windows (obs (B, T, N, D), actions (B, T, N), resets (B, T), alive (B, T, N)); the last posterior.
+
+        ``global_state`` (B, T, S): the env's global state (replay windows' ``"state"``), for models that read it
+        in training (MABL); models that need it refuse ``None``, the others ignore it.
+        """
 
     @abstractmethod
     def imagine(
@@ -77,6 +82,11 @@ class WorldModel(nn.Module, ABC):
 
         ``present`` (B, N) bool: the agents that act this step (the others are absent: they send no message).
         """
+
+    @abstractmethod
+    def predict(self, state: State, decode: bool = False) -> Prediction:
+        """What B × N agents in ``state`` receive: reward, continuation, action availability (and, with ``decode``,
+        the decoded observation)."""
 
     @abstractmethod
     def features(self, state: State) -> Tensor:

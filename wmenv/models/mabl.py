@@ -1,0 +1,424 @@
+"""MABL, the bi-level world model (Venugopal et al. 2024, ``papers/mabl-bi-level-world-model.txt``), behind the
+`WorldModel` contract.
+
+Glossary: B batch, T time, N agents, G global levels (N per agent, 1 shared), D observation features,
+S_dim global-state features, A actions, H_a / H_g agent / global GRU widths, S categoricals, K classes,
+L = S·K one-hot latent width, E hidden width.
+
+Per agent i (all weights shared across agents; no communication between agents):
+
+    agent level   h^a_t = GRU_a(h^a_{t-1}, [a^i_{t-1}, z^a_{t-1}])
+                  prior      p(ẑ^a_t | h^a_t, ẑ^g_t)       conditioned on the global *prior* sample
+                  posterior  q(z^a_t | h^a_t, enc(o^i_t))   own observation only: all that execution needs
+    global level  h^g_t = GRU_g(h^g_{t-1}, [joint action a_{t-1}, z^g_{t-1}])   absent agents: a zero action
+                  prior      p(ẑ^g_t | h^g_t)
+                  posterior  q(z^g_t | h^g_t, enc_s(s_t), z^a_t)   the true global state, seen in training only
+
+Heads (`wmenv.models.heads`): observation, reward and info (previous action) read the agent features
+[h^a, z^a]; continuation and available actions read all four [h^a, z^a, h^g, z^g]. Loss: obs + reward + cont
++ mask + info + KL_agent + KL_global, each KL balanced 0.8 / 0.2. The actor sees the agent features, the
+critic all four of every agent (`critic_features`).
+
+Where the paper and the authors' code (aravindvenu7/MABL) differ, this follows the code: the agent prior is
+conditioned on the global prior sample (the paper's §3.1 writes the posterior z^g_t); the info loss reads the
+agent features (the paper: all four); there is no reconstruction of s; each KL is a mean over the S
+categoricals (MAMBA and DreamerV2 sum; ``kl_reduce``). Its sizes are the ``"smac"`` / ``"flatland"`` presets
+(GRUs 256 / 256, 32×32 latents, model lr 3e-4, gradient clip 100).
+
+Ablations (§4.3): ``global_level="shared"`` is MABL-SG, one global level per world whose posterior reads the
+mean of the agents' z^a (the paper does not say how N agent latents enter one posterior; the mean keeps the
+agents exchangeable) and whose sample conditions every agent's prior; ``"none"`` is the paper's
+"Dreamer-v2": independent agent models with no global level and no global KL.
+
+Episode starts, as in MAMBA's model: a reset row starts both levels from the blank state with no previous
+action; absent agents have no observation (their agent posterior rests on h^a alone) and contribute a zero
+action to the joint action.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from einops import rearrange, repeat
+from torch import Tensor, nn
+
+from wmenv.checks import check_choice, check_int
+from wmenv.models.heads import HeadsMixin, RewardKind, balanced_kl, check_reward_head
+from wmenv.models.rssm import mlp, sample_onehot
+from wmenv.models.world_model import Prediction, State, WorldModel
+
+GlobalLevel = Literal["per_agent", "shared", "none"]
+
+
+@dataclass
+class MABLConfig:
+    """The MABL world model; `mabl_preset` gives the authors' SMAC / Flatland sizes and a small CPU one."""
+
+    agent_deter: int = 256
+    """H_a, the agent GRU's width."""
+    global_deter: int = 256
+    """H_g, the global GRU's width."""
+    stoch: int = 32
+    """S, categoricals per latent (agent and global)."""
+    classes: int = 32
+    """K, classes per categorical."""
+    hidden: int = 256
+    """E, width of the encoders, the GRU input layers and the prior / posterior networks."""
+    head_hidden: int = 256
+    """Width of the prediction heads."""
+    head_layers: int = 2
+    """Hidden layers of each prediction head."""
+    global_level: GlobalLevel = "per_agent"
+    """"per_agent" (MABL: one global latent per agent), "shared" (MABL-SG) or "none" (the paper's Dreamer-v2)."""
+    kl_balance: float = 0.8
+    """Weight of the prior-training side of KL balancing (0.2 on the posterior side)."""
+    kl_reduce: Literal["mean", "sum"] = "mean"
+    """How each KL combines its S categoricals: "mean" (the authors' code) or "sum" (MAMBA, DreamerV2)."""
+    kl_scale: float = 1.0
+    """Weight of each balanced KL."""
+    info_scale: float = 1.0
+    """Weight of the info loss (predicting the previous action)."""
+    reward_head: RewardKind = "mse"
+    """"mse" (the code's scalar) or "twohot" (DreamerV3's symlog two-hot, see `MAMBAConfig.reward_head`)."""
+    reward_bins: int = 255
+    """Bins of the two-hot reward head (odd)."""
+    lr: float = 3e-4
+    """Model learning rate (the authors' code)."""
+    grad_clip: float = 100.0
+    """Gradient-norm clipping (the authors' code)."""
+
+    def __post_init__(self) -> None:
+        for name in ("agent_deter", "global_deter", "stoch", "classes", "hidden", "head_hidden", "head_layers"):
+            check_int(f"MABLConfig.{name}", getattr(self, name))
+        check_choice("MABLConfig.global_level", self.global_level, ("per_agent", "shared", "none"))
+        check_choice("MABLConfig.kl_reduce", self.kl_reduce, ("mean", "sum"))
+        check_reward_head("MABLConfig", self.reward_head, self.reward_bins)
+        if not 0 <= self.kl_balance <= 1:
+            raise ValueError(f"MABLConfig.kl_balance: expected a number in [0, 1], got {self.kl_balance!r}")
+
+
+PRESETS = ("smac", "flatland", "small")
+
+
+def mabl_preset(name: str, global_level: GlobalLevel = "per_agent") -> MABLConfig:
+    """Named sizes: ``"smac"`` / ``"flatland"`` (the authors' code: GRUs 256, 32×32 latents) and ``"small"`` for CPUs."""
+    if name in ("smac", "flatland"):
+        return MABLConfig(global_level=global_level)
+    if name == "small":
+        return MABLConfig(
+            agent_deter=64, global_deter=64, stoch=8, classes=8, hidden=64, head_hidden=64, head_layers=1,
+            global_level=global_level, lr=1e-3, grad_clip=10.0,
+        )  # fmt: skip
+    raise ValueError(f"name: expected one of {list(PRESETS)}, got {name!r}")
+
+
+class MABLWorldModel(HeadsMixin, WorldModel):
+    """MABL's world model for an env `spec` (discrete actions; a global state, ``spec.state_dim``, for the global level).
+
+    Args:
+        spec: the real env's `EnvSpec`.
+        config: sizes, ablation and loss weights; default `MABLConfig()` (the authors' sizes).
+
+    The state is ``{"deter_a": (B, N, H_a), "stoch_a": (B, N, L), "logits_a": (B, N, S, K)}`` plus, with a
+    global level, ``"deter_g"``, ``"stoch_g"``, ``"logits_g"`` likewise (``"shared"``: the same row for
+    every agent).
+    """
+
+    def __init__(self, spec, config: MABLConfig | None = None) -> None:
+        super().__init__()
+        if not spec.discrete:
+            raise ValueError(f"spec: MABL's world model needs discrete actions, {spec.id} has continuous ones")
+        self.spec, self.config = spec, config if config is not None else MABLConfig()
+        c = self.config
+        D, A, N, L = spec.obs_dim, spec.n_actions, spec.n_agents, c.stoch * c.classes
+        self.has_global = c.global_level != "none"
+        if self.has_global and not spec.state_dim:
+            raise ValueError(f"spec: MABL's global level needs the env's global state, {spec.id} has none "
+                             "(use global_level='none')")  # fmt: skip
+        act = nn.ELU
+        self.obs_encoder = nn.Sequential(mlp(D, c.hidden, c.hidden), act())
+        self.agent_in = nn.Sequential(nn.Linear(A + L, c.hidden), act())
+        self.agent_cell = nn.GRUCell(c.hidden, c.agent_deter)
+        self.agent_post = mlp(c.agent_deter + c.hidden, c.hidden, L)
+        self.agent_prior = mlp(c.agent_deter + (L if self.has_global else 0), c.hidden, L)
+        if self.has_global:
+            self.state_encoder = nn.Sequential(mlp(spec.state_dim, c.hidden, c.hidden), act())
+            self.global_in = nn.Sequential(nn.Linear(N * A + L, c.hidden), act())
+            self.global_cell = nn.GRUCell(c.hidden, c.global_deter)
+            self.global_prior = mlp(c.global_deter, c.hidden, L)
+            self.global_post = mlp(c.global_deter + c.hidden + L, c.hidden, L)
+        agent_dim = c.agent_deter + L
+        full_dim = agent_dim + (c.global_deter + L if self.has_global else 0)
+        self._build_heads(agent_dim, full_dim, c.head_hidden, c.head_layers, c.reward_head, c.reward_bins)
+
+    # --- building blocks ---
+    def _split(self, logits: Tensor) -> Tensor:
+        return rearrange(logits, "... (s k) -> ... s k", k=self.config.classes)
+
+    def _levels(self) -> int:
+        """G: global levels per world."""
+        return 1 if self.config.global_level == "shared" else self.spec.n_agents
+
+    def blank(self, batch: int) -> State:
+        """The all-zero state that precedes an episode's first step."""
+        c, p, N = self.config, self.agent_cell.weight_hh, self.spec.n_agents
+        zeros = lambda *s: torch.zeros(batch, N, *s, device=p.device, dtype=p.dtype)  # noqa: E731
+        state = {"deter_a": zeros(c.agent_deter), "stoch_a": zeros(c.stoch * c.classes), "logits_a": zeros(c.stoch, c.classes)}
+        if self.has_global:
+            state |= {
+                "deter_g": zeros(c.global_deter),
+                "stoch_g": zeros(c.stoch * c.classes),
+                "logits_g": zeros(c.stoch, c.classes),
+            }
+        return state
+
+    def _agent_deter(self, state: State, action: Tensor) -> Tensor:
+        """h^a_t (B, N, H_a) from h^a_{t-1}, z^a_{t-1} and the agents' own one-hot actions (B, N, A)."""
+        x = self.agent_in(torch.cat([action, state["stoch_a"]], dim=-1))
+        batch = x.shape[0]
+        h = self.agent_cell(rearrange(x, "b n e -> (b n) e"), rearrange(state["deter_a"], "b n h -> (b n) h"))
+        return rearrange(h, "(b n) h -> b n h", b=batch)
+
+    def _global_deter(self, state: State, action: Tensor) -> Tensor:
+        """h^g_t (B, G, H_g) from h^g_{t-1}, z^g_{t-1} (the first G rows) and the joint one-hot action (B, N, A)."""
+        G = self._levels()
+        joint = repeat(rearrange(action, "b n a -> b (n a)"), "b x -> b g x", g=G)
+        x = self.global_in(torch.cat([joint, state["stoch_g"][:, :G]], dim=-1))
+        batch = x.shape[0]
+        h = self.global_cell(rearrange(x, "b g e -> (b g) e"), rearrange(state["deter_g"][:, :G], "b g h -> (b g) h"))
+        return rearrange(h, "(b g) h -> b g h", b=batch)
+
+    def _to_agents(self, x: Tensor) -> Tensor:
+        """(B, G, ...) global rows -> (B, N, ...): each agent's own (per agent) or the shared one (shared)."""
+        return x.expand(-1, self.spec.n_agents, *x.shape[2:]) if x.shape[1] != self.spec.n_agents else x
+
+    def _agent_prior_logits(self, deter_a: Tensor, global_sample: Tensor | None) -> Tensor:
+        x = deter_a if global_sample is None else torch.cat([deter_a, self._to_agents(global_sample)], dim=-1)
+        return self._split(self.agent_prior(x))
+
+    # --- the contract ---
+    def features(self, state: State) -> Tensor:
+        """(B, N, H_a + L) = [h^a, z^a]: what an agent has at execution."""
+        return torch.cat([state["deter_a"], state["stoch_a"]], dim=-1)
+
+    def full_features(self, state: State) -> Tensor:
+        """(B, N, F_full) = [h^a, z^a, h^g, z^g] (the agent features alone without a global level)."""
+        if not self.has_global:
+            return self.features(state)
+        return torch.cat([state["deter_a"], state["stoch_a"], state["deter_g"], state["stoch_g"]], dim=-1)
+
+    def critic_features(self, state: State) -> Tensor:
+        """(B, N·F_full): both levels of every agent (the centralized critic's view)."""
+        return rearrange(self.full_features(state), "b n f -> b (n f)")
+
+    def initial(self, batch_size: int, generator: torch.Generator | None = None) -> State:
+        """The prior of an episode's first step: one imagined step from the blank state with no action."""
+        no_action = torch.zeros(batch_size, self.spec.n_agents, self.spec.n_actions, device=self.agent_cell.weight_hh.device)
+        return self._img_step(self.blank(batch_size), no_action.to(self.agent_cell.weight_hh.dtype), generator)
+
+    def _img_step(self, state: State, action: Tensor, generator: torch.Generator | None) -> State:
+        """Prior step of all B × N agents from one-hot actions (B, N, A) (zero rows: no action / absent agent)."""
+        deter_a, new = self._agent_deter(state, action), {}
+        global_sample = None
+        if self.has_global:
+            deter_g = self._global_deter(state, action)
+            logits_g = self._split(self.global_prior(deter_g))
+            global_sample = sample_onehot(logits_g, generator)  # (B, G, L)
+            new = {"deter_g": self._to_agents(deter_g), "stoch_g": self._to_agents(global_sample),
+                   "logits_g": self._to_agents(logits_g)}  # fmt: skip
+        logits_a = self._agent_prior_logits(deter_a, global_sample)
+        return {"deter_a": deter_a, "stoch_a": sample_onehot(logits_a, generator), "logits_a": logits_a, **new}
+
+    def imagine(
+        self,
+        state: State,
+        actions: Tensor,
+        generator: torch.Generator | None = None,
+        decode: bool = False,
+        present: Tensor | None = None,
+    ) -> tuple[State, Prediction]:
+        """One imagined step for actions (B, N) int64; ``present`` (B, N) bool: absent agents add no action."""
+        onehot = self._onehot(actions)
+        if present is not None:
+            onehot = onehot * present[..., None].to(onehot.dtype)
+        nxt = self._img_step(state, onehot, generator)
+        return nxt, self.predict(nxt, decode)
+
+    def predict(self, state: State, decode: bool = False) -> Prediction:
+        """Reward (agent features), continuation and action availability (both levels), observation (agent)."""
+        return self._predict_heads(self.features(state), self.full_features(state), decode)
+
+    def observe_sequence(
+        self,
+        obs: Tensor,
+        prev_actions: Tensor,
+        resets: Tensor,
+        global_state: Tensor | None,
+        state: State | None = None,
+        generator: torch.Generator | None = None,
+        alive: Tensor | None = None,
+    ) -> tuple[State, State]:
+        """Filter real windows: obs (B, T, N, D), prev_actions (B, T, N, A) one-hot, resets (B, T), global_state
+        (B, T, S_dim), alive (B, T, N). Returns posteriors and priors (logits only), each name -> (B, T, N, ...)."""
+        batch, length = obs.shape[:2]
+        embed = self.obs_encoder(obs)  # (B, T, N, E)
+        if alive is not None:
+            embed = embed * alive.unsqueeze(-1).to(embed.dtype)
+        embed_s = self.state_encoder(global_state) if self.has_global else None  # (B, T, E)
+        blank = self.blank(batch)
+        state = blank if state is None else state
+        restarts = resets.any(0).tolist()
+        posts, priors = [], []
+        for t in range(length):
+            if restarts[t]:
+                r = resets[:, t]
+                state = {k: torch.where(r.view(batch, *[1] * (v.dim() - 1)), blank[k], v) for k, v in state.items()}
+            post, prior = self._post_step(state, prev_actions[:, t], embed[:, t], None if embed_s is None else embed_s[:, t],
+                                          generator)  # fmt: skip
+            posts.append(post)
+            priors.append(prior)
+            state = post
+        stack = lambda seq: {k: torch.stack([s[k] for s in seq], dim=1) for k in seq[0]}  # noqa: E731
+        return stack(posts), stack(priors)
+
+    def _post_step(
+        self, state: State, action: Tensor, embed: Tensor, embed_s: Tensor | None, generator: torch.Generator | None
+    ) -> tuple[State, State]:
+        """One filtering row: posterior state and prior logits from the previous posterior and one-hot actions."""
+        deter_a = self._agent_deter(state, action)
+        logits_qa = self._split(self.agent_post(torch.cat([deter_a, embed], dim=-1)))
+        stoch_a = sample_onehot(logits_qa, generator)
+        post = {"deter_a": deter_a, "stoch_a": stoch_a, "logits_a": logits_qa}
+        if not self.has_global:
+            return post, {"logits_a": self._agent_prior_logits(deter_a, None)}
+        deter_g = self._global_deter(state, action)  # (B, G, H_g)
+        logits_pg = self._split(self.global_prior(deter_g))
+        global_prior_sample = sample_onehot(logits_pg, generator)
+        agent_latent = stoch_a if self._levels() == self.spec.n_agents else stoch_a.mean(1, keepdim=True)
+        seen = repeat(embed_s, "b e -> b g e", g=deter_g.shape[1])
+        logits_qg = self._split(self.global_post(torch.cat([deter_g, seen, agent_latent], dim=-1)))
+        post |= {"deter_g": self._to_agents(deter_g), "stoch_g": self._to_agents(sample_onehot(logits_qg, generator)),
+                 "logits_g": self._to_agents(logits_qg)}  # fmt: skip
+        prior = {"logits_a": self._agent_prior_logits(deter_a, global_prior_sample), "logits_g": self._to_agents(logits_pg)}
+        return post, prior
+
+    def _check_global_state(self, global_state: Tensor | None, obs: Tensor) -> Tensor | None:
+        if not self.has_global:
+            return None
+        batch, length = obs.shape[:2]
+        want = (batch, length, self.spec.state_dim)
+        if global_state is None:
+            raise ValueError(f"global_state: MABL's global level (global_level={self.config.global_level!r}) needs the "
+                             f"env's global state of shape {want}, got None (replay windows carry it as 'state')")  # fmt: skip
+        if not isinstance(global_state, Tensor) or tuple(global_state.shape) != want:
+            got = tuple(global_state.shape) if isinstance(global_state, Tensor) else type(global_state).__name__
+            raise ValueError(f"global_state: expected shape {want} (B, T, state_dim), got {got}")
+        return global_state.to(obs.dtype)
+
+    def observe(
+        self,
+        obs: Tensor,
+        actions: Tensor,
+        resets: Tensor,
+        state: State | None = None,
+        generator: torch.Generator | None = None,
+        alive: Tensor | None = None,
+        global_state: Tensor | None = None,
+    ) -> State:
+        """The posterior after the last row of real windows (`WorldModel.observe`); ``global_state`` (B, T, S_dim)
+        is required with a global level."""
+        global_state = self._check_global_state(global_state, obs)
+        prev = self._prev_actions(actions, resets, alive)
+        posts, _ = self.observe_sequence(obs, prev, resets, global_state, state, generator, alive)
+        return {k: v[:, -1] for k, v in posts.items()}
+
+    def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
+        """World-model loss of replay windows (see the module docstring); returns the total and each term."""
+        c = self.config
+        self._check_rewards(batch)
+        obs, actions, alive = batch["obs"], batch["action"], batch["alive"].bool()
+        resets = batch["reset"].bool()
+        global_state = self._check_global_state(batch.get("state"), obs)
+        prev = self._prev_actions(actions, resets, alive)
+        posts, priors = self.observe_sequence(obs, prev, resets, global_state, alive=alive)
+        terms = self._head_losses(self.features(posts), self.full_features(posts), batch)
+        terms["kl_agent"], kl_prior_a = balanced_kl(posts["logits_a"], priors["logits_a"], c.kl_balance, c.kl_reduce)
+        total = terms["obs"] + terms["reward"] + terms["cont"] + terms.get("action_mask", 0.0)
+        total = total + c.info_scale * terms["info"] + c.kl_scale * terms["kl_agent"]
+        stats = {"kl_prior_agent": float(kl_prior_a.detach())}
+        if self.has_global:
+            # shared: one global level per world, stored once per agent: its KL is taken on one copy
+            rows = slice(0, self._levels())
+            terms["kl_global"], kl_prior_g = balanced_kl(
+                posts["logits_g"][:, :, rows], priors["logits_g"][:, :, rows], c.kl_balance, c.kl_reduce
+            )
+            total = total + c.kl_scale * terms["kl_global"]
+            stats["kl_prior_global"] = float(kl_prior_g.detach())
+        return total, {**{k: float(v.detach()) for k, v in terms.items()}, **stats}
+
+    # --- execution: one agent's filter (the agent level only: no messages, no global state) ---
+    def filter_initial(self, batch_size: int) -> State:
+        """B blank filter states ``{"deter_a": (B, H_a), "stoch_a": (B, L)}``."""
+        return {k: self.blank(batch_size)[k][:, 0] for k in ("deter_a", "stoch_a")}
+
+    def message(self, state: State, action: Tensor) -> Tensor:
+        """(B, 0): MABL's agents send nothing."""
+        return state["stoch_a"].new_zeros(state["stoch_a"].shape[0], 0)
+
+    def filter_step(
+        self,
+        state: State,
+        obs: Tensor,
+        prev_action: Tensor,
+        reset: Tensor,
+        agent: Tensor,
+        messages: Tensor | None = None,
+        heard: Tensor | None = None,
+        alive: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[State, Tensor]:
+        """One agent's posterior step per row (`WorldModel.filter_step`): its GRU, its observation, nothing else.
+
+        ``messages`` / ``heard`` are ignored (M = 0); ``agent`` is checked but not used (the weights are shared).
+        Returns the new states and features (B, H_a + L) = [h^a_t, z^a_t].
+        """
+        reset, prev_action = self._check_filter(state, obs, prev_action, reset, agent)
+        keep = ~reset
+        state = {k: v * keep.view(-1, 1).to(v.dtype) for k, v in state.items()}
+        prev = torch.where(keep, prev_action, -1)
+        onehot = self._onehot(prev.clamp(min=0)) * (prev >= 0).unsqueeze(-1).to(obs.dtype)
+        rows = {k: v.unsqueeze(1) for k, v in state.items()}  # (B, 1, ...): one agent per row
+        deter_a = self._agent_deter(rows, onehot.unsqueeze(1))[:, 0]
+        embed = self.obs_encoder(obs)
+        if alive is not None:
+            embed = embed * alive.unsqueeze(-1).to(embed.dtype)
+        logits = self._split(self.agent_post(torch.cat([deter_a, embed], dim=-1)))
+        new = {"deter_a": deter_a, "stoch_a": sample_onehot(logits, generator)}
+        return new, torch.cat([new["deter_a"], new["stoch_a"]], dim=-1)
+
+    def _check_filter(self, state, obs, prev_action, reset, agent) -> tuple[Tensor, Tensor]:
+        """Refuse filter inputs of the wrong shape, range or model; returns ``reset`` (bool) and ``prev_action`` (long)."""
+        if not isinstance(obs, Tensor) or obs.dim() != 2 or obs.shape[1] != self.spec.obs_dim:
+            got = tuple(obs.shape) if isinstance(obs, Tensor) else type(obs).__name__
+            raise ValueError(f"obs: expected a (B, {self.spec.obs_dim}) tensor, got {got}")
+        batch, c = obs.shape[0], self.config
+        widths = {"deter_a": c.agent_deter, "stoch_a": c.stoch * c.classes}
+        if not isinstance(state, dict) or set(state) != set(widths):
+            got = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"state: expected a filter state with keys {sorted(widths)}, got {got}")
+        for k, w in widths.items():
+            if tuple(state[k].shape) != (batch, w):
+                raise ValueError(f"state: {k!r} has shape {tuple(state[k].shape)}, expected ({batch}, {w}) "
+                                 "(a filter state of another model?)")  # fmt: skip
+        prev_action = torch.as_tensor(prev_action, device=obs.device).long()
+        reset, agent = torch.as_tensor(reset, device=obs.device), torch.as_tensor(agent, device=obs.device)
+        for name, value in (("prev_action", prev_action), ("reset", reset), ("agent", agent)):
+            if tuple(value.shape) != (batch,):
+                raise ValueError(f"{name}: expected shape ({batch},), got {tuple(value.shape)}")
+        if bool(((prev_action < -1) | (prev_action >= self.spec.n_actions)).any()):
+            raise ValueError(f"prev_action: expected actions in [-1, {self.spec.n_actions}), got {prev_action.tolist()}")
+        if bool(((agent < 0) | (agent >= self.spec.n_agents)).any()):
+            raise ValueError(f"agent: expected slots in [0, {self.spec.n_agents}), got {agent.tolist()}")
+        return reset.bool(), prev_action

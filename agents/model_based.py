@@ -62,7 +62,8 @@ from wmenv.envs import make
 from wmenv.envs.vector import VecEnv
 from wmenv.fit import FitConfig, fit, load_model, save_model
 from wmenv.latent.filter import AgentFilters
-from wmenv.models.mamba_wm import PRESETS, MAMBAWorldModel, preset
+from wmenv.models.registry import KINDS, build_model, model_kind
+from wmenv.models.world_model import WorldModel
 
 
 @dataclass
@@ -90,8 +91,11 @@ class ModelBasedConfig:
     """If > 0, exactly this many fit steps per update instead of ``train_ratio`` (the paper's "Number of epochs")."""
     num_envs: int = 4
     """E, real env copies collected in parallel."""
+    model_kind: str = "mamba"
+    """World model (`wmenv.models.registry`): "mamba" (MAMBA's RSSM with communication) or "mabl" (MABL's bi-level
+    model, which reads the env's global state in training)."""
     model: str = "small"
-    """World-model preset: "small", "smac" or "flatland"."""
+    """World-model preset of that kind: "small", "smac" or "flatland"."""
     fit: FitConfig = field(default_factory=lambda: FitConfig(steps=200, batch_size=16, seq_len=20, progress=False))
     """World-model fitting per update: windows, learning rate, ... (its ``steps`` is set by the schedule)."""
     dream_worlds: int = 256
@@ -161,7 +165,8 @@ class ModelBasedConfig:
                 f"ModelBasedConfig.fit.seq_len: windows of {self.fit.seq_len} rows cannot fit a replay of "
                 f"capacity {self.capacity} rows"
             )
-        check_choice("ModelBasedConfig.model", self.model, PRESETS)
+        check_choice("ModelBasedConfig.model_kind", self.model_kind, tuple(KINDS))
+        check_choice("ModelBasedConfig.model", self.model, model_kind(self.model_kind).presets)
         check_choice("ModelBasedConfig.policy", self.policy, POLICIES)
         check_choice("ModelBasedConfig.actor_input", self.actor_input, ("decoded", "latent"))
 
@@ -237,7 +242,7 @@ def _acting(agent: MAPPO, num_envs: int, n_agents: int, filters: AgentFilters | 
     return act
 
 
-def _save(run_dir: Path, cfg: ModelBasedConfig, spec: Any, agent: MAPPO, model: MAMBAWorldModel,
+def _save(run_dir: Path, cfg: ModelBasedConfig, spec: Any, agent: MAPPO, model: WorldModel,
           wm_optim: torch.optim.Optimizer, replay: EpisodeReplay, counters: dict[str, int],
           curve: list[tuple[int, float]], real_returns: list[tuple[int, float]]) -> Path:  # fmt: skip
     def extra(folder: Path) -> None:
@@ -252,15 +257,15 @@ def _save(run_dir: Path, cfg: ModelBasedConfig, spec: Any, agent: MAPPO, model: 
     return save_checkpoint(run_dir, agent, cfg, spec, counters, extra)
 
 
-def _restore(folder: Path, cfg: ModelBasedConfig, spec: Any, agent: MAPPO, model: MAMBAWorldModel,
+def _restore(folder: Path, cfg: ModelBasedConfig, spec: Any, agent: MAPPO, model: WorldModel,
              wm_optim: torch.optim.Optimizer) -> tuple[dict[str, int], EpisodeReplay, list, list]:  # fmt: skip
     """Load a checkpoint written by `_save` into ``agent``, ``model`` and ``wm_optim``.
 
     Returns:
         The counters, the replay, the evaluation curve and the real training-episode returns.
     """
+    saved = load_model(folder / "world_model", spec, kind=cfg.model_kind)  # first: another kind is the clearest error
     counters = load_checkpoint(folder, agent, spec)
-    saved = load_model(folder / "world_model", spec)
     if saved.config != model.config:
         raise ValueError(
             f"path: the world model in {folder} has config {saved.config}, expected the {cfg.model!r} preset {model.config}"
@@ -280,7 +285,7 @@ def _restore(folder: Path, cfg: ModelBasedConfig, spec: Any, agent: MAPPO, model
     return counters, replay, *curves
 
 
-def _learn(cfg: ModelBasedConfig, it: int, counters: dict[str, int], spec: Any, model: MAMBAWorldModel,
+def _learn(cfg: ModelBasedConfig, it: int, counters: dict[str, int], spec: Any, model: WorldModel,
            wm_optim: torch.optim.Optimizer, replay: EpisodeReplay, agent: MAPPO, dream: DreamVecEnv,
            writer: SummaryWriter) -> int:  # fmt: skip
     """One update: fit the world model, then train the actor in the dream, as much as the schedule asks.
@@ -331,12 +336,12 @@ def run(cfg: ModelBasedConfig) -> dict[str, Any]:
             "episode could end to fit on; collect more steps, use fewer copies or set real_episodes"
         )
     replay = EpisodeReplay(ReplayConfig(capacity=cfg.capacity, seed=cfg.seed), spec=spec)
-    model = MAMBAWorldModel(spec, preset(cfg.model))
+    model = build_model(cfg.model_kind, spec, cfg.model)
     wm_optim = torch.optim.Adam(model.parameters(), lr=model.config.lr)
     policy_cfg = getattr(cfg, policy_field(cfg.policy))
-    actor_dim = spec.obs_dim if cfg.actor_input == "decoded" else model.rssm.feature_dim
+    feature_dim, state_dim = model.feature_widths()
+    actor_dim = spec.obs_dim if cfg.actor_input == "decoded" else feature_dim
     policy = make_policy(cfg.policy, actor_dim, spec.n_actions, policy_cfg)
-    state_dim = spec.n_agents * model.rssm.feature_dim
     critic = AttentionCritic(state_dim, spec.n_agents, cfg.critic)
     mappo_cfg = dataclasses.replace(
         cfg.mappo, rollout_length=cfg.horizon, chunk_length=min(cfg.mappo.chunk_length, cfg.horizon)

@@ -23,8 +23,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 from wmenv.checks import check_int
-from wmenv.models.mamba_wm import MAMBAConfig, MAMBAWorldModel
-from wmenv.models.rssm import RSSMConfig
+from wmenv.models.registry import KINDS, config_from_dict, kind_of
 from wmenv.models.world_model import WorldModel
 from wmenv.tensor_ops import compiled
 
@@ -113,7 +112,7 @@ def fit(
     return history
 
 
-def save_model(path: str | Path, model: MAMBAWorldModel) -> Path:
+def save_model(path: str | Path, model: WorldModel) -> Path:
     """Write ``path/{model.safetensors, config.json}`` atomically (a crash leaves an older checkpoint intact)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -122,6 +121,7 @@ def save_model(path: str | Path, model: MAMBAWorldModel) -> Path:
     save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
     meta = {
         "format": MODEL_FORMAT,
+        "kind": kind_of(model),
         "model": type(model).__name__,
         "config": dataclasses.asdict(model.config),
         "spec": model.spec.describe(),
@@ -137,26 +137,34 @@ def save_model(path: str | Path, model: MAMBAWorldModel) -> Path:
     return path
 
 
-def load_model(path: str | Path, spec: Any) -> MAMBAWorldModel:
-    """Rebuild a world model saved by `save_model` for the env ``spec``.
+def load_model(path: str | Path, spec: Any, kind: str | None = None) -> WorldModel:
+    """Rebuild a world model saved by `save_model` for the env ``spec``, as the registered kind it was saved as.
+
+    Args:
+        path: the checkpoint folder.
+        spec: the env's `EnvSpec` (must be the one the model was fitted on).
+        kind: the kind the caller expects (`wmenv.models.registry`); None accepts any.
 
     Raises:
-        ValueError: another format or model class, another env, weights that do not fit the saved
-            configuration, or unreadable files.
+        ValueError: another format, kind or env, weights that do not fit the saved configuration, or unreadable files.
     """
     path = Path(path)
     try:
         meta = json.loads((path / "config.json").read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise ValueError(f"path: {path} holds no readable world-model config.json: {e}") from e
-    if meta.get("format") != MODEL_FORMAT or meta.get("model") != MAMBAWorldModel.__name__:
-        raise ValueError(f"path: expected a {MAMBAWorldModel.__name__} checkpoint of format {MODEL_FORMAT}, "
-                         f"got {meta.get('model')!r} of format {meta.get('format')!r}")  # fmt: skip
+    by_class = {k.model_cls.__name__: k.name for k in KINDS.values()}  # checkpoints from before kinds were recorded
+    saved_kind = meta.get("kind", by_class.get(meta.get("model")))
+    if meta.get("format") != MODEL_FORMAT or saved_kind not in KINDS:
+        raise ValueError(f"path: expected a world-model checkpoint of format {MODEL_FORMAT} of a registered kind "
+                         f"({sorted(KINDS)}), got kind {saved_kind!r} ({meta.get('model')!r}) of format "
+                         f"{meta.get('format')!r}")  # fmt: skip
+    if kind is not None and kind != saved_kind:
+        raise ValueError(f"kind: {path} holds a {saved_kind!r} world model, expected {kind!r}")
     if meta["spec"] != spec.describe():
         raise ValueError(f"spec: the model in {path} was fitted on env {meta['spec']}, got {spec.describe()}")
-    fields = dict(meta["config"])
-    fields["rssm"] = RSSMConfig(**fields["rssm"])
-    model = MAMBAWorldModel(spec, MAMBAConfig(**fields))
+    k = KINDS[saved_kind]
+    model = k.model_cls(spec, config_from_dict(k.config_cls, meta["config"]))
     try:
         weights = load_file(str(path / "model.safetensors"))
         model.load_state_dict(weights)

@@ -98,9 +98,26 @@ def test_resume_refuses_other_world_model_and_corrupt_checkpoints(tmp_path):
         run(_small(tmp_path, 2, resume=True))
 
 
+def test_mabl_world_model_runs_the_loop_resumes_and_is_refused_as_another_kind(tmp_path):
+    """--model-kind mabl: the latent actor reads MABL's agent features [h^a, z^a] (in the dream and through each
+    agent's own filter on the real env), the critic both levels; the run resumes; resuming as "mamba" is refused."""
+    first = run(_small(tmp_path, 1, model_kind="mabl"))
+    assert len(first["eval_returns"]) == 2
+    ckpt = latest_checkpoint(tmp_path)
+    assert json.loads((ckpt / "world_model" / "config.json").read_text())["kind"] == "mabl"
+    policy, _ = policy_from_checkpoint(ckpt)
+    assert policy.obs_dim == 64 + 8 * 8
+    second = run(_small(tmp_path, 2, model_kind="mabl", resume=True))
+    assert second["eval_returns"][:2] == first["eval_returns"] and second["real_steps"] == 120
+    with pytest.raises(ValueError, match="holds a 'mabl' world model, expected 'mamba'"):
+        run(_small(tmp_path, 3, resume=True))
+
+
 def test_config_checks():
     with pytest.raises(ValueError, match="ModelBasedConfig.model: expected 'smac', 'flatland' or 'small', got 'tiny'"):
         ModelBasedConfig(model="tiny")
+    with pytest.raises(ValueError, match="ModelBasedConfig.model_kind: expected 'mamba' or 'mabl', got 'drama'"):
+        ModelBasedConfig(model_kind="drama")
     with pytest.raises(ValueError, match="ModelBasedConfig.horizon: expected an integer >= 1, got 0"):
         ModelBasedConfig(horizon=0)
     with pytest.raises(ValueError, match="ModelBasedConfig.actor_input: expected 'decoded' or 'latent', got 'raw'"):

@@ -90,7 +90,7 @@ class ScriptedWorldModel(WorldModel):
         zeros = torch.zeros(batch_size, self.spec.n_agents)
         return self._state(batch_size, zeros, zeros, zeros - 1, 0.0, generator)
 
-    def observe(self, obs, actions, resets, state=None, generator=None, alive=None, global_state=None) -> State:
+    def observe(self, obs, actions, resets, state=None, generator=None, alive=None, *, global_state=None) -> State:
         """t = 0 after a real window; origin = the last row's first observation feature; ctx = its rows."""
         self.observed.append({"obs": obs, "actions": actions, "resets": resets, "alive": alive, "generator": generator,
                               "global_state": global_state})  # fmt: skip

@@ -323,9 +323,11 @@ def test_default_fit_config_and_skipped_parameters():
     [
         (
             {"format": MODEL_FORMAT + 1},
-            r"^path: expected a MAMBAWorldModel checkpoint of format 1, got 'MAMBAWorldModel' of format 2$",
+            r"^path: expected a world-model checkpoint of format 1 of a registered kind \(\['mabl', 'mamba'\]\), "
+            r"got kind 'mamba' \('MAMBAWorldModel'\) of format 2$",
         ),
-        ({"model": "Dreamer"}, r"^path: expected a MAMBAWorldModel checkpoint of format 1, got 'Dreamer' of format 1$"),
+        ({"kind": "dreamer"}, r"^path: expected .* got kind 'dreamer' \('MAMBAWorldModel'\) of format 1$"),
+        ({"kind": None, "model": "Dreamer"}, r"^path: expected .* got kind None \('Dreamer'\) of format 1$"),
         ({"spec": {"id": "other"}}, r"^spec: the model in .* was fitted on env \{'id': 'other'\}, got \{'id': 'tiny'"),
         ({"config": {"rssm": {"deter": 6}}}, r"^path: the weights in .* cannot be loaded into the saved configuration: "),
     ],
@@ -335,12 +337,31 @@ def test_load_refuses_mismatched_checkpoints(tmp_path, edit, match):
     save_model(tmp_path / "m", tiny_wm())
     meta = json.loads((tmp_path / "m" / "config.json").read_text())
     for k, v in edit.items():
-        if k == "config":
+        if k == "kind" and v is None:
+            del meta["kind"]
+        elif k == "config":
             meta["config"]["rssm"].update(v["rssm"])
         else:
             meta[k] = v
     (tmp_path / "m" / "config.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match=match):
+        load_model(tmp_path / "m", spec())
+
+
+def test_load_checks_the_kind_and_reads_checkpoints_from_before_kinds(tmp_path):
+    """A caller that expects another kind is refused; a checkpoint without "kind" is read by its class name."""
+    model = tiny_wm().eval()
+    save_model(tmp_path / "m", model)
+    with pytest.raises(ValueError, match=r"^kind: .* holds a 'mamba' world model, expected 'mabl'$"):
+        load_model(tmp_path / "m", spec(), kind="mabl")
+    meta = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert meta["kind"] == "mamba"
+    del meta["kind"]
+    (tmp_path / "m" / "config.json").write_text(json.dumps(meta))
+    same_outputs(model, load_model(tmp_path / "m", spec(), kind="mamba").eval())
+    meta["config"]["surprise"] = 1
+    (tmp_path / "m" / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"config: MAMBAConfig has no field\(s\) \['surprise'\]"):
         load_model(tmp_path / "m", spec())
 
 

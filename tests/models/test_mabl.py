@@ -10,8 +10,10 @@ from pettingzoo.test import parallel_api_test, parallel_seed_test
 import wmenv
 from wmenv.data.collect import random_replay
 from wmenv.envs.spec import EnvSpec
-from wmenv.fit import FitConfig, fit
+from wmenv.fit import FitConfig, fit, load_model, save_model
 from wmenv.models.mabl import PRESETS, MABLConfig, MABLWorldModel, mabl_preset
+from wmenv.models.mamba_wm import MAMBAConfig
+from wmenv.models.registry import build_model
 
 B, T, N, S_DIM = 2, 5, 3, 7
 GLOBAL_MODULES = ("state_encoder", "global_in", "global_cell", "global_prior", "global_post")
@@ -263,6 +265,27 @@ def test_dream_env_over_mabl_passes_the_pettingzoo_tests(mpe_mabl_and_replay):
     env = wmenv.DreamEnv(model, start=replay, seed=1)
     obs, _ = env.reset(seed=2)
     assert env.observation_space("agent_0").shape == (64 + 64,) and env.state().shape == (3 * (64 + 64 + 64 + 64),)
+
+
+def test_checkpoint_round_trip_through_the_registry(mpe_mabl_and_replay, tmp_path):
+    model, replay = mpe_mabl_and_replay
+    model = model.eval()
+    save_model(tmp_path / "m", model)
+    again = load_model(tmp_path / "m", model.spec, kind="mabl").eval()
+    assert isinstance(again, MABLWorldModel) and again.config == model.config
+    w = replay.sample(2, 6, generator=1)
+    outs = []
+    for m in (model, again):
+        g = torch.Generator().manual_seed(5)
+        state = m.observe(w["obs"], w["action"], w["reset"], generator=g, alive=w["alive"].bool(), global_state=w["state"])
+        nxt, pred = m.imagine(state, w["action"][:, -1], generator=g)
+        outs.append([*state.values(), *nxt.values(), pred.reward, pred.cont])
+    assert all(torch.equal(a, b) for a, b in zip(*outs))
+    with pytest.raises(ValueError, match="holds a 'mabl' world model, expected 'mamba'"):
+        load_model(tmp_path / "m", model.spec, kind="mamba")
+    assert build_model("mabl", model.spec, "small").config == mabl_preset("small")
+    with pytest.raises(TypeError, match="expected a MABLConfig for kind 'mabl'"):
+        build_model("mabl", model.spec, MAMBAConfig())
 
 
 def test_presets_are_named_after_the_paper():

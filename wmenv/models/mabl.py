@@ -325,6 +325,7 @@ class MABLWorldModel(HeadsMixin, WorldModel):
         state: State | None = None,
         generator: torch.Generator | None = None,
         alive: Tensor | None = None,
+        *,
         global_state: Tensor | None = None,
     ) -> State:
         """The posterior after the last row of real windows (`WorldModel.observe`); ``global_state`` (B, T, S_dim)

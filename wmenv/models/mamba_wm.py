@@ -120,8 +120,9 @@ class MAMBAWorldModel(HeadsMixin, WorldModel):
         state: State | None = None,
         generator: torch.Generator | None = None,
         alive: Tensor | None = None,
-        global_state: Tensor | None = None,
         hears: Tensor | None = None,
+        *,
+        global_state: Tensor | None = None,
     ) -> State:
         """The posterior after the last row of real windows (obs (B, T, N, D), actions (B, T, N) taken at each row).
 

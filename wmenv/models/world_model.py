@@ -61,6 +61,7 @@ class WorldModel(nn.Module, ABC):
         state: State | None = None,
         generator: torch.Generator | None = None,
         alive: Tensor | None = None,
+        *,
         global_state: Tensor | None = None,
     ) -> State:
         """Filter real windows (obs (B, T, N, D), actions (B, T, N), resets (B, T), alive (B, T, N)); the last posterior.
@@ -95,6 +96,14 @@ class WorldModel(nn.Module, ABC):
     @abstractmethod
     def critic_features(self, state: State) -> Tensor:
         """(B, N * F): the centralized view of all agents (CTDE critics)."""
+
+    def feature_widths(self) -> tuple[int, int]:
+        """(F, C): the widths of `features` (per agent) and `critic_features`, from one initial state drawn with a
+        private generator (the global random stream is left alone)."""
+        device = next(self.parameters()).device
+        with torch.no_grad():
+            state = self.initial(1, generator=torch.Generator(device).manual_seed(0))
+            return self.features(state).shape[-1], self.critic_features(state).shape[-1]
 
     # --- execution: one agent's filter (models that support decentralized execution override these) ---
     message_dim: int = 0

@@ -1,0 +1,103 @@
+"""World models by kind name: what `wmenv.fit.load_model` and the model-based loop look up instead of importing a class.
+
+```python
+from wmenv.models.registry import build_model, model_kind
+
+model = build_model("mabl", spec, "small")           # or a config object of the kind
+model_kind("mamba").presets                          # ("smac", "flatland", "small")
+```
+
+A new model registers a `ModelKind` once (`register`); checkpoints record the kind, so a checkpoint of one
+kind is never loaded as another.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from wmenv.checks import check_choice
+from wmenv.models.mabl import PRESETS as MABL_PRESETS
+from wmenv.models.mabl import MABLConfig, MABLWorldModel, mabl_preset
+from wmenv.models.mamba_wm import PRESETS as MAMBA_PRESETS
+from wmenv.models.mamba_wm import MAMBAConfig, MAMBAWorldModel, preset
+from wmenv.models.world_model import WorldModel
+
+
+@dataclass(frozen=True)
+class ModelKind:
+    """One registered world model."""
+
+    name: str
+    """The kind name (``--model-kind``)."""
+    model_cls: type[WorldModel]
+    """Built as ``model_cls(spec, config)``."""
+    config_cls: type
+    """Its config dataclass (rebuilt from a checkpoint's JSON by `config_from_dict`)."""
+    preset: Callable[[str], Any]
+    """Preset name -> config."""
+    presets: tuple[str, ...]
+    """The preset names, for help texts and checks."""
+
+
+KINDS: dict[str, ModelKind] = {}
+"""Registered kinds by name."""
+
+
+def register(kind: ModelKind) -> ModelKind:
+    """Add ``kind`` (its name must be new)."""
+    if kind.name in KINDS:
+        raise ValueError(f"kind: a world model named {kind.name!r} is already registered")
+    KINDS[kind.name] = kind
+    return kind
+
+
+def model_kind(name: str) -> ModelKind:
+    """The registered kind ``name`` (a ValueError lists the known ones)."""
+    check_choice("model_kind", name, tuple(KINDS))
+    return KINDS[name]
+
+
+def kind_of(model: WorldModel) -> str:
+    """The kind name of a model instance."""
+    for kind in KINDS.values():
+        if type(model) is kind.model_cls:
+            return kind.name
+    raise TypeError(f"model: {type(model).__name__} is not a registered world-model kind ({sorted(KINDS)})")
+
+
+def build_model(kind: str, spec: Any, config: str | object) -> WorldModel:
+    """A fresh model of ``kind`` for the env ``spec`` from a preset name or a config of that kind."""
+    k = model_kind(kind)
+    if isinstance(config, str):
+        check_choice(f"preset of {kind!r}", config, k.presets)
+        config = k.preset(config)
+    if not isinstance(config, k.config_cls):
+        raise TypeError(f"config: expected a {k.config_cls.__name__} for kind {kind!r}, got {type(config).__name__}")
+    return k.model_cls(spec, config)
+
+
+def config_from_dict(cls: type, fields: dict[str, Any]) -> Any:
+    """The dataclass ``cls`` from ``dataclasses.asdict`` output, nested dataclasses included (derived fields skipped).
+
+    Raises:
+        ValueError: ``fields`` names a field ``cls`` does not have (a config of another model or version).
+    """
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise ValueError(f"config: {cls.__name__} has no field(s) {unknown}")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if not f.init or f.name not in fields:
+            continue
+        value, kind = fields[f.name], hints[f.name]
+        kwargs[f.name] = config_from_dict(kind, value) if dataclasses.is_dataclass(kind) and isinstance(value, dict) else value
+    return cls(**kwargs)
+
+
+register(ModelKind("mamba", MAMBAWorldModel, MAMBAConfig, preset, MAMBA_PRESETS))
+register(ModelKind("mabl", MABLWorldModel, MABLConfig, mabl_preset, MABL_PRESETS))

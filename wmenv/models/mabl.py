@@ -385,7 +385,11 @@ class MABLWorldModel(HeadsMixin, WorldModel):
         ``messages`` / ``heard`` are ignored (M = 0); ``agent`` is checked but not used (the weights are shared).
         Returns the new states and features (B, H_a + L) = [h^a_t, z^a_t].
         """
-        reset, prev_action = self._check_filter(state, obs, prev_action, reset, agent)
+        c = self.config
+        batch = obs.shape[0] if isinstance(obs, Tensor) and obs.dim() == 2 else 0
+        widths = {"deter_a": c.agent_deter, "stoch_a": c.stoch * c.classes}
+        prev_action = torch.as_tensor(prev_action, device=obs.device if isinstance(obs, Tensor) else None).long()
+        reset, _ = self._check_filter_inputs(state, widths, obs, prev_action, reset, agent, {"alive": (alive, (batch,))})
         keep = ~reset
         state = {k: v * keep.view(-1, 1).to(v.dtype) for k, v in state.items()}
         prev = torch.where(keep, prev_action, -1)
@@ -398,28 +402,3 @@ class MABLWorldModel(HeadsMixin, WorldModel):
         logits = self._split(self.agent_post(torch.cat([deter_a, embed], dim=-1)))
         new = {"deter_a": deter_a, "stoch_a": sample_onehot(logits, generator)}
         return new, torch.cat([new["deter_a"], new["stoch_a"]], dim=-1)
-
-    def _check_filter(self, state, obs, prev_action, reset, agent) -> tuple[Tensor, Tensor]:
-        """Refuse filter inputs of the wrong shape, range or model; returns ``reset`` (bool) and ``prev_action`` (long)."""
-        if not isinstance(obs, Tensor) or obs.dim() != 2 or obs.shape[1] != self.spec.obs_dim:
-            got = tuple(obs.shape) if isinstance(obs, Tensor) else type(obs).__name__
-            raise ValueError(f"obs: expected a (B, {self.spec.obs_dim}) tensor, got {got}")
-        batch, c = obs.shape[0], self.config
-        widths = {"deter_a": c.agent_deter, "stoch_a": c.stoch * c.classes}
-        if not isinstance(state, dict) or set(state) != set(widths):
-            got = sorted(state) if isinstance(state, dict) else type(state).__name__
-            raise ValueError(f"state: expected a filter state with keys {sorted(widths)}, got {got}")
-        for k, w in widths.items():
-            if tuple(state[k].shape) != (batch, w):
-                raise ValueError(f"state: {k!r} has shape {tuple(state[k].shape)}, expected ({batch}, {w}) "
-                                 "(a filter state of another model?)")  # fmt: skip
-        prev_action = torch.as_tensor(prev_action, device=obs.device).long()
-        reset, agent = torch.as_tensor(reset, device=obs.device), torch.as_tensor(agent, device=obs.device)
-        for name, value in (("prev_action", prev_action), ("reset", reset), ("agent", agent)):
-            if tuple(value.shape) != (batch,):
-                raise ValueError(f"{name}: expected shape ({batch},), got {tuple(value.shape)}")
-        if bool(((prev_action < -1) | (prev_action >= self.spec.n_actions)).any()):
-            raise ValueError(f"prev_action: expected actions in [-1, {self.spec.n_actions}), got {prev_action.tolist()}")
-        if bool(((agent < 0) | (agent >= self.spec.n_agents)).any()):
-            raise ValueError(f"agent: expected slots in [0, {self.spec.n_agents}), got {agent.tolist()}")
-        return reset.bool(), prev_action

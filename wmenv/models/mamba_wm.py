@@ -208,29 +208,15 @@ class MAMBAWorldModel(HeadsMixin, WorldModel):
 
     def _check_filter(self, state, obs, prev_action, reset, agent, messages, heard, alive) -> tuple[Tensor, Tensor]:
         """Refuse filter inputs of the wrong shape, range or model; returns ``reset`` and ``agent`` as tensors."""
-        if not isinstance(obs, Tensor) or obs.dim() != 2 or obs.shape[1] != self.spec.obs_dim:
-            got = tuple(obs.shape) if isinstance(obs, Tensor) else type(obs).__name__
-            raise ValueError(f"obs: expected a (B, {self.spec.obs_dim}) tensor, got {got}")
-        batch, n, c = obs.shape[0], self.spec.n_agents, self.rssm.config
+        c, n = self.rssm.config, self.spec.n_agents
+        batch = obs.shape[0] if isinstance(obs, Tensor) and obs.dim() == 2 else 0
+        extra = {
+            "messages": (messages, (batch, n, self.message_dim)),
+            "heard": (heard, (batch, n)),
+            "alive": (alive, (batch,)),
+        }
         widths = {"deter": c.deter, "stoch": c.stoch * c.classes}
-        if not isinstance(state, dict) or set(state) != set(widths):
-            got = sorted(state) if isinstance(state, dict) else type(state).__name__
-            raise ValueError(f"state: expected a filter state with keys {sorted(widths)}, got {got}")
-        for k, w in widths.items():
-            if tuple(state[k].shape) != (batch, w):
-                raise ValueError(f"state: {k!r} has shape {tuple(state[k].shape)}, expected ({batch}, {w}) "
-                                 "(a filter state of another model?)")  # fmt: skip
-        reset, agent = torch.as_tensor(reset, device=obs.device), torch.as_tensor(agent, device=obs.device)
-        for name, value, shape in (("prev_action", prev_action, (batch,)), ("reset", reset, (batch,)),
-                                   ("agent", agent, (batch,)), ("messages", messages, (batch, n, self.message_dim)),
-                                   ("heard", heard, (batch, n)), ("alive", alive, (batch,))):  # fmt: skip
-            if value is not None and tuple(value.shape) != shape:
-                raise ValueError(f"{name}: expected shape {shape}, got {tuple(value.shape)}")
-        if bool(((prev_action < -1) | (prev_action >= self.spec.n_actions)).any()):
-            raise ValueError(f"prev_action: expected actions in [-1, {self.spec.n_actions}), got {prev_action.tolist()}")
-        if bool(((agent < 0) | (agent >= n)).any()):
-            raise ValueError(f"agent: expected slots in [0, {n}), got {agent.tolist()}")
-        return reset.bool(), agent.long()
+        return self._check_filter_inputs(state, widths, obs, prev_action, reset, agent, extra)
 
     def predict(self, state: State, decode: bool = False) -> Prediction:
         """Reward, continuation, action availability (and observation) of a state."""

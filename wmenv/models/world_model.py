@@ -142,3 +142,41 @@ class WorldModel(nn.Module, ABC):
             alive: (B,) bool, the agent has an observation (None: all do).
         """
         raise NotImplementedError(f"{type(self).__name__} has no execution-time filter")
+
+    def _check_filter_inputs(
+        self,
+        state: object,
+        widths: dict[str, int],
+        obs: object,
+        prev_action: Tensor,
+        reset: object,
+        agent: object,
+        extra: dict[str, tuple[Tensor | None, tuple[int, ...]]] | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Refuse `filter_step` inputs of the wrong shape, range or model; returns ``reset`` (bool) and ``agent`` (long).
+
+        Args:
+            widths: the filter state's keys and their widths (B, width) in this model.
+            extra: further optional inputs, name -> (value or None, expected shape).
+        """
+        if not isinstance(obs, Tensor) or obs.dim() != 2 or obs.shape[1] != self.spec.obs_dim:
+            got = tuple(obs.shape) if isinstance(obs, Tensor) else type(obs).__name__
+            raise ValueError(f"obs: expected a (B, {self.spec.obs_dim}) tensor, got {got}")
+        batch, n = obs.shape[0], self.spec.n_agents
+        if not isinstance(state, dict) or set(state) != set(widths):
+            got = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"state: expected a filter state with keys {sorted(widths)}, got {got}")
+        for k, w in widths.items():
+            if tuple(state[k].shape) != (batch, w):
+                raise ValueError(f"state: {k!r} has shape {tuple(state[k].shape)}, expected ({batch}, {w}) "
+                                 "(a filter state of another model?)")  # fmt: skip
+        reset, agent = torch.as_tensor(reset, device=obs.device), torch.as_tensor(agent, device=obs.device)
+        checks = {"prev_action": (prev_action, (batch,)), "reset": (reset, (batch,)), "agent": (agent, (batch,))}
+        for name, (value, shape) in {**checks, **(extra or {})}.items():
+            if value is not None and tuple(value.shape) != shape:
+                raise ValueError(f"{name}: expected shape {shape}, got {tuple(value.shape)}")
+        if bool(((prev_action < -1) | (prev_action >= self.spec.n_actions)).any()):
+            raise ValueError(f"prev_action: expected actions in [-1, {self.spec.n_actions}), got {prev_action.tolist()}")
+        if bool(((agent < 0) | (agent >= n)).any()):
+            raise ValueError(f"agent: expected slots in [0, {n}), got {agent.tolist()}")
+        return reset.bool(), agent.long()

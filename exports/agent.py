@@ -83,6 +83,8 @@ class OnnxAgent:
             self.latent, self.latent_shape = meta["wmenv.latent"], tuple(json.loads(meta["wmenv.latent_shape"]))
             self._filter_shapes = {n: tuple(s) for n, s in json.loads(meta["wmenv.filter_state"])}
             self._filter_shapes["prev_action"] = ()
+        # the agent sends and receives messages (MAMBA's communication; MABL's agents have none: M = 0)
+        self.messaging = self.kind == "world_model" and self.message_dim > 0
         self._rng = np.random.default_rng()
         self._check_inputs()
         if spec is not None:
@@ -92,7 +94,8 @@ class OnnxAgent:
     def _check_inputs(self) -> None:
         expected = {"obs": (self.obs_dim,), "action_mask": (self.n_actions,), "reset": ()}
         if self.kind == "world_model":
-            expected.update(agent=(), messages=(self.n_agents, self.message_dim), heard=(self.n_agents,))
+            if self.messaging:
+                expected.update(agent=(), messages=(self.n_agents, self.message_dim), heard=(self.n_agents,))
             expected.update(self._filter_shapes)
             if self.latent == "sample":
                 expected["noise"] = self.latent_shape
@@ -212,12 +215,13 @@ class OnnxAgent:
         reset = np.zeros(B, dtype=bool) if resets is None else self._array("resets", resets, (B,), np.bool_)
         feeds = {"obs": obs, "action_mask": mask, "reset": reset, **self.state}
         rng = rng or self._rng
-        if self.kind == "world_model":
+        if self.messaging:
             feeds.update(self._exchange(messages, heard, agent))
-            if self.latent == "sample":
-                feeds["noise"] = rng.random((B, *self.latent_shape), dtype=np.float32)
         elif messages is not None or heard is not None or agent is not None:
-            raise ValueError(f"messages: {self.path} is an actor-only agent (kind 'actor'), it takes no messages")
+            what = "an actor-only agent (kind 'actor')" if self.kind == "actor" else "a world-model agent without messages"
+            raise ValueError(f"messages: {self.path} is {what}, it takes no messages")
+        if self.kind == "world_model" and self.latent == "sample":
+            feeds["noise"] = rng.random((B, *self.latent_shape), dtype=np.float32)
         if self.sampling:
             feeds["noise"] = rng.random((B, A), dtype=np.float32)
         elif not deterministic:
@@ -226,7 +230,7 @@ class OnnxAgent:
         out = dict(zip([o.name for o in self.session.get_outputs()], self.session.run(None, feeds)))
         self.logits = out["logits"]
         self.state = {n: out[f"new_{n}"] for n in self._shapes()}
-        if self.kind == "world_model":
+        if self.messaging:
             self.outgoing = out["message"]
         return out["action"] if deterministic else out["sampled_action"]
 
@@ -275,8 +279,8 @@ def play_episode(agent: OnnxAgent, env: Any, spec: Any, seed: int | None = None,
     agent.check_spec(spec)
     N = spec.n_agents
     if neighbours is not None:
-        if agent.kind != "world_model":
-            raise ValueError(f"neighbours: only world-model agents exchange messages, {agent.path} is an actor-only agent")
+        if not agent.messaging:
+            raise ValueError(f"neighbours: only world-model agents with messages exchange them, {agent.path} has none")
         if not callable(getattr(env, "neighbours", None)):
             raise ValueError(f"neighbours: env {spec.id} has no neighbours(radius) method, got neighbours={neighbours!r}")
     obs, infos = env.reset(seed=seed)
@@ -285,7 +289,7 @@ def play_episode(agent: OnnxAgent, env: Any, spec: Any, seed: int | None = None,
     while env.agents:
         o, alive = stack_obs(spec, obs)
         mask, resets = stack_masks(spec, infos, alive), np.full(N, first)
-        if agent.kind == "world_model":
+        if agent.messaging:
             heard = repeat(alive, "j -> i j", i=N)  # (N, N): absent agents send nothing
             if neighbours is not None:
                 heard = heard & np.asarray(env.neighbours(neighbours), dtype=bool)

@@ -15,7 +15,11 @@ One graph computes one decision step of one agent (MAMBA §3.3) for B rows, each
              message (B, M) float32 = [new stoch, one_hot(action)], new_deter (B, H), new_stoch (B, S·K),
              new_prev_action (B,) int64 (= action), new_<actor state> per actor state tensor
 
-The step is `MAMBAWorldModel.filter_step` followed by the actor on the features [h_t, z_t]: on ``reset`` the
+MABL's agents need no messages (`AgentLevelStep`): their graph has inputs obs, action_mask, reset, deter_a, stoch_a,
+prev_action, the actor's state (and noise), and outputs logits, action, new_deter_a, new_stoch_a, new_prev_action
+and the new actor state; ``wmenv.message_dim`` is 0.
+
+The MAMBA step is `MAMBAWorldModel.filter_step` followed by the actor on the features [h_t, z_t]: on ``reset`` the
 filter state, previous action, received messages and actor state are the blank ones; the agent puts its own
 message [z_{t-1}, a_{t-1}] in its slot, attends over the heard messages, updates its GRU and takes its
 posterior z_t from h_t and its observation. The posterior is the argmax one-hot (``latent="mode"``) or a
@@ -40,10 +44,13 @@ from torch import Tensor, nn
 from agents.policies.base import RecurrentPolicy
 from exports.onnx import EXPORT_FORMAT, OPSET, library_version, spec_diff, state_dynamic, write_graph
 from wmenv.models.comm import CommBlock
+from wmenv.models.mabl import MABLWorldModel
 
 LATENTS = ("mode", "sample")
 FILTER_INPUTS = ("obs", "action_mask", "reset", "agent", "messages", "heard", "deter", "stoch", "prev_action")
 """The graph's inputs before the actor's state tensors (and ``noise``)."""
+AGENT_LEVEL_INPUTS = ("obs", "action_mask", "reset", "deter_a", "stoch_a", "prev_action")
+"""The same for MABL's graph (`AgentLevelStep`): no messages, no slot."""
 
 
 def _attend(layer: nn.TransformerEncoderLayer, query: Tensor, x: Tensor, bias: Tensor) -> Tensor:
@@ -96,6 +103,29 @@ def receive(comm: CommBlock, messages: Tensor, heard: Tensor, receiver: Tensor) 
     return comm.norm(x[:, 0])
 
 
+def _onehot(index: Tensor, classes: int, dtype: torch.dtype) -> Tensor:
+    """(...) int64 -> (..., classes) one-hot; indices outside [0, classes) give zeros."""
+    return (index.unsqueeze(-1) == torch.arange(classes, device=index.device)).to(dtype)
+
+
+def _posterior(logits: Tensor, latent: str, noise: Tensor | None) -> Tensor:
+    """(B, S·K) one-hot posterior of logits (B, S, K): the argmax ("mode") or a Gumbel-max sample ("sample")."""
+    if latent == "sample":
+        if noise is None:
+            raise ValueError("noise: expected (B, S, K) uniforms in (0, 1) for latent='sample', got None")
+        tiny = torch.finfo(noise.dtype).tiny
+        logits = logits - torch.log(-torch.log(noise.clamp(tiny, 1.0 - 1e-7)))
+    return rearrange(_onehot(logits.argmax(-1), logits.shape[-1], logits.dtype), "b s k -> b (s k)")
+
+
+def _act(policy: RecurrentPolicy, names: list[str], features: Tensor, state: tuple[Tensor, ...], reset: Tensor,
+         action_mask: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:  # fmt: skip
+    """The actor's masked logits (B, A), greedy action (B,) and new state tensors, from the features (B, F)."""
+    out, new = policy.step(features, dict(zip(names, state)), reset)
+    out = out.masked_fill(~action_mask, float("-inf"))
+    return out, out.argmax(-1), [new[n] for n in names]
+
+
 class WorldModelStep(nn.Module):
     """The module that is exported (and the PyTorch reference of the graph, in eval mode); see the module docstring.
 
@@ -131,50 +161,86 @@ class WorldModelStep(nn.Module):
         reset = reset.bool()  # masked_fill with constants: no zeros_like / full_like ops in the graph
         deter, stoch = deter.masked_fill(reset.unsqueeze(-1), 0.0), stoch.masked_fill(reset.unsqueeze(-1), 0.0)
         prev = prev_action.masked_fill(reset, -1)
-        own = torch.cat([stoch, self._onehot(prev, self.n_actions, stoch.dtype)], -1)  # (B, M); -1: zeros
+        own = torch.cat([stoch, _onehot(prev, self.n_actions, stoch.dtype)], -1)  # (B, M); -1: zeros
         slot = agent.unsqueeze(-1) == torch.arange(self.n_agents, device=obs.device)  # (B, N)
         messages = torch.where(slot.unsqueeze(-1), own.unsqueeze(1), messages.masked_fill(reset[:, None, None], 0.0))
         deter = self.cell(receive(self.comm, messages, heard, agent), deter)  # (B, H)
         embed = self.obs_encoder(obs)  # (B, hidden)
         logits = rearrange(self.post_net(torch.cat([deter, embed], -1)), "b (s k) -> b s k", k=self.classes)
-        if self.latent == "sample":
-            if noise is None:
-                raise ValueError("noise: expected (B, S, K) uniforms in (0, 1) for latent='sample', got None")
-            tiny = torch.finfo(noise.dtype).tiny
-            logits = logits - torch.log(-torch.log(noise.clamp(tiny, 1.0 - 1e-7)))
-        stoch = rearrange(self._onehot(logits.argmax(-1), self.classes, deter.dtype), "b s k -> b (s k)")
-        out, new = self.policy.step(torch.cat([deter, stoch], -1), dict(zip(self.state_names, actor_state)), reset)
-        out = out.masked_fill(~action_mask, float("-inf"))  # (B, A)
-        action = out.argmax(-1)
-        message = torch.cat([stoch, self._onehot(action, self.n_actions, stoch.dtype)], -1)
-        return out, action, message, deter, stoch, action, *(new[n] for n in self.state_names)
+        stoch = _posterior(logits, self.latent, noise)
+        out, action, new = _act(self.policy, self.state_names, torch.cat([deter, stoch], -1), actor_state, reset, action_mask)
+        message = torch.cat([stoch, _onehot(action, self.n_actions, stoch.dtype)], -1)
+        return out, action, message, deter, stoch, action, *new
 
-    @staticmethod
-    def _onehot(index: Tensor, classes: int, dtype: torch.dtype) -> Tensor:
-        """(...) int64 -> (..., classes) one-hot; indices outside [0, classes) give zeros."""
-        return (index.unsqueeze(-1) == torch.arange(classes, device=index.device)).to(dtype)
+
+class AgentLevelStep(nn.Module):
+    """MABL's execution step (no messages, no global state): its agent GRU and posterior, then the actor.
+
+    Inputs obs (B, D), action_mask (B, A), reset (B,), deter_a (B, H_a), stoch_a (B, S·K), prev_action (B,), the
+    actor's state tensors and, with ``latent="sample"``, noise (B, S, K); outputs logits, action, new_deter_a,
+    new_stoch_a, new_prev_action and the new actor state (`MABLWorldModel.filter_step` followed by the actor).
+
+    Args:
+        model: a `MABLWorldModel` (its agent-level modules and ``spec`` are used).
+        policy, state_names, latent: as in `WorldModelStep`.
+    """
+
+    def __init__(self, model: nn.Module, policy: RecurrentPolicy, state_names: list[str], latent: str) -> None:
+        super().__init__()
+        self.obs_encoder, self.agent_in, self.agent_cell, self.agent_post = (
+            model.obs_encoder,
+            model.agent_in,
+            model.agent_cell,
+            model.agent_post,
+        )
+        self.policy, self.state_names, self.latent = policy, state_names, latent
+        self.n_actions, self.classes = model.spec.n_actions, model.config.classes
+
+    def forward(
+        self,
+        obs: Tensor,
+        action_mask: Tensor,
+        reset: Tensor,
+        deter_a: Tensor,
+        stoch_a: Tensor,
+        prev_action: Tensor,
+        actor_state: tuple[Tensor, ...],
+        noise: Tensor | None = None,
+    ) -> tuple[Tensor, ...]:
+        """See the class docstring for inputs and outputs."""
+        reset = reset.bool()
+        deter, stoch = deter_a.masked_fill(reset.unsqueeze(-1), 0.0), stoch_a.masked_fill(reset.unsqueeze(-1), 0.0)
+        prev = _onehot(prev_action.masked_fill(reset, -1), self.n_actions, stoch.dtype)  # -1: zeros
+        deter = self.agent_cell(self.agent_in(torch.cat([prev, stoch], -1)), deter)
+        embed = self.obs_encoder(obs)
+        logits = rearrange(self.agent_post(torch.cat([deter, embed], -1)), "b (s k) -> b s k", k=self.classes)
+        stoch = _posterior(logits, self.latent, noise)
+        out, action, new = _act(self.policy, self.state_names, torch.cat([deter, stoch], -1), actor_state, reset, action_mask)
+        return out, action, deter, stoch, action, *new
 
 
 def _check(model: Any, policy: Any, spec: Any | None, latent: str) -> None:
-    """Refuse a model without the MAMBA filter, a policy that does not fit it, another env or an unknown latent."""
-    rssm = getattr(model, "rssm", None)
-    if not isinstance(model, nn.Module) or not isinstance(getattr(rssm, "comm", None), CommBlock):
-        raise TypeError(f"model: expected a MAMBAWorldModel (an RSSM with a CommBlock filter), got {type(model).__name__}")
+    """Refuse a model without an execution filter we export, a policy that does not fit it, another env or latent."""
+    mamba = isinstance(getattr(getattr(model, "rssm", None), "comm", None), CommBlock)
+    if not isinstance(model, nn.Module) or not (mamba or isinstance(model, MABLWorldModel)):
+        raise TypeError(f"model: expected a MAMBAWorldModel (an RSSM with a CommBlock filter) or a MABLWorldModel, "
+                        f"got {type(model).__name__}")  # fmt: skip
     if not isinstance(policy, RecurrentPolicy):
         raise TypeError(
             f"policy: expected a RecurrentPolicy (GRUPolicy, MambaPolicy, SPMambaPolicy), got {type(policy).__name__}"
         )
     if latent not in LATENTS:
         raise ValueError(f"latent: expected one of {list(LATENTS)}, got {latent!r}")
-    F_, A = rssm.feature_dim, model.spec.n_actions
+    F_, A = model.feature_widths()[0], model.spec.n_actions
     if (policy.obs_dim, policy.n_actions) != (F_, A):
-        raise ValueError(f"policy: expected obs_dim={F_} (the model's features H + S·K) and n_actions={A}, got "
+        raise ValueError(f"policy: expected obs_dim={F_} (the model's agent features) and n_actions={A}, got "
                          f"obs_dim={policy.obs_dim}, n_actions={policy.n_actions}")  # fmt: skip
     if spec is not None and spec.describe() != model.spec.describe():
         raise ValueError(f"spec: the model was made for {spec_diff(model.spec.describe(), spec.describe())}")
-    clash = sorted(set(policy.initial_state(1)) & {*FILTER_INPUTS, "noise"})
+    inputs = FILTER_INPUTS if mamba else AGENT_LEVEL_INPUTS
+    clash = sorted(set(policy.initial_state(1)) & {*inputs, "noise"})
     if clash:
-        raise ValueError(f"policy: its state names {clash} clash with the graph's inputs {list(FILTER_INPUTS)}")
+        raise ValueError(f"policy: its state names {clash} clash with the graph's inputs {list(inputs)}")
 
 
 def export_wm_agent(
@@ -190,7 +256,7 @@ def export_wm_agent(
     Model and policy are copied, put in eval mode and exported in float32 on the CPU.
 
     Args:
-        model: a `MAMBAWorldModel`; its env spec is recorded so `OnnxAgent` can refuse another env.
+        model: a `MAMBAWorldModel` or a `MABLWorldModel`; its env spec is recorded so `OnnxAgent` can refuse another env.
         policy: the actor, a `RecurrentPolicy` on the model's features (obs_dim F = H + S·K).
         path: the ``.onnx`` file to write.
         spec: when given, must be the model's env spec.
@@ -201,7 +267,7 @@ def export_wm_agent(
         ``path``.
 
     Raises:
-        TypeError: ``model`` has no MAMBA filter, or ``policy`` is not a `RecurrentPolicy`.
+        TypeError: ``model`` is neither MAMBA's nor MABL's, or ``policy`` is not a `RecurrentPolicy`.
         ValueError: the policy does not fit the model, ``spec`` is another env, or an unknown ``latent``.
         RuntimeError: the step cannot be exported, with the exporter's reason.
     """
@@ -210,20 +276,29 @@ def export_wm_agent(
     model, policy = copy.deepcopy(model).float().cpu().eval(), copy.deepcopy(policy).float().cpu().eval()
     state0 = policy.initial_state(2)
     names = list(state0)
-    c, spec = model.rssm.config, model.spec
-    D, A, N, M, H, SK = spec.obs_dim, spec.n_actions, spec.n_agents, model.message_dim, c.deter, c.stoch * c.classes
-    graph = WorldModelStep(model, policy, names, latent).eval()
-    args: tuple[Any, ...] = (
-        torch.zeros(2, D), torch.ones(2, A, dtype=torch.bool), torch.zeros(2, dtype=torch.bool),
-        torch.tensor([0, N - 1]), torch.zeros(2, N, M), torch.ones(2, N, dtype=torch.bool), torch.zeros(2, H),
-        torch.zeros(2, SK), torch.full((2,), -1), list(state0.values()),
-    )  # fmt: skip
+    spec = model.spec
+    D, A, N = spec.obs_dim, spec.n_actions, spec.n_agents
+    first = (torch.zeros(2, D), torch.ones(2, A, dtype=torch.bool), torch.zeros(2, dtype=torch.bool))
+    if isinstance(model, MABLWorldModel):
+        c, M = model.config, 0
+        S, K, filter_state = c.stoch, c.classes, [["deter_a", [c.agent_deter]], ["stoch_a", [c.stoch * c.classes]]]
+        graph: nn.Module = AgentLevelStep(model, policy, names, latent).eval()
+        args: tuple[Any, ...] = (*first, torch.zeros(2, c.agent_deter), torch.zeros(2, S * K), torch.full((2,), -1))
+        filter_inputs, new_filter = AGENT_LEVEL_INPUTS, ["new_deter_a", "new_stoch_a"]
+    else:
+        c, M = model.rssm.config, model.message_dim
+        S, K, filter_state = c.stoch, c.classes, [["deter", [c.deter]], ["stoch", [c.stoch * c.classes]]]
+        graph = WorldModelStep(model, policy, names, latent).eval()
+        args = (*first, torch.tensor([0, N - 1]), torch.zeros(2, N, M), torch.ones(2, N, dtype=torch.bool),
+                torch.zeros(2, c.deter), torch.zeros(2, S * K), torch.full((2,), -1))  # fmt: skip
+        filter_inputs, new_filter = FILTER_INPUTS, ["message", "new_deter", "new_stoch"]
+    args = (*args, list(state0.values()))
     batch = torch.export.Dim("batch", min=1)
-    dynamic: tuple[Any, ...] = (*({0: batch} for _ in FILTER_INPUTS), state_dynamic(names, batch))
-    inputs = [*FILTER_INPUTS, *names]
-    outputs = ["logits", "action", "message", "new_deter", "new_stoch", "new_prev_action", *(f"new_{n}" for n in names)]
+    dynamic: tuple[Any, ...] = (*({0: batch} for _ in filter_inputs), state_dynamic(names, batch))
+    inputs = [*filter_inputs, *names]
+    outputs = ["logits", "action", *new_filter, "new_prev_action", *(f"new_{n}" for n in names)]
     if latent == "sample":
-        args, dynamic, inputs = (*args, torch.full((2, c.stoch, c.classes), 0.5)), (*dynamic, {0: batch}), [*inputs, "noise"]
+        args, dynamic, inputs = (*args, torch.full((2, S, K), 0.5)), (*dynamic, {0: batch}), [*inputs, "noise"]
     meta = {
         "wmenv.format": str(EXPORT_FORMAT),
         "wmenv.kind": "world_model",
@@ -234,8 +309,8 @@ def export_wm_agent(
         "wmenv.n_actions": str(A),
         "wmenv.n_agents": str(N),
         "wmenv.message_dim": str(M),
-        "wmenv.filter_state": json.dumps([["deter", [H]], ["stoch", [SK]]]),
-        "wmenv.latent_shape": json.dumps([c.stoch, c.classes]),
+        "wmenv.filter_state": json.dumps(filter_state),
+        "wmenv.latent_shape": json.dumps([S, K]),
         "wmenv.latent": latent,
         "wmenv.state": json.dumps([[n, list(state0[n].shape[1:])] for n in names]),
         "wmenv.sampling": json.dumps(False),

@@ -205,7 +205,7 @@ def test_bad_inputs_get_clear_errors(setup):
         OnnxAgent(paths["mode"], spec=longer)
     # export: an actor that does not fit the model, another env, an unknown latent
     wrong = make_policy("gru", spec.obs_dim, spec.n_actions, GRUPolicyConfig(hidden=8))
-    with pytest.raises(ValueError, match=rf"policy: expected obs_dim={model.rssm.feature_dim} \(the model's features"):
+    with pytest.raises(ValueError, match=rf"policy: expected obs_dim={model.rssm.feature_dim} \(the model's agent features"):
         export_wm_agent(model, wrong, paths["mode"].parent / "x.onnx")
     with pytest.raises(ValueError, match=r"spec: the model was made for env 'mpe:simple_spread_v3', got env 'flatland:5'"):
         export_wm_agent(model, policy, paths["mode"].parent / "x.onnx", spec=flatland)
@@ -236,3 +236,80 @@ def test_example_exports_a_latent_model_based_run_and_plays_it(tmp_path):
     assert "episode return per agent on mpe:simple_spread_v3 over 1 episodes" in proc.stdout
     agent = OnnxAgent(tmp_path / "a.onnx")
     assert agent.kind == "world_model" and agent.n_agents == 3
+
+
+@pytest.fixture(scope="module")
+def mabl_setup(tmp_path_factory):
+    """An untrained `small` MABL model on MPE simple_spread (N=3) and a GRU actor on its agent features."""
+    from wmenv.models.mabl import MABLWorldModel, mabl_preset
+
+    _, spec = make("mpe:simple_spread_v3", max_cycles=25)
+    torch.manual_seed(0)
+    model = MABLWorldModel(spec, mabl_preset("small")).eval()
+    policy = make_policy("gru", model.feature_widths()[0], spec.n_actions, GRUPolicyConfig(hidden=32)).eval()
+    with torch.no_grad():
+        policy.head.weight.mul_(100.0)
+    folder = tmp_path_factory.mktemp("mabl")
+    paths = {latent: export_wm_agent(model, policy, folder / f"{latent}.onnx", latent=latent) for latent in ("sample", "mode")}
+    return spec, model, policy, paths
+
+
+def test_mabl_agent_exports_without_messages_and_matches_pytorch_for_1000_steps(mabl_setup):
+    """MABL's execution graph: the agent level and the actor, no messages or slot; onnxruntime = PyTorch with resets."""
+    from exports.wm_agent import AgentLevelStep
+
+    spec, model, policy, paths = mabl_setup
+    graph = onnx.load(str(paths["sample"]))
+    onnx.checker.check_model(graph)
+    c = model.config
+    assert [i.name for i in graph.graph.input] == ["obs", "action_mask", "reset", "deter_a", "stoch_a", "prev_action", "h",
+                                                   "noise"]  # fmt: skip
+    assert [o.name for o in graph.graph.output] == ["logits", "action", "new_deter_a", "new_stoch_a", "new_prev_action",
+                                                    "new_h"]  # fmt: skip
+    meta = {p.key: p.value for p in graph.metadata_props}
+    assert (meta["wmenv.kind"], meta["wmenv.message_dim"], meta["wmenv.model"]) == ("world_model", "0", "MABLWorldModel")
+    agent = OnnxAgent(paths["sample"], providers=["CPUExecutionProvider"], spec=spec)
+    agent.reset(B)
+    assert not agent.messaging and agent.outgoing.shape == (B, 0)
+    ref = AgentLevelStep(model, policy, ["h"], "sample").eval()
+    state = {"deter_a": torch.zeros(B, c.agent_deter), "stoch_a": torch.zeros(B, c.stoch * c.classes),
+             "prev_action": torch.full((B,), -1), "h": policy.initial_state(B)["h"]}  # fmt: skip
+    rng, agent_rng, ref_rng = np.random.default_rng(0), np.random.default_rng(1), np.random.default_rng(1)
+    for t in range(1000):
+        obs, mask, resets, *_ = random_inputs(rng, spec, 0, t)
+        action = agent.act(obs, mask, resets, rng=agent_rng)
+        noise = torch.from_numpy(ref_rng.random((B, c.stoch, c.classes), dtype=np.float32))
+        with torch.no_grad():
+            feeds = (torch.from_numpy(obs), torch.from_numpy(mask), torch.from_numpy(resets))
+            logits, greedy, *new = ref(*feeds, state["deter_a"], state["stoch_a"], state["prev_action"], (state["h"],), noise)
+        state = dict(zip(["deter_a", "stoch_a", "prev_action", "h"], new))
+        np.testing.assert_allclose(agent.logits, logits.numpy(), atol=1e-5, rtol=1e-5, err_msg=f"step {t}")
+        assert np.array_equal(action, greedy.numpy()), f"step {t}"
+        for name, value in state.items():
+            np.testing.assert_allclose(agent.state[name], value.numpy(), atol=1e-5, rtol=1e-5, err_msg=f"{name} at step {t}")
+    with pytest.raises(ValueError, match="is a world-model agent without messages, it takes no messages"):
+        agent.act(obs, mask, resets, np.zeros((B, 3, 0), np.float32))
+    assert np.isfinite(play_episode(agent, make("mpe:simple_spread_v3", max_cycles=25)[0], spec, seed=0))
+
+
+def test_mabl_graph_is_the_models_filter_step(mabl_setup):
+    """The exported module's agent level = `MABLWorldModel.filter_step` (same GRU update; its argmax posterior is the
+    mode of the filter's posterior logits)."""
+    from exports.wm_agent import AgentLevelStep
+
+    spec, model, policy, _ = mabl_setup
+    c, g = model.config, torch.Generator().manual_seed(0)
+    obs = torch.randn(B, spec.obs_dim, generator=g)
+    state = {"deter_a": torch.randn(B, c.agent_deter, generator=g),
+             "stoch_a": torch.eye(c.stoch * c.classes)[:B]}  # fmt: skip
+    prev, reset = torch.tensor([2, -1, 0]), torch.tensor([False, False, True])
+    with torch.no_grad():
+        new, _ = model.filter_step(state, obs, prev, reset, torch.arange(B), generator=g)
+        _, _, deter, stoch, *_ = AgentLevelStep(model, policy, ["h"], "mode")(
+            obs, torch.ones(B, spec.n_actions, dtype=torch.bool), reset, state["deter_a"], state["stoch_a"], prev,
+            (policy.initial_state(B)["h"],),
+        )  # fmt: skip
+        torch.testing.assert_close(deter, new["deter_a"])
+        embed = model.obs_encoder(obs)
+        logits = model.agent_post(torch.cat([deter, embed], -1)).view(B, c.stoch, c.classes)
+        assert torch.equal(stoch.view(B, c.stoch, c.classes).argmax(-1), logits.argmax(-1))

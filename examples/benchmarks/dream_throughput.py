@@ -27,7 +27,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from wmenv.data.collect import random_available
 from wmenv.dream import DreamVecEnv
 from wmenv.envs.vector import VecEnv
-from wmenv.models.mamba_wm import MAMBAWorldModel, preset
+from wmenv.models.registry import build_model
+from wmenv.models.world_model import WorldModel
 
 
 @dataclass
@@ -38,8 +39,10 @@ class Args:
     """The real env (and the spec of the world model)."""
     env_kwargs: dict[str, int | float | bool | str] = field(default_factory=dict)
     """Extra keywords for `wmenv.envs.make` (e.g. ``dense_reward True``)."""
+    model_kind: str = "mamba"
+    """World model (`wmenv.models.registry`): "mamba" or "mabl"."""
     model: str = "flatland"
-    """World-model preset ("flatland": the paper's size; "small")."""
+    """World-model preset of that kind ("flatland": the paper's size; "small")."""
     batches: list[int] = field(default_factory=lambda: [64, 1024, 4096])
     """B, imagined worlds per step."""
     seconds: float = 5.0
@@ -74,7 +77,7 @@ def matmul_gflops(n: int, seconds: float) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - start) / 1e9
 
 
-def dream_rate(model: MAMBAWorldModel, batch: int, seconds: float) -> dict[str, float]:
+def dream_rate(model: WorldModel, batch: int, seconds: float) -> dict[str, float]:
     """Imagined agent-steps per second and GFLOP/s of the model at B = ``batch``."""
     vec = DreamVecEnv(model, batch, seed=0)
     s = vec.reset()
@@ -105,7 +108,7 @@ def main(args: Args) -> dict:
     with VecEnv(args.env_id, num_envs=1, seed=0, **args.env_kwargs) as vec:
         spec = vec.spec
     torch.manual_seed(0)
-    model = MAMBAWorldModel(spec, preset(args.model)).eval()
+    model = build_model(args.model_kind, spec, args.model).eval()
     results = {}
     for batch in args.batches:
         r = dream_rate(model, batch, args.seconds)
@@ -119,6 +122,7 @@ def main(args: Args) -> dict:
     summary = {
         "benchmark": "dream_throughput",
         "env_id": args.env_id,
+        "model_kind": args.model_kind,
         "model": args.model,
         "params": sum(p.numel() for p in model.parameters()),
         "real_agent_steps_per_s": round(real, 1),

@@ -42,7 +42,8 @@ import tyro
 from wmenv.data.collect import random_replay
 from wmenv.data.samplers import EventStarts
 from wmenv.fit import FitConfig, fit
-from wmenv.models.mamba_wm import MAMBAWorldModel, preset
+from wmenv.models.registry import build_model, model_kind
+from wmenv.models.world_model import WorldModel
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -56,8 +57,10 @@ class Args:
     """A `wmenv.envs.make` id with discrete actions."""
     env_kwargs: dict[str, int | float | bool | str] = field(default_factory=dict)
     """Extra keywords for `wmenv.envs.make`."""
+    model_kind: str = "mamba"
+    """World model (`wmenv.models.registry`): "mamba" or "mabl"."""
     model: str = "small"
-    """World-model preset."""
+    """World-model preset of that kind."""
     train_steps: int = 5000
     """Real env steps for fitting."""
     heldout_steps: int = 1000
@@ -108,14 +111,15 @@ def event_scores(real: torch.Tensor, predicted: torch.Tensor, above: float | Non
 
 
 def open_loop_errors(
-    model: MAMBAWorldModel, window: dict, context: int, horizon: int, obs_mean: torch.Tensor
+    model: WorldModel, window: dict, context: int, horizon: int, obs_mean: torch.Tensor
 ) -> dict[str, np.ndarray]:
     """Per imagined step: obs MSE (model / copy-last / mean) and reward MSE (model / zero), each (H,);
     plus ``reward_real`` and ``reward_pred``, each (B, H, N), the real and the predicted rewards."""
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         state = model.observe(window["obs"][:, :context], window["action"][:, :context], window["reset"][:, :context],
-                              generator=g, alive=window["alive"][:, :context].bool())  # fmt: skip
+                              generator=g, alive=window["alive"][:, :context].bool(),
+                              global_state=window["state"][:, :context])  # fmt: skip
         out = {k: [] for k in ("obs_model", "obs_copy_last", "obs_mean", "reward_model", "reward_zero")}
         rewards: dict[str, list[torch.Tensor]] = {"real": [], "pred": []}  # per step, (B, N) each
         last = window["obs"][:, context - 1]
@@ -140,7 +144,7 @@ def fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f}"
 
 
-def short_horizon_rewards(model: MAMBAWorldModel, window: dict, context: int, horizon: int) -> dict[str, np.ndarray]:
+def short_horizon_rewards(model: WorldModel, window: dict, context: int, horizon: int) -> dict[str, np.ndarray]:
     """Predicted rewards of rows ``context .. context + horizon - 1`` with real observations up to them, each (B, H, N).
 
     ``filtered``: from the posterior that has seen row t's observation; ``one_step``: imagined one step
@@ -151,7 +155,8 @@ def short_horizon_rewards(model: MAMBAWorldModel, window: dict, context: int, ho
     with torch.no_grad():
         for t in range(context, context + horizon + 1):
             state = model.observe(window["obs"][:, :t], window["action"][:, :t], window["reset"][:, :t],
-                                  generator=g, alive=window["alive"][:, :t].bool())  # fmt: skip
+                                  generator=g, alive=window["alive"][:, :t].bool(),
+                                  global_state=window["state"][:, :t])  # fmt: skip
             if t > context:
                 out["filtered"].append(model.predict(state).reward)  # of row t - 1
             if t < context + horizon:
@@ -169,12 +174,12 @@ def main(args: Args) -> dict:
     total = args.context + args.horizon
     if int(held.episode_lengths.max()) + 1 < total:
         raise ValueError(f"context + horizon = {total} rows: longer than every held-out episode; lower them")
-    config = preset(args.model)
+    config = model_kind(args.model_kind).preset(args.model)
     if args.reward_head is not None:
         config = dataclasses.replace(config, reward_head=args.reward_head)
     if args.event_rate is not None:
         train.sampler = EventStarts(train, args.event_rate)
-    model = MAMBAWorldModel(spec, config)
+    model = build_model(args.model_kind, spec, config)
     seq = min(args.seq_len, int(train.episode_lengths.min()) + 1)
     history = fit(model, train, FitConfig(steps=args.fit_steps, batch_size=16, seq_len=seq, seed=args.seed, progress=False))
     model.eval()
@@ -213,6 +218,7 @@ def main(args: Args) -> dict:
     summary = {
         "benchmark": "dream_vs_reality",
         "env_id": args.env_id,
+        "model_kind": args.model_kind,
         "model": args.model,
         "reward_head": config.reward_head,
         "event_rate": args.event_rate,

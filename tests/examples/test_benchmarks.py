@@ -115,16 +115,23 @@ def test_mamba_training_benchmark_times_every_scan_against_the_gru(tmp_path):
     assert set(r["first_call_s"]) == {"mamba_compiled"}
 
 
-def test_dream_throughput_benchmark_reports_ratios(tmp_path):
-    out = _run("dream_throughput.py", "--env-id", "mpe:simple_spread_v3", "--model", "small",
+@pytest.mark.parametrize("kind", ["mamba", "mabl"])
+def test_dream_throughput_benchmark_reports_ratios(tmp_path, kind):
+    out = _run("dream_throughput.py", "--env-id", "mpe:simple_spread_v3", "--model-kind", kind, "--model", "small",
                "--batches", "4", "16", "--seconds", "0.1", "--matmul-size", "128",
                "--out", str(tmp_path / "t.json"))  # fmt: skip
-    assert json.loads((tmp_path / "t.json").read_text()) == out
+    assert json.loads((tmp_path / "t.json").read_text()) == out and out["model_kind"] == kind
     assert out["real_agent_steps_per_s"] > 0 and out["matmul_gflops"] > 0
     for b in ("4", "16"):
         r = out["results"][b]
         assert r["agent_steps_per_s"] > 0 and r["gflops"] > 0
         assert abs(r["vs_real_env"] - r["agent_steps_per_s"] / out["real_agent_steps_per_s"]) < 0.01 * (1 + r["vs_real_env"])
+
+
+def test_dream_vs_reality_benchmark_runs_a_mabl_model(tmp_path):
+    out = _run("dream_vs_reality.py", "--model-kind", "mabl", "--train-steps", "300", "--heldout-steps", "150",
+               "--fit-steps", "5", "--windows", "4", "--horizon", "5", "--out", str(tmp_path))  # fmt: skip
+    assert out["model_kind"] == "mabl" and np.isfinite(out["errors"]["obs_model"]).all()
 
 
 def test_dream_vs_reality_benchmark_writes_errors_and_plot(tmp_path):

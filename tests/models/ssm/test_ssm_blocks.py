@@ -195,7 +195,7 @@ def test_mamba_features_are_the_ssm_output_before_the_gate():
         block.forward_features(x[..., :3])
 
 
-def test_compiled_block_equals_the_loop_and_a_copy_runs_its_own_weights():
+def test_compiled_block_equals_the_loop_and_a_copy_runs_its_own_weights(monkeypatch):
     """scan="compiled" on a short sequence compiles the whole block once for every block (the block is an argument):
     its outputs and parameter gradients equal the eager loop's, and a perturbed deep copy gets its own results."""
     x, resets = _episode_data(batch=4, length=12, dtype=torch.float32)
@@ -219,3 +219,20 @@ def test_compiled_block_equals_the_loop_and_a_copy_runs_its_own_weights():
         for got, want in zip(results["compiled"], results["loop"]):
             torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
     assert not torch.allclose(a(x, resets=resets), b(x, resets=resets))
+    # a batch larger than a cache-sized group runs in groups of rows (here 3 + 1 of 4), with the same results
+    from wmenv.models.ssm import mamba_ref
+
+    monkeypatch.setattr(mamba_ref, "COMPILE_GROUP_BYTES", 3 * a.config.d_inner * a.config.d_state * 4)
+    core, rows = mamba_ref._compiled_core(), []
+    monkeypatch.setattr(
+        mamba_ref, "_compiled_core", lambda: lambda block, xg, *rest: rows.append(len(xg)) or core(block, xg, *rest)
+    )
+    a.config.scan = "compiled"
+    state0 = a.initial_state(4)
+    state0 = (torch.randn_like(state0[0]), torch.randn_like(state0[1]))
+    y_groups, (conv, ssm) = a(x, resets=resets, state=state0, return_state=True)
+    a.config.scan = "loop"
+    y_loop, (conv_loop, ssm_loop) = a(x, resets=resets, state=state0, return_state=True)
+    assert rows == [3, 1]
+    for got, want in ((y_groups, y_loop), (conv, conv_loop), (ssm, ssm_loop)):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)

@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 
 from wmenv.envs import make
-from wmenv.envs.smax import EXTRA_MAPS, INSTALL_SMAX, SMAX_MAPS, STOP, check_smax_installed, known_maps
+from wmenv.envs.smax import (
+    EXTRA_MAPS,
+    INSTALL_SMAX,
+    SMAX_MAPS,
+    STOP,
+    check_smax_installed,
+    enable_compilation_cache,
+    known_maps,
+)
 from wmenv.envs.vector import VecEnv
 
 HAVE_JAXMARL = importlib.util.find_spec("jaxmarl") is not None
@@ -50,6 +58,34 @@ def test_a_jax_without_cpu_backend_is_refused_at_make(monkeypatch):
     monkeypatch.setattr(jax, "devices", no_cpu)
     with pytest.raises(gym.error.DependencyNotInstalled, match="has no CPU backend"):
         make("smax:3m")
+
+
+class FakeJax:
+    """The part of ``jax`` that `enable_compilation_cache` touches."""
+
+    def __init__(self, cache_dir=None):
+        self.config = type("Config", (), {"jax_compilation_cache_dir": cache_dir})()
+        self.updates = {}
+        self.config.update = lambda name, value: self.updates.__setitem__(name, value)
+
+
+def test_compiled_maps_are_cached_on_disk_where_asked(monkeypatch, tmp_path):
+    monkeypatch.setenv("WMENV_JAX_CACHE", str(tmp_path))
+    jax = FakeJax()
+    enable_compilation_cache(jax)
+    assert jax.updates["jax_compilation_cache_dir"] == str(tmp_path)
+    assert jax.updates["jax_persistent_cache_min_compile_time_secs"] < 1  # SMAX's many small functions too
+    mine = FakeJax("/somewhere/else")
+    enable_compilation_cache(mine)
+    assert mine.updates == {}, "a cache folder the user set is left alone"
+    monkeypatch.setenv("WMENV_JAX_CACHE", "")
+    off = FakeJax()
+    enable_compilation_cache(off)
+    assert off.updates == {}
+    monkeypatch.delenv("WMENV_JAX_CACHE")
+    default = FakeJax()
+    enable_compilation_cache(default)
+    assert default.updates["jax_compilation_cache_dir"].endswith("/.cache/wmenv/jax")
 
 
 def test_jax_backend_refuses_other_envs():

@@ -48,6 +48,7 @@ import os
 import sys
 from collections.abc import Iterator
 from functools import partial
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import gymnasium as gym
@@ -142,6 +143,23 @@ def check_smax_installed() -> None:
         raise gym.error.DependencyNotInstalled(
             f"SMAX: the installed jax {jax.__version__} has no CPU backend ({e}); install jax with CPU support: {INSTALL_SMAX}"
         ) from e
+    enable_compilation_cache(jax)
+
+
+JAX_CACHE_ENV = "WMENV_JAX_CACHE"
+"""Environment variable: the folder of JAX's persistent compilation cache for SMAX ("" turns it off)."""
+
+
+def enable_compilation_cache(jax: Any) -> None:
+    """Keep jitted SMAX functions on disk (JAX's persistent compilation cache), so a map compiles once per machine
+    instead of once per process (seconds each). The folder is ``$WMENV_JAX_CACHE`` or ``~/.cache/wmenv/jax``; a
+    cache folder the user configured for JAX is left as it is."""
+    if jax.config.jax_compilation_cache_dir:
+        return
+    folder = os.environ.get(JAX_CACHE_ENV, str(Path.home() / ".cache" / "wmenv" / "jax"))
+    if folder:
+        jax.config.update("jax_compilation_cache_dir", folder)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)  # SMAX's many small functions too
 
 
 def check_map(name: str, value: Any) -> None:
@@ -436,10 +454,10 @@ class SMAXBatch:
     def __init__(
         self, map_name: str, num_envs: int, seed: int = 0, masked_action: MaskedAction = "raise", **env_kwargs: Any
     ) -> None:
+        check_choice("masked_action", masked_action, ("raise", "noop"))
+        self.core = core_for(map_name, **env_kwargs)  # checks that JaxMARL and jax are installed
         import jax.numpy as jnp
 
-        check_choice("masked_action", masked_action, ("raise", "noop"))
-        self.core = core_for(map_name, **env_kwargs)
         self.spec = self.core.spec(f"smax:{map_name}")
         self.num_envs, self.masked_action = num_envs, masked_action
         self._keys = jnp.stack([new_key(seed + i) for i in range(num_envs)])

@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from wmenv.models.ssm import scan
-from wmenv.models.ssm.scan import selective_scan, selective_scan_compiled, selective_scan_naive, selective_scan_ref
+from wmenv.models.ssm.scan import (
+    resolve_scan,
+    selective_scan,
+    selective_scan_compiled,
+    selective_scan_naive,
+    selective_scan_ref,
+)
 
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 
@@ -128,6 +134,9 @@ def test_auto_compiles_only_where_the_states_are_large(monkeypatch, batch, expec
     selective_scan(u, delta, A, BC, BC, torch.zeros(64))
     selective_scan(u, delta, A, BC, BC, torch.zeros(64), impl="blocked")
     assert called == [expected, "blocked"]
+    # off the CPU, where no formulation was measured, "auto" keeps the blocked scan
+    assert resolve_scan("auto", batch * 4 * 64 * 16, torch.device("cuda")) == "blocked"
+    assert resolve_scan("compiled", 1, torch.device("cuda")) == "compiled"
 
 
 @pytest.mark.parametrize("impl", ["blocked", "loop"])

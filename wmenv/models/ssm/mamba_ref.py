@@ -65,7 +65,7 @@ class MambaConfig:
     scan: ScanImpl = "auto"
     """How the pure-PyTorch path runs a sequence: "blocked" (least memory), "loop", "compiled" (fastest on CPU,
     seconds to compile per shape: sequences of up to `COMPILE_CHUNK` steps compile the whole block, longer ones
-    the scan in pieces) or "auto" (compiled for large batches, else the loop); see `selective_scan`."""
+    the scan in pieces) or "auto" (on the CPU compiled for large batches, else the loop); see `resolve_scan`."""
     scan_block: int = SCAN_BLOCK
     """Steps the blocked scan solves at once (speed / memory trade-off, not the result)."""
     d_inner: int = field(init=False)
@@ -126,7 +126,7 @@ class Mamba(SSMBlock):
         if resolve_backend(self.config.backend, x.device, "Mamba") == "cuda" and resets is None and state is None:
             return self._core_ref(x, None, None, "cuda")  # the kernel takes neither resets nor an initial state
         E, N = self.config.d_inner, self.config.d_state
-        impl = resolve_scan(self.config.scan, x.shape[0] * x.shape[1] * E * N)
+        impl = resolve_scan(self.config.scan, x.shape[0] * x.shape[1] * E * N, x.device)
         if impl == "compiled" and x.shape[1] <= COMPILE_CHUNK:
             # rows are independent: groups whose (rows, E, N) states fit in a core's cache run 1.8x faster at B = 1600
             rows = max(1, COMPILE_GROUP_BYTES // (E * N * x.element_size()))

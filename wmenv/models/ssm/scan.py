@@ -286,16 +286,19 @@ COMPILE_MIN_WORK = 1 << 18
 """``"auto"`` compiles sequences whose states hold at least this many numbers (B·L·D·N)."""
 
 
-def resolve_scan(impl: ScanImpl, work: int) -> Literal["blocked", "loop", "compiled"]:
-    """The formulation ``impl`` stands for, for a sequence whose states hold ``work`` = B·L·D·N numbers.
+def resolve_scan(impl: ScanImpl, work: int, device: torch.device) -> Literal["blocked", "loop", "compiled"]:
+    """The formulation ``impl`` stands for, for a sequence on ``device`` whose states hold ``work`` = B·L·D·N numbers.
 
-    ``"auto"`` is ``"compiled"`` from `COMPILE_MIN_WORK` on (where the compile time pays back), else ``"loop"``.
+    ``"auto"`` on the CPU is ``"compiled"`` from `COMPILE_MIN_WORK` on (where the compile time pays back), else
+    ``"loop"``; on other devices, where neither was measured, the blocked scan.
 
     Raises:
         ValueError: ``impl`` is not one of `ScanImpl`.
     """
     check_choice("impl", impl, get_args(ScanImpl))
     if impl == "auto":
+        if device.type != "cpu":
+            return "blocked"
         return "compiled" if work >= COMPILE_MIN_WORK else "loop"
     return impl
 
@@ -319,11 +322,11 @@ def selective_scan(
     - ``"loop"``: `selective_scan_naive`, autograd through the step loop (keeps every state).
     - ``"compiled"``: `selective_scan_compiled`, the loop fused by `torch.compile` (seconds to compile
       per shape, then several times faster than the loop on CPU).
-    - ``"auto"``: see `resolve_scan`.
+    - ``"auto"``: see `resolve_scan` (on the CPU: compiled for large batches, else the loop).
 
     Arguments and returns as in `selective_scan_ref`; ``block`` is used by ``"blocked"`` only.
     """
-    impl = resolve_scan(impl, u.shape[0] * u.shape[1] * A.numel())
+    impl = resolve_scan(impl, u.shape[0] * u.shape[1] * A.numel(), u.device)
     if impl == "blocked":
         return selective_scan_ref(u, delta, A, B, C, D, resets, h0, block)
     if impl == "loop":

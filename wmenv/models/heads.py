@@ -67,6 +67,11 @@ class HeadsMixin:
     def _onehot(self, actions: Tensor) -> Tensor:
         return F.one_hot(actions.long(), self.spec.n_actions).to(self.obs_head[0].weight.dtype)
 
+    def _onehot_or_zeros(self, actions: Tensor) -> Tensor:
+        """(...) int actions -> (..., A) one-hot, a zero row where the action is -1 (none)."""
+        actions = actions.long()
+        return self._onehot(actions.clamp(min=0)) * (actions >= 0).unsqueeze(-1).to(self.obs_head[0].weight.dtype)
+
     def _prev_actions(self, actions: Tensor, resets: Tensor, alive: Tensor | None = None) -> Tensor:
         """(B, T, N, A) one-hot action of the previous row; zeros at row 0, at episode starts and, with ``alive``
         (B, T, N), for agents absent at row t (an agent present at row t acted at row t - 1)."""

@@ -47,7 +47,7 @@ from torch import Tensor, nn
 from wmenv.checks import check_choice, check_int
 from wmenv.models.heads import HeadsMixin, RewardKind, balanced_kl, check_reward_head
 from wmenv.models.rssm import mlp, sample_onehot
-from wmenv.models.world_model import Prediction, State, WorldModel
+from wmenv.models.world_model import Prediction, State, WorldModel, restart_rows, stack_steps
 
 GlobalLevel = Literal["per_agent", "shared", "none"]
 
@@ -269,19 +269,17 @@ class MABLWorldModel(HeadsMixin, WorldModel):
         embed_s = self.state_encoder(global_state) if self.has_global else None  # (B, T, E)
         blank = self.blank(batch)
         state = blank if state is None else state
-        restarts = resets.any(0).tolist()
+        restarts = resets.any(0).tolist()  # (T,) rows where some window restarts
         posts, priors = [], []
         for t in range(length):
             if restarts[t]:
-                r = resets[:, t]
-                state = {k: torch.where(r.view(batch, *[1] * (v.dim() - 1)), blank[k], v) for k, v in state.items()}
+                state = restart_rows(state, blank, resets[:, t])
             post, prior = self._post_step(state, prev_actions[:, t], embed[:, t], None if embed_s is None else embed_s[:, t],
                                           generator)  # fmt: skip
             posts.append(post)
             priors.append(prior)
             state = post
-        stack = lambda seq: {k: torch.stack([s[k] for s in seq], dim=1) for k in seq[0]}  # noqa: E731
-        return stack(posts), stack(priors)
+        return stack_steps(posts), stack_steps(priors)
 
     def _post_step(
         self, state: State, action: Tensor, embed: Tensor, embed_s: Tensor | None, generator: torch.Generator | None
@@ -362,7 +360,8 @@ class MABLWorldModel(HeadsMixin, WorldModel):
     # --- execution: one agent's filter (the agent level only: no messages, no global state) ---
     def filter_initial(self, batch_size: int) -> State:
         """B blank filter states ``{"deter_a": (B, H_a), "stoch_a": (B, L)}``."""
-        return {k: self.blank(batch_size)[k][:, 0] for k in ("deter_a", "stoch_a")}
+        blank = self.blank(batch_size)
+        return {k: blank[k][:, 0] for k in ("deter_a", "stoch_a")}
 
     def message(self, state: State, action: Tensor) -> Tensor:
         """(B, 0): MABL's agents send nothing."""
@@ -385,15 +384,13 @@ class MABLWorldModel(HeadsMixin, WorldModel):
         ``messages`` / ``heard`` are ignored (M = 0); ``agent`` is checked but not used (the weights are shared).
         Returns the new states and features (B, H_a + L) = [h^a_t, z^a_t].
         """
-        c = self.config
-        batch = obs.shape[0] if isinstance(obs, Tensor) and obs.dim() == 2 else 0
-        widths = {"deter_a": c.agent_deter, "stoch_a": c.stoch * c.classes}
-        prev_action = torch.as_tensor(prev_action, device=obs.device if isinstance(obs, Tensor) else None).long()
-        reset, _ = self._check_filter_inputs(state, widths, obs, prev_action, reset, agent, {"alive": (alive, (batch,))})
+        widths = {"deter_a": self.config.agent_deter, "stoch_a": self.config.stoch * self.config.classes}
+        reset, _, prev_action = self._check_filter_inputs(
+            state, widths, obs, prev_action, reset, agent, {"alive": (alive, ())}
+        )
         keep = ~reset
         state = {k: v * keep.view(-1, 1).to(v.dtype) for k, v in state.items()}
-        prev = torch.where(keep, prev_action, -1)
-        onehot = self._onehot(prev.clamp(min=0)) * (prev >= 0).unsqueeze(-1).to(obs.dtype)
+        onehot = self._onehot_or_zeros(torch.where(keep, prev_action, -1))
         rows = {k: v.unsqueeze(1) for k, v in state.items()}  # (B, 1, ...): one agent per row
         deter_a = self._agent_deter(rows, onehot.unsqueeze(1))[:, 0]
         embed = self.obs_encoder(obs)
@@ -401,4 +398,4 @@ class MABLWorldModel(HeadsMixin, WorldModel):
             embed = embed * alive.unsqueeze(-1).to(embed.dtype)
         logits = self._split(self.agent_post(torch.cat([deter_a, embed], dim=-1)))
         new = {"deter_a": deter_a, "stoch_a": sample_onehot(logits, generator)}
-        return new, torch.cat([new["deter_a"], new["stoch_a"]], dim=-1)
+        return new, self.features(new)

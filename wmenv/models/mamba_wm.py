@@ -165,8 +165,7 @@ class MAMBAWorldModel(HeadsMixin, WorldModel):
 
     def message(self, state: State, action: Tensor) -> Tensor:
         """(B, S·K + A): [z, one-hot action] of filter states after ``action`` (B,) int64 (-1: none, a zero vector)."""
-        action = torch.as_tensor(action, device=state["stoch"].device).long()
-        onehot = self._onehot(action.clamp(min=0)) * (action >= 0).unsqueeze(-1)
+        onehot = self._onehot_or_zeros(torch.as_tensor(action, device=state["stoch"].device))
         return torch.cat([state["stoch"], onehot.to(state["stoch"].dtype)], dim=-1)
 
     def filter_step(
@@ -187,15 +186,18 @@ class MAMBAWorldModel(HeadsMixin, WorldModel):
         messages it hears, updates its GRU and samples its posterior from h_t and its observation. On ``reset``
         its state, previous action and the received messages are the blank ones (the whole episode restarts).
         """
-        reset, agent = self._check_filter(state, obs, prev_action, reset, agent, messages, heard, alive)
-        batch, n = obs.shape[0], self.spec.n_agents
+        c, n = self.rssm.config, self.spec.n_agents
+        widths = {"deter": c.deter, "stoch": c.stoch * c.classes}
+        extra = {"messages": (messages, (n, self.message_dim)), "heard": (heard, (n,)), "alive": (alive, ())}
+        reset, agent, prev_action = self._check_filter_inputs(state, widths, obs, prev_action, reset, agent, extra)
+        batch = obs.shape[0]
         if messages is None:
             messages = obs.new_zeros(batch, n, self.message_dim)
         if heard is None:
             heard = torch.ones(batch, n, dtype=torch.bool, device=obs.device)
         keep = ~reset
         state = {k: v * keep.view(-1, *[1] * (v.dim() - 1)).to(v.dtype) for k, v in state.items()}
-        own = self.message(state, torch.where(keep, prev_action.long(), -1))
+        own = self.message(state, torch.where(keep, prev_action, -1))
         messages = messages * keep.view(-1, 1, 1).to(messages.dtype)
         slot = torch.nn.functional.one_hot(agent, n).bool()
         messages = torch.where(slot.unsqueeze(-1), own.unsqueeze(1), messages)
@@ -205,18 +207,6 @@ class MAMBAWorldModel(HeadsMixin, WorldModel):
         post = self.rssm.filter_step(state["deter"], messages, heard.bool(), agent, embed, generator)
         new = {"deter": post["deter"], "stoch": post["stoch"]}
         return new, self.features(new)
-
-    def _check_filter(self, state, obs, prev_action, reset, agent, messages, heard, alive) -> tuple[Tensor, Tensor]:
-        """Refuse filter inputs of the wrong shape, range or model; returns ``reset`` and ``agent`` as tensors."""
-        c, n = self.rssm.config, self.spec.n_agents
-        batch = obs.shape[0] if isinstance(obs, Tensor) and obs.dim() == 2 else 0
-        extra = {
-            "messages": (messages, (batch, n, self.message_dim)),
-            "heard": (heard, (batch, n)),
-            "alive": (alive, (batch,)),
-        }
-        widths = {"deter": c.deter, "stoch": c.stoch * c.classes}
-        return self._check_filter_inputs(state, widths, obs, prev_action, reset, agent, extra)
 
     def predict(self, state: State, decode: bool = False) -> Prediction:
         """Reward, continuation, action availability (and observation) of a state."""

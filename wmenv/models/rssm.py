@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from wmenv.checks import check_int
 from wmenv.models.comm import CommBlock
-from wmenv.models.world_model import State
+from wmenv.models.world_model import State, restart_rows, stack_steps
 
 
 @dataclass
@@ -201,13 +201,11 @@ class MultiAgentRSSM(nn.Module):
         posts, priors = [], []
         restarts = resets.any(0).tolist()  # (T,) rows where some window restarts (replay windows: row 0 at most)
         for t in range(length):
-            if restarts[t]:  # elsewhere the blend below keeps every row: skip its ops (and their gradients)
-                r = resets[:, t].view(batch, 1, 1)
-                state = {k: torch.where(r.view(batch, *[1] * (v.dim() - 1)), blank[k], v) for k, v in state.items()}
+            if restarts[t]:  # elsewhere the blend keeps every row: skip its ops (and their gradients)
+                state = restart_rows(state, blank, resets[:, t])
             row_hears = listen[:, t] if listen is not None and masked[t] else None
             prior = self.img_step(state, prev_actions[:, t], generator, row_hears, sample=False)
             state = self.post_step(prior, embed[:, t], generator)
             posts.append(state)
             priors.append(prior)
-        stack = lambda seq: {k: torch.stack([s[k] for s in seq], dim=1) for k in seq[0]}  # noqa: E731
-        return stack(posts), stack(priors)
+        return stack_steps(posts), stack_steps(priors)

@@ -25,6 +25,16 @@ State = dict[str, Tensor]
 """A model state: name -> (B, N, ...) tensor."""
 
 
+def restart_rows(state: State, blank: State, reset: Tensor) -> State:
+    """``state`` with the rows where ``reset`` (B,) bool is True replaced by ``blank``'s (an episode starts there)."""
+    return {k: torch.where(reset.view(-1, *[1] * (v.dim() - 1)), blank[k], v) for k, v in state.items()}
+
+
+def stack_steps(steps: list[State]) -> State:
+    """T per-step states, name -> (B, ...), as one state name -> (B, T, ...)."""
+    return {k: torch.stack([s[k] for s in steps], dim=1) for k in steps[0]}
+
+
 @dataclass
 class Prediction:
     """What one imagined step predicts for B worlds × N agents."""
@@ -152,12 +162,13 @@ class WorldModel(nn.Module, ABC):
         reset: object,
         agent: object,
         extra: dict[str, tuple[Tensor | None, tuple[int, ...]]] | None = None,
-    ) -> tuple[Tensor, Tensor]:
-        """Refuse `filter_step` inputs of the wrong shape, range or model; returns ``reset`` (bool) and ``agent`` (long).
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Refuse `filter_step` inputs of the wrong shape, range or model; returns ``reset`` (bool), ``agent`` and
+        ``prev_action`` (int64), as tensors on ``obs``'s device.
 
         Args:
             widths: the filter state's keys and their widths (B, width) in this model.
-            extra: further optional inputs, name -> (value or None, expected shape).
+            extra: further optional inputs, name -> (value or None, its shape after the batch dimension B).
         """
         if not isinstance(obs, Tensor) or obs.dim() != 2 or obs.shape[1] != self.spec.obs_dim:
             got = tuple(obs.shape) if isinstance(obs, Tensor) else type(obs).__name__
@@ -170,13 +181,13 @@ class WorldModel(nn.Module, ABC):
             if tuple(state[k].shape) != (batch, w):
                 raise ValueError(f"state: {k!r} has shape {tuple(state[k].shape)}, expected ({batch}, {w}) "
                                  "(a filter state of another model?)")  # fmt: skip
-        reset, agent = torch.as_tensor(reset, device=obs.device), torch.as_tensor(agent, device=obs.device)
-        checks = {"prev_action": (prev_action, (batch,)), "reset": (reset, (batch,)), "agent": (agent, (batch,))}
-        for name, (value, shape) in {**checks, **(extra or {})}.items():
-            if value is not None and tuple(value.shape) != shape:
-                raise ValueError(f"{name}: expected shape {shape}, got {tuple(value.shape)}")
+        prev_action, reset, agent = (torch.as_tensor(v, device=obs.device) for v in (prev_action, reset, agent))
+        checks = {"prev_action": (prev_action, ()), "reset": (reset, ()), "agent": (agent, ())}
+        for name, (value, tail) in {**checks, **(extra or {})}.items():
+            if value is not None and tuple(value.shape) != (batch, *tail):
+                raise ValueError(f"{name}: expected shape {(batch, *tail)}, got {tuple(value.shape)}")
         if bool(((prev_action < -1) | (prev_action >= self.spec.n_actions)).any()):
             raise ValueError(f"prev_action: expected actions in [-1, {self.spec.n_actions}), got {prev_action.tolist()}")
         if bool(((agent < 0) | (agent >= n)).any()):
             raise ValueError(f"agent: expected slots in [0, {n}), got {agent.tolist()}")
-        return reset.bool(), agent.long()
+        return reset.bool(), agent.long(), prev_action.long()

@@ -12,6 +12,7 @@ from wmenv.data.collect import random_replay
 from wmenv.envs import make
 from wmenv.fit import FitConfig, fit, load_model, save_model
 from wmenv.models.mamba_wm import MAMBAWorldModel, preset
+from wmenv.models.registry import build_model
 
 
 @pytest.fixture(scope="module")
@@ -78,3 +79,44 @@ def test_continuous_actions_are_refused():
     _, spec = make("gym:Pendulum-v1")
     with pytest.raises(ValueError, match=r"^spec: MAMBA's world model needs discrete actions"):
         MAMBAWorldModel(spec, preset("small"))
+
+
+@pytest.mark.parametrize("kind", ["mamba", "mabl"])
+def test_fit_with_compiled_steps_matches_the_plain_fit(mpe, kind):
+    """FitConfig(compile="steps") fits through the compiled rows and heads with the plain fit's losses; one loss of the
+    same weights has the plain gradients (weights after Adam are not compared: it turns rounding-level gradients that
+    are zero in exact arithmetic, e.g. of attention's key bias, into lr-sized steps)."""
+    replay, spec = mpe
+    models = []
+    for compile in ("off", "steps"):
+        torch.manual_seed(0)
+        model = build_model(kind, spec, "small")
+        history = fit(model, replay, FitConfig(steps=3, batch_size=4, seq_len=6, progress=False, compile=compile))
+        assert model.compile_steps == (compile == "steps")
+        models.append((model, history))
+    (plain, h_plain), (fused, h_fused) = models
+    for k in h_plain:
+        assert h_fused[k] == pytest.approx(h_plain[k], rel=1e-4, abs=1e-5), k
+    batch = replay.sample(4, 6, generator=torch.Generator().manual_seed(1))
+    grads = []
+    for compile in (False, True):
+        plain.compile_steps = compile
+        torch.manual_seed(3)
+        loss, _ = plain.loss(batch)
+        grads.append(torch.autograd.grad(loss, list(plain.parameters())))
+    for name, p, q in zip([n for n, _ in plain.named_parameters()], *grads, strict=True):
+        torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_compiled_steps_are_refused_for_a_model_without_them(mpe):
+    """compile="steps" names the model that cannot compile its rows, before any step."""
+    replay, spec = mpe
+
+    class Plain(MAMBAWorldModel):
+        steps_compilable = False
+
+    with pytest.raises(ValueError, match=r"^FitConfig.compile: 'steps' needs .* Plain has none; use 'loss' or 'off'$"):
+        fit(Plain(spec, preset("small")), replay, FitConfig(steps=1, progress=False, compile="steps"))
+    with pytest.raises(ValueError, match=r"^FitConfig.compile: expected 'off', 'steps' or 'loss', got 'rows'$"):
+        FitConfig(compile="rows")
+    assert FitConfig(compile=True).compile == "loss" and FitConfig(compile=False).compile == "off"

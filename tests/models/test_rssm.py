@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wmenv.models.rssm import MultiAgentRSSM, RSSMConfig, mlp, sample_onehot
+from wmenv.models import rssm as rssm_module
+from wmenv.models.rssm import MultiAgentRSSM, RSSMConfig, mlp, onehot_from_uniform, sample_onehot
 
 # D=3 observations, A=4 actions, N=2 agents; H=5, S×K=2×3, hidden 8, E=4: every size distinct
 CONFIG = RSSMConfig(deter=5, stoch=2, classes=3, hidden=8, comm_width=4, comm_layers=1, comm_heads=2, dropout=0.0)
@@ -63,6 +64,16 @@ def test_sample_onehot_is_one_hot_per_categorical_with_straight_through_gradient
     (grad,) = torch.autograd.grad((sample * w).sum(), logits)
     (expected,) = torch.autograd.grad((torch.softmax(logits, -1).flatten(-2) * w).sum(), logits)
     torch.testing.assert_close(grad, expected)
+
+
+def test_onehot_from_uniform_inverts_the_cdf():
+    """Class k is drawn where CDF(k-1) <= u < CDF(k); u just under 1 whose CDF rounds below it takes the last class."""
+    logits = torch.tensor([0.2, 0.3, 0.5]).log().expand(5, 1, 3)  # (5 draws, S=1, K=3): CDF 0.2, 0.5, 1.0
+    u = torch.tensor([0.0, 0.19, 0.21, 0.6, 1 - 1e-7])[:, None]
+    picked = onehot_from_uniform(logits, u).argmax(-1)
+    assert picked.tolist() == [0, 0, 1, 2, 2]
+    rounding = onehot_from_uniform(torch.tensor([[[0.0, 0.0]]]), torch.tensor([[1.5]]))  # past every CDF value
+    assert rounding.tolist() == [[0.0, 1.0]]  # (S·K) flattened
 
 
 def test_sample_onehot_draws_from_the_softmax():
@@ -222,3 +233,32 @@ def test_observe_sequence_starts_blank_and_ignores_absent_agents_observations():
     torch.testing.assert_close(run(garbage)[1]["logits"][:, :2], priors["logits"][:, :2])
     all_alive = rssm.observe_sequence(garbage, prev, resets, None, torch.Generator().manual_seed(0))[0]
     assert not torch.allclose(all_alive["logits"][0, 1, 1], posts["logits"][0, 1, 1])  # alive=None: everyone is seen
+
+
+def test_compiled_rows_give_the_plain_rows_results_and_gradients(monkeypatch):
+    """observe_sequence(compile=True) runs every row through the compiled row function, with the same posteriors,
+    priors and gradients as the plain rows (same seed, dropout on)."""
+    torch.manual_seed(0)
+    config = RSSMConfig(deter=5, stoch=2, classes=3, hidden=8, comm_width=4, comm_layers=1, comm_heads=2, dropout=0.5)
+    rssm = MultiAgentRSSM(3, 4, 2, config).train()
+    calls = []
+    real = rssm_module._compiled_filter_row
+    monkeypatch.setattr(rssm_module, "_compiled_filter_row", lambda *a: calls.append(a[-1] is None) or real(*a))
+    g = torch.Generator().manual_seed(1)
+    obs, prev = torch.randn(3, 4, 2, 3, generator=g), F.one_hot(torch.randint(0, 4, (3, 4, 2), generator=g), 4).float()
+    resets = torch.tensor([[1, 0, 0, 0], [1, 0, 1, 0], [1, 0, 0, 0]], dtype=torch.bool)
+    alive = torch.ones(3, 4, 2, dtype=torch.bool)
+    outputs, grads = [], []
+    for compile in (False, True):
+        torch.manual_seed(5)  # dropout's stream
+        posts, priors = rssm.observe_sequence(obs, prev, resets, None, torch.Generator().manual_seed(2), alive,
+                                              compile=compile)  # fmt: skip
+        loss = sum((v * torch.linspace(-1, 1, v.numel()).view(v.shape)).sum() for v in [*posts.values(), *priors.values()])
+        grads.append(torch.autograd.grad(loss, list(rssm.parameters())))
+        outputs.append((posts, priors))
+    assert calls == [True] * 4  # every row, everyone heard
+    for plain, fused in zip(outputs[0], outputs[1], strict=True):
+        for k in plain:
+            torch.testing.assert_close(fused[k], plain[k])
+    for plain, fused in zip(*grads, strict=True):
+        torch.testing.assert_close(fused, plain)

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from wmenv.models.rssm import mlp
 from wmenv.models.twohot import symexp, symlog, symlog_bins, twohot_decode, twohot_loss
 from wmenv.models.world_model import Prediction
-from wmenv.tensor_ops import masked_mean
+from wmenv.tensor_ops import compiled, masked_mean
 
 RewardKind = Literal["mse", "twohot"]
 
@@ -107,35 +107,47 @@ class HeadsMixin:
             bad = int((~torch.isfinite(batch["reward"])).sum())
             raise ValueError(f"batch['reward']: expected finite rewards, got {bad} non-finite value(s)")
 
-    def _head_losses(self, agent_feat: Tensor, full_feat: Tensor, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    def _head_losses(
+        self, agent_feat: Tensor, full_feat: Tensor, batch: dict[str, Tensor], compile: bool = False
+    ) -> dict[str, Tensor]:
         """The heads' loss terms on posterior features (B, T, N, F) of replay windows: obs, reward, cont,
-        action_mask (envs with masks) and info (the previous action, where the agent acted at the previous row)."""
-        obs, actions, alive = batch["obs"], batch["action"], batch["alive"].bool()
-        resets = batch["reset"].bool()
-        ended = batch["terminated"].bool() | batch["truncated"].bool()
-        acts = alive & ~ended  # (B, T, N) the agent acts at row t
-        terms = {
-            "obs": masked_mean((self.obs_head(agent_feat) - obs).square().sum(-1), alive),
-            "reward": self._reward_loss(agent_feat, batch["reward"]),
-            "cont": F.binary_cross_entropy_with_logits(
-                self.cont_head(full_feat).squeeze(-1), (alive & ~batch["terminated"].bool()).to(full_feat.dtype)
-            ),
-        }
-        if self.mask_head is not None:
-            bce = F.binary_cross_entropy_with_logits(
-                self.mask_head(full_feat), batch["action_mask"].to(full_feat.dtype), reduction="none"
-            )
-            terms["action_mask"] = masked_mean(bce.mean(-1), acts)
-        acted_before = torch.zeros_like(acts)
-        acted_before[:, 1:] = acts[:, :-1]
-        acted_before &= ~resets[:, :, None]
-        info = F.cross_entropy(
-            rearrange(self.action_head(agent_feat), "b t n a -> b a t n"),
-            torch.roll(actions, 1, dims=1).long(),
-            reduction="none",
+        action_mask (envs with masks) and info (the previous action, where the agent acted at the previous row).
+        ``compile``: through one `torch.compile`d function (the plain one where compiling fails)."""
+        return (_compiled_head_losses if compile else head_losses)(self, agent_feat, full_feat, batch)
+
+
+def head_losses(model: HeadsMixin, agent_feat: Tensor, full_feat: Tensor, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    """`HeadsMixin._head_losses` of ``model`` (a function of the model, so that one compiled version serves every
+    model, deep copies included, with its own weights)."""
+    obs, actions, alive = batch["obs"], batch["action"], batch["alive"].bool()
+    resets = batch["reset"].bool()
+    ended = batch["terminated"].bool() | batch["truncated"].bool()
+    acts = alive & ~ended  # (B, T, N) the agent acts at row t
+    terms = {
+        "obs": masked_mean((model.obs_head(agent_feat) - obs).square().sum(-1), alive),
+        "reward": model._reward_loss(agent_feat, batch["reward"]),
+        "cont": F.binary_cross_entropy_with_logits(
+            model.cont_head(full_feat).squeeze(-1), (alive & ~batch["terminated"].bool()).to(full_feat.dtype)
+        ),
+    }
+    if model.mask_head is not None:
+        bce = F.binary_cross_entropy_with_logits(
+            model.mask_head(full_feat), batch["action_mask"].to(full_feat.dtype), reduction="none"
         )
-        terms["info"] = masked_mean(info, acted_before)
-        return terms
+        terms["action_mask"] = masked_mean(bce.mean(-1), acts)
+    acted_before = torch.zeros_like(acts)
+    acted_before[:, 1:] = acts[:, :-1]
+    acted_before &= ~resets[:, :, None]
+    info = F.cross_entropy(
+        rearrange(model.action_head(agent_feat), "b t n a -> b a t n"),
+        torch.roll(actions, 1, dims=1).long(),
+        reduction="none",
+    )
+    terms["info"] = masked_mean(info, acted_before)
+    return terms
+
+
+_compiled_head_losses = compiled(head_losses)
 
 
 def balanced_kl(post_logits: Tensor, prior_logits: Tensor, balance: float, reduce: Literal["sum", "mean"] = "sum"):

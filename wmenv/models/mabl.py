@@ -38,6 +38,7 @@ action to the joint action.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Literal
 
 import torch
@@ -46,8 +47,9 @@ from torch import Tensor, nn
 
 from wmenv.checks import check_choice, check_int
 from wmenv.models.heads import HeadsMixin, RewardKind, balanced_kl, check_reward_head
-from wmenv.models.rssm import mlp, sample_onehot
+from wmenv.models.rssm import mlp, onehot_from_uniform, sample_onehot
 from wmenv.models.world_model import Prediction, State, WorldModel, restart_rows, stack_steps
+from wmenv.tensor_ops import compiled
 
 GlobalLevel = Literal["per_agent", "shared", "none"]
 
@@ -125,6 +127,8 @@ class MABLWorldModel(HeadsMixin, WorldModel):
     global level, ``"deter_g"``, ``"stoch_g"``, ``"logits_g"`` likewise (``"shared"``: the same row for
     every agent).
     """
+
+    steps_compilable = True
 
     def __init__(self, spec, config: MABLConfig | None = None) -> None:
         super().__init__()
@@ -259,9 +263,11 @@ class MABLWorldModel(HeadsMixin, WorldModel):
         state: State | None = None,
         generator: torch.Generator | None = None,
         alive: Tensor | None = None,
+        compile: bool = False,
     ) -> tuple[State, State]:
         """Filter real windows: obs (B, T, N, D), prev_actions (B, T, N, A) one-hot, resets (B, T), global_state
-        (B, T, S_dim), alive (B, T, N). Returns posteriors and priors (logits only), each name -> (B, T, N, ...)."""
+        (B, T, S_dim), alive (B, T, N). Returns posteriors and priors (logits only), each name -> (B, T, N, ...).
+        ``compile``: each row through one `torch.compile`d function (same random numbers, same results to rounding)."""
         batch, length = obs.shape[:2]
         embed = self.obs_encoder(obs)  # (B, T, N, E)
         if alive is not None:
@@ -270,34 +276,44 @@ class MABLWorldModel(HeadsMixin, WorldModel):
         blank = self.blank(batch)
         state = blank if state is None else state
         restarts = resets.any(0).tolist()  # (T,) rows where some window restarts
+        rand = partial(torch.rand, generator=generator, device=obs.device, dtype=embed.dtype)
+        agents, levels = (batch, self.spec.n_agents, self.config.stoch), (batch, self._levels(), self.config.stoch)
+        row = _compiled_filter_row if compile else _filter_row
         posts, priors = [], []
         for t in range(length):
             if restarts[t]:
                 state = restart_rows(state, blank, resets[:, t])
-            post, prior = self._post_step(state, prev_actions[:, t], embed[:, t], None if embed_s is None else embed_s[:, t],
-                                          generator)  # fmt: skip
+            # a row's random numbers in the order its samples use them: agent posterior, global prior, global posterior
+            uniforms = (rand(agents), rand(levels), rand(levels)) if self.has_global else (rand(agents),)
+            post, prior = row(self, state, prev_actions[:, t], embed[:, t], None if embed_s is None else embed_s[:, t],
+                              *uniforms)  # fmt: skip
             posts.append(post)
             priors.append(prior)
             state = post
         return stack_steps(posts), stack_steps(priors)
 
     def _post_step(
-        self, state: State, action: Tensor, embed: Tensor, embed_s: Tensor | None, generator: torch.Generator | None
+        self, state: State, action: Tensor, embed: Tensor, embed_s: Tensor | None, *uniforms: Tensor
     ) -> tuple[State, State]:
-        """One filtering row: posterior state and prior logits from the previous posterior and one-hot actions."""
+        """One filtering row: posterior state and prior logits from the previous posterior and one-hot actions.
+
+        ``uniforms``: the row's random numbers (`onehot_from_uniform`): the agent posterior's (B, N, S) and, with a
+        global level, the global prior's and posterior's (B, G, S).
+        """
         deter_a = self._agent_deter(state, action)
         logits_qa = self._split(self.agent_post(torch.cat([deter_a, embed], dim=-1)))
-        stoch_a = sample_onehot(logits_qa, generator)
+        stoch_a = onehot_from_uniform(logits_qa, uniforms[0])
         post = {"deter_a": deter_a, "stoch_a": stoch_a, "logits_a": logits_qa}
         if not self.has_global:
             return post, {"logits_a": self._agent_prior_logits(deter_a, None)}
         deter_g = self._global_deter(state, action)  # (B, G, H_g)
         logits_pg = self._split(self.global_prior(deter_g))
-        global_prior_sample = sample_onehot(logits_pg, generator)
+        global_prior_sample = onehot_from_uniform(logits_pg, uniforms[1])
         agent_latent = stoch_a if self._levels() == self.spec.n_agents else stoch_a.mean(1, keepdim=True)
         seen = repeat(embed_s, "b e -> b g e", g=deter_g.shape[1])
         logits_qg = self._split(self.global_post(torch.cat([deter_g, seen, agent_latent], dim=-1)))
-        post |= {"deter_g": self._to_agents(deter_g), "stoch_g": self._to_agents(sample_onehot(logits_qg, generator)),
+        stoch_g = onehot_from_uniform(logits_qg, uniforms[2])
+        post |= {"deter_g": self._to_agents(deter_g), "stoch_g": self._to_agents(stoch_g),
                  "logits_g": self._to_agents(logits_qg)}  # fmt: skip
         prior = {"logits_a": self._agent_prior_logits(deter_a, global_prior_sample), "logits_g": self._to_agents(logits_pg)}
         return post, prior
@@ -341,8 +357,8 @@ class MABLWorldModel(HeadsMixin, WorldModel):
         resets = batch["reset"].bool()
         global_state = self._check_global_state(batch.get("state"), obs)
         prev = self._prev_actions(actions, resets, alive)
-        posts, priors = self.observe_sequence(obs, prev, resets, global_state, alive=alive)
-        terms = self._head_losses(self.features(posts), self.full_features(posts), batch)
+        posts, priors = self.observe_sequence(obs, prev, resets, global_state, alive=alive, compile=self.compile_steps)
+        terms = self._head_losses(self.features(posts), self.full_features(posts), batch, compile=self.compile_steps)
         terms["kl_agent"], kl_prior_a = balanced_kl(posts["logits_a"], priors["logits_a"], c.kl_balance, c.kl_reduce)
         total = terms["obs"] + terms["reward"] + terms["cont"] + terms.get("action_mask", 0.0)
         total = total + c.info_scale * terms["info"] + c.kl_scale * terms["kl_agent"]
@@ -399,3 +415,11 @@ class MABLWorldModel(HeadsMixin, WorldModel):
         logits = self._split(self.agent_post(torch.cat([deter_a, embed], dim=-1)))
         new = {"deter_a": deter_a, "stoch_a": sample_onehot(logits, generator)}
         return new, self.features(new)
+
+
+def _filter_row(model: MABLWorldModel, *args: Tensor | State | None) -> tuple[State, State]:
+    """`MABLWorldModel._post_step` as a function of the model, so that one compiled version serves every model."""
+    return model._post_step(*args)
+
+
+_compiled_filter_row = compiled(_filter_row)

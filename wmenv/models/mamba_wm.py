@@ -78,12 +78,14 @@ def preset(name: str) -> MAMBAConfig:
 
 
 class MAMBAWorldModel(HeadsMixin, WorldModel):
-    """MAMBA's world model for an env `spec` (discrete actions).
+    """MAMBA's world model for an env `spec` (discrete actions); its loss can compile per row (``compile_steps``).
 
     Args:
         spec: the real env's `EnvSpec`.
         config: sizes and loss weights; default `MAMBAConfig()` (the paper's SMAC sizes).
     """
+
+    steps_compilable = True
 
     def __init__(self, spec, config: MAMBAConfig | None = None) -> None:
         super().__init__()
@@ -219,9 +221,10 @@ class MAMBAWorldModel(HeadsMixin, WorldModel):
         self._check_rewards(batch)
         obs, actions, alive = batch["obs"], batch["action"], batch["alive"].bool()
         resets = batch["reset"].bool()  # every window starts from the blank state (no state is passed below)
-        posts, priors = self.rssm.observe_sequence(obs, self._prev_actions(actions, resets, alive), resets, alive=alive)
+        prev = self._prev_actions(actions, resets, alive)
+        posts, priors = self.rssm.observe_sequence(obs, prev, resets, alive=alive, compile=self.compile_steps)
         feat = self.features(posts)  # (B, T, N, F)
-        terms = self._head_losses(feat, feat, batch)
+        terms = self._head_losses(feat, feat, batch, compile=self.compile_steps)
         terms["kl"], kl_prior = balanced_kl(posts["logits"], priors["logits"], c.kl_balance)
         total = terms["obs"] + terms["reward"] + terms["cont"] + terms.get("action_mask", 0.0)
         total = total + c.info_scale * terms["info"] + c.kl_scale * terms["kl"]

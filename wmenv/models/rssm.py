@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from wmenv.checks import check_int
 from wmenv.models.comm import CommBlock
 from wmenv.models.world_model import State, restart_rows, stack_steps
+from wmenv.tensor_ops import compiled
 
 
 @dataclass
@@ -66,12 +67,24 @@ def mlp(in_dim: int, hidden: int, out_dim: int, layers: int = 1) -> nn.Sequentia
     return nn.Sequential(*mods, nn.Linear(hidden if layers else in_dim, out_dim))
 
 
+def onehot_from_uniform(logits: Tensor, uniform: Tensor) -> Tensor:
+    """One-hot samples of (..., S, K) categoricals by inverting their CDF at ``uniform`` (..., S) in [0, 1), with
+    straight-through gradients, flattened to (..., S·K). Pure, so it compiles: the random numbers come in."""
+    probs = torch.softmax(logits, dim=-1)
+    below = probs.detach().cumsum(-1) < uniform.unsqueeze(-1).to(probs.dtype)  # classes whose CDF is under u
+    index = below.sum(-1).clamp(max=probs.shape[-1] - 1)  # the clamp: a CDF that rounds to just under 1
+    onehot = F.one_hot(index, probs.shape[-1]).to(probs.dtype)
+    return rearrange(onehot + probs - probs.detach(), "... s k -> ... (s k)")
+
+
+def uniform_like(logits: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Uniforms in [0, 1) for one sample of each (..., S, K) categorical: (..., S)."""
+    return torch.rand(logits.shape[:-1], generator=generator, device=logits.device, dtype=logits.dtype)
+
+
 def sample_onehot(logits: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """One-hot samples of (..., S, K) categoricals with straight-through gradients, flattened to (..., S·K)."""
-    probs = torch.softmax(logits, dim=-1)
-    index = torch.multinomial(rearrange(probs.detach(), "... k -> (...) k"), 1, generator=generator)
-    onehot = F.one_hot(index.reshape(probs.shape[:-1]), probs.shape[-1]).to(probs.dtype)
-    return rearrange(onehot + probs - probs.detach(), "... s k -> ... (s k)")
+    return onehot_from_uniform(logits, uniform_like(logits, generator))
 
 
 class MultiAgentRSSM(nn.Module):
@@ -131,10 +144,16 @@ class MultiAgentRSSM(nn.Module):
             return {"deter": deter, "logits": logits}
         return {"deter": deter, "stoch": sample_onehot(logits, generator), "logits": logits}
 
-    def post_step(self, prior: State, embed: Tensor, generator: torch.Generator | None = None) -> State:
-        """Posterior for the same step: prior state and embedded observations (B, N, hidden)."""
+    def post_step(
+        self, prior: State, embed: Tensor, generator: torch.Generator | None = None, uniform: Tensor | None = None
+    ) -> State:
+        """Posterior for the same step: prior state and embedded observations (B, N, hidden).
+
+        ``uniform`` (B, N, S): the sample's random numbers (`onehot_from_uniform`); None draws them from ``generator``.
+        """
         logits = self._logits(self.post_net, torch.cat([prior["deter"], embed], dim=-1))
-        return {"deter": prior["deter"], "stoch": sample_onehot(logits, generator), "logits": logits}
+        uniform = uniform_like(logits, generator) if uniform is None else uniform
+        return {"deter": prior["deter"], "stoch": onehot_from_uniform(logits, uniform), "logits": logits}
 
     def filter_step(
         self,
@@ -170,6 +189,7 @@ class MultiAgentRSSM(nn.Module):
         generator: torch.Generator | None = None,
         alive: Tensor | None = None,
         hears: Tensor | None = None,
+        compile: bool = False,
     ) -> tuple[State, State]:
         """Filter real windows.
 
@@ -182,6 +202,8 @@ class MultiAgentRSSM(nn.Module):
                 and they send no message (an agent present at row t acted at row t - 1, or t starts its episode).
             hears: (B, T, N, N) bool: [b, t, i, j] agent i may receive agent j's message at row t (e.g. only
                 neighbours); None: everyone.
+            compile: run each row through one `torch.compile`d function (forward and backward fused; the same
+                random numbers, so the same results to rounding; the plain row where compiling fails).
 
         Returns:
             posteriors and priors (deter and logits; no prior samples), each name -> (B, T, N, ...).
@@ -200,12 +222,26 @@ class MultiAgentRSSM(nn.Module):
         state = blank if state is None else state
         posts, priors = [], []
         restarts = resets.any(0).tolist()  # (T,) rows where some window restarts (replay windows: row 0 at most)
+        c = self.config  # every row's posterior sample drawn at once: the same numbers as row by row
+        uniform = torch.rand(length, batch, n, c.stoch, generator=generator, device=obs.device, dtype=embed.dtype)
+        row = _compiled_filter_row if compile else _filter_row
         for t in range(length):
             if restarts[t]:  # elsewhere the blend keeps every row: skip its ops (and their gradients)
                 state = restart_rows(state, blank, resets[:, t])
             row_hears = listen[:, t] if listen is not None and masked[t] else None
-            prior = self.img_step(state, prev_actions[:, t], generator, row_hears, sample=False)
-            state = self.post_step(prior, embed[:, t], generator)
+            state, prior = row(self, state, prev_actions[:, t], embed[:, t], uniform[t], row_hears)
             posts.append(state)
             priors.append(prior)
         return stack_steps(posts), stack_steps(priors)
+
+
+def _filter_row(
+    rssm: MultiAgentRSSM, state: State, prev_action: Tensor, embed: Tensor, uniform: Tensor, hears: Tensor | None
+) -> tuple[State, State]:
+    """One row of `MultiAgentRSSM.observe_sequence`: (posterior, prior without its sample). A function of the module,
+    not a method, so that one compiled version serves every RSSM (deep copies included) with its own weights."""
+    prior = rssm.img_step(state, prev_action, None, hears, sample=False)
+    return rssm.post_step(prior, embed, uniform=uniform), prior
+
+
+_compiled_filter_row = compiled(_filter_row)

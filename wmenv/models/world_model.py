@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -53,6 +54,11 @@ class WorldModel(nn.Module, ABC):
     """A learned multi-agent environment model. Subclasses set ``spec`` (the real env's `EnvSpec`)."""
 
     spec: object
+    steps_compilable: ClassVar[bool] = False
+    """Whether `loss` reads ``compile_steps`` (a class fact; `wmenv.fit.fit` refuses ``compile="steps"`` otherwise)."""
+    compile_steps: bool = False
+    """Run `loss`'s per-row recurrence and its heads through `torch.compile` (set by ``FitConfig.compile="steps"``):
+    the same random numbers as the plain path, so the same loss to rounding; the plain path where compiling fails."""
 
     @abstractmethod
     def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:

@@ -96,8 +96,12 @@ class ModelBasedConfig:
     model, which reads the env's global state in training)."""
     model: str = "small"
     """World-model preset of that kind: "small", "smac" or "flatland"."""
-    fit: FitConfig = field(default_factory=lambda: FitConfig(steps=200, batch_size=16, seq_len=20, progress=False))
-    """World-model fitting per update: windows, learning rate, ... (its ``steps`` is set by the schedule)."""
+    fit: FitConfig = field(
+        default_factory=lambda: FitConfig(steps=200, batch_size=16, seq_len=20, progress=False, compile="steps")
+    )
+    """World-model fitting per update: windows, learning rate, ... (its ``steps`` is set by the schedule). The
+    per-row filtering and the heads are compiled (``compile="steps"``: 1.7x faster fit steps on a 2-core CPU, about
+    half a minute of compiling at the first update; ``--fit.compile off`` for eager)."""
     dream_worlds: int = 256
     """B, imagined worlds stepped in one batch."""
     horizon: int = 15

@@ -25,16 +25,19 @@ def test_small_model_imagines_mpe_better_than_copy_last():
 
     Measured (seed 0, 1000 steps): model / copy-last = 0.75 over the 10 steps (2.3 at step 1, below 1 from step 4, 0.6 at
     step 10); with the prior-side KL term dropped (the prior never trains) it is 1.08, with KL balance 0 it is 2.4.
+    The held-out set is 256 windows of 2,000 steps: 64 windows of 500 steps, as before, measured 0.61-0.85 across
+    three training seeds and 0.85 after a rounding-level change of the loss, where 256 windows of 2,000 steps give
+    0.62-0.70 for four draws of windows on one model (2026-12-02).
     """
     torch.manual_seed(0)
     train, spec = random_replay("mpe:simple_spread_v3", 3000, seed=0)
-    held, _ = random_replay("mpe:simple_spread_v3", 500, seed=10_000)
+    held, _ = random_replay("mpe:simple_spread_v3", 2000, seed=10_000)
     model = MAMBAWorldModel(spec, preset("small"))
     history = fit(model, train, FitConfig(steps=1000, batch_size=16, seq_len=20, seed=0, progress=False))
     assert np.mean(history["obs"][-50:]) < 0.2 * np.mean(history["obs"][:10])
     model.eval()
     context, horizon = 8, 10
-    window = held.sample(64, context + horizon, generator=0)
+    window = held.sample(256, context + horizon, generator=0)
     seen = train.sample(256, 20, generator=0)
     errors = open_loop_errors(model, window, context, horizon, seen["obs"][seen["alive"].bool()].mean(0))
     ratio = errors["obs_model"].mean() / errors["obs_copy_last"].mean()

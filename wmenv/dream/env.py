@@ -36,6 +36,7 @@ class DreamEnv(ParallelEnv):
         context: rows of real context per start (with ``start``).
         masked_action: "raise" (default) refuses actions the model predicts unavailable; "noop" replaces
             them by the first available one (for mask-blind samplers such as pettingzoo's API test).
+        planner: None or a `wmenv.dream.mag.MAGPlanner` (planned imagination, as for `DreamVecEnv`).
     """
 
     metadata = {"name": "wmenv_dream_v0", "render_modes": [], "is_parallelizable": True}
@@ -49,9 +50,10 @@ class DreamEnv(ParallelEnv):
         horizon: int = 15,
         context: int = 8,
         masked_action: Literal["raise", "noop"] = "raise",
+        planner: Any = None,
     ) -> None:
         check_choice("masked_action", masked_action, ("raise", "noop"))
-        self.vec = DreamVecEnv(model, 1, horizon, start, context, obs, 0 if seed is None else seed)
+        self.vec = DreamVecEnv(model, 1, horizon, start, context, obs, 0 if seed is None else seed, planner=planner)
         self.spec_ = model.spec
         self.masked_action, self.render_mode = masked_action, None
         self.possible_agents = list(model.spec.agents)

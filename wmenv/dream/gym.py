@@ -28,7 +28,7 @@ class DreamGymEnv(gym.Env):
 
     Args:
         model: a fitted `WorldModel` whose spec has one agent.
-        start, obs, horizon, context: as for `DreamVecEnv`.
+        start, obs, horizon, context, planner: as for `DreamVecEnv`.
         masked_action: "raise" refuses actions the model predicts unavailable; "noop" replaces them.
     """
 
@@ -42,10 +42,11 @@ class DreamGymEnv(gym.Env):
         horizon: int = 15,
         context: int = 8,
         masked_action: Literal["raise", "noop"] = "noop",
+        planner: Any = None,
     ) -> None:
         if model.spec.n_agents != 1:
             raise ValueError(f"model: DreamGymEnv needs a one-agent model, {model.spec.id} has {model.spec.n_agents} agents")
-        self.vec = DreamVecEnv(model, 1, horizon, start, context, obs, 0)
+        self.vec = DreamVecEnv(model, 1, horizon, start, context, obs, 0, planner=planner)
         self.masked_action = masked_action
         with torch.no_grad():
             width = self.vec._view(model.initial(1, generator=torch.Generator(device=self.vec.device).manual_seed(0)))[

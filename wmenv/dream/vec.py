@@ -13,13 +13,16 @@ Sampling (initial states, latents, terminations) uses one `torch.Generator`, so 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from wmenv.models.world_model import Prediction, State, WorldModel
+
+if TYPE_CHECKING:
+    from wmenv.dream.mag import MAGPlanner
 
 
 @dataclass
@@ -65,6 +68,8 @@ class DreamVecEnv:
         obs: "latent" (the model's features) or "decoded" (predicted observations, shaped like the real env's).
         seed: seeds the generator of every random draw.
         mask_threshold: an action is available where its predicted probability exceeds this.
+        planner: None (each step samples the model's prior) or a `wmenv.dream.mag.MAGPlanner`, which picks each
+            step among sampled candidates the one with the lowest predicted model error under the current actor.
     """
 
     def __init__(
@@ -77,6 +82,7 @@ class DreamVecEnv:
         obs: Literal["latent", "decoded"] = "latent",
         seed: int = 0,
         mask_threshold: float = 0.5,
+        planner: MAGPlanner | None = None,
     ) -> None:
         for name, value in (("num_worlds", num_worlds), ("horizon", horizon), ("context", context)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -94,6 +100,9 @@ class DreamVecEnv:
         self.generator = torch.Generator(device=self.device)
         self.seed(seed)
         self._state: State | None = None
+        self.planner = planner
+        if planner is not None:
+            planner.attach(model)
 
     def seed(self, seed: int) -> None:
         """Re-seed every random draw (starts, latents, terminations)."""
@@ -133,6 +142,9 @@ class DreamVecEnv:
         self._t = torch.zeros(B, dtype=torch.long, device=self.device)
         self._return = torch.zeros(B, N, device=self.device)
         self._mask = mask
+        self._obs, self._resets = obs, torch.ones(B, N, dtype=torch.bool, device=self.device)  # what the actor sees
+        if self.planner is not None:
+            self.planner.reset(B, N)
         zeros = torch.zeros(B, N, device=self.device)
         false = torch.zeros(B, N, dtype=torch.bool, device=self.device)
         return DreamStep(
@@ -175,10 +187,15 @@ class DreamVecEnv:
         if self._state is None:
             raise RuntimeError("DreamVecEnv.step before reset")
         actions = self.check_actions(actions)
+        decode = self.obs_kind == "decoded"
         with torch.no_grad():
-            state, pred = self.model.imagine(
-                self._state, actions, self.generator, self.obs_kind == "decoded", present=self._alive
-            )  # absent agents send no message
+            if self.planner is None:  # absent agents send no message
+                state, pred = self.model.imagine(self._state, actions, self.generator, decode, present=self._alive)
+            else:
+                self.planner.track(self._obs, self._resets)
+                state, pred = self.planner.imagine(
+                    self.model, self._state, actions, self.generator, decode, self._alive, self._view
+                )
             obs, crit, mask = self._view(state, pred)
         self._check_finite(obs, pred.reward)
         was_alive = self._alive
@@ -206,6 +223,7 @@ class DreamVecEnv:
             self._t = self._t.index_fill(0, idx, 0)
             self._return = self._return.index_fill(0, idx, 0.0)
         self._state, self._alive, self._mask = state, alive, mask
+        self._obs, self._resets = obs, terminated | truncated | world_end[:, None]
         mask = torch.where(alive[..., None], mask, torch.ones_like(mask))
         self._mask = mask
         return DreamStep(

@@ -96,12 +96,6 @@ class HeadsMixin:
             return symexp(twohot_decode(out, self.reward_bins))
         return out.squeeze(-1)
 
-    def _reward_loss(self, feat: Tensor, reward: Tensor) -> Tensor:
-        """Mean over (B, T, N) of the reward head's loss: squared error, or two-hot cross-entropy in symlog space."""
-        if self.reward_kind == "twohot":
-            return twohot_loss(self.reward_head(feat), symlog(reward), self.reward_bins).mean()
-        return (self.reward_head(feat).squeeze(-1) - reward).square().mean()
-
     def _check_rewards(self, batch: dict[str, Tensor]) -> None:
         if not bool(torch.isfinite(batch["reward"]).all()):
             bad = int((~torch.isfinite(batch["reward"])).sum())
@@ -116,25 +110,36 @@ class HeadsMixin:
         return (_compiled_head_losses if compile else head_losses)(self, agent_feat, full_feat, batch)
 
 
-def head_losses(model: HeadsMixin, agent_feat: Tensor, full_feat: Tensor, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-    """`HeadsMixin._head_losses` of ``model`` (a function of the model, so that one compiled version serves every
-    model, deep copies included, with its own weights)."""
+def head_errors(
+    model: HeadsMixin, agent_feat: Tensor, full_feat: Tensor, batch: dict[str, Tensor]
+) -> dict[str, tuple[Tensor, Tensor | None]]:
+    """Each head's loss per row and agent, with the rows it counts on: name -> (error (B, T, N), rows (B, T, N) bool
+    or None for all).
+
+    The loss term is the error's mean over its rows (`head_losses`): obs on present agents, reward and continuation
+    on every row, action_mask where the agent acts, info where it acted at the previous row.
+    """
     obs, actions, alive = batch["obs"], batch["action"], batch["alive"].bool()
     resets = batch["reset"].bool()
     ended = batch["terminated"].bool() | batch["truncated"].bool()
     acts = alive & ~ended  # (B, T, N) the agent acts at row t
-    terms = {
-        "obs": masked_mean((model.obs_head(agent_feat) - obs).square().sum(-1), alive),
-        "reward": model._reward_loss(agent_feat, batch["reward"]),
-        "cont": F.binary_cross_entropy_with_logits(
-            model.cont_head(full_feat).squeeze(-1), (alive & ~batch["terminated"].bool()).to(full_feat.dtype)
-        ),
+    if model.reward_kind == "twohot":
+        reward = twohot_loss(model.reward_head(agent_feat), symlog(batch["reward"]), model.reward_bins)
+    else:
+        reward = (model.reward_head(agent_feat).squeeze(-1) - batch["reward"]).square()
+    cont = F.binary_cross_entropy_with_logits(
+        model.cont_head(full_feat).squeeze(-1), (alive & ~batch["terminated"].bool()).to(full_feat.dtype), reduction="none"
+    )
+    errors = {
+        "obs": ((model.obs_head(agent_feat) - obs).square().sum(-1), alive),
+        "reward": (reward, None),
+        "cont": (cont, None),
     }
     if model.mask_head is not None:
         bce = F.binary_cross_entropy_with_logits(
             model.mask_head(full_feat), batch["action_mask"].to(full_feat.dtype), reduction="none"
         )
-        terms["action_mask"] = masked_mean(bce.mean(-1), acts)
+        errors["action_mask"] = (bce.mean(-1), acts)
     acted_before = torch.zeros_like(acts)
     acted_before[:, 1:] = acts[:, :-1]
     acted_before &= ~resets[:, :, None]
@@ -143,8 +148,15 @@ def head_losses(model: HeadsMixin, agent_feat: Tensor, full_feat: Tensor, batch:
         torch.roll(actions, 1, dims=1).long(),
         reduction="none",
     )
-    terms["info"] = masked_mean(info, acted_before)
-    return terms
+    errors["info"] = (info, acted_before)
+    return errors
+
+
+def head_losses(model: HeadsMixin, agent_feat: Tensor, full_feat: Tensor, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    """`HeadsMixin._head_losses` of ``model``: each `head_errors` term's mean over its rows (a function of the model,
+    so that one compiled version serves every model, deep copies included, with its own weights)."""
+    errors = head_errors(model, agent_feat, full_feat, batch)
+    return {k: err.mean() if rows is None else masked_mean(err, rows) for k, (err, rows) in errors.items()}
 
 
 _compiled_head_losses = compiled(head_losses)

@@ -21,9 +21,9 @@ from einops import rearrange
 from torch import Tensor
 
 from wmenv.checks import check_int
-from wmenv.models.heads import HeadsMixin, balanced_kl, categorical_kl, check_reward_head
-from wmenv.models.rssm import MultiAgentRSSM, RSSMConfig
-from wmenv.models.world_model import Prediction, State, WorldModel
+from wmenv.models.heads import HeadsMixin, balanced_kl, categorical_kl, check_reward_head, head_errors
+from wmenv.models.rssm import MultiAgentRSSM, RSSMConfig, sample_onehot
+from wmenv.models.world_model import Prediction, State, StepErrors, WorldModel
 
 __all__ = ["PRESETS", "MAMBAConfig", "MAMBAWorldModel", "categorical_kl", "preset"]
 
@@ -86,6 +86,7 @@ class MAMBAWorldModel(HeadsMixin, WorldModel):
     """
 
     steps_compilable = True
+    has_step_errors = True
 
     def __init__(self, spec, config: MAMBAConfig | None = None) -> None:
         super().__init__()
@@ -214,6 +215,21 @@ class MAMBAWorldModel(HeadsMixin, WorldModel):
         """Reward, continuation, action availability (and observation) of a state."""
         feat = self.features(state)
         return self._predict_heads(feat, feat, decode)
+
+    def step_errors(self, batch: dict[str, Tensor]) -> StepErrors:
+        """The loss per row and agent (`WorldModel.step_errors`); the KL's value is KL[q || p] whatever the balance."""
+        c = self.config
+        self._check_rewards(batch)
+        obs, actions, alive = batch["obs"], batch["action"], batch["alive"].bool()
+        resets = batch["reset"].bool()
+        prev = self._prev_actions(actions, resets, alive)
+        posts, priors = self.rssm.observe_sequence(obs, prev, resets, alive=alive, compile=self.compile_steps)
+        feat = self.features(posts)  # (B, T, N, F)
+        errors = head_errors(self, feat, feat, batch)
+        errors["kl"] = (categorical_kl(posts["logits"], priors["logits"]), None)
+        weights = {k: 1.0 for k in errors} | {"info": c.info_scale, "kl": c.kl_scale}
+        prior_sample = sample_onehot(priors["logits"])  # after the posteriors' draws: same posteriors as `loss`
+        return StepErrors(errors, weights, torch.cat([priors["deter"], prior_sample], dim=-1))
 
     def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
         """World-model loss of replay windows (see the module docstring); returns the total and each term."""

@@ -50,6 +50,33 @@ class Prediction:
     """(B, N, D) float: decoded observation, when asked for."""
 
 
+@dataclass
+class StepErrors:
+    """A model's loss on replay windows taken apart per row and agent (`WorldModel.step_errors`)."""
+
+    errors: dict[str, tuple[Tensor, Tensor | None]]
+    """Loss term -> (error (B, T, N), the rows (B, T, N) bool it counts on, or None for every row)."""
+    weights: dict[str, float]
+    """Loss term -> its weight in the total loss."""
+    features: Tensor
+    """(B, T, N, F): the features each row was predicted from: the prior at that row, [h_t, a sample of p(z_t | h_t)]."""
+
+    def loss(self) -> Tensor:
+        """The model's total loss: each term's mean over its rows, weighted."""
+        total = torch.zeros((), device=self.features.device, dtype=self.features.dtype)
+        for name, (err, rows) in self.errors.items():
+            mean = err.mean() if rows is None else torch.where(rows, err, 0.0).sum() / rows.sum().clamp(min=1)
+            total = total + self.weights[name] * mean
+        return total
+
+    def per_agent(self) -> Tensor:
+        """(B, T, N): each row's and agent's weighted loss summed over the terms that count it."""
+        total = torch.zeros_like(self.features[..., 0])
+        for name, (err, rows) in self.errors.items():
+            total = total + self.weights[name] * (err if rows is None else torch.where(rows, err, 0.0))
+        return total
+
+
 class WorldModel(nn.Module, ABC):
     """A learned multi-agent environment model. Subclasses set ``spec`` (the real env's `EnvSpec`)."""
 
@@ -63,6 +90,15 @@ class WorldModel(nn.Module, ABC):
     @abstractmethod
     def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
         """Training loss of a batch of replay windows and its terms (for logging)."""
+
+    def step_errors(self, batch: dict[str, Tensor]) -> StepErrors:
+        """Optional: the loss of replay windows per row and agent with the prior features of each row (MAG's error
+        predictor learns from them); `StepErrors.loss` reproduces `loss`. Models that implement it set
+        ``has_step_errors``."""
+        raise NotImplementedError(f"{type(self).__name__} does not report per-step errors (step_errors)")
+
+    has_step_errors: ClassVar[bool] = False
+    """Whether `step_errors` is implemented."""
 
     @abstractmethod
     def initial(self, batch_size: int, generator: torch.Generator | None = None) -> State:

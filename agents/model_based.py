@@ -58,6 +58,7 @@ from wmenv.checks import check_choice, check_int
 from wmenv.data.collect import Collector
 from wmenv.data.replay import EpisodeReplay, ReplayConfig
 from wmenv.dream import DreamVecEnv
+from wmenv.dream.mag import ErrorPredictor, MAGConfig, MAGPlanner, fit_error_predictor
 from wmenv.envs import make
 from wmenv.envs.vector import VecEnv
 from wmenv.fit import FitConfig, fit, load_model, save_model
@@ -129,6 +130,12 @@ class ModelBasedConfig:
     """PPO settings for training in the dream (rollout length is set to ``horizon``)."""
     critic: CriticConfig = field(default_factory=CriticConfig)
     """Attention critic widths and value normalization."""
+    rollout: Literal["sample", "mag"] = "sample"
+    """How the dream steps: "sample" draws each next state from the model's prior; "mag" plans it (MAG,
+    `wmenv.dream.mag`: the candidate with the lowest predicted model error under the actor; needs a model with
+    per-step errors, e.g. MAMBA's)."""
+    mag: MAGConfig = field(default_factory=MAGConfig)
+    """MAG's candidates L, lookahead H, selection and error predictor (with ``rollout="mag"``)."""
     eval_episodes: int = 8
     """Real episodes per greedy evaluation (after every iteration, and before the first)."""
     capacity: int = 500_000
@@ -173,6 +180,11 @@ class ModelBasedConfig:
         check_choice("ModelBasedConfig.model", self.model, model_kind(self.model_kind).presets)
         check_choice("ModelBasedConfig.policy", self.policy, POLICIES)
         check_choice("ModelBasedConfig.actor_input", self.actor_input, ("decoded", "latent"))
+        check_choice("ModelBasedConfig.rollout", self.rollout, ("sample", "mag"))
+        if self.rollout == "mag" and not model_kind(self.model_kind).model_cls.has_step_errors:
+            raise ValueError(
+                f"ModelBasedConfig.rollout: 'mag' needs a world model with per-step errors, {self.model_kind!r} has none"
+            )
 
 
 def _paper_schedule(env_id: str, env_kwargs: dict, model: str, seq_len: int, fit_steps: int, capacity: int,
@@ -246,9 +258,13 @@ def _acting(agent: MAPPO, num_envs: int, n_agents: int, filters: AgentFilters | 
     return act
 
 
+Predictor = tuple[ErrorPredictor, torch.optim.Optimizer]
+"""MAG's error predictor and its optimizer (``rollout="mag"``)."""
+
+
 def _save(run_dir: Path, cfg: ModelBasedConfig, spec: Any, agent: MAPPO, model: WorldModel,
           wm_optim: torch.optim.Optimizer, replay: EpisodeReplay, counters: dict[str, int],
-          curve: list[tuple[int, float]], real_returns: list[tuple[int, float]]) -> Path:  # fmt: skip
+          curve: list[tuple[int, float]], real_returns: list[tuple[int, float]], mag: Predictor | None) -> Path:  # fmt: skip
     def extra(folder: Path) -> None:
         save_model(folder / "world_model", model)
         tensors, groups = optimizer_tensors(wm_optim)
@@ -256,14 +272,20 @@ def _save(run_dir: Path, cfg: ModelBasedConfig, spec: Any, agent: MAPPO, model: 
         save_file(tensors, str(folder / "world_model_optim.safetensors"))
         replay.save(folder / "replay.safetensors")
         loop = {"param_groups": groups, "eval_returns": curve, "real_returns": real_returns}
+        if mag is not None:
+            predictor, optim = mag
+            opt_tensors, loop["mag_param_groups"] = optimizer_tensors(optim)
+            weights = {f"weight.{k}": v.contiguous() for k, v in predictor.state_dict().items()}
+            save_file(weights | {f"optim.{k}": v for k, v in opt_tensors.items()}, str(folder / "mag_predictor.safetensors"))
         (folder / "loop.json").write_text(json.dumps(loop))
 
     return save_checkpoint(run_dir, agent, cfg, spec, counters, extra)
 
 
 def _restore(folder: Path, cfg: ModelBasedConfig, spec: Any, agent: MAPPO, model: WorldModel,
-             wm_optim: torch.optim.Optimizer) -> tuple[dict[str, int], EpisodeReplay, list, list]:  # fmt: skip
-    """Load a checkpoint written by `_save` into ``agent``, ``model`` and ``wm_optim``.
+             wm_optim: torch.optim.Optimizer,
+             mag: Predictor | None) -> tuple[dict[str, int], EpisodeReplay, list, list]:  # fmt: skip
+    """Load a checkpoint written by `_save` into ``agent``, ``model``, ``wm_optim`` (and MAG's predictor).
 
     Returns:
         The counters, the replay, the evaluation curve and the real training-episode returns.
@@ -281,9 +303,15 @@ def _restore(folder: Path, cfg: ModelBasedConfig, spec: Any, agent: MAPPO, model
         restore_optimizer(wm_optim, tensors, loop["param_groups"])
         torch.set_rng_state(tensors["rng.torch"])
         curves = [[(int(n), float(r)) for n, r in loop[k]] for k in ("eval_returns", "real_returns")]
-    except (SafetensorError, OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        if mag is not None:
+            stored = load_file(str(folder / "mag_predictor.safetensors"))
+            pick = lambda prefix: {k[len(prefix) :]: v for k, v in stored.items() if k.startswith(prefix)}  # noqa: E731
+            mag[0].load_state_dict(pick("weight."))
+            restore_optimizer(mag[1], pick("optim."), loop["mag_param_groups"])
+    except (SafetensorError, OSError, json.JSONDecodeError, KeyError, TypeError, ValueError, RuntimeError) as e:
         raise ValueError(
-            f"path: {folder} holds no readable world-model optimizer state or curves (corrupt checkpoint?): {e!r}"
+            f"path: {folder} holds no readable world-model optimizer state, curves or MAG predictor (corrupt checkpoint, "
+            f"or one of a run without rollout='mag'?): {e!r}"
         ) from e
     replay = EpisodeReplay.load(folder / "replay.safetensors", spec, ReplayConfig(capacity=cfg.capacity, seed=cfg.seed))
     return counters, replay, *curves
@@ -291,8 +319,9 @@ def _restore(folder: Path, cfg: ModelBasedConfig, spec: Any, agent: MAPPO, model
 
 def _learn(cfg: ModelBasedConfig, it: int, counters: dict[str, int], spec: Any, model: WorldModel,
            wm_optim: torch.optim.Optimizer, replay: EpisodeReplay, agent: MAPPO, dream: DreamVecEnv,
-           writer: SummaryWriter) -> int:  # fmt: skip
-    """One update: fit the world model, then train the actor in the dream, as much as the schedule asks.
+           writer: SummaryWriter, mag: Predictor | None = None) -> int:  # fmt: skip
+    """One update: fit the world model (and MAG's error predictor after it), then train the actor in the dream, as
+    much as the schedule asks.
 
     Returns:
         The dream PPO iterations run (0: the actor did not change).
@@ -307,6 +336,10 @@ def _learn(cfg: ModelBasedConfig, it: int, counters: dict[str, int], spec: Any, 
         counters["replayed_steps"] += n_fit * rows
         for k, v in history.items():
             writer.add_scalar(f"world_model/{k}", float(np.mean(v[-10:])), real_steps)
+        if mag is not None:
+            g = torch.Generator().manual_seed(cfg.seed + 20_000 + it)
+            errors = fit_error_predictor(mag[0], model, replay, g, optimizer=mag[1])["loss"]
+            writer.add_scalar("mag/predictor_loss", float(np.mean(errors[-10:])), real_steps)
     per_rollout = cfg.dream_worlds * cfg.horizon * spec.n_agents
     n_dream = cfg.dream_updates or scheduled_units(cfg.dream_ratio, real_steps, counters["imagined_agent_steps"], per_rollout)
     if n_dream:
@@ -365,10 +398,15 @@ def run(cfg: ModelBasedConfig) -> dict[str, Any]:
         "replayed_steps": 0,
         "imagined_agent_steps": 0,
     }
+    mag, planner = None, None
+    if cfg.rollout == "mag":
+        predictor = ErrorPredictor(model, cfg.mag.predictor)
+        mag = (predictor, torch.optim.Adam(predictor.parameters(), lr=cfg.mag.predictor.lr))
+        planner = MAGPlanner(predictor, agent.policy, cfg.mag, seed=cfg.seed + 30_000)
     eval_seed, curve, real_returns = cfg.seed + 1_000_000, [], []
     ckpt = latest_checkpoint(run_dir) if cfg.resume else None
     if ckpt is not None:
-        counters, replay, curve, real_returns = _restore(ckpt, cfg, spec, agent, model, wm_optim)
+        counters, replay, curve, real_returns = _restore(ckpt, cfg, spec, agent, model, wm_optim, mag)
         counters.setdefault("replayed_steps", 0)  # checkpoints from before the schedule counted nothing
         counters.setdefault("imagined_agent_steps", 0)
         print(f"resumed from {ckpt} at {counters['env_steps']} real env steps")
@@ -381,8 +419,9 @@ def run(cfg: ModelBasedConfig) -> dict[str, Any]:
     filters = AgentFilters(model, cfg.num_envs, cfg.seed) if latent else None
     act = _acting(agent, cfg.num_envs, spec.n_agents, filters)
     dream = DreamVecEnv(
-        model, cfg.dream_worlds, cfg.horizon, start=replay, context=cfg.context, obs=cfg.actor_input, seed=cfg.seed
-    )
+        model, cfg.dream_worlds, cfg.horizon, start=replay, context=cfg.context, obs=cfg.actor_input, seed=cfg.seed,
+        planner=planner,
+    )  # fmt: skip
     # a resumed run hides what an interrupted run logged after its checkpoint (scalars at steps > env_steps)
     writer = SummaryWriter(str(run_dir), purge_step=counters["env_steps"] + 1 if ckpt is not None else None)
     writer.add_text("config", f"```\n{json.dumps(dataclasses.asdict(cfg), indent=2)}\n```", counters["env_steps"])
@@ -407,14 +446,14 @@ def run(cfg: ModelBasedConfig) -> dict[str, Any]:
                 real_returns.append((real_steps, float(np.mean(returns))))
                 writer.add_scalar("charts/real_episode_return", real_returns[-1][1], real_steps)
             has_data = bool(len(replay.episode_lengths))
-            if has_data and _learn(cfg, it, counters, spec, model, wm_optim, replay, agent, dream, writer):
+            if has_data and _learn(cfg, it, counters, spec, model, wm_optim, replay, agent, dream, writer, mag):
                 curve.append((real_steps, run_eval(real_steps)))
             else:  # no finished episode to fit on yet, or the actor did not change: its evaluation would repeat
                 curve.append((real_steps, curve[-1][1]))
                 writer.add_scalar("eval/episode_return", curve[-1][1], real_steps)
             counters["iteration"] = it + 1
             counters["wall_clock_s"] = elapsed + round(time.perf_counter() - start)
-            _save(run_dir, cfg, spec, agent, model, wm_optim, replay, counters, curve, real_returns)
+            _save(run_dir, cfg, spec, agent, model, wm_optim, replay, counters, curve, real_returns, mag)
             bar.update(1)
             bar.set_postfix(ret=f"{curve[-1][1]:.2f}", refresh=False)
     finally:

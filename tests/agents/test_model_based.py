@@ -214,3 +214,29 @@ def test_too_few_real_steps_for_one_episode_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"^ModelBasedConfig.real_steps: 1 iterations x 40 steps over 2 copies give each"):
         run(_small(tmp_path, 1, real_steps=40))
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_mag_rollouts_fit_the_predictor_checkpoint_it_and_resume(tmp_path):
+    """rollout="mag": the error predictor is fitted after each model fit, saved with its optimizer in every checkpoint,
+    and a resumed run continues from it; a checkpoint without one is refused by a MAG run; MABL has no step errors."""
+    from wmenv.dream.mag import ErrorPredictorConfig, MAGConfig
+
+    mag = MAGConfig(candidates=2, lookahead=2, predictor=ErrorPredictorConfig(hidden=16, layers=1, minibatches=3,
+                                                                            batch_size=4, seq_len=5))  # fmt: skip
+    first = run(_small(tmp_path / "mag", 1, rollout="mag", mag=mag))
+    ckpt = latest_checkpoint(tmp_path / "mag")
+    stored = load_file(str(ckpt / "mag_predictor.safetensors"))
+    assert {"weight.net.0.weight", "weight.net.2.bias"} <= set(stored) and any(k.startswith("optim.") for k in stored)
+    assert "mag_param_groups" in json.loads((ckpt / "loop.json").read_text())
+    tags = EventAccumulator(str(tmp_path / "mag")).Reload().Tags()["scalars"]
+    assert "mag/predictor_loss" in tags
+    second = run(_small(tmp_path / "mag", 2, rollout="mag", mag=mag, resume=True))
+    assert second["eval_returns"][:2] == first["eval_returns"] and second["real_steps"] == 120
+    later = load_file(str(latest_checkpoint(tmp_path / "mag") / "mag_predictor.safetensors"))
+    assert not torch.equal(later["weight.net.0.weight"], stored["weight.net.0.weight"])  # fitted again after resuming
+    run(_small(tmp_path / "plain", 1))
+    with pytest.raises(ValueError, match=r"holds no readable .* MAG predictor"):
+        run(_small(tmp_path / "plain", 2, rollout="mag", mag=mag, resume=True))
+    with pytest.raises(ValueError, match=r"^ModelBasedConfig.rollout: 'mag' needs a world model with per-step errors, "
+                                         r"'mabl' has none$"):  # fmt: skip
+        ModelBasedConfig(rollout="mag", model_kind="mabl")

@@ -216,9 +216,10 @@ def test_too_few_real_steps_for_one_episode_is_refused(tmp_path):
     assert not (tmp_path / "checkpoints").exists()
 
 
-def test_mag_rollouts_fit_the_predictor_checkpoint_it_and_resume(tmp_path):
+def test_mag_rollouts_fit_the_predictor_checkpoint_it_and_resume(tmp_path, monkeypatch):
     """rollout="mag": the error predictor is fitted after each model fit, saved with its optimizer in every checkpoint,
-    and a resumed run continues from it; a checkpoint without one is refused by a MAG run; MABL has no step errors."""
+    and a resumed run continues from it; a checkpoint without one is refused by a MAG run, and so is a model kind
+    without per-step errors."""
     from wmenv.dream.mag import ErrorPredictorConfig, MAGConfig
 
     mag = MAGConfig(candidates=2, lookahead=2, predictor=ErrorPredictorConfig(hidden=16, layers=1, minibatches=3,
@@ -237,6 +238,9 @@ def test_mag_rollouts_fit_the_predictor_checkpoint_it_and_resume(tmp_path):
     run(_small(tmp_path / "plain", 1))
     with pytest.raises(ValueError, match=r"holds no readable .* MAG predictor"):
         run(_small(tmp_path / "plain", 2, rollout="mag", mag=mag, resume=True))
+    from wmenv.models.mabl import MABLWorldModel
+
+    monkeypatch.setattr(MABLWorldModel, "has_step_errors", False)
     with pytest.raises(ValueError, match=r"^ModelBasedConfig.rollout: 'mag' needs a world model with per-step errors, "
                                          r"'mabl' has none$"):  # fmt: skip
         ModelBasedConfig(rollout="mag", model_kind="mabl")

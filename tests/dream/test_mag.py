@@ -44,13 +44,20 @@ def rollout(env, steps=20, seed=0):
     return out
 
 
-@pytest.mark.parametrize("env_id", ["mpe:simple_spread_v3", "flatland:5"])
-def test_step_errors_reproduce_the_loss(env_id):
+@pytest.mark.parametrize(
+    ("env_id", "kind", "preset_name"),
+    [("mpe:simple_spread_v3", "mamba", "small"), ("flatland:5", "mamba", "small"), ("mpe:simple_spread_v3", "mabl", "small"),
+     ("mpe:simple_spread_v3", "mabl-shared", "small")],
+)  # fmt: skip
+def test_step_errors_reproduce_the_loss(env_id, kind, preset_name):
     """StepErrors.loss() = model.loss() to 1e-5 (same seed; an absent agent; Flatland has action masks); per_agent
     sums the weighted terms where each counts; the features are the prior's [h, z] of every row."""
     replay, spec = random_replay(env_id, 400, **({"dense_reward": True} if "flatland" in env_id else {}))
     torch.manual_seed(0)
-    model = MAMBAWorldModel(spec, preset("small"))
+    if kind == "mamba":
+        model = MAMBAWorldModel(spec, preset(preset_name))
+    else:
+        model = MABLWorldModel(spec, mabl_preset(preset_name, "shared" if kind == "mabl-shared" else "per_agent"))
     batch = replay.sample(6, 12, generator=0)
     batch["alive"][:, 6:, 0] = False  # agent 0 leaves half-way: its rows count only where the loss counts them
     torch.manual_seed(4)
@@ -58,10 +65,12 @@ def test_step_errors_reproduce_the_loss(env_id):
     torch.manual_seed(4)
     errors = model.step_errors(batch)
     assert float(errors.loss().detach()) == pytest.approx(float(loss.detach()), abs=1e-5, rel=1e-5)
-    assert errors.features.shape == (6, 12, spec.n_agents, 64 + 64)
+    assert errors.weights["info"] == model.config.info_scale
+    assert errors.features.shape == (6, 12, spec.n_agents, model.feature_widths()[0])
     per = errors.per_agent()
     obs_err, alive = errors.errors["obs"]
-    expected = errors.errors["reward"][0] + errors.errors["cont"][0] + errors.errors["kl"][0] + obs_err * alive
+    kl = sum(errors.weights[k] * errors.errors[k][0] for k in ("kl", "kl_agent", "kl_global") if k in errors.errors)
+    expected = errors.errors["reward"][0] + errors.errors["cont"][0] + kl + obs_err * alive
     expected = expected + errors.errors["info"][0] * errors.errors["info"][1]
     if spec.action_masked:
         expected = expected + errors.errors["action_mask"][0] * errors.errors["action_mask"][1]
@@ -192,12 +201,16 @@ def test_bad_configurations_and_models_are_refused(fitted):
         MAGConfig(lookahead=0)
     with pytest.raises(ValueError, match=r"^MAGConfig.selection: expected 'per_world' or 'per_batch', got 'best'$"):
         MAGConfig(selection="best")
-    mabl = MABLWorldModel(model.spec, mabl_preset("small"))
-    with pytest.raises(ValueError, match=r"^model: MAG needs per-step errors, MABLWorldModel has no step_errors$"):
-        ErrorPredictor(mabl)
+
+    class NoErrors(MAMBAWorldModel):
+        has_step_errors = False
+
+    blind = NoErrors(model.spec, preset("small"))
+    with pytest.raises(ValueError, match=r"^model: MAG needs per-step errors, NoErrors has no step_errors$"):
+        ErrorPredictor(blind)
     plan = planner(model, 2, 2)
-    with pytest.raises(ValueError, match=r"^planner: MAG needs a model with per-step errors, MABLWorldModel has"):
-        DreamVecEnv(mabl, 4, planner=plan)
+    with pytest.raises(ValueError, match=r"^planner: MAG needs a model with per-step errors, NoErrors has"):
+        DreamVecEnv(blind, 4, planner=plan)
     other_spec = random_replay("mpe:simple_spread_v3", 50, seed=0, N=4)[1]
     other = MAMBAWorldModel(other_spec, preset("small"))
     with pytest.raises(ValueError, match=r"^predictor: fitted for MAMBAWorldModel\|.* the model is MAMBAWorldModel\|"):

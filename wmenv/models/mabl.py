@@ -46,9 +46,9 @@ from einops import rearrange, repeat
 from torch import Tensor, nn
 
 from wmenv.checks import check_choice, check_int
-from wmenv.models.heads import HeadsMixin, RewardKind, balanced_kl, check_reward_head
+from wmenv.models.heads import HeadsMixin, RewardKind, balanced_kl, categorical_kl, check_reward_head, head_errors
 from wmenv.models.rssm import mlp, onehot_from_uniform, sample_onehot
-from wmenv.models.world_model import Prediction, State, WorldModel, restart_rows, stack_steps
+from wmenv.models.world_model import Prediction, State, StepErrors, WorldModel, restart_rows, stack_steps
 from wmenv.tensor_ops import compiled
 
 GlobalLevel = Literal["per_agent", "shared", "none"]
@@ -129,6 +129,7 @@ class MABLWorldModel(HeadsMixin, WorldModel):
     """
 
     steps_compilable = True
+    has_step_errors = True
 
     def __init__(self, spec, config: MABLConfig | None = None) -> None:
         super().__init__()
@@ -348,6 +349,32 @@ class MABLWorldModel(HeadsMixin, WorldModel):
         prev = self._prev_actions(actions, resets, alive)
         posts, _ = self.observe_sequence(obs, prev, resets, global_state, state, generator, alive)
         return {k: v[:, -1] for k, v in posts.items()}
+
+    def step_errors(self, batch: dict[str, Tensor]) -> StepErrors:
+        """The loss per row and agent (`WorldModel.step_errors`): the heads' errors, KL[q || p] of the agent level and
+        of the global level (``"shared"``: the world's one level, counted on agent 0's row), and as features each
+        row's agent-level prior [h^a_t, a sample of p(z^a_t | h^a_t, ẑ^g_t)] (what `features` gives in the dream)."""
+        c = self.config
+        self._check_rewards(batch)
+        obs, actions, alive = batch["obs"], batch["action"], batch["alive"].bool()
+        resets = batch["reset"].bool()
+        global_state = self._check_global_state(batch.get("state"), obs)
+        prev = self._prev_actions(actions, resets, alive)
+        posts, priors = self.observe_sequence(obs, prev, resets, global_state, alive=alive, compile=self.compile_steps)
+        errors = head_errors(self, self.features(posts), self.full_features(posts), batch)
+        errors["kl_agent"] = (categorical_kl(posts["logits_a"], priors["logits_a"]) * self._kl_scale(), None)
+        weights = {k: 1.0 for k in errors} | {"info": c.info_scale, "kl_agent": c.kl_scale}
+        if self.has_global:
+            kl = categorical_kl(posts["logits_g"], priors["logits_g"]) * self._kl_scale()  # (B, T, N)
+            if self._levels() == 1:  # one level per world, stored once per agent: count it once, on agent 0's row
+                kl = kl * (torch.arange(kl.shape[-1], device=kl.device) == 0) * kl.shape[-1]
+            errors["kl_global"], weights["kl_global"] = (kl, None), c.kl_scale
+        prior_sample = sample_onehot(priors["logits_a"])  # after the posteriors' draws: same posteriors as `loss`
+        return StepErrors(errors, weights, torch.cat([posts["deter_a"], prior_sample], dim=-1))
+
+    def _kl_scale(self) -> float:
+        """1 / S where the KL is averaged over the S categoricals (``kl_reduce="mean"``), else 1."""
+        return 1.0 / self.config.stoch if self.config.kl_reduce == "mean" else 1.0
 
     def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
         """World-model loss of replay windows (see the module docstring); returns the total and each term."""

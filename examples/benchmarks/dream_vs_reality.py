@@ -18,11 +18,17 @@ thresholds. The same rows are also scored with real observations up to them, to 
 from "cannot recognize": ``events_one_step`` (imagined one step from the posterior of the row before,
 with the real action) and ``events_filtered`` (from the posterior that has seen the row's observation).
 
+With ``--mag-candidates L`` the same windows are imagined again with MAG's planner (`wmenv.dream.mag`): each step
+keeps, per window, the one of L candidates whose H scored states have the lowest predicted model error; the
+lookahead acts uniformly at random among the predicted available actions, the policy that collected the data.
+The error predictor is fitted on the training replay after the model; ``mag`` in the JSON holds its errors.
+
 Usage:
     python examples/benchmarks/dream_vs_reality.py --env-id flatland:5 --env-kwargs dense_reward True --fit-steps 2000
     python examples/benchmarks/dream_vs_reality.py --env-id mpe:simple_spread_v3 --fit-steps 1000 --out benchmarks/dream
     python examples/benchmarks/dream_vs_reality.py --env-id flatland:5 --env-kwargs dense_reward True --reward-head twohot \
         --event-rate 0.5 --heldout-steps 3000 --windows 512 --out runs/dream_twohot
+    python examples/benchmarks/dream_vs_reality.py --env-id mpe:simple_spread_v3 --mag-candidates 4 --mag-lookahead 6
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import matplotlib
 import numpy as np
@@ -41,6 +47,7 @@ import tyro
 
 from wmenv.data.collect import random_replay
 from wmenv.data.samplers import EventStarts
+from wmenv.dream.mag import ErrorPredictor, ErrorPredictorConfig, MAGConfig, MAGPlanner, UniformPolicy, fit_error_predictor
 from wmenv.fit import FitConfig, fit
 from wmenv.models.registry import build_model, model_kind
 from wmenv.models.world_model import WorldModel
@@ -84,6 +91,14 @@ class Args:
     """A reward above this is an arrival event (Flatland's +10)."""
     deadlock_threshold: float = -2.5
     """A reward below this is a deadlock event (Flatland's −5)."""
+    mag_candidates: int = 0
+    """If > 0: also imagine with MAG's planner (`wmenv.dream.mag`), this many candidates per step, and report both."""
+    mag_lookahead: int = 6
+    """MAG's H: states scored per candidate (the candidate and H - 1 steps under a uniform random actor, the data's)."""
+    mag_selection: Literal["per_world", "per_batch"] = "per_world"
+    """MAG's selection: each window's own best candidate, or one for the batch (the authors' released code)."""
+    mag_predictor_steps: int = 300
+    """Minibatches (40 x 20) of fitting MAG's error predictor."""
     seed: int = 0
     """Seeds collection, fitting and latent samples."""
     out: str = "benchmarks/dream"
@@ -111,11 +126,23 @@ def event_scores(real: torch.Tensor, predicted: torch.Tensor, above: float | Non
 
 
 def open_loop_errors(
-    model: WorldModel, window: dict, context: int, horizon: int, obs_mean: torch.Tensor
+    model: WorldModel, window: dict, context: int, horizon: int, obs_mean: torch.Tensor, planner: MAGPlanner | None = None
 ) -> dict[str, np.ndarray]:
     """Per imagined step: obs MSE (model / copy-last / mean) and reward MSE (model / zero), each (H,);
-    plus ``reward_real`` and ``reward_pred``, each (B, H, N), the real and the predicted rewards."""
+    plus ``reward_real`` and ``reward_pred``, each (B, H, N), the real and the predicted rewards.
+    ``planner``: each step is MAG's pick among candidates instead of one prior sample."""
     g = torch.Generator().manual_seed(0)
+    n, present = window["obs"].shape[2], torch.ones(window["obs"].shape[0], window["obs"].shape[2], dtype=torch.bool)
+
+    def view(state: dict, pred: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # what a latent actor sees
+        feat = model.features(state)  # (rows, N, F): the rows of all candidates
+        if pred.action_mask is None:
+            return feat, model.critic_features(state), torch.ones(*feat.shape[:2], model.spec.n_actions, dtype=torch.bool)
+        mask = pred.action_mask > 0.5
+        return feat, model.critic_features(state), mask | ~mask.any(-1, keepdim=True)  # an agent always has some action
+
+    if planner is not None:
+        planner.reset(present.shape[0], n)
     with torch.no_grad():
         state = model.observe(window["obs"][:, :context], window["action"][:, :context], window["reset"][:, :context],
                               generator=g, alive=window["alive"][:, :context].bool(),
@@ -125,7 +152,10 @@ def open_loop_errors(
         last = window["obs"][:, context - 1]
         for k in range(horizon):
             t = context + k
-            state, pred = model.imagine(state, window["action"][:, t - 1], generator=g, decode=True)
+            if planner is None:
+                state, pred = model.imagine(state, window["action"][:, t - 1], generator=g, decode=True)
+            else:
+                state, pred = planner.imagine(model, state, window["action"][:, t - 1], g, True, present, view)
             alive = window["alive"][:, t].bool()
             real_obs, real_r = window["obs"][:, t], window["reward"][:, t]
             for name, guess in (("obs_model", pred.obs), ("obs_copy_last", last), ("obs_mean", obs_mean.expand_as(real_obs))):
@@ -188,6 +218,25 @@ def main(args: Args) -> dict:
     obs_mean = train_obs["obs"][train_obs["alive"].bool()].mean(0)
     errors = open_loop_errors(model, window, args.context, args.horizon, obs_mean)
     real_r, pred_r = errors.pop("reward_real"), errors.pop("reward_pred")  # (B, H, N)
+    mag = None
+    if args.mag_candidates:
+        mag_start = time.perf_counter()
+        predictor = ErrorPredictor(model, ErrorPredictorConfig(minibatches=args.mag_predictor_steps))
+        fitted = fit_error_predictor(predictor, model, train, torch.Generator().manual_seed(args.seed))["loss"]
+        config_mag = MAGConfig(args.mag_candidates, args.mag_lookahead, args.mag_selection)
+        planner = MAGPlanner(predictor, UniformPolicy(spec.n_actions), config_mag, seed=args.seed)
+        planned = open_loop_errors(model, window, args.context, args.horizon, obs_mean, planner)
+        planned_events = {
+            "arrival": event_scores(real_r, planned["reward_pred"], above=args.arrival_threshold),
+            "deadlock": event_scores(real_r, planned["reward_pred"], below=args.deadlock_threshold),
+        }
+        mag = {
+            "candidates": args.mag_candidates, "lookahead": args.mag_lookahead, "selection": args.mag_selection,
+            "predictor_loss_first_last": [round(float(np.mean(fitted[:10])), 4), round(float(np.mean(fitted[-10:])), 4)],
+            "errors": {k: [round(float(x), 5) for x in planned[k]] for k in ("obs_model", "reward_model")},
+            "mean_over_horizon": {k: round(float(np.mean(planned[k])), 5) for k in ("obs_model", "reward_model")},
+            "events": planned_events, "seconds": round(time.perf_counter() - mag_start, 1),
+        }  # fmt: skip
     short = short_horizon_rewards(model, window, args.context, args.horizon)
 
     def scores(pred: np.ndarray) -> dict:
@@ -206,6 +255,10 @@ def main(args: Args) -> dict:
         ax_o.plot(k, errors[name], style, label=name.removeprefix("obs_").replace("_", " "))
     for name, style in (("reward_model", "-o"), ("reward_zero", "--")):
         ax_r.plot(k, errors[name], style, label=name.removeprefix("reward_").replace("_", " "))
+    if mag is not None:
+        label = f"model, MAG L={args.mag_candidates} H={args.mag_lookahead}"
+        ax_o.plot(k, mag["errors"]["obs_model"], "-s", label=label)
+        ax_r.plot(k, mag["errors"]["reward_model"], "-s", label=label)
     ax_o.set(title=f"observation MSE per feature, {args.env_id}", xlabel="imagined step", ylabel="MSE")
     legend = ", ".join(f"{k} R {fmt(v['recall'])} P {fmt(v['precision'])}" for k, v in events.items())
     ax_r.set(title=f"reward MSE ({config.reward_head})\n{legend}", xlabel="imagined step")
@@ -234,6 +287,7 @@ def main(args: Args) -> dict:
         "events": events,
         "events_one_step": scores(short["one_step"]),
         "events_filtered": scores(short["filtered"]),
+        "mag": mag,
         "wall_clock_s": round(time.perf_counter() - start, 1),
     }
     (out / f"{tag}.json").write_text(json.dumps(summary, indent=1))

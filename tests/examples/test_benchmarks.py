@@ -128,10 +128,17 @@ def test_dream_throughput_benchmark_reports_ratios(tmp_path, kind):
         assert abs(r["vs_real_env"] - r["agent_steps_per_s"] / out["real_agent_steps_per_s"]) < 0.01 * (1 + r["vs_real_env"])
 
 
-def test_dream_vs_reality_benchmark_runs_a_mabl_model(tmp_path):
+def test_dream_vs_reality_benchmark_runs_a_mabl_model_with_mag(tmp_path):
+    """MABL's model, and MAG's planned imagination of the same windows beside the plain one."""
     out = _run("dream_vs_reality.py", "--model-kind", "mabl", "--train-steps", "300", "--heldout-steps", "150",
-               "--fit-steps", "5", "--windows", "4", "--horizon", "5", "--out", str(tmp_path))  # fmt: skip
+               "--fit-steps", "5", "--windows", "4", "--horizon", "5", "--mag-candidates", "3", "--mag-lookahead", "2",
+               "--mag-predictor-steps", "4", "--out", str(tmp_path))  # fmt: skip
     assert out["model_kind"] == "mabl" and np.isfinite(out["errors"]["obs_model"]).all()
+    mag = out["mag"]
+    assert (mag["candidates"], mag["lookahead"], mag["selection"]) == (3, 2, "per_world")
+    assert all(len(v) == 5 and np.isfinite(v).all() for v in mag["errors"].values())
+    assert mag["errors"]["obs_model"] != out["errors"]["obs_model"]  # other picks than the plain samples
+    assert mag["events"]["arrival"]["real"] == out["events"]["arrival"]["real"]  # the same windows
 
 
 def test_dream_vs_reality_benchmark_writes_errors_and_plot(tmp_path):
@@ -157,6 +164,7 @@ def test_dream_vs_reality_benchmark_writes_errors_and_plot(tmp_path):
     for key in ("events_one_step", "events_filtered"):  # the same 60 agent-steps, seen up to / including the row
         assert out[key]["arrival"] == arrival and out[key]["deadlock"]["real"] == low["real"]
     assert out == json.loads((tmp_path / "mpe_simple_spread_v3.json").read_text())
+    assert out["mag"] is None  # no planner asked for
 
 
 def test_dream_vs_reality_event_scores_by_hand():

@@ -44,6 +44,22 @@ class LookaheadPolicy(Protocol):
     def step(self, obs: Tensor, state: dict[str, Tensor], resets: Tensor) -> tuple[Tensor, dict[str, Tensor]]: ...
 
 
+class UniformPolicy:
+    """A `LookaheadPolicy` that picks uniformly among the available actions: the lookahead of dreams whose data a
+    uniformly random policy collected (e.g. `wmenv.data.collect.random_replay`)."""
+
+    def __init__(self, n_actions: int) -> None:
+        self.n_actions = check_int("n_actions", n_actions)
+
+    def initial_state(self, batch: int) -> dict[str, Tensor]:
+        """No recurrent state."""
+        return {}
+
+    def step(self, obs: Tensor, state: dict[str, Tensor], resets: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """Equal logits (R, A) for every row of obs (R, F)."""
+        return obs.new_zeros(obs.shape[0], self.n_actions), state
+
+
 @dataclass
 class ErrorPredictorConfig:
     """The error predictor R̂ and how it is fitted (the authors' code: MLP 4 × 256, ELU, Huber, 60 × 40 × 20, lr 5e-4)."""

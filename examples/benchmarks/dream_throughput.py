@@ -10,6 +10,7 @@ matmul rate.
 Usage:
     python examples/benchmarks/dream_throughput.py --env-id flatland:5 --env-kwargs dense_reward True --model flatland
     python examples/benchmarks/dream_throughput.py --batches 64 1024 4096 --seconds 5 --out benchmarks/dream/throughput.json
+    python examples/benchmarks/dream_throughput.py --env-id mpe:simple_spread_v3 --model small --mag-candidates 4
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from wmenv.data.collect import random_available
 from wmenv.dream import DreamVecEnv
+from wmenv.dream.mag import ErrorPredictor, MAGConfig, MAGPlanner, UniformPolicy
 from wmenv.envs.vector import VecEnv
 from wmenv.models.registry import build_model
 from wmenv.models.world_model import WorldModel
@@ -51,6 +53,11 @@ class Args:
     """torch threads (0: torch's default, all cores)."""
     matmul_size: int = 1024
     """Side of the square matmul whose GFLOP/s is the reference."""
+    mag_candidates: int = 0
+    """If > 0: also each batch with MAG's planner (`wmenv.dream.mag`, this many candidates; the error predictor at its
+    default size, a uniform random actor in the lookahead), reported beside the plain dream as ``mag``."""
+    mag_lookahead: int = 6
+    """MAG's H (states scored per candidate)."""
     out: Path | None = None
     """Also write the JSON to this file."""
 
@@ -77,9 +84,9 @@ def matmul_gflops(n: int, seconds: float) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - start) / 1e9
 
 
-def dream_rate(model: WorldModel, batch: int, seconds: float) -> dict[str, float]:
-    """Imagined agent-steps per second and GFLOP/s of the model at B = ``batch``."""
-    vec = DreamVecEnv(model, batch, seed=0)
+def dream_rate(model: WorldModel, batch: int, seconds: float, planner: MAGPlanner | None = None) -> dict[str, float]:
+    """Imagined agent-steps per second and GFLOP/s of the model (and planner) at B = ``batch``."""
+    vec = DreamVecEnv(model, batch, seed=0, planner=planner)
     s = vec.reset()
     gen = torch.Generator().manual_seed(0)
     pick = lambda mask: (torch.rand(mask.shape, generator=gen) * mask).argmax(-1)  # noqa: E731
@@ -109,6 +116,11 @@ def main(args: Args) -> dict:
         spec = vec.spec
     torch.manual_seed(0)
     model = build_model(args.model_kind, spec, args.model).eval()
+    planner = None
+    if args.mag_candidates:
+        torch.manual_seed(0)
+        planner = MAGPlanner(ErrorPredictor(model), UniformPolicy(spec.n_actions),
+                             MAGConfig(candidates=args.mag_candidates, lookahead=args.mag_lookahead))  # fmt: skip
     results = {}
     for batch in args.batches:
         r = dream_rate(model, batch, args.seconds)
@@ -119,11 +131,19 @@ def main(args: Args) -> dict:
             "vs_matmul": round(r["gflops"] / ref, 3),
             "ms_per_step": round(r["ms_per_step"], 2),
         }
+        if planner is not None:
+            m = dream_rate(model, batch, args.seconds, planner)
+            results[str(batch)]["mag"] = {
+                "agent_steps_per_s": round(m["agent_steps_per_s"], 1),
+                "vs_plain": round(m["agent_steps_per_s"] / r["agent_steps_per_s"], 4),
+                "vs_matmul": round(m["gflops"] / ref, 3),
+            }
     summary = {
         "benchmark": "dream_throughput",
         "env_id": args.env_id,
         "model_kind": args.model_kind,
         "model": args.model,
+        "mag": {"candidates": args.mag_candidates, "lookahead": args.mag_lookahead} if args.mag_candidates else None,
         "params": sum(p.numel() for p in model.parameters()),
         "real_agent_steps_per_s": round(real, 1),
         "matmul_gflops": round(ref, 2),

@@ -117,8 +117,10 @@ def test_mamba_training_benchmark_times_every_scan_against_the_gru(tmp_path):
 
 @pytest.mark.parametrize("kind", ["mamba", "mabl"])
 def test_dream_throughput_benchmark_reports_ratios(tmp_path, kind):
+    """Plain dream rates for both kinds; MAMBA's run also measures MAG's planner (L = 3, H = 2) beside them."""
+    mag = ["--mag-candidates", "3", "--mag-lookahead", "2"] if kind == "mamba" else []
     out = _run("dream_throughput.py", "--env-id", "mpe:simple_spread_v3", "--model-kind", kind, "--model", "small",
-               "--batches", "4", "16", "--seconds", "0.1", "--matmul-size", "128",
+               "--batches", "4", "16", "--seconds", "0.1", "--matmul-size", "128", *mag,
                "--out", str(tmp_path / "t.json"))  # fmt: skip
     assert json.loads((tmp_path / "t.json").read_text()) == out and out["model_kind"] == kind
     assert out["real_agent_steps_per_s"] > 0 and out["matmul_gflops"] > 0
@@ -126,6 +128,12 @@ def test_dream_throughput_benchmark_reports_ratios(tmp_path, kind):
         r = out["results"][b]
         assert r["agent_steps_per_s"] > 0 and r["gflops"] > 0
         assert abs(r["vs_real_env"] - r["agent_steps_per_s"] / out["real_agent_steps_per_s"]) < 0.01 * (1 + r["vs_real_env"])
+        if kind == "mamba":
+            planned = r["mag"]
+            assert planned["agent_steps_per_s"] > 0
+            assert planned["vs_plain"] == pytest.approx(planned["agent_steps_per_s"] / r["agent_steps_per_s"], rel=0.01)
+        else:
+            assert "mag" not in r and out["mag"] is None
 
 
 def test_dream_vs_reality_benchmark_runs_a_mabl_model_with_mag(tmp_path):

@@ -60,8 +60,9 @@ def test_dream_env_from_real_contexts_and_its_episode_ends(mpe_model_and_replay)
                 ended[a] = steps
         assert env.agents == [a for a in live if a not in ended]
     assert 1 <= steps <= 6 and set(ended) == set(model.spec.agents) and max(ended.values()) == steps
+    assert env.step({}) == ({}, {}, {}, {}, {})  # as PettingZoo's envs answer after the end (SuperSuit relies on it)
     with pytest.raises(RuntimeError, match="call reset"):
-        env.step({})
+        env.step({model.spec.agents[0]: 0})
 
 
 def test_bad_actions_are_named(flatland_model):

@@ -96,11 +96,14 @@ class DreamEnv(ParallelEnv):
         return self._obs(self._last.obs), self._infos(self._last, self.agents)
 
     def step(self, actions: dict[str, Any]) -> tuple[dict, dict, dict, dict, dict]:
-        """Advance the imagined world one step with one action per live agent."""
+        """Advance the imagined world one step with one action per live agent; after the episode ended, an empty
+        ``actions`` returns five empty dicts (as PettingZoo's envs; SuperSuit's ``black_death_v3`` relies on it)."""
         if not isinstance(actions, dict):
             raise TypeError(f"actions: expected a dict agent -> action, got {type(actions).__name__}")
         if not self.agents or self._last is None:
-            raise RuntimeError("step() called with no live agents: call reset() first")
+            if not actions and self._last is not None:  # after the episode's end, as PettingZoo's envs answer it
+                return {}, {}, {}, {}, {}
+            raise RuntimeError(f"step() called with no live agents: call reset() first (got actions for {sorted(actions)})")
         masks = {a: self._last.action_mask[0, i].cpu().numpy() for i, a in enumerate(self.possible_agents)}
         check_actions(self.spec_, actions, self.agents, masks if self.masked_action == "raise" else None)
         row = torch.zeros(1, len(self.possible_agents), dtype=torch.long)

@@ -42,6 +42,7 @@ class MultiAgentEnv(ParallelEnv, ABC):
         self.agents: list[str] = []
         self.render_mode = None
         self._masks: dict[str, np.ndarray] = {}
+        self._was_reset = False
 
     # --- spaces (cached objects: PettingZoo requires `space(a) is space(a)`) ---
     def observation_space(self, agent: str) -> gym.spaces.Box:
@@ -67,14 +68,18 @@ class MultiAgentEnv(ParallelEnv, ABC):
         """Start an episode; ``infos[agent]["action_mask"]`` holds the mask where the env has one."""
         obs, infos = self._reset(seed=seed, options=options)
         self._remember_masks(infos)
+        self._was_reset = True
         return obs, infos
 
     def step(self, actions: dict[str, Any]) -> tuple[dict, dict, dict, dict, dict]:
-        """Validate ``actions`` (one per live agent) and advance the env one step."""
+        """Validate ``actions`` (one per live agent) and advance the env one step. After the episode ended, an empty
+        ``actions`` returns five empty dicts (PettingZoo's envs do; SuperSuit's ``black_death_v3`` relies on it)."""
         if not isinstance(actions, dict):
             raise TypeError(f"actions: expected a dict agent -> action, got {type(actions).__name__}")
         if not self.agents:
-            raise RuntimeError("step() called with no live agents: call reset() first")
+            if not actions and self._was_reset:  # after the episode's end, as PettingZoo's envs
+                return {}, {}, {}, {}, {}  # answer it (SuperSuit's black_death_v3 steps once more with no agents)
+            raise RuntimeError(f"step() called with no live agents: call reset() first (got actions for {sorted(actions)})")
         if self.masked_action == "raise":
             check_actions(self.env_spec, actions, self.agents, self._masks)
         else:

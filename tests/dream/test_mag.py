@@ -217,3 +217,38 @@ def test_bad_configurations_and_models_are_refused(fitted):
         DreamVecEnv(other, 4, planner=plan)
     with pytest.raises(ValueError, match=r"^predictor: fitted for "):
         fit_error_predictor(plan.predictor, other, replay, torch.Generator())
+
+
+def test_the_lookahead_only_takes_actions_the_model_predicts_available():
+    """Flatland (action masks): every action the lookahead imagines is available in the predicted mask it was chosen
+    under, and the planned dream steps through auto-resets without a refused action."""
+    replay, spec = random_replay("flatland:5", 400, dense_reward=True)
+    torch.manual_seed(0)
+    model = MAMBAWorldModel(spec, preset("small")).eval()
+    plan = planner(model, 3, 3)
+    env = DreamVecEnv(model, 8, start=replay, seed=0, planner=plan, horizon=6)
+    events = []  # ("view", mask) and ("imagine", actions) in call order
+    view, imagine = env._view, model.imagine
+
+    def spy_view(state, pred=None):
+        out = view(state, pred)
+        events.append(("view", out[2]))
+        return out
+
+    def spy_imagine(state, actions, *a, **kw):
+        events.append(("imagine", actions))
+        return imagine(state, actions, *a, **kw)
+
+    env._view, model.imagine = spy_view, spy_imagine
+    try:
+        steps = rollout(env, steps=8)
+    finally:
+        del model.imagine
+    assert any(bool(s.done.any()) for s in steps)
+    rows = 3 * 8  # L x B: the lookahead's views and imaginings; the env's own views have B rows
+    pairs = [(m, a) for (kind, m), (nxt, a) in zip(events, events[1:]) if kind == "view" and nxt == "imagine"
+             and m.shape[0] == a.shape[0] == rows]  # fmt: skip
+    assert len(pairs) == 8 * 2  # H - 1 = 2 lookahead steps per planned step
+    for mask, actions in pairs:
+        assert mask.gather(-1, actions.unsqueeze(-1)).all()
+    assert any(not m.all() for m, _ in pairs)  # the predicted masks do forbid actions

@@ -355,12 +355,7 @@ class MABLWorldModel(HeadsMixin, WorldModel):
         of the global level (``"shared"``: the world's one level, counted on agent 0's row), and as features each
         row's agent-level prior [h^a_t, a sample of p(z^a_t | h^a_t, ẑ^g_t)] (what `features` gives in the dream)."""
         c = self.config
-        self._check_rewards(batch)
-        obs, actions, alive = batch["obs"], batch["action"], batch["alive"].bool()
-        resets = batch["reset"].bool()
-        global_state = self._check_global_state(batch.get("state"), obs)
-        prev = self._prev_actions(actions, resets, alive)
-        posts, priors = self.observe_sequence(obs, prev, resets, global_state, alive=alive, compile=self.compile_steps)
+        posts, priors = self._filter_windows(batch)
         errors = head_errors(self, self.features(posts), self.full_features(posts), batch)
         errors["kl_agent"] = (categorical_kl(posts["logits_a"], priors["logits_a"]) * self._kl_scale(), None)
         weights = {k: 1.0 for k in errors} | {"info": c.info_scale, "kl_agent": c.kl_scale}
@@ -372,6 +367,15 @@ class MABLWorldModel(HeadsMixin, WorldModel):
         prior_sample = sample_onehot(priors["logits_a"])  # after the posteriors' draws: same posteriors as `loss`
         return StepErrors(errors, weights, torch.cat([posts["deter_a"], prior_sample], dim=-1))
 
+    def _filter_windows(self, batch: dict[str, Tensor]) -> tuple[State, State]:
+        """Posteriors and priors of every row of replay windows (checked), as `loss` and `step_errors` read them."""
+        self._check_rewards(batch)
+        obs, actions, alive = batch["obs"], batch["action"], batch["alive"].bool()
+        resets = batch["reset"].bool()
+        global_state = self._check_global_state(batch.get("state"), obs)
+        prev = self._prev_actions(actions, resets, alive)
+        return self.observe_sequence(obs, prev, resets, global_state, alive=alive, compile=self.compile_steps)
+
     def _kl_scale(self) -> float:
         """1 / S where the KL is averaged over the S categoricals (``kl_reduce="mean"``), else 1."""
         return 1.0 / self.config.stoch if self.config.kl_reduce == "mean" else 1.0
@@ -379,12 +383,7 @@ class MABLWorldModel(HeadsMixin, WorldModel):
     def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
         """World-model loss of replay windows (see the module docstring); returns the total and each term."""
         c = self.config
-        self._check_rewards(batch)
-        obs, actions, alive = batch["obs"], batch["action"], batch["alive"].bool()
-        resets = batch["reset"].bool()
-        global_state = self._check_global_state(batch.get("state"), obs)
-        prev = self._prev_actions(actions, resets, alive)
-        posts, priors = self.observe_sequence(obs, prev, resets, global_state, alive=alive, compile=self.compile_steps)
+        posts, priors = self._filter_windows(batch)
         terms = self._head_losses(self.features(posts), self.full_features(posts), batch, compile=self.compile_steps)
         terms["kl_agent"], kl_prior_a = balanced_kl(posts["logits_a"], priors["logits_a"], c.kl_balance, c.kl_reduce)
         total = terms["obs"] + terms["reward"] + terms["cont"] + terms.get("action_mask", 0.0)

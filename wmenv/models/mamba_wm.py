@@ -216,14 +216,19 @@ class MAMBAWorldModel(HeadsMixin, WorldModel):
         feat = self.features(state)
         return self._predict_heads(feat, feat, decode)
 
-    def step_errors(self, batch: dict[str, Tensor]) -> StepErrors:
-        """The loss per row and agent (`WorldModel.step_errors`); the KL's value is KL[q || p] whatever the balance."""
-        c = self.config
+    def _filter_windows(self, batch: dict[str, Tensor]) -> tuple[State, State]:
+        """Posteriors and priors of every row of replay windows (checked), as `loss` and `step_errors` read them. Every
+        window starts from the blank state (no state is passed)."""
         self._check_rewards(batch)
         obs, actions, alive = batch["obs"], batch["action"], batch["alive"].bool()
         resets = batch["reset"].bool()
         prev = self._prev_actions(actions, resets, alive)
-        posts, priors = self.rssm.observe_sequence(obs, prev, resets, alive=alive, compile=self.compile_steps)
+        return self.rssm.observe_sequence(obs, prev, resets, alive=alive, compile=self.compile_steps)
+
+    def step_errors(self, batch: dict[str, Tensor]) -> StepErrors:
+        """The loss per row and agent (`WorldModel.step_errors`); the KL's value is KL[q || p] whatever the balance."""
+        c = self.config
+        posts, priors = self._filter_windows(batch)
         feat = self.features(posts)  # (B, T, N, F)
         errors = head_errors(self, feat, feat, batch)
         errors["kl"] = (categorical_kl(posts["logits"], priors["logits"]), None)
@@ -234,11 +239,7 @@ class MAMBAWorldModel(HeadsMixin, WorldModel):
     def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
         """World-model loss of replay windows (see the module docstring); returns the total and each term."""
         c = self.config
-        self._check_rewards(batch)
-        obs, actions, alive = batch["obs"], batch["action"], batch["alive"].bool()
-        resets = batch["reset"].bool()  # every window starts from the blank state (no state is passed below)
-        prev = self._prev_actions(actions, resets, alive)
-        posts, priors = self.rssm.observe_sequence(obs, prev, resets, alive=alive, compile=self.compile_steps)
+        posts, priors = self._filter_windows(batch)
         feat = self.features(posts)  # (B, T, N, F)
         terms = self._head_losses(feat, feat, batch, compile=self.compile_steps)
         terms["kl"], kl_prior = balanced_kl(posts["logits"], priors["logits"], c.kl_balance)

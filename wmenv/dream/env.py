@@ -60,10 +60,16 @@ class DreamEnv(ParallelEnv):
         self.agents: list[str] = []
         with torch.no_grad():
             probe = self.vec._view(model.initial(1, generator=torch.Generator(device=self.vec.device).manual_seed(0)))
-        width = probe[0].shape[-1]
-        box = spaces.Box(-np.inf, np.inf, (width,), np.float32)
-        self._obs_spaces = {a: box for a in self.possible_agents}
-        self._act_spaces = {a: spaces.Discrete(model.spec.n_actions) for a in self.possible_agents}
+        # each agent's true spaces (heterogeneous agents): its own actions, and its own width of decoded observations
+        # (the latent features are one width for all)
+        self._widths = [
+            probe[0].shape[-1] if obs == "latent" else int(model.spec.observation_spaces[a].shape[0])
+            for a in self.possible_agents
+        ]
+        self._obs_spaces = {
+            a: spaces.Box(-np.inf, np.inf, (w,), np.float32) for a, w in zip(self.possible_agents, self._widths, strict=True)
+        }
+        self._act_spaces = {a: spaces.Discrete(int(model.spec.action_spaces[a].n)) for a in self.possible_agents}
         self.state_space = spaces.Box(-np.inf, np.inf, (probe[1].shape[-1],), np.float32)
         self._last: DreamStep | None = None
 
@@ -72,17 +78,20 @@ class DreamEnv(ParallelEnv):
         return self._obs_spaces[agent]
 
     def action_space(self, agent: str) -> spaces.Space:
-        """The (cached) ``Discrete(A)`` action space of ``agent``."""
+        """The (cached) action space of ``agent``: ``Discrete(n)`` with the real agent's own n (this env's object, so
+        that seeding it leaves other envs' spaces alone)."""
         return self._act_spaces[agent]
 
-    def _obs(self, obs: torch.Tensor) -> dict[str, np.ndarray]:
+    def _obs(self, obs: torch.Tensor, agents: list[str] | None = None) -> dict[str, np.ndarray]:
+        """World 0's observations of ``agents`` (default: the live ones), each cut to its agent's own width."""
         arr = obs[0].detach().cpu().numpy().astype(np.float32)
-        return {a: arr[i] for i, a in enumerate(self.possible_agents) if a in self.agents}
+        agents = self.agents if agents is None else agents
+        return {a: arr[i, : self._widths[i]] for i, a in enumerate(self.possible_agents) if a in agents}
 
     def _infos(self, step: DreamStep, agents: list[str]) -> dict[str, dict]:
         mask = step.action_mask[0].cpu().numpy().astype(np.int8)
         return {
-            a: ({"action_mask": mask[i]} if self.spec_.action_masked else {})
+            a: ({"action_mask": mask[i, : self._act_spaces[a].n]} if self.spec_.action_masked else {})
             for i, a in enumerate(self.possible_agents)
             if a in agents
         }
@@ -104,7 +113,9 @@ class DreamEnv(ParallelEnv):
             if not actions and self._last is not None:  # after the episode's end, as PettingZoo's envs answer it
                 return {}, {}, {}, {}, {}
             raise RuntimeError(f"step() called with no live agents: call reset() first (got actions for {sorted(actions)})")
-        masks = {a: self._last.action_mask[0, i].cpu().numpy() for i, a in enumerate(self.possible_agents)}
+        masks = {  # each agent's own actions only (heterogeneous agents)
+            a: self._last.action_mask[0, i, : self._act_spaces[a].n].cpu().numpy() for i, a in enumerate(self.possible_agents)
+        }
         check_actions(self.spec_, actions, self.agents, masks if self.masked_action == "raise" else None)
         row = torch.zeros(1, len(self.possible_agents), dtype=torch.long)
         for i, a in enumerate(self.possible_agents):
@@ -114,9 +125,7 @@ class DreamEnv(ParallelEnv):
         step = self.vec.step(row)
         done = bool(step.done[0])
         before = list(self.agents)
-        obs_src = step.final_obs if done else step.obs
-        arr = obs_src[0].cpu().numpy().astype(np.float32)
-        obs = {a: arr[i] for i, a in enumerate(self.possible_agents) if a in before}
+        obs = self._obs(step.final_obs if done else step.obs, before)
         rewards = {a: float(step.reward[0, i]) for i, a in enumerate(self.possible_agents) if a in before}
         terms = {a: bool(step.terminated[0, i]) for i, a in enumerate(self.possible_agents) if a in before}
         truncs = {

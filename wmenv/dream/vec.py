@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from wmenv.envs.spec import stack_masks
 from wmenv.models.world_model import Prediction, State, WorldModel
 
 if TYPE_CHECKING:
@@ -94,6 +95,9 @@ class DreamVecEnv:
                 f"start: replay recorded for env {start.spec_description}, the model is for {model.spec.describe()}"
             )
         self.model, self.spec = model.eval(), model.spec
+        # (N, A) bool: each agent's own actions (heterogeneous agents: the padded ones beyond its Discrete.n are not)
+        own = stack_masks(model.spec, {}, np.ones(model.spec.n_agents, dtype=bool))
+        self._own = torch.as_tensor(own, device=next(model.parameters()).device)
         self.num_worlds, self.horizon, self.start, self.context = num_worlds, horizon, start, context
         self.obs_kind, self.mask_threshold = obs, mask_threshold
         self.device = next(model.parameters()).device
@@ -124,11 +128,12 @@ class DreamVecEnv:
         if pred is None:
             pred = self.model.predict(state, decode=self.obs_kind == "decoded")
         obs = pred.obs if self.obs_kind == "decoded" else self.model.features(state)
+        own = self._own.expand(obs.shape[0], -1, -1)
         if pred.action_mask is None:
-            mask = torch.ones(*obs.shape[:2], self.spec.n_actions, dtype=torch.bool, device=self.device)
+            mask = own.clone()
         else:
-            mask = pred.action_mask > self.mask_threshold
-            mask[~mask.any(-1)] = True  # an agent always has some action
+            mask = (pred.action_mask > self.mask_threshold) & own
+            mask = torch.where(mask.any(-1, keepdim=True), mask, own)  # an agent always has some action of its own
         return obs, self.model.critic_features(state), mask
 
     def reset(self) -> DreamStep:
@@ -170,11 +175,13 @@ class DreamVecEnv:
             raise TypeError(f"actions: expected an integer dtype, got {actions.dtype}")
         actions = actions.to(self.device).long()
         live = self._alive
-        bad = live & ((actions < 0) | (actions >= A))
+        limit = self._own.sum(-1)  # (N,) each agent's own number of actions
+        bad = live & ((actions < 0) | (actions >= limit))
         if bad.any():
             b, n = (int(i) for i in bad.nonzero()[0])
-            got = int(actions[b, n])
-            raise ValueError(f"actions: agent {self.spec.agents[n]!r} in world {b}: expected an action in [0, {A}), got {got}")
+            got, own = int(actions[b, n]), int(limit[n])
+            agent = self.spec.agents[n]
+            raise ValueError(f"actions: agent {agent!r} in world {b}: expected an action in [0, {own}), got {got}")
         masked = live & ~self._mask.gather(-1, actions.clamp(0, A - 1).unsqueeze(-1)).squeeze(-1)
         if masked.any():
             b, n = (int(i) for i in masked.nonzero()[0])

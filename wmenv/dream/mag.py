@@ -221,6 +221,8 @@ class MAGPlanner:
         """Step the shadow actor state on what the learner saw before acting: obs (B, N, F), resets (B, N) bool."""
         if self._actor is None:
             raise RuntimeError("MAGPlanner.track before reset")
+        if self.config.candidates == 1 or self.config.lookahead == 1:
+            return  # no lookahead reads the actor's state
         _, self._actor = self.policy.step(rearrange(obs, "b n f -> (b n) f"), self._actor, resets.flatten())
 
     @torch.no_grad()

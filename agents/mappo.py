@@ -24,7 +24,7 @@ from agents.gae import gae
 from agents.policies.base import PolicyState, RecurrentPolicy, log_prob_entropy, mask_logits, masked_mean, sample_actions
 from agents.policies.gru import GRUPolicy, GRUPolicyConfig
 from agents.storage import BatchedEnv, Carry, Chunks, Episodes, RolloutStorage
-from wmenv.checks import check_int
+from wmenv.checks import check_int, check_positive
 
 __all__ = ["MAPPO", "MAPPOConfig", "masked_mean", "ppo_policy_loss", "ppo_value_loss"]
 
@@ -81,9 +81,7 @@ class MAPPOConfig:
         for name in ("rollout_length", "epochs", "num_minibatches", "chunk_length"):
             check_int(f"MAPPOConfig.{name}", getattr(self, name))
         for name in ("lr", "critic_lr", "adam_eps", "clip", "value_clip", "huber_delta", "max_grad_norm"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 and np.isfinite(v)):
-                raise ValueError(f"MAPPOConfig.{name}: expected a positive finite number, got {v!r}")
+            check_positive(f"MAPPOConfig.{name}", getattr(self, name))
         for name in ("gamma", "gae_lambda", "entropy_decay"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and 0.0 <= v <= 1.0):

@@ -54,7 +54,7 @@ from agents.train import (
     save_checkpoint,
     seed_everything,
 )
-from wmenv.checks import check_choice, check_int
+from wmenv.checks import check_choice, check_int, check_positive
 from wmenv.data.collect import Collector
 from wmenv.data.replay import EpisodeReplay, ReplayConfig
 from wmenv.dream import DreamVecEnv
@@ -168,9 +168,7 @@ class ModelBasedConfig:
         for name in ("real_episodes", "fit_steps", "dream_updates"):
             check_int(f"ModelBasedConfig.{name}", getattr(self, name), 0)
         for name in ("train_ratio", "dream_ratio"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < float("inf"):
-                raise ValueError(f"ModelBasedConfig.{name}: expected a positive finite number, got {v!r}")
+            check_positive(f"ModelBasedConfig.{name}", getattr(self, name))
         if self.fit.seq_len > self.capacity:
             raise ValueError(
                 f"ModelBasedConfig.fit.seq_len: windows of {self.fit.seq_len} rows cannot fit a replay of "

@@ -1,11 +1,13 @@
-"""check_int and check_choice: what they accept, what they reject, and what the message says."""
+"""check_int, check_positive and check_choice: what they accept, what they reject, and what the message says."""
 
 from __future__ import annotations
+
+import re
 
 import numpy as np
 import pytest
 
-from wmenv.checks import check_choice, check_int
+from wmenv.checks import check_choice, check_int, check_positive
 
 
 def test_check_int_accepts_and_returns_ints():
@@ -61,3 +63,11 @@ def test_check_choice():
         check_choice("mode", None, ("a", "b", "c"))
     with pytest.raises(ValueError, match=r"^mode: expected 'a', got 'b'$"):
         check_choice("mode", "b", ["a"])
+
+
+def test_check_positive_accepts_positive_finite_numbers_and_names_the_rest():
+    """Positive finite ints and floats pass (returned as given); bools, zero, negatives, inf, NaN and non-numbers fail."""
+    assert check_positive("lr", 5e-4) == 5e-4 and check_positive("lr", 3) == 3
+    for bad in (True, 0, 0.0, -1e-3, float("inf"), float("nan"), "1", None):
+        with pytest.raises(ValueError, match=rf"^Cfg\.lr: expected a positive finite number, got {re.escape(repr(bad))}$"):
+            check_positive("Cfg.lr", bad)

@@ -36,6 +36,20 @@ def check_int(name: str, value: object, minimum: int = 1, *, expected: str | Non
     return value
 
 
+def check_positive(name: str, value: object) -> float:
+    """Check that ``value`` is a positive finite Python ``int`` or ``float`` (not a ``bool``).
+
+    Returns:
+        ``value``.
+
+    Raises:
+        ValueError: the message is ``f"{name}: expected a positive finite number, got {value!r}"``.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+        raise ValueError(f"{name}: expected a positive finite number, got {value!r}")
+    return value
+
+
 def check_choice(name: str, value: T, choices: Sequence[T]) -> T:
     """Check that ``value`` is one of ``choices`` (compared with ``==``).
 

@@ -38,7 +38,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import matplotlib
 import numpy as np
@@ -47,6 +47,7 @@ import tyro
 
 from wmenv.data.collect import random_replay
 from wmenv.data.samplers import EventStarts
+from wmenv.dream import DreamVecEnv
 from wmenv.dream.mag import ErrorPredictor, ErrorPredictorConfig, MAGConfig, MAGPlanner, UniformPolicy, fit_error_predictor
 from wmenv.fit import FitConfig, fit
 from wmenv.models.registry import build_model, model_kind
@@ -133,14 +134,7 @@ def open_loop_errors(
     ``planner``: each step is MAG's pick among candidates instead of one prior sample."""
     g = torch.Generator().manual_seed(0)
     n, present = window["obs"].shape[2], torch.ones(window["obs"].shape[0], window["obs"].shape[2], dtype=torch.bool)
-
-    def view(state: dict, pred: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # what a latent actor sees
-        feat = model.features(state)  # (rows, N, F): the rows of all candidates
-        if pred.action_mask is None:
-            return feat, model.critic_features(state), torch.ones(*feat.shape[:2], model.spec.n_actions, dtype=torch.bool)
-        mask = pred.action_mask > 0.5
-        return feat, model.critic_features(state), mask | ~mask.any(-1, keepdim=True)  # an agent always has some action
-
+    view = DreamVecEnv(model, 1)._view  # what a latent actor sees in the dream: features and the predicted masks
     if planner is not None:
         planner.reset(present.shape[0], n)
     with torch.no_grad():

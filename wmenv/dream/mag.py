@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
-from wmenv.checks import check_choice, check_int
+from wmenv.checks import check_choice, check_int, check_positive
 from wmenv.models.world_model import Prediction, State, WorldModel
 
 Selection = Literal["per_world", "per_batch"]
@@ -83,9 +83,7 @@ class ErrorPredictorConfig:
         for name in ("hidden", "layers", "minibatches", "batch_size", "seq_len"):
             check_int(f"ErrorPredictorConfig.{name}", getattr(self, name))
         for name in ("lr", "huber_delta"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < float("inf"):
-                raise ValueError(f"ErrorPredictorConfig.{name}: expected a positive finite number, got {v!r}")
+            check_positive(f"ErrorPredictorConfig.{name}", getattr(self, name))
 
 
 @dataclass

@@ -95,12 +95,12 @@ class DreamVecEnv:
                 f"start: replay recorded for env {start.spec_description}, the model is for {model.spec.describe()}"
             )
         self.model, self.spec = model.eval(), model.spec
-        # (N, A) bool: each agent's own actions (heterogeneous agents: the padded ones beyond its Discrete.n are not)
-        own = stack_masks(model.spec, {}, np.ones(model.spec.n_agents, dtype=bool))
-        self._own = torch.as_tensor(own, device=next(model.parameters()).device)
         self.num_worlds, self.horizon, self.start, self.context = num_worlds, horizon, start, context
         self.obs_kind, self.mask_threshold = obs, mask_threshold
         self.device = next(model.parameters()).device
+        # (N, A) bool: each agent's own actions (heterogeneous agents: the padded ones beyond its Discrete.n are not)
+        own = stack_masks(model.spec, {}, np.ones(model.spec.n_agents, dtype=bool))
+        self._own = torch.as_tensor(own, device=self.device)
         self.generator = torch.Generator(device=self.device)
         self.seed(seed)
         self._state: State | None = None

@@ -24,8 +24,8 @@ from torch import Tensor, nn
 
 from wmenv.models.rssm import mlp
 from wmenv.models.twohot import symexp, symlog, symlog_bins, twohot_decode, twohot_loss
-from wmenv.models.world_model import Prediction
-from wmenv.tensor_ops import compiled, masked_mean
+from wmenv.models.world_model import Prediction, error_means
+from wmenv.tensor_ops import compiled
 
 RewardKind = Literal["mse", "twohot"]
 
@@ -155,8 +155,7 @@ def head_errors(
 def head_losses(model: HeadsMixin, agent_feat: Tensor, full_feat: Tensor, batch: dict[str, Tensor]) -> dict[str, Tensor]:
     """`HeadsMixin._head_losses` of ``model``: each `head_errors` term's mean over its rows (a function of the model,
     so that one compiled version serves every model, deep copies included, with its own weights)."""
-    errors = head_errors(model, agent_feat, full_feat, batch)
-    return {k: err.mean() if rows is None else masked_mean(err, rows) for k, (err, rows) in errors.items()}
+    return error_means(head_errors(model, agent_feat, full_feat, batch))
 
 
 _compiled_head_losses = compiled(head_losses)
@@ -172,10 +171,15 @@ def balanced_kl(post_logits: Tensor, prior_logits: Tensor, balance: float, reduc
     Returns:
         (balanced KL, the prior-training side KL[sg(q) || p]), scalars.
     """
-    scale = 1.0 / post_logits.shape[-2] if reduce == "mean" else 1.0
+    scale = kl_scale(post_logits.shape[-2], reduce)
     kl_prior = categorical_kl(post_logits.detach(), prior_logits).mean() * scale  # trains the prior
     kl_post = categorical_kl(post_logits, prior_logits.detach()).mean() * scale  # regularizes the posterior
     return balance * kl_prior + (1 - balance) * kl_post, kl_prior
+
+
+def kl_scale(categoricals: int, reduce: Literal["sum", "mean"]) -> float:
+    """The factor that turns `categorical_kl`'s sum over S categoricals into the ``reduce`` the model uses."""
+    return 1.0 / categoricals if reduce == "mean" else 1.0
 
 
 def categorical_kl(p_logits: Tensor, q_logits: Tensor) -> Tensor:

@@ -46,7 +46,7 @@ from einops import rearrange, repeat
 from torch import Tensor, nn
 
 from wmenv.checks import check_choice, check_int
-from wmenv.models.heads import HeadsMixin, RewardKind, balanced_kl, categorical_kl, check_reward_head, head_errors
+from wmenv.models.heads import HeadsMixin, RewardKind, balanced_kl, categorical_kl, check_reward_head, head_errors, kl_scale
 from wmenv.models.rssm import mlp, onehot_from_uniform, sample_onehot
 from wmenv.models.world_model import Prediction, State, StepErrors, WorldModel, restart_rows, stack_steps
 from wmenv.tensor_ops import compiled
@@ -357,10 +357,11 @@ class MABLWorldModel(HeadsMixin, WorldModel):
         c = self.config
         posts, priors = self._filter_windows(batch)
         errors = head_errors(self, self.features(posts), self.full_features(posts), batch)
-        errors["kl_agent"] = (categorical_kl(posts["logits_a"], priors["logits_a"]) * self._kl_scale(), None)
+        scale = kl_scale(c.stoch, c.kl_reduce)
+        errors["kl_agent"] = (categorical_kl(posts["logits_a"], priors["logits_a"]) * scale, None)
         weights = {k: 1.0 for k in errors} | {"info": c.info_scale, "kl_agent": c.kl_scale}
         if self.has_global:
-            kl = categorical_kl(posts["logits_g"], priors["logits_g"]) * self._kl_scale()  # (B, T, N)
+            kl = categorical_kl(posts["logits_g"], priors["logits_g"]) * scale  # (B, T, N)
             if self._levels() == 1:  # one level per world, stored once per agent: count it once, on agent 0's row
                 kl = kl * (torch.arange(kl.shape[-1], device=kl.device) == 0) * kl.shape[-1]
             errors["kl_global"], weights["kl_global"] = (kl, None), c.kl_scale
@@ -375,10 +376,6 @@ class MABLWorldModel(HeadsMixin, WorldModel):
         global_state = self._check_global_state(batch.get("state"), obs)
         prev = self._prev_actions(actions, resets, alive)
         return self.observe_sequence(obs, prev, resets, global_state, alive=alive, compile=self.compile_steps)
-
-    def _kl_scale(self) -> float:
-        """1 / S where the KL is averaged over the S categoricals (``kl_reduce="mean"``), else 1."""
-        return 1.0 / self.config.stoch if self.config.kl_reduce == "mean" else 1.0
 
     def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
         """World-model loss of replay windows (see the module docstring); returns the total and each term."""

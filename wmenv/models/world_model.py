@@ -22,6 +22,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from wmenv.tensor_ops import masked_mean
+
 State = dict[str, Tensor]
 """A model state: name -> (B, N, ...) tensor."""
 
@@ -50,6 +52,11 @@ class Prediction:
     """(B, N, D) float: decoded observation, when asked for."""
 
 
+def error_means(errors: dict[str, tuple[Tensor, Tensor | None]]) -> dict[str, Tensor]:
+    """Each loss term's error (B, T, N) averaged over its rows (bool (B, T, N); None: every row): name -> scalar."""
+    return {k: err.mean() if rows is None else masked_mean(err, rows) for k, (err, rows) in errors.items()}
+
+
 @dataclass
 class StepErrors:
     """A model's loss on replay windows taken apart per row and agent (`WorldModel.step_errors`)."""
@@ -64,8 +71,7 @@ class StepErrors:
     def loss(self) -> Tensor:
         """The model's total loss: each term's mean over its rows, weighted."""
         total = torch.zeros((), device=self.features.device, dtype=self.features.dtype)
-        for name, (err, rows) in self.errors.items():
-            mean = err.mean() if rows is None else torch.where(rows, err, 0.0).sum() / rows.sum().clamp(min=1)
+        for name, mean in error_means(self.errors).items():
             total = total + self.weights[name] * mean
         return total
 

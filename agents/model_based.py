@@ -13,7 +13,9 @@ the PPO statistics.
 
 After every iteration ``run_dir/checkpoints/step_<real env steps>`` is written atomically: the MAPPO
 agent in the model-free checkpoint format (so `agents.train.policy_from_checkpoint` and the ONNX export
-read it), plus ``world_model/``, the world model's optimizer, the replay and the evaluation curve.
+read it), plus ``world_model/``, the world model's optimizer, the replay's manifest and the evaluation curve. The
+replay itself is saved incrementally in ``run_dir/replay/`` (one segment file per iteration's new episodes), so a
+checkpoint writes bytes in proportion to the iteration's new steps, not to the whole replay.
 ``resume=True`` continues from ``checkpoints/latest``; the real envs restart from fresh episodes.
 """
 
@@ -256,6 +258,9 @@ def _acting(agent: MAPPO, num_envs: int, n_agents: int, filters: AgentFilters | 
     return act
 
 
+REPLAY_SEGMENTS = "replay"
+"""The run folder's replay segments (`EpisodeReplay.save_segments`); each checkpoint's ``replay.json`` names its own."""
+
 Predictor = tuple[ErrorPredictor, torch.optim.Optimizer]
 """MAG's error predictor and its optimizer (``rollout="mag"``)."""
 
@@ -268,7 +273,7 @@ def _save(run_dir: Path, cfg: ModelBasedConfig, spec: Any, agent: MAPPO, model: 
         tensors, groups = optimizer_tensors(wm_optim)
         tensors["rng.torch"] = torch.get_rng_state()
         save_file(tensors, str(folder / "world_model_optim.safetensors"))
-        replay.save(folder / "replay.safetensors")
+        replay.save_segments(run_dir / REPLAY_SEGMENTS, folder / "replay.json")
         loop = {"param_groups": groups, "eval_returns": curve, "real_returns": real_returns}
         if mag is not None:
             predictor, optim = mag
@@ -311,7 +316,11 @@ def _restore(folder: Path, cfg: ModelBasedConfig, spec: Any, agent: MAPPO, model
             f"path: {folder} holds no readable world-model optimizer state, curves or MAG predictor (corrupt checkpoint, "
             f"or one of a run without rollout='mag'?): {e!r}"
         ) from e
-    replay = EpisodeReplay.load(folder / "replay.safetensors", spec, ReplayConfig(capacity=cfg.capacity, seed=cfg.seed))
+    replay_cfg = ReplayConfig(capacity=cfg.capacity, seed=cfg.seed)
+    if (folder / "replay.safetensors").is_file():  # a checkpoint of a run from before incremental replays
+        replay = EpisodeReplay.load(folder / "replay.safetensors", spec, replay_cfg)
+    else:
+        replay = EpisodeReplay.load_segments(folder / "replay.json", folder.parent.parent / REPLAY_SEGMENTS, spec, replay_cfg)
     return counters, replay, *curves
 
 

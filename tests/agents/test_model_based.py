@@ -45,7 +45,7 @@ def test_resume_continues_the_curve_replay_and_weights(tmp_path):
     first = run(_small(tmp_path, 1))
     ckpt = latest_checkpoint(tmp_path)
     assert ckpt is not None and ckpt.name == "step_000000000060"
-    assert {p.name for p in ckpt.iterdir()} >= {"model.safetensors", "world_model", "replay.safetensors", "loop.json"}
+    assert {p.name for p in ckpt.iterdir()} >= {"model.safetensors", "world_model", "replay.json", "loop.json"}
     second = run(_small(tmp_path, 2, resume=True))
     assert second["eval_returns"][:2] == first["eval_returns"] and [s for s, _ in second["eval_returns"]] == [0, 60, 120]
     assert second["real_steps"] == 120
@@ -53,8 +53,18 @@ def test_resume_continues_the_curve_replay_and_weights(tmp_path):
     assert sorted({e.step for e in evals}) == [0, 60, 120], "the resumed run keeps the scalars logged up to its checkpoint"
     from wmenv.data.replay import EpisodeReplay
 
-    replay = EpisodeReplay.load(latest_checkpoint(tmp_path) / "replay.safetensors")
-    assert int(replay.episode_lengths.sum()) > int(EpisodeReplay.load(ckpt / "replay.safetensors").episode_lengths.sum())
+    replay = EpisodeReplay.load_segments(latest_checkpoint(tmp_path) / "replay.json", tmp_path / "replay")
+    earlier = EpisodeReplay.load_segments(ckpt / "replay.json", tmp_path / "replay")
+    assert replay.episode_ids[: earlier.num_episodes].tolist() == earlier.episode_ids.tolist()
+    assert int(replay.episode_lengths.sum()) > int(earlier.episode_lengths.sum())
+    # the replay is saved incrementally: one segment per iteration, each holding only that iteration's episodes
+    segments = sorted((tmp_path / "replay").iterdir())
+    assert len(segments) == 2 and segments[1].name.startswith(f"segment_{earlier.num_episodes:010d}-")
+    # a checkpoint of an older run (one whole replay file) still resumes
+    latest = latest_checkpoint(tmp_path)
+    replay.save(latest / "replay.safetensors")
+    (latest / "replay.json").unlink()
+    assert run(_small(tmp_path, 3, resume=True))["real_steps"] == 180
     # the actor in the checkpoint is the one the model-free tools read (ONNX export, policy_from_checkpoint)
     policy, train_cfg = policy_from_checkpoint(latest_checkpoint(tmp_path))
     assert policy.obs_dim == 64 + 8 * 8  # the default latent actor reads the small preset's [h, z]

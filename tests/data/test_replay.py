@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -217,6 +218,128 @@ def test_crash_mid_save_keeps_old_file(tmp_path, monkeypatch):
     old = EpisodeReplay.load(path)
     assert old.episode_ids.tolist() == [0, 1]
     _assert_same(old, filled([5, 6]))
+
+
+def _same_next_sample(r1, r2):
+    a, b = r1.sample(16, 3), r2.sample(16, 3)
+    for k in a:
+        assert torch.equal(a[k], b[k])
+
+
+def test_segments_round_trip_and_eviction(tmp_path):
+    rep = EpisodeReplay(ReplayConfig(capacity=30, seed=3))
+    eid = 0
+    for round_lengths in ([5, 9], [4], [], [7, 6, 8], [3, 9]):  # the ring wraps; rounds 4-5 evict rounds 1-2
+        for rows in round_lengths:
+            rep.add(counter_episode(eid, rows))
+            eid += 1
+        rep.sample(4, 2)  # advance the generator between saves
+        rep.save_segments(tmp_path / "segments", tmp_path / "replay.json")
+        back = EpisodeReplay.load_segments(tmp_path / "replay.json", tmp_path / "segments")
+        _assert_same(rep, back)
+        assert back.config == rep.config
+    _same_next_sample(rep, back)
+    manifest = json.loads((tmp_path / "replay.json").read_text())
+    assert rep.episode_ids.tolist() == [4, 5, 6, 7]
+    # the first segments' episodes (0-2) are all evicted: dropped from the manifest, their files kept
+    assert [(e["first_id"], e["end_id"]) for e in manifest["segments"]] == [(3, 6), (6, 8)]
+    assert len(list((tmp_path / "segments").iterdir())) == 4  # one per round that added episodes
+    # appending continues after a load, and a smaller capacity keeps the newest episodes
+    back.add(counter_episode(eid, 4))
+    back.save_segments(tmp_path / "segments", tmp_path / "replay2.json")
+    again = EpisodeReplay.load_segments(tmp_path / "replay2.json", tmp_path / "segments")
+    _assert_same(back, again)
+    small = EpisodeReplay.load_segments(tmp_path / "replay2.json", tmp_path / "segments", config=ReplayConfig(capacity=14))
+    assert small.episode_ids.tolist() == [7, 8]
+    empty = EpisodeReplay()
+    empty.save_segments(tmp_path / "none", tmp_path / "empty.json")
+    assert len(EpisodeReplay.load_segments(tmp_path / "empty.json", tmp_path / "none")) == 0
+
+
+def test_segments_write_bytes_in_proportion_to_new_steps(tmp_path):
+    """Issue 18: checkpoints grow with the new data, not with the run."""
+    rep = EpisodeReplay(ReplayConfig(capacity=100_000))
+    incremental, whole = [], []
+    for r in range(12):
+        for i in range(10):
+            rep.add(counter_episode(10 * r + i, 50))
+        incremental.append(rep.save_segments(tmp_path / "segments", tmp_path / "replay.json"))
+        rep.save(tmp_path / "whole.safetensors")
+        whole.append((tmp_path / "whole.safetensors").stat().st_size)
+    per_round = np.array(incremental, dtype=float)
+    assert per_round.max() / per_round.min() < 1.05, f"bytes per save must not grow with the run: {incremental}"
+    assert whole[-1] / whole[0] > 8, "the control: one whole-replay file grows with the run"
+    on_disk = sum(f.stat().st_size for f in (tmp_path / "segments").iterdir())
+    assert on_disk < 1.05 * whole[-1], "segments hold each row once"
+
+
+def test_segments_crash_and_orphans(tmp_path, monkeypatch):
+    seg, man = tmp_path / "segments", tmp_path / "replay.json"
+    rep = filled([5, 6])
+    rep.save_segments(seg, man)
+    rep.add(counter_episode(2, 8))
+    real = persist._write_all
+    calls = []
+
+    def crash_on(n):
+        def write(f, data):
+            calls.append(len(data))
+            if len(calls) == n:
+                f.write(data[: len(data) // 2])
+                raise OSError("disk full (simulated)")
+            real(f, data)
+
+        return write
+
+    for n in (1, 2):  # crash in the segment's write, then in the manifest's (after the segment landed)
+        calls.clear()
+        monkeypatch.setattr(persist, "_write_all", crash_on(n))
+        with pytest.raises(OSError, match="simulated"):
+            rep.save_segments(seg, man)
+        monkeypatch.setattr(persist, "_write_all", real)
+        assert not [p for p in tmp_path.rglob("*.tmp")], "no temp file may be left behind"
+        old = EpisodeReplay.load_segments(man, seg)
+        assert old.episode_ids.tolist() == [0, 1]
+        _assert_same(old, filled([5, 6]))
+    # a run resumed from the old manifest writes other episodes under the orphan's name; the orphan's
+    # manifest is then caught, not read as if its segment were still there
+    rep.save_segments(seg, tmp_path / "orphan.json")
+    resumed = EpisodeReplay.load_segments(man, seg)
+    resumed.add(counter_episode(2, 3))
+    resumed.save_segments(seg, man)
+    _assert_same(EpisodeReplay.load_segments(man, seg), filled([5, 6, 3]))
+    with pytest.raises(ValueError, match="is not the one it names"):
+        EpisodeReplay.load_segments(tmp_path / "orphan.json", seg)
+
+
+def test_segments_bad_files(tmp_path):
+    seg, man = tmp_path / "segments", tmp_path / "replay.json"
+    rep = filled([5, 6])
+    rep.save_segments(seg, man)
+    body = json.loads(man.read_text())
+    (name,) = [e["file"] for e in body["segments"]]
+    with pytest.raises(FileNotFoundError, match="no replay manifest"):
+        EpisodeReplay.load_segments(tmp_path / "missing.json", seg)
+    bad = tmp_path / "bad.json"
+    for content, match in [
+        ("{not json", "not a readable replay manifest"),
+        (json.dumps({**body, "format": "x"}), "expected format 'wmenv.replay-manifest'"),
+        (json.dumps({**body, "format_version": 999}), "format version 999"),
+        (json.dumps({**body, "rng": "***"}), "not a readable replay manifest"),
+        (json.dumps({**body, "segments": [{**body["segments"][0], "file": "../x.safetensors"}]}), "outside its folder"),
+        (json.dumps({**body, "segments": [{**body["segments"][0], "file": "gone.safetensors"}]}), "which is missing"),
+        (json.dumps({**body, "segments": [{**body["segments"][0], "uid": "0"}]}), "is not the one it names"),
+    ]:
+        bad.write_text(content)
+        with pytest.raises(ValueError, match=match):
+            EpisodeReplay.load_segments(bad, seg)
+    data = (seg / name).read_bytes()
+    (seg / name).write_bytes(data[:-3] + bytes([data[-3] ^ 0xFF]) + data[-2:])
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        EpisodeReplay.load_segments(man, seg)
+    filled([4]).save_segments(tmp_path / "s2", tmp_path / "m2.json")
+    with pytest.raises(ValueError, match="saved without a spec"):
+        EpisodeReplay.load_segments(tmp_path / "m2.json", tmp_path / "s2", spec=make_spec())
 
 
 def _resave(path, metadata):

@@ -5,7 +5,7 @@ Glossary: B batch, T time (rows), N agent slots, D observation features, A actio
 ==============================  ================================================================
 `EpisodeRecorder`               PettingZoo dicts (or fixed-slot arrays) -> one episode of T+1 rows
 `validate_episode`              checks an episode dict against the format (and an `EnvSpec`)
-`EpisodeReplay`, `ReplayConfig`  whole episodes in, windows out; `save` / `load`
+`EpisodeReplay`, `ReplayConfig`  whole episodes in, windows out; `save` / `load`, incremental `save_segments`
 `uniform_starts`                the default window-start sampler (`StartSampler` protocol)
 `EventStarts`, `event_rows`     balanced sampling: windows with rare events (large rewards, terminations) at a rate
 ==============================  ================================================================

@@ -8,6 +8,10 @@ dict of strings holding
 * ``crc32``: JSON name -> CRC-32 of each array's bytes, so flipped bits are caught on load
   (safetensors itself checks the header and the sizes, not the contents).
 
+A replay saved incrementally (`EpisodeReplay.save_segments`) is a folder of such files, one per
+save with the episodes new since the previous one, plus a JSON manifest naming the segments (each
+with a random ``uid`` that its file's ``meta`` repeats, so a segment replaced by another run is caught).
+
 Writes go to a temporary file in the target's directory, are fsynced and then renamed over the
 target with `os.replace`, so a crash at any point leaves either the old file or the new one.
 """
@@ -67,8 +71,8 @@ def _crc(x: np.ndarray) -> int:
     return zlib.crc32(np.ascontiguousarray(x).view(np.uint8).reshape(-1))
 
 
-def write(path: str | os.PathLike[str], arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
-    """Atomically write ``arrays`` and the JSON-able ``meta`` as a replay file at ``path``."""
+def write(path: str | os.PathLike[str], arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> int:
+    """Atomically write ``arrays`` and the JSON-able ``meta`` as a replay file at ``path``; returns the bytes written."""
     arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
     metadata = {
         "format": FORMAT,
@@ -76,7 +80,9 @@ def write(path: str | os.PathLike[str], arrays: dict[str, np.ndarray], meta: dic
         "meta": json.dumps(meta),
         "crc32": json.dumps({k: _crc(v) for k, v in arrays.items()}),
     }
-    atomic_write(path, safetensors.numpy.save(arrays, metadata=metadata))
+    data = safetensors.numpy.save(arrays, metadata=metadata)
+    atomic_write(path, data)
+    return len(data)
 
 
 def read(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

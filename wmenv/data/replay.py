@@ -11,10 +11,15 @@ indices and gathers every field with one fancy-indexing call; no Python loop per
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import os
+import uuid
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,6 +31,7 @@ from wmenv.data.samplers import StartSampler, uniform_starts
 from wmenv.envs.spec import EnvSpec
 
 Schema = dict[str, tuple[tuple[int, ...], np.dtype]]
+MANIFEST_FORMAT = "wmenv.replay-manifest"
 
 
 @dataclass
@@ -92,6 +98,8 @@ class EpisodeReplay:
         self._rows = 0
         self._head = 0  # ring index the next episode is written at
         self._cache: tuple[np.ndarray, np.ndarray] | None = None  # (lengths, ids) as arrays
+        self._segments: list[dict[str, Any]] = []  # what `save_segments` wrote that stored episodes still need
+        self._saved_id = 0  # episodes with smaller ids are in a segment already
         self.generator = torch.Generator().manual_seed(int(config.seed))
         """The generator `sample` uses by default; its state is saved and restored with the replay."""
 
@@ -310,15 +318,69 @@ class EpisodeReplay:
         return self.gather(index, reset, device)
 
     # --- persistence ---
+    def _meta(self) -> dict[str, Any]:
+        """What a saved replay records besides its rows: spec, config, schema and the next episode id."""
+        schema = None if self._schema is None else {k: [list(s), d.str] for k, (s, d) in self._schema.items()}
+        return {"spec": self.spec_description, "config": asdict(self.config), "schema": schema, "next_id": self._next_id}
+
+    def _rows_of(self, first: int) -> dict[str, np.ndarray]:
+        """The stored episodes from index ``first`` (0 = oldest) on: their fields as (R, ...) arrays plus
+        ``episode/lengths`` and ``episode/ids`` (E,)."""
+        lengths, ids = self._arrays()
+        lengths, ids = lengths[first:], ids[first:]
+        begin = self._starts[first] if first < self.num_episodes else self._head
+        order = (begin + np.arange(int(lengths.sum()))) % self.config.capacity
+        arrays = {f"field/{k}": v[order] for k, v in self._data.items()}
+        arrays.update({"episode/lengths": lengths.copy(), "episode/ids": ids.copy()})
+        return arrays
+
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the replay to ``path`` atomically (a crash leaves any previous file intact)."""
-        order = (self._starts[0] + np.arange(self._rows)) % self.config.capacity if self._rows else np.zeros(0, np.int64)
-        arrays = {f"field/{k}": v[order] for k, v in self._data.items()}
+        arrays = self._rows_of(0)
+        arrays["rng/state"] = self.generator.get_state().numpy()
+        persist.write(path, arrays, self._meta())
+
+    def save_segments(self, folder: str | os.PathLike[str], manifest: str | os.PathLike[str]) -> int:
+        """Save incrementally: append the episodes added since the last call as one new segment file in
+        ``folder``, then write the JSON ``manifest`` naming every segment the replay's state needs.
+
+        Bytes written grow with the new episodes, not with the replay: earlier segments are never rewritten.
+        Both writes are atomic, and the manifest is written last, so a crash at any point leaves every
+        manifest written before it readable. Segments whose episodes have all been evicted drop out of the
+        manifest (their files stay for the manifests that still name them).
+
+        Args:
+            folder: the segments' folder (created if missing); keep it for the replay's lifetime.
+            manifest: where to write the manifest, e.g. inside a checkpoint folder.
+
+        Returns:
+            The bytes written (segment and manifest).
+        """
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
         lengths, ids = self._arrays()
-        arrays.update({"episode/lengths": lengths, "episode/ids": ids, "rng/state": self.generator.get_state().numpy()})
-        schema = None if self._schema is None else {k: [list(s), d.str] for k, (s, d) in self._schema.items()}
-        meta = {"spec": self.spec_description, "config": asdict(self.config), "schema": schema, "next_id": self._next_id}
-        persist.write(path, arrays, meta)
+        first = int(np.searchsorted(ids, self._saved_id))  # the oldest stored episode not yet in a segment
+        written = 0
+        if first < len(ids):
+            arrays = self._rows_of(first)
+            entry = {"first_id": int(ids[first]), "end_id": int(ids[-1]) + 1, "uid": uuid.uuid4().hex}
+            entry["file"] = f"segment_{entry['first_id']:010d}-{entry['end_id']:010d}.safetensors"
+            written += persist.write(folder / entry["file"], arrays, {"segment": entry})
+            self._segments.append(entry)
+            self._saved_id = entry["end_id"]
+        oldest = int(ids[0]) if len(ids) else self._next_id
+        self._segments = [e for e in self._segments if e["end_id"] > oldest]
+        state = self.generator.get_state().numpy().tobytes()
+        body = {
+            "format": MANIFEST_FORMAT,
+            "format_version": persist.FORMAT_VERSION,
+            **self._meta(),
+            "rng": base64.b64encode(state).decode("ascii"),
+            "segments": self._segments,
+        }
+        data = json.dumps(body).encode()
+        persist.atomic_write(manifest, data)
+        return written + len(data)
 
     @classmethod
     def load(
@@ -343,9 +405,80 @@ class EpisodeReplay:
         arrays, meta = persist.read(path)
         where = f"path: {str(path)!r}"
         try:
+            rng = arrays.pop("rng/state")
+        except KeyError as e:
+            raise ValueError(f"{where} has corrupt replay metadata: {e!r}") from e
+        return cls._restore(arrays, meta, rng, where, spec, config, sampler)
+
+    @classmethod
+    def load_segments(
+        cls,
+        manifest: str | os.PathLike[str],
+        folder: str | os.PathLike[str],
+        spec: EnvSpec | None = None,
+        config: ReplayConfig | None = None,
+        sampler: StartSampler = uniform_starts,
+    ) -> EpisodeReplay:
+        """Read a replay written by `save_segments`: the ``manifest`` and the segments it names in ``folder``.
+
+        The arguments ``spec``, ``config`` and ``sampler`` are those of `load`. Later `save_segments` calls
+        append to the same folder.
+
+        Raises:
+            FileNotFoundError: no manifest at ``manifest``.
+            ValueError: a corrupt manifest, a missing, corrupt or replaced segment, or a spec mismatch.
+        """
+        where = f"manifest: {str(manifest)!r}"
+        if not Path(manifest).is_file():
+            raise FileNotFoundError(f"{where}: no replay manifest there")
+        try:
+            meta = json.loads(Path(manifest).read_text())
+            if meta.get("format") != MANIFEST_FORMAT:
+                raise ValueError(f"expected format {MANIFEST_FORMAT!r}, got {meta.get('format')!r}")
+            if meta.get("format_version") != persist.FORMAT_VERSION:
+                raise ValueError(
+                    f"format version {meta.get('format_version')!r}; this wmenv reads version {persist.FORMAT_VERSION}"
+                )
+            rng = np.frombuffer(base64.b64decode(meta["rng"], validate=True), np.uint8)
+            entries = [dict(e) for e in meta["segments"]]
+            names = [str(e["file"]) for e in entries]
+        except (ValueError, KeyError, TypeError, AttributeError, binascii.Error) as e:
+            raise ValueError(f"{where} is not a readable replay manifest: {e}") from e
+        parts: list[dict[str, np.ndarray]] = []
+        for entry, name in zip(entries, names, strict=True):
+            path = Path(folder) / name
+            if Path(name).name != name:
+                raise ValueError(f"{where} names a segment outside its folder: {name!r}")
+            if not path.is_file():
+                raise ValueError(f"{where} names segment {str(path)!r}, which is missing")
+            arrays, seg_meta = persist.read(path)
+            if seg_meta.get("segment") != entry:
+                raise ValueError(
+                    f"{where}: segment {str(path)!r} is not the one it names (replaced by another run?): "
+                    f"expected {entry}, found {seg_meta.get('segment')}"
+                )
+            parts.append(arrays)
+        arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else _no_rows(meta, where)
+        replay = cls._restore(arrays, meta, rng, where, spec, config, sampler)
+        replay._segments, replay._saved_id = entries, replay._next_id
+        return replay
+
+    @classmethod
+    def _restore(
+        cls,
+        arrays: dict[str, np.ndarray],
+        meta: dict[str, Any],
+        rng: np.ndarray,
+        where: str,
+        spec: EnvSpec | None,
+        config: ReplayConfig | None,
+        sampler: StartSampler,
+    ) -> EpisodeReplay:
+        """A replay from saved rows (``field/*``, ``episode/lengths``, ``episode/ids``) and `_meta`."""
+        try:
             file_spec, schema_json, next_id = meta["spec"], meta["schema"], int(meta["next_id"])
             config = config if config is not None else ReplayConfig(**meta["config"])
-            lengths, ids, rng = arrays.pop("episode/lengths"), arrays.pop("episode/ids"), arrays.pop("rng/state")
+            lengths, ids = arrays.pop("episode/lengths"), arrays.pop("episode/ids")
             schema = None if schema_json is None else {k: (tuple(s), np.dtype(d)) for k, (s, d) in schema_json.items()}
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"{where} has corrupt replay metadata: {e!r}") from e
@@ -362,7 +495,10 @@ class EpisodeReplay:
             raise ValueError(f"{where} is inconsistent: its arrays do not match its schema and episode lengths")
         replay = cls(config, spec, sampler)
         replay.spec_description = file_spec
-        replay.generator.set_state(torch.from_numpy(rng.copy()))
+        try:
+            replay.generator.set_state(torch.from_numpy(rng.copy()))
+        except RuntimeError as e:
+            raise ValueError(f"{where} has a corrupt generator state: {e}") from e
         replay._next_id = next_id
         if rows:
             # keep the newest episodes that fit, as adding them one by one would
@@ -378,3 +514,13 @@ class EpisodeReplay:
             replay._ids.extend(ids.tolist())
             replay._rows, replay._head = kept, kept % config.capacity
         return replay
+
+
+def _no_rows(meta: dict[str, Any], where: str) -> dict[str, np.ndarray]:
+    """The arrays of a replay without episodes (a manifest naming no segment)."""
+    try:
+        schema = meta["schema"] or {}
+        fields = {f"field/{k}": np.zeros((0, *s), np.dtype(d)) for k, (s, d) in schema.items()}
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{where} has corrupt replay metadata: {e!r}") from e
+    return fields | {"episode/lengths": np.zeros(0, np.int64), "episode/ids": np.zeros(0, np.int64)}

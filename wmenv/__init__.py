@@ -4,7 +4,7 @@ from wmenv import data, envs
 from wmenv.data import EpisodeRecorder, EpisodeReplay, ReplayConfig
 from wmenv.dream import DreamEnv, DreamVecEnv
 from wmenv.envs import EnvSpec, make
-from wmenv.envs.vector import VecEnv, VecStep
+from wmenv.envs.vector import VecEnv, VecStep, WorkerError
 from wmenv.latent import LatentEnv, LatentGymEnv
 
 __version__ = "0.1.0"
@@ -20,6 +20,7 @@ __all__ = [
     "ReplayConfig",
     "VecEnv",
     "VecStep",
+    "WorkerError",
     "__version__",
     "data",
     "envs",

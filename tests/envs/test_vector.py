@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from wmenv.envs import make
-from wmenv.envs.vector import VecEnv
+from wmenv.envs.vector import VecEnv, WorkerError
 
 MPE = "mpe:simple_spread_v3"
 
@@ -80,3 +80,44 @@ def test_bad_input():
             vec.step(np.full((2, 3), 9))
     with pytest.raises(RuntimeError, match="closed"):
         vec.reset()
+
+
+def _subproc(**kw):
+    return VecEnv(MPE, num_envs=3, seed=0, backend="subproc", num_workers=2, max_cycles=5, **kw)
+
+
+@pytest.mark.parametrize("fault", ["killed", "hung"])
+def test_a_dead_or_hung_worker_is_named_and_the_vecenv_closed(fault):
+    """Issue 18, item 6: a worker that dies or hangs gives an error naming its env copies within the timeout."""
+    import os
+    import signal
+    import time
+
+    vec = _subproc(worker_timeout=5.0)
+    s = vec.reset()
+    actions = np.zeros_like(s.action_mask[..., 0], dtype=np.int64)
+    vec.step(actions)  # a first step: the workers are up and warm
+    worker = vec._procs[1]
+    os.kill(worker.pid, signal.SIGKILL if fault == "killed" else signal.SIGSTOP)
+    start = time.monotonic()
+    expected = r"died \(exit code -9\)" if fault == "killed" else r"did not answer within 5.0 s"
+    with pytest.raises(WorkerError, match=rf"VecEnv worker 1 \(pid {worker.pid}, env copies \[2\]\) {expected}"):
+        vec.step(actions)
+    assert time.monotonic() - start < 15
+    assert vec.closed and not any(p.is_alive() for p in vec._procs), "every worker is stopped, hung ones killed"
+    with pytest.raises(RuntimeError, match="closed"):
+        vec.reset()
+
+
+def test_an_exception_in_a_worker_keeps_its_type_and_carries_the_worker_traceback():
+    vec = _subproc()
+    vec.reset()
+    with pytest.raises(ValueError, match="agent_0") as info:
+        vec.step(np.full((3, 3), 9))
+    notes = "\n".join(getattr(info.value, "__notes__", []))
+    assert "raised in VecEnv worker 0" in notes and "env copies [0, 1]" in notes and "Traceback" in notes
+    assert vec.closed and not any(p.is_alive() for p in vec._procs)
+    with pytest.raises(ValueError, match="worker_timeout"):
+        _subproc(worker_timeout=0)
+    with pytest.raises(ValueError, match="max_cycles|unexpected"):
+        VecEnv(MPE, num_envs=2, backend="subproc", max_cycles="five")  # fails in this process, before any worker

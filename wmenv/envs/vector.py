@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import multiprocessing as mp
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -20,7 +21,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from wmenv.checks import check_choice
+from wmenv.checks import check_choice, check_positive
 from wmenv.envs.base import MultiAgentEnv
 from wmenv.envs.spec import EnvSpec, stack_masks, stack_obs, stack_rewards, unstack_actions
 
@@ -121,21 +122,36 @@ class _Copy:
         return row
 
 
+class WorkerError(RuntimeError):
+    """A `VecEnv` subprocess worker died or did not answer in time; the message names its env copies.
+
+    The `VecEnv` is closed when this is raised (its other workers are stopped too): a training run stops with
+    this error and resumes from its last checkpoint.
+    """
+
+
 def _worker(remote: Connection, fns: list[Callable[[], MultiAgentEnv]], seeds: list[int]) -> None:
-    copies = [_Copy(fn(), s) for fn, s in zip(fns, seeds)]
+    """Serve ``("reset" | "step" | "close", data)`` commands; replies are ``("ok", rows)`` or
+    ``("error", exception or None, its repr, the worker's traceback)``, after which the worker exits."""
+    copies: list[_Copy] = []
     try:
+        copies.extend(_Copy(fn(), s) for fn, s in zip(fns, seeds))
         while True:
             cmd, data = remote.recv()
             if cmd == "reset":
-                remote.send([c.reset() for c in copies])
+                remote.send(("ok", [c.reset() for c in copies]))
             elif cmd == "step":
-                remote.send([c.step(a) for c, a in zip(copies, data)])
+                remote.send(("ok", [c.step(a) for c, a in zip(copies, data)]))
             elif cmd == "close":
                 break
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, EOFError):  # interrupted, or the parent went away
         pass
     except Exception as e:  # noqa: BLE001 - forwarded to the parent, which re-raises it
-        remote.send(e)
+        tb = traceback.format_exc()
+        try:
+            remote.send(("error", e, repr(e), tb))
+        except Exception:  # noqa: BLE001 - an exception that does not pickle: send its text
+            remote.send(("error", None, repr(e), tb))
     finally:
         for c in copies:
             c.env.close()
@@ -171,6 +187,9 @@ class VecEnv:
         backend: ``"sync"`` steps all copies in this process; ``"subproc"`` spreads them over
             ``num_workers`` processes; ``"jax"`` steps them as one batch with one jitted call (SMAX only).
         num_workers: worker processes for ``"subproc"`` (default: min(E, CPU count)).
+        worker_timeout: seconds a ``"subproc"`` worker may take to answer one reset or step before it counts as
+            hung (None: wait for ever). A worker that hangs, dies or raises closes the `VecEnv`: the error
+            (`WorkerError`, or the env's own exception) names the worker's env copies and carries its traceback.
         **make_kwargs: passed to `wmenv.envs.make`.
     """
 
@@ -181,10 +200,14 @@ class VecEnv:
         seed: int = 0,
         backend: Literal["sync", "subproc", "jax"] = "sync",
         num_workers: int | None = None,
+        worker_timeout: float | None = 120.0,
         **make_kwargs: Any,
     ) -> None:
         if not isinstance(num_envs, int) or num_envs < 1:
             raise ValueError(f"num_envs: expected an integer >= 1, got {num_envs!r}")
+        if worker_timeout is not None:
+            check_positive("worker_timeout", worker_timeout)
+        self.worker_timeout = worker_timeout
         check_choice("backend", backend, BACKENDS)
         self.num_envs, self.backend = num_envs, backend
         factory = _EnvFactory(env_id, make_kwargs)
@@ -208,6 +231,7 @@ class VecEnv:
             workers = min(num_envs, num_workers or mp.cpu_count())
             if workers < 1:
                 raise ValueError(f"num_workers: expected an integer >= 1, got {num_workers!r}")
+            self.spec = factory().env_spec  # a bad id or kwargs fail here, before any worker starts
             ctx = mp.get_context("spawn")
             self._split = np.array_split(np.arange(num_envs), workers)
             for idx in self._split:
@@ -217,16 +241,30 @@ class VecEnv:
                 child.close()
                 self._remotes.append(parent)
                 self._procs.append(p)
-            self.spec = factory().env_spec
         self.closed = False
 
-    def _gather(self, replies: list[Any]) -> list[dict[str, Any]]:
-        rows: list[dict[str, Any]] = []
-        for r in replies:
-            if isinstance(r, Exception):
-                raise r
-            rows.extend(r)
-        return rows
+    def _receive(self, w: int) -> list[dict[str, Any]]:
+        """Worker ``w``'s reply: its copies' rows. A hung, dead or failing worker closes the `VecEnv` and raises."""
+        remote, proc = self._remotes[w], self._procs[w]
+        who = f"VecEnv worker {w} (pid {proc.pid}, env copies {self._split[w].tolist()})"
+        if not remote.poll(self.worker_timeout):  # poll also returns when the worker's end closed
+            self._stop_workers(grace=0.0)
+            raise WorkerError(f"{who} did not answer within {self.worker_timeout} s (hung?); the VecEnv was closed")
+        try:
+            reply = remote.recv()
+        except (EOFError, OSError) as e:
+            proc.join(timeout=1)
+            self._stop_workers(grace=0.0)
+            raise WorkerError(f"{who} died (exit code {proc.exitcode}); the VecEnv was closed") from e
+        if reply[0] == "ok":
+            return reply[1]
+        _, exc, text, tb = reply
+        self._stop_workers(grace=1.0)
+        note = f"raised in {who}; the VecEnv was closed. The worker's traceback:\n{tb}"
+        if exc is not None and hasattr(exc, "add_note"):
+            exc.add_note(note)
+            raise exc
+        raise WorkerError(f"{text} {note}")
 
     def _call(self, cmd: str, actions: np.ndarray | None = None) -> VecStep:
         if self.closed:
@@ -237,9 +275,12 @@ class VecEnv:
         if self.backend == "sync":
             rows = [c.reset() for c in self._copies] if cmd == "reset" else [c.step(a) for c, a in zip(self._copies, actions)]
         else:
-            for remote, idx in zip(self._remotes, self._split):
-                remote.send((cmd, None if actions is None else actions[idx]))
-            rows = self._gather([remote.recv() for remote in self._remotes])
+            for w, (remote, idx) in enumerate(zip(self._remotes, self._split)):
+                try:
+                    remote.send((cmd, None if actions is None else actions[idx]))
+                except (BrokenPipeError, EOFError, OSError):
+                    self._receive(w)  # a dead worker: raises the WorkerError naming it
+            rows = [row for w in range(len(self._remotes)) for row in self._receive(w)]
         lists = ("infos", "episode_metrics")
         return VecStep(
             **{k: np.stack([np.asarray(r[k]) for r in rows]) for k in VecStep.__dataclass_fields__ if k not in lists},
@@ -274,13 +315,23 @@ class VecEnv:
             for c in self._copies:
                 c.env.close()
         else:
-            for remote in self._remotes:
-                try:
-                    remote.send(("close", None))
-                except (BrokenPipeError, EOFError):
-                    pass
-            for p in self._procs:
+            self._stop_workers(grace=5.0)
+        self.closed = True
+
+    def _stop_workers(self, grace: float) -> None:
+        """Ask every worker to close, wait up to ``grace`` s each, then kill those still running."""
+        for remote in self._remotes:
+            try:
+                remote.send(("close", None))
+            except (BrokenPipeError, EOFError, OSError):
+                pass
+        for p in self._procs:
+            p.join(timeout=grace)
+            if p.is_alive():
+                p.kill()
                 p.join(timeout=5)
+        for remote in self._remotes:
+            remote.close()
         self.closed = True
 
     def __enter__(self) -> VecEnv:

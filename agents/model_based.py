@@ -55,6 +55,7 @@ from agents.train import (
     restore_optimizer,
     save_checkpoint,
     seed_everything,
+    torch_threads,
 )
 from wmenv.checks import check_choice, check_int, check_positive
 from wmenv.data.collect import Collector
@@ -150,8 +151,11 @@ class ModelBasedConfig:
     """Continue from ``run_dir/checkpoints/latest`` if there is one (a fresh run otherwise)."""
     keep_checkpoints: int = 2
     """How many of the newest checkpoints to keep."""
-    torch_threads: int = 0
-    """torch intra-op threads (0: torch's default)."""
+    torch_threads: int = 1
+    """torch intra-op threads (0: torch's default, one per core). One by measurement: this library's small models
+    barely split across threads (2 threads alone: 1.2-1.3x faster for 1.5-1.7x the CPU), and with another busy
+    process on the cores 2-thread small ops ran 6.8x slower (BENCHMARKS.md, "Model-based loop: cost per real step").
+    Raise it on a machine this run has to itself; on CUDA it only affects the CPU-side work."""
     progress: bool = True
     """Show a progress bar over iterations."""
 
@@ -366,8 +370,11 @@ def _learn(cfg: ModelBasedConfig, it: int, counters: dict[str, int], spec: Any, 
 
 def run(cfg: ModelBasedConfig) -> dict[str, Any]:
     """Run the loop; returns (and writes to ``run_dir/result.json``) the real-env evaluation curve."""
-    if cfg.torch_threads:
-        torch.set_num_threads(cfg.torch_threads)
+    with torch_threads(cfg.torch_threads):
+        return _run(cfg)
+
+
+def _run(cfg: ModelBasedConfig) -> dict[str, Any]:
     seed_everything(cfg.seed)
     run_dir = Path(cfg.run_dir)
     probe, spec = make(cfg.env_id, **cfg.env_kwargs)

@@ -20,7 +20,8 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -83,8 +84,11 @@ class TrainConfig:
     """How many of the newest checkpoints to keep."""
     anneal_lr: bool = False
     """Decay both learning rates linearly to 0 over the run."""
-    torch_threads: int = 0
-    """``torch.set_num_threads``; 0 keeps torch's default."""
+    torch_threads: int = 1
+    """torch intra-op threads (0: torch's default, one per core). One by measurement: this library's small models
+    barely split across threads (2 threads alone: 1.2-1.3x faster for 1.5-1.7x the CPU), and with another busy
+    process on the cores 2-thread small ops ran 6.8x slower (BENCHMARKS.md, "Model-based loop: cost per real step").
+    Raise it on a machine this run has to itself; on CUDA it only affects the CPU-side work."""
     progress: bool = True
     """Show a tqdm progress bar."""
     mappo: MAPPOConfig = field(default_factory=MAPPOConfig)
@@ -392,10 +396,25 @@ def _log(writer: SummaryWriter, prefix: str, values: dict[str, float], step: int
         writer.add_scalar(f"{prefix}/{k}", v, step)
 
 
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` torch intra-op threads (0: leave the count as it is), then restore the previous count."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def train(cfg: TrainConfig) -> TrainResult:
     """Train MAPPO on ``cfg.env_id`` for ``cfg.total_steps`` env steps; see the module docstring for outputs."""
-    if cfg.torch_threads:
-        torch.set_num_threads(cfg.torch_threads)
+    with torch_threads(cfg.torch_threads):
+        return _train(cfg)
+
+
+def _train(cfg: TrainConfig) -> TrainResult:
     seed_everything(cfg.seed)
     run_dir = Path(cfg.run_dir)
     probe = VecEnv(cfg.env_id, num_envs=1, seed=cfg.seed, **cfg.env_kwargs)

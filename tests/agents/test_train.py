@@ -11,7 +11,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from agents.mappo import MAPPO
-from agents.train import evaluate, evaluate_metrics
+from agents.train import evaluate, evaluate_metrics, torch_threads
 from wmenv import VecEnv
 from wmenv.envs import make
 
@@ -119,3 +119,15 @@ def test_evaluation_reports_the_envs_episode_metrics():
     mpe_result = evaluate_metrics(mpe_agent, "mpe:simple_spread_v3", 2, seed=0, max_cycles=10)
     assert set(mpe_result) == {"episode_return"}
     assert mpe_result["episode_return"] == evaluate(mpe_agent, "mpe:simple_spread_v3", 2, seed=0, max_cycles=10)
+
+
+def test_torch_threads_are_set_for_the_block_and_restored():
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with torch_threads(0):
+        assert torch.get_num_threads() == before
+    with pytest.raises(KeyError), torch_threads(1):
+        raise KeyError("the count is restored when the block raises")
+    assert torch.get_num_threads() == before

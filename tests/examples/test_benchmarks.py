@@ -1,5 +1,6 @@
 """Benchmark scripts run end to end with tiny budgets and print one JSON line of results."""
 
+import importlib
 import importlib.util
 import json
 import subprocess
@@ -177,11 +178,7 @@ def test_dream_vs_reality_benchmark_writes_errors_and_plot(tmp_path):
 
 def test_dream_vs_reality_event_scores_by_hand():
     """Recall = matched / real, precision = matched / predicted, at the same position; None when nothing to divide by."""
-    sys.path.insert(0, str(ROOT / "examples" / "benchmarks"))
-    try:
-        import dream_vs_reality as dvr
-    finally:
-        sys.path.pop(0)
+    dvr = _benchmark_module("dream_vs_reality")
     real = np.array([[10.0, 0.0, -5.0, 10.2], [0.01, 9.0, -4.9, 0.0]])
     pred = np.array([[6.0, 5.5, -1.0, 5.0], [0.0, 8.0, -3.0, -2.6]])
     assert dvr.event_scores(real, pred, above=5.0) == {
@@ -199,17 +196,17 @@ def test_dream_vs_reality_event_scores_by_hand():
         dvr.event_scores(real, pred, above=1.0, below=-1.0)
 
 
-def _model_based_module():
+def _benchmark_module(name: str):
+    """``examples/benchmarks/<name>.py`` imported (its sibling ``report`` importable while it loads)."""
     sys.path.insert(0, str(ROOT / "examples" / "benchmarks"))
     try:
-        import model_based
+        return importlib.import_module(name)
     finally:
         sys.path.pop(0)
-    return model_based
 
 
 def test_model_based_compare_counts_steps_to_each_level():
-    mb = _model_based_module()
+    mb = _benchmark_module("model_based")
     np.testing.assert_allclose(mb.smooth(np.array([0.0, 3.0, 6.0, 9.0])), [0.0, 1.5, 3.0, 6.0])
     reference = {
         "summary": {"random_policy_return": -30.0},
@@ -324,3 +321,23 @@ def test_mappo_baseline_plays_the_smax_references_in_the_same_run(tmp_path):
     assert out["reference_win_rates"] == {p: refs[p]["win_rate"] for p in refs}
     merged = _run("mappo_baseline.py", "--merge", str(tmp_path / "smax_3m.json"), "--out", str(tmp_path / "m"))
     assert merged["reference_win_rates"] == out["reference_win_rates"]
+
+
+def test_soak_reports_memory_growth_of_both_phases(tmp_path):
+    out = _run("soak.py", "--dream-steps", "3000", "--dream-worlds", "8", "--real-steps", "400", "--eval-every", "200",
+               "--checkpoint-every", "200", "--sample-seconds", "0.02", "--out", str(tmp_path / "soak.json"))  # fmt: skip
+    assert out["dream"]["imagined_agent_steps"] == 3000 and out["model_free"]["real_steps"] == 400
+    for phase in ("dream", "model_free"):
+        r = out[phase]
+        assert r["samples"] >= 2 and 0 < r["rss_warm_mib"] <= r["rss_max_mib"]
+        assert r["growth_max_mib"] >= r["growth_end_mib"] and isinstance(r["within_bound"], bool)
+    assert json.loads((tmp_path / "soak.json").read_text()) == out
+
+
+def test_soak_growth_summary_by_hand():
+    soak = _benchmark_module("soak")
+    # 100 MiB until 10 %, then 1 MiB more per 10 % of the phase: a leak of 9 MiB after warm-up
+    samples = [(p, 100.0 + max(0.0, p - 0.1) * 10) for p in np.linspace(0, 1, 101)]
+    r = soak.growth(samples, warmup=0.1, bound=8.0, seconds=1.0)
+    assert r["rss_warm_mib"] == 100.0 and r["growth_end_mib"] == 9.0 and r["slope_mib_per_10pct"] == 1.0
+    assert not r["within_bound"] and soak.growth(samples, 0.1, 9.5, 1.0)["within_bound"]

@@ -21,7 +21,16 @@ from torch import Tensor, nn
 
 from agents.critic import CentralCritic, CriticConfig
 from agents.gae import gae
-from agents.policies.base import PolicyState, RecurrentPolicy, log_prob_entropy, mask_logits, masked_mean, sample_actions
+from agents.policies.base import (
+    PolicyState,
+    RecurrentPolicy,
+    gaussian_log_prob_entropy,
+    gaussian_sample,
+    log_prob_entropy,
+    mask_logits,
+    masked_mean,
+    sample_actions,
+)
 from agents.policies.gru import GRUPolicy, GRUPolicyConfig
 from agents.storage import BatchedEnv, Carry, Chunks, Episodes, RolloutStorage
 from wmenv.checks import check_int, check_positive
@@ -74,12 +83,18 @@ class MAPPOConfig:
     """Gradient-norm clipping, applied to actor and critic separately."""
     normalize_advantages: bool = True
     """Standardize advantages over the living agents of each rollout."""
+    log_std_init: float = -1.0
+    """Continuous actions: initial value of the Gaussian's state-independent log-std (one per action dim). -1 (std
+    0.37) is MAPPO's MuJoCo start (``sigmoid(1) × 0.5``)."""
     device: str = "cpu"
     """Torch device of the networks and the storage."""
 
     def __post_init__(self) -> None:
         for name in ("rollout_length", "epochs", "num_minibatches", "chunk_length"):
             check_int(f"MAPPOConfig.{name}", getattr(self, name))
+        v = self.log_std_init
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not -20 < v < 5:
+            raise ValueError(f"MAPPOConfig.log_std_init: expected a number in (-20, 5), got {self.log_std_init!r}")
         for name in ("lr", "critic_lr", "adam_eps", "clip", "value_clip", "huber_delta", "max_grad_norm"):
             check_positive(f"MAPPOConfig.{name}", getattr(self, name))
         for name in ("gamma", "gae_lambda", "entropy_decay"):
@@ -147,6 +162,21 @@ def ppo_value_loss(
     return masked_mean(loss, valid)
 
 
+def _action_bounds(spec: Any) -> tuple[Tensor, Tensor]:
+    """(N, A) float lower and upper bounds of each agent's continuous actions: 0 on dims padded beyond an agent's own
+    (the env ignores them), ±inf without ``spec.action_spaces``."""
+    n, a = spec.n_agents, spec.n_actions
+    low, high = torch.full((n, a), -float("inf")), torch.full((n, a), float("inf"))
+    spaces = getattr(spec, "action_spaces", None)
+    for i, agent in enumerate(getattr(spec, "agents", ()) if spaces is not None else ()):
+        space = spaces[agent]
+        k = space.shape[0]
+        low[i, k:] = high[i, k:] = 0.0
+        low[i, :k] = torch.as_tensor(space.low, dtype=torch.float32)
+        high[i, :k] = torch.as_tensor(space.high, dtype=torch.float32)
+    return low, high
+
+
 def _value_error(e: Tensor, huber_delta: float | None) -> Tensor:
     """Elementwise Huber loss of the error ``e`` with δ = ``huber_delta``, or ``e² / 2`` when it is None.
 
@@ -161,9 +191,15 @@ def _value_error(e: Tensor, huber_delta: float | None) -> Tensor:
 class MAPPO(nn.Module):
     """The learner: policy, critic, optimizer and the random stream for sampling and minibatches.
 
+    Discrete actions come from a masked categorical over the policy's logits. Continuous actions come from a diagonal
+    Gaussian: the policy's output is the mean, ``log_std`` a learned state-independent parameter (MAPPO's MuJoCo
+    actor); samples are clipped to the env's bounds only when sent to the env (`env_actions`), while log-probabilities
+    score the unclipped sample. For continuous actions the action mask marks the dims each agent has (agents with
+    fewer dims than the widest are padded): padded dims count in no log-probability or entropy.
+
     Args:
         spec: the env's `EnvSpec` (or any object with ``n_agents``, ``obs_dim``, ``state_dim``,
-            ``n_actions``, ``discrete``); actions must be discrete.
+            ``n_actions``, ``discrete``; ``action_spaces`` gives continuous actions their bounds).
         config: PPO hyperparameters; defaults to `MAPPOConfig()`.
         policy: the actor; defaults to a `GRUPolicy` built from ``policy_config``.
         critic: the critic; defaults to a `CentralCritic` built from ``critic_config``.
@@ -182,8 +218,6 @@ class MAPPO(nn.Module):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        if not spec.discrete:
-            raise ValueError(f"spec: expected a discrete-action env, got continuous actions ({spec.n_actions} dims)")
         self.config = cfg = config if config is not None else MAPPOConfig()
         if not isinstance(cfg, MAPPOConfig):
             raise TypeError(f"config: expected a MAPPOConfig, got {type(cfg).__name__}")
@@ -201,10 +235,17 @@ class MAPPO(nn.Module):
                 f"critic: expected state_dim={spec.state_dim}, n_agents={spec.n_agents}, "
                 f"got {self.critic.state_dim}, {self.critic.n_agents}"
             )
+        self.discrete = bool(spec.discrete)
+        if not self.discrete:
+            self.log_std = nn.Parameter(torch.full((spec.n_actions,), float(cfg.log_std_init)))
+            low, high = _action_bounds(spec)
+            self.register_buffer("action_low", low, persistent=False)  # (N, A)
+            self.register_buffer("action_high", high, persistent=False)
         self.device = torch.device(cfg.device)
         self.to(self.device)
+        actor_params = [*self.policy.parameters(), *([] if self.discrete else [self.log_std])]
         self.optimizer = torch.optim.Adam(
-            [{"params": self.policy.parameters(), "lr": cfg.lr}, {"params": self.critic.parameters(), "lr": cfg.critic_lr}],
+            [{"params": actor_params, "lr": cfg.lr}, {"params": self.critic.parameters(), "lr": cfg.critic_lr}],
             eps=cfg.adam_eps,
         )
         self.generator = torch.Generator(device=self.device)
@@ -221,23 +262,38 @@ class MAPPO(nn.Module):
             obs: (B, D) float.
             actor_state: name -> (B, ...), the state before the step.
             resets: (B,) bool, restore the initial state first.
-            action_mask: (B, A) bool, available actions.
-            deterministic: take the most likely available action instead of sampling.
+            action_mask: (B, A) bool, available actions (continuous: the agent's own action dims).
+            deterministic: take the most likely available action (continuous: the mean) instead of sampling.
 
         Returns:
-            actions: (B,) int64; log_probs: (B,) float; actor_state: the state after the step.
+            actions: (B,) int64, or (B, A) float unclipped (`env_actions` clips them for the env);
+            log_probs: (B,) float; actor_state: the state after the step.
         """
-        logits, actor_state = self.policy.step(obs, actor_state, resets)
-        logits = mask_logits(logits, action_mask)
-        actions = sample_actions(logits, self.generator, deterministic)
-        log_probs, _ = log_prob_entropy(logits, actions)
+        out, actor_state = self.policy.step(obs, actor_state, resets)
+        actions, log_probs = self._act_on(out, action_mask, deterministic)
         return actions, log_probs, actor_state
+
+    def _act_on(self, out: Tensor, action_mask: Tensor, deterministic: bool) -> tuple[Tensor, Tensor]:
+        """Actions and their log-probabilities from the policy's (B, A) output: logits or the Gaussian's mean."""
+        if self.discrete:
+            logits = mask_logits(out, action_mask)
+            actions = sample_actions(logits, self.generator, deterministic)
+            return actions, log_prob_entropy(logits, actions)[0]
+        actions = gaussian_sample(out, self.log_std, self.generator, deterministic)
+        return actions, gaussian_log_prob_entropy(out, self.log_std, actions, action_mask.bool())[0]
+
+    def env_actions(self, actions: Tensor, num_envs: int) -> np.ndarray:
+        """Actions from `act` for E·N rows as the env takes them: (E, N) int64, or (E, N, A) float clipped to bounds."""
+        if self.discrete:
+            return rearrange(actions, "(e n) -> e n", e=num_envs).cpu().numpy()
+        actions = rearrange(actions, "(e n) a -> e n a", e=num_envs)
+        return torch.clamp(actions, self.action_low, self.action_high).cpu().numpy()
 
     def new_storage(self, num_envs: int) -> RolloutStorage:
         """An empty `RolloutStorage` of ``config.rollout_length`` steps for ``num_envs`` envs."""
         return RolloutStorage(
             self.config.rollout_length, num_envs, self.n_agents, self.obs_dim, self.state_dim, self.n_actions,
-            self.policy.state_shapes(), self.critic.state_shapes(), self.device,
+            self.policy.state_shapes(), self.critic.state_shapes(), self.device, self.discrete,
         )  # fmt: skip
 
     def _tensor(self, x: Any, dtype: torch.dtype) -> Tensor:
@@ -277,7 +333,7 @@ class MAPPO(nn.Module):
             actions, log_probs, actor_state = self.act(obs, carry.actor_state, resets, mask)
             state_rows = repeat(carry.state, "e s -> (e n) s", n=N)  # (E*N, S)
             values, critic_state = self.critic.step(state_rows, agent, carry.critic_state, resets)
-            s = env.step(rearrange(actions, "(e n) -> e n", n=N).cpu().numpy())
+            s = env.step(self.env_actions(actions, E))
             terminated, truncated = self._tensor(s.terminated, b), self._tensor(s.truncated, b)
             done = self._tensor(s.done, b)
             ended = terminated | truncated | done[:, None]  # (E, N)
@@ -290,7 +346,7 @@ class MAPPO(nn.Module):
             per_agent = {"actor_state": carry.actor_state, "critic_state": carry.critic_state}
             storage[t] = {
                 "obs": carry.obs, "state": carry.state, "alive": carry.alive, "action_mask": carry.action_mask,
-                "resets": carry.resets, "actions": rearrange(actions, "(e n) -> e n", n=N),
+                "resets": carry.resets, "actions": rearrange(actions, "(e n) ... -> e n ...", n=N),
                 "log_probs": rearrange(log_probs, "(e n) -> e n", n=N), "values": rearrange(values, "(e n) -> e n", n=N),
                 "rewards": self._tensor(s.reward, f), "dones": ended, "truncated": bootstrap,
                 "bootstrap_values": rearrange(boot_values, "(e n) -> e n", n=N),
@@ -343,11 +399,11 @@ class MAPPO(nn.Module):
             loss: scalar; stats: detached scalars for logging.
         """
         cfg, vn, valid = self.config, self.critic.value_norm, batch.valid
-        logits, aux_loss, aux_stats = self.policy.forward_train(
-            batch.obs, batch.resets, batch.actor_state, batch.actions, valid
-        )
-        logits = mask_logits(logits, batch.action_mask)
-        log_probs, entropy = log_prob_entropy(logits, batch.actions)  # (B, L) each
+        out, aux_loss, aux_stats = self.policy.forward_train(batch.obs, batch.resets, batch.actor_state, batch.actions, valid)
+        if self.discrete:
+            log_probs, entropy = log_prob_entropy(mask_logits(out, batch.action_mask), batch.actions)  # (B, L) each
+        else:
+            log_probs, entropy = gaussian_log_prob_entropy(out, self.log_std, batch.actions, batch.action_mask)
         policy_loss, stats = ppo_policy_loss(log_probs, batch.log_probs, batch.advantages, valid, cfg.clip)
         entropy = masked_mean(entropy, valid)
         values = self.critic.forward_sequence(batch.state, batch.agent, batch.resets, batch.critic_state)  # (B, L)

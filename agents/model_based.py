@@ -254,7 +254,7 @@ def _acting(agent: MAPPO, num_envs: int, n_agents: int, filters: AgentFilters | 
         obs = torch.as_tensor(obs, dtype=torch.float32).flatten(0, 1)
         mask = torch.as_tensor(step.action_mask).flatten(0, 1)
         actions, _, carry["state"] = agent.act(obs, carry["state"], resets, mask)
-        actions = actions.view(num_envs, n_agents).cpu().numpy()
+        actions = agent.env_actions(actions, num_envs)
         if filters is not None:
             filters.record(actions, step.alive)
         return actions

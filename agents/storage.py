@@ -36,7 +36,7 @@ class BatchedEnv(Protocol):
         """A `VecStep`-like object (NumPy arrays or tensors)."""
 
     def step(self, actions: np.ndarray) -> Any:
-        """actions: (E, N) int64 -> a `VecStep`-like object."""
+        """actions: (E, N) int64 (or (E, N, A) float) -> a `VecStep`-like object."""
 
 
 @dataclass
@@ -89,7 +89,7 @@ class Chunks:
     resets: Tensor
     """(B, L) bool."""
     actions: Tensor
-    """(B, L) int64."""
+    """(B, L) int64, or (B, L, A) float for continuous actions."""
     log_probs: Tensor
     """(B, L) float, under the policy that collected the data."""
     values: Tensor
@@ -128,6 +128,7 @@ class RolloutStorage:
         actor_state_shapes: name -> per-row shape of the actor's recurrent state (``policy.state_shapes()``).
         critic_state_shapes: the same for the critic (empty for a feed-forward critic).
         device: where the tensors live.
+        discrete: actions are (E, N) int64 choices; False: (E, N, A) float vectors.
     """
 
     STEP_KEYS = (
@@ -146,6 +147,7 @@ class RolloutStorage:
         actor_state_shapes: Mapping[str, tuple[int, ...]],
         critic_state_shapes: Mapping[str, tuple[int, ...]],
         device: torch.device | str = "cpu",
+        discrete: bool = True,
     ) -> None:
         for name, v in (("length", length), ("num_envs", num_envs), ("n_agents", n_agents), ("obs_dim", obs_dim),
                         ("state_dim", state_dim), ("n_actions", n_actions)):  # fmt: skip
@@ -159,7 +161,7 @@ class RolloutStorage:
             "alive": ((E, N), _BOOL),
             "action_mask": ((E, N, n_actions), _BOOL),
             "resets": ((E, N), _BOOL),
-            "actions": ((E, N), _LONG),
+            "actions": ((E, N), _LONG) if discrete else ((E, N, n_actions), _FLOAT),
             "log_probs": ((E, N), _FLOAT),
             "values": ((E, N), _FLOAT),
             "rewards": ((E, N), _FLOAT),

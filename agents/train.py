@@ -183,7 +183,7 @@ def evaluate_metrics(
             obs = torch.as_tensor(obs, device=agent.device).flatten(0, 1)  # (E*N, D)
             mask = torch.as_tensor(s.action_mask, device=agent.device).flatten(0, 1)  # (E*N, A)
             actions, _, state = agent.act(obs, state, resets, mask, deterministic=deterministic)
-            actions = actions.view(episodes, N).cpu().numpy()
+            actions = agent.env_actions(actions, episodes)
             if filters is not None:
                 filters.record(actions, s.alive)
             s = vec.step(actions)

@@ -128,7 +128,7 @@ def export_agent(
 
     Raises:
         TypeError: ``policy`` is not a `RecurrentPolicy`.
-        ValueError: ``spec`` disagrees with the policy's D or A.
+        ValueError: ``spec`` disagrees with the policy's D or A, or has continuous actions.
         RuntimeError: the step cannot be exported, with the exporter's reason.
     """
     if not isinstance(policy, RecurrentPolicy):
@@ -139,6 +139,11 @@ def export_agent(
         raise ValueError(
             f"spec: expected obs_dim={policy.obs_dim}, n_actions={policy.n_actions} (the policy's), "
             f"got obs_dim={spec.obs_dim}, n_actions={spec.n_actions} ({spec.id})"
+        )
+    if spec is not None and not spec.discrete:
+        raise ValueError(
+            f"spec: {spec.id} has continuous actions; the ONNX export knows only categorical heads so far "
+            "(Gaussian agents: issue 14, item 4)"
         )
     path = Path(path)
     policy = copy.deepcopy(policy).float().cpu().eval()

@@ -3,6 +3,8 @@
 from agents.policies.base import (
     PolicyState,
     RecurrentPolicy,
+    gaussian_log_prob_entropy,
+    gaussian_sample,
     index_state,
     log_prob_entropy,
     mask_logits,
@@ -66,6 +68,8 @@ __all__ = [
     "masked_mean",
     "PolicyState",
     "RecurrentPolicy",
+    "gaussian_log_prob_entropy",
+    "gaussian_sample",
     "index_state",
     "log_prob_entropy",
     "mask_logits",

@@ -1,4 +1,4 @@
-"""The recurrent-policy interface every MAPPO actor implements, and the masked-categorical math.
+"""The recurrent-policy interface every MAPPO actor implements, the masked-categorical and the diagonal-Gaussian math.
 
 Glossary: B batch (in MAPPO, env × agent rows), T time, D observation features, A actions.
 
@@ -11,6 +11,7 @@ chunks of a sequence from stored states. A reset flag (per row, per step) restor
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from typing import TypeVar
 
@@ -105,8 +106,55 @@ def sample_actions(logits: Tensor, generator: torch.Generator | None = None, det
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+def gaussian_sample(
+    mean: Tensor, log_std: Tensor, generator: torch.Generator | None = None, deterministic: bool = False
+) -> Tensor:
+    """Draw continuous actions from the diagonal Gaussian ``N(mean, exp(log_std)²)`` (or take the mean).
+
+    Args:
+        mean: (B, A) float.
+        log_std: (A,) or (B, A) float.
+        generator: random stream on ``mean.device``; the global one if None.
+        deterministic: return ``mean``.
+
+    Returns:
+        (B, A) float, unclipped (the learner clips at the env, and scores the unclipped sample).
+    """
+    if deterministic:
+        return mean
+    noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+    return mean + log_std.exp() * noise
+
+
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def gaussian_log_prob_entropy(mean: Tensor, log_std: Tensor, actions: Tensor, dims: Tensor) -> tuple[Tensor, Tensor]:
+    """Log-density of ``actions`` and entropy under the diagonal Gaussian, summed over the action dims in use.
+
+    Args:
+        mean: (..., A) float.
+        log_std: (A,) or (..., A) float.
+        actions: (..., A) float.
+        dims: (..., A) bool, the dims the agent has (False on dims padded to the widest agent's A).
+
+    Returns:
+        log_prob: (...) float; entropy: (...) float.
+    """
+    if dims.shape != mean.shape or actions.shape != mean.shape:
+        got = f"{tuple(actions.shape)} and {tuple(dims.shape)}"
+        raise ValueError(f"actions, dims: expected shape {tuple(mean.shape)} (as the mean), got {got}")
+    log_std = log_std.expand_as(mean)
+    z = (actions - mean) * torch.exp(-log_std)
+    log_prob = -0.5 * z**2 - log_std - _HALF_LOG_2PI
+    entropy = 0.5 + _HALF_LOG_2PI + log_std
+    dims = dims.to(mean.dtype)
+    return (log_prob * dims).sum(-1), (entropy * dims).sum(-1)
+
+
 class RecurrentPolicy(nn.Module, ABC):
-    """A decentralized actor with a recurrent state: observation -> action logits.
+    """A decentralized actor with a recurrent state: observation -> action logits (discrete actions) or the mean of a
+    diagonal Gaussian (continuous actions: the learner holds the state-independent log-std).
 
     Subclasses set ``obs_dim`` (D) and ``n_actions`` (A) and implement `initial_state` and `step`;
     `forward_sequence` defaults to the step loop and should be overridden by a parallel version that

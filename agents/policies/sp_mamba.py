@@ -143,7 +143,7 @@ class SPMambaPolicy(MambaStateMixin, RecurrentPolicy):
 
     Args:
         obs_dim: D.
-        n_actions: A (discrete).
+        n_actions: A (discrete choices, or continuous action dims: the transition decoder then takes the vector).
         config: architecture and losses; defaults to `SPMambaConfig()`.
     """
 
@@ -159,7 +159,7 @@ class SPMambaPolicy(MambaStateMixin, RecurrentPolicy):
         self.norm = nn.LayerNorm(cfg.d_model)
         self.head = init_linear_(nn.Linear(cfg.d_model, n_actions), cfg.head_gain)
         features = cfg.d_model * cfg.expand if cfg.pred_from == "h" else cfg.d_model
-        self.decoder = nn.Linear(features + n_actions, Z)  # DEC(feature_t, onehot u_t) -> logits of ẑ_{t+1}
+        self.decoder = nn.Linear(features + n_actions, Z)  # DEC(feature_t, u_t one-hot or vector) -> logits of ẑ_{t+1}
         self.reconstruct = nn.Linear(Z, obs_dim) if cfg.rec_loss else None
 
     def initial_state(self, batch: int) -> PolicyState:
@@ -229,8 +229,10 @@ class SPMambaPolicy(MambaStateMixin, RecurrentPolicy):
         cfg = self.config
         out = self._sequence(obs, resets, state0)
         features = {"y": out["y"], "raw": out["y_raw"], "h": out["h"]}[cfg.pred_from][:, :-1]
-        onehot = F.one_hot(actions[:, :-1].long(), self.n_actions).to(features.dtype)
-        pred = rearrange(self.decoder(torch.cat([features, onehot], -1)), "... (g c) -> ... g c", g=self.encoder.groups)
+        taken = actions[:, :-1]  # (B, T-1) choices, or (B, T-1, A) continuous action vectors
+        u = taken if taken.is_floating_point() else F.one_hot(taken.long(), self.n_actions)
+        u = u.to(features.dtype)
+        pred = rearrange(self.decoder(torch.cat([features, u], -1)), "... (g c) -> ... g c", g=self.encoder.groups)
         target = out["targets"][:, 1:]
         has_next = valid[:, :-1] & valid[:, 1:] & ~resets[:, 1:].bool()  # (B, T-1)
         kl = masked_mean(grouped_kl(target.detach(), pred), has_next)

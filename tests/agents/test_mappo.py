@@ -254,9 +254,8 @@ def test_bad_config_values():
     assert TrainConfig(total_steps=1001, num_envs=4).iterations == 11  # derived: ceil(1001 / (4 * 25))
     with pytest.raises(TypeError, match="config: expected a MAPPOConfig"):
         MAPPO(ToySpec(), TrainConfig())
-    continuous = type("Spec", (ToySpec,), {"discrete": False})()
-    with pytest.raises(ValueError, match="spec: expected a discrete-action env"):
-        MAPPO(continuous)
+    continuous = type("Spec", (ToySpec,), {"discrete": False})()  # a Gaussian actor (test_mappo_continuous.py)
+    assert not MAPPO(continuous).discrete and MAPPO(continuous).new_storage(1).actions.dtype == torch.float32
     agent = _agent()
     with pytest.raises(ValueError, match="lr_scale"):
         agent.update(agent.new_storage(1), lr_scale=0.0)

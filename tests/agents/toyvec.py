@@ -58,13 +58,17 @@ class ToyVecEnv:
         self.ret[:] = 0
         return self._vecstep()
 
+    def _reward(self, actions, alive):
+        """Check the (E, N) actions against the masks; 1 for action 0."""
+        assert actions.shape == (self.num_envs, self.N)
+        taken = np.take_along_axis(self._mask(), actions[..., None], -1)[..., 0]
+        assert taken[alive].all(), "a masked action was sent to the env"
+        return ((actions == 0) & alive).astype(np.float32)
+
     def step(self, actions):
         actions = np.asarray(actions)
-        assert actions.shape == (self.num_envs, self.N)
-        alive, mask = self._alive(), self._mask()
-        taken = np.take_along_axis(mask, actions[..., None], -1)[..., 0]
-        assert taken[alive].all(), "a masked action was sent to the env"
-        reward = ((actions == 0) & alive).astype(np.float32)
+        alive = self._alive()
+        reward = self._reward(actions, alive)
         self.ret += reward
         self.t += 1
         terminated = alive & ~self._alive()
@@ -89,3 +93,38 @@ class ToySpec:
     """The attributes `MAPPO` reads from an `EnvSpec`."""
 
     n_agents, obs_dim, state_dim, n_actions, discrete = ToyVecEnv.N, ToyVecEnv.D, ToyVecEnv.S, ToyVecEnv.A, True
+
+
+class ToyContinuousVecEnv(ToyVecEnv):
+    """`ToyVecEnv` with continuous actions in [-1, 1]: A=3 dims, agent 2 has only the first 2 (the third is padding,
+    False in its action mask). Actions must arrive clipped to the bounds; reward is ``1 - (a_0 - 0.5)²`` (best at 0.5).
+    """
+
+    def _mask(self):
+        mask = np.ones((self.num_envs, self.N, self.A), dtype=bool)
+        mask[:, 2, 2] = False  # agent 2 has two action dims
+        return mask
+
+    def _reward(self, actions, alive):
+        """Check the (E, N, A) actions: float32, finite, clipped to the bounds; ``1 - (a_0 - 0.5)²``."""
+        assert actions.shape == (self.num_envs, self.N, self.A) and actions.dtype == np.float32
+        assert np.isfinite(actions).all() and (np.abs(actions) <= 1).all(), "actions must be clipped at the env"
+        self.last_actions = actions
+        return ((1 - (actions[..., 0] - 0.5) ** 2) * alive).astype(np.float32)
+
+    @property
+    def spec(self):
+        return ToyContinuousSpec()
+
+
+class ToyContinuousSpec:
+    """The `EnvSpec` attributes `MAPPO` reads, continuous: bounds [-1, 1] per agent (agent 2: 2 dims)."""
+
+    n_agents, obs_dim, state_dim, n_actions, discrete = ToyVecEnv.N, ToyVecEnv.D, ToyVecEnv.S, ToyVecEnv.A, False
+    agents = ("a0", "a1", "a2")
+
+    @property
+    def action_spaces(self):
+        import gymnasium as gym
+
+        return {a: gym.spaces.Box(-1.0, 1.0, (3 if a != "a2" else 2,), np.float32) for a in self.agents}

@@ -85,7 +85,9 @@ def test_continuous_actions_padded():
         rec.add(*step)
     ep = rec.finish()
     assert ep["action"].shape == (5, 3, 2) and ep["action"].dtype == np.float32
-    assert ep["action_mask"].all()
+    # continuous masks mark each living agent's own action dims: c's second dim is padding while c lives
+    assert ep["action_mask"][:, :2].all() and ep["action_mask"][..., 0].all()
+    np.testing.assert_array_equal(ep["action_mask"][:, 2, 1], ~ep["alive"][:, 2])
     np.testing.assert_array_equal(ep["action"][0, 2, :1], run["steps"][0][0]["c"])
     assert (ep["action"][:, 2, 1] == 0).all(), "c's action has one dim; the padded dim stays 0"
     assert (ep["action"][2:, 2] == 0).all() and (ep["action"][-1] == 0).all()

@@ -138,17 +138,19 @@ def stack_obs(spec: EnvSpec, obs: Mapping[str, np.ndarray]) -> tuple[np.ndarray,
 def stack_masks(spec: EnvSpec, infos: Mapping[str, Mapping[str, Any]], alive: np.ndarray) -> np.ndarray:
     """Per-agent ``infos[agent]["action_mask"]`` -> (N, A) bool; all True for dead or unmasked agents.
 
-    Padded actions beyond an agent's own ``Discrete.n`` are False for living agents.
+    Padded actions beyond an agent's own ``Discrete.n`` are False for living agents. For continuous actions the mask
+    marks the action dims each living agent has (False on dims padded to the widest agent's).
     """
     n_act = spec.n_actions
     masks = np.ones((spec.n_agents, n_act), dtype=bool)
-    if not spec.discrete:
-        return masks
     for i, a in enumerate(spec.agents):
         if not alive[i]:
             continue
-        own = int(spec.action_spaces[a].n)
+        space = spec.action_spaces[a]
+        own = int(space.n) if spec.discrete else int(space.shape[0])
         masks[i, own:] = False
+        if not spec.discrete:
+            continue
         m = infos.get(a, {}).get("action_mask") if spec.action_masked else None
         if m is not None:
             masks[i, :own] = np.asarray(m, dtype=bool)

@@ -34,6 +34,7 @@ from agents.policies.base import (
 from agents.policies.gru import GRUPolicy, GRUPolicyConfig
 from agents.storage import BatchedEnv, Carry, Chunks, Episodes, RolloutStorage
 from wmenv.checks import check_int, check_positive
+from wmenv.envs.spec import action_bounds
 
 __all__ = ["MAPPO", "MAPPOConfig", "masked_mean", "ppo_policy_loss", "ppo_value_loss"]
 
@@ -163,18 +164,13 @@ def ppo_value_loss(
 
 
 def _action_bounds(spec: Any) -> tuple[Tensor, Tensor]:
-    """(N, A) float lower and upper bounds of each agent's continuous actions: 0 on dims padded beyond an agent's own
-    (the env ignores them), ±inf without ``spec.action_spaces``."""
-    n, a = spec.n_agents, spec.n_actions
-    low, high = torch.full((n, a), -float("inf")), torch.full((n, a), float("inf"))
-    spaces = getattr(spec, "action_spaces", None)
-    for i, agent in enumerate(getattr(spec, "agents", ()) if spaces is not None else ()):
-        space = spaces[agent]
-        k = space.shape[0]
-        low[i, k:] = high[i, k:] = 0.0
-        low[i, :k] = torch.as_tensor(space.low, dtype=torch.float32)
-        high[i, :k] = torch.as_tensor(space.high, dtype=torch.float32)
-    return low, high
+    """(N, A) float bounds of each agent's continuous actions (`wmenv.envs.spec.action_bounds`; 0 on padded dims), or
+    ±inf for a spec without ``action_spaces``."""
+    if getattr(spec, "action_spaces", None) is None:
+        inf = torch.full((spec.n_agents, spec.n_actions), float("inf"))
+        return -inf, inf
+    low, high = action_bounds(spec)
+    return torch.from_numpy(low), torch.from_numpy(high)
 
 
 def _value_error(e: Tensor, huber_delta: float | None) -> Tensor:

@@ -231,6 +231,9 @@ def _check(model: Any, policy: Any, spec: Any | None, latent: str) -> None:
         )
     if latent not in LATENTS:
         raise ValueError(f"latent: expected one of {list(LATENTS)}, got {latent!r}")
+    if not model.spec.discrete:
+        raise ValueError(f"model: {model.spec.id} has continuous actions; the ONNX export knows only categorical heads so far "
+                         "(issue 14, item 4)")  # fmt: skip
     F_, A = model.feature_widths()[0], model.spec.n_actions
     if (policy.obs_dim, policy.n_actions) != (F_, A):
         raise ValueError(f"policy: expected obs_dim={F_} (the model's agent features) and n_actions={A}, got "

@@ -189,10 +189,6 @@ def test_bad_configs_and_specs_are_named():
         MABLConfig(reward_head="twohot", reward_bins=4)
     with pytest.raises(ValueError, match="name: expected one of"):
         mabl_preset("huge")
-    continuous = EnvSpec("c", ("a",), {"a": gym.spaces.Box(-1, 1, (3,))}, {"a": gym.spaces.Box(-1, 1, (2,))},
-                         gym.spaces.Box(-1, 1, (4,)), False, None)  # fmt: skip
-    with pytest.raises(ValueError, match="discrete actions"):
-        MABLWorldModel(continuous, MABLConfig())
 
 
 def test_seeded_observe_is_deterministic():

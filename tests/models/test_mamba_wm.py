@@ -74,13 +74,6 @@ def test_checkpoint_round_trip_and_refusals(mpe, tmp_path):
         fit(MAMBAWorldModel(other, preset("small")), replay, FitConfig(steps=1, progress=False))
 
 
-def test_continuous_actions_are_refused():
-    """A continuous-action env is refused with a ValueError naming spec."""
-    _, spec = make("gym:Pendulum-v1")
-    with pytest.raises(ValueError, match=r"^spec: MAMBA's world model needs discrete actions"):
-        MAMBAWorldModel(spec, preset("small"))
-
-
 @pytest.mark.parametrize("kind", ["mamba", "mabl"])
 def test_fit_with_compiled_steps_matches_the_plain_fit(mpe, kind):
     """FitConfig(compile="steps") fits through the compiled rows and heads with the plain fit's losses; one loss of the

@@ -84,6 +84,18 @@ def random_available(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return u.argmax(-1)
 
 
+def random_continuous(spec: Any, num_envs: int, rng: np.random.Generator) -> np.ndarray:
+    """Uniformly random continuous actions within each agent's bounds (standard normal on unbounded dims, 0 on
+    padded ones): (E, N, A) float32."""
+    from wmenv.envs.spec import action_bounds, own_action_dims
+
+    low, high = action_bounds(spec)
+    bounded = np.isfinite(low) & np.isfinite(high)
+    u = rng.random((num_envs, *low.shape))
+    out = np.where(bounded, low + u * (np.where(bounded, high, 1) - np.where(bounded, low, 0)), rng.standard_normal(u.shape))
+    return (out * own_action_dims(spec)).astype(np.float32)
+
+
 class Collector:
     """Steps a `VecEnv` with a policy and stores every finished episode in a replay.
 
@@ -139,7 +151,8 @@ def collect(vec: Any, replay: Any, steps: int, act: Any, progress: bool = False)
 
 
 def random_replay(env_id: str, steps: int, num_envs: int = 4, seed: int = 0, capacity: int | None = None, **make_kwargs: Any):
-    """A new `EpisodeReplay` of at least ``steps`` env steps of uniformly random available actions.
+    """A new `EpisodeReplay` of at least ``steps`` env steps of uniformly random available (or, continuous, in-bounds)
+    actions.
 
     Returns:
         ``(replay, spec)``.
@@ -150,5 +163,8 @@ def random_replay(env_id: str, steps: int, num_envs: int = 4, seed: int = 0, cap
     rng = np.random.default_rng(seed)
     with VecEnv(env_id, num_envs=num_envs, seed=seed, **make_kwargs) as vec:
         replay = EpisodeReplay(ReplayConfig(capacity=capacity or max(2 * steps, 10_000), seed=seed), spec=vec.spec)
-        collect(vec, replay, steps, lambda s: random_available(s.action_mask, rng))
+        if vec.spec.discrete:
+            collect(vec, replay, steps, lambda s: random_available(s.action_mask, rng))
+        else:
+            collect(vec, replay, steps, lambda s: random_continuous(vec.spec, num_envs, rng))
         return replay, vec.spec

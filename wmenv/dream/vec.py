@@ -90,6 +90,11 @@ class DreamVecEnv:
                 raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
         if obs not in ("latent", "decoded"):
             raise ValueError(f"obs: expected 'latent' or 'decoded', got {obs!r}")
+        if not model.spec.discrete:
+            raise ValueError(
+                f"model: {model.spec.id} has continuous actions; world models fit them, but dreams step only discrete "
+                "actions so far (issue 14, item 3)"
+            )
         if start is not None and start.spec_description is not None and start.spec_description != model.spec.describe():
             raise ValueError(
                 f"start: replay recorded for env {start.spec_description}, the model is for {model.spec.describe()}"

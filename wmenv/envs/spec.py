@@ -157,6 +157,30 @@ def stack_masks(spec: EnvSpec, infos: Mapping[str, Mapping[str, Any]], alive: np
     return masks
 
 
+def action_bounds(spec: EnvSpec) -> tuple[np.ndarray, np.ndarray]:
+    """(N, A) float32 lower and upper bounds of each agent's continuous actions; 0 on dims padded beyond an agent's
+    own (they carry nothing), the space's bounds (possibly infinite) elsewhere.
+
+    Raises:
+        ValueError: ``spec`` has discrete actions.
+    """
+    if spec.discrete:
+        raise ValueError(f"spec: {spec.id} has discrete actions; bounds are for continuous ones")
+    low = np.zeros((spec.n_agents, spec.n_actions), np.float32)
+    high = np.zeros((spec.n_agents, spec.n_actions), np.float32)
+    for i, a in enumerate(spec.agents):
+        space = spec.action_spaces[a]
+        k = space.shape[0]
+        low[i, :k], high[i, :k] = space.low, space.high
+    return low, high
+
+
+def own_action_dims(spec: EnvSpec) -> np.ndarray:
+    """(N, A) bool: the action dims (continuous) or choices (discrete) each agent has, before padding."""
+    own = np.array([int(spec.action_spaces[a].n) if spec.discrete else spec.action_spaces[a].shape[0] for a in spec.agents])
+    return np.arange(spec.n_actions)[None, :] < own[:, None]
+
+
 def stack_rewards(spec: EnvSpec, values: Mapping[str, Any], dtype: type = np.float32) -> np.ndarray:
     """Per-agent scalar dict (rewards, terminations, ...) -> (N,) array, 0 / False for absent agents."""
     return np.array([values.get(a, 0) for a in spec.agents], dtype=dtype)

@@ -39,7 +39,11 @@ class AgentFilters:
         n = self.spec.n_agents
         self._agent = torch.arange(n, device=self.device).repeat(num_worlds)  # (W·N,) rows world-major
         self.state: State = model.filter_initial(num_worlds * n)
-        self.prev_action = torch.full((num_worlds * n,), -1, dtype=torch.long, device=self.device)
+        self.discrete = bool(self.spec.discrete)
+        if self.discrete:  # -1: none
+            self.prev_action = torch.full((num_worlds * n,), -1, dtype=torch.long, device=self.device)
+        else:  # (W·N, A) float, a NaN row: none
+            self.prev_action = torch.full((num_worlds * n, self.spec.n_actions), float("nan"), device=self.device)
         self.features: Tensor | None = None
 
     def seed(self, seed: int) -> None:
@@ -64,7 +68,7 @@ class AgentFilters:
             self.model.eval()
         with torch.no_grad():
             # filter_step blanks a reset row's state, previous action and received messages (a whole world resets)
-            sent = self.model.message(self.state, self.prev_action)  # (W·N, M)
+            sent = self.model.message(self.state, self.prev_action, self._agent)  # (W·N, M)
             messages = repeat(sent, "(w j) m -> (w i) j m", w=W, i=N)
             heard = repeat(alive, "w j -> (w i) j", i=N)  # absent agents send nothing
             if hears is not None:
@@ -73,7 +77,7 @@ class AgentFilters:
                 self.state, rearrange(obs, "w n d -> (w n) d"), self.prev_action, rows_reset, self._agent, messages,
                 heard, rearrange(alive, "w n -> (w n)"), self.generator,
             )  # fmt: skip
-        self.prev_action = torch.where(rows_reset, -1, self.prev_action)  # until `record`: no action in the new episode
+        self.prev_action = self._none_where(rows_reset, self.prev_action)  # until `record`: no action in the new episode
         self.features = rearrange(feat, "(w n) f -> w n f", w=W)
         return self.features
 
@@ -84,11 +88,20 @@ class AgentFilters:
         return self.step(step.obs, reset, step.alive)
 
     def record(self, actions, acted) -> None:
-        """Remember the actions (W, N) int of the agents that acted (W, N) bool (the others: none)."""
+        """Remember the actions (W, N) int (or (W, N, A) float) of the agents that acted (W, N) bool (the others: none)."""
         W, N = self.num_worlds, self.spec.n_agents
-        actions = self._tensor("actions", actions, (W, N), torch.long)
-        acted = self._tensor("acted", acted, (W, N), torch.bool)
-        self.prev_action = torch.where(acted, actions, -1).reshape(-1)
+        if self.discrete:
+            actions = self._tensor("actions", actions, (W, N), torch.long).reshape(-1)
+        else:
+            actions = self._tensor("actions", actions, (W, N, self.spec.n_actions), torch.float32).flatten(0, 1)
+        acted = self._tensor("acted", acted, (W, N), torch.bool).reshape(-1)
+        self.prev_action = self._none_where(~acted, actions)
+
+    def _none_where(self, none: Tensor, actions: Tensor) -> Tensor:
+        """``actions`` (W·N[, A]) with "no action" (-1, or a NaN row) where ``none`` (W·N,) is True."""
+        if self.discrete:
+            return torch.where(none, -1, actions)
+        return torch.where(none[:, None], float("nan"), actions)
 
     def critic_features(self) -> Tensor:
         """(W, N·F): every agent's current features, the model's centralized view."""

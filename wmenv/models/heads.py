@@ -5,9 +5,10 @@ Glossary: B batch, T time, N agents, D observation features, A actions, F featur
 Per agent: observation (Gaussian, unit variance: squared error), reward (a scalar with squared error, or
 DreamerV3's symlog two-hot categorical: `wmenv.models.twohot`), continuation (Bernoulli: the agent is present
 and not terminated), available actions (Bernoulli per action, for envs with masks) and the action decoder of
-the info loss (MAMBA eq. 5: -ln p(a_{t-1} | features_t)). A model chooses what each head reads: MAMBA gives all
-of them [h, z]; MABL gives the observation, reward and info heads the agent level only and the continuation
-and mask heads both levels.
+the info loss (MAMBA eq. 5: -ln p(a_{t-1} | features_t): a categorical over discrete actions, a unit-variance
+Gaussian over continuous ones rescaled to [-1, 1], i.e. squared error). Continuous specs have no mask head.
+A model chooses what each head reads: MAMBA gives all of them [h, z]; MABL gives the observation, reward and info
+heads the agent level only and the continuation and mask heads both levels.
 
 Absorbing states: an agent that is absent at row t (gone, or not yet there) has no observation loss; its
 reward and continuation targets are 0 (the replay stores zeros there).
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from wmenv.envs.spec import action_bounds, own_action_dims
 from wmenv.models.rssm import mlp
 from wmenv.models.twohot import symexp, symlog, symlog_bins, twohot_decode, twohot_loss
 from wmenv.models.world_model import Prediction, error_means
@@ -39,7 +41,7 @@ def check_reward_head(owner: str, kind: object, bins: object) -> None:
 
 
 class HeadsMixin:
-    """Builds, runs and trains the heads of a `WorldModel` whose ``spec`` has discrete actions.
+    """Builds, runs and trains the heads of a `WorldModel`, and encodes the actions it reads (`_encode_actions`).
 
     The host sets ``spec`` and calls `_build_heads` in its ``__init__``; the attribute names
     (``obs_head``, ``reward_head``, ``cont_head``, ``mask_head``, ``action_head``) are the checkpoints' keys.
@@ -61,22 +63,62 @@ class HeadsMixin:
             nn.init.zeros_(self.reward_head[-1].bias)
             self.register_buffer("reward_bins", symlog_bins(reward_bins), persistent=False)  # (K,) not in checkpoints
         self.cont_head = mlp(full_dim, hidden, 1, layers)
-        self.mask_head = mlp(full_dim, hidden, A, layers) if self.spec.action_masked else None
+        masked = self.spec.action_masked and self.spec.discrete  # continuous actions have no availability
+        self.mask_head = mlp(full_dim, hidden, A, layers) if masked else None
         self.action_head = mlp(agent_dim, hidden, A, layers)
+        self._build_action_encoding()
 
-    def _onehot(self, actions: Tensor) -> Tensor:
-        return F.one_hot(actions.long(), self.spec.n_actions).to(self.obs_head[0].weight.dtype)
+    def _build_action_encoding(self) -> None:
+        """Continuous specs: the buffers that rescale each agent's actions to [-1, 1] (`_encode_actions`)."""
+        if self.spec.discrete:
+            return
+        low, high = (torch.from_numpy(b) for b in action_bounds(self.spec))  # (N, A)
+        own = torch.from_numpy(own_action_dims(self.spec))
+        bounded = own & torch.isfinite(low) & torch.isfinite(high) & (high > low)
+        scale = torch.where(bounded, 2 / (high - low), torch.ones_like(low))  # unbounded dims pass as they are
+        shift = torch.where(bounded, -(high + low) / (high - low), torch.zeros_like(low))
+        # not in checkpoints: they follow from the spec, which the checkpoint records
+        self.register_buffer("action_scale", scale * own, persistent=False)
+        self.register_buffer("action_shift", shift * own, persistent=False)
+        self.register_buffer("action_dims", own.float(), persistent=False)
 
-    def _onehot_or_zeros(self, actions: Tensor) -> Tensor:
-        """(...) int actions -> (..., A) one-hot, a zero row where the action is -1 (none)."""
-        actions = actions.long()
-        return self._onehot(actions.clamp(min=0)) * (actions >= 0).unsqueeze(-1).to(self.obs_head[0].weight.dtype)
+    def _encode_actions(self, actions: Tensor, agent: Tensor | None = None) -> Tensor:
+        """What the model reads of actions: (..., N) int choices -> (..., N, A) one-hot; (..., N, A) continuous
+        actions -> rescaled from the env's bounds to [-1, 1] (padded dims 0). ``agent`` (B,) int64: rows of single
+        agents (..., A) instead of all N, for the continuous rescaling."""
+        dtype = self.obs_head[0].weight.dtype
+        if self.spec.discrete:
+            return F.one_hot(actions.long(), self.spec.n_actions).to(dtype)
+        scale, shift = self.action_scale, self.action_shift
+        if agent is not None:
+            scale, shift = scale[agent], shift[agent]
+        return actions.to(dtype) * scale + shift
+
+    def _encode_or_none(self, actions: Tensor, agent: Tensor | None = None) -> Tensor:
+        """`_encode_actions` with "no action" as zeros: -1 (discrete) or a NaN row (continuous) where there is none."""
+        if self.spec.discrete:
+            actions = actions.long()
+            return self._encode_actions(actions.clamp(min=0)) * (actions >= 0).unsqueeze(-1).to(self.obs_head[0].weight.dtype)
+        none = torch.isnan(actions).any(-1, keepdim=True)
+        return torch.where(none, 0.0, self._encode_actions(torch.nan_to_num(actions), agent))
+
+    def _forget_action(self, prev_action: Tensor, keep: Tensor) -> Tensor:
+        """``prev_action`` where ``keep`` (B,) is True, "none" elsewhere (-1 for discrete, a NaN row for continuous)."""
+        if self.spec.discrete:
+            return torch.where(keep, prev_action, -1)
+        return torch.where(keep[:, None], prev_action, float("nan"))
+
+    def _no_action(self, *batch: int) -> Tensor:
+        """(*batch, N, A) zeros: what the model reads where no agent acted."""
+        w = self.obs_head[0].weight
+        return w.new_zeros(*batch, self.spec.n_agents, self.spec.n_actions)
 
     def _prev_actions(self, actions: Tensor, resets: Tensor, alive: Tensor | None = None) -> Tensor:
-        """(B, T, N, A) one-hot action of the previous row; zeros at row 0, at episode starts and, with ``alive``
+        """(B, T, N, A) encoded action of the previous row; zeros at row 0, at episode starts and, with ``alive``
         (B, T, N), for agents absent at row t (an agent present at row t acted at row t - 1)."""
-        prev = torch.zeros_like(self._onehot(actions))
-        prev[:, 1:] = self._onehot(actions[:, :-1])
+        enc = self._encode_actions(actions)
+        prev = torch.zeros_like(enc)
+        prev[:, 1:] = enc[:, :-1]
         prev = prev * (~resets.bool())[:, :, None, None]
         return prev if alive is None else prev * alive[..., None].to(prev.dtype)
 
@@ -143,11 +185,15 @@ def head_errors(
     acted_before = torch.zeros_like(acts)
     acted_before[:, 1:] = acts[:, :-1]
     acted_before &= ~resets[:, :, None]
-    info = F.cross_entropy(
-        rearrange(model.action_head(agent_feat), "b t n a -> b a t n"),
-        torch.roll(actions, 1, dims=1).long(),
-        reduction="none",
-    )
+    if model.spec.discrete:
+        info = F.cross_entropy(
+            rearrange(model.action_head(agent_feat), "b t n a -> b a t n"),
+            torch.roll(actions, 1, dims=1).long(),
+            reduction="none",
+        )
+    else:  # a unit-variance Gaussian over the rescaled previous action: squared error on the agent's own dims
+        target = model._encode_actions(torch.roll(actions, 1, dims=1))
+        info = ((model.action_head(agent_feat) - target).square() * model.action_dims).sum(-1)
     errors["info"] = (info, acted_before)
     return errors
 

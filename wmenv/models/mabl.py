@@ -117,7 +117,8 @@ def mabl_preset(name: str, global_level: GlobalLevel = "per_agent") -> MABLConfi
 
 
 class MABLWorldModel(HeadsMixin, WorldModel):
-    """MABL's world model for an env `spec` (discrete actions; a global state, ``spec.state_dim``, for the global level).
+    """MABL's world model for an env `spec` (discrete or continuous actions, encoded as by `HeadsMixin`; a global state,
+    ``spec.state_dim``, for the global level).
 
     Args:
         spec: the real env's `EnvSpec`.
@@ -133,8 +134,6 @@ class MABLWorldModel(HeadsMixin, WorldModel):
 
     def __init__(self, spec, config: MABLConfig | None = None) -> None:
         super().__init__()
-        if not spec.discrete:
-            raise ValueError(f"spec: MABL's world model needs discrete actions, {spec.id} has continuous ones")
         self.spec, self.config = spec, config if config is not None else MABLConfig()
         c = self.config
         D, A, N, L = spec.obs_dim, spec.n_actions, spec.n_agents, c.stoch * c.classes
@@ -220,11 +219,10 @@ class MABLWorldModel(HeadsMixin, WorldModel):
 
     def initial(self, batch_size: int, generator: torch.Generator | None = None) -> State:
         """The prior of an episode's first step: one imagined step from the blank state with no action."""
-        no_action = torch.zeros(batch_size, self.spec.n_agents, self.spec.n_actions, device=self.agent_cell.weight_hh.device)
-        return self._img_step(self.blank(batch_size), no_action.to(self.agent_cell.weight_hh.dtype), generator)
+        return self._img_step(self.blank(batch_size), self._no_action(batch_size), generator)
 
     def _img_step(self, state: State, action: Tensor, generator: torch.Generator | None) -> State:
-        """Prior step of all B × N agents from one-hot actions (B, N, A) (zero rows: no action / absent agent)."""
+        """Prior step of all B × N agents from encoded actions (B, N, A) (zero rows: no action / absent agent)."""
         deter_a, new = self._agent_deter(state, action), {}
         global_sample = None
         if self.has_global:
@@ -244,8 +242,9 @@ class MABLWorldModel(HeadsMixin, WorldModel):
         decode: bool = False,
         present: Tensor | None = None,
     ) -> tuple[State, Prediction]:
-        """One imagined step for actions (B, N) int64; ``present`` (B, N) bool: absent agents add no action."""
-        onehot = self._onehot(actions)
+        """One imagined step for actions (B, N) int64 (or (B, N, A) float); ``present`` (B, N) bool: absent agents add
+        no action."""
+        onehot = self._encode_actions(actions)
         if present is not None:
             onehot = onehot * present[..., None].to(onehot.dtype)
         nxt = self._img_step(state, onehot, generator)
@@ -402,7 +401,7 @@ class MABLWorldModel(HeadsMixin, WorldModel):
         blank = self.blank(batch_size)
         return {k: blank[k][:, 0] for k in ("deter_a", "stoch_a")}
 
-    def message(self, state: State, action: Tensor) -> Tensor:
+    def message(self, state: State, action: Tensor, agent: Tensor | None = None) -> Tensor:
         """(B, 0): MABL's agents send nothing."""
         return state["stoch_a"].new_zeros(state["stoch_a"].shape[0], 0)
 
@@ -424,12 +423,12 @@ class MABLWorldModel(HeadsMixin, WorldModel):
         Returns the new states and features (B, H_a + L) = [h^a_t, z^a_t].
         """
         widths = {"deter_a": self.config.agent_deter, "stoch_a": self.config.stoch * self.config.classes}
-        reset, _, prev_action = self._check_filter_inputs(
+        reset, agent, prev_action = self._check_filter_inputs(
             state, widths, obs, prev_action, reset, agent, {"alive": (alive, ())}
         )
         keep = ~reset
         state = {k: v * keep.view(-1, 1).to(v.dtype) for k, v in state.items()}
-        onehot = self._onehot_or_zeros(torch.where(keep, prev_action, -1))
+        onehot = self._encode_or_none(self._forget_action(prev_action, keep), agent)
         rows = {k: v.unsqueeze(1) for k, v in state.items()}  # (B, 1, ...): one agent per row
         deter_a = self._agent_deter(rows, onehot.unsqueeze(1))[:, 0]
         embed = self.obs_encoder(obs)

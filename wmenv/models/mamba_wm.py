@@ -78,7 +78,10 @@ def preset(name: str) -> MAMBAConfig:
 
 
 class MAMBAWorldModel(HeadsMixin, WorldModel):
-    """MAMBA's world model for an env `spec` (discrete actions); its loss can compile per row (``compile_steps``).
+    """MAMBA's world model for an env `spec`; its loss can compile per row (``compile_steps``).
+
+    Discrete actions enter as one-hot vectors; continuous ones as vectors rescaled from the env's bounds to [-1, 1]
+    (and the info loss is then a unit-variance Gaussian over them).
 
     Args:
         spec: the real env's `EnvSpec`.
@@ -90,8 +93,6 @@ class MAMBAWorldModel(HeadsMixin, WorldModel):
 
     def __init__(self, spec, config: MAMBAConfig | None = None) -> None:
         super().__init__()
-        if not spec.discrete:
-            raise ValueError(f"spec: MAMBA's world model needs discrete actions, {spec.id} has continuous ones")
         self.spec, self.config = spec, config if config is not None else MAMBAConfig()
         c = self.config
         D, A, N = spec.obs_dim, spec.n_actions, spec.n_agents
@@ -111,9 +112,7 @@ class MAMBAWorldModel(HeadsMixin, WorldModel):
     def initial(self, batch_size: int, generator: torch.Generator | None = None) -> State:
         """The prior of an episode's first step: one step from the blank state with no action."""
         blank = self.rssm.blank(batch_size)
-        return self.rssm.img_step(
-            blank, torch.zeros_like(self._onehot(torch.zeros(batch_size, self.spec.n_agents))), generator
-        )
+        return self.rssm.img_step(blank, self._no_action(batch_size), generator)
 
     def observe(
         self,
@@ -127,7 +126,8 @@ class MAMBAWorldModel(HeadsMixin, WorldModel):
         *,
         global_state: Tensor | None = None,
     ) -> State:
-        """The posterior after the last row of real windows (obs (B, T, N, D), actions (B, T, N) taken at each row).
+        """The posterior after the last row of real windows (obs (B, T, N, D), actions (B, T, N) int or (B, T, N, A)
+        float taken at each row).
 
         ``global_state`` is ignored: MAMBA's model does not see the env's global state.
 
@@ -146,30 +146,34 @@ class MAMBAWorldModel(HeadsMixin, WorldModel):
         decode: bool = False,
         present: Tensor | None = None,
     ) -> tuple[State, Prediction]:
-        """One imagined step for actions (B, N) int64; the prediction is for the new state.
+        """One imagined step for actions (B, N) int64 (or (B, N, A) float); the prediction is for the new state.
 
         ``present`` (B, N) bool: the acting agents; absent ones send no message (as in training, `observe`).
         """
         hears = None
         if present is not None and not bool(present.all()):
             hears = present.bool()[:, None, :].expand(-1, self.spec.n_agents, -1)
-        nxt = self.rssm.img_step(state, self._onehot(actions), generator, hears)
+        nxt = self.rssm.img_step(state, self._encode_actions(actions), generator, hears)
         return nxt, self.predict(nxt, decode)
 
     # --- execution: one agent's filter ---
     @property
     def message_dim(self) -> int:
-        """M = S·K + A: an agent's message is its posterior sample z_t and its one-hot action a_t."""
+        """M = S·K + A: an agent's message is its posterior sample z_t and its (encoded) action a_t."""
         return self.rssm.config.stoch * self.rssm.config.classes + self.spec.n_actions
 
     def filter_initial(self, batch_size: int) -> State:
         """B blank filter states ``{"deter": (B, H), "stoch": (B, S·K)}``."""
         return {k: v[:, 0] for k, v in self.rssm.blank(batch_size).items() if k != "logits"}
 
-    def message(self, state: State, action: Tensor) -> Tensor:
-        """(B, S·K + A): [z, one-hot action] of filter states after ``action`` (B,) int64 (-1: none, a zero vector)."""
-        onehot = self._onehot_or_zeros(torch.as_tensor(action, device=state["stoch"].device))
-        return torch.cat([state["stoch"], onehot.to(state["stoch"].dtype)], dim=-1)
+    def message(self, state: State, action: Tensor, agent: Tensor | None = None) -> Tensor:
+        """(B, S·K + A): [z, encoded action] of filter states after ``action``: (B,) int64 (-1: none, a zero vector),
+        or (B, A) float for continuous actions (a NaN row: none), which also need each row's ``agent`` (B,) slot."""
+        action = torch.as_tensor(action, device=state["stoch"].device)
+        if not self.spec.discrete and agent is None:
+            raise ValueError("agent: continuous actions are rescaled per agent; pass each row's agent slot")
+        encoded = self._encode_or_none(action, None if agent is None else torch.as_tensor(agent, device=action.device))
+        return torch.cat([state["stoch"], encoded.to(state["stoch"].dtype)], dim=-1)
 
     def filter_step(
         self,
@@ -200,7 +204,7 @@ class MAMBAWorldModel(HeadsMixin, WorldModel):
             heard = torch.ones(batch, n, dtype=torch.bool, device=obs.device)
         keep = ~reset
         state = {k: v * keep.view(-1, *[1] * (v.dim() - 1)).to(v.dtype) for k, v in state.items()}
-        own = self.message(state, torch.where(keep, prev_action, -1))
+        own = self.message(state, self._forget_action(prev_action, keep), agent)
         messages = messages * keep.view(-1, 1, 1).to(messages.dtype)
         slot = torch.nn.functional.one_hot(agent, n).bool()
         messages = torch.where(slot.unsqueeze(-1), own.unsqueeze(1), messages)

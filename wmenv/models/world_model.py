@@ -4,7 +4,7 @@ Glossary: B batch (worlds), T time, N agents, D observation features, A actions,
 
 A model's state is a dict of tensors with leading dims (B, N) (``State``); what one imagined step
 predicts is a `Prediction`. Real data comes as replay windows (``EpisodeReplay.sample``): dicts of
-(B, T, ...) tensors with ``obs`` (B, T, N, D), ``action`` (B, T, N) taken at row t, ``reward`` and
+(B, T, ...) tensors with ``obs`` (B, T, N, D), ``action`` (B, T, N) int (or (B, T, N, A) float) taken at row t, ``reward`` and
 ``terminated`` received on arriving at row t, ``alive``, ``action_mask`` and ``reset`` (B, T).
 
 Execution (decentralized): each agent runs its own copy of the model's posterior filter
@@ -171,8 +171,9 @@ class WorldModel(nn.Module, ABC):
         """B blank per-agent filter states (name -> (B, ...)): what an agent holds before its episode starts."""
         raise NotImplementedError(f"{type(self).__name__} has no execution-time filter")
 
-    def message(self, state: State, action: Tensor) -> Tensor:
-        """(B, M): the message an agent sends after ``action`` (B,) int64 (-1: none yet) from filter ``state``."""
+    def message(self, state: State, action: Tensor, agent: Tensor | None = None) -> Tensor:
+        """(B, M): the message an agent sends after ``action`` (B,) int64 (-1: none yet; continuous: (B, A) float, a NaN
+        row for none, with each row's ``agent`` slot) from filter ``state``."""
         raise NotImplementedError(f"{type(self).__name__} has no execution-time filter")
 
     def filter_step(
@@ -192,7 +193,8 @@ class WorldModel(nn.Module, ABC):
         Args:
             state: the agents' filter states (from `filter_initial` or the previous step).
             obs: (B, D) each agent's own observation.
-            prev_action: (B,) int64, each agent's previous action (-1: none).
+            prev_action: (B,) int64, each agent's previous action (-1: none); (B, A) float for continuous actions (a
+                NaN row: none).
             reset: (B,) bool, a new episode starts at this step (the state entering it is the blank one).
             agent: (B,) int64, each agent's slot in ``spec.agents``.
             messages: (B, N, M) the messages received this step, in sender slots (the agent's own is ignored).
@@ -230,12 +232,22 @@ class WorldModel(nn.Module, ABC):
                 raise ValueError(f"state: {k!r} has shape {tuple(state[k].shape)}, expected ({batch}, {w}) "
                                  "(a filter state of another model?)")  # fmt: skip
         prev_action, reset, agent = (torch.as_tensor(v, device=obs.device) for v in (prev_action, reset, agent))
-        checks = {"prev_action": (prev_action, ()), "reset": (reset, ()), "agent": (agent, ())}
+        discrete = self.spec.discrete
+        checks = {"prev_action": (prev_action, () if discrete else (self.spec.n_actions,)), "reset": (reset, ()),
+                  "agent": (agent, ())}  # fmt: skip
         for name, (value, tail) in {**checks, **(extra or {})}.items():
             if value is not None and tuple(value.shape) != (batch, *tail):
                 raise ValueError(f"{name}: expected shape {(batch, *tail)}, got {tuple(value.shape)}")
-        if bool(((prev_action < -1) | (prev_action >= self.spec.n_actions)).any()):
-            raise ValueError(f"prev_action: expected actions in [-1, {self.spec.n_actions}), got {prev_action.tolist()}")
         if bool(((agent < 0) | (agent >= n)).any()):
             raise ValueError(f"agent: expected slots in [0, {n}), got {agent.tolist()}")
-        return reset.bool(), agent.long(), prev_action.long()
+        if discrete:
+            if bool(((prev_action < -1) | (prev_action >= self.spec.n_actions)).any()):
+                raise ValueError(f"prev_action: expected actions in [-1, {self.spec.n_actions}), got {prev_action.tolist()}")
+            return reset.bool(), agent.long(), prev_action.long()
+        if not prev_action.is_floating_point():
+            raise ValueError(f"prev_action: expected float continuous actions (NaN rows: none), got dtype {prev_action.dtype}")
+        bad = ~(torch.isfinite(prev_action).all(-1) | torch.isnan(prev_action).all(-1))
+        if bool(bad.any()):
+            rows = torch.nonzero(bad).flatten().tolist()
+            raise ValueError(f"prev_action: rows {rows} are neither finite nor all NaN (none): {prev_action[bad].tolist()}")
+        return reset.bool(), agent.long(), prev_action

@@ -75,7 +75,7 @@ class ModelBasedConfig:
     """A model-based run (defaults: small and quick on 2 CPU cores)."""
 
     env_id: str = "mpe:simple_spread_v3"
-    """A `wmenv.envs.make` id with discrete actions."""
+    """A `wmenv.envs.make` id (discrete or continuous actions; MAG's rollouts need discrete ones)."""
     env_kwargs: dict[str, int | float | bool | str] = field(default_factory=dict)
     """Extra keywords for `wmenv.envs.make`."""
     schedule: str = "cpu"
@@ -237,6 +237,10 @@ class DreamSpec:
     state_dim: int
     n_actions: int
     discrete: bool = True
+    agents: tuple[str, ...] = ()
+    """The real env's agent ids (with ``action_spaces``: continuous actions' bounds)."""
+    action_spaces: dict[str, Any] | None = None
+    """The real env's action spaces."""
 
 
 def _acting(agent: MAPPO, num_envs: int, n_agents: int, filters: AgentFilters | None = None):
@@ -398,7 +402,7 @@ def _run(cfg: ModelBasedConfig) -> dict[str, Any]:
         cfg.mappo, rollout_length=cfg.horizon, chunk_length=min(cfg.mappo.chunk_length, cfg.horizon)
     )
     agent = MAPPO(
-        DreamSpec(spec.n_agents, actor_dim, state_dim, spec.n_actions),
+        DreamSpec(spec.n_agents, actor_dim, state_dim, spec.n_actions, spec.discrete, spec.agents, spec.action_spaces),
         mappo_cfg,
         policy=policy,
         critic=critic,

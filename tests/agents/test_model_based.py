@@ -1,10 +1,12 @@
 """The model-based loop runs end to end on a real env and logs the real return against real steps."""
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -12,6 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from agents.model_based import ModelBasedConfig, run
 from agents.train import latest_checkpoint, policy_from_checkpoint
+from wmenv.data.replay import EpisodeReplay
 from wmenv.fit import FitConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -254,3 +257,19 @@ def test_mag_rollouts_fit_the_predictor_checkpoint_it_and_resume(tmp_path, monke
     with pytest.raises(ValueError, match=r"^ModelBasedConfig.rollout: 'mag' needs a world model with per-step errors, "
                                          r"'mabl' has none$"):  # fmt: skip
         ModelBasedConfig(rollout="mag", model_kind="mabl")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gymnasium_robotics") is None, reason="gymnasium-robotics not installed")
+@pytest.mark.parametrize("kind", ["mamba", "mabl"])
+def test_the_loop_runs_on_continuous_actions_and_resumes(tmp_path, kind):
+    """Issue 14: MaMuJoCo's HalfCheetah 2x3 through the whole loop (float actions in the replay, the world model, the
+    dream and the Gaussian actor, latent actors' filters on the real env); a resumed run continues."""
+    env = {"env_id": "mamujoco:HalfCheetah:2x3", "env_kwargs": {"max_episode_steps": 30}, "model_kind": kind}
+    first = run(_small(tmp_path, 1, **env))
+    assert first["real_steps"] == 60 and all(np.isfinite(r) for _, r in first["eval_returns"])
+    replay = EpisodeReplay.load_segments(latest_checkpoint(tmp_path) / "replay.json", tmp_path / "replay")
+    actions = replay.sample(2, 5)["action"]
+    assert actions.dtype == torch.float32 and actions.shape[-1] == 3 and actions.abs().max() <= 1
+    assert run(_small(tmp_path, 2, resume=True, **env))["real_steps"] == 120
+    with pytest.raises(ValueError, match="MAG's planner samples discrete candidate actions"):
+        run(_small(tmp_path / "mag", 1, rollout="mag", **env))

@@ -3,7 +3,7 @@
 Glossary: N agents, F per-agent features (or D decoded observation features), A actions.
 
 ``env = wmenv.DreamEnv(model)`` behaves like the real env the model was fitted on: the same agent ids,
-``Discrete(A)`` actions, ``infos[agent]["action_mask"]`` where the real env masks actions, and
+each agent's own ``Discrete(n)`` or ``Box`` actions, ``infos[agent]["action_mask"]`` where the real env masks actions, and
 ``state()`` for centralized critics. Observations are the model's latent features (default) or its
 decoded observations. Agents whose predicted continuation ends leave ``env.agents``; the episode is
 truncated after ``horizon`` steps. Seeding ``reset(seed=...)`` fixes every draw (a `torch.Generator`).
@@ -20,7 +20,7 @@ from pettingzoo import ParallelEnv
 
 from wmenv.checks import check_choice
 from wmenv.dream.vec import DreamStep, DreamVecEnv
-from wmenv.envs.spec import check_actions
+from wmenv.envs.spec import check_actions, own_space, unstack_continuous
 from wmenv.models.world_model import WorldModel
 
 
@@ -37,6 +37,7 @@ class DreamEnv(ParallelEnv):
         masked_action: "raise" (default) refuses actions the model predicts unavailable; "noop" replaces
             them by the first available one (for mask-blind samplers such as pettingzoo's API test).
         planner: None or a `wmenv.dream.mag.MAGPlanner` (planned imagination, as for `DreamVecEnv`).
+        out_of_bounds: continuous actions outside their bounds are "clip"ped (default) or "raise" (`DreamVecEnv`).
     """
 
     metadata = {"name": "wmenv_dream_v0", "render_modes": [], "is_parallelizable": True}
@@ -51,9 +52,11 @@ class DreamEnv(ParallelEnv):
         context: int = 8,
         masked_action: Literal["raise", "noop"] = "raise",
         planner: Any = None,
+        out_of_bounds: Literal["clip", "raise"] = "clip",
     ) -> None:
         check_choice("masked_action", masked_action, ("raise", "noop"))
-        self.vec = DreamVecEnv(model, 1, horizon, start, context, obs, 0 if seed is None else seed, planner=planner)
+        self.vec = DreamVecEnv(model, 1, horizon, start, context, obs, 0 if seed is None else seed, planner=planner,
+                               out_of_bounds=out_of_bounds)  # fmt: skip
         self.spec_ = model.spec
         self.masked_action, self.render_mode = masked_action, None
         self.possible_agents = list(model.spec.agents)
@@ -69,7 +72,7 @@ class DreamEnv(ParallelEnv):
         self._obs_spaces = {
             a: spaces.Box(-np.inf, np.inf, (w,), np.float32) for a, w in zip(self.possible_agents, self._widths, strict=True)
         }
-        self._act_spaces = {a: spaces.Discrete(int(model.spec.action_spaces[a].n)) for a in self.possible_agents}
+        self._act_spaces = {a: own_space(model.spec.action_spaces[a]) for a in self.possible_agents}
         self.state_space = spaces.Box(-np.inf, np.inf, (probe[1].shape[-1],), np.float32)
         self._last: DreamStep | None = None
 
@@ -78,8 +81,8 @@ class DreamEnv(ParallelEnv):
         return self._obs_spaces[agent]
 
     def action_space(self, agent: str) -> spaces.Space:
-        """The (cached) action space of ``agent``: ``Discrete(n)`` with the real agent's own n (this env's object, so
-        that seeding it leaves other envs' spaces alone)."""
+        """The (cached) action space of ``agent``: the real agent's own ``Discrete(n)`` or ``Box`` (this env's object,
+        so that seeding it leaves other envs' spaces alone)."""
         return self._act_spaces[agent]
 
     def _obs(self, obs: torch.Tensor, agents: list[str] | None = None) -> dict[str, np.ndarray]:
@@ -90,8 +93,9 @@ class DreamEnv(ParallelEnv):
 
     def _infos(self, step: DreamStep, agents: list[str]) -> dict[str, dict]:
         mask = step.action_mask[0].cpu().numpy().astype(np.int8)
+        masked = self.spec_.action_masked and self.spec_.discrete
         return {
-            a: ({"action_mask": mask[i, : self._act_spaces[a].n]} if self.spec_.action_masked else {})
+            a: ({"action_mask": mask[i, : self._act_spaces[a].n]} if masked else {})
             for i, a in enumerate(self.possible_agents)
             if a in agents
         }
@@ -113,16 +117,7 @@ class DreamEnv(ParallelEnv):
             if not actions and self._last is not None:  # after the episode's end, as PettingZoo's envs answer it
                 return {}, {}, {}, {}, {}
             raise RuntimeError(f"step() called with no live agents: call reset() first (got actions for {sorted(actions)})")
-        masks = {  # each agent's own actions only (heterogeneous agents)
-            a: self._last.action_mask[0, i, : self._act_spaces[a].n].cpu().numpy() for i, a in enumerate(self.possible_agents)
-        }
-        check_actions(self.spec_, actions, self.agents, masks if self.masked_action == "raise" else None)
-        row = torch.zeros(1, len(self.possible_agents), dtype=torch.long)
-        for i, a in enumerate(self.possible_agents):
-            if a in actions:
-                act = int(actions[a])
-                row[0, i] = act if masks[a][act] else int(np.flatnonzero(masks[a])[0])
-        step = self.vec.step(row)
+        step = self.vec.step(self._row(actions))
         done = bool(step.done[0])
         before = list(self.agents)
         obs = self._obs(step.final_obs if done else step.obs, before)
@@ -135,6 +130,22 @@ class DreamEnv(ParallelEnv):
         self.agents = [] if done else [a for a in before if not (terms[a] or truncs[a])]
         self._last = step
         return obs, rewards, terms, truncs, infos
+
+    def _row(self, actions: dict[str, Any]) -> torch.Tensor:
+        """The live agents' actions, checked, as the dream's (1, N) int64 (or (1, N, A) float) row."""
+        if not self.spec_.discrete:
+            check_actions(self.spec_, actions, self.agents)
+            return torch.from_numpy(unstack_continuous(self.spec_, actions))[None]
+        masks = {  # each agent's own actions only (heterogeneous agents)
+            a: self._last.action_mask[0, i, : self._act_spaces[a].n].cpu().numpy() for i, a in enumerate(self.possible_agents)
+        }
+        check_actions(self.spec_, actions, self.agents, masks if self.masked_action == "raise" else None)
+        row = torch.zeros(1, len(self.possible_agents), dtype=torch.long)
+        for i, a in enumerate(self.possible_agents):
+            if a in actions:
+                act = int(actions[a])
+                row[0, i] = act if masks[a][act] else int(np.flatnonzero(masks[a])[0])
+        return row
 
     def state(self) -> np.ndarray:
         """The centralized features (N·F,) of the current imagined state."""

@@ -20,6 +20,7 @@ from einops import rearrange
 from gymnasium import spaces
 
 from wmenv.dream.vec import DreamVecEnv
+from wmenv.envs.spec import own_space
 from wmenv.models.world_model import WorldModel
 
 
@@ -30,6 +31,7 @@ class DreamGymEnv(gym.Env):
         model: a fitted `WorldModel` whose spec has one agent.
         start, obs, horizon, context, planner: as for `DreamVecEnv`.
         masked_action: "raise" refuses actions the model predicts unavailable; "noop" replaces them.
+        out_of_bounds: continuous actions outside the bounds are "clip"ped (default) or "raise" (`DreamVecEnv`).
     """
 
     metadata = {"render_modes": []}
@@ -43,22 +45,24 @@ class DreamGymEnv(gym.Env):
         context: int = 8,
         masked_action: Literal["raise", "noop"] = "noop",
         planner: Any = None,
+        out_of_bounds: Literal["clip", "raise"] = "clip",
     ) -> None:
         if model.spec.n_agents != 1:
             raise ValueError(f"model: DreamGymEnv needs a one-agent model, {model.spec.id} has {model.spec.n_agents} agents")
-        self.vec = DreamVecEnv(model, 1, horizon, start, context, obs, 0, planner=planner)
+        self.vec = DreamVecEnv(model, 1, horizon, start, context, obs, 0, planner=planner, out_of_bounds=out_of_bounds)
         self.masked_action = masked_action
         with torch.no_grad():
             width = self.vec._view(model.initial(1, generator=torch.Generator(device=self.vec.device).manual_seed(0)))[
                 0
             ].shape[-1]
         self.observation_space = spaces.Box(-np.inf, np.inf, (width,), np.float32)
-        self.action_space = spaces.Discrete(model.spec.n_actions)
+        self.action_space = own_space(model.spec.action_spaces[model.spec.agents[0]])
         self._mask: np.ndarray | None = None
 
     def _out(self, obs: torch.Tensor, mask: torch.Tensor) -> tuple[np.ndarray, dict]:
         self._mask = mask[0, 0].cpu().numpy()
-        return obs[0, 0].cpu().numpy().astype(np.float32), {"action_mask": self._mask.astype(np.int8)}
+        info = {"action_mask": self._mask.astype(np.int8)} if self.vec.spec.discrete else {}
+        return obs[0, 0].cpu().numpy().astype(np.float32), info
 
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
         """Start an imagined episode (``seed`` re-seeds every draw)."""
@@ -72,6 +76,11 @@ class DreamGymEnv(gym.Env):
         """One imagined step."""
         if self._mask is None:
             raise RuntimeError("step() before reset()")
+        if not self.vec.spec.discrete:
+            a = np.asarray(action)
+            if a.shape != self.action_space.shape or not np.issubdtype(a.dtype, np.number):
+                raise ValueError(f"action: expected a float array of shape {self.action_space.shape}, got {action!r}")
+            return self._step(torch.as_tensor(a, dtype=torch.float32).view(1, 1, -1))
         if not self.action_space.contains(action if np.isscalar(action) else np.asarray(action).item()):
             raise ValueError(f"action: expected an integer in [0, {self.action_space.n}), got {action!r}")
         action = int(action)
@@ -81,7 +90,11 @@ class DreamGymEnv(gym.Env):
                     f"action: {action} is predicted unavailable; available: {np.flatnonzero(self._mask).tolist()}"
                 )
             action = int(np.flatnonzero(self._mask)[0])
-        s = self.vec.step(torch.tensor([[action]]))
+        return self._step(torch.tensor([[action]]))
+
+    def _step(self, row: torch.Tensor) -> tuple[np.ndarray, float, bool, bool, dict]:
+        """Step the dream with the checked (1, 1) or (1, 1, A) action row."""
+        s = self.vec.step(row)
         done = bool(s.done[0])
         obs, info = self._out(s.final_obs if done else s.obs, s.action_mask)
         return obs, float(s.reward[0, 0]), bool(s.terminated[0, 0]), bool(s.truncated[0, 0]), info
@@ -91,6 +104,23 @@ try:
     from stable_baselines3.common.vec_env import VecEnv as _SB3VecEnv
 except ImportError:  # stable-baselines3 is the [sb3] extra
     _SB3VecEnv = None
+
+
+def _shared_space(spec: Any) -> spaces.Space:
+    """The one action space every (world, agent) env of `DreamSB3VecEnv` offers: ``Discrete(A)``, or the agents'
+    common ``Box``.
+
+    Raises:
+        ValueError: continuous agents with different action spaces (one SB3 policy needs one space).
+    """
+    if spec.discrete:
+        return spaces.Discrete(spec.n_actions)
+    boxes = [spec.action_spaces[a] for a in spec.agents]
+    if any(b.shape != boxes[0].shape or not (np.array_equal(b.low, boxes[0].low) and np.array_equal(b.high, boxes[0].high))
+           for b in boxes):  # fmt: skip
+        raise ValueError(f"vec: {spec.id}'s agents have different continuous action spaces; a stable-baselines3 VecEnv "
+                         "offers one space to all its envs")  # fmt: skip
+    return own_space(boxes[0])
 
 
 class DreamSB3VecEnv(_SB3VecEnv or object):
@@ -112,7 +142,7 @@ class DreamSB3VecEnv(_SB3VecEnv or object):
         super().__init__(
             vec.num_worlds * self.n_agents,
             spaces.Box(-np.inf, np.inf, (width,), np.float32),
-            spaces.Discrete(vec.spec.n_actions),
+            _shared_space(vec.spec),
         )
         self._actions: np.ndarray | None = None
 
@@ -126,17 +156,19 @@ class DreamSB3VecEnv(_SB3VecEnv or object):
         return self._flat(self._obs).astype(np.float32)
 
     def step_async(self, actions: np.ndarray) -> None:
-        """Store (B·N,) actions for `step_wait`."""
-        self._actions = np.asarray(actions).reshape(self.num_envs)
+        """Store (B·N,) actions (continuous: (B·N, A)) for `step_wait`."""
+        self._actions = np.asarray(actions).reshape(self.num_envs, *self.action_space.shape)
 
     def step_wait(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict]]:
         """Step the dream; absent agents' actions are ignored."""
-        acts = torch.as_tensor(self._actions, dtype=torch.long, device=self.vec.device).view(
-            self.vec.num_worlds, self.n_agents
-        )
-        mask = self._last.action_mask
-        ok = mask.gather(-1, acts.clamp(0, mask.shape[-1] - 1).unsqueeze(-1)).squeeze(-1)
-        acts = torch.where(ok & self._last.alive, acts, mask.float().argmax(-1))
+        B, N = self.vec.num_worlds, self.n_agents
+        if self.vec.spec.discrete:
+            acts = torch.as_tensor(self._actions, dtype=torch.long, device=self.vec.device).view(B, N)
+            mask = self._last.action_mask
+            ok = mask.gather(-1, acts.clamp(0, mask.shape[-1] - 1).unsqueeze(-1)).squeeze(-1)
+            acts = torch.where(ok & self._last.alive, acts, mask.float().argmax(-1))
+        else:  # SB3 policies clip to the Box themselves; the dream clips too (out_of_bounds="clip")
+            acts = torch.as_tensor(self._actions, dtype=torch.float32, device=self.vec.device).view(B, N, -1)
         s = self.vec.step(acts)
         absent = ~self._last.alive[..., None]  # (B, N, 1) agents that had ended before this step keep their last obs
         obs = torch.where(absent & ~s.done[:, None, None], self._obs, s.obs)  # after an auto-reset: the new episode's

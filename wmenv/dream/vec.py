@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from wmenv.envs.spec import stack_masks
+from wmenv.checks import check_choice
+from wmenv.envs.spec import action_bounds, stack_masks
 from wmenv.models.world_model import Prediction, State, WorldModel
 
 if TYPE_CHECKING:
@@ -70,7 +71,13 @@ class DreamVecEnv:
         seed: seeds the generator of every random draw.
         mask_threshold: an action is available where its predicted probability exceeds this.
         planner: None (each step samples the model's prior) or a `wmenv.dream.mag.MAGPlanner`, which picks each
-            step among sampled candidates the one with the lowest predicted model error under the current actor.
+            step among sampled candidates the one with the lowest predicted model error under the current actor
+            (discrete actions).
+        out_of_bounds: continuous actions outside an agent's bounds are ``"clip"``ped to them (as a MuJoCo
+            actuator clamps its control) or ``"raise"`` a ValueError.
+
+    Continuous actions are (B, N, A) float: each agent's own dims (the action mask marks them), NaN or inf refused;
+    absent agents' and padded dims' values are ignored.
     """
 
     def __init__(
@@ -84,17 +91,16 @@ class DreamVecEnv:
         seed: int = 0,
         mask_threshold: float = 0.5,
         planner: MAGPlanner | None = None,
+        out_of_bounds: Literal["clip", "raise"] = "clip",
     ) -> None:
         for name, value in (("num_worlds", num_worlds), ("horizon", horizon), ("context", context)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
         if obs not in ("latent", "decoded"):
             raise ValueError(f"obs: expected 'latent' or 'decoded', got {obs!r}")
-        if not model.spec.discrete:
-            raise ValueError(
-                f"model: {model.spec.id} has continuous actions; world models fit them, but dreams step only discrete "
-                "actions so far (issue 14, item 3)"
-            )
+        check_choice("out_of_bounds", out_of_bounds, ("clip", "raise"))
+        if planner is not None and not model.spec.discrete:
+            raise ValueError(f"planner: MAG's planner samples discrete candidate actions; {model.spec.id} has continuous ones")
         if start is not None and start.spec_description is not None and start.spec_description != model.spec.describe():
             raise ValueError(
                 f"start: replay recorded for env {start.spec_description}, the model is for {model.spec.describe()}"
@@ -106,6 +112,9 @@ class DreamVecEnv:
         # (N, A) bool: each agent's own actions (heterogeneous agents: the padded ones beyond its Discrete.n are not)
         own = stack_masks(model.spec, {}, np.ones(model.spec.n_agents, dtype=bool))
         self._own = torch.as_tensor(own, device=self.device)
+        self.out_of_bounds = out_of_bounds
+        if not model.spec.discrete:
+            self._low, self._high = (torch.as_tensor(b, device=self.device) for b in action_bounds(model.spec))
         self.generator = torch.Generator(device=self.device)
         self.seed(seed)
         self._state: State | None = None
@@ -168,12 +177,16 @@ class DreamVecEnv:
         return self.num_worlds
 
     def check_actions(self, actions: Tensor) -> Tensor:
-        """Validate (B, N) integer actions of the present agents against range and predicted masks."""
+        """Validate (B, N) integer actions of the present agents against range and predicted masks (continuous:
+        (B, N, A) float, finite and, with ``out_of_bounds="raise"``, inside the bounds; else clipped)."""
         B, N, A = self.num_worlds, self.spec.n_agents, self.spec.n_actions
         if isinstance(actions, np.ndarray):
             actions = torch.from_numpy(actions)
         if not isinstance(actions, Tensor):
-            raise TypeError(f"actions: expected a tensor or NumPy array of shape ({B}, {N}), got {type(actions).__name__}")
+            shape = (B, N) if self.spec.discrete else (B, N, A)
+            raise TypeError(f"actions: expected a tensor or NumPy array of shape {shape}, got {type(actions).__name__}")
+        if not self.spec.discrete:
+            return self._check_continuous(actions)
         if actions.shape != (B, N):
             raise ValueError(f"actions: expected shape ({B}, {N}) (worlds, agents), got {tuple(actions.shape)}")
         if actions.dtype.is_floating_point or actions.dtype == torch.bool or actions.is_complex():
@@ -193,6 +206,30 @@ class DreamVecEnv:
             raise ValueError(f"actions: agent {self.spec.agents[n]!r} in world {b} chose action {int(actions[b, n])}, "
                              "which the model predicts unavailable (see action_mask)")  # fmt: skip
         return torch.where(live, actions, torch.zeros_like(actions))
+
+    def _check_continuous(self, actions: Tensor) -> Tensor:
+        """(B, N, A) float actions of the present agents' own dims: finite, clipped (or refused) at the bounds."""
+        B, N, A = self.num_worlds, self.spec.n_agents, self.spec.n_actions
+        if actions.shape != (B, N, A):
+            got = tuple(actions.shape)
+            raise ValueError(f"actions: expected shape ({B}, {N}, {A}) (worlds, agents, action dims), got {got}")
+        if not actions.dtype.is_floating_point:
+            raise TypeError(f"actions: expected a float dtype for continuous actions, got {actions.dtype}")
+        actions = actions.to(self.device, torch.float32)
+        used = self._alive[..., None] & self._own  # (B, N, A)
+        self._refuse(actions, used & ~torch.isfinite(actions), "a finite value")
+        if self.out_of_bounds == "raise":
+            self._refuse(actions, used & ((actions < self._low) | (actions > self._high)), "a value within")
+        actions = torch.minimum(torch.maximum(actions, self._low), self._high)
+        return torch.where(used, actions, torch.zeros_like(actions))
+
+    def _refuse(self, actions: Tensor, bad: Tensor, expected: str) -> None:
+        """Raise a ValueError naming the first (world, agent, dim) of ``bad`` (B, N, A), its value and its bounds."""
+        if bad.any():
+            b, n, d = (int(i) for i in bad.nonzero()[0])
+            bounds = f"[{float(self._low[n, d])}, {float(self._high[n, d])}]"
+            raise ValueError(f"actions: agent {self.spec.agents[n]!r} in world {b}, dim {d}: expected {expected} "
+                             f"(bounds {bounds}), got {float(actions[b, n, d])}")  # fmt: skip
 
     def step(self, actions: Tensor) -> DreamStep:
         """Advance all B worlds by one imagined step; finished worlds are reset in place."""

@@ -175,6 +175,25 @@ def action_bounds(spec: EnvSpec) -> tuple[np.ndarray, np.ndarray]:
     return low, high
 
 
+def own_space(space: gym.spaces.Space) -> gym.spaces.Space:
+    """A fresh copy of an agent's action space (``Discrete(n)``, or a float32 ``Box`` with its bounds), for an env
+    that hands out its own space objects (seeding one leaves other envs' spaces alone)."""
+    if isinstance(space, gym.spaces.Discrete):
+        return gym.spaces.Discrete(int(space.n))
+    return gym.spaces.Box(space.low.astype(np.float32), space.high.astype(np.float32), space.shape, np.float32)
+
+
+def unstack_continuous(spec: EnvSpec, actions: Mapping[str, Any]) -> np.ndarray:
+    """Per-agent continuous actions -> (N, A) float32, each in its agent's own dims (0 for padded dims and absent
+    agents); the inverse of `unstack_actions` for continuous specs."""
+    out = np.zeros((spec.n_agents, spec.n_actions), np.float32)
+    for i, a in enumerate(spec.agents):
+        if a in actions:
+            arr = np.asarray(actions[a], dtype=np.float32).reshape(-1)
+            out[i, : arr.shape[0]] = arr
+    return out
+
+
 def own_action_dims(spec: EnvSpec) -> np.ndarray:
     """(N, A) bool: the action dims (continuous) or choices (discrete) each agent has, before padding."""
     own = np.array([int(spec.action_spaces[a].n) if spec.discrete else spec.action_spaces[a].shape[0] for a in spec.agents])

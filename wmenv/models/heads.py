@@ -80,7 +80,7 @@ class HeadsMixin:
         # not in checkpoints: they follow from the spec, which the checkpoint records
         self.register_buffer("action_scale", scale * own, persistent=False)
         self.register_buffer("action_shift", shift * own, persistent=False)
-        self.register_buffer("action_dims", own.float(), persistent=False)
+        self.register_buffer("action_dims", own, persistent=False)  # (N, A) bool
 
     def _encode_actions(self, actions: Tensor, agent: Tensor | None = None) -> Tensor:
         """What the model reads of actions: (..., N) int choices -> (..., N, A) one-hot; (..., N, A) continuous
@@ -182,9 +182,9 @@ def head_errors(
             model.mask_head(full_feat), batch["action_mask"].to(full_feat.dtype), reduction="none"
         )
         errors["action_mask"] = (bce.mean(-1), acts)
-    acted_before = torch.zeros_like(acts)
-    acted_before[:, 1:] = acts[:, :-1]
-    acted_before &= ~resets[:, :, None]
+    # the agent acted at row t - 1 (a cat, not a slice assignment: Inductor's C++ codegen fails on the latter's bool
+    # blend when N = 2, e.g. MaMuJoCo's two-agent tasks)
+    acted_before = torch.cat([torch.zeros_like(acts[:, :1]), acts[:, :-1]], dim=1) & ~resets[:, :, None]
     if model.spec.discrete:
         info = F.cross_entropy(
             rearrange(model.action_head(agent_feat), "b t n a -> b a t n"),
@@ -193,7 +193,7 @@ def head_errors(
         )
     else:  # a unit-variance Gaussian over the rescaled previous action: squared error on the agent's own dims
         target = model._encode_actions(torch.roll(actions, 1, dims=1))
-        info = ((model.action_head(agent_feat) - target).square() * model.action_dims).sum(-1)
+        info = torch.where(model.action_dims, (model.action_head(agent_feat) - target).square(), 0.0).sum(-1)
     errors["info"] = (info, acted_before)
     return errors
 

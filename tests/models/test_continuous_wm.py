@@ -119,8 +119,9 @@ def test_fit_and_imagine_on_a_real_continuous_env(kind):
         state = model.initial(4, torch.Generator().manual_seed(0))
         nxt, pred = model.imagine(state, torch.full((4, 1, 1), 1.5), torch.Generator().manual_seed(1), decode=True)
     assert pred.reward.shape == (4, 1) and pred.obs.shape == (4, 1, spec.obs_dim) and pred.action_mask is None
-    with pytest.raises(ValueError, match="dreams step only discrete actions so far"):
-        DreamVecEnv(model, 4)
+    dream = DreamVecEnv(model, 4, seed=0)
+    dream.reset()
+    assert torch.isfinite(dream.step(torch.full((4, 1, 1), 3.0)).reward).all()  # 3 clipped to the bound 2
     with pytest.raises(ValueError, match="continuous actions; the ONNX export knows only categorical heads"):
         export_wm_agent(model, make_policy("gru", model.feature_widths()[0], 1), "unused.onnx")
 

@@ -66,5 +66,5 @@ def test_errors():
 
 def test_missing_package_is_dependency_not_installed(monkeypatch):
     monkeypatch.setitem(sys.modules, "gymnasium_robotics", None)  # makes the import fail
-    with pytest.raises(gym.error.DependencyNotInstalled, match=r'pip install "gymnasium-robotics\[mamujoco\]"'):
+    with pytest.raises(gym.error.DependencyNotInstalled, match=r'pip install "wmenv\[mamujoco\]"'):
         make(ID)

@@ -16,7 +16,7 @@ import gymnasium as gym
 
 from wmenv.envs.pettingzoo import PettingZooAdapter, split_adapter_kwargs
 
-INSTALL_HINT = 'pip install "gymnasium-robotics[mamujoco]"'
+INSTALL_HINT = 'pip install "wmenv[mamujoco]" (or: pip install gymnasium-robotics)'
 
 
 def _episode_limit(single: gym.Env) -> int | None:

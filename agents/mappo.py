@@ -280,6 +280,7 @@ class MAPPO(nn.Module):
 
     def env_actions(self, actions: Tensor, num_envs: int) -> np.ndarray:
         """Actions from `act` for E·N rows as the env takes them: (E, N) int64, or (E, N, A) float clipped to bounds."""
+        actions = actions.detach()
         if self.discrete:
             return rearrange(actions, "(e n) -> e n", e=num_envs).cpu().numpy()
         actions = rearrange(actions, "(e n) a -> e n a", e=num_envs)

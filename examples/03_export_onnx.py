@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import tyro
+from safetensors.torch import load_file
 
 from agents.train import latest_checkpoint, policy_from_checkpoint
 from exports import OnnxAgent, export_agent, export_wm_agent, play_episode
@@ -40,7 +41,7 @@ class Args:
     seed: int = 1000
     """Seed of the first episode (the next ones count up)."""
     sampling: bool = False
-    """Also export the Gumbel-max sampling input (actor-only graphs)."""
+    """Also export the sampling input (actor-only graphs: Gumbel-max over the logits, or a Gaussian's normal noise)."""
     neighbours: int | None = None
     """World-model agents: hear only ``env.neighbours(radius)`` (Flatland) instead of every present agent."""
 
@@ -58,7 +59,8 @@ def main(args: Args) -> list[float]:
         path = export_wm_agent(load_model(ckpt / "world_model", spec), policy, args.out, spec=spec)
         what = f"the world model's filter + {what}"
     else:
-        path = export_agent(policy, args.out, spec=spec, sampling=args.sampling)
+        log_std = None if spec.discrete else load_file(str(ckpt / "model.safetensors"))["agent.log_std"]  # Gaussian actors
+        path = export_agent(policy, args.out, spec=spec, sampling=args.sampling, log_std=log_std)
     agent = OnnxAgent(path, spec=spec)
     size, providers = path.stat().st_size / 1024, agent.session.get_providers()
     print(f"exported {what} from {ckpt} to {path} ({size:.0f} KiB); providers {providers}")

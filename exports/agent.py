@@ -74,6 +74,7 @@ class OnnxAgent:
         self.state_shapes: dict[str, tuple[int, ...]] = {n: tuple(s) for n, s in json.loads(meta["wmenv.state"])}
         self.sampling: bool = json.loads(meta["wmenv.sampling"])
         self.env: dict | None = json.loads(meta["wmenv.env"])
+        self.continuous: bool = json.loads(meta.get("wmenv.continuous", "false"))  # a Gaussian actor (float actions)
         self.n_agents: int | None = None  # N message slots (world-model agents)
         self.message_dim = 0  # M
         self.latent: str | None = None  # "mode" or "sample" (world-model agents)
@@ -102,6 +103,8 @@ class OnnxAgent:
         expected.update(self.state_shapes)
         if self.sampling:
             expected["noise"] = (self.n_actions,)
+        if self.continuous:
+            expected["agent"] = ()
         got = {i.name: tuple(i.shape[1:]) for i in self.session.get_inputs()}
         for name, shape in expected.items():
             if name not in got:
@@ -135,7 +138,7 @@ class OnnxAgent:
         if self.kind == "world_model":
             self.state["prev_action"] = np.full(batch_size, -1, dtype=np.int64)
             self.outgoing = np.zeros((batch_size, self.message_dim), dtype=np.float32)
-        self.logits: np.ndarray | None = None  # (B, A) of the last act, masked actions -inf
+        self.logits: np.ndarray | None = None  # (B, A) of the last act: masked logits (-inf), or a Gaussian's mean
 
     def _shapes(self) -> dict[str, tuple[int, ...]]:
         """Per-row shape of every state tensor: the filter's (world-model agents), then the actor's."""
@@ -190,14 +193,16 @@ class OnnxAgent:
             messages: world-model agents: (B, N, M) float, the messages each row received, in sender slots
                 (its own slot is ignored); None: none (zeros, and ``heard`` defaults to none).
             heard: world-model agents: (B, N) bool, the slots of ``messages`` that were received (all when None).
-            agent: world-model agents: (B,) int, each row's agent slot (None: row i is slot i mod N).
-            deterministic: greedy action; otherwise sampled with Gumbel-max from ``rng``'s uniforms
-                (needs an actor file exported with ``sampling=True``).
+            agent: world-model agents and continuous actors: (B,) int, each row's agent slot (None: row i is slot
+                i mod N).
+            deterministic: greedy action (continuous: the mean, clipped to the row's bounds); otherwise sampled, with
+                Gumbel-max from ``rng``'s uniforms or, continuous, a Gaussian from its normals (needs an actor file
+                exported with ``sampling=True``).
             rng: the random stream for sampling actions and, for world-model files exported with
                 ``latent="sample"``, the posterior's uniform noise (the agent's own stream when None).
 
         Returns:
-            (B,) int64 actions.
+            (B,) int64 actions, or (B, A) float32 continuous actions (0 on an agent's padded dims).
 
         Raises:
             ValueError, TypeError: wrong shapes or dtypes, NaN observations, a row without available actions,
@@ -217,18 +222,21 @@ class OnnxAgent:
         rng = rng or self._rng
         if self.messaging:
             feeds.update(self._exchange(messages, heard, agent))
+        elif self.continuous and messages is None and heard is None:
+            feeds["agent"] = self._slots(agent, len(self.env["agents"]))
         elif messages is not None or heard is not None or agent is not None:
             what = "an actor-only agent (kind 'actor')" if self.kind == "actor" else "a world-model agent without messages"
             raise ValueError(f"messages: {self.path} is {what}, it takes no messages")
         if self.kind == "world_model" and self.latent == "sample":
             feeds["noise"] = rng.random((B, *self.latent_shape), dtype=np.float32)
         if self.sampling:
-            feeds["noise"] = rng.random((B, A), dtype=np.float32)
+            draw = rng.standard_normal if self.continuous else rng.random
+            feeds["noise"] = draw((B, A), dtype=np.float32)
         elif not deterministic:
             how = "world-model agents act greedily" if self.kind == "world_model" else "export_agent(..., sampling=True)"
             raise ValueError(f"deterministic: {self.path} was exported without action sampling ({how})")
         out = dict(zip([o.name for o in self.session.get_outputs()], self.session.run(None, feeds)))
-        self.logits = out["logits"]
+        self.logits = out["mean" if self.continuous else "logits"]
         self.state = {n: out[f"new_{n}"] for n in self._shapes()}
         if self.messaging:
             self.outgoing = out["message"]
@@ -253,12 +261,16 @@ class OnnxAgent:
             if not np.isfinite(msgs).all():
                 raise ValueError("messages: contains NaN or inf")
         heard = np.ones((B, N), dtype=bool) if heard is None else self._array("heard", heard, (B, N), np.bool_)
+        return {"messages": msgs, "heard": heard, "agent": self._slots(agent, N)}
+
+    def _slots(self, agent: Any, n: int) -> np.ndarray:
+        """Checked (B,) int64 agent slots in [0, n) (None: row i is slot i mod n)."""
         if agent is not None and not np.issubdtype(np.asarray(agent).dtype, np.integer):
             raise TypeError(f"agent: expected an integer array of slots, got dtype {np.asarray(agent).dtype}")
-        slots = np.arange(B) % N if agent is None else self._array("agent", agent, (B,), np.int64)
-        if ((slots < 0) | (slots >= N)).any():
-            raise ValueError(f"agent: expected slots in [0, {N}), got {slots.tolist()}")
-        return {"messages": msgs, "heard": heard, "agent": slots}
+        slots = np.arange(self.batch_size) % n if agent is None else self._array("agent", agent, (self.batch_size,), np.int64)
+        if ((slots < 0) | (slots >= n)).any():
+            raise ValueError(f"agent: expected slots in [0, {n}), got {slots.tolist()}")
+        return slots
 
 
 def play_episode(agent: OnnxAgent, env: Any, spec: Any, seed: int | None = None, neighbours: int | None = None) -> float:

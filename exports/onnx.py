@@ -11,6 +11,11 @@ One graph computes one decision step of one agent type for B rows:
              [sampled_action (B,) int64: Gumbel-max over ``log(-log noise)``, RNG-free],
              new_<state> (B, ...) per state tensor
 
+Continuous actions (a Gaussian actor, exported with the env's spec and the learner's ``log_std``): the mask input
+marks each row's own action dims, an ``agent`` (B,) int64 input gives each row's slot (for its bounds), the first
+output is ``mean`` (B, A), ``action`` (B, A) float32 is the mean clipped to the row's bounds (0 on padded dims) and
+``sampled_action`` is ``mean + exp(log_std) · noise`` clipped likewise, with ``noise`` (B, A) standard normal.
+
 The batch dimension is dynamic. The graph comes from ``torch.export`` (``torch.onnx.export(dynamo=True)``,
 opset 18): the policy's ``step`` is straight-line tensor code, so the graph has no loops or branches.
 Metadata (``metadata_props``) records the format, the kind (``"actor"``; `exports.wm_agent` writes
@@ -35,7 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from agents.policies.base import RecurrentPolicy
-from wmenv.envs.spec import spec_differences
+from wmenv.envs.spec import action_bounds, spec_differences
 
 EXPORT_FORMAT = 1
 """Version of the graph's input / output / metadata layout; `OnnxAgent` refuses other versions."""
@@ -104,12 +109,41 @@ class StepGraph(nn.Module):
         return (*outs, *(new[n] for n in self.state_names))
 
 
+class GaussianStepGraph(nn.Module):
+    """The module exported for continuous actions: one policy step, the mean and a sampled action, clipped per row."""
+
+    def __init__(self, policy: RecurrentPolicy, state_names: list[str], sampling: bool, log_std: Tensor, spec: Any) -> None:
+        super().__init__()
+        self.policy, self.state_names, self.sampling = policy, state_names, sampling
+        low, high = action_bounds(spec)
+        self.register_buffer("log_std", log_std.detach().float().cpu().clone())
+        self.register_buffer("low", torch.from_numpy(low))  # (N, A)
+        self.register_buffer("high", torch.from_numpy(high))
+
+    def forward(
+        self, obs: Tensor, action_mask: Tensor, reset: Tensor, agent: Tensor, state: tuple[Tensor, ...],
+        noise: Tensor | None = None,
+    ) -> tuple[Tensor, ...]:  # fmt: skip
+        """See the module docstring for inputs and outputs."""
+        mean, new = self.policy.step(obs, dict(zip(self.state_names, state)), reset)
+        low, high = self.low[agent], self.high[agent]  # (B, A)
+
+        def clip(x: Tensor) -> Tensor:
+            return torch.where(action_mask, torch.minimum(torch.maximum(x, low), high), torch.zeros_like(x))
+
+        outs = [mean, clip(mean)]
+        if self.sampling:
+            outs.append(clip(mean + self.log_std.exp() * noise))
+        return (*outs, *(new[n] for n in self.state_names))
+
+
 def export_agent(
     policy: RecurrentPolicy,
     path: str | Path,
     spec: Any | None = None,
     sampling: bool = False,
     opset: int = OPSET,
+    log_std: Tensor | None = None,
 ) -> Path:
     """Export ``policy``'s step to an ONNX file (written atomically); see the module docstring for the graph.
 
@@ -122,13 +156,15 @@ def export_agent(
         spec: the `EnvSpec` the agent acts in; recorded so `OnnxAgent` can refuse another env.
         sampling: add the ``noise`` input and the ``sampled_action`` output.
         opset: ONNX opset (18 or later).
+        log_std: continuous actions: the learner's (A,) state-independent log-std (``MAPPO.log_std``); a continuous
+            ``spec`` needs it when ``sampling``.
 
     Returns:
         ``path``.
 
     Raises:
         TypeError: ``policy`` is not a `RecurrentPolicy`.
-        ValueError: ``spec`` disagrees with the policy's D or A, or has continuous actions.
+        ValueError: ``spec`` disagrees with the policy's D or A; a continuous ``spec`` sampling without ``log_std``.
         RuntimeError: the step cannot be exported, with the exporter's reason.
     """
     if not isinstance(policy, RecurrentPolicy):
@@ -140,27 +176,29 @@ def export_agent(
             f"spec: expected obs_dim={policy.obs_dim}, n_actions={policy.n_actions} (the policy's), "
             f"got obs_dim={spec.obs_dim}, n_actions={spec.n_actions} ({spec.id})"
         )
-    if spec is not None and not spec.discrete:
-        raise ValueError(
-            f"spec: {spec.id} has continuous actions; the ONNX export knows only categorical heads so far "
-            "(Gaussian agents: issue 14, item 4)"
-        )
+    continuous = spec is not None and not spec.discrete
+    if continuous and sampling and log_std is None:
+        raise ValueError(f"log_std: sampling a Gaussian agent for {spec.id} needs the learner's log_std (MAPPO.log_std)")
+    if continuous and log_std is not None and tuple(log_std.shape) != (policy.n_actions,):
+        raise ValueError(f"log_std: expected shape ({policy.n_actions},), got {tuple(log_std.shape)}")
     path = Path(path)
     policy = copy.deepcopy(policy).float().cpu().eval()
     state0 = policy.initial_state(2)
     names = list(state0)
-    graph = StepGraph(policy, names, sampling).eval()
     D, A = policy.obs_dim, policy.n_actions
-    args: tuple[Any, ...] = (
-        torch.zeros(2, D),
-        torch.ones(2, A, dtype=torch.bool),
-        torch.zeros(2, dtype=torch.bool),
-        list(state0.values()),
-    )
     batch = torch.export.Dim("batch", min=1)
-    dynamic: tuple[Any, ...] = ({0: batch}, {0: batch}, {0: batch}, state_dynamic(names, batch))
-    inputs = ["obs", "action_mask", "reset", *names]
-    outputs = ["logits", "action", *(["sampled_action"] if sampling else []), *(f"new_{n}" for n in names)]
+    args: tuple[Any, ...] = (torch.zeros(2, D), torch.ones(2, A, dtype=torch.bool), torch.zeros(2, dtype=torch.bool))
+    dynamic: tuple[Any, ...] = ({0: batch}, {0: batch}, {0: batch})
+    inputs = ["obs", "action_mask", "reset"]
+    if continuous:
+        std = log_std if log_std is not None else torch.zeros(A)
+        graph: nn.Module = GaussianStepGraph(policy, names, sampling, std, spec).eval()
+        args, dynamic, inputs = (*args, torch.zeros(2, dtype=torch.long)), (*dynamic, {0: batch}), [*inputs, "agent"]
+    else:
+        graph = StepGraph(policy, names, sampling).eval()
+    args, dynamic, inputs = (*args, list(state0.values())), (*dynamic, state_dynamic(names, batch)), [*inputs, *names]
+    first = "mean" if continuous else "logits"
+    outputs = [first, "action", *(["sampled_action"] if sampling else []), *(f"new_{n}" for n in names)]
     if sampling:
         args, dynamic, inputs = (*args, torch.full((2, A), 0.5)), (*dynamic, {0: batch}), [*inputs, "noise"]
     meta = {
@@ -173,7 +211,8 @@ def export_agent(
         "wmenv.state": json.dumps([[n, list(state0[n].shape[1:])] for n in names]),
         "wmenv.sampling": json.dumps(sampling),
         "wmenv.observation_space": json.dumps({"shape": [D], "dtype": "float32"}),
-        "wmenv.action_space": json.dumps({"n": A}),
+        "wmenv.action_space": json.dumps({"n": A} if not continuous else {"continuous": A}),
+        "wmenv.continuous": json.dumps(continuous),
         "wmenv.env": json.dumps(spec.describe() if spec is not None else None),
     }
     return write_graph(graph, args, dynamic, inputs, outputs, meta, path, f"policy: {type(policy).__name__}.step", opset)

@@ -163,20 +163,26 @@ def load_model(path: str | Path, spec: Any, kind: str | None = None) -> WorldMod
     path = Path(path)
     try:
         meta = json.loads((path / "config.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"path: {path} holds no readable world-model config.json: {e}") from e
+    if not isinstance(meta, dict):
+        raise ValueError(f"path: {path}/config.json holds {type(meta).__name__}, expected a world-model config object")
     by_class = {k.model_cls.__name__: k.name for k in KINDS.values()}  # checkpoints from before kinds were recorded
-    saved_kind = meta.get("kind", by_class.get(meta.get("model")))
-    if meta.get("format") != MODEL_FORMAT or saved_kind not in KINDS:
+    model_name = meta.get("model")
+    saved_kind = meta.get("kind", by_class.get(model_name) if isinstance(model_name, str) else None)
+    if meta.get("format") != MODEL_FORMAT or not isinstance(saved_kind, str) or saved_kind not in KINDS:
         raise ValueError(f"path: expected a world-model checkpoint of format {MODEL_FORMAT} of a registered kind "
                          f"({sorted(KINDS)}), got kind {saved_kind!r} ({meta.get('model')!r}) of format "
                          f"{meta.get('format')!r}")  # fmt: skip
     if kind is not None and kind != saved_kind:
         raise ValueError(f"kind: {path} holds a {saved_kind!r} world model, expected {kind!r}")
-    if meta["spec"] != spec.describe():
-        raise ValueError(f"spec: the model in {path} was fitted on env {meta['spec']}, got {spec.describe()}")
+    if meta.get("spec") != spec.describe():
+        raise ValueError(f"spec: the model in {path} was fitted on env {meta.get('spec')}, got {spec.describe()}")
     k = KINDS[saved_kind]
-    model = k.model_cls(spec, config_from_dict(k.config_cls, meta["config"]))
+    try:
+        model = k.model_cls(spec, config_from_dict(k.config_cls, meta.get("config")))
+    except (TypeError, ValueError, KeyError, AttributeError) as e:
+        raise ValueError(f"path: {path}/config.json holds a corrupt {saved_kind!r} model config: {e!r}") from e
     try:
         weights = load_file(str(path / "model.safetensors"))
         model.load_state_dict(weights)

@@ -6,7 +6,9 @@ dict of strings holding
 * ``format`` = ``"wmenv.replay"`` and ``format_version`` (an integer as a string);
 * ``meta``: JSON written by the caller (spec description, config, schema, ...);
 * ``crc32``: JSON name -> CRC-32 of each array's bytes, so flipped bits are caught on load
-  (safetensors itself checks the header and the sizes, not the contents).
+  (safetensors itself checks the header and the sizes, not the contents);
+* ``meta_crc32``: CRC-32 of ``meta`` and ``crc32`` together, so a flipped bit in the header's text is caught too
+  (optional on read: files written before it have none).
 
 A replay saved incrementally (`EpisodeReplay.save_segments`) is a folder of such files, one per
 save with the episodes new since the previous one, plus a JSON manifest naming the segments (each
@@ -80,6 +82,7 @@ def write(path: str | os.PathLike[str], arrays: dict[str, np.ndarray], meta: dic
         "meta": json.dumps(meta),
         "crc32": json.dumps({k: _crc(v) for k, v in arrays.items()}),
     }
+    metadata["meta_crc32"] = str(zlib.crc32((metadata["meta"] + metadata["crc32"]).encode()))
     data = safetensors.numpy.save(arrays, metadata=metadata)
     atomic_write(path, data)
     return len(data)
@@ -114,6 +117,9 @@ def read(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], dict[str,
             f"path: {str(path)!r} has replay format version {metadata.get('format_version')!r}; "
             f"this wmenv reads version {FORMAT_VERSION}"
         )
+    stored = metadata.get("meta_crc32")  # files written before it was added have none
+    if stored is not None and stored != str(zlib.crc32((metadata.get("meta", "") + metadata.get("crc32", "")).encode())):
+        raise ValueError(f"path: {str(path)!r} is corrupt: checksum mismatch in its metadata")
     try:
         meta, crcs = json.loads(metadata["meta"]), json.loads(metadata["crc32"])
     except (KeyError, json.JSONDecodeError) as e:

@@ -16,7 +16,10 @@ Ids are ``"<family>:<name>"``:
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from typing import Any
+
+from gymnasium.error import DependencyNotInstalled  # not `import gymnasium as gym`: wmenv.envs.gym is a submodule
 
 from wmenv.envs.base import MultiAgentEnv
 from wmenv.envs.spec import EnvSpec, check_actions, stack_masks, stack_obs, stack_rewards, unstack_actions
@@ -60,7 +63,9 @@ def make(id: str, **kwargs: Any) -> tuple[MultiAgentEnv, EnvSpec]:
         spec: its `EnvSpec`.
 
     Raises:
-        ValueError: an unknown id; the message lists the known ones.
+        ValueError: an unknown id (the message lists the known ones), or keyword values the env refuses.
+        TypeError: keywords the env does not take, or of the wrong type.
+        gymnasium.error.DependencyNotInstalled: the family's package is missing (the message says how to install it).
     """
     if not isinstance(id, str):
         raise TypeError(f"id: expected a string like 'mpe:simple_spread_v3', got {type(id).__name__}")
@@ -68,8 +73,26 @@ def make(id: str, **kwargs: Any) -> tuple[MultiAgentEnv, EnvSpec]:
     if not sep or family not in _FAMILIES or not name:
         raise ValueError(f"id: unknown environment {id!r}; known ids: {', '.join(KNOWN_IDS)}")
     module, fn = _FAMILIES[family].split(":")
-    env = getattr(importlib.import_module(module), fn)(name, **kwargs)
+    try:
+        env = getattr(importlib.import_module(module), fn)(name, **kwargs)
+    except (TypeError, ValueError, AssertionError, AttributeError, KeyError, IndexError) as e:
+        if isinstance(e, DependencyNotInstalled) or _raised_here(e):
+            raise  # the library's own errors name their input already
+        # third-party constructors refuse bad keywords with whatever they raise; name the input in a library error
+        kind = TypeError if isinstance(e, TypeError) else ValueError
+        raise kind(f"kwargs: {id!r} refused {kwargs!r}: {type(e).__name__}: {e}") from e
     return env, env.env_spec
+
+
+def _raised_here(e: BaseException) -> bool:
+    """Whether ``e`` was raised by this library's own code (its innermost frame lies in the wmenv package)."""
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and Path(tb.tb_frame.f_code.co_filename).resolve().is_relative_to(_PACKAGE)
+
+
+_PACKAGE = Path(__file__).resolve().parents[1]
 
 
 __all__ = [

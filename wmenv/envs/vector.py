@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import importlib
 import multiprocessing as mp
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from multiprocessing import connection as mp_connection
 from multiprocessing.connection import Connection
 from typing import Any, Literal
 
@@ -243,24 +245,42 @@ class VecEnv:
                 self._procs.append(p)
         self.closed = False
 
+    def _who(self, w: int) -> str:
+        return f"VecEnv worker {w} (pid {self._procs[w].pid}, env copies {self._split[w].tolist()})"
+
+    def _gather(self) -> list[dict[str, Any]]:
+        """Every worker's reply (its copies' rows, in copy order), as they arrive within ``worker_timeout``. A worker
+        that hangs, dies or fails closes the `VecEnv` and raises, naming it."""
+        pending = dict(enumerate(self._remotes))
+        replies: dict[int, list[dict[str, Any]]] = {}
+        deadline = None if self.worker_timeout is None else time.monotonic() + self.worker_timeout
+        while pending:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready = mp_connection.wait(list(pending.values()), timeout=left)  # a dead worker's end is ready too (EOF)
+            if not ready:
+                hung = "; ".join(self._who(w) for w in sorted(pending))
+                self._stop_workers(grace=0.0)
+                raise WorkerError(f"{hung}: did not answer within {self.worker_timeout} s (hung?); the VecEnv was closed")
+            for w in [w for w, r in pending.items() if r in ready]:
+                replies[w] = self._receive(w)
+                del pending[w]
+        return [row for w in range(len(self._remotes)) for row in replies[w]]
+
     def _receive(self, w: int) -> list[dict[str, Any]]:
-        """Worker ``w``'s reply: its copies' rows. A hung, dead or failing worker closes the `VecEnv` and raises."""
+        """Worker ``w``'s reply, which has arrived (or its end closed): its rows; a dead or failing worker closes the
+        `VecEnv` and raises."""
         remote, proc = self._remotes[w], self._procs[w]
-        who = f"VecEnv worker {w} (pid {proc.pid}, env copies {self._split[w].tolist()})"
-        if not remote.poll(self.worker_timeout):  # poll also returns when the worker's end closed
-            self._stop_workers(grace=0.0)
-            raise WorkerError(f"{who} did not answer within {self.worker_timeout} s (hung?); the VecEnv was closed")
         try:
             reply = remote.recv()
         except (EOFError, OSError) as e:
             proc.join(timeout=1)
             self._stop_workers(grace=0.0)
-            raise WorkerError(f"{who} died (exit code {proc.exitcode}); the VecEnv was closed") from e
+            raise WorkerError(f"{self._who(w)} died (exit code {proc.exitcode}); the VecEnv was closed") from e
         if reply[0] == "ok":
             return reply[1]
         _, exc, text, tb = reply
         self._stop_workers(grace=1.0)
-        note = f"raised in {who}; the VecEnv was closed. The worker's traceback:\n{tb}"
+        note = f"raised in {self._who(w)}; the VecEnv was closed. The worker's traceback:\n{tb}"
         if exc is not None and hasattr(exc, "add_note"):
             exc.add_note(note)
             raise exc
@@ -280,7 +300,7 @@ class VecEnv:
                     remote.send((cmd, None if actions is None else actions[idx]))
                 except (BrokenPipeError, EOFError, OSError):
                     self._receive(w)  # a dead worker: raises the WorkerError naming it
-            rows = [row for w in range(len(self._remotes)) for row in self._receive(w)]
+            rows = self._gather()
         lists = ("infos", "episode_metrics")
         return VecStep(
             **{k: np.stack([np.asarray(r[k]) for r in rows]) for k in VecStep.__dataclass_fields__ if k not in lists},

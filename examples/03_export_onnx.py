@@ -21,7 +21,7 @@ import tyro
 from safetensors.torch import load_file
 
 from agents.train import latest_checkpoint, policy_from_checkpoint
-from exports import OnnxAgent, export_agent, export_wm_agent, play_episode
+from exports import OnnxAgent, agent_types, export_agent, export_wm_agent, play_episode
 from wmenv.envs import make
 from wmenv.fit import load_model
 
@@ -42,6 +42,9 @@ class Args:
     """Seed of the first episode (the next ones count up)."""
     sampling: bool = False
     """Also export the sampling input (actor-only graphs: Gumbel-max over the logits, or a Gaussian's normal noise)."""
+    per_type: bool = False
+    """Actor-only agents: one graph per agent type (heterogeneous agents: each type's own observation width and
+    actions), written as ``<out stem>_<type>.onnx`` and played together."""
     neighbours: int | None = None
     """World-model agents: hear only ``env.neighbours(radius)`` (Flatland) instead of every present agent."""
 
@@ -60,6 +63,16 @@ def main(args: Args) -> list[float]:
         what = f"the world model's filter + {what}"
     else:
         log_std = None if spec.discrete else load_file(str(ckpt / "model.safetensors"))["agent.log_std"]  # Gaussian actors
+        if args.per_type:
+            out = Path(args.out)
+            files = {name: export_agent(policy, out.with_name(f"{out.stem}_{name}.onnx"), spec, args.sampling, log_std=log_std,
+                                        agents=agents) for name, agents in agent_types(spec).items()}  # fmt: skip
+            team = {name: OnnxAgent(f, spec=spec) for name, f in files.items()}
+            print(f"exported {what} from {ckpt}, one graph per agent type: {', '.join(str(f) for f in files.values())}")
+            returns = [play_episode(team, env, spec, args.seed + i) for i in range(args.episodes)]
+            print(f"episode return per agent on {spec.id} over {args.episodes} episodes: {np.mean(returns):.2f} ± "
+                  f"{np.std(returns):.2f}")  # fmt: skip
+            return returns
         path = export_agent(policy, args.out, spec=spec, sampling=args.sampling, log_std=log_std)
     agent = OnnxAgent(path, spec=spec)
     size, providers = path.stat().st_size / 1024, agent.session.get_providers()

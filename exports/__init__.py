@@ -17,7 +17,16 @@ agent.outgoing                                     # (3, M): what they send next
 """
 
 from exports.agent import OnnxAgent, default_providers, play_episode
-from exports.onnx import EXPORT_FORMAT, export_agent
+from exports.onnx import EXPORT_FORMAT, agent_types, export_agent, export_agent_types
 from exports.wm_agent import export_wm_agent
 
-__all__ = ["EXPORT_FORMAT", "OnnxAgent", "default_providers", "export_agent", "export_wm_agent", "play_episode"]
+__all__ = [
+    "EXPORT_FORMAT",
+    "OnnxAgent",
+    "agent_types",
+    "default_providers",
+    "export_agent",
+    "export_agent_types",
+    "export_wm_agent",
+    "play_episode",
+]

@@ -11,6 +11,7 @@ message in `OnnxAgent.outgoing`; `play_episode` passes the messages between N su
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import onnxruntime as ort
 from einops import repeat
 
 from exports.onnx import EXPORT_FORMAT, spec_diff
+from wmenv.envs.spec import own_action_dims
 
 KINDS = ("actor", "world_model")
 
@@ -75,6 +77,8 @@ class OnnxAgent:
         self.sampling: bool = json.loads(meta["wmenv.sampling"])
         self.env: dict | None = json.loads(meta["wmenv.env"])
         self.continuous: bool = json.loads(meta.get("wmenv.continuous", "false"))  # a Gaussian actor (float actions)
+        self.agents: list[str] | None = json.loads(meta.get("wmenv.agents", "null"))
+        """The agents of one type the graph was exported for, with their own widths (`export_agent_types`), or None."""
         self.n_agents: int | None = None  # N message slots (world-model agents)
         self.message_dim = 0  # M
         self.latent: str | None = None  # "mode" or "sample" (world-model agents)
@@ -120,6 +124,18 @@ class OnnxAgent:
 
     def check_spec(self, spec: Any) -> None:
         """Raise ValueError unless ``spec`` (an `EnvSpec`) is the env the file was exported for."""
+        if self.agents is not None:
+            if self.env is not None and self.env != spec.describe():
+                raise ValueError(f"spec: {self.path} was exported for {spec_diff(self.env, spec.describe())}")
+            own = own_action_dims(spec).sum(-1)
+            for a in self.agents:
+                if a not in spec.agents:
+                    raise ValueError(f"spec: {spec.id} has no agent {a!r}, which {self.path} was exported for")
+                got = (int(spec.observation_spaces[a].shape[0]), int(own[spec.agents.index(a)]))
+                if got != (self.obs_dim, self.n_actions):
+                    raise ValueError(f"spec: agent {a!r} of {spec.id} has (obs width, actions) {got}; {self.path} "
+                                     f"expects {(self.obs_dim, self.n_actions)}")  # fmt: skip
+            return
         if (spec.obs_dim, spec.n_actions) != (self.obs_dim, self.n_actions):
             raise ValueError(f"spec: {spec.id} has obs_dim={spec.obs_dim}, n_actions={spec.n_actions}; {self.path} expects "
                              f"obs_dim={self.obs_dim}, n_actions={self.n_actions}")  # fmt: skip
@@ -224,6 +240,9 @@ class OnnxAgent:
             feeds.update(self._exchange(messages, heard, agent))
         elif self.continuous and messages is None and heard is None:
             feeds["agent"] = self._slots(agent, len(self.env["agents"]))
+            if agent is None and self.agents is not None:  # one type's rows: row i is its i-th agent (mod its count)
+                slots = np.array([self.env["agents"].index(a) for a in self.agents])
+                feeds["agent"] = slots[np.arange(B) % len(slots)]
         elif messages is not None or heard is not None or agent is not None:
             what = "an actor-only agent (kind 'actor')" if self.kind == "actor" else "a world-model agent without messages"
             raise ValueError(f"messages: {self.path} is {what}, it takes no messages")
@@ -273,35 +292,50 @@ class OnnxAgent:
         return slots
 
 
-def play_episode(agent: OnnxAgent, env: Any, spec: Any, seed: int | None = None, neighbours: int | None = None) -> float:
+def play_episode(
+    agent: OnnxAgent | Mapping[str, OnnxAgent], env: Any, spec: Any, seed: int | None = None, neighbours: int | None = None
+) -> float:
     """Play one episode of a real env (`wmenv.envs.make`) with ``agent`` controlling every agent slot.
 
-    A world-model agent runs as N agents (row i = slot i) that exchange messages: at each step every row
-    receives the last outgoing message of every agent present at this step (absent or finished agents send
-    nothing), restricted to ``env.neighbours(neighbours)`` when a radius is given (Flatland).
+    ``agent`` is one `OnnxAgent` for all slots, or one per agent type (`exports.onnx.export_agent_types`: type name ->
+    agent, each acting for its own agents with their own widths). A world-model agent runs as N agents (row i = slot
+    i) that exchange messages: at each step every row receives the last outgoing message of every agent present at
+    this step (absent or finished agents send nothing), restricted to ``env.neighbours(neighbours)`` when a radius is
+    given (Flatland).
 
     Returns:
         The undiscounted episode return, summed over steps and averaged over agents.
 
     Raises:
-        ValueError: another env, or ``neighbours`` for an actor-only agent or an env without ``neighbours``.
+        ValueError: another env, agent types that do not cover every agent once, or ``neighbours`` for an actor-only
+            agent or an env without ``neighbours``.
     """
     from wmenv.envs.spec import stack_masks, stack_obs, stack_rewards, unstack_actions
 
-    agent.check_spec(spec)
     N = spec.n_agents
-    if neighbours is not None:
-        if not agent.messaging:
-            raise ValueError(f"neighbours: only world-model agents with messages exchange them, {agent.path} has none")
-        if not callable(getattr(env, "neighbours", None)):
-            raise ValueError(f"neighbours: env {spec.id} has no neighbours(radius) method, got neighbours={neighbours!r}")
+    types = _check_types(agent, spec) if isinstance(agent, Mapping) else None
+    if types is None:
+        agent.check_spec(spec)
+        if neighbours is not None:
+            if not agent.messaging:
+                raise ValueError(f"neighbours: only world-model agents with messages exchange them, {agent.path} has none")
+            if not callable(getattr(env, "neighbours", None)):
+                raise ValueError(f"neighbours: env {spec.id} has no neighbours(radius) method, got neighbours={neighbours!r}")
+        agent.reset(N)
     obs, infos = env.reset(seed=seed)
-    agent.reset(N)
     total, first = np.zeros(N), True
     while env.agents:
         o, alive = stack_obs(spec, obs)
         mask, resets = stack_masks(spec, infos, alive), np.full(N, first)
-        if agent.messaging:
+        if types is not None:
+            actions = np.zeros((N,) if spec.discrete else (N, spec.n_actions), np.int64 if spec.discrete else np.float32)
+            for t, rows in types:  # each type acts for its own agents, on their own widths
+                acts = t.act(o[rows, : t.obs_dim], mask[rows, : t.n_actions], resets[rows])
+                if spec.discrete:
+                    actions[rows] = acts
+                else:
+                    actions[rows, : t.n_actions] = acts
+        elif agent.messaging:
             heard = repeat(alive, "j -> i j", i=N)  # (N, N): absent agents send nothing
             if neighbours is not None:
                 heard = heard & np.asarray(env.neighbours(neighbours), dtype=bool)
@@ -313,3 +347,19 @@ def play_episode(agent: OnnxAgent, env: Any, spec: Any, seed: int | None = None,
         obs, rewards, _, _, infos = env.step(unstack_actions(spec, actions, env.agents))
         total += stack_rewards(spec, rewards)
     return float(total.mean())
+
+
+def _check_types(types: Mapping[str, OnnxAgent], spec: Any) -> list[tuple[OnnxAgent, np.ndarray]]:
+    """(agent, its rows (slots)) per type, each reset for its agents; refuses types that do not cover every agent once."""
+    out, covered = [], []
+    for name, t in types.items():
+        if not isinstance(t, OnnxAgent) or t.agents is None or t.messaging:
+            raise ValueError(f"agent: type {name!r} must be an actor exported for one agent type (export_agent_types)")
+        t.check_spec(spec)
+        t.reset(len(t.agents))
+        out.append((t, np.array([spec.agents.index(a) for a in t.agents])))
+        covered += t.agents
+    if sorted(covered) != sorted(spec.agents):
+        expected = sorted(spec.agents)
+        raise ValueError(f"agent: the types cover {sorted(covered)}; expected every agent of {spec.id} once: {expected}")
+    return out

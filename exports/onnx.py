@@ -35,12 +35,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 import torch
 from torch import Tensor, nn
 
 from agents.policies.base import RecurrentPolicy
-from wmenv.envs.spec import action_bounds, spec_differences
+from wmenv.envs.spec import action_bounds, own_action_dims, spec_differences
 
 EXPORT_FORMAT = 1
 """Version of the graph's input / output / metadata layout; `OnnxAgent` refuses other versions."""
@@ -137,6 +138,61 @@ class GaussianStepGraph(nn.Module):
         return (*outs, *(new[n] for n in self.state_names))
 
 
+class OwnSpaces(nn.Module):
+    """One agent type's view of a step graph: its own observation width ``d`` and ``a`` actions (or action dims) in
+    and out, zero-padded to the shared policy's D and A inside (what batched code does for heterogeneous agents)."""
+
+    def __init__(self, graph: nn.Module, d: int, a: int, D: int, A: int, action_outputs: int, continuous: bool) -> None:
+        super().__init__()
+        self.inner, self.d, self.a, self.D, self.A = graph, d, a, D, A  # not `graph`: torch.fx's GraphModule has one
+        self.action_outputs, self.continuous = action_outputs, continuous
+
+    def forward(
+        self, obs: Tensor, action_mask: Tensor, reset: Tensor, a: Any, b: Any = None, c: Any = None
+    ) -> tuple[Tensor, ...]:
+        """The wrapped graph's inputs (the rest: its state, and ``agent`` / ``noise`` where it has them; explicit
+        positions, as ``torch.export`` counts them) and outputs, cut to the type's own widths."""
+        rest = [x for x in (a, b, c) if x is not None]
+        B = obs.shape[0]
+        if self.action_outputs == 3:  # sampling: the noise, last, has the type's width too (padded actions: masked)
+            fill = 0.0 if self.continuous else 0.5
+            rest[-1] = torch.cat([rest[-1], rest[-1].new_full((B, self.A - self.a), fill)], dim=-1)
+        obs = torch.cat([obs, obs.new_zeros(B, self.D - self.d)], dim=-1)
+        mask = torch.cat([action_mask, action_mask.new_zeros(B, self.A - self.a)], dim=-1)  # padded: unavailable
+        outs = list(self.inner(obs, mask, reset, *rest))
+        outs[0] = outs[0][:, : self.a]  # logits or mean
+        if self.continuous:  # the action outputs are vectors too
+            outs[1 : self.action_outputs] = [x[:, : self.a] for x in outs[1 : self.action_outputs]]
+        return tuple(outs)
+
+
+def agent_types(spec: Any) -> dict[str, list[str]]:
+    """The env's agents grouped by their own (observation width, action space): type name -> its agents, in spec order.
+
+    A type is named by its agents' common id prefix before the last ``_`` (``"speaker"`` for ``"speaker_0"``), or
+    ``"type<i>"`` when that is not unique.
+    """
+    groups: dict[tuple, list[str]] = {}
+    for a in spec.agents:
+        act = spec.action_spaces[a]
+        key = (spec.observation_spaces[a].shape, int(act.n) if spec.discrete else act.shape, None if spec.discrete else
+               (tuple(np.ravel(act.low)), tuple(np.ravel(act.high))))  # fmt: skip
+        groups.setdefault(key, []).append(a)
+    names = [a[0].rsplit("_", 1)[0] if all(x.rsplit("_", 1)[0] == a[0].rsplit("_", 1)[0] for x in a) else "" for a in
+             groups.values()]  # fmt: skip
+    if len(set(names)) != len(names) or "" in names:
+        names = [f"type{i}" for i in range(len(groups))]
+    return dict(zip(names, groups.values(), strict=True))
+
+
+def export_agent_types(policy: RecurrentPolicy, folder: str | Path, spec: Any, **kwargs: Any) -> dict[str, Path]:
+    """One graph per agent type (`agent_types`) of a shared ``policy``, each with its type's own widths: ``folder /
+    "<type>.onnx"``; ``kwargs`` as for `export_agent`. Returns type name -> file."""
+    folder = Path(folder)
+    return {name: export_agent(policy, folder / f"{name}.onnx", spec, agents=agents, **kwargs)
+            for name, agents in agent_types(spec).items()}  # fmt: skip
+
+
 def export_agent(
     policy: RecurrentPolicy,
     path: str | Path,
@@ -144,6 +200,7 @@ def export_agent(
     sampling: bool = False,
     opset: int = OPSET,
     log_std: Tensor | None = None,
+    agents: list[str] | None = None,
 ) -> Path:
     """Export ``policy``'s step to an ONNX file (written atomically); see the module docstring for the graph.
 
@@ -158,6 +215,9 @@ def export_agent(
         opset: ONNX opset (18 or later).
         log_std: continuous actions: the learner's (A,) state-independent log-std (``MAPPO.log_std``); a continuous
             ``spec`` needs it when ``sampling``.
+        agents: agents of ``spec`` with the same spaces (one type of heterogeneous agents, `agent_types`): the graph
+            then takes their own observation width and actions (padded to the policy's inside); None: the padded
+            widths of every agent.
 
     Returns:
         ``path``.
@@ -197,6 +257,11 @@ def export_agent(
     else:
         graph = StepGraph(policy, names, sampling).eval()
     args, dynamic, inputs = (*args, list(state0.values())), (*dynamic, state_dynamic(names, batch)), [*inputs, *names]
+    if agents is not None:
+        d, a = _own_widths(spec, agents)
+        graph = OwnSpaces(graph, d, a, D, A, 3 if sampling else 2, continuous).eval()
+        args = (torch.zeros(2, d), torch.ones(2, a, dtype=torch.bool), *args[2:])
+        D, A = d, a
     first = "mean" if continuous else "logits"
     outputs = [first, "action", *(["sampled_action"] if sampling else []), *(f"new_{n}" for n in names)]
     if sampling:
@@ -214,8 +279,28 @@ def export_agent(
         "wmenv.action_space": json.dumps({"n": A} if not continuous else {"continuous": A}),
         "wmenv.continuous": json.dumps(continuous),
         "wmenv.env": json.dumps(spec.describe() if spec is not None else None),
+        "wmenv.agents": json.dumps(agents),
     }
     return write_graph(graph, args, dynamic, inputs, outputs, meta, path, f"policy: {type(policy).__name__}.step", opset)
+
+
+def _own_widths(spec: Any, agents: list[str]) -> tuple[int, int]:
+    """(d, a): the own observation width and action count (or dims) shared by ``agents`` of ``spec``.
+
+    Raises:
+        ValueError: no spec, an unknown agent, or agents with other spaces.
+    """
+    if spec is None:
+        raise ValueError("agents: an agent type's graph needs the env's spec")
+    unknown = [x for x in agents if x not in spec.agents]
+    if not agents or unknown:
+        raise ValueError(f"agents: expected agents of {spec.id} ({list(spec.agents)}), got {list(agents)}")
+    own_actions = own_action_dims(spec).sum(-1)  # (N,) choices or dims
+    widths = {(int(spec.observation_spaces[x].shape[0]), int(own_actions[spec.agents.index(x)])) for x in agents}
+    if len(widths) != 1:
+        raise ValueError(f"agents: {list(agents)} have other spaces (observation width, actions) {sorted(widths)}; "
+                         "export one type at a time (agent_types)")  # fmt: skip
+    return widths.pop()
 
 
 def state_dynamic(names: list[str], batch: Any) -> list[dict[int, Any]]:

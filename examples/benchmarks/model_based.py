@@ -42,7 +42,7 @@ from report import emit, machine
 
 from agents.model_based import ModelBasedConfig, run
 from agents.policies import POLICIES, policy_field
-from wmenv.data.collect import random_available
+from wmenv.data.collect import random_actions
 from wmenv.envs.vector import VecEnv
 
 matplotlib.use("Agg")
@@ -118,12 +118,13 @@ def ratio(model_free: float | None, model_based: float | None) -> float | None:
 
 
 def random_return(env_id: str, episodes: int, seed: int, **kwargs: object) -> float:
-    """Mean return per agent of uniformly random available actions over ``episodes`` seeded episodes."""
+    """Mean return per agent of uniformly random available (or in-bounds continuous) actions over ``episodes`` seeded
+    episodes."""
     rng, returns = np.random.default_rng(seed), []
     with VecEnv(env_id, num_envs=1, seed=seed, **kwargs) as vec:
         step = vec.reset()
         while len(returns) < episodes:
-            step = vec.step(random_available(step.action_mask, rng))
+            step = vec.step(random_actions(vec.spec, step.action_mask, rng))
             returns += step.episode_return[step.done].mean(-1).tolist()
     return float(np.mean(returns))
 

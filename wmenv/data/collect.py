@@ -150,6 +150,14 @@ def collect(vec: Any, replay: Any, steps: int, act: Any, progress: bool = False)
     return Collector(vec, replay)(steps, act, progress)
 
 
+def random_actions(spec: Any, action_mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Uniformly random actions of E env copies: available choices (E, N) int64 (`random_available`), or in-bounds
+    continuous actions (E, N, A) float32 (`random_continuous`), as ``spec`` has them."""
+    if spec.discrete:
+        return random_available(action_mask, rng)
+    return random_continuous(spec, action_mask.shape[0], rng)
+
+
 def random_replay(env_id: str, steps: int, num_envs: int = 4, seed: int = 0, capacity: int | None = None, **make_kwargs: Any):
     """A new `EpisodeReplay` of at least ``steps`` env steps of uniformly random available (or, continuous, in-bounds)
     actions.
@@ -163,8 +171,5 @@ def random_replay(env_id: str, steps: int, num_envs: int = 4, seed: int = 0, cap
     rng = np.random.default_rng(seed)
     with VecEnv(env_id, num_envs=num_envs, seed=seed, **make_kwargs) as vec:
         replay = EpisodeReplay(ReplayConfig(capacity=capacity or max(2 * steps, 10_000), seed=seed), spec=vec.spec)
-        if vec.spec.discrete:
-            collect(vec, replay, steps, lambda s: random_available(s.action_mask, rng))
-        else:
-            collect(vec, replay, steps, lambda s: random_continuous(vec.spec, num_envs, rng))
+        collect(vec, replay, steps, lambda s: random_actions(vec.spec, s.action_mask, rng))
         return replay, vec.spec

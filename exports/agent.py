@@ -239,10 +239,11 @@ class OnnxAgent:
         if self.messaging:
             feeds.update(self._exchange(messages, heard, agent))
         elif self.continuous and messages is None and heard is None:
-            feeds["agent"] = self._slots(agent, len(self.env["agents"]))
             if agent is None and self.agents is not None:  # one type's rows: row i is its i-th agent (mod its count)
                 slots = np.array([self.env["agents"].index(a) for a in self.agents])
                 feeds["agent"] = slots[np.arange(B) % len(slots)]
+            else:
+                feeds["agent"] = self._slots(agent, len(self.env["agents"]))
         elif messages is not None or heard is not None or agent is not None:
             what = "an actor-only agent (kind 'actor')" if self.kind == "actor" else "a world-model agent without messages"
             raise ValueError(f"messages: {self.path} is {what}, it takes no messages")

@@ -178,8 +178,8 @@ def agent_types(spec: Any) -> dict[str, list[str]]:
         key = (spec.observation_spaces[a].shape, int(act.n) if spec.discrete else act.shape, None if spec.discrete else
                (tuple(np.ravel(act.low)), tuple(np.ravel(act.high))))  # fmt: skip
         groups.setdefault(key, []).append(a)
-    names = [a[0].rsplit("_", 1)[0] if all(x.rsplit("_", 1)[0] == a[0].rsplit("_", 1)[0] for x in a) else "" for a in
-             groups.values()]  # fmt: skip
+    prefixes = [{a.rsplit("_", 1)[0] for a in group} for group in groups.values()]
+    names = [p.pop() if len(p) == 1 else "" for p in prefixes]
     if len(set(names)) != len(names) or "" in names:
         names = [f"type{i}" for i in range(len(groups))]
     return dict(zip(names, groups.values(), strict=True))

@@ -91,8 +91,9 @@ def random_continuous(spec: Any, num_envs: int, rng: np.random.Generator) -> np.
 
     low, high = action_bounds(spec)
     bounded = np.isfinite(low) & np.isfinite(high)
+    low, high = np.where(bounded, low, 0.0), np.where(bounded, high, 0.0)  # no inf - inf below
     u = rng.random((num_envs, *low.shape))
-    out = np.where(bounded, low + u * (np.where(bounded, high, 1) - np.where(bounded, low, 0)), rng.standard_normal(u.shape))
+    out = np.where(bounded, low + u * (high - low), rng.standard_normal(u.shape))
     return (out * own_action_dims(spec)).astype(np.float32)
 
 

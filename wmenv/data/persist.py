@@ -73,6 +73,11 @@ def _crc(x: np.ndarray) -> int:
     return zlib.crc32(np.ascontiguousarray(x).view(np.uint8).reshape(-1))
 
 
+def _header_crc(metadata: dict[str, str]) -> str:
+    """``meta_crc32``: the CRC-32 of the header's ``meta`` and ``crc32`` texts together."""
+    return str(zlib.crc32((metadata.get("meta", "") + metadata.get("crc32", "")).encode()))
+
+
 def write(path: str | os.PathLike[str], arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> int:
     """Atomically write ``arrays`` and the JSON-able ``meta`` as a replay file at ``path``; returns the bytes written."""
     arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
@@ -82,7 +87,7 @@ def write(path: str | os.PathLike[str], arrays: dict[str, np.ndarray], meta: dic
         "meta": json.dumps(meta),
         "crc32": json.dumps({k: _crc(v) for k, v in arrays.items()}),
     }
-    metadata["meta_crc32"] = str(zlib.crc32((metadata["meta"] + metadata["crc32"]).encode()))
+    metadata["meta_crc32"] = _header_crc(metadata)
     data = safetensors.numpy.save(arrays, metadata=metadata)
     atomic_write(path, data)
     return len(data)
@@ -118,7 +123,7 @@ def read(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], dict[str,
             f"this wmenv reads version {FORMAT_VERSION}"
         )
     stored = metadata.get("meta_crc32")  # files written before it was added have none
-    if stored is not None and stored != str(zlib.crc32((metadata.get("meta", "") + metadata.get("crc32", "")).encode())):
+    if stored is not None and stored != _header_crc(metadata):
         raise ValueError(f"path: {str(path)!r} is corrupt: checksum mismatch in its metadata")
     try:
         meta, crcs = json.loads(metadata["meta"]), json.loads(metadata["crc32"])

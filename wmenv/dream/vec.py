@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from wmenv.checks import check_choice
-from wmenv.envs.spec import action_bounds, stack_masks
+from wmenv.envs.spec import action_bounds, own_action_dims
 from wmenv.models.world_model import Prediction, State, WorldModel
 
 if TYPE_CHECKING:
@@ -110,8 +110,7 @@ class DreamVecEnv:
         self.obs_kind, self.mask_threshold = obs, mask_threshold
         self.device = next(model.parameters()).device
         # (N, A) bool: each agent's own actions (heterogeneous agents: the padded ones beyond its Discrete.n are not)
-        own = stack_masks(model.spec, {}, np.ones(model.spec.n_agents, dtype=bool))
-        self._own = torch.as_tensor(own, device=self.device)
+        self._own = torch.as_tensor(own_action_dims(model.spec), device=self.device)
         self.out_of_bounds = out_of_bounds
         if not model.spec.discrete:
             self._low, self._high = (torch.as_tensor(b, device=self.device) for b in action_bounds(model.spec))

@@ -19,8 +19,6 @@ import importlib
 from pathlib import Path
 from typing import Any
 
-from gymnasium.error import DependencyNotInstalled  # not `import gymnasium as gym`: wmenv.envs.gym is a submodule
-
 from wmenv.envs.base import MultiAgentEnv
 from wmenv.envs.spec import EnvSpec, check_actions, stack_masks, stack_obs, stack_rewards, unstack_actions
 
@@ -76,7 +74,7 @@ def make(id: str, **kwargs: Any) -> tuple[MultiAgentEnv, EnvSpec]:
     try:
         env = getattr(importlib.import_module(module), fn)(name, **kwargs)
     except (TypeError, ValueError, AssertionError, AttributeError, KeyError, IndexError) as e:
-        if isinstance(e, DependencyNotInstalled) or _raised_here(e):
+        if _raised_here(e):
             raise  # the library's own errors name their input already
         # third-party constructors refuse bad keywords with whatever they raise; name the input in a library error
         kind = TypeError if isinstance(e, TypeError) else ValueError

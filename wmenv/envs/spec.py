@@ -141,19 +141,14 @@ def stack_masks(spec: EnvSpec, infos: Mapping[str, Mapping[str, Any]], alive: np
     Padded actions beyond an agent's own ``Discrete.n`` are False for living agents. For continuous actions the mask
     marks the action dims each living agent has (False on dims padded to the widest agent's).
     """
-    n_act = spec.n_actions
-    masks = np.ones((spec.n_agents, n_act), dtype=bool)
+    own = own_action_dims(spec)  # (N, A)
+    masks = np.where(np.asarray(alive, dtype=bool)[:, None], own, True)
+    if not (spec.discrete and spec.action_masked):
+        return masks
     for i, a in enumerate(spec.agents):
-        if not alive[i]:
-            continue
-        space = spec.action_spaces[a]
-        own = int(space.n) if spec.discrete else int(space.shape[0])
-        masks[i, own:] = False
-        if not spec.discrete:
-            continue
-        m = infos.get(a, {}).get("action_mask") if spec.action_masked else None
+        m = infos.get(a, {}).get("action_mask") if alive[i] else None
         if m is not None:
-            masks[i, :own] = np.asarray(m, dtype=bool)
+            masks[i, own[i]] = np.asarray(m, dtype=bool)
     return masks
 
 

@@ -16,7 +16,7 @@ import torch
 from einops import rearrange, repeat
 from torch import Tensor
 
-from wmenv.models.world_model import State, WorldModel
+from wmenv.models.world_model import State, WorldModel, none_where
 
 
 class AgentFilters:
@@ -77,7 +77,7 @@ class AgentFilters:
                 self.state, rearrange(obs, "w n d -> (w n) d"), self.prev_action, rows_reset, self._agent, messages,
                 heard, rearrange(alive, "w n -> (w n)"), self.generator,
             )  # fmt: skip
-        self.prev_action = self._none_where(rows_reset, self.prev_action)  # until `record`: no action in the new episode
+        self.prev_action = none_where(rows_reset, self.prev_action)  # until `record`: no action in the new episode
         self.features = rearrange(feat, "(w n) f -> w n f", w=W)
         return self.features
 
@@ -95,13 +95,7 @@ class AgentFilters:
         else:
             actions = self._tensor("actions", actions, (W, N, self.spec.n_actions), torch.float32).flatten(0, 1)
         acted = self._tensor("acted", acted, (W, N), torch.bool).reshape(-1)
-        self.prev_action = self._none_where(~acted, actions)
-
-    def _none_where(self, none: Tensor, actions: Tensor) -> Tensor:
-        """``actions`` (W·N[, A]) with "no action" (-1, or a NaN row) where ``none`` (W·N,) is True."""
-        if self.discrete:
-            return torch.where(none, -1, actions)
-        return torch.where(none[:, None], float("nan"), actions)
+        self.prev_action = none_where(~acted, actions)
 
     def critic_features(self) -> Tensor:
         """(W, N·F): every agent's current features, the model's centralized view."""

@@ -102,12 +102,6 @@ class HeadsMixin:
         none = torch.isnan(actions).any(-1, keepdim=True)
         return torch.where(none, 0.0, self._encode_actions(torch.nan_to_num(actions), agent))
 
-    def _forget_action(self, prev_action: Tensor, keep: Tensor) -> Tensor:
-        """``prev_action`` where ``keep`` (B,) is True, "none" elsewhere (-1 for discrete, a NaN row for continuous)."""
-        if self.spec.discrete:
-            return torch.where(keep, prev_action, -1)
-        return torch.where(keep[:, None], prev_action, float("nan"))
-
     def _no_action(self, *batch: int) -> Tensor:
         """(*batch, N, A) zeros: what the model reads where no agent acted."""
         w = self.obs_head[0].weight

@@ -48,7 +48,7 @@ from torch import Tensor, nn
 from wmenv.checks import check_choice, check_int
 from wmenv.models.heads import HeadsMixin, RewardKind, balanced_kl, categorical_kl, check_reward_head, head_errors, kl_scale
 from wmenv.models.rssm import mlp, onehot_from_uniform, sample_onehot
-from wmenv.models.world_model import Prediction, State, StepErrors, WorldModel, restart_rows, stack_steps
+from wmenv.models.world_model import Prediction, State, StepErrors, WorldModel, none_where, restart_rows, stack_steps
 from wmenv.tensor_ops import compiled
 
 GlobalLevel = Literal["per_agent", "shared", "none"]
@@ -428,7 +428,7 @@ class MABLWorldModel(HeadsMixin, WorldModel):
         )
         keep = ~reset
         state = {k: v * keep.view(-1, 1).to(v.dtype) for k, v in state.items()}
-        onehot = self._encode_or_none(self._forget_action(prev_action, keep), agent)
+        onehot = self._encode_or_none(none_where(~keep, prev_action), agent)
         rows = {k: v.unsqueeze(1) for k, v in state.items()}  # (B, 1, ...): one agent per row
         deter_a = self._agent_deter(rows, onehot.unsqueeze(1))[:, 0]
         embed = self.obs_encoder(obs)

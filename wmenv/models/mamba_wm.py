@@ -23,7 +23,7 @@ from torch import Tensor
 from wmenv.checks import check_int
 from wmenv.models.heads import HeadsMixin, balanced_kl, categorical_kl, check_reward_head, head_errors
 from wmenv.models.rssm import MultiAgentRSSM, RSSMConfig, sample_onehot
-from wmenv.models.world_model import Prediction, State, StepErrors, WorldModel
+from wmenv.models.world_model import Prediction, State, StepErrors, WorldModel, none_where
 
 __all__ = ["PRESETS", "MAMBAConfig", "MAMBAWorldModel", "categorical_kl", "preset"]
 
@@ -204,7 +204,7 @@ class MAMBAWorldModel(HeadsMixin, WorldModel):
             heard = torch.ones(batch, n, dtype=torch.bool, device=obs.device)
         keep = ~reset
         state = {k: v * keep.view(-1, *[1] * (v.dim() - 1)).to(v.dtype) for k, v in state.items()}
-        own = self.message(state, self._forget_action(prev_action, keep), agent)
+        own = self.message(state, none_where(~keep, prev_action), agent)
         messages = messages * keep.view(-1, 1, 1).to(messages.dtype)
         slot = torch.nn.functional.one_hot(agent, n).bool()
         messages = torch.where(slot.unsqueeze(-1), own.unsqueeze(1), messages)

@@ -33,6 +33,14 @@ def restart_rows(state: State, blank: State, reset: Tensor) -> State:
     return {k: torch.where(reset.view(-1, *[1] * (v.dim() - 1)), blank[k], v) for k, v in state.items()}
 
 
+def none_where(none: Tensor, actions: Tensor) -> Tensor:
+    """``actions`` with "no action" where ``none`` (B,) is True: -1 for (B,) integer choices, a NaN row for (B, A)
+    continuous actions (what `WorldModel.filter_step` and `WorldModel.message` read as "none")."""
+    if actions.is_floating_point():
+        return torch.where(none[:, None], float("nan"), actions)
+    return torch.where(none, -1, actions)
+
+
 def stack_steps(steps: list[State]) -> State:
     """T per-step states, name -> (B, ...), as one state name -> (B, T, ...)."""
     return {k: torch.stack([s[k] for s in steps], dim=1) for k in steps[0]}

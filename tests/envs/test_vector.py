@@ -109,6 +109,23 @@ def test_a_dead_or_hung_worker_is_named_and_the_vecenv_closed(fault):
         vec.reset()
 
 
+def test_when_several_workers_fail_the_lowest_numbered_is_reported_whichever_answers_first():
+    """Both workers fail on the same step; worker 0 is paused so worker 1's error arrives first. The error reported
+    is still worker 0's: the same input gives the same error (CI once saw worker 1's when it happened to be first)."""
+    import os
+    import signal
+    import threading
+
+    vec = _subproc()
+    vec.reset()
+    os.kill(vec._procs[0].pid, signal.SIGSTOP)
+    threading.Timer(1.0, os.kill, (vec._procs[0].pid, signal.SIGCONT)).start()
+    with pytest.raises(ValueError, match="agent_0") as info:
+        vec.step(np.full((3, 3), 9))
+    assert "raised in VecEnv worker 0" in "\n".join(info.value.__notes__)
+    assert vec.closed
+
+
 def test_an_exception_in_a_worker_keeps_its_type_and_carries_the_worker_traceback():
     vec = _subproc()
     vec.reset()

@@ -250,34 +250,44 @@ class VecEnv:
 
     def _gather(self) -> list[dict[str, Any]]:
         """Every worker's reply (its copies' rows, in copy order), as they arrive within ``worker_timeout``. A worker
-        that hangs, dies or fails closes the `VecEnv` and raises, naming it."""
+        that hangs, dies or fails closes the `VecEnv` and raises, naming it; where several fail in one call, the
+        lowest-numbered one is reported, so the same input gives the same error whichever worker answers first."""
         pending = dict(enumerate(self._remotes))
-        replies: dict[int, list[dict[str, Any]]] = {}
+        replies: dict[int, tuple] = {}
         deadline = None if self.worker_timeout is None else time.monotonic() + self.worker_timeout
         while pending:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             ready = mp_connection.wait(list(pending.values()), timeout=left)  # a dead worker's end is ready too (EOF)
             if not ready:
-                hung = "; ".join(self._who(w) for w in sorted(pending))
-                self._stop_workers(grace=0.0)
-                raise WorkerError(f"{hung}: did not answer within {self.worker_timeout} s (hung?); the VecEnv was closed")
+                break
             for w in [w for w, r in pending.items() if r in ready]:
-                replies[w] = self._receive(w)
+                replies[w] = self._recv(w)
                 del pending[w]
-        return [row for w in range(len(self._remotes)) for row in replies[w]]
+        for w in sorted(replies):
+            if replies[w][0] != "ok":
+                self._raise(w, replies[w])
+        if pending:
+            hung = "; ".join(self._who(w) for w in sorted(pending))
+            self._stop_workers(grace=0.0)
+            raise WorkerError(f"{hung}: did not answer within {self.worker_timeout} s (hung?); the VecEnv was closed")
+        return [row for w in range(len(self._remotes)) for row in replies[w][1]]
 
-    def _receive(self, w: int) -> list[dict[str, Any]]:
-        """Worker ``w``'s reply, which has arrived (or its end closed): its rows; a dead or failing worker closes the
-        `VecEnv` and raises."""
-        remote, proc = self._remotes[w], self._procs[w]
+    def _recv(self, w: int) -> tuple:
+        """Worker ``w``'s reply, which has arrived (or its end closed): ``("ok", rows)``, the worker's
+        ``("error", exc, text, traceback)``, or ``("dead", EOFError | OSError)``."""
         try:
-            reply = remote.recv()
+            return self._remotes[w].recv()
         except (EOFError, OSError) as e:
+            return ("dead", e)
+
+    def _raise(self, w: int, reply: tuple) -> None:
+        """Close the `VecEnv` and raise worker ``w``'s failure (``reply`` from `_recv`): its own exception with the
+        worker's traceback as a note, or a `WorkerError` when it died or its exception could not be sent."""
+        proc = self._procs[w]
+        if reply[0] == "dead":
             proc.join(timeout=1)
             self._stop_workers(grace=0.0)
-            raise WorkerError(f"{self._who(w)} died (exit code {proc.exitcode}); the VecEnv was closed") from e
-        if reply[0] == "ok":
-            return reply[1]
+            raise WorkerError(f"{self._who(w)} died (exit code {proc.exitcode}); the VecEnv was closed") from reply[1]
         _, exc, text, tb = reply
         self._stop_workers(grace=1.0)
         note = f"raised in {self._who(w)}; the VecEnv was closed. The worker's traceback:\n{tb}"
@@ -298,8 +308,8 @@ class VecEnv:
             for w, (remote, idx) in enumerate(zip(self._remotes, self._split)):
                 try:
                     remote.send((cmd, None if actions is None else actions[idx]))
-                except (BrokenPipeError, EOFError, OSError):
-                    self._receive(w)  # a dead worker: raises the WorkerError naming it
+                except (BrokenPipeError, EOFError, OSError) as e:
+                    self._raise(w, ("dead", e))  # a dead worker: raises the WorkerError naming it
             rows = self._gather()
         lists = ("infos", "episode_metrics")
         return VecStep(

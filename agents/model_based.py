@@ -16,7 +16,9 @@ agent in the model-free checkpoint format (so `agents.train.policy_from_checkpoi
 read it), plus ``world_model/``, the world model's optimizer, the replay's manifest and the evaluation curve. The
 replay itself is saved incrementally in ``run_dir/replay/`` (one segment file per iteration's new episodes), so a
 checkpoint writes bytes in proportion to the iteration's new steps, not to the whole replay.
-``resume=True`` continues from ``checkpoints/latest``; the real envs restart from fresh episodes.
+``resume=True`` continues from ``checkpoints/latest`` exactly (`agents.resume`: the real envs mid-episode, the
+collector's unfinished episodes, the actor's recurrent state and the filters'), so a run killed anywhere and resumed
+gives the uninterrupted run's curve; envs whose state cannot be saved restart from fresh episodes instead.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -46,6 +49,7 @@ from agents.policies import (
     make_policy,
     policy_field,
 )
+from agents.resume import load_run_state, resume_envs, save_run_state
 from agents.schedule import achieved_ratios, collect_for_update, scheduled_units
 from agents.train import (
     evaluate_and_log,
@@ -59,6 +63,7 @@ from agents.train import (
 )
 from wmenv.checks import check_choice, check_int, check_positive
 from wmenv.data.collect import Collector
+from wmenv.data.persist import remove_temporaries
 from wmenv.data.replay import EpisodeReplay, ReplayConfig
 from wmenv.dream import DreamVecEnv
 from wmenv.dream.mag import ErrorPredictor, MAGConfig, MAGPlanner, fit_error_predictor
@@ -243,27 +248,40 @@ class DreamSpec:
     """The real env's action spaces."""
 
 
-def _acting(agent: MAPPO, num_envs: int, n_agents: int, filters: AgentFilters | None = None):
-    """A `collect` policy: samples from ``agent`` with its recurrent state carried across steps.
+class RealActor:
+    """A `collect` policy: samples from ``agent`` with its recurrent state carried across steps (and iterations).
 
     With ``filters`` (latent actors) the agent acts on each agent's filtered features instead of the observations.
     """
-    carry = {"state": agent.policy.initial_state(num_envs * n_agents), "first": True}
 
-    def act(step: Any) -> np.ndarray:
+    def __init__(self, agent: MAPPO, num_envs: int, n_agents: int, filters: AgentFilters | None = None) -> None:
+        self.agent, self.num_envs, self.filters = agent, num_envs, filters
+        self.carry: dict[str, Any] = {"state": agent.policy.initial_state(num_envs * n_agents), "first": True}
+        """The actor's recurrent state and whether the next step is the first (all copies start then)."""
+
+    def __call__(self, step: Any) -> np.ndarray:
+        carry, agent, filters = self.carry, self.agent, self.filters
         ended = np.asarray(step.terminated) | np.asarray(step.truncated) | np.asarray(step.done)[:, None]
-        resets = torch.ones(num_envs * n_agents, dtype=torch.bool) if carry["first"] else torch.as_tensor(ended).flatten()
+        resets = torch.ones(ended.size, dtype=torch.bool) if carry["first"] else torch.as_tensor(ended).flatten()
         obs = step.obs if filters is None else filters.observe_vec(step, first=carry["first"])
         carry["first"] = False
         obs = torch.as_tensor(obs, dtype=torch.float32).flatten(0, 1)
         mask = torch.as_tensor(step.action_mask).flatten(0, 1)
         actions, _, carry["state"] = agent.act(obs, carry["state"], resets, mask)
-        actions = agent.env_actions(actions, num_envs)
+        actions = agent.env_actions(actions, self.num_envs)
         if filters is not None:
             filters.record(actions, step.alive)
         return actions
 
-    return act
+    def get_state(self) -> dict[str, Any]:
+        """The carry and the filters' state, for `set_state`."""
+        return {"carry": self.carry, "filters": None if self.filters is None else self.filters.get_state()}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Continue from `get_state`."""
+        self.carry = state["carry"]
+        if self.filters is not None:
+            self.filters.set_state(state["filters"])
 
 
 REPLAY_SEGMENTS = "replay"
@@ -275,8 +293,12 @@ Predictor = tuple[ErrorPredictor, torch.optim.Optimizer]
 
 def _save(run_dir: Path, cfg: ModelBasedConfig, spec: Any, agent: MAPPO, model: WorldModel,
           wm_optim: torch.optim.Optimizer, replay: EpisodeReplay, counters: dict[str, int],
-          curve: list[tuple[int, float]], real_returns: list[tuple[int, float]], mag: Predictor | None) -> Path:  # fmt: skip
+          curve: list[tuple[int, float]], real_returns: list[tuple[int, float]], mag: Predictor | None,
+          live: Callable[[Path], None]) -> Path:  # fmt: skip
+    """Write the checkpoint; ``live`` writes the run state (`agents.resume`) into its folder."""
+
     def extra(folder: Path) -> None:
+        live(folder)
         save_model(folder / "world_model", model)
         tensors, groups = optimizer_tensors(wm_optim)
         tensors["rng.torch"] = torch.get_rng_state()
@@ -422,26 +444,40 @@ def _run(cfg: ModelBasedConfig) -> dict[str, Any]:
         mag = (predictor, torch.optim.Adam(predictor.parameters(), lr=cfg.mag.predictor.lr))
         planner = MAGPlanner(predictor, agent.policy, cfg.mag, seed=cfg.seed + 30_000)
     eval_seed, curve, real_returns = cfg.seed + 1_000_000, [], []
+    for folder in (run_dir / "checkpoints", run_dir / REPLAY_SEGMENTS):  # writes a kill interrupted
+        remove_temporaries(folder)
     ckpt = latest_checkpoint(run_dir) if cfg.resume else None
+    state = None
     if ckpt is not None:
         counters, replay, curve, real_returns = _restore(ckpt, cfg, spec, agent, model, wm_optim, mag)
+        state = load_run_state(ckpt, agent.device)
         counters.setdefault("replayed_steps", 0)  # checkpoints from before the schedule counted nothing
         counters.setdefault("imagined_agent_steps", 0)
         print(f"resumed from {ckpt} at {counters['env_steps']} real env steps")
     elif cfg.resume:
         print(f"no checkpoint in {run_dir / 'checkpoints'}; starting a fresh run")
-    # Copy i of a run (re)started at iteration k gets seed + k*E + i.
+    # A resume restores the copies mid-episode where it can; otherwise copy i of a run restarted at iteration k gets
+    # seed + k*E + i.
     vec = VecEnv(cfg.env_id, num_envs=cfg.num_envs, seed=cfg.seed + counters["iteration"] * cfg.num_envs, **cfg.env_kwargs)
     collector = Collector(vec, replay)
     latent = cfg.actor_input == "latent"
     filters = AgentFilters(model, cfg.num_envs, cfg.seed) if latent else None
-    act = _acting(agent, cfg.num_envs, spec.n_agents, filters)
+    act = RealActor(agent, cfg.num_envs, spec.n_agents, filters)
+
+    def live(folder: Path) -> None:
+        save_run_state(
+            folder, vec, collector=(collector.step, collector.recorder), actor=act.get_state(),
+            planner=None if planner is None else planner.generator.get_state(),
+        )  # fmt: skip
+
     dream = DreamVecEnv(
         model, cfg.dream_worlds, cfg.horizon, start=replay, context=cfg.context, obs=cfg.actor_input, seed=cfg.seed,
         planner=planner,
     )  # fmt: skip
-    # a resumed run hides what an interrupted run logged after its checkpoint (scalars at steps > env_steps)
-    writer = SummaryWriter(str(run_dir), purge_step=counters["env_steps"] + 1 if ckpt is not None else None)
+    # a resumed run hides what an interrupted run logged after its checkpoint (scalars at steps > env_steps); a run
+    # that starts from step 0 hides everything logged in run_dir before (e.g. by an attempt killed before its first
+    # checkpoint)
+    writer = SummaryWriter(str(run_dir), purge_step=counters["env_steps"] + 1 if ckpt is not None else 0)
     writer.add_text("config", f"```\n{json.dumps(dataclasses.asdict(cfg), indent=2)}\n```", counters["env_steps"])
 
     def run_eval(step: int) -> float:
@@ -450,6 +486,11 @@ def _run(cfg: ModelBasedConfig) -> dict[str, Any]:
         )
         return result["episode_return"]
 
+    if ckpt is not None and resume_envs(vec, state):
+        collector.step, collector.recorder = state["collector"]
+        act.set_state(state["actor"])
+        if planner is not None:
+            planner.generator.set_state(state["planner"])
     if not curve:
         curve.append((0, run_eval(0)))
     start, elapsed = time.perf_counter(), counters.get("wall_clock_s", 0)
@@ -471,7 +512,7 @@ def _run(cfg: ModelBasedConfig) -> dict[str, Any]:
                 writer.add_scalar("eval/episode_return", curve[-1][1], real_steps)
             counters["iteration"] = it + 1
             counters["wall_clock_s"] = elapsed + round(time.perf_counter() - start)
-            _save(run_dir, cfg, spec, agent, model, wm_optim, replay, counters, curve, real_returns, mag)
+            _save(run_dir, cfg, spec, agent, model, wm_optim, replay, counters, curve, real_returns, mag, live)
             bar.update(1)
             bar.set_postfix(ret=f"{curve[-1][1]:.2f}", refresh=False)
     finally:

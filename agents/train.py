@@ -7,8 +7,10 @@ Each run writes to ``run_dir``: TensorBoard scalars (``train/*`` losses and entr
 episode returns and env steps/s, ``eval/episode_return`` of the greedy policy on fixed seeds) and
 ``checkpoints/step_<env steps>/{model.safetensors, config.json}``, each written to a temporary
 folder and moved in place with ``os.replace``; ``checkpoints/latest`` names the newest.
-Resuming restores networks, value normalizer, optimizer, sampling stream and counters; the envs
-restart from fresh episodes (seeded from the step count), since simulator states are not saved.
+Resuming restores networks, value normalizer, optimizer, sampling stream and counters, and (`agents.resume`) the env
+copies mid-episode with the collection carry and the global random streams: a resumed run's curve equals an
+uninterrupted one's. Envs whose state cannot be saved (StarCraft II) restart from fresh episodes seeded from the step
+count instead, and the run says so.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import math
 import os
 import random
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -47,7 +50,10 @@ from agents.policies import (
     make_policy,
     policy_field,
 )
+from agents.resume import load_run_state, resume_envs, save_run_state
+from agents.storage import Carry
 from wmenv.checks import check_choice, check_int
+from wmenv.data.persist import atomic_write, remove_temporaries, temporary_name
 from wmenv.envs.vector import BACKENDS, VecEnv
 from wmenv.latent.filter import AgentFilters
 
@@ -260,9 +266,7 @@ def save_checkpoint(
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     name = f"step_{counters['env_steps']:012d}"
-    tmp = root / f".{name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=temporary_name(name)[0], suffix=temporary_name(name)[1]))
     tensors = {f"agent.{k}": v.detach().contiguous().cpu() for k, v in agent.state_dict().items()}
     optim_tensors, param_groups = optimizer_tensors(agent.optimizer)
     tensors.update(optim_tensors)
@@ -286,20 +290,11 @@ def save_checkpoint(
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    _write_atomic(root / "latest", name)
+    atomic_write(root / "latest", name.encode())
     kept = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_"))
     for old in kept[: -cfg.keep_checkpoints]:
         shutil.rmtree(old, ignore_errors=True)
     return final
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
@@ -423,19 +418,25 @@ def _train(cfg: TrainConfig) -> TrainResult:
     policy = make_policy(cfg.policy, spec.obs_dim, spec.n_actions, cfg.policy_config)
     agent = MAPPO(spec, cfg.mappo, policy=policy, critic_config=cfg.critic, seed=cfg.seed)
     counters = {"iteration": 0, "env_steps": 0, "episodes": 0}
+    remove_temporaries(run_dir / "checkpoints")  # of a checkpoint write a kill interrupted
     ckpt = latest_checkpoint(run_dir) if cfg.resume else None
     if ckpt is not None:
         counters = load_checkpoint(ckpt, agent, spec)
         print(f"resumed from {ckpt} at {counters['env_steps']} env steps")
     elif cfg.resume:
         print(f"no checkpoint in {run_dir / 'checkpoints'}; starting a fresh run")
-    # Copy i of a run (re)started at iteration k gets seed + k*E + i; a fresh run is `VecEnv(seed=cfg.seed)`.
+    state = load_run_state(ckpt, agent.device) if ckpt is not None else None
+    # A resume restores the copies mid-episode where it can; otherwise copy i of a run restarted at iteration k gets
+    # seed + k*E + i. A fresh run is `VecEnv(seed=cfg.seed)`.
     env_seed = cfg.seed + counters["iteration"] * cfg.num_envs
     vec = VecEnv(cfg.env_id, num_envs=cfg.num_envs, seed=env_seed, backend=cfg.backend, **cfg.env_kwargs)
-    # a resumed run hides what an interrupted run logged after its checkpoint (scalars at steps > env_steps)
-    writer = SummaryWriter(str(run_dir), purge_step=counters["env_steps"] + 1 if ckpt is not None else None)
+    # a resumed run hides what an interrupted run logged after its checkpoint (scalars at steps > env_steps); a run
+    # that starts from step 0 hides everything logged in run_dir before (e.g. by an attempt killed before its first
+    # checkpoint)
+    writer = SummaryWriter(str(run_dir), purge_step=counters["env_steps"] + 1 if ckpt is not None else 0)
     writer.add_text("config", f"```\n{json.dumps(asdict(cfg), indent=2)}\n```", counters["env_steps"])
-    storage, carry = agent.new_storage(cfg.num_envs), agent.start(vec)
+    storage = agent.new_storage(cfg.num_envs)
+    carry = state["carry"] if ckpt is not None and resume_envs(vec, state) else agent.start(vec)
     eval_seed = cfg.seed + 1_000_000
     eval_returns: list[tuple[int, float]] = []
     train_returns: list[tuple[int, float]] = []
@@ -445,6 +446,9 @@ def _train(cfg: TrainConfig) -> TrainResult:
         step = counters["env_steps"]
         result = evaluate_and_log(agent, writer, step, cfg.env_id, cfg.eval_episodes, eval_seed, **cfg.env_kwargs)
         eval_returns.append((counters["env_steps"], result["episode_return"]))
+
+    def run_state(carry: Carry) -> Callable[[Path], None]:
+        return lambda folder: save_run_state(folder, vec, carry=carry)
 
     saved_at = -1
     bar = tqdm(total=cfg.iterations * cfg.steps_per_iteration, initial=counters["env_steps"], disable=not cfg.progress,
@@ -472,10 +476,10 @@ def _train(cfg: TrainConfig) -> TrainResult:
             if cfg.eval_every and step // cfg.eval_every > before // cfg.eval_every:
                 run_eval()
             if cfg.checkpoint_every and step // cfg.checkpoint_every > before // cfg.checkpoint_every:
-                final, saved_at = save_checkpoint(run_dir, agent, cfg, spec, counters), step
+                final, saved_at = save_checkpoint(run_dir, agent, cfg, spec, counters, run_state(carry)), step
             bar.update(cfg.steps_per_iteration)
         if saved_at != counters["env_steps"]:
-            final = save_checkpoint(run_dir, agent, cfg, spec, counters)
+            final = save_checkpoint(run_dir, agent, cfg, spec, counters, run_state(carry))
     finally:
         bar.close()
         writer.close()

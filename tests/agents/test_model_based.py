@@ -87,7 +87,8 @@ def test_same_seed_same_run(tmp_path):
 
 def test_latent_actors_act_through_the_filter_resume_and_repeat(tmp_path):
     """actor_input="latent": the actor reads F = H + S·K features in the dream and, through each agent's filter, on
-    the real env; the checkpoint rebuilds it; a resumed run continues and a same-seed run repeats."""
+    the real env; the checkpoint rebuilds it; a resumed run continues as an uninterrupted one and a same-seed run
+    repeats."""
     first = run(_small(tmp_path / "a", 1, actor_input="latent"))
     again = run(_small(tmp_path / "b", 1, actor_input="latent"))
     assert first["eval_returns"] == again["eval_returns"] and first["real_returns"] == again["real_returns"]
@@ -96,6 +97,8 @@ def test_latent_actors_act_through_the_filter_resume_and_repeat(tmp_path):
     assert policy_from_checkpoint(latest_checkpoint(tmp_path / "c"))[0].obs_dim == 18  # MPE's observation
     second = run(_small(tmp_path / "a", 2, actor_input="latent", resume=True))
     assert second["eval_returns"][:2] == first["eval_returns"] and second["real_steps"] == 120
+    straight = run(_small(tmp_path / "d", 2, actor_input="latent"))  # the resume is exact: filters, envs mid-episode
+    assert second["eval_returns"] == straight["eval_returns"] and second["real_returns"] == straight["real_returns"]
     policy, train_cfg = policy_from_checkpoint(latest_checkpoint(tmp_path / "a"))
     assert train_cfg["actor_input"] == "latent" and policy.obs_dim == 64 + 8 * 8  # the small preset's [h, z]
     with pytest.raises(ValueError, match="another architecture"):  # a decoded actor cannot take over a latent one

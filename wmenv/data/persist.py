@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import zlib
 from pathlib import Path
@@ -43,13 +44,39 @@ def _write_all(f: BinaryIO, data: bytes) -> None:
         f.write(view[i : i + _CHUNK])
 
 
+def temporary_name(name: str) -> tuple[str, str]:
+    """(prefix, suffix) of the temporary file or folder an atomic write of ``name`` goes through (`tempfile`'s
+    ``mkstemp`` / ``mkdtemp``), which `remove_temporaries` recognises."""
+    return f".{name}.", ".tmp"
+
+
+def remove_temporaries(folder: str | os.PathLike[str]) -> list[str]:
+    """Delete what writes a kill interrupted left in ``folder`` (hidden ``.*.tmp`` files and folders of
+    `atomic_write` and checkpoint writes). Only for a folder no other process is writing to.
+
+    Returns:
+        The names removed.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    stale = [p for p in folder.iterdir() if p.name.startswith(".") and p.name.endswith(".tmp")]
+    for p in stale:
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    return sorted(p.name for p in stale)
+
+
 def atomic_write(path: str | os.PathLike[str], data: bytes) -> None:
     """Replace ``path`` by ``data`` atomically: temp file in the same directory, fsync, `os.replace`.
 
     On any error the temp file is removed and the previous ``path`` (if any) is untouched.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    prefix, suffix = temporary_name(path.name)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=suffix)
     try:
         with os.fdopen(fd, "wb") as f:
             _write_all(f, data)

@@ -544,6 +544,27 @@ class SMAXBatch:
         self._alive, self._mask = rows["alive"], rows["action_mask"]
         return rows
 
+    _STATE = ("_keys", "_s", "_alive", "_mask", "_ret", "_len")
+    """The attributes that change as the copies step (the rest is fixed by the map and the options)."""
+
+    def get_state(self) -> dict[str, Any]:
+        """The batch's state (keys, JAX env states, running returns) as NumPy, for `set_state`."""
+        import jax
+
+        return {"map": self.spec.id, "num_envs": self.num_envs, **jax.device_get({k: getattr(self, k) for k in self._STATE})}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Continue from `get_state` (of a batch of the same map and size)."""
+        import jax.numpy as jnp
+        from jax import tree_util
+
+        if not isinstance(state, dict) or (state.get("map"), state.get("num_envs")) != (self.spec.id, self.num_envs):
+            got = (state.get("map"), state.get("num_envs")) if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"state: expected a SMAXBatch state of {(self.spec.id, self.num_envs)}, got {got}")
+        for k in self._STATE:
+            v = state[k]
+            setattr(self, k, tree_util.tree_map(jnp.asarray, v) if k in ("_keys", "_s") and v is not None else v)
+
     def close(self) -> None:
         """Nothing to release (kept for the `VecEnv` contract)."""
 

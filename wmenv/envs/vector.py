@@ -25,6 +25,7 @@ import numpy as np
 
 from wmenv.checks import check_choice, check_positive
 from wmenv.envs.base import MultiAgentEnv
+from wmenv.envs.snapshot import restore, snapshot
 from wmenv.envs.spec import EnvSpec, stack_masks, stack_obs, stack_rewards, unstack_actions
 
 
@@ -133,7 +134,7 @@ class WorkerError(RuntimeError):
 
 
 def _worker(remote: Connection, fns: list[Callable[[], MultiAgentEnv]], seeds: list[int]) -> None:
-    """Serve ``("reset" | "step" | "close", data)`` commands; replies are ``("ok", rows)`` or
+    """Serve ``("reset" | "step" | "get_state" | "set_state" | "close", data)`` commands; replies are ``("ok", rows)`` or
     ``("error", exception or None, its repr, the worker's traceback)``, after which the worker exits."""
     copies: list[_Copy] = []
     try:
@@ -144,6 +145,11 @@ def _worker(remote: Connection, fns: list[Callable[[], MultiAgentEnv]], seeds: l
                 remote.send(("ok", [c.reset() for c in copies]))
             elif cmd == "step":
                 remote.send(("ok", [c.step(a) for c, a in zip(copies, data)]))
+            elif cmd == "get_state":
+                remote.send(("ok", [snapshot(c) for c in copies]))
+            elif cmd == "set_state":
+                copies[:] = _replace_copies(copies, data)
+                remote.send(("ok", []))
             elif cmd == "close":
                 break
     except (KeyboardInterrupt, EOFError):  # interrupted, or the parent went away
@@ -158,6 +164,19 @@ def _worker(remote: Connection, fns: list[Callable[[], MultiAgentEnv]], seeds: l
         for c in copies:
             c.env.close()
         remote.close()
+
+
+def _replace_copies(copies: list[_Copy], states: list[bytes]) -> list[_Copy]:
+    """The copies `snapshot` saved in ``states``, after closing ``copies`` (the ones they replace, of the same env)."""
+    restored = [restore(s) for s in states]
+    expected = copies[0].spec.describe()
+    for c in restored:
+        if not isinstance(c, _Copy) or c.spec.describe() != expected:
+            what = c.spec.describe() if isinstance(c, _Copy) else f"a {type(c).__name__}"
+            raise ValueError(f"states: a snapshot of {what}, expected a copy of {expected}")
+    for c in copies:
+        c.env.close()
+    return restored
 
 
 class _EnvFactory:
@@ -296,6 +315,15 @@ class VecEnv:
             raise exc
         raise WorkerError(f"{text} {note}")
 
+    def _ask(self, cmd: str, payloads: list[Any]) -> list[Any]:
+        """Send ``(cmd, payloads[w])`` to every worker w and gather the replies (rows in copy order)."""
+        for w, (remote, payload) in enumerate(zip(self._remotes, payloads)):
+            try:
+                remote.send((cmd, payload))
+            except (BrokenPipeError, EOFError, OSError) as e:
+                self._raise(w, ("dead", e))  # a dead worker: raises the WorkerError naming it
+        return self._gather()
+
     def _call(self, cmd: str, actions: np.ndarray | None = None) -> VecStep:
         if self.closed:
             raise RuntimeError("VecEnv is closed")
@@ -305,12 +333,7 @@ class VecEnv:
         if self.backend == "sync":
             rows = [c.reset() for c in self._copies] if cmd == "reset" else [c.step(a) for c, a in zip(self._copies, actions)]
         else:
-            for w, (remote, idx) in enumerate(zip(self._remotes, self._split)):
-                try:
-                    remote.send((cmd, None if actions is None else actions[idx]))
-                except (BrokenPipeError, EOFError, OSError) as e:
-                    self._raise(w, ("dead", e))  # a dead worker: raises the WorkerError naming it
-            rows = self._gather()
+            rows = self._ask(cmd, [None if actions is None else actions[idx] for idx in self._split])
         lists = ("infos", "episode_metrics")
         return VecStep(
             **{k: np.stack([np.asarray(r[k]) for r in rows]) for k in VecStep.__dataclass_fields__ if k not in lists},
@@ -334,6 +357,43 @@ class VecEnv:
         if actions.shape != expected:
             raise ValueError(f"actions: expected shape {expected}, got {actions.shape}")
         return self._call("step", actions)
+
+    def get_state(self) -> list[bytes]:
+        """Every copy's whole state (its env mid-episode, RNGs, running return), for `set_state`: one snapshot per
+        copy (`wmenv.envs.snapshot`), or one for the whole batch with ``backend="jax"``.
+
+        Raises:
+            SnapshotError: the env's state cannot be saved (e.g. one that drives a StarCraft II process).
+        """
+        if self.closed:
+            raise RuntimeError("VecEnv is closed")
+        if self.backend == "jax":
+            return [snapshot(self._batch.get_state())]
+        if self.backend == "sync":
+            return [snapshot(c) for c in self._copies]
+        return self._ask("get_state", [None] * len(self._remotes))
+
+    def set_state(self, states: list[bytes]) -> None:
+        """Continue from `get_state`'s snapshots (of a `VecEnv` of the same env and number of copies, any backend
+        but ``"jax"`` for the others): each copy goes on with the episode it was in. Replaces a `reset`.
+
+        Raises:
+            ValueError: ``states`` holds another number of snapshots, or one of another env.
+            SnapshotError: a snapshot is not readable.
+        """
+        if self.closed:
+            raise RuntimeError("VecEnv is closed")
+        expected = 1 if self.backend == "jax" else self.num_envs
+        if not isinstance(states, (list, tuple)) or len(states) != expected:
+            got = len(states) if isinstance(states, (list, tuple)) else type(states).__name__
+            raise ValueError(f"states: expected {expected} snapshots from VecEnv.get_state ({self.backend}), got {got}")
+        if self.backend == "jax":
+            self._batch.set_state(restore(states[0]))
+            return
+        if self.backend == "sync":
+            self._copies = _replace_copies(self._copies, states)
+            return
+        self._ask("set_state", [[states[i] for i in idx] for idx in self._split])
 
     def close(self) -> None:
         """Close every copy and stop the workers."""

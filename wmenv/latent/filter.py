@@ -11,12 +11,15 @@ the result is what N separate agents exchanging messages would compute.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from einops import rearrange, repeat
 from torch import Tensor
 
 from wmenv.models.world_model import State, WorldModel, none_where
+from wmenv.tensor_ops import to_device
 
 
 class AgentFilters:
@@ -49,6 +52,27 @@ class AgentFilters:
     def seed(self, seed: int) -> None:
         """Re-seed the latent samples."""
         self.generator.manual_seed(int(seed))
+
+    _CARRIED = ("state", "prev_action", "features")
+    """What changes from step to step (with the generator); the model is shared, not part of the filters' state."""
+
+    def get_state(self) -> dict[str, Any]:
+        """The filters' recurrent states, last actions, features and random stream, for `set_state` (e.g. in a
+        checkpoint, so a resumed run goes on filtering where it stopped)."""
+        return {"generator": self.generator.get_state(), **{k: getattr(self, k) for k in self._CARRIED}}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Continue from `get_state` (of filters of the same model and number of worlds)."""
+        keys = sorted({"generator", *self._CARRIED})
+        if not isinstance(state, dict) or sorted(state) != keys:
+            got = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"state: expected AgentFilters.get_state() keys {keys}, got {got}")
+        got, expected = tuple(state["prev_action"].shape), tuple(self.prev_action.shape)
+        if got != expected:
+            raise ValueError(f"state: filters with last actions of shape {got}, expected {expected}")
+        self.generator.set_state(state["generator"].cpu())
+        for k in self._CARRIED:
+            setattr(self, k, to_device(state[k], self.device))
 
     def step(self, obs, reset, alive, hears=None) -> Tensor:
         """Advance every agent's filter by one env step; returns the features (W, N, F).

@@ -8,17 +8,20 @@ Glossary: B batch, T time (rows), N agent slots, D observation features, A actio
 `EpisodeReplay`, `ReplayConfig`  whole episodes in, windows out; `save` / `load`, incremental `save_segments`
 `uniform_starts`                the default window-start sampler (`StartSampler` protocol)
 `EventStarts`, `event_rows`     balanced sampling: windows with rare events (large rewards, terminations) at a rate
+`DFS`, `DFSConfig`              DRAMA's dynamic frequency-based sampling: world-model and imagination starts
 ==============================  ================================================================
 """
 
 from wmenv.data.episode import FIELDS, episode_schema, validate_episode
 from wmenv.data.recorder import EpisodeRecorder
 from wmenv.data.replay import EpisodeReplay, ReplayConfig
-from wmenv.data.samplers import EventStarts, StartSampler, event_rows, uniform_starts
+from wmenv.data.samplers import DFS, DFSConfig, EventStarts, StartSampler, event_rows, uniform_starts
 
 __all__ = [
     "FIELDS",
     "EpisodeRecorder",
+    "DFS",
+    "DFSConfig",
     "EventStarts",
     "EpisodeReplay",
     "ReplayConfig",

@@ -234,9 +234,14 @@ class EpisodeReplay:
         raise TypeError(f"generator: expected a torch.Generator, an int seed or None, got {type(generator).__name__}")
 
     def sample_indices(
-        self, batch_size: int, length: int, cross_episodes: bool = False, generator: torch.Generator | int | None = None
+        self,
+        batch_size: int,
+        length: int,
+        cross_episodes: bool = False,
+        generator: torch.Generator | int | None = None,
+        sampler: StartSampler | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Pick B windows of T rows; the index half of `sample`.
+        """Pick B windows of T rows (starts from ``sampler``, default the replay's own); the index half of `sample`.
 
         Returns:
             index: (B, T) int64 ring indices into the stored fields.
@@ -261,7 +266,7 @@ class EpisodeReplay:
                     f"length: requested windows of {length} rows but the longest stored episode has {int(lengths.max())} rows "
                     "(pass cross_episodes=True to span episode boundaries)"
                 )
-        episode, start = self.sampler(valid, ids, length, batch_size, gen)
+        episode, start = (sampler or self.sampler)(valid, ids, length, batch_size, gen)
         episode, start = np.asarray(episode, dtype=np.int64), np.asarray(start, dtype=np.int64)
         if episode.shape != (batch_size,) or start.shape != (batch_size,):
             raise ValueError(f"sampler: expected two ({batch_size},) arrays, got shapes {episode.shape} and {start.shape}")
@@ -295,6 +300,7 @@ class EpisodeReplay:
         cross_episodes: bool = False,
         generator: torch.Generator | int | None = None,
         device: torch.device | str | None = None,
+        sampler: StartSampler | None = None,
     ) -> dict[str, torch.Tensor]:
         """Sample B windows of T consecutive rows.
 
@@ -305,6 +311,7 @@ class EpisodeReplay:
                 otherwise windows stay inside one episode.
             generator: a `torch.Generator`, an int seed (a fresh generator), or None (the replay's own).
             device: where to put the tensors (default: CPU).
+            sampler: where the windows start (default: the replay's ``sampler``).
 
         Returns:
             Every stored field as a (B, T, ...) tensor, e.g. ``obs`` (B, T, N, D), ``is_first`` (B, T),
@@ -314,8 +321,15 @@ class EpisodeReplay:
             ValueError: an empty replay, or ``length`` longer than every stored episode (longer than
                 all stored rows with ``cross_episodes``).
         """
-        index, reset = self.sample_indices(batch_size, length, cross_episodes, generator)
+        index, reset = self.sample_indices(batch_size, length, cross_episodes, generator, sampler)
         return self.gather(index, reset, device)
+
+    def using(self, sampler: StartSampler) -> ReplayView:
+        """This replay, seen by a consumer (e.g. a dream's starts) that should draw with ``sampler``, not the
+        replay's own: the view's `sample` and `sample_indices` use it; everything else is the replay's."""
+        if not callable(sampler):
+            raise TypeError(f"sampler: expected a callable StartSampler, got {type(sampler).__name__}")
+        return ReplayView(self, sampler)
 
     # --- persistence ---
     def _meta(self) -> dict[str, Any]:
@@ -524,3 +538,23 @@ def _no_rows(meta: dict[str, Any], where: str) -> dict[str, np.ndarray]:
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{where} has corrupt replay metadata: {e!r}") from e
     return fields | {"episode/lengths": np.zeros(0, np.int64), "episode/ids": np.zeros(0, np.int64)}
+
+
+class ReplayView:
+    """An `EpisodeReplay` whose draws use another `StartSampler` (`EpisodeReplay.using`); it shares the data."""
+
+    def __init__(self, replay: EpisodeReplay, sampler: StartSampler) -> None:
+        self.replay, self.sampler = replay, sampler
+
+    def sample_indices(self, *args: Any, **kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
+        """`EpisodeReplay.sample_indices` with this view's sampler."""
+        return self.replay.sample_indices(*args, **{"sampler": self.sampler, **kwargs})
+
+    def sample(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        """`EpisodeReplay.sample` with this view's sampler."""
+        return self.replay.sample(*args, **{"sampler": self.sampler, **kwargs})
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "replay":  # not set yet (e.g. while unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.replay, name)

@@ -5,12 +5,14 @@ Glossary: E stored episodes, B batch (windows).
 The replay works out, for every stored episode, how many start rows give a valid window
 (``valid``, (E,) int64) and asks a `StartSampler` to pick B (episode, start row) pairs among them.
 `uniform_starts` picks uniformly over all valid pairs; `EventStarts` draws windows that hold rare
-events (large rewards, terminations) at a set rate; a DFS sampler (DRAMA's dynamic
-frequency-based sampling) keeps per-episode visit counts keyed by ``episode_ids`` and plugs in the same way.
+events (large rewards, terminations) at a set rate; `DFS` (DRAMA's dynamic frequency-based sampling) keeps
+per-row visit counts keyed by ``episode_ids`` and offers one sampler for world-model windows and one for
+imagination starts (`EpisodeReplay.using` hands the second to a dream).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -61,10 +63,7 @@ def uniform_starts(
     if total <= 0:
         raise ValueError(f"valid: expected at least one valid start, got counts {valid.tolist()}")
     u = torch.randint(total, (batch_size,), generator=generator, dtype=torch.int64).numpy()  # (B,)
-    ends = np.cumsum(valid)  # (E,) exclusive end of each episode's block of starts
-    episode = np.searchsorted(ends, u, side="right")
-    start = u - (ends[episode] - valid[episode])
-    return episode.astype(np.int64), start.astype(np.int64)
+    return _flat_to_pairs(valid, u)
 
 
 def event_rows(episode: dict[str, np.ndarray], min_abs_reward: float = 1.0, terminations: bool = True) -> np.ndarray:
@@ -146,7 +145,191 @@ class EventStarts:
             pick = want == bool(g) if len(groups[1 - g]) else np.ones(batch_size, bool)
             if len(group):
                 pos[pick] = group[np.minimum((u[pick] * len(group)).astype(np.int64), len(group) - 1)]
-        ends = np.cumsum(valid)  # (E,) exclusive end of each episode's block of starts
-        episode = np.searchsorted(ends, pos, side="right")
-        start = pos - (ends[episode] - valid[episode])
-        return episode.astype(np.int64), start.astype(np.int64)
+        return _flat_to_pairs(valid, pos)
+
+
+def _flat_to_pairs(valid: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions among all Σ valid starts (episode-major) -> (episode, start row), both (B,) int64."""
+    ends = np.cumsum(valid)  # (E,) exclusive end of each episode's block of starts
+    episode = np.searchsorted(ends, pos, side="right")
+    return episode.astype(np.int64), (pos - (ends[episode] - valid[episode])).astype(np.int64)
+
+
+def dfs_world_model_probs(counts: np.ndarray, tau: float = 10.0) -> np.ndarray:
+    """DRAMA's world-model draw: p_i ∝ exp(−c_i / τ) over the candidate starts.
+
+    Args:
+        counts: (S,) how often each candidate start row was drawn to fit the world model (c).
+        tau: temperature τ.
+
+    Returns:
+        (S,) float64 probabilities.
+    """
+    score = -np.asarray(counts, dtype=np.float64) / tau
+    e = np.exp(score - score.max())
+    return e / e.sum()
+
+
+def dfs_imagination_probs(
+    counts: np.ndarray, imagined: np.ndarray, scale: float, tau: float = 10.0, alpha: float = 1.0, beta: float = 1.0
+) -> np.ndarray:
+    """DRAMA's imagination draw (as its code runs it): p_i ∝ exp(s_i / τ) with
+    s_i = c_i − α v_i/k − β max(0, c_i − v_i/k); with α = β = 1 that is min(0, c_i − v_i/k): starts the world model
+    has fitted at least as often as the actor has started from them (per ``scale`` k) are equally likely, the others
+    less so.
+
+    Args:
+        counts: (S,) world-model draws of each candidate start row (c).
+        imagined: (S,) imagination draws of each (v).
+        scale: k, imagination batch / world-model batch (DRAMA: 1024 / 16).
+        tau, alpha, beta: τ, α, β.
+
+    Returns:
+        (S,) float64 probabilities.
+    """
+    c = np.asarray(counts, dtype=np.float64)
+    v = np.asarray(imagined, dtype=np.float64) / scale
+    score = (c - alpha * v - beta * np.maximum(0.0, c - v)) / tau
+    e = np.exp(score - score.max())
+    return e / e.sum()
+
+
+@dataclass
+class DFSConfig:
+    """DRAMA's dynamic frequency-based sampling (defaults: its ``train.yaml``)."""
+
+    tau: float = 10.0
+    """World-model temperature: p ∝ exp(−c / τ)."""
+    imagination_tau: float = 10.0
+    """Imagination temperature."""
+    alpha: float = 1.0
+    """Weight of the imagination count in the imagination score."""
+    beta: float = 1.0
+    """Weight of the penalty max(0, c − v/k) in the imagination score."""
+    scale: float = 64.0
+    """k: imagination batch over world-model batch (DRAMA: 1024 / 16), so v/k and c count comparable work."""
+
+    def __post_init__(self) -> None:
+        for name in ("tau", "imagination_tau", "scale"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"DFSConfig.{name}: expected a positive number, got {value!r}")
+        for name in ("alpha", "beta"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+                raise ValueError(f"DFSConfig.{name}: expected a finite number, got {value!r}")
+
+
+class DFS:
+    """DRAMA's dynamic frequency-based sampling (§2.4): two start samplers over one replay that count, per stored row,
+    how often it was drawn as a window *start* for the world model (c) and for imagination (v).
+
+    `world_model_starts` draws with p ∝ exp(−c/τ) (rows the model has seen least first); `imagination_starts` with
+    `dfs_imagination_probs` (rows the model has learned, not over-used by the actor). Both draw without replacement
+    within a call, as DRAMA's code does (a batch larger than the valid starts takes them all, then draws again), and
+    add 1 to the drawn starts' counts. Counts are keyed by episode id, so they follow the replay's evictions (an
+    evicted episode's are dropped) and `state_dict` / `load_state_dict` carry them across a save.
+
+    Usage::
+
+        dfs = DFS(replay)
+        replay.sampler = dfs.world_model_starts          # what fit() draws
+        dream = DreamVecEnv(model, 64, 15, start=replay.using(dfs.imagination_starts))
+    """
+
+    def __init__(self, replay, config: DFSConfig | None = None) -> None:
+        self.replay, self.config = replay, config or DFSConfig()
+        self._counts: dict[int, np.ndarray] = {}  # episode id -> (2, R) int64: [c, v] per row
+
+    def _candidates(self, valid: np.ndarray, episode_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(c, v) of every valid start, episode-major: two (Σ valid,) int64 arrays."""
+        lengths = self.replay.episode_lengths
+        if len(lengths) != len(episode_ids):
+            raise ValueError(f"episode_ids: expected the replay's {len(lengths)} episodes, got {len(episode_ids)}")
+        stored = set(episode_ids.tolist())
+        self._counts = {i: c for i, c in self._counts.items() if i in stored}  # forget evicted episodes
+        parts = []
+        for rows, v, i in zip(lengths.tolist(), valid.tolist(), episode_ids.tolist()):
+            counts = self._counts.setdefault(i, np.zeros((2, rows), np.int64))
+            parts.append(counts[:, :v])
+        flat = np.concatenate(parts, axis=1) if parts else np.zeros((2, 0), np.int64)
+        return flat[0], flat[1]
+
+    def _draw(self, probs: np.ndarray, valid, episode_ids, batch_size: int, generator: torch.Generator, row: int):
+        p = torch.from_numpy(probs)
+        picks = []
+        while batch_size > 0:
+            n = min(batch_size, len(probs))
+            picks.append(torch.multinomial(p, n, replacement=False, generator=generator).numpy())
+            batch_size -= n
+        episode, start = _flat_to_pairs(valid, np.concatenate(picks))
+        for e, s in zip(episode.tolist(), start.tolist()):
+            self._counts[int(episode_ids[e])][row, s] += 1  # only the start row is counted
+        return episode, start
+
+    def world_model_probs(self, valid: np.ndarray, episode_ids: np.ndarray) -> np.ndarray:
+        """(Σ valid,) probabilities of the next world-model draw's first pick over the valid starts."""
+        c, _ = self._candidates(np.asarray(valid, np.int64), np.asarray(episode_ids, np.int64))
+        return dfs_world_model_probs(c, self.config.tau)
+
+    def imagination_probs(self, valid: np.ndarray, episode_ids: np.ndarray) -> np.ndarray:
+        """(Σ valid,) probabilities of the next imagination draw's first pick over the valid starts."""
+        cfg = self.config
+        c, v = self._candidates(np.asarray(valid, np.int64), np.asarray(episode_ids, np.int64))
+        return dfs_imagination_probs(c, v, cfg.scale, cfg.imagination_tau, cfg.alpha, cfg.beta)
+
+    def world_model_starts(
+        self, valid: np.ndarray, episode_ids: np.ndarray, length: int, batch_size: int, generator: torch.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The `StartSampler` for world-model windows; counts the drawn starts in c."""
+        probs = self.world_model_probs(valid, episode_ids)
+        return self._draw(probs, np.asarray(valid, np.int64), np.asarray(episode_ids), batch_size, generator, 0)
+
+    def imagination_starts(
+        self, valid: np.ndarray, episode_ids: np.ndarray, length: int, batch_size: int, generator: torch.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The `StartSampler` for imagination contexts; counts the drawn starts in v."""
+        probs = self.imagination_probs(valid, episode_ids)
+        return self._draw(probs, np.asarray(valid, np.int64), np.asarray(episode_ids), batch_size, generator, 1)
+
+    def counts(self, episode_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """(c, v) of a stored episode's rows, each (R,) int64 (zeros for one never drawn from)."""
+        ids, lengths = self.replay.episode_ids.tolist(), self.replay.episode_lengths
+        if episode_id not in ids:
+            raise ValueError(f"episode_id: {episode_id} is not stored in the replay (stored: {ids[:5]}...)")
+        c = self._counts.get(episode_id, np.zeros((2, int(lengths[ids.index(episode_id)])), np.int64))
+        return c[0].copy(), c[1].copy()
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """The counts of the stored episodes: ``ids`` (K,), ``rows`` (K,), ``counts`` (2, Σ rows) int64."""
+        stored = set(self.replay.episode_ids.tolist())
+        ids = sorted(i for i in self._counts if i in stored)
+        counts = [self._counts[i] for i in ids]
+        return {
+            "ids": np.asarray(ids, np.int64),
+            "rows": np.asarray([c.shape[1] for c in counts], np.int64),
+            "counts": np.concatenate(counts, axis=1) if counts else np.zeros((2, 0), np.int64),
+        }
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Continue from `state_dict` (saved with this replay). Counts of episodes evicted since are dropped.
+
+        Raises:
+            ValueError: the state is malformed or from another replay (an episode id with another number of rows).
+        """
+        try:
+            ids, rows, counts = (np.asarray(state[k], np.int64) for k in ("ids", "rows", "counts"))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"state: expected DFS.state_dict() arrays ids, rows, counts, got {e!r}") from e
+        if ids.shape != rows.shape or counts.shape != (2, int(rows.sum())) or (counts < 0).any():
+            raise ValueError(f"state: inconsistent shapes ids {ids.shape}, rows {rows.shape}, counts {counts.shape}")
+        stored = dict(zip(self.replay.episode_ids.tolist(), self.replay.episode_lengths.tolist()))
+        loaded, offset = {}, 0
+        for i, r in zip(ids.tolist(), rows.tolist()):
+            if i in stored and stored[i] != r:
+                raise ValueError(f"state: episode {i} has {r} rows in the sampler state but {stored[i]} in the replay "
+                                 "(a sampler state from another replay?)")  # fmt: skip
+            if i in stored:
+                loaded[i] = counts[:, offset : offset + r].copy()
+            offset += r
+        self._counts = loaded

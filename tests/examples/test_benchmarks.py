@@ -341,3 +341,12 @@ def test_soak_growth_summary_by_hand():
     r = soak.growth(samples, warmup=0.1, bound=8.0, seconds=1.0)
     assert r["rss_warm_mib"] == 100.0 and r["growth_end_mib"] == 9.0 and r["slope_mib_per_10pct"] == 1.0
     assert not r["within_bound"] and soak.growth(samples, 0.1, 9.5, 1.0)["within_bound"]
+
+
+def test_env_snapshot_reports_bytes_and_times_per_copy(tmp_path):
+    out = _run("env_snapshot.py", "--env-ids", "gym:CartPole-v1", "mpe:simple_spread_v3", "--num-envs", "2", "--steps",
+               "3", "--out", str(tmp_path / "snap.json"))  # fmt: skip
+    assert set(out["envs"]) == {"gym:CartPole-v1", "mpe:simple_spread_v3"} and out["num_envs"] == 2
+    for r in out["envs"].values():
+        assert r["bytes_per_copy"] > 1000 and r["save_ms_per_copy"] > 0 and r["restore_over_one_step"] > 0
+    assert json.loads((tmp_path / "snap.json").read_text()) == out

@@ -65,6 +65,7 @@ from wmenv.checks import check_choice, check_int, check_positive
 from wmenv.data.collect import Collector
 from wmenv.data.persist import remove_temporaries
 from wmenv.data.replay import EpisodeReplay, ReplayConfig
+from wmenv.data.samplers import DFS, DFSConfig
 from wmenv.dream import DreamVecEnv
 from wmenv.dream.mag import ErrorPredictor, MAGConfig, MAGPlanner, fit_error_predictor
 from wmenv.envs import make
@@ -111,6 +112,12 @@ class ModelBasedConfig:
     """World-model fitting per update: windows, learning rate, ... (its ``steps`` is set by the schedule). The
     per-row filtering and the heads are compiled (``compile="steps"``: 1.7x faster fit steps on a 2-core CPU, about
     half a minute of compiling at the first update; ``--fit.compile off`` for eager)."""
+    sampler: Literal["uniform", "dfs"] = "uniform"
+    """Where replay windows start: "uniform" over all valid windows, or "dfs", DRAMA's dynamic frequency-based
+    sampling (`wmenv.data.DFS`: world-model windows favour rows fitted least; dream starts favour rows the model has
+    fitted more than the actor has started from). Its counts are checkpointed with the run."""
+    dfs: DFSConfig = field(default_factory=DFSConfig)
+    """DFS temperatures and weights (``scale`` None: dream worlds over the fit batch)."""
     dream_worlds: int = 256
     """B, imagined worlds stepped in one batch."""
     horizon: int = 15
@@ -188,6 +195,7 @@ class ModelBasedConfig:
         check_choice("ModelBasedConfig.model_kind", self.model_kind, tuple(KINDS))
         check_choice("ModelBasedConfig.model", self.model, model_kind(self.model_kind).presets)
         check_choice("ModelBasedConfig.policy", self.policy, POLICIES)
+        check_choice("ModelBasedConfig.sampler", self.sampler, ("uniform", "dfs"))
         check_choice("ModelBasedConfig.actor_input", self.actor_input, ("decoded", "latent"))
         check_choice("ModelBasedConfig.rollout", self.rollout, ("sample", "mag"))
         if self.rollout == "mag" and not model_kind(self.model_kind).model_cls.has_step_errors:
@@ -394,6 +402,18 @@ def _learn(cfg: ModelBasedConfig, it: int, counters: dict[str, int], spec: Any, 
     return n_dream
 
 
+def _samplers(cfg: ModelBasedConfig, replay: EpisodeReplay, state: dict[str, Any] | None) -> tuple[Any, DFS | None]:
+    """The dream's start source and, with ``sampler="dfs"``, the `DFS` whose world-model sampler ``replay`` now uses
+    (its counts continued from the run ``state``)."""
+    if cfg.sampler == "uniform":
+        return replay, None
+    dfs = DFS(replay, dataclasses.replace(cfg.dfs, scale=cfg.dfs.scale or cfg.dream_worlds / cfg.fit.batch_size))
+    replay.sampler = dfs.world_model_starts
+    if state is not None and state.get("dfs") is not None:
+        dfs.load_state_dict(state["dfs"])
+    return replay.using(dfs.imagination_starts), dfs
+
+
 def run(cfg: ModelBasedConfig) -> dict[str, Any]:
     """Run the loop; returns (and writes to ``run_dir/result.json``) the real-env evaluation curve."""
     with torch_threads(cfg.torch_threads):
@@ -464,14 +484,17 @@ def _run(cfg: ModelBasedConfig) -> dict[str, Any]:
     filters = AgentFilters(model, cfg.num_envs, cfg.seed) if latent else None
     act = RealActor(agent, cfg.num_envs, spec.n_agents, filters)
 
+    starts, dfs = _samplers(cfg, replay, state)
+
     def live(folder: Path) -> None:
         save_run_state(
             folder, vec, collector=(collector.step, collector.recorder), actor=act.get_state(),
             planner=None if planner is None else planner.generator.get_state(),
+            dfs=None if dfs is None else dfs.state_dict(),
         )  # fmt: skip
 
     dream = DreamVecEnv(
-        model, cfg.dream_worlds, cfg.horizon, start=replay, context=cfg.context, obs=cfg.actor_input, seed=cfg.seed,
+        model, cfg.dream_worlds, cfg.horizon, start=starts, context=cfg.context, obs=cfg.actor_input, seed=cfg.seed,
         planner=planner,
     )  # fmt: skip
     # a resumed run hides what an interrupted run logged after its checkpoint (scalars at steps > env_steps); a run

@@ -276,3 +276,20 @@ def test_the_loop_runs_on_continuous_actions_and_resumes(tmp_path, kind):
     assert run(_small(tmp_path, 2, resume=True, **env))["real_steps"] == 120
     with pytest.raises(ValueError, match="MAG's planner samples discrete candidate actions"):
         run(_small(tmp_path / "mag", 1, rollout="mag", **env))
+
+
+def test_dfs_sampler_counts_fit_and_dream_starts_and_resumes_exactly(tmp_path):
+    """sampler="dfs": fit windows are counted in c (5 fit steps x 4 windows per iteration), dream starts in v; the
+    counts travel with the checkpoint, so 1 iteration + resume equals 2 straight."""
+    from agents.resume import load_run_state
+
+    first = run(_small(tmp_path / "a", 1, sampler="dfs"))
+    dfs = load_run_state(latest_checkpoint(tmp_path / "a"))["dfs"]
+    assert dfs["counts"][0].sum() == 5 * 4 and dfs["counts"][1].sum() > 0
+    second = run(_small(tmp_path / "a", 2, sampler="dfs", resume=True))
+    straight = run(_small(tmp_path / "b", 2, sampler="dfs"))
+    assert second["eval_returns"] == straight["eval_returns"] and second["eval_returns"][:2] == first["eval_returns"]
+    uniform = run(_small(tmp_path / "c", 2))
+    assert uniform["eval_returns"][1:] != straight["eval_returns"][1:], "DFS draws other windows than uniform"
+    with pytest.raises(ValueError, match="ModelBasedConfig.sampler"):
+        _small(tmp_path / "d", 1, sampler="prioritized")

@@ -206,12 +206,15 @@ class DFSConfig:
     """Weight of the imagination count in the imagination score."""
     beta: float = 1.0
     """Weight of the penalty max(0, c − v/k) in the imagination score."""
-    scale: float = 64.0
-    """k: imagination batch over world-model batch (DRAMA: 1024 / 16), so v/k and c count comparable work."""
+    scale: float | None = None
+    """k: imagination batch over world-model batch, so that v/k and c count comparable work. None: DRAMA's
+    1024 / 16 = 64 for a `DFS` made directly; the model-based loop uses its dream worlds over its fit batch."""
 
     def __post_init__(self) -> None:
         for name in ("tau", "imagination_tau", "scale"):
             value = getattr(self, name)
+            if name == "scale" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"DFSConfig.{name}: expected a positive number, got {value!r}")
         for name in ("alpha", "beta"):
@@ -276,7 +279,7 @@ class DFS:
         """(Σ valid,) probabilities of the next imagination draw's first pick over the valid starts."""
         cfg = self.config
         c, v = self._candidates(np.asarray(valid, np.int64), np.asarray(episode_ids, np.int64))
-        return dfs_imagination_probs(c, v, cfg.scale, cfg.imagination_tau, cfg.alpha, cfg.beta)
+        return dfs_imagination_probs(c, v, cfg.scale or 64.0, cfg.imagination_tau, cfg.alpha, cfg.beta)
 
     def world_model_starts(
         self, valid: np.ndarray, episode_ids: np.ndarray, length: int, batch_size: int, generator: torch.Generator

@@ -1,7 +1,10 @@
 """Fitting a world model on the episode replay, and its checkpoints.
 
 `fit` samples (B, T, N, ...) windows from an `EpisodeReplay`, minimizes ``model.loss`` with Adam and
-gradient-norm clipping, shows a progress bar and logs every loss term to TensorBoard.
+gradient-norm clipping, shows a progress bar and logs every loss term to TensorBoard. Inside a
+`torch.distributed` process group (e.g. under ``torchrun --nproc-per-node K``, gloo on CPU, NCCL on GPU) it is
+data-parallel: each rank draws its own B windows (seed + rank), `DistributedDataParallel` averages the K ranks'
+gradients, and rank 0 alone writes events and checkpoints; every rank holds the same weights after each step.
 `save_model` / `load_model` write and read ``model.safetensors`` + ``config.json`` atomically; a
 checkpoint of another format, env or configuration is refused with a ValueError.
 """
@@ -19,6 +22,7 @@ from typing import Any, Literal
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
@@ -86,9 +90,11 @@ def fit(
     clip = cfg.grad_clip if cfg.grad_clip is not None else getattr(model_cfg, "grad_clip", 10.0)
     optimizer = optimizer if optimizer is not None else torch.optim.Adam(model.parameters(), lr=lr)
     device = next(model.parameters()).device
-    sampler = torch.Generator().manual_seed(cfg.seed)
-    torch.manual_seed(cfg.seed)  # the latent samples of the RSSM
-    writer = SummaryWriter(cfg.run_dir) if cfg.run_dir is not None else None
+    rank, world = _rank_and_world()
+    sampler = torch.Generator().manual_seed(cfg.seed + rank)  # each rank draws its own windows
+    torch.manual_seed(cfg.seed + rank)  # the latent samples of the RSSM
+    writes = cfg.run_dir is not None and rank == 0  # one writer of events and checkpoints
+    writer = SummaryWriter(cfg.run_dir) if writes else None
     history: dict[str, list[float]] = {}
     if cfg.compile == "steps" and not getattr(model, "steps_compilable", False):
         raise ValueError(
@@ -98,6 +104,8 @@ def fit(
     model.compile_steps = cfg.compile == "steps"
     model.train()
     loss_fn = compiled(model.loss) if cfg.compile == "loss" else model.loss
+    if world > 1:  # DDP averages the ranks' gradients during backward (and broadcast rank 0's weights here)
+        loss_fn = DistributedDataParallel(_Loss(model, loss_fn), find_unused_parameters=True)
     bar = tqdm(range(cfg.steps), desc="fit world model", unit="step", disable=not cfg.progress)
     for step in bar:
         batch = replay.sample(cfg.batch_size, cfg.seq_len, generator=sampler, device=device)
@@ -115,13 +123,31 @@ def fit(
         if writer is not None and step % cfg.log_every == 0:
             for k, v in stats.items():
                 writer.add_scalar(f"world_model/{k}", v, step)
-        if cfg.run_dir is not None and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
+        if writes and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
             save_model(Path(cfg.run_dir) / "model", model)
     if writer is not None:
         writer.close()
-    if cfg.run_dir is not None:
+    if writes:
         save_model(Path(cfg.run_dir) / "model", model)
     return history
+
+
+class _Loss(torch.nn.Module):
+    """``model``'s loss as a module's forward, which is what `DistributedDataParallel` wraps."""
+
+    def __init__(self, model: WorldModel, loss_fn: Any) -> None:
+        super().__init__()
+        self.model, self.loss_fn = model, loss_fn
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.loss_fn(batch)
+
+
+def _rank_and_world() -> tuple[int, int]:
+    """(rank, world size) of the `torch.distributed` process group `fit` runs in, (0, 1) outside one."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
 
 
 def save_model(path: str | Path, model: WorldModel) -> Path:

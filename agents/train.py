@@ -72,8 +72,9 @@ class TrainConfig:
     """E, env copies collected in parallel (the MAPPO paper used 128 on MPE)."""
     seed: int = 0
     """Seeds torch, NumPy, the envs (copy i gets ``seed + i``) and the learner's sampling stream."""
-    backend: Literal["sync", "subproc", "jax"] = "sync"
-    """`VecEnv` backend: in-process (fast envs such as MPE), worker processes (slow envs), "jax" (SMAX: one jitted call)."""
+    backend: Literal["sync", "subproc", "ray", "jax"] = "sync"
+    """`VecEnv` backend: in-process (fast envs such as MPE), worker processes (slow envs), Ray actors (a cluster),
+    "jax" (SMAX: one jitted call)."""
     env_kwargs: dict[str, int | float | bool | str] = field(default_factory=dict)
     """Extra keywords for `wmenv.envs.make` (e.g. ``max_cycles`` for MPE)."""
     run_dir: str = "runs/mappo"

@@ -38,7 +38,7 @@ class Args:
     """Env copies stepped together."""
     seed: int = 0
     """Seeds the envs (copy i gets seed + i) and the action sampling."""
-    backend: Literal["sync", "subproc", "jax"] = "sync"
+    backend: Literal["sync", "subproc", "ray", "jax"] = "sync"
     """`VecEnv` backend."""
     env_kwargs: dict[str, int | float | bool | str] = field(default_factory=dict)
     """Extra keywords for `wmenv.envs.make`."""

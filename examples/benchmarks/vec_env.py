@@ -34,7 +34,8 @@ class Args:
     num_envs: list[int] = field(default_factory=lambda: [8])
     """E, env copies (one measurement per value)."""
     backends: list[str] = field(default_factory=lambda: ["sync", "subproc", "jax"])
-    """Backends to compare with "sync" (always measured); "jax" only where the env family has one."""
+    """Backends to compare with "sync" (always measured); "jax" only where the env family has one; "ray" (Ray
+    actors, ``num_workers`` of them) where Ray is installed."""
     num_workers: int = 2
     """Worker processes of the subproc backend."""
     seconds: float = 20.0

@@ -191,7 +191,7 @@ class _EnvFactory:
         return make(self.env_id, **self.kwargs)[0]
 
 
-BACKENDS = ("sync", "subproc", "jax")
+BACKENDS = ("sync", "subproc", "ray", "jax")
 """`VecEnv` backends; ``"jax"`` only for the families in `JAX_BATCHES`."""
 
 JAX_BATCHES: dict[str, str] = {"smax": "wmenv.envs.smax:SMAXBatch"}
@@ -206,9 +206,11 @@ class VecEnv:
         num_envs: E, the number of copies.
         seed: copy i is reset first with ``seed + i``.
         backend: ``"sync"`` steps all copies in this process; ``"subproc"`` spreads them over
-            ``num_workers`` processes; ``"jax"`` steps them as one batch with one jitted call (SMAX only).
-        num_workers: worker processes for ``"subproc"`` (default: min(E, CPU count)).
-        worker_timeout: seconds a ``"subproc"`` worker may take to answer one reset or step before it counts as
+            ``num_workers`` processes; ``"ray"`` over ``num_workers`` Ray actors (`wmenv.envs.ray_backend`, here or
+            on a cluster); ``"jax"`` steps them as one batch with one jitted call (SMAX only).
+        num_workers: worker processes for ``"subproc"``, actors for ``"ray"`` (default: min(E, CPU count)).
+        ray_address: the Ray cluster to join with ``"ray"`` (None: the running Ray, or a local one).
+        worker_timeout: seconds a ``"subproc"`` worker or Ray actor may take to answer one reset or step before it counts as
             hung (None: wait for ever). A worker that hangs, dies or raises closes the `VecEnv`: the error
             (`WorkerError`, or the env's own exception) names the worker's env copies and carries its traceback.
         **make_kwargs: passed to `wmenv.envs.make`.
@@ -219,9 +221,10 @@ class VecEnv:
         env_id: str,
         num_envs: int = 1,
         seed: int = 0,
-        backend: Literal["sync", "subproc", "jax"] = "sync",
+        backend: Literal["sync", "subproc", "ray", "jax"] = "sync",
         num_workers: int | None = None,
         worker_timeout: float | None = 120.0,
+        ray_address: str | None = None,
         **make_kwargs: Any,
     ) -> None:
         if not isinstance(num_envs, int) or num_envs < 1:
@@ -248,6 +251,11 @@ class VecEnv:
         elif backend == "sync":
             self._copies = [_Copy(factory(), s) for s in seeds]
             self.spec: EnvSpec = self._copies[0].spec
+        elif backend == "ray":
+            from wmenv.envs.ray_backend import RayWorkers
+
+            self.spec = factory().env_spec  # a bad id or kwargs fail here, before any actor starts
+            self._ray = RayWorkers(factory, seeds, num_workers, worker_timeout, ray_address)
         else:
             workers = min(num_envs, num_workers or mp.cpu_count())
             if workers < 1:
@@ -324,6 +332,13 @@ class VecEnv:
                 self._raise(w, ("dead", e))  # a dead worker: raises the WorkerError naming it
         return self._gather()
 
+    def _ray_call(self, cmd: str, payloads: list[Any] | None = None) -> list[Any]:
+        try:
+            return self._ray.call(cmd, payloads)
+        except BaseException:
+            self.closed = not self._ray.actors  # a failure closed the actors
+            raise
+
     def _call(self, cmd: str, actions: np.ndarray | None = None) -> VecStep:
         if self.closed:
             raise RuntimeError("VecEnv is closed")
@@ -332,6 +347,8 @@ class VecEnv:
             return VecStep(**batch)
         if self.backend == "sync":
             rows = [c.reset() for c in self._copies] if cmd == "reset" else [c.step(a) for c, a in zip(self._copies, actions)]
+        elif self.backend == "ray":
+            rows = self._ray_call(cmd, None if actions is None else [actions[idx] for idx in self._ray.split])
         else:
             rows = self._ask(cmd, [None if actions is None else actions[idx] for idx in self._split])
         lists = ("infos", "episode_metrics")
@@ -371,6 +388,8 @@ class VecEnv:
             return [snapshot(self._batch.get_state())]
         if self.backend == "sync":
             return [snapshot(c) for c in self._copies]
+        if self.backend == "ray":
+            return self._ray_call("get_state")
         return self._ask("get_state", [None] * len(self._remotes))
 
     def set_state(self, states: list[bytes]) -> None:
@@ -393,6 +412,9 @@ class VecEnv:
         if self.backend == "sync":
             self._copies = _replace_copies(self._copies, states)
             return
+        if self.backend == "ray":
+            self._ray_call("set_state", [[states[i] for i in idx] for idx in self._ray.split])
+            return
         self._ask("set_state", [[states[i] for i in idx] for idx in self._split])
 
     def close(self) -> None:
@@ -404,6 +426,8 @@ class VecEnv:
         elif self.backend == "sync":
             for c in self._copies:
                 c.env.close()
+        elif self.backend == "ray":
+            self._ray.close()
         else:
             self._stop_workers(grace=5.0)
         self.closed = True

@@ -105,7 +105,7 @@ def fit(
     model.train()
     loss_fn = compiled(model.loss) if cfg.compile == "loss" else model.loss
     if world > 1:  # DDP averages the ranks' gradients during backward (and broadcast rank 0's weights here)
-        loss_fn = DistributedDataParallel(_Loss(model, loss_fn), find_unused_parameters=True)
+        loss_fn = DistributedDataParallel(_Loss(model, loss_fn))
     bar = tqdm(range(cfg.steps), desc="fit world model", unit="step", disable=not cfg.progress)
     for step in bar:
         batch = replay.sample(cfg.batch_size, cfg.seq_len, generator=sampler, device=device)

@@ -350,3 +350,10 @@ def test_env_snapshot_reports_bytes_and_times_per_copy(tmp_path):
     for r in out["envs"].values():
         assert r["bytes_per_copy"] > 1000 and r["save_ms_per_copy"] > 0 and r["restore_over_one_step"] > 0
     assert json.loads((tmp_path / "snap.json").read_text()) == out
+
+
+def test_fit_ddp_reports_one_and_two_process_throughput(tmp_path):
+    out = _run("fit_ddp.py", "--steps", "2", "--batch-size", "2", "--seq-len", "8", "--out", str(tmp_path / "ddp.json"))
+    assert out["processes"] == 2 and out["params"] > 10_000 and out["windows_per_s_1"] > 0 and out["windows_per_s_2"] > 0
+    assert out["speedup"] == pytest.approx(out["windows_per_s_2"] / out["windows_per_s_1"], rel=1e-2)
+    assert out["allreduce_ms_per_step"] > 0

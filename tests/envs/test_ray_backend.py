@@ -1,5 +1,6 @@
 """`VecEnv(backend="ray")` (issue 19, item 1): the copies in Ray actors give exactly the sync backend's episodes for
-the same seeds, snapshots move between backends, and a failing or dead actor is a clear error that closes the
+the same seeds (also with Flatland's msgpack patch in the driver and not in the actors, which once turned every
+action array into a dict), snapshots move between backends, and a failing or dead actor is a clear error that closes the
 `VecEnv`. Skipped where Ray is not installed (``pip install "wmenv[ray]"``)."""
 
 import importlib.util
@@ -15,6 +16,7 @@ MPE = "mpe:simple_spread_v3"
 
 @pytest.fixture(scope="module", autouse=True)
 def local_ray():
+    import flatland.envs.rail_env  # noqa: F401 - patches msgpack to encode NumPy arrays as dicts, in this process only
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)

@@ -17,15 +17,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import tyro
 from report import emit, machine
 
-from wmenv.data import EpisodeReplay, ReplayConfig
-from wmenv.data.collect import collect, random_actions
+from wmenv.data import EpisodeReplay
+from wmenv.data.collect import random_replay
 from wmenv.envs.vector import VecEnv
 from wmenv.fit import FitConfig, fit
 from wmenv.models.registry import build_model
@@ -50,13 +49,9 @@ class Args:
 
 
 def _setup(args: Args) -> tuple[EpisodeReplay, torch.nn.Module]:
-    vec = VecEnv(args.env_id, num_envs=2, seed=0)
-    replay = EpisodeReplay(ReplayConfig(seed=0), spec=vec.spec)
-    rng = np.random.default_rng(0)
-    collect(vec, replay, 2000, lambda step: random_actions(vec.spec, step.action_mask, rng))
-    vec.close()
+    replay, spec = random_replay(args.env_id, 2000, num_envs=2)
     torch.manual_seed(0)
-    return replay, build_model("mamba", vec.spec, args.model)
+    return replay, build_model("mamba", spec, args.model)
 
 
 def _timed_fit(args: Args) -> float:

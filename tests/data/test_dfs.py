@@ -132,19 +132,14 @@ def test_bad_config_values_are_refused(field, value):
 
 def test_a_dream_draws_its_starts_through_the_imagination_sampler():
     """`replay.using(dfs.imagination_starts)` as a dream's start: its context windows are counted in v, not c."""
-    from wmenv.data.collect import collect, random_actions
+    from wmenv.data.collect import random_replay
     from wmenv.dream import DreamVecEnv
-    from wmenv.envs.vector import VecEnv
     from wmenv.models.registry import build_model
 
-    vec = VecEnv("mpe:simple_spread_v3", num_envs=2, seed=0)
-    rep = EpisodeReplay(ReplayConfig(seed=0), spec=vec.spec)
-    rng = np.random.default_rng(0)
-    collect(vec, rep, 100, lambda step: random_actions(vec.spec, step.action_mask, rng))
-    vec.close()
+    rep, spec = random_replay("mpe:simple_spread_v3", 100, num_envs=2)
     dfs = DFS(rep)
     torch.manual_seed(0)
-    dream = DreamVecEnv(build_model("mamba", vec.spec, "small"), 6, 5, start=rep.using(dfs.imagination_starts), seed=0)
+    dream = DreamVecEnv(build_model("mamba", spec, "small"), 6, 5, start=rep.using(dfs.imagination_starts), seed=0)
     dream.reset()
     v = sum(dfs.counts(int(i))[1].sum() for i in rep.episode_ids)
     c = sum(dfs.counts(int(i))[0].sum() for i in rep.episode_ids)

@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import copy
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from wmenv.data import EpisodeReplay, ReplayConfig
-from wmenv.data.collect import collect, random_actions
-from wmenv.envs.vector import VecEnv
+from wmenv.data.collect import random_replay
 from wmenv.fit import FitConfig, fit
 from wmenv.models.registry import build_model
 
@@ -21,13 +18,9 @@ B, T = 4, 10
 
 
 def _replay_and_model():
-    vec = VecEnv("mpe:simple_spread_v3", num_envs=2, seed=0)
-    replay = EpisodeReplay(ReplayConfig(seed=0), spec=vec.spec)
-    rng = np.random.default_rng(0)
-    collect(vec, replay, 100, lambda step: random_actions(vec.spec, step.action_mask, rng))
-    vec.close()
+    replay, spec = random_replay("mpe:simple_spread_v3", 100, num_envs=2)
     torch.manual_seed(0)
-    return replay, build_model("mamba", vec.spec, "small")
+    return replay, build_model("mamba", spec, "small")
 
 
 def _rank(rank: int, world: int, folder: str) -> None:

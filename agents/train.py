@@ -267,7 +267,8 @@ def save_checkpoint(
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     name = f"step_{counters['env_steps']:012d}"
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=temporary_name(name)[0], suffix=temporary_name(name)[1]))
+    prefix, suffix = temporary_name(name)
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=prefix, suffix=suffix))
     tensors = {f"agent.{k}": v.detach().contiguous().cpu() for k, v in agent.state_dict().items()}
     optim_tensors, param_groups = optimizer_tensors(agent.optimizer)
     tensors.update(optim_tensors)

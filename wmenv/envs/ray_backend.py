@@ -35,48 +35,17 @@ class _Boxed:
         self.value = value
 
 
-def _boxed(method: Callable[..., Any]) -> Callable[[Any, _Boxed], _Boxed]:
-    def call(self: Any, payload: _Boxed) -> _Boxed:
-        return _Boxed(method(self, payload.value))
-
-    call.__name__ = method.__name__
-    return call
-
-
 class _Worker:
-    """A Ray actor's env copies (the remote side); every method takes and returns a `_Boxed` value."""
+    """A Ray actor holding its share of the copies (`wmenv.envs.vector._Copies`); `run` takes and returns `_Boxed`
+    values."""
 
     def __init__(self, make: Callable[[], Any], seeds: list[int]) -> None:
-        from wmenv.envs.vector import _Copy
+        from wmenv.envs.vector import _Copies
 
-        self.copies = [_Copy(make(), s) for s in seeds]
+        self.copies = _Copies(make, seeds)
 
-    @_boxed
-    def reset(self, _: Any = None) -> list[dict[str, Any]]:
-        return [c.reset() for c in self.copies]
-
-    @_boxed
-    def step(self, actions: np.ndarray) -> list[dict[str, Any]]:
-        return [c.step(a) for c, a in zip(self.copies, actions)]
-
-    @_boxed
-    def get_state(self, _: Any = None) -> list[bytes]:
-        from wmenv.envs.snapshot import snapshot
-
-        return [snapshot(c) for c in self.copies]
-
-    @_boxed
-    def set_state(self, states: list[bytes]) -> list[Any]:
-        from wmenv.envs.vector import _replace_copies
-
-        self.copies = _replace_copies(self.copies, states)
-        return []
-
-    @_boxed
-    def close(self, _: Any = None) -> list[Any]:
-        for c in self.copies:
-            c.env.close()
-        return []
+    def run(self, cmd: str, payload: _Boxed) -> _Boxed:
+        return _Boxed(getattr(self.copies, cmd)(payload.value))
 
 
 class RayWorkers:
@@ -120,7 +89,7 @@ class RayWorkers:
         replies' rows in copy order. A failure closes the actors and raises (the lowest-numbered actor's)."""
         ray = self.ray
         payloads = payloads if payloads is not None else [None] * len(self.actors)
-        refs = [getattr(a, cmd).remote(_Boxed(p)) for a, p in zip(self.actors, payloads)]
+        refs = [a.run.remote(cmd, _Boxed(p)) for a, p in zip(self.actors, payloads)]
         _, pending = ray.wait(refs, num_returns=len(refs), timeout=self.timeout)
         rows: list[Any] = []
         for w, ref in enumerate(refs):
@@ -149,7 +118,7 @@ class RayWorkers:
     def close(self, grace: bool = True) -> None:
         """Close the copies (with ``grace``, waiting up to 5 s) and kill the actors."""
         if grace:
-            refs = [a.close.remote(_Boxed(None)) for a in self.actors]
+            refs = [a.run.remote("close", _Boxed(None)) for a in self.actors]
             self.ray.wait(refs, num_returns=len(refs), timeout=5.0)
         for a in self.actors:
             self.ray.kill(a)

@@ -133,25 +133,53 @@ class WorkerError(RuntimeError):
     """
 
 
-def _worker(remote: Connection, fns: list[Callable[[], MultiAgentEnv]], seeds: list[int]) -> None:
-    """Serve ``("reset" | "step" | "get_state" | "set_state" | "close", data)`` commands; replies are ``("ok", rows)`` or
-    ``("error", exception or None, its repr, the worker's traceback)``, after which the worker exits."""
-    copies: list[_Copy] = []
+class _Copies:
+    """The env copies one process holds (the sync backend's, a subprocess worker's or a Ray actor's share) and the
+    commands `VecEnv` runs on them; each returns the share's rows (or snapshots) in copy order."""
+
+    def __init__(self, make: Callable[[], MultiAgentEnv], seeds: list[int]) -> None:
+        self.copies: list[_Copy] = []
+        try:
+            self.copies.extend(_Copy(make(), s) for s in seeds)
+        except BaseException:
+            self.close()
+            raise
+
+    def reset(self, _: Any = None) -> list[dict[str, Any]]:
+        return [c.reset() for c in self.copies]
+
+    def step(self, actions: Any) -> list[dict[str, Any]]:
+        return [c.step(a) for c, a in zip(self.copies, actions)]
+
+    def get_state(self, _: Any = None) -> list[bytes]:
+        return [snapshot(c) for c in self.copies]
+
+    def set_state(self, states: list[bytes]) -> list[Any]:
+        self.copies = _replace_copies(self.copies, states)
+        return []
+
+    def close(self, _: Any = None) -> list[Any]:
+        for c in self.copies:
+            c.env.close()
+        return []
+
+
+COMMANDS = ("reset", "step", "get_state", "set_state")
+"""What a `VecEnv` asks of its `_Copies` (besides ``close``)."""
+
+
+def _worker(remote: Connection, make: Callable[[], MultiAgentEnv], seeds: list[int]) -> None:
+    """Serve ``(command, data)`` pairs (`COMMANDS`, or ``"close"``) on this worker's copies; replies are
+    ``("ok", rows)`` or ``("error", exception or None, its repr, the worker's traceback)``, after which the worker
+    exits."""
+    copies: _Copies | None = None
     try:
-        copies.extend(_Copy(fn(), s) for fn, s in zip(fns, seeds))
+        copies = _Copies(make, seeds)
         while True:
             cmd, data = remote.recv()
-            if cmd == "reset":
-                remote.send(("ok", [c.reset() for c in copies]))
-            elif cmd == "step":
-                remote.send(("ok", [c.step(a) for c, a in zip(copies, data)]))
-            elif cmd == "get_state":
-                remote.send(("ok", [snapshot(c) for c in copies]))
-            elif cmd == "set_state":
-                copies[:] = _replace_copies(copies, data)
-                remote.send(("ok", []))
-            elif cmd == "close":
+            if cmd == "close":
                 break
+            remote.send(("ok", getattr(copies, cmd)(data)))
     except (KeyboardInterrupt, EOFError):  # interrupted, or the parent went away
         pass
     except Exception as e:  # noqa: BLE001 - forwarded to the parent, which re-raises it
@@ -161,8 +189,8 @@ def _worker(remote: Connection, fns: list[Callable[[], MultiAgentEnv]], seeds: l
         except Exception:  # noqa: BLE001 - an exception that does not pickle: send its text
             remote.send(("error", None, repr(e), tb))
     finally:
-        for c in copies:
-            c.env.close()
+        if copies is not None:
+            copies.close()
         remote.close()
 
 
@@ -249,8 +277,8 @@ class VecEnv:
             self._batch = getattr(importlib.import_module(module), cls)(name, num_envs, seed, **make_kwargs)
             self.spec = self._batch.spec
         elif backend == "sync":
-            self._copies = [_Copy(factory(), s) for s in seeds]
-            self.spec: EnvSpec = self._copies[0].spec
+            self._local = _Copies(factory, seeds)
+            self.spec: EnvSpec = self._local.copies[0].spec
         elif backend == "ray":
             from wmenv.envs.ray_backend import RayWorkers
 
@@ -265,7 +293,7 @@ class VecEnv:
             self._split = np.array_split(np.arange(num_envs), workers)
             for idx in self._split:
                 parent, child = ctx.Pipe()
-                p = ctx.Process(target=_worker, args=(child, [factory] * len(idx), [seeds[i] for i in idx]), daemon=True)
+                p = ctx.Process(target=_worker, args=(child, factory, [seeds[i] for i in idx]), daemon=True)
                 p.start()
                 child.close()
                 self._remotes.append(parent)
@@ -332,7 +360,15 @@ class VecEnv:
                 self._raise(w, ("dead", e))  # a dead worker: raises the WorkerError naming it
         return self._gather()
 
-    def _ray_call(self, cmd: str, payloads: list[Any] | None = None) -> list[Any]:
+    def _run(self, cmd: str, per_copy: Any = None) -> list[Any]:
+        """``cmd`` (one of `COMMANDS`) on every copy, wherever the backend (but "jax") holds them; ``per_copy``: one
+        item per copy (actions, snapshots) or None. Returns the rows in copy order."""
+        if self.backend == "sync":
+            return getattr(self._local, cmd)(per_copy)
+        split = self._ray.split if self.backend == "ray" else self._split
+        payloads = [None if per_copy is None else [per_copy[i] for i in idx] for idx in split]
+        if self.backend == "subproc":
+            return self._ask(cmd, payloads)
         try:
             return self._ray.call(cmd, payloads)
         except BaseException:
@@ -345,12 +381,7 @@ class VecEnv:
         if self.backend == "jax":
             batch = self._batch.reset() if cmd == "reset" else self._batch.step(actions)
             return VecStep(**batch)
-        if self.backend == "sync":
-            rows = [c.reset() for c in self._copies] if cmd == "reset" else [c.step(a) for c, a in zip(self._copies, actions)]
-        elif self.backend == "ray":
-            rows = self._ray_call(cmd, None if actions is None else [actions[idx] for idx in self._ray.split])
-        else:
-            rows = self._ask(cmd, [None if actions is None else actions[idx] for idx in self._split])
+        rows = self._run(cmd, actions)
         lists = ("infos", "episode_metrics")
         return VecStep(
             **{k: np.stack([np.asarray(r[k]) for r in rows]) for k in VecStep.__dataclass_fields__ if k not in lists},
@@ -386,11 +417,7 @@ class VecEnv:
             raise RuntimeError("VecEnv is closed")
         if self.backend == "jax":
             return [snapshot(self._batch.get_state())]
-        if self.backend == "sync":
-            return [snapshot(c) for c in self._copies]
-        if self.backend == "ray":
-            return self._ray_call("get_state")
-        return self._ask("get_state", [None] * len(self._remotes))
+        return self._run("get_state")
 
     def set_state(self, states: list[bytes]) -> None:
         """Continue from `get_state`'s snapshots (of a `VecEnv` of the same env and number of copies, any backend
@@ -408,14 +435,8 @@ class VecEnv:
             raise ValueError(f"states: expected {expected} snapshots from VecEnv.get_state ({self.backend}), got {got}")
         if self.backend == "jax":
             self._batch.set_state(restore(states[0]))
-            return
-        if self.backend == "sync":
-            self._copies = _replace_copies(self._copies, states)
-            return
-        if self.backend == "ray":
-            self._ray_call("set_state", [[states[i] for i in idx] for idx in self._ray.split])
-            return
-        self._ask("set_state", [[states[i] for i in idx] for idx in self._split])
+        else:
+            self._run("set_state", states)
 
     def close(self) -> None:
         """Close every copy and stop the workers."""
@@ -424,8 +445,7 @@ class VecEnv:
         if self.backend == "jax":
             self._batch.close()
         elif self.backend == "sync":
-            for c in self._copies:
-                c.env.close()
+            self._local.close()
         elif self.backend == "ray":
             self._ray.close()
         else:

@@ -30,6 +30,7 @@ import tyro
 from report import load_parts
 from smax_reference import play
 
+from agents.sweep import SweepConfig, run_folder, run_sweep
 from agents.train import TrainConfig, train
 from wmenv.envs import make
 
@@ -65,6 +66,9 @@ class Args:
     """Checkpoint every this many env steps, so an interrupted benchmark continues with ``--train.resume``."""
     merge: list[str] = field(default_factory=list)
     """Instead of training: merge the runs of these result JSONs (same env and steps) into ``out``."""
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    """Where the seeds run: one after the other here (default), or ``--sweep.backend ray``: one Ray task per seed
+    (one per core here, or on the cluster of ``--sweep.ray-address``)."""
     reference_episodes: int = 0
     """SMAX only: also play this many battles with random actions and with the heuristic driving the allies
     (`smax_reference.play`) in the same run, the floor and the reference of the learners' win rates."""
@@ -135,6 +139,19 @@ def plot(path: Path, env_id: str, runs: list[dict]) -> None:
     plt.close(fig)
 
 
+def train_seed(cfg: TrainConfig) -> dict:
+    """One seed's training (resumed with ``cfg.resume``): its curves, env steps and the seconds this call took."""
+    start = time.perf_counter()
+    result = train(cfg)
+    return {
+        "seed": cfg.seed,
+        "wall_clock_s": time.perf_counter() - start,
+        "env_steps": result.env_steps,
+        "eval_returns": result.eval_returns,
+        "train_returns": result.train_returns,
+    }
+
+
 def main(args: Args) -> dict:
     """Measure the raw rate, train every seed, write JSON + PNG, return the summary."""
     torch.set_num_threads(args.torch_threads)
@@ -152,9 +169,8 @@ def main(args: Args) -> dict:
     earlier = {}
     if args.train.resume and (out / f"{tag}.json").is_file():
         earlier = {r["seed"]: r for r in json.loads((out / f"{tag}.json").read_text())["runs"]}
-    runs = []
-    for seed in args.seeds:
-        cfg = dataclasses.replace(
+    configs = [
+        dataclasses.replace(
             args.train,
             env_id=args.env_id,
             total_steps=args.total_steps,
@@ -163,27 +179,21 @@ def main(args: Args) -> dict:
             env_kwargs=dict(args.env_kwargs),
             eval_every=args.eval_every,
             checkpoint_every=args.checkpoint_every,
-            run_dir=str(out / "runs" / f"{tag}_seed{seed}"),
+            run_dir=str(run_folder(out / "runs" / f"{tag}_seed{seed}", args.sweep)),
             torch_threads=args.torch_threads,
             progress=False,
         )
-        start = time.perf_counter()
-        result = train(cfg)
-        wall = time.perf_counter() - start
-        run = {
-            "seed": seed,
-            "wall_clock_s": wall,
-            "env_steps": result.env_steps,
-            "eval_returns": result.eval_returns,
-            "train_returns": result.train_returns,
-        }
-        if seed in earlier:  # keep the earlier part of the curve, up to where this call resumed
-            first = min([s for s, _ in result.train_returns + result.eval_returns], default=result.env_steps)
+        for seed in args.seeds
+    ]
+    runs = run_sweep(train_seed, configs, args.sweep, names=[f"seed {s}" for s in args.seeds])
+    for run in runs:
+        if run["seed"] in earlier:  # keep the earlier part of the curve, up to where this call resumed
+            before = earlier[run["seed"]]
+            first = min([s for s, _ in run["train_returns"] + run["eval_returns"]], default=run["env_steps"])
             for key in ("eval_returns", "train_returns"):
-                run[key] = [p for p in earlier[seed][key] if p[0] < first] + run[key]
-            run["wall_clock_s"] += earlier[seed]["wall_clock_s"]
+                run[key] = [p for p in before[key] if p[0] < first] + run[key]
+            run["wall_clock_s"] += before["wall_clock_s"]
         run["train_env_steps_per_s"] = run["env_steps"] / run["wall_clock_s"]
-        runs.append(run)
     return write_results(out, args.env_id, dict(args.env_kwargs), args.total_steps, rate, runs)
 
 

@@ -22,7 +22,9 @@ Usage:
     python examples/benchmarks/model_based.py --env-id mpe:simple_spread_v3 --seeds 0 1 2 --run.iterations 30
     python examples/benchmarks/model_based.py --env-id flatland:5 --env-kwargs dense_reward True --seeds 0 \\
         --model-free benchmarks/mappo/flatland_5.json --run.iterations 40
-    # seeds run as separate processes (one per core), then merged into one JSON + PNG:
+    # seeds as Ray tasks, one per core (or over a cluster: --sweep.ray-address):
+    python examples/benchmarks/model_based.py --seeds 0 1 2 --sweep.backend ray
+    # or as separate processes (one per core), then merged into one JSON + PNG:
     python examples/benchmarks/model_based.py --merge a/mpe_simple_spread_v3.json b/mpe_simple_spread_v3.json
 """
 
@@ -42,6 +44,7 @@ from report import emit, machine
 
 from agents.model_based import ModelBasedConfig, run
 from agents.policies import POLICIES, policy_field
+from agents.sweep import SweepConfig, run_folder, run_sweep
 from wmenv.data.collect import random_actions
 from wmenv.envs.vector import VecEnv
 
@@ -70,6 +73,9 @@ class Args:
     """Instead of running: combine these result JSONs (same env and settings) into ``out``."""
     run: ModelBasedConfig = field(default_factory=ModelBasedConfig)
     """The model-based loop's settings (``--run.iterations``, ``--run.train-ratio``, ``--run.model``, ...)."""
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    """Where the seeds run: one after the other here (default), or ``--sweep.backend ray``: one Ray task per seed
+    (one per core here, or on the cluster of ``--sweep.ray-address``), each resuming its run folder."""
 
 
 def mean_curve(curves: list[list[list[float]]]) -> tuple[np.ndarray, np.ndarray]:
@@ -252,6 +258,13 @@ def merge(paths: list[str], out: Path, references: list[str]) -> dict:
     return write_results(out, head, runs, references or first["model_free_references"])
 
 
+def run_seed(cfg: ModelBasedConfig) -> dict:
+    """One seed's run (resumed where its folder holds a checkpoint): its result and the seconds this call took."""
+    start = time.perf_counter()
+    result = run(cfg)
+    return {"seed": cfg.seed, **result, "process_s": time.perf_counter() - start}
+
+
 def main(args: Args) -> dict:
     """Run every seed (resuming finished or interrupted ones), compare with the model-free JSON, write JSON + PNG."""
     out = Path(args.out)
@@ -259,15 +272,20 @@ def main(args: Args) -> dict:
         return merge(args.merge, out, args.model_free)
     tag = args.env_id.replace(":", "_")
     references = args.model_free or [f"benchmarks/mappo/{tag}.json"]
-    runs = []
-    for seed in args.seeds:
-        cfg = dataclasses.replace(
-            args.run, env_id=args.env_id, env_kwargs=dict(args.env_kwargs), seed=seed, resume=True, progress=False,
-            run_dir=str(out / "runs" / f"{tag}_seed{seed}"), torch_threads=args.torch_threads,
+    configs = [
+        dataclasses.replace(
+            args.run,
+            env_id=args.env_id,
+            env_kwargs=dict(args.env_kwargs),
+            seed=seed,
+            resume=True,
+            progress=False,
+            run_dir=str(run_folder(out / "runs" / f"{tag}_seed{seed}", args.sweep)),
+            torch_threads=args.torch_threads,
         )  # fmt: skip
-        start = time.perf_counter()
-        result = run(cfg)
-        runs.append({"seed": seed, **result, "process_s": time.perf_counter() - start})
+        for seed in args.seeds
+    ]
+    runs = run_sweep(run_seed, configs, args.sweep, names=[f"seed {s}" for s in args.seeds])
     unused = {policy_field(k) for k in POLICIES} - {policy_field(args.run.policy)}  # other actors' architectures
     skip = {"env_id", "env_kwargs", "seed", "run_dir", "resume", "progress", "torch_threads", *unused}
     run_settings = {k: v for k, v in dataclasses.asdict(args.run).items() if k not in skip}

@@ -26,6 +26,23 @@ def import_ray() -> Any:
     return ray
 
 
+def join_ray(address: str | None = None) -> Any:
+    """The ``ray`` module, initialized: the running Ray if there is one, else ``ray.init(address=address)`` (None: a
+    local Ray on this machine's cores).
+
+    Raises:
+        ImportError: Ray is not installed (naming the extra).
+        ConnectionError: the cluster at ``address`` cannot be joined.
+    """
+    ray = import_ray()
+    if not ray.is_initialized():
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise ConnectionError(f"ray_address: cannot join the Ray cluster at {address!r}: {e}") from e
+    return ray
+
+
 class _Boxed:
     """A value Ray pickles instead of serializing with msgpack. Flatland calls ``msgpack_numpy.patch()`` on import,
     which makes msgpack encode NumPy arrays as dicts; a process without that patch then receives dicts, not arrays.
@@ -67,12 +84,7 @@ class RayWorkers:
         worker_timeout: float | None,
         address: str | None = None,
     ) -> None:
-        ray = import_ray()
-        if not ray.is_initialized():
-            try:
-                ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
-            except (ConnectionError, RuntimeError, ValueError) as e:
-                raise ConnectionError(f"ray_address: cannot join the Ray cluster at {address!r}: {e}") from e
+        ray = join_ray(address)
         workers = min(len(seeds), num_workers or max(1, int(ray.cluster_resources().get("CPU", os.cpu_count() or 1))))
         if workers < 1:
             raise ValueError(f"num_workers: expected an integer >= 1, got {num_workers!r}")

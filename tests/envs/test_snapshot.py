@@ -12,6 +12,7 @@ from wmenv.envs.vector import VecEnv
 
 HAVE_ROBOTICS = importlib.util.find_spec("gymnasium_robotics") is not None
 HAVE_JAXMARL = importlib.util.find_spec("jaxmarl") is not None
+HAVE_ALE = importlib.util.find_spec("ale_py") is not None and importlib.util.find_spec("cv2") is not None
 
 
 def _steps(vec: VecEnv, step, rng: np.random.Generator, n: int) -> tuple[list[tuple[np.ndarray, ...]], object]:
@@ -37,6 +38,10 @@ CASES = [
     pytest.param("mamujoco:HalfCheetah:2x3", "sync", "sync", {"max_episode_steps": 40},
                  marks=pytest.mark.skipif(not HAVE_ROBOTICS, reason="gymnasium-robotics not installed")),
     pytest.param("smax:3m", "jax", "jax", {}, marks=pytest.mark.skipif(not HAVE_JAXMARL, reason="jaxmarl not installed")),
+    # the emulator's own state and random stream (sticky actions draw from it), across processes
+    pytest.param("atari:Breakout", "subproc", "sync",
+                 {"sticky_actions": 0.25, "screen_size": 16, "terminal_on_life_loss": True, "frame_skip": 8},
+                 marks=pytest.mark.skipif(not HAVE_ALE, reason="ale-py not installed")),
 ]  # fmt: skip
 
 

@@ -10,6 +10,7 @@ Ids are ``"<family>:<name>"``:
 ``smax:<map>``                     SMAX, JaxMARL's SC2-free SMAC, e.g. ``smax:3s_vs_5z`` (extra ``[smax]``)
 ``mamujoco:<scenario>:<conf>``     MaMuJoCo from ``gymnasium-robotics``, e.g. ``mamujoco:Humanoid:9|8``
 ``gym:<id>``                       a single-agent Gymnasium env as a one-agent parallel env
+``atari:<Game>``                   an Atari game (ale-py) as DRAMA preprocesses it: 64×64 RGB (extra ``[atari]``)
 =================================  ==========================================================
 """
 
@@ -31,6 +32,7 @@ _FAMILIES: dict[str, str] = {
     "smax": "wmenv.envs.smax:make_smax",
     "mamujoco": "wmenv.envs.mamujoco:make_mamujoco",
     "gym": "wmenv.envs.gym:make_gym",
+    "atari": "wmenv.envs.atari:make_atari",
 }
 
 KNOWN_IDS: tuple[str, ...] = (
@@ -46,6 +48,7 @@ KNOWN_IDS: tuple[str, ...] = (
     "smax:3s_vs_5z",
     "mamujoco:Humanoid:9|8",
     "gym:CartPole-v1",
+    "atari:Pong",
 )
 
 

@@ -36,9 +36,17 @@ class GymAdapter(MultiAgentEnv):
         masked_action: see `MultiAgentEnv`.
         action_masked: whether ``info["action_mask"]`` (e.g. Taxi-v3) is passed on as the agent's mask.
             With ``False`` (default) such a mask is dropped, so that spec and env agree.
+        extra: more facts for ``spec.extra`` (e.g. an Atari frame's shape).
     """
 
-    def __init__(self, env: gym.Env, id: str, masked_action: MaskedAction = "raise", action_masked: bool = False) -> None:
+    def __init__(
+        self,
+        env: gym.Env,
+        id: str,
+        masked_action: MaskedAction = "raise",
+        action_masked: bool = False,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
         if not isinstance(env, gym.Env):
             raise TypeError(f"env: expected a gymnasium.Env, got {type(env).__name__}")
         self.env = env
@@ -55,7 +63,7 @@ class GymAdapter(MultiAgentEnv):
             state_space=obs_space,
             action_masked=bool(action_masked),
             episode_limit=limit,
-            extra={"gym_id": env.spec.id if env.spec is not None else None},
+            extra={"gym_id": env.spec.id if env.spec is not None else None, **(extra or {})},
         )
         super().__init__(spec, masked_action=masked_action)
         self.render_mode = env.render_mode

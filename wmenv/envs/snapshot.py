@@ -50,11 +50,31 @@ def _closed_font() -> None:
     return None
 
 
+def _atari(attributes: dict[str, Any], emulator: Any) -> Any:
+    """An ale-py ``AtariEnv`` rebuilt from its constructor's arguments (which load the ROM with the same settings),
+    then given the saved attributes and the emulator's saved state, its random stream included."""
+    from ale_py.env import AtariEnv
+
+    env = AtariEnv(*attributes["_ezpickle_args"], **attributes["_ezpickle_kwargs"])
+    ale = env.ale
+    env.__dict__.update(attributes)
+    env.ale = ale
+    ale.restoreState(emulator)
+    return env
+
+
 class _StatePickler(cloudpickle.Pickler):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._atari_envs: dict[int, Any] = {}  # id(ALEInterface) -> its AtariEnv, pickled before it
+
     def reducer_override(self, obj: Any) -> Any:
+        module = type(obj).__module__ or ""
+        if module.startswith("ale_py") and not isinstance(obj, type):
+            return self._reduce_atari(obj)
         if isinstance(obj, EzPickle) and not isinstance(obj, type):
             return _blank, (type(obj),), obj.__dict__, None, None, _set_attributes
-        if (type(obj).__module__ or "").startswith("pygame"):
+        if module.startswith("pygame"):
             import pygame
             import pygame.freetype
 
@@ -66,6 +86,22 @@ class _StatePickler(cloudpickle.Pickler):
                 except pygame.error:  # its module was quit (another env's close): unusable here as there
                     return _closed_font, ()
         return super().reducer_override(obj)
+
+    def _reduce_atari(self, obj: Any) -> Any:
+        """ale-py's env as its attributes plus the emulator's cloned state; its ``ALEInterface`` (which wrappers such
+        as Gymnasium's ``AtariPreprocessing`` also hold) as "the ``ale`` of that env"."""
+        from ale_py import ALEInterface
+        from ale_py.env import AtariEnv
+
+        if isinstance(obj, AtariEnv):
+            self._atari_envs[id(obj.ale)] = obj
+            attributes = {k: v for k, v in obj.__dict__.items() if k != "ale"}
+            return _atari, (attributes, obj.ale.cloneState(include_rng=True))
+        if isinstance(obj, ALEInterface):
+            if id(obj) not in self._atari_envs:
+                raise TypeError("an ALEInterface outside an ale_py AtariEnv (or met before it) cannot be saved")
+            return getattr, (self._atari_envs[id(obj)], "ale")
+        return NotImplemented  # ALE's states, actions and other values pickle as they are
 
 
 def snapshot(obj: Any) -> bytes:

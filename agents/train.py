@@ -187,7 +187,7 @@ def evaluate_metrics(
         metrics: list[dict[str, float]] = [{} for _ in range(episodes)]
         for i in range(100_000):
             obs = s.obs if filters is None else filters.observe_vec(s, first=i == 0)
-            obs = torch.as_tensor(obs, device=agent.device).flatten(0, 1)  # (E*N, D)
+            obs = torch.as_tensor(obs, dtype=torch.float32, device=agent.device).flatten(0, 1)  # (E*N, D)
             mask = torch.as_tensor(s.action_mask, device=agent.device).flatten(0, 1)  # (E*N, A)
             actions, _, state = agent.act(obs, state, resets, mask, deterministic=deterministic)
             actions = agent.env_actions(actions, episodes)

@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from wmenv.envs import make
 from wmenv.envs.atari import AtariConfig, frames, make_atari
@@ -109,3 +110,33 @@ def test_bad_games_settings_and_missing_packages_are_clear_errors(monkeypatch):
     monkeypatch.setitem(sys.modules, "ale_py", None)
     with pytest.raises(ImportError, match=r'pip install "wmenv\[atari\]"'):
         make("atari:Pong")
+
+
+def test_frames_stay_uint8_from_the_env_to_the_replay_and_its_files_and_batches_come_out_float(tmp_path):
+    from wmenv.data.collect import random_replay
+    from wmenv.data.replay import EpisodeReplay, ReplayConfig
+    from wmenv.envs.vector import VecEnv
+
+    kwargs = {"terminal_on_life_loss": True}
+    with VecEnv("atari:Breakout", num_envs=2, seed=0, **kwargs) as vec:
+        assert vec.spec.obs_dtype == np.uint8 and vec.spec.describe()["obs_dtype"] == "uint8"
+        assert vec.reset().obs.dtype == np.uint8 and vec.reset().state.dtype == np.uint8
+    replay, spec = random_replay("atari:Breakout", 600, num_envs=2, capacity=5_000, **kwargs)
+    rows = int(replay.episode_lengths.sum())
+    per_row = sum(v[:1].nbytes for v in replay._data.values())
+    assert replay._data["obs"].dtype == np.uint8 and replay._data["state"].dtype == np.uint8
+    assert 2 * 12288 <= per_row < 2 * 12288 + 100, "a 64x64 RGB step: 12 KB of observation and 12 KB of state"
+    batch = replay.sample(4, 8, generator=0)
+    assert batch["obs"].dtype == batch["state"].dtype == torch.float32
+    assert batch["obs"].max() > 1 and batch["obs"].max() <= 255 and torch.equal(batch["obs"], batch["obs"].round())
+    replay.save_segments(tmp_path / "segments", tmp_path / "replay.json")
+    again = EpisodeReplay.load_segments(tmp_path / "replay.json", tmp_path / "segments", spec, ReplayConfig(capacity=5_000))
+    assert again._data["obs"].dtype == np.uint8 and int(again.episode_lengths.sum()) == rows
+    np.testing.assert_array_equal(again._data["obs"][:rows], replay._data["obs"][:rows])
+    segment_bytes = sum(f.stat().st_size for f in (tmp_path / "segments").iterdir())
+    assert segment_bytes < 1.1 * per_row * (rows + len(replay.episode_lengths)), "files hold bytes, not floats"
+
+
+def test_float_specs_describe_as_before():
+    _, spec = make("gym:CartPole-v1")
+    assert spec.obs_dtype == np.float32 and "obs_dtype" not in spec.describe()

@@ -9,8 +9,8 @@ Row t holds what was seen on arriving at row t and what was done there:
 ================  ================================  ===============================================
 key               shape / dtype                     meaning
 ================  ================================  ===============================================
-``obs``           (T+1, N, D) float32               observation at row t; zeros for absent agents
-``state``         (T+1, S) float32                  global state at row t
+``obs``           (T+1, N, D) float32 (uint8 frames) observation at row t; zeros for absent agents
+``state``         (T+1, S) float32 (uint8 frames)    global state at row t
 ``action_mask``   (T+1, N, A) bool                  available actions; all True for absent agents
                                                     and unmasked envs
 ``alive``         (T+1, N) bool                     the agent has an observation at row t (an agent
@@ -61,7 +61,8 @@ def episode_schema(spec: EnvSpec) -> dict[str, tuple[tuple[int, ...], np.dtype]]
     Returns:
         field -> (shape of one row, dtype); e.g. ``"obs" -> ((N, D), float32)``.
     """
-    return _schema(spec.n_agents, spec.obs_dim, spec.state_dim, spec.n_actions, spec.discrete)
+    return _schema(spec.n_agents, spec.obs_dim, spec.state_dim, spec.n_actions, spec.discrete, spec.obs_dtype,
+                   spec.state_dtype)  # fmt: skip
 
 
 def _infer_schema(ep: Mapping[str, np.ndarray]) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
@@ -73,15 +74,18 @@ def _infer_schema(ep: Mapping[str, np.ndarray]) -> dict[str, tuple[tuple[int, ..
         raise ValueError(f"episode['action_mask']: expected {n} agent slots (from obs), got shape {ep['action_mask'].shape}")
     act = ep["action"]
     discrete = isinstance(act, np.ndarray) and np.issubdtype(act.dtype, np.integer)
-    return _schema(n, d, s, a, discrete)
+    frames = lambda k: np.dtype(np.uint8) if ep[k].dtype == np.uint8 else np.dtype(np.float32)  # noqa: E731
+    return _schema(n, d, s, a, discrete, frames("obs"), frames("state"))
 
 
-def _schema(n: int, d: int, s: int, a: int, discrete: bool) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-    """The schema of N agent slots, D observation features, S state features and A actions."""
+def _schema(n: int, d: int, s: int, a: int, discrete: bool, obs_dtype: np.dtype,
+            state_dtype: np.dtype) -> dict[str, tuple[tuple[int, ...], np.dtype]]:  # fmt: skip
+    """The schema of N agent slots, D observation features, S state features and A actions (observations and state
+    float32, or uint8 frames)."""
     f32, b = np.dtype(np.float32), np.dtype(bool)
     return {
-        "obs": ((n, d), f32),
-        "state": ((s,), f32),
+        "obs": ((n, d), obs_dtype),
+        "state": ((s,), state_dtype),
         "action_mask": ((n, a), b),
         "alive": ((n,), b),
         "action": ((n,), np.dtype(np.int64)) if discrete else ((n, a), f32),

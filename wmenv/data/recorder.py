@@ -331,8 +331,8 @@ class EpisodeRecorder:
         spec = self.spec
         n = spec.n_agents
         alive = _numeric("alive", alive, (n,), bool)
-        obs = _numeric("obs", obs, (n, spec.obs_dim), np.float32)
-        state = _numeric("state", state, (spec.state_dim,), np.float32)
+        obs = _numeric("obs", obs, (n, spec.obs_dim), spec.obs_dtype.type)
+        state = _numeric("state", state, (spec.state_dim,), spec.state_dtype.type)
         self._check_finite("obs", obs, alive, len(self._rows))
         if not np.isfinite(state).all():
             bad = np.flatnonzero(~np.isfinite(state)).tolist()

@@ -67,7 +67,7 @@ class GymAdapter(MultiAgentEnv):
         )
         super().__init__(spec, masked_action=masked_action)
         self.render_mode = env.render_mode
-        self._obs = np.zeros(obs_space.shape, dtype=np.float32)
+        self._obs = np.zeros(obs_space.shape, dtype=obs_space.dtype)
 
     def _info(self, info: dict, live: bool) -> dict:
         info = dict(info)
@@ -77,7 +77,7 @@ class GymAdapter(MultiAgentEnv):
         return info
 
     def _flat(self, obs: Any) -> np.ndarray:
-        self._obs = gym.spaces.flatten(self.env.observation_space, obs).astype(np.float32)
+        self._obs = gym.spaces.flatten(self.env.observation_space, obs).astype(self.env_spec.obs_dtype)
         return self._obs.copy()
 
     def _reset(self, seed: int | None, options: dict | None) -> tuple[dict, dict]:

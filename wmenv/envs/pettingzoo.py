@@ -38,13 +38,16 @@ def _is_masked_dict(space: gym.Space) -> bool:
 
 
 def flat_box(space: gym.Space, what: str) -> gym.spaces.Box:
-    """`gymnasium.spaces.flatten_space` as a float32 1-D ``Box``; ``TypeError`` naming ``what`` if impossible."""
+    """`gymnasium.spaces.flatten_space` as a 1-D ``Box``: uint8 where ``space`` is a uint8 ``Box`` (frames, stored as
+    bytes), float32 otherwise; ``TypeError`` naming ``what`` if impossible."""
     try:
         flat = gym.spaces.flatten_space(space)
     except (NotImplementedError, TypeError, ValueError) as e:
         raise TypeError(f"{what}: expected a space that flattens to a 1-D Box, got {space} ({e})") from e
     if not isinstance(flat, gym.spaces.Box) or len(flat.shape) != 1:
         raise TypeError(f"{what}: expected a space that flattens to a 1-D Box, got {space} -> {flat}")
+    if isinstance(space, gym.spaces.Box) and space.dtype == np.uint8:
+        return gym.spaces.Box(flat.low.astype(np.uint8), flat.high.astype(np.uint8), dtype=np.uint8)
     return gym.spaces.Box(flat.low.astype(np.float32), flat.high.astype(np.float32), dtype=np.float32)
 
 

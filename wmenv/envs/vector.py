@@ -34,7 +34,8 @@ class VecStep:
     """What `VecEnv.reset` / `VecEnv.step` return; all NumPy arrays with leading dimension E."""
 
     obs: np.ndarray
-    """(E, N, D) float32: current observation (after an auto-reset, the new episode's first)."""
+    """(E, N, D) ``spec.obs_dtype`` (float32, or uint8 frames): current observation (after an auto-reset, the new
+    episode's first)."""
     state: np.ndarray
     """(E, S) float32: current global state."""
     alive: np.ndarray
@@ -76,7 +77,7 @@ class _Copy:
         alive = np.array([a in self.env.agents for a in self.spec.agents], dtype=bool)
         return {
             "obs": o,
-            "state": np.asarray(self.env.state(), dtype=np.float32),
+            "state": np.asarray(self.env.state(), dtype=self.spec.state_dtype),
             "alive": alive,
             "action_mask": stack_masks(self.spec, infos, alive),
         }
@@ -116,7 +117,7 @@ class _Copy:
             row.update(episode_return=np.zeros_like(self.ret), episode_length=0, episode_metrics={})
         else:
             final_obs, _ = stack_obs(self.spec, obs)
-            final_state = np.asarray(self.env.state(), dtype=np.float32)
+            final_state = np.asarray(self.env.state(), dtype=self.spec.state_dtype)
             ep_ret, ep_len, metrics = self.ret.copy(), self.length, self.env.episode_metrics()
             row = self.reset()
             row.update(done=True, final_obs=final_obs, final_state=final_state, episode_return=ep_ret, episode_length=ep_len)

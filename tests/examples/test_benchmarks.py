@@ -357,3 +357,26 @@ def test_fit_ddp_reports_one_and_two_process_throughput(tmp_path):
     assert out["processes"] == 2 and out["params"] > 10_000 and out["windows_per_s_1"] > 0 and out["windows_per_s_2"] > 0
     assert out["speedup"] == pytest.approx(out["windows_per_s_2"] / out["windows_per_s_1"], rel=1e-2)
     assert out["allreduce_ms_per_step"] > 0
+
+
+def test_cluster_projection_by_hand(tmp_path):
+    """MPE spread (N = 3): sync 3,000 agent-steps/s -> t_env = 1 ms per copy-step. E = 8 copies: 1 actor at 1,200
+    agent-steps/s -> T = 20 ms, round trip 20 - 8 = 12 ms; 2 actors at 1,600 -> T = 15 ms, 15 - 4 = 11 ms: the line
+    13 - K falls with K, so the model takes a flat round trip, their mean 11.5 ms."""
+    for w, rate in ((1, 1200.0), (2, 1600.0)):
+        rates = {"sync_agent_steps_per_s": 3000.0, "ray_agent_steps_per_s": rate}
+        run = {"benchmark": "vec_env", "num_envs": [8], "num_workers": w, "results": {"mpe:simple_spread_v3": rates}}
+        (tmp_path / f"v{w}.json").write_text(json.dumps(run))
+    (tmp_path / "f.json").write_text(json.dumps({"benchmark": "fit_ddp", "params": 125_000, "batch_per_rank": 16,
+                                                 "step_ms_1": 60.0, "allreduce_ms_per_step": 4.0}))  # fmt: skip
+    out = _run("cluster_projection.py", "--vec-env", str(tmp_path / "v1.json"), str(tmp_path / "v2.json"), "--fit-ddp",
+               str(tmp_path / "f.json"), "--workers", "1", "4", "--network-gbps", "8")  # fmt: skip
+    mpe = out["collection_agent_steps_per_s"]["mpe:simple_spread_v3"]
+    assert mpe["t_env_ms"] == pytest.approx(1.0) and mpe["round_trip_ms_measured"] == {"1": 12.0, "2": 11.0}
+    assert mpe["round_trip_ms_model"] == {"fixed": 11.5, "per_actor": 0.0}
+    assert mpe["4"] == pytest.approx(4 * 4 * 3 / ((4 * 1.0 + 11.5) / 1e3), rel=1e-3)
+    fit = out["fit_windows_per_s"]
+    # 4 ranks: 2·3/4 · 500,000 bytes · 8 bits / 8 Gbit/s = 0.75 ms of transfer + 2·3 hops of 2 ms = 12.75 ms
+    assert fit["4"]["allreduce_ms"] == pytest.approx(12.75) and fit["1"]["allreduce_ms"] == 0
+    assert fit["4"]["windows_per_s"] == pytest.approx(4 * 16 / (72.75 / 1e3), rel=1e-3)
+    assert "not measured" in out["projection"]

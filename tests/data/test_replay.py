@@ -434,3 +434,29 @@ def test_mpe_episodes_through_the_replay(tmp_path):
     assert b["is_first"][:, 0].all() and b["is_last"][:, -1].all() and b["alive"].all()
     rep.save(tmp_path / "mpe.safetensors")
     _assert_same(rep, EpisodeReplay.load(tmp_path / "mpe.safetensors", spec=spec))
+
+
+def test_a_single_agents_state_that_is_its_observation_is_stored_once(tmp_path):
+    from wmenv.data.collect import random_replay
+
+    replay, spec = random_replay("gym:CartPole-v1", 300, capacity=2_000)
+    assert "state" not in replay._data and replay.schema["state"] == ((4,), np.dtype(np.float32))
+    batch = replay.sample(3, 5, generator=0)
+    assert torch.equal(batch["state"], batch["obs"][:, :, 0])
+    ep = replay.episode(-1)
+    np.testing.assert_array_equal(ep["state"], ep["obs"][:, 0])
+    replay.add(ep)  # an episode read back is accepted again
+    for loaded in (
+        (replay.save(tmp_path / "r.safetensors"), EpisodeReplay.load(tmp_path / "r.safetensors", spec))[1],
+        (
+            replay.save_segments(tmp_path / "s", tmp_path / "m.json"),
+            EpisodeReplay.load_segments(tmp_path / "m.json", tmp_path / "s", spec),
+        )[1],
+    ):
+        assert "state" not in loaded._data and loaded.num_steps == replay.num_steps
+        np.testing.assert_array_equal(loaded.episode(-1)["state"], ep["state"])
+    bad = {**ep, "state": ep["state"] + 1.0}
+    with pytest.raises(ValueError, match=r"episode\['state'\]: expected the single agent's observation .* at row 0"):
+        replay.add(bad)
+    mpe, _ = random_replay("mpe:simple_spread_v3", 100)
+    assert "state" in mpe._data, "several agents: the global state is stored"

@@ -124,10 +124,13 @@ def test_frames_stay_uint8_from_the_env_to_the_replay_and_its_files_and_batches_
     replay, spec = random_replay("atari:Breakout", 600, num_envs=2, capacity=5_000, **kwargs)
     rows = int(replay.episode_lengths.sum())
     per_row = sum(v[:1].nbytes for v in replay._data.values())
-    assert replay._data["obs"].dtype == np.uint8 and replay._data["state"].dtype == np.uint8
-    assert 2 * 12288 <= per_row < 2 * 12288 + 100, "a 64x64 RGB step: 12 KB of observation and 12 KB of state"
+    assert replay._data["obs"].dtype == np.uint8 and "state" not in replay._data, "the state is the frame: one copy"
+    assert 12288 <= per_row < 12288 + 100, "a 64x64 RGB step is 12 KB"
+    assert replay.schema["state"] == ((12288,), np.dtype(np.uint8))
     batch = replay.sample(4, 8, generator=0)
     assert batch["obs"].dtype == batch["state"].dtype == torch.float32
+    assert torch.equal(batch["state"], batch["obs"][:, :, 0])
+    np.testing.assert_array_equal(replay.episode(0)["state"], replay.episode(0)["obs"][:, 0])
     assert batch["obs"].max() > 1 and batch["obs"].max() <= 255 and torch.equal(batch["obs"], batch["obs"].round())
     replay.save_segments(tmp_path / "segments", tmp_path / "replay.json")
     again = EpisodeReplay.load_segments(tmp_path / "replay.json", tmp_path / "segments", spec, ReplayConfig(capacity=5_000))

@@ -89,8 +89,9 @@ class EpisodeReplay:
         self.config, self.spec, self.sampler = config, spec, sampler
         self.spec_description: dict[str, Any] | None = spec.describe() if spec is not None else None
         """What saved files record as the spec (kept from a loaded file when no spec was given)."""
-        self._schema: Schema | None = None
+        self._schema: Schema | None = None  # the stored fields
         self._data: dict[str, np.ndarray] = {}
+        self._state_from_obs = False  # "state" is the single agent's observation: not stored, rebuilt when read
         self._starts: deque[int] = deque()  # ring index of each episode's row 0, oldest first
         self._lengths: deque[int] = deque()  # rows of each episode
         self._ids: deque[int] = deque()
@@ -131,7 +132,18 @@ class EpisodeReplay:
     @property
     def schema(self) -> Schema | None:
         """Field -> (shape of one row, dtype), fixed by the spec and the first episode; None before."""
-        return None if self._schema is None else dict(self._schema)
+        return None if self._schema is None else self._fields()
+
+    def _fields(self) -> Schema:
+        """Every field an episode has: the stored ones, plus a "state" rebuilt from the observation."""
+        if not self._state_from_obs:
+            return dict(self._schema)
+        shape, dtype = self._schema["obs"]
+        return {**self._schema, "state": (shape[1:], dtype)}
+
+    def _with_state(self, fields: dict[str, Any]) -> dict[str, Any]:
+        """``fields`` (rows of stored fields, (..., 1, D) observations) with the state rebuilt where it is not stored."""
+        return {**fields, "state": fields["obs"][..., 0, :]} if self._state_from_obs else fields
 
     def _arrays(self) -> tuple[np.ndarray, np.ndarray]:
         if self._cache is None:
@@ -158,16 +170,29 @@ class EpisodeReplay:
         if rows > cap:
             raise ValueError(f"episode: {rows} rows do not fit in a replay of capacity {cap} rows")
         if self._schema is None:
-            self._schema = {k: (v.shape[1:], v.dtype) for k, v in ep.items()}
+            # A single agent whose global state is its own observation (one-agent Gymnasium and Atari envs): keep one
+            # copy (a 64x64 RGB step: 12 KB instead of 24 KB).
+            spec = self.spec
+            self._state_from_obs = bool(
+                spec is not None and spec.n_agents == 1 and spec.state_space == spec.observation_spaces[spec.agents[0]]
+                and "state" in ep and np.array_equal(ep["state"], ep["obs"][:, 0])
+            )  # fmt: skip
+            self._schema = {k: (v.shape[1:], v.dtype) for k, v in ep.items() if k != "state" or not self._state_from_obs}
             self._data = {k: np.zeros((cap, *shape), dtype) for k, (shape, dtype) in self._schema.items()}
+        if self._state_from_obs and not np.array_equal(ep["state"], ep["obs"][:, 0]):
+            row = int(np.argwhere(ep["state"] != ep["obs"][:, 0])[0][0])
+            raise ValueError(
+                f"episode['state']: expected the single agent's observation (as in this replay's earlier episodes), "
+                f"got other values at row {row}"
+            )
         while self._rows + rows > cap:
             self._rows -= self._lengths.popleft()
             self._starts.popleft()
             self._ids.popleft()
         first = min(rows, cap - self._head)  # rows before the ring wraps
-        for k, v in ep.items():
-            self._data[k][self._head : self._head + first] = v[:first]
-            self._data[k][: rows - first] = v[first:]
+        for k, v in self._data.items():
+            v[self._head : self._head + first] = ep[k][:first]
+            v[: rows - first] = ep[k][first:]
         self._starts.append(self._head)
         self._lengths.append(rows)
         self._ids.append(self._next_id)
@@ -199,7 +224,7 @@ class EpisodeReplay:
             raise ValueError(f"episode: expected every field to have the same number of rows, got {rows}")
         if self.spec is not None and self.config.validate:
             validate_episode(ep, self.spec)
-        expected = self._schema
+        expected = None if self._schema is None else self._fields()
         if expected is None and self.spec is not None:
             expected = {**{k: (v.shape[1:], v.dtype) for k, v in ep.items()}, **episode_schema(self.spec)}
         if expected is not None:
@@ -221,7 +246,7 @@ class EpisodeReplay:
         if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not -e <= index < e:
             raise IndexError(f"index: expected an integer in [{-e}, {e}), got {index!r}")
         idx = (self._starts[index] + np.arange(self._lengths[index])) % self.config.capacity
-        return {k: v[idx] for k, v in self._data.items()}
+        return self._with_state({k: v[idx] for k, v in self._data.items()})
 
     # --- sampling ---
     def _generator(self, generator: torch.Generator | int | None) -> torch.Generator:
@@ -287,7 +312,7 @@ class EpisodeReplay:
     ) -> dict[str, torch.Tensor]:
         """Fields at ring ``index`` (B, T) as tensors (B, T, ...), plus ``reset`` (B, T) if given. Observations and
         state stored as uint8 frames come out as float32 (after the move to ``device``: the copy moves bytes)."""
-        out = {k: torch.from_numpy(v[index]) for k, v in self._data.items()}
+        out = self._with_state({k: torch.from_numpy(v[index]) for k, v in self._data.items()})
         frames = [k for k in ("obs", "state") if k in out and out[k].dtype == torch.uint8]
         if reset is not None:
             out["reset"] = torch.from_numpy(np.asarray(reset, dtype=bool))
@@ -337,7 +362,8 @@ class EpisodeReplay:
     def _meta(self) -> dict[str, Any]:
         """What a saved replay records besides its rows: spec, config, schema and the next episode id."""
         schema = None if self._schema is None else {k: [list(s), d.str] for k, (s, d) in self._schema.items()}
-        return {"spec": self.spec_description, "config": asdict(self.config), "schema": schema, "next_id": self._next_id}
+        return {"spec": self.spec_description, "config": asdict(self.config), "schema": schema, "next_id": self._next_id,
+                "state_from_obs": self._state_from_obs}  # fmt: skip
 
     def _rows_of(self, first: int) -> dict[str, np.ndarray]:
         """The stored episodes from index ``first`` (0 = oldest) on: their fields as (R, ...) arrays plus
@@ -521,7 +547,7 @@ class EpisodeReplay:
             keep = int((np.cumsum(lengths[::-1]) <= config.capacity).sum())
             lengths, ids = lengths[len(lengths) - keep :], ids[len(ids) - keep :]
             kept = int(lengths.sum())
-            replay._schema = schema
+            replay._schema, replay._state_from_obs = schema, bool(meta.get("state_from_obs", False))
             replay._data = {k: np.zeros((config.capacity, *s), d) for k, (s, d) in schema.items()}
             for k, v in fields.items():
                 replay._data[k][:kept] = v[rows - kept :]

@@ -464,7 +464,7 @@ def _run(cfg: ModelBasedConfig) -> dict[str, Any]:
         mag = (predictor, torch.optim.Adam(predictor.parameters(), lr=cfg.mag.predictor.lr))
         planner = MAGPlanner(predictor, agent.policy, cfg.mag, seed=cfg.seed + 30_000)
     eval_seed, curve, real_returns = cfg.seed + 1_000_000, [], []
-    for folder in (run_dir / "checkpoints", run_dir / REPLAY_SEGMENTS):  # writes a kill interrupted
+    for folder in (run_dir, run_dir / "checkpoints", run_dir / REPLAY_SEGMENTS):  # writes a kill interrupted
         remove_temporaries(folder)
     ckpt = latest_checkpoint(run_dir) if cfg.resume else None
     state = None

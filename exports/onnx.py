@@ -30,6 +30,7 @@ import copy
 import json
 import logging
 import os
+import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,6 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from agents.policies.base import RecurrentPolicy
+from wmenv.data.persist import temporary_name
 from wmenv.envs.spec import action_bounds, own_action_dims, spec_differences
 
 EXPORT_FORMAT = 1
@@ -338,7 +340,9 @@ def write_graph(
         RuntimeError: the exporter failed, or the graph has loops or branches.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    handle, name = tempfile.mkstemp(*temporary_name(path.name), dir=path.parent)
+    os.close(handle)
+    tmp = Path(name)
     try:
         with torch.no_grad(), _quiet_exporter():
             torch.onnx.export(

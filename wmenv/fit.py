@@ -15,6 +15,7 @@ import dataclasses
 import json
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -27,6 +28,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 from wmenv.checks import check_choice, check_int
+from wmenv.data.persist import temporary_name
 from wmenv.models.registry import KINDS, config_from_dict, kind_of
 from wmenv.models.world_model import WorldModel
 from wmenv.tensor_ops import compiled
@@ -151,11 +153,11 @@ def _rank_and_world() -> tuple[int, int]:
 
 
 def save_model(path: str | Path, model: WorldModel) -> Path:
-    """Write ``path/{model.safetensors, config.json}`` atomically (a crash leaves an older checkpoint intact)."""
+    """Write ``path/{model.safetensors, config.json}`` atomically (a crash leaves an older checkpoint intact, and a
+    temporary folder that `wmenv.data.persist.remove_temporaries` clears)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(*temporary_name(path.name), dir=path.parent))
     save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
     meta = {
         "format": MODEL_FORMAT,
@@ -166,7 +168,7 @@ def save_model(path: str | Path, model: WorldModel) -> Path:
     }
     (tmp / "config.json").write_text(json.dumps(meta, indent=2))
     if path.exists():
-        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        old = Path(tempfile.mkdtemp(*temporary_name(f"{path.name}.old"), dir=path.parent))
         os.replace(path, old)
         os.replace(tmp, path)
         shutil.rmtree(old, ignore_errors=True)

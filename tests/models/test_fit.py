@@ -1,7 +1,6 @@
 """fit(): lr and clipping defaults, seeding, logging, checkpoints; save_model / load_model round trips and refusals."""
 
 import json
-import os
 import re
 import shutil
 import warnings
@@ -13,6 +12,7 @@ import torch
 from torch import nn
 
 import wmenv.fit as fit_module
+from wmenv.data.persist import remove_temporaries, temporary_name
 from wmenv.envs.spec import EnvSpec
 from wmenv.fit import MODEL_FORMAT, FitConfig, fit, load_model, save_model
 from wmenv.models.mamba_wm import MAMBAConfig, MAMBAWorldModel
@@ -279,12 +279,15 @@ def test_save_replaces_an_existing_checkpoint_and_leaves_no_temporaries(tmp_path
 
 
 def test_save_survives_leftovers_and_cleanup_errors(tmp_path, monkeypatch):
-    """A stale temporary of a crashed save is cleared first; failing to delete the replaced checkpoint is not an error."""
-    stale = tmp_path / f".m.tmp-{os.getpid()}"
+    """A crashed save's temporary does not disturb the next save and is what `remove_temporaries` clears; failing to
+    delete the replaced checkpoint is not an error."""
+    prefix, suffix = temporary_name("m")
+    stale = tmp_path / f"{prefix}crashed{suffix}"
     stale.mkdir()
     (stale / "junk").write_text("from a crashed save")
     save_model(tmp_path / "m", tiny_wm(0))
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors"]
+    assert remove_temporaries(tmp_path) == [stale.name] and [p.name for p in tmp_path.iterdir()] == ["m"]
     text = (tmp_path / "m" / "config.json").read_text()
     assert text == json.dumps(json.loads(text), indent=2)  # human-readable, diff-friendly
     real = shutil.rmtree

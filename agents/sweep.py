@@ -30,9 +30,7 @@ class SweepConfig:
     """Where a sweep's runs execute."""
 
     backend: Literal["local", "ray"] = "local"
-    """"local": one run after the other in this process; "ray": one Ray task per run (``pip install "wmenv[ray]"``).
-    Ray starts its workers at nice 15, so where other processes share the cores its runs get them last (measured here:
-    a tiny run 15x slower beside two busy processes, BENCHMARKS.md)."""
+    """"local": one run after the other in this process; "ray": one Ray task per run (``pip install "wmenv[ray]"``)."""
     ray_address: str | None = None
     """A Ray cluster to join (``ray.init(address=...)``); None: the running Ray, or a local one on this machine's cores."""
     cpus_per_run: float = 1.0

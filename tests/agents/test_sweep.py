@@ -14,6 +14,10 @@ from agents.sweep import SweepConfig, SweepError, run_folder, run_sweep
 from agents.train import TrainConfig, train
 
 needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason='ray not installed: pip install "wmenv[ray]"')
+if importlib.util.find_spec("ray") is not None:
+    import ray.cloudpickle
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray's workers cannot import this test module
 
 
 def square_or_fail(x: int) -> int:
@@ -79,7 +83,6 @@ def test_ray_runs_get_absolute_folders(tmp_path, monkeypatch):
 def local_ray():
     import ray
 
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray's workers cannot import this test module
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()
@@ -104,3 +107,18 @@ def test_a_failing_ray_run_keeps_its_type_and_a_slow_one_times_out(local_ray):
     assert e.value.failed == [1] and isinstance(e.value.__cause__, KeyError)
     with pytest.raises(SweepError, match=r"run 1 failed \(ray backend\): TimeoutError: did not finish within 3.0 s"):
         run_sweep(pid_after, [0.0, 60.0], SweepConfig(backend="ray", timeout=3.0))
+
+
+def nice(_: object) -> int:
+    return os.nice(0)
+
+
+@needs_ray
+def test_a_local_ray_that_the_sweep_starts_runs_at_normal_priority():
+    import ray
+
+    ray.shutdown()
+    try:
+        assert run_sweep(nice, [None], SweepConfig(backend="ray")) == [os.nice(0)], "Ray's default worker nice is 15"
+    finally:
+        ray.shutdown()

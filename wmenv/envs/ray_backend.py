@@ -28,7 +28,8 @@ def import_ray() -> Any:
 
 def join_ray(address: str | None = None) -> Any:
     """The ``ray`` module, initialized: the running Ray if there is one, else ``ray.init(address=address)`` (None: a
-    local Ray on this machine's cores).
+    local Ray on this machine's cores, whose workers run at the driver's priority: Ray's default nice 15 made a sweep's
+    runs 15x slower beside two busy processes here; set ``RAY_worker_niceness`` to choose).
 
     Raises:
         ImportError: Ray is not installed (naming the extra).
@@ -36,6 +37,8 @@ def join_ray(address: str | None = None) -> Any:
     """
     ray = import_ray()
     if not ray.is_initialized():
+        if address is None:
+            os.environ.setdefault("RAY_worker_niceness", "0")
         try:
             ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
         except (ConnectionError, RuntimeError, ValueError) as e:

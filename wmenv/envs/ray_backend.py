@@ -29,7 +29,7 @@ def import_ray() -> Any:
 def join_ray(address: str | None = None) -> Any:
     """The ``ray`` module, initialized: the running Ray if there is one, else ``ray.init(address=address)`` (None: a
     local Ray on this machine's cores, whose workers run at the driver's priority: Ray's default nice 15 made a sweep's
-    runs 15x slower beside two busy processes here; set ``RAY_worker_niceness`` to choose).
+    runs about 30x slower beside two busy processes here; set ``RAY_worker_niceness`` to choose).
 
     Raises:
         ImportError: Ray is not installed (naming the extra).

@@ -93,10 +93,11 @@ def test_a_dead_or_hung_worker_is_named_and_the_vecenv_closed(fault):
     import signal
     import time
 
-    vec = _subproc(worker_timeout=5.0)
+    vec = _subproc()  # the default timeout while the workers start: their imports took over 5 s on a loaded machine
     s = vec.reset()
     actions = np.zeros_like(s.action_mask[..., 0], dtype=np.int64)
     vec.step(actions)  # a first step: the workers are up and warm
+    vec.worker_timeout = 5.0
     worker = vec._procs[1]
     os.kill(worker.pid, signal.SIGKILL if fault == "killed" else signal.SIGSTOP)
     start = time.monotonic()

@@ -312,13 +312,13 @@ class EpisodeReplay:
     ) -> dict[str, torch.Tensor]:
         """Fields at ring ``index`` (B, T) as tensors (B, T, ...), plus ``reset`` (B, T) if given. Observations and
         state stored as uint8 frames come out as float32 (after the move to ``device``: the copy moves bytes)."""
-        out = self._with_state({k: torch.from_numpy(v[index]) for k, v in self._data.items()})
-        frames = [k for k in ("obs", "state") if k in out and out[k].dtype == torch.uint8]
+        out = {k: torch.from_numpy(v[index]) for k, v in self._data.items()}
         if reset is not None:
             out["reset"] = torch.from_numpy(np.asarray(reset, dtype=bool))
         if device is not None:
             out = {k: v.to(device, non_blocking=True) for k, v in out.items()}
-        return {**out, **{k: out[k].float() for k in frames}}
+        out.update({k: out[k].float() for k in ("obs", "state") if k in out and out[k].dtype == torch.uint8})
+        return self._with_state(out)  # a state rebuilt from the observation is moved and converted once, with it
 
     def sample(
         self,

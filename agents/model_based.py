@@ -102,16 +102,17 @@ class ModelBasedConfig:
     num_envs: int = 4
     """E, real env copies collected in parallel."""
     model_kind: str = "mamba"
-    """World model (`wmenv.models.registry`): "mamba" (MAMBA's RSSM with communication) or "mabl" (MABL's bi-level
-    model, which reads the env's global state in training)."""
+    """World model (`wmenv.models.registry`): "mamba" (MAMBA's RSSM with communication), "mabl" (MABL's bi-level
+    model, which reads the env's global state in training) or "drama" (DRAMA's single-agent Mamba-2 model of frames)."""
     model: str = "small"
-    """World-model preset of that kind: "small", "smac" or "flatland"."""
+    """World-model preset of that kind: "small", "smac" or "flatland" ("xs", "s" or "cpu-small" for "drama")."""
     fit: FitConfig = field(
         default_factory=lambda: FitConfig(steps=200, batch_size=16, seq_len=20, progress=False, compile="steps")
     )
     """World-model fitting per update: windows, learning rate, ... (its ``steps`` is set by the schedule). The
     per-row filtering and the heads are compiled (``compile="steps"``: 1.7x faster fit steps on a 2-core CPU, about
-    half a minute of compiling at the first update; ``--fit.compile off`` for eager)."""
+    half a minute of compiling at the first update; ``--fit.compile off`` for eager). Models without a per-row
+    recurrence (DRAMA: its loss is parallel over time) are fitted eagerly under ``"steps"``."""
     sampler: Literal["uniform", "dfs"] = "uniform"
     """Where replay windows start: "uniform" over all valid windows, or "dfs", DRAMA's dynamic frequency-based
     sampling (`wmenv.data.DFS`: world-model windows favour rows fitted least; dream starts favour rows the model has
@@ -194,6 +195,8 @@ class ModelBasedConfig:
             )
         check_choice("ModelBasedConfig.model_kind", self.model_kind, tuple(KINDS))
         check_choice("ModelBasedConfig.model", self.model, model_kind(self.model_kind).presets)
+        if self.fit.compile == "steps" and not model_kind(self.model_kind).model_cls.steps_compilable:
+            self.fit = dataclasses.replace(self.fit, compile="off")  # nothing runs per row: nothing to compile there
         check_choice("ModelBasedConfig.policy", self.policy, POLICIES)
         check_choice("ModelBasedConfig.sampler", self.sampler, ("uniform", "dfs"))
         check_choice("ModelBasedConfig.actor_input", self.actor_input, ("decoded", "latent"))

@@ -132,8 +132,12 @@ def test_mabl_world_model_runs_the_loop_resumes_and_is_refused_as_another_kind(t
 def test_config_checks():
     with pytest.raises(ValueError, match="ModelBasedConfig.model: expected 'smac', 'flatland' or 'small', got 'tiny'"):
         ModelBasedConfig(model="tiny")
-    with pytest.raises(ValueError, match="ModelBasedConfig.model_kind: expected 'mamba' or 'mabl', got 'drama'"):
+    with pytest.raises(ValueError, match="ModelBasedConfig.model_kind: expected 'mamba', 'mabl' or 'drama', got 'dreamer'"):
+        ModelBasedConfig(model_kind="dreamer")
+    with pytest.raises(ValueError, match="ModelBasedConfig.model: expected 'xs', 's' or 'cpu-small', got 'small'"):
         ModelBasedConfig(model_kind="drama")
+    drama = ModelBasedConfig(model_kind="drama", model="cpu-small")
+    assert drama.fit.compile == "off" and ModelBasedConfig().fit.compile == "steps"  # DRAMA has no per-row recurrence
     with pytest.raises(ValueError, match="ModelBasedConfig.horizon: expected an integer >= 1, got 0"):
         ModelBasedConfig(horizon=0)
     with pytest.raises(ValueError, match="ModelBasedConfig.actor_input: expected 'decoded' or 'latent', got 'raw'"):

@@ -326,7 +326,7 @@ def test_default_fit_config_and_skipped_parameters():
     [
         (
             {"format": MODEL_FORMAT + 1},
-            r"^path: expected a world-model checkpoint of format 1 of a registered kind \(\['mabl', 'mamba'\]\), "
+            r"^path: expected a world-model checkpoint of format 1 of a registered kind \(\['drama', 'mabl', 'mamba'\]\), "
             r"got kind 'mamba' \('MAMBAWorldModel'\) of format 2$",
         ),
         ({"kind": "dreamer"}, r"^path: expected .* got kind 'dreamer' \('MAMBAWorldModel'\) of format 1$"),

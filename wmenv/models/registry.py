@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from wmenv.checks import check_choice
+from wmenv.models.drama import PRESETS as DRAMA_PRESETS
+from wmenv.models.drama import DRAMAConfig, DRAMAWorldModel, drama_preset
 from wmenv.models.mabl import PRESETS as MABL_PRESETS
 from wmenv.models.mabl import MABLConfig, MABLWorldModel, mabl_preset
 from wmenv.models.mamba_wm import PRESETS as MAMBA_PRESETS
@@ -101,3 +103,4 @@ def config_from_dict(cls: type, fields: dict[str, Any]) -> Any:
 
 register(ModelKind("mamba", MAMBAWorldModel, MAMBAConfig, preset, MAMBA_PRESETS))
 register(ModelKind("mabl", MABLWorldModel, MABLConfig, mabl_preset, MABL_PRESETS))
+register(ModelKind("drama", DRAMAWorldModel, DRAMAConfig, drama_preset, DRAMA_PRESETS))

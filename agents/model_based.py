@@ -92,6 +92,9 @@ class ModelBasedConfig:
     """Real env steps collected per iteration (with the current actor; rounded up to whole steps of the E copies)."""
     real_episodes: int = 0
     """If > 0, collect until this many episodes have ended instead of ``real_steps`` (the MAMBA paper: 1)."""
+    stream: bool = False
+    """Also store the rows of episodes still running at the end of each collection (as pieces of them), so that
+    updates do not wait for long episodes (Atari) to end. Off: the replay holds whole episodes only."""
     train_ratio: float = 64.0
     """Replayed world-model steps (window rows, B x T per fit step) per real env step (DreamerV3's train ratio)."""
     dream_ratio: float = 92.16
@@ -429,7 +432,12 @@ def _run(cfg: ModelBasedConfig) -> dict[str, Any]:
     probe, spec = make(cfg.env_id, **cfg.env_kwargs)
     probe.close()
     per_copy = cfg.iterations * -(-cfg.real_steps // cfg.num_envs)
-    if not cfg.real_episodes and spec.episode_limit is not None and per_copy < spec.episode_limit:
+    if cfg.stream and not cfg.real_episodes and -(-cfg.real_steps // cfg.num_envs) < cfg.fit.seq_len:
+        raise ValueError(
+            f"ModelBasedConfig.stream: {cfg.real_steps} steps over {cfg.num_envs} copies store pieces of "
+            f"{-(-cfg.real_steps // cfg.num_envs)} rows per copy, shorter than the fit's windows ({cfg.fit.seq_len} rows)"
+        )
+    if not cfg.stream and not cfg.real_episodes and spec.episode_limit is not None and per_copy < spec.episode_limit:
         raise ValueError(
             f"ModelBasedConfig.real_steps: {cfg.iterations} iterations x {cfg.real_steps} steps over {cfg.num_envs} copies "
             f"give each copy {per_copy} steps, fewer than one {cfg.env_id} episode ({spec.episode_limit} steps): no "
@@ -482,7 +490,7 @@ def _run(cfg: ModelBasedConfig) -> dict[str, Any]:
     # A resume restores the copies mid-episode where it can; otherwise copy i of a run restarted at iteration k gets
     # seed + k*E + i.
     vec = VecEnv(cfg.env_id, num_envs=cfg.num_envs, seed=cfg.seed + counters["iteration"] * cfg.num_envs, **cfg.env_kwargs)
-    collector = Collector(vec, replay)
+    collector = Collector(vec, replay, stream=cfg.stream)
     latent = cfg.actor_input == "latent"
     filters = AgentFilters(model, cfg.num_envs, cfg.seed) if latent else None
     act = RealActor(agent, cfg.num_envs, spec.n_agents, filters)

@@ -297,3 +297,18 @@ def test_dfs_sampler_counts_fit_and_dream_starts_and_resumes_exactly(tmp_path):
     assert uniform["eval_returns"][1:] != straight["eval_returns"][1:], "DFS draws other windows than uniform"
     with pytest.raises(ValueError, match="ModelBasedConfig.sampler"):
         _small(tmp_path / "d", 1, sampler="prioritized")
+
+
+def test_streamed_collection_fits_before_any_episode_ends(tmp_path):
+    """MPE episodes last 25 steps; 2 iterations of 12 steps per copy end none, so only a streamed replay has rows."""
+    cfg = _small(tmp_path / "whole", 2, real_steps=24)
+    cfg.fit.seq_len = 8
+    with pytest.raises(ValueError, match="fewer than one mpe:simple_spread_v3 episode"):
+        run(cfg)
+    cfg = _small(tmp_path / "stream", 2, real_steps=24, stream=True)
+    cfg.fit.seq_len = 8
+    out = run(cfg)
+    assert out["real_steps"] == 48 and out["achieved"]["train_ratio"] > 0  # the model was fitted on the pieces
+    cfg = _small(tmp_path / "short", 1, real_steps=8, stream=True)
+    with pytest.raises(ValueError, match=r"pieces of 4 rows per copy, shorter than the fit's windows \(20 rows\)"):
+        run(cfg)

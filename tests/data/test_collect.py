@@ -97,3 +97,62 @@ def test_collector_carries_episodes_across_calls():
         assert a.keys() == b.keys() and len(a["obs"]) == 6  # 5 steps -> 6 rows
         for k in a:
             np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_streamed_collection_stores_every_row_once_as_pieces_of_the_episodes():
+    """With ``stream``, the rows of running episodes are stored at the end of every call: the pieces of each episode,
+    joined, are the episode a whole-episode collection stores; only an episode's first piece starts with a reset."""
+
+    def run(calls, steps, stream):
+        with VecEnv("mpe:simple_spread_v3", num_envs=2, seed=3, max_cycles=5) as vec:
+            replay, rng = EpisodeReplay(ReplayConfig(capacity=1000), spec=vec.spec), np.random.default_rng(0)
+            collector = Collector(vec, replay, stream=stream)
+            returns = [collector(steps, lambda s: random_available(s.action_mask, rng)) for _ in range(calls)]
+            return replay, returns
+
+    pieces_replay, pieces_returns = run(4, 6, True)  # 3 steps of each copy per call; episodes last 5
+    whole, whole_returns = run(1, 24, False)
+    assert sum(pieces_returns, []) == whole_returns[0]
+    pieces = [pieces_replay.episode(i) for i in range(pieces_replay.num_episodes)]
+    # both copies end their episodes on the same steps, so their pieces alternate: copy 0, copy 1, copy 0, ...
+    assert [len(p["obs"]) for p in pieces] == [3, 3, 3, 3, 1, 1, 3, 3, 2, 2, 2, 2]
+    for copy in (0, 1):
+        joined, episodes = [], []
+        for p in pieces[copy::2]:
+            validate_episode(p, pieces_replay.spec)
+            assert bool(p["is_first"][0]) == (not joined)  # a reset only where an episode starts
+            joined.append(p)
+            if p["is_last"][-1]:
+                episodes.append({k: np.concatenate([q[k] for q in joined]) for k in p})
+                joined = []
+        assert len(episodes) == 2 and len(joined) == 1  # the third episode is still running: one piece of 2 rows so far
+        for e, ep in enumerate(episodes):
+            expected = whole.episode(2 * e + copy)
+            for k in expected:
+                np.testing.assert_array_equal(ep[k], expected[k], err_msg=k)
+    # windows drawn from a piece that continues an episode do not start with a reset
+    first = np.array([bool(p["is_first"][0]) for p in pieces])
+    every = np.arange(len(pieces))
+    _, reset = pieces_replay.sample_indices(len(pieces), 1, sampler=lambda *a: (every, np.zeros_like(every)))
+    np.testing.assert_array_equal(reset[:, 0], first)
+    with pytest.raises(TypeError, match="stream: expected a bool"):
+        Collector(None, None, stream="yes")
+
+
+def test_recorder_flush_hands_out_complete_rows_once():
+    env, spec = make("mpe:simple_spread_v3", max_cycles=4)
+    rec = EpisodeRecorder(spec)
+    obs, infos = env.reset(seed=1)
+    assert rec.flush() is None  # nothing started
+    rec.start(obs, infos, env.state())
+    assert rec.flush() is None  # row 0's action is not taken yet
+    actions = {a: 0 for a in spec.agents}
+    rec.add(actions, *env.step(actions), env.state())
+    piece = rec.flush()
+    assert len(piece["obs"]) == 1 and piece["is_first"].tolist() == [True] and not piece["is_last"].any()
+    assert rec.flush() is None and rec.num_steps == 1
+    while env.agents:
+        rec.add(actions, *env.step(actions), env.state())
+    rest = rec.finish()
+    assert len(rest["obs"]) == 4 and not rest["is_first"].any() and rest["is_last"][-1]
+    assert rest["reward"][0].any()  # the continuing piece's row 0 holds the reward of arriving there

@@ -49,6 +49,11 @@ class VecRecorder:
             rec.discard()
             rec.start_arrays(step.obs[e], step.state[e], step.alive[e], step.action_mask[e])
 
+    def flush(self) -> list[dict[str, np.ndarray]]:
+        """Each copy's rows recorded since its last flush, as pieces of the episodes in progress (`EpisodeRecorder.flush`;
+        copies with nothing new give none)."""
+        return [piece for rec in self.recorders if (piece := rec.flush()) is not None]
+
     def add(self, actions: Any, step: VecStep) -> list[dict[str, np.ndarray]]:
         """Record the step that produced ``step`` from ``actions``; returns the episodes that ended on it.
 
@@ -101,11 +106,15 @@ class Collector:
     """Steps a `VecEnv` with a policy and stores every finished episode in a replay.
 
     Episodes still running when a call ends go on in the next call (nothing is discarded), so
-    episodes longer than one call's budget are still recorded; the first call resets ``vec``.
+    episodes longer than one call's budget are still recorded; the first call resets ``vec``. With ``stream``, the
+    rows of episodes still running are stored too at the end of each call, as pieces (`wmenv.data.episode`), so that
+    training need not wait for long episodes (Atari) to end; each row is stored once.
     """
 
-    def __init__(self, vec: Any, replay: Any) -> None:
-        self.vec, self.replay = vec, replay
+    def __init__(self, vec: Any, replay: Any, stream: bool = False) -> None:
+        if not isinstance(stream, bool):
+            raise TypeError(f"stream: expected a bool, got {stream!r}")
+        self.vec, self.replay, self.stream = vec, replay, stream
         self.recorder = VecRecorder(vec.spec, vec.num_envs)
         self.step: VecStep | None = None
 
@@ -132,6 +141,8 @@ class Collector:
             for ep in self.recorder.add(actions, self.step):
                 self.replay.add(ep)
             returns += self.step.episode_return[self.step.done].mean(-1).tolist()
+        for piece in self.recorder.flush() if self.stream else ():
+            self.replay.add(piece)
         return returns
 
 

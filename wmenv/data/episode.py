@@ -28,6 +28,12 @@ key               shape / dtype                     meaning
 
 Agents act at row t when they are *live*: ``alive[t]`` and not ended (terminated or truncated) at
 row t. A live agent has an observation at row t+1; an ended one never again.
+
+A *piece* is a run of consecutive rows of an episode that has not ended yet, or the rest of one stored earlier in
+pieces (streamed collection: `wmenv.data.recorder.EpisodeRecorder.flush`). It has the same fields; ``is_first`` is
+all False when it continues an earlier piece (its row 0 is not a reset, and may hold a reward), and ``is_last`` and
+``is_terminal`` are all False while the episode goes on (its last row's action was taken, its live agents have not
+ended). A whole episode is a piece with both flags set.
 """
 
 from __future__ import annotations
@@ -107,7 +113,7 @@ def _ndim(name: str, x: Any, ndim: int) -> tuple[int, ...]:
 
 
 def validate_episode(ep: Mapping[str, np.ndarray], spec: EnvSpec | None = None) -> int:
-    """Check that ``ep`` is a complete episode in the format above.
+    """Check that ``ep`` is an episode (or a piece of one) in the format above.
 
     Args:
         ep: field -> (T+1, ...) array; extra fields are allowed if they have T+1 rows.
@@ -115,7 +121,7 @@ def validate_episode(ep: Mapping[str, np.ndarray], spec: EnvSpec | None = None) 
             without it, N, D, S and A are taken from the episode itself.
 
     Returns:
-        T, the number of env steps.
+        T = rows - 1, the number of env steps between its rows.
 
     Raises:
         TypeError: ``ep`` is not a mapping of numpy arrays.
@@ -132,7 +138,8 @@ def validate_episode(ep: Mapping[str, np.ndarray], spec: EnvSpec | None = None) 
             raise TypeError(f"episode[{k!r}]: expected a numpy array under a str key, got {type(v).__name__}")
     schema = episode_schema(spec) if spec is not None else _infer_schema(ep)
     rows = ep["is_first"].shape[0] if ep["is_first"].ndim else 0
-    if rows < 2:
+    whole = rows > 0 and bool(ep["is_first"][0]) and bool(np.asarray(ep["is_last"])[-1])
+    if rows < (2 if whole else 1):
         raise ValueError(f"episode: expected at least 2 rows (one env step), got {rows}")
     for k, v in ep.items():
         if v.ndim == 0 or v.shape[0] != rows:
@@ -159,19 +166,22 @@ def _check_flags(ep: Mapping[str, np.ndarray]) -> None:
     rows = ep["is_first"].shape[0]
     first = np.zeros(rows, dtype=bool)
     first[0] = True
-    if not np.array_equal(ep["is_first"], first):
+    starts, ends = bool(ep["is_first"][0]), bool(ep["is_last"][-1])  # a piece may do neither
+    if not np.array_equal(ep["is_first"], first & starts):
         got = np.flatnonzero(ep["is_first"]).tolist()
-        raise ValueError(f"episode['is_first']: expected True on row 0 only, got True at rows {got}")
-    if not np.array_equal(ep["is_last"], first[::-1]):
+        raise ValueError(f"episode['is_first']: expected True on row 0 only (or nowhere in a piece), got True at rows {got}")
+    if not np.array_equal(ep["is_last"], first[::-1] & ends):
         got = np.flatnonzero(ep["is_last"]).tolist()
-        raise ValueError(f"episode['is_last']: expected True on row {rows - 1} only, got True at rows {got}")
-    if ep["is_terminal"][:-1].any():
+        raise ValueError(
+            f"episode['is_last']: expected True on row {rows - 1} only (or nowhere in a piece), got True at rows {got}"
+        )
+    if (ep["is_terminal"] & ~ep["is_last"]).any():
         got = np.flatnonzero(ep["is_terminal"]).tolist()
         raise ValueError(f"episode['is_terminal']: expected False before the last row, got True at rows {got}")
-    for k in ("reward", "terminated", "truncated"):
+    for k in ("reward", "terminated", "truncated") if starts else ():
         if ep[k][0].any():
             raise ValueError(f"episode[{k!r}]: expected zeros on row 0 (nothing is received on reset), got {ep[k][0]}")
-    if ep["action"][-1].any():
+    if ends and ep["action"][-1].any():
         raise ValueError(f"episode['action']: expected zeros on the last row (no action is taken), got {ep['action'][-1]}")
 
 
@@ -187,13 +197,17 @@ def _check_agents(ep: Mapping[str, np.ndarray], spec: EnvSpec | None) -> None:
     ended_before = np.zeros_like(ended)
     ended_before[1:] = np.logical_or.accumulate(ended, axis=0)[:-1]
     live = alive & ~ended
+    ends = bool(ep["is_last"][-1])  # else a piece of an episode that goes on: its live agents act on its last row
     if not alive[0].any():
         raise ValueError("episode['alive']: expected at least one agent alive on row 0, got none")
+    if not ends and not live[-1].any():
+        raise ValueError(f"episode['is_last']: expected True on row {alive.shape[0] - 1}: no agent is live there, the "
+                         "episode ended (a piece of an episode that goes on has a live agent on its last row)")  # fmt: skip
     rules = (  # (field, violations as a (rows, N) mask, row of its first row, rule)
         ("terminated/truncated", ended & ~alive, 0, "an agent that ends on arriving at a row must be alive there"),
         ("alive", alive & ended_before, 0, "an agent that ended must not be alive afterwards"),
         ("alive", live[:-1] & ~alive[1:], 1, "a live agent must be alive on the next row unless it ended"),
-        ("alive", live[-1:], alive.shape[0] - 1, "every agent alive on the last row must end there"),
+        ("alive", live[-1:] & ends, alive.shape[0] - 1, "every agent alive on the last row must end there"),
         ("reward", (ep["reward"] != 0) & ~alive, 0, "reward of an absent agent must be 0"),
     )
     for name, bad, row0, rule in rules:
@@ -220,7 +234,7 @@ def _check_agents(ep: Mapping[str, np.ndarray], spec: EnvSpec | None) -> None:
             raise ValueError(
                 f"episode['action']: expected actions in [0, {n_own[i]}) for agent slot {i}, got {action[r, i]} at row {r}"
             )
-    terminal = bool(ep["terminated"][:, alive.any(0)].any(0).all())
+    terminal = ends and bool(ep["terminated"][:, alive.any(0)].any(0).all())
     if bool(ep["is_terminal"][-1]) != terminal:
         raise ValueError(
             f"episode['is_terminal']: expected {terminal} on the last row (True iff every agent that took part terminated), "

@@ -54,7 +54,13 @@ class EpisodeRecorder:
             obs, rew, term, trunc, infos = env.step(actions)
             rec.add(actions, obs, rew, term, trunc, infos, env.state())
         episode = rec.finish()  # dict[str, np.ndarray] of (T+1, ...) arrays
+
+    `flush` hands out the rows recorded so far while the episode goes on, as a piece (see `wmenv.data.episode`); the
+    next piece, or `finish`, continues from there, so the pieces of an episode are its rows, each once.
     """
+
+    _offset: int = 0
+    """Rows of the current episode already handed out by `flush` (a class default, for recorders pickled before)."""
 
     def __init__(self, spec: EnvSpec) -> None:
         if not isinstance(spec, EnvSpec):
@@ -78,8 +84,8 @@ class EpisodeRecorder:
 
     @property
     def num_steps(self) -> int:
-        """T so far: env steps recorded in the current episode."""
-        return max(len(self._rows) - 1, 0)
+        """T so far: env steps recorded in the current episode (flushed pieces included)."""
+        return max(self._offset + len(self._rows) - 1, 0)
 
     @property
     def live(self) -> np.ndarray:
@@ -94,6 +100,7 @@ class EpisodeRecorder:
     def discard(self) -> None:
         """Drop the episode in progress, if any."""
         self._rows = []
+        self._offset = 0
         self._live[:] = False
         self._ended[:] = False
 
@@ -170,7 +177,7 @@ class EpisodeRecorder:
         n = self.spec.n_agents
         row.update(reward=np.zeros(n, np.float32), terminated=np.zeros(n, bool), truncated=np.zeros(n, bool))
         row["action"] = self._zero_action()
-        self._rows = [row]
+        self._rows, self._offset = [row], 0
         self._live = row["alive"].copy()
         self._ended[:] = False
 
@@ -245,14 +252,34 @@ class EpisodeRecorder:
                     "keep stepping, or pass truncate=True to mark them truncated"
                 )
             self._rows[-1]["truncated"] = self._rows[-1]["truncated"] | self._live
-        rows = len(self._rows)
-        ep = {k: np.stack([r[k] for r in self._rows]) for k in self._rows[0]}
-        ep["is_first"] = np.arange(rows) == 0
-        ep["is_last"] = np.arange(rows) == rows - 1
-        took_part = ep["alive"].any(0)
-        ep["is_terminal"] = ep["is_last"] & bool(ep["terminated"][:, took_part].any(0).all())
+        ep = self._piece(self._rows, ends=True)
         self.discard()
         validate_episode(ep, self.spec)  # a safety net: the per-row checks should make this pass
+        return ep
+
+    def flush(self) -> dict[str, np.ndarray] | None:
+        """The rows recorded since the last flush whose actions are known, as a piece of the episode in progress
+        (``is_last`` all False; ``is_first`` only on the episode's first piece), or None when there are none yet.
+
+        The current row, whose action is not taken yet, stays: it is the next piece's row 0 (or `finish`'s).
+        """
+        if not self.recording or len(self._rows) < 2 or self.done:
+            return None
+        piece = self._piece(self._rows[:-1], ends=False)
+        self._offset += len(self._rows) - 1
+        self._rows = self._rows[-1:]
+        validate_episode(piece, self.spec)
+        return piece
+
+    def _piece(self, rows: list[dict[str, np.ndarray]], ends: bool) -> dict[str, np.ndarray]:
+        """Stack ``rows`` with their flags: a reset on row 0 if no earlier piece was handed out, the last-row flags if
+        the episode ``ends`` there."""
+        count = len(rows)
+        ep = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+        ep["is_first"] = (np.arange(count) == 0) & (self._offset == 0)
+        ep["is_last"] = (np.arange(count) == count - 1) & ends
+        took_part = ep["alive"].any(0)
+        ep["is_terminal"] = ep["is_last"] & bool(ep["terminated"][:, took_part].any(0).all())
         return ep
 
     # --- helpers ---

@@ -155,11 +155,13 @@ class EpisodeReplay:
 
     # --- adding ---
     def add(self, episode: Mapping[str, Any]) -> int:
-        """Store one whole episode, evicting the oldest ones if it does not fit.
+        """Store one whole episode, or a piece of one (streamed collection), evicting the oldest ones if it does not fit.
 
         Args:
-            episode: field -> (R, ...) array, all fields with the same R >= 1 rows (an episode in the
-                format of `wmenv.data.episode` when the replay has a spec; extra fields allowed).
+            episode: field -> (R, ...) array, all fields with the same R >= 1 rows (an episode or piece in the
+                format of `wmenv.data.episode` when the replay has a spec; extra fields allowed). Windows never span
+                two stored pieces (unless sampled with ``cross_episodes``); a piece that continues an episode does not
+                start with a reset.
 
         Returns:
             The id given to the episode.
@@ -300,7 +302,9 @@ class EpisodeReplay:
             raise ValueError("sampler: returned an episode index or start row outside the valid starts")
         rows = (ep_start[episode] + start)[:, None] + np.arange(length)  # (B, T) positions in the stored run
         index = (self._starts[0] + rows) % self.config.capacity
-        if cross_episodes:
+        if "is_first" in self._data:  # the episode format: pieces that continue an episode do not start with a reset
+            reset = self._data["is_first"][index]
+        elif cross_episodes:
             owner = np.searchsorted(ep_start, rows, side="right") - 1  # (B, T) episode of each row
             reset = rows == ep_start[owner]
         else:

@@ -219,7 +219,9 @@ def test_checkpoint_round_trip_through_the_registry(tmp_path):
         load_model(tmp_path / "m", model.spec, kind="mamba")
 
 
-def test_fit_lowers_the_loss_on_atari_frames():
+@pytest.fixture(scope="module")
+def breakout():
+    """A tiny DRAMA fitted for 60 steps on 600 random steps of real Breakout at 16×16, its replay and fit losses."""
     pytest.importorskip("ale_py")
     from wmenv.data.collect import random_replay
 
@@ -227,8 +229,45 @@ def test_fit_lowers_the_loss_on_atari_frames():
     torch.manual_seed(0)
     model = DRAMAWorldModel(spec, tiny_config(lr=1e-3))
     history = fit(model, replay, FitConfig(steps=60, batch_size=4, seq_len=16, seed=0, log_every=1, progress=False))
-    first, last = np.mean(history["loss"][:5]), np.mean(history["loss"][-5:])
+    return model.eval(), replay, history["loss"]
+
+
+def test_fit_lowers_the_loss_on_atari_frames(breakout):
+    losses = breakout[2]
+    first, last = np.mean(losses[:5]), np.mean(losses[-5:])
     assert last < 0.5 * first, (first, last)
+
+
+def test_learners_trained_in_the_dream_act_on_real_breakout_through_the_filter(breakout):
+    """stable-baselines3 PPO in `DreamGymEnv` and DRAMA's own actor-critic in `DreamVecEnv`, both on the latent
+    features, then on the real game through `LatentGymEnv` (the same features, filtered from real frames)."""
+    sb3 = pytest.importorskip("stable_baselines3")
+    from agents.dreamer_ac import DreamerAC, DreamerACConfig
+    from wmenv.dream import DreamGymEnv, DreamVecEnv
+    from wmenv.envs import make
+    from wmenv.latent import LatentGymEnv
+
+    model, replay, _ = breakout
+    dream = DreamGymEnv(model, start=replay, obs="latent", horizon=15, context=4)
+    ppo = sb3.PPO("MlpPolicy", dream, n_steps=32, batch_size=32, n_epochs=1, seed=0, device="cpu")
+    ppo.learn(total_timesteps=64)
+    torch.manual_seed(0)
+    ac = DreamerAC(dream.observation_space.shape[0], model.spec.n_actions, DreamerACConfig(horizon=4, layers=1))
+    vec = DreamVecEnv(model, 8, horizon=15, start=replay, context=4, seed=0)
+    traj, _ = ac.imagine(vec, torch.Generator().manual_seed(0))
+    stats = ac.update(traj)
+    assert all(np.isfinite(v) for v in stats.values()) and traj.features.shape == (4, 8, dream.observation_space.shape[0])
+    env, _ = make("atari:Breakout", screen_size=16)
+    real = LatentGymEnv(env, model, seed=0)
+    assert real.observation_space == dream.observation_space and real.action_space == dream.action_space
+    obs, _ = real.reset(seed=0)
+    for _ in range(30):  # a policy that never serves can keep Breakout going for thousands of steps: 30 are enough
+        action = ppo.predict(obs, deterministic=True)[0] if _ % 2 else int(ac.act(torch.as_tensor(obs), greedy=True))
+        obs, reward, term, trunc, _ = real.step(action)
+        assert obs.shape == dream.observation_space.shape and np.isfinite(obs).all() and np.isfinite(reward)
+        if term or trunc:
+            obs, _ = real.reset()
+    real.close()
 
 
 def test_bad_specs_configs_and_inputs_are_named():

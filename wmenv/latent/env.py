@@ -116,7 +116,8 @@ class LatentGymEnv(gym.Env):
 
     Args:
         env: a ``gymnasium.Env`` (e.g. ``gymnasium.make("CartPole-v1")``) of the kind the model was fitted on
-            (``make("gym:...")``); owned.
+            (``make("gym:...")``), or the one-agent env that ``wmenv.envs.make`` returns (e.g. ``"atari:Pong"``
+            with its preprocessing); owned.
         model: a fitted one-agent `WorldModel`.
         seed: seeds the filter's latent samples.
     """
@@ -128,9 +129,12 @@ class LatentGymEnv(gym.Env):
 
         if model.spec.n_agents != 1:
             raise ValueError(f"model: LatentGymEnv needs a one-agent model, {model.spec.id} has {model.spec.n_agents} agents")
-        if not isinstance(env, gym.Env):
-            raise TypeError(f"env: expected a gymnasium.Env, got {type(env).__name__}")
-        adapter = GymAdapter(env, model.spec.id, action_masked=model.spec.action_masked)
+        if isinstance(env, GymAdapter):
+            adapter = env
+        elif isinstance(env, gym.Env):
+            adapter = GymAdapter(env, model.spec.id, action_masked=model.spec.action_masked)
+        else:
+            raise TypeError(f"env: expected a gymnasium.Env or a one-agent wmenv env (GymAdapter), got {type(env).__name__}")
         self.latent = LatentEnv(adapter, model, seed=seed)
         self._agent = self.latent.possible_agents[0]
         self.observation_space = self.latent.observation_space(self._agent)

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import tyro
-from report import emit, machine
+from report import emit, machine, matmul_gflops
 from torch.utils.flop_counter import FlopCounterMode
 
 from wmenv.data.collect import random_available
@@ -71,17 +71,6 @@ def real_rate(env_id: str, env_kwargs: dict, seconds: float) -> float:
             steps += int(s.alive.sum())
             s = vec.step(random_available(s.action_mask, rng))
         return steps / (time.perf_counter() - start)
-
-
-def matmul_gflops(n: int, seconds: float) -> float:
-    """GFLOP/s of float32 (n × n) @ (n × n)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    reps, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        a @ b
-        reps += 1
-    return 2 * n**3 * reps / (time.perf_counter() - start) / 1e9
 
 
 def dream_rate(model: WorldModel, batch: int, seconds: float, planner: MAGPlanner | None = None) -> dict[str, float]:

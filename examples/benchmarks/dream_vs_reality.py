@@ -100,6 +100,8 @@ class Args:
     """MAG's selection: each window's own best candidate, or one for the batch (the authors' released code)."""
     mag_predictor_steps: int = 300
     """Minibatches (40 x 20) of fitting MAG's error predictor."""
+    stream: bool = False
+    """Keep the rows of episodes still running when collection stops (as pieces), e.g. for Atari's long episodes."""
     seed: int = 0
     """Seeds collection, fitting and latent samples."""
     out: str = "benchmarks/dream"
@@ -192,15 +194,20 @@ def main(args: Args) -> dict:
     """Collect, fit, evaluate open-loop, write JSON + PNG."""
     torch.manual_seed(args.seed)
     start = time.perf_counter()
-    train, spec = random_replay(args.env_id, args.train_steps, seed=args.seed, **args.env_kwargs)
-    held, _ = random_replay(args.env_id, args.heldout_steps, seed=args.seed + 10_000, **args.env_kwargs)
+    train, spec = random_replay(args.env_id, args.train_steps, seed=args.seed, stream=args.stream, **args.env_kwargs)
+    held, _ = random_replay(args.env_id, args.heldout_steps, seed=args.seed + 10_000, stream=args.stream, **args.env_kwargs)
     spec_desc = train.spec_description
     total = args.context + args.horizon
+    for name, replay in (("train_steps", train), ("heldout_steps", held)):
+        if not replay.num_episodes:
+            raise ValueError(f"{name}: no episode of {args.env_id} ended in that many random steps; collect more, or "
+                             "pass --stream to keep the rows of running episodes")  # fmt: skip
     if int(held.episode_lengths.max()) + 1 < total:
         raise ValueError(f"context + horizon = {total} rows: longer than every held-out episode; lower them")
     config = model_kind(args.model_kind).preset(args.model)
     if args.reward_head is not None:
         config = dataclasses.replace(config, reward_head=args.reward_head)
+    reward_head = getattr(config, "reward_head", "twohot")  # DRAMA's is always two-hot
     if args.event_rate is not None:
         train.sampler = EventStarts(train, args.event_rate)
     model = build_model(args.model_kind, spec, config)
@@ -255,7 +262,7 @@ def main(args: Args) -> dict:
         ax_r.plot(k, mag["errors"]["reward_model"], "-s", label=label)
     ax_o.set(title=f"observation MSE per feature, {args.env_id}", xlabel="imagined step", ylabel="MSE")
     legend = ", ".join(f"{k} R {fmt(v['recall'])} P {fmt(v['precision'])}" for k, v in events.items())
-    ax_r.set(title=f"reward MSE ({config.reward_head})\n{legend}", xlabel="imagined step")
+    ax_r.set(title=f"reward MSE ({reward_head})\n{legend}", xlabel="imagined step")
     for ax in (ax_o, ax_r):
         ax.grid(alpha=0.3)
         ax.legend()
@@ -267,7 +274,7 @@ def main(args: Args) -> dict:
         "env_id": args.env_id,
         "model_kind": args.model_kind,
         "model": args.model,
-        "reward_head": config.reward_head,
+        "reward_head": reward_head,
         "event_rate": args.event_rate,
         "spec": spec_desc,
         "train_steps": args.train_steps,

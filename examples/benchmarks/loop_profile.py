@@ -47,8 +47,7 @@ from typing import Any
 
 import torch
 import tyro
-from report import emit, machine
-from torch.utils.flop_counter import FlopCounterMode
+from report import emit, flops, machine, matmul_gflops
 
 import agents.model_based as mb
 from agents.mappo import MAPPO
@@ -75,24 +74,6 @@ class Args:
     """Count FLOPs of fit, dream and PPO (extra calls after the measured iteration)."""
     out: Path | None = None
     """Also write the JSON to this file."""
-
-
-def matmul_gflops(n: int, seconds: float) -> float:
-    """GFLOP/s (per CPU second of this process) of a float32 (n × n) @ (n × n)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    reps, start, cpu = 0, time.perf_counter(), time.process_time()
-    while time.perf_counter() - start < seconds or reps == 0:
-        a @ b
-        reps += 1
-    return 2 * n**3 * reps / max(time.process_time() - cpu, 1e-9) / 1e9
-
-
-def flops(fn: Callable[[], Any]) -> int:
-    """FLOPs of ``fn()`` counted by `FlopCounterMode`."""
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return int(counter.get_total_flops())
 
 
 class Probe:

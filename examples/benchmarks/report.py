@@ -5,12 +5,38 @@ from __future__ import annotations
 import json
 import os
 import platform
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 
 def machine() -> str:
     """``"<arch>, <n> CPUs"`` of this machine."""
     return f"{platform.machine()}, {os.cpu_count()} CPUs"
+
+
+def matmul_gflops(n: int, seconds: float) -> float:
+    """GFLOP/s (per CPU second of this process) of a float32 (n × n) @ (n × n): the reference that benchmarks
+    measure in the same run to report a machine-independent fraction."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    reps, start, cpu = 0, time.perf_counter(), time.process_time()
+    while time.perf_counter() - start < seconds or reps == 0:
+        a @ b
+        reps += 1
+    return 2 * n**3 * reps / max(time.process_time() - cpu, 1e-9) / 1e9
+
+
+def flops(fn: Callable[[], Any]) -> int:
+    """FLOPs of ``fn()`` counted by `FlopCounterMode` (matmuls, convolutions and attention; elementwise work is not
+    counted, so rates computed from it are lower bounds)."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
 
 
 def emit(summary: dict, out: Path | None) -> dict:

@@ -380,3 +380,16 @@ def test_cluster_projection_by_hand(tmp_path):
     assert fit["4"]["allreduce_ms"] == pytest.approx(12.75) and fit["1"]["allreduce_ms"] == 0
     assert fit["4"]["windows_per_s"] == pytest.approx(4 * 16 / (72.75 / 1e3), rel=1e-3)
     assert "not measured" in out["projection"]
+
+
+def test_drama_world_model_benchmark_projects_from_measured_costs(tmp_path):
+    pytest.importorskip("ale_py")
+    out = _run("drama_world_model.py", "--env-id", "atari:Breakout", "--presets", "cpu-small", "--real-steps", "200",
+               "--batch-size", "2", "--seq-len", "4", "--worlds", "4", "--context", "2", "--horizon", "2",
+               "--repeats", "1", "--total-steps", "1000", "--matmul-size", "128",
+               "--out", str(tmp_path / "d.json"))  # fmt: skip
+    assert json.loads((tmp_path / "d.json").read_text()) == out
+    r = out["presets"]["cpu-small"]
+    assert r["params"] > 0 and r["fit_step_s"] > 0 and r["imagine_batch_s"] > 0 and r["fit_gflops"] > 0
+    hours = 1000 * (r["fit_step_s"] + r["imagine_batch_s"] + 1 / out["env_steps_per_s"]) / 3600
+    assert r["projected_hours"] == pytest.approx(hours, abs=0.006)  # rounded to 2 decimals from unrounded inputs

@@ -170,9 +170,12 @@ def random_actions(spec: Any, action_mask: np.ndarray, rng: np.random.Generator)
     return random_continuous(spec, action_mask.shape[0], rng)
 
 
-def random_replay(env_id: str, steps: int, num_envs: int = 4, seed: int = 0, capacity: int | None = None, **make_kwargs: Any):
+def random_replay(
+    env_id: str, steps: int, num_envs: int = 4, seed: int = 0, capacity: int | None = None, stream: bool = False,
+    **make_kwargs: Any,
+):  # fmt: skip
     """A new `EpisodeReplay` of at least ``steps`` env steps of uniformly random available (or, continuous, in-bounds)
-    actions.
+    actions: the episodes that ended, and with ``stream`` also the rows of those still running (as pieces).
 
     Returns:
         ``(replay, spec)``.
@@ -183,5 +186,5 @@ def random_replay(env_id: str, steps: int, num_envs: int = 4, seed: int = 0, cap
     rng = np.random.default_rng(seed)
     with VecEnv(env_id, num_envs=num_envs, seed=seed, **make_kwargs) as vec:
         replay = EpisodeReplay(ReplayConfig(capacity=capacity or max(2 * steps, 10_000), seed=seed), spec=vec.spec)
-        collect(vec, replay, steps, lambda s: random_actions(vec.spec, s.action_mask, rng))
+        Collector(vec, replay, stream=stream)(steps, lambda s: random_actions(vec.spec, s.action_mask, rng))
         return replay, vec.spec

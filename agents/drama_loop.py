@@ -1,0 +1,263 @@
+"""DRAMA's training loop on one real single-agent env (Atari): collect with the current actor, fit the DRAMA world
+model, train `agents.dreamer_ac.DreamerAC` in its dream, evaluate on the real game; repeat (issue 16, item 4).
+
+DRAMA's code updates the model and the behaviour once per env step (``TrainDynamicsEverySteps`` and
+``TrainAgentEverySteps`` 1, from 1,032 warm-up steps of random actions). On a CPU that costs hundreds of hours per 100k
+steps (BENCHMARKS.md, "DRAMA's world model on this machine"), so here an iteration collects ``real_steps`` env steps
+and then runs ``fit_steps`` fit steps and ``ac_updates`` actor-critic updates: ``real_steps = fit_steps =
+ac_updates = 1`` is the code's schedule. Rows of running episodes are stored as they come (streamed collection), DFS
+draws the windows and the imagination starts by default, and the actor acts on the real env through the model's
+filter (its features [h, z], as in the dream).
+
+Each iteration writes an atomic checkpoint (``checkpoints/step_<env steps>``: the world model, the replay, the
+learner, the optimizers, DFS counts, counters, curve, random streams, and the real env mid-episode with the filter's
+state); ``resume`` continues from the latest, as if never stopped (where the env can be saved, as ALE's can).
+
+Usage::
+
+    python examples/05_drama.py --env-id atari:Pong --iterations 400 --run-dir runs/drama
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch.utils.tensorboard import SummaryWriter
+from tqdm.auto import tqdm
+
+from agents.dreamer_ac import DreamerAC, DreamerACConfig
+from agents.resume import load_run_state, resume_envs, save_run_state
+from agents.train import latest_checkpoint, seed_everything
+from wmenv.checks import check_choice, check_int
+from wmenv.data import DFS, EpisodeReplay, ReplayConfig
+from wmenv.data.collect import Collector, random_actions
+from wmenv.data.persist import atomic_write, remove_temporaries, temporary_name
+from wmenv.data.samplers import DFSConfig
+from wmenv.dream import DreamVecEnv
+from wmenv.envs.vector import VecEnv
+from wmenv.fit import FitConfig, fit, load_model, save_model
+from wmenv.latent.filter import AgentFilters
+from wmenv.models.registry import build_model, model_kind
+
+REPLAY_SEGMENTS = "replay_segments"
+
+
+@dataclass
+class DRAMALoopConfig:
+    """A DRAMA run; defaults are sized for a 2-core CPU (see the module docstring for the code's schedule)."""
+
+    env_id: str = "atari:Pong"
+    """A single-agent env with frame observations (`wmenv.envs.make` id)."""
+    env_kwargs: dict[str, int | float | bool | str] = field(default_factory=dict)
+    """Extra keywords for `wmenv.envs.make` (e.g. ``screen_size 32``)."""
+    model: str = "cpu-small"
+    """DRAMA preset: "xs", "s" or "cpu-small"."""
+    iterations: int = 100
+    """Iterations (collect -> fit -> actor-critic)."""
+    real_steps: int = 256
+    """Env steps collected per iteration (DRAMA: 1)."""
+    warmup_steps: int = 1032
+    """Random actions, and no updates, until this many env steps were collected (DRAMA: 1,032)."""
+    fit_steps: int = 16
+    """World-model fit steps per iteration (DRAMA: one per env step)."""
+    batch_size: int = 16
+    """B, windows per fit step (DRAMA: 16)."""
+    seq_len: int = 64
+    """T, rows per window (DRAMA: 128)."""
+    ac_updates: int = 16
+    """Actor-critic updates per iteration, each on a fresh imagination batch (DRAMA: one per env step)."""
+    worlds: int = 256
+    """Imagined worlds per actor-critic update (DRAMA: 1,024)."""
+    context: int = 8
+    """Real frames filtered before imagining (DRAMA: 8)."""
+    ac: DreamerACConfig = field(default_factory=DreamerACConfig)
+    """The actor-critic (its ``horizon`` is the imagined steps per update: DRAMA's 16)."""
+    sampler: Literal["dfs", "uniform"] = "dfs"
+    """Window and imagination starts: DRAMA's DFS, or uniform."""
+    capacity: int = 100_000
+    """Replay capacity in env steps (rows)."""
+    eval_episodes: int = 1
+    """Greedy real episodes per evaluation (after every iteration that trained)."""
+    eval_max_steps: int = 5000
+    """An evaluation episode is cut after this many steps (a policy that never serves can make Breakout endless)."""
+    seed: int = 0
+    """Seeds every random stream of the run."""
+    run_dir: str = "runs/drama"
+    """Checkpoints, TensorBoard events and ``result.json``."""
+    resume: bool = False
+    """Continue from the latest checkpoint in ``run_dir``."""
+    progress: bool = True
+    """Show a progress bar over iterations."""
+
+    def __post_init__(self) -> None:
+        for name in ("iterations", "real_steps", "fit_steps", "batch_size", "seq_len", "ac_updates", "worlds",
+                     "context", "capacity", "eval_max_steps"):  # fmt: skip
+            check_int(f"DRAMALoopConfig.{name}", getattr(self, name))
+        for name in ("warmup_steps", "eval_episodes"):
+            check_int(f"DRAMALoopConfig.{name}", getattr(self, name), 0)
+        check_choice("DRAMALoopConfig.model", self.model, model_kind("drama").presets)
+        check_choice("DRAMALoopConfig.sampler", self.sampler, ("dfs", "uniform"))
+        if self.real_steps < self.seq_len:
+            raise ValueError(f"DRAMALoopConfig.real_steps: {self.real_steps} steps per iteration store pieces shorter "
+                             f"than the fit's windows ({self.seq_len} rows)")  # fmt: skip
+
+
+def _act(learner: DreamerAC, filters: AgentFilters, generator: torch.Generator, random_until: int, counters: dict,
+         first: bool):  # fmt: skip
+    """The collection policy: random actions during warm-up, then the actor on the filter's features. ``first``: the
+    env has not been reset yet (its first step restarts the filter; later episodes restart it where they end)."""
+    rng, first = np.random.default_rng(int(torch.randint(2**31, (1,), generator=generator))), [first]
+
+    def act(step) -> np.ndarray:
+        features = filters.observe_vec(step, first=first[0])  # (1, 1, F)
+        first[0] = False
+        if counters["env_steps"] < random_until:
+            actions = random_actions(filters.spec, step.action_mask, rng)
+        else:
+            actions = learner.act(features[:, 0], generator)[:, None].numpy()
+        filters.record(actions, step.alive)
+        counters["env_steps"] += 1
+        return actions
+
+    return act
+
+
+@torch.no_grad()
+def evaluate(model, learner: DreamerAC, cfg: DRAMALoopConfig, seed: int) -> float:
+    """Mean return of ``cfg.eval_episodes`` greedy real episodes (each cut at ``eval_max_steps``)."""
+    returns = []
+    for episode in range(cfg.eval_episodes):
+        with VecEnv(cfg.env_id, num_envs=1, seed=seed + episode, **cfg.env_kwargs) as vec:
+            filters, step, total = AgentFilters(model, 1, seed + episode), vec.reset(), 0.0
+            for t in range(cfg.eval_max_steps):
+                features = filters.observe_vec(step, first=t == 0)
+                actions = learner.act(features[:, 0], greedy=True)[:, None].numpy()
+                filters.record(actions, step.alive)
+                step = vec.step(actions)
+                total += float(step.reward.sum())
+                if bool(step.done.any()):
+                    break
+        returns.append(total)
+    return float(np.mean(returns))
+
+
+def _save(run_dir: Path, name: str, model, wm_optim, learner: DreamerAC, replay: EpisodeReplay, dfs: DFS | None,
+          generator: torch.Generator, counters: dict, curve: list, cfg: DRAMALoopConfig, vec: VecEnv,
+          collector: Collector, filters: AgentFilters) -> Path:  # fmt: skip
+    """Write ``checkpoints/<name>`` atomically and point ``checkpoints/latest`` at it."""
+    root = run_dir / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    prefix, suffix = temporary_name(name)
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=prefix, suffix=suffix))
+    save_model(tmp / "world_model", model)
+    replay.save_segments(run_dir / REPLAY_SEGMENTS, tmp / "replay.json")
+    save_run_state(
+        tmp, vec, learner=learner.state_dict(), ac_optim=learner.optimizer.state_dict(), scale=learner.scale.state_dict(),
+        wm_optim=wm_optim.state_dict(), dfs=None if dfs is None else dfs.state_dict(), generator=generator.get_state(),
+        collector=(collector.step, collector.recorder), filters=filters.get_state(),
+    )  # fmt: skip
+    (tmp / "loop.json").write_text(json.dumps({"counters": counters, "curve": curve, "config": dataclasses.asdict(cfg)}))
+    final = root / name
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    atomic_write(root / "latest", name.encode())
+    return final
+
+
+def run(cfg: DRAMALoopConfig) -> dict[str, Any]:
+    """Train (or continue, with ``cfg.resume``) a DRAMA run; returns the evaluation curve and counters."""
+    seed_everything(cfg.seed)
+    run_dir = Path(cfg.run_dir)
+    for folder in (run_dir, run_dir / "checkpoints", run_dir / REPLAY_SEGMENTS):
+        remove_temporaries(folder)
+    vec = VecEnv(cfg.env_id, num_envs=1, seed=cfg.seed, **cfg.env_kwargs)
+    spec = vec.spec
+    model = build_model("drama", spec, cfg.model)
+    wm_optim = torch.optim.Adam(model.parameters(), lr=model.config.lr)
+    learner = DreamerAC(model.feature_widths()[0], spec.n_actions, cfg.ac)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    counters, curve = {"iteration": 0, "env_steps": 0, "fit_steps": 0, "ac_updates": 0}, []
+    ckpt = latest_checkpoint(run_dir) if cfg.resume else None
+    if ckpt is not None:
+        model.load_state_dict(load_model(ckpt / "world_model", spec, kind="drama").state_dict())
+        replay_cfg = ReplayConfig(capacity=cfg.capacity, seed=cfg.seed)
+        replay = EpisodeReplay.load_segments(ckpt / "replay.json", run_dir / REPLAY_SEGMENTS, spec, replay_cfg)
+        state = load_run_state(ckpt)
+        if state is None:
+            raise ValueError(f"run_dir: {ckpt} holds no run state (not a DRAMA checkpoint?)")
+        learner.load_state_dict(state["learner"])
+        learner.optimizer.load_state_dict(state["ac_optim"])
+        learner.scale.load_state_dict(state["scale"])
+        wm_optim.load_state_dict(state["wm_optim"])
+        generator.set_state(state["generator"])
+        loop = json.loads((ckpt / "loop.json").read_text())
+        counters, curve = loop["counters"], [tuple(p) for p in loop["curve"]]
+    else:
+        replay, state = EpisodeReplay(ReplayConfig(capacity=cfg.capacity, seed=cfg.seed), spec=spec), None
+    dfs, starts = None, replay
+    if cfg.sampler == "dfs":
+        dfs = DFS(replay, DFSConfig(scale=cfg.worlds / cfg.batch_size))
+        if state is not None and state["dfs"] is not None:
+            dfs.load_state_dict(state["dfs"])
+        replay.sampler, starts = dfs.world_model_starts, replay.using(dfs.imagination_starts)
+    filters = AgentFilters(model, 1, cfg.seed)
+    collector = Collector(vec, replay, stream=True)
+    if state is not None and resume_envs(vec, state):  # the env mid-episode, as it was; else a fresh episode
+        collector.step, collector.recorder = state["collector"]
+        filters.set_state(state["filters"])
+    writer = SummaryWriter(str(run_dir), purge_step=counters["env_steps"] + 1 if ckpt is not None else 0)
+    start = time.perf_counter()
+    bar = tqdm(total=cfg.iterations, initial=counters["iteration"], desc="drama", unit="iter", disable=not cfg.progress)
+    try:
+        for it in range(counters["iteration"], cfg.iterations):
+            act = _act(learner, filters, generator, cfg.warmup_steps, counters, collector.step is None)
+            for r in collector(cfg.real_steps, act):
+                writer.add_scalar("charts/real_episode_return", r, counters["env_steps"])
+            trained = counters["env_steps"] >= cfg.warmup_steps and _has_windows(replay, cfg.seq_len)
+            if trained:
+                fit_cfg = FitConfig(steps=cfg.fit_steps, batch_size=cfg.batch_size, seq_len=cfg.seq_len,
+                                    seed=cfg.seed + it, progress=False)  # fmt: skip
+                history = fit(model, replay, fit_cfg, optimizer=wm_optim)
+                for k, v in history.items():
+                    writer.add_scalar(f"world_model/{k}", float(np.mean(v)), counters["env_steps"])
+                dream = DreamVecEnv(model, cfg.worlds, horizon=10**9, start=starts, context=cfg.context, seed=cfg.seed + it)
+                for _ in range(cfg.ac_updates):
+                    trajectory, _ = learner.imagine(dream, generator)
+                    stats = learner.update(trajectory)
+                for k, v in stats.items():
+                    writer.add_scalar(f"actor_critic/{k}", v, counters["env_steps"])
+                counters["fit_steps"] += cfg.fit_steps
+                counters["ac_updates"] += cfg.ac_updates
+                curve.append((counters["env_steps"], evaluate(model, learner, cfg, cfg.seed + 1_000_000)))
+                writer.add_scalar("eval/episode_return", curve[-1][1], counters["env_steps"])
+            counters["iteration"] = it + 1
+            _save(run_dir, f"step_{counters['env_steps']:012d}", model, wm_optim, learner, replay, dfs, generator,
+                  counters, curve, cfg, vec, collector, filters)  # fmt: skip
+            bar.update(1)
+            if curve:
+                bar.set_postfix(ret=f"{curve[-1][1]:.1f}", refresh=False)
+    finally:
+        bar.close()
+        writer.close()
+        vec.close()
+    result = {"env_id": cfg.env_id, "eval_returns": curve, "counters": counters, "wall_clock_s": time.perf_counter() - start,
+              "config": dataclasses.asdict(cfg)}  # fmt: skip
+    (run_dir / "result.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def _has_windows(replay: EpisodeReplay, length: int) -> bool:
+    """Whether some stored episode or piece holds a window of ``length`` rows."""
+    lengths = replay.episode_lengths
+    return bool(len(lengths)) and int(lengths.max()) >= length

@@ -196,6 +196,9 @@ class ModelBasedConfig:
                 f"ModelBasedConfig.fit.seq_len: windows of {self.fit.seq_len} rows cannot fit a replay of "
                 f"capacity {self.capacity} rows"
             )
+        if self.stream and self.real_episodes:
+            raise ValueError("ModelBasedConfig.stream: collecting until episodes end (real_episodes) steps one env step "
+                             "per call, so streaming would store one-row pieces; use one or the other")  # fmt: skip
         check_choice("ModelBasedConfig.model_kind", self.model_kind, tuple(KINDS))
         check_choice("ModelBasedConfig.model", self.model, model_kind(self.model_kind).presets)
         if self.fit.compile == "steps" and not model_kind(self.model_kind).model_cls.steps_compilable:

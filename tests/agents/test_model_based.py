@@ -309,6 +309,8 @@ def test_streamed_collection_fits_before_any_episode_ends(tmp_path):
     cfg.fit.seq_len = 8
     out = run(cfg)
     assert out["real_steps"] == 48 and out["achieved"]["train_ratio"] > 0  # the model was fitted on the pieces
+    with pytest.raises(ValueError, match="ModelBasedConfig.stream: collecting until episodes end"):
+        _small(tmp_path, 1, stream=True, real_episodes=1)
     cfg = _small(tmp_path / "short", 1, real_steps=8, stream=True)
     with pytest.raises(ValueError, match=r"pieces of 4 rows per copy, shorter than the fit's windows \(20 rows\)"):
         run(cfg)

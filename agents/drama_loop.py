@@ -176,7 +176,8 @@ def _save(run_dir: Path, name: str, model, wm_optim, learner: DreamerAC, replay:
 
 
 def run(cfg: DRAMALoopConfig) -> dict[str, Any]:
-    """Train (or continue, with ``cfg.resume``) a DRAMA run; returns the evaluation curve and counters."""
+    """Train (or continue, with ``cfg.resume``) a DRAMA run; returns the evaluation curve, the counters and this
+    process's CPU seconds per phase (collect, fit, actor_critic, evaluate, checkpoint), also in ``result.json``."""
     seed_everything(cfg.seed)
     run_dir = Path(cfg.run_dir)
     for folder in (run_dir, run_dir / "checkpoints", run_dir / REPLAY_SEGMENTS):
@@ -218,32 +219,40 @@ def run(cfg: DRAMALoopConfig) -> dict[str, Any]:
         filters.set_state(state["filters"])
     writer = SummaryWriter(str(run_dir), purge_step=counters["env_steps"] + 1 if ckpt is not None else 0)
     start = time.perf_counter()
+    cpu = dict.fromkeys(("collect", "fit", "actor_critic", "evaluate", "checkpoint"), 0.0)  # this process's CPU seconds
+
+    def timed(phase: str, fn, *args, **kwargs):
+        began = time.process_time()
+        out = fn(*args, **kwargs)
+        cpu[phase] += time.process_time() - began
+        return out
+
     bar = tqdm(total=cfg.iterations, initial=counters["iteration"], desc="drama", unit="iter", disable=not cfg.progress)
     try:
         for it in range(counters["iteration"], cfg.iterations):
             act = _act(learner, filters, generator, cfg.warmup_steps, counters, collector.step is None)
-            for r in collector(cfg.real_steps, act):
+            for r in timed("collect", collector, cfg.real_steps, act):
                 writer.add_scalar("charts/real_episode_return", r, counters["env_steps"])
             trained = counters["env_steps"] >= cfg.warmup_steps and _has_windows(replay, cfg.seq_len)
             if trained:
                 fit_cfg = FitConfig(steps=cfg.fit_steps, batch_size=cfg.batch_size, seq_len=cfg.seq_len,
                                     seed=cfg.seed + it, progress=False)  # fmt: skip
-                history = fit(model, replay, fit_cfg, optimizer=wm_optim)
+                history = timed("fit", fit, model, replay, fit_cfg, optimizer=wm_optim)
                 for k, v in history.items():
                     writer.add_scalar(f"world_model/{k}", float(np.mean(v)), counters["env_steps"])
                 dream = DreamVecEnv(model, cfg.worlds, horizon=10**9, start=starts, context=cfg.context, seed=cfg.seed + it)
                 for _ in range(cfg.ac_updates):
-                    trajectory, _ = learner.imagine(dream, generator)
-                    stats = learner.update(trajectory)
+                    trajectory, _ = timed("actor_critic", learner.imagine, dream, generator)
+                    stats = timed("actor_critic", learner.update, trajectory)
                 for k, v in stats.items():
                     writer.add_scalar(f"actor_critic/{k}", v, counters["env_steps"])
                 counters["fit_steps"] += cfg.fit_steps
                 counters["ac_updates"] += cfg.ac_updates
-                curve.append((counters["env_steps"], evaluate(model, learner, cfg, cfg.seed + 1_000_000)))
+                curve.append((counters["env_steps"], timed("evaluate", evaluate, model, learner, cfg, cfg.seed + 1_000_000)))
                 writer.add_scalar("eval/episode_return", curve[-1][1], counters["env_steps"])
             counters["iteration"] = it + 1
-            _save(run_dir, f"step_{counters['env_steps']:012d}", model, wm_optim, learner, replay, dfs, generator,
-                  counters, curve, cfg, vec, collector, filters)  # fmt: skip
+            timed("checkpoint", _save, run_dir, f"step_{counters['env_steps']:012d}", model, wm_optim, learner, replay,
+                  dfs, generator, counters, curve, cfg, vec, collector, filters)  # fmt: skip
             bar.update(1)
             if curve:
                 bar.set_postfix(ret=f"{curve[-1][1]:.1f}", refresh=False)
@@ -252,7 +261,7 @@ def run(cfg: DRAMALoopConfig) -> dict[str, Any]:
         writer.close()
         vec.close()
     result = {"env_id": cfg.env_id, "eval_returns": curve, "counters": counters, "wall_clock_s": time.perf_counter() - start,
-              "config": dataclasses.asdict(cfg)}  # fmt: skip
+              "cpu_seconds": {k: round(v, 3) for k, v in cpu.items()}, "config": dataclasses.asdict(cfg)}  # fmt: skip
     (run_dir / "result.json").write_text(json.dumps(result, indent=1))
     return result
 

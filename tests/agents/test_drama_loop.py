@@ -34,6 +34,8 @@ def test_trains_after_warmup_checkpoints_and_resumes(tmp_path):
     assert again["eval_returns"][:2] == first["eval_returns"] and len(again["eval_returns"]) == 3
     saved = json.loads((tmp_path / "result.json").read_text())
     assert saved["counters"] == again["counters"]
+    assert set(saved["cpu_seconds"]) == {"collect", "fit", "actor_critic", "evaluate", "checkpoint"}
+    assert all(v > 0 for v in saved["cpu_seconds"].values())  # this process's own CPU time per phase
 
 
 def test_same_seed_same_run_and_a_resumed_run_is_the_uninterrupted_one(tmp_path):

@@ -22,9 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,11 +34,11 @@ from tqdm.auto import tqdm
 
 from agents.dreamer_ac import DreamerAC, DreamerACConfig
 from agents.resume import load_run_state, resume_envs, save_run_state
-from agents.train import latest_checkpoint, seed_everything
+from agents.train import latest_checkpoint, seed_everything, write_checkpoint
 from wmenv.checks import check_choice, check_int
 from wmenv.data import DFS, EpisodeReplay, ReplayConfig
 from wmenv.data.collect import Collector, random_actions
-from wmenv.data.persist import atomic_write, remove_temporaries, temporary_name
+from wmenv.data.persist import remove_temporaries
 from wmenv.data.samplers import DFSConfig
 from wmenv.dream import DreamVecEnv
 from wmenv.envs.vector import VecEnv
@@ -96,12 +93,14 @@ class DRAMALoopConfig:
     """Checkpoints, TensorBoard events and ``result.json``."""
     resume: bool = False
     """Continue from the latest checkpoint in ``run_dir``."""
+    keep_checkpoints: int = 2
+    """Checkpoints kept in ``run_dir/checkpoints`` (older ones are deleted after each new one)."""
     progress: bool = True
     """Show a progress bar over iterations."""
 
     def __post_init__(self) -> None:
         for name in ("iterations", "real_steps", "fit_steps", "batch_size", "seq_len", "ac_updates", "worlds",
-                     "context", "capacity", "eval_max_steps"):  # fmt: skip
+                     "context", "capacity", "eval_max_steps", "keep_checkpoints"):  # fmt: skip
             check_int(f"DRAMALoopConfig.{name}", getattr(self, name))
         for name in ("warmup_steps", "eval_episodes"):
             check_int(f"DRAMALoopConfig.{name}", getattr(self, name), 0)
@@ -154,25 +153,22 @@ def evaluate(model, learner: DreamerAC, cfg: DRAMALoopConfig, seed: int) -> floa
 def _save(run_dir: Path, name: str, model, wm_optim, learner: DreamerAC, replay: EpisodeReplay, dfs: DFS | None,
           generator: torch.Generator, counters: dict, curve: list, cfg: DRAMALoopConfig, vec: VecEnv,
           collector: Collector, filters: AgentFilters) -> Path:  # fmt: skip
-    """Write ``checkpoints/<name>`` atomically and point ``checkpoints/latest`` at it."""
-    root = run_dir / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
-    prefix, suffix = temporary_name(name)
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=prefix, suffix=suffix))
-    save_model(tmp / "world_model", model)
-    replay.save_segments(run_dir / REPLAY_SEGMENTS, tmp / "replay.json")
-    save_run_state(
-        tmp, vec, learner=learner.state_dict(), ac_optim=learner.optimizer.state_dict(), scale=learner.scale.state_dict(),
-        wm_optim=wm_optim.state_dict(), dfs=None if dfs is None else dfs.state_dict(), generator=generator.get_state(),
-        collector=(collector.step, collector.recorder), filters=filters.get_state(),
-    )  # fmt: skip
-    (tmp / "loop.json").write_text(json.dumps({"counters": counters, "curve": curve, "config": dataclasses.asdict(cfg)}))
-    final = root / name
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    atomic_write(root / "latest", name.encode())
-    return final
+    """Write ``checkpoints/<name>`` atomically, point ``checkpoints/latest`` at it, keep the newest
+    ``cfg.keep_checkpoints`` (`agents.train.write_checkpoint`)."""
+
+    def fill(tmp: Path) -> None:
+        save_model(tmp / "world_model", model)
+        replay.save_segments(run_dir / REPLAY_SEGMENTS, tmp / "replay.json")
+        save_run_state(
+            tmp, vec, learner=learner.state_dict(), ac_optim=learner.optimizer.state_dict(),
+            scale=learner.scale.state_dict(), wm_optim=wm_optim.state_dict(),
+            dfs=None if dfs is None else dfs.state_dict(), generator=generator.get_state(),
+            collector=(collector.step, collector.recorder), filters=filters.get_state(),
+        )  # fmt: skip
+        loop = {"counters": counters, "curve": curve, "config": dataclasses.asdict(cfg)}
+        (tmp / "loop.json").write_text(json.dumps(loop))
+
+    return write_checkpoint(run_dir, name, fill, cfg.keep_checkpoints)
 
 
 def run(cfg: DRAMALoopConfig) -> dict[str, Any]:

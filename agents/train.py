@@ -247,6 +247,29 @@ def restore_optimizer(
     optimizer.load_state_dict({"state": state, "param_groups": param_groups})
 
 
+def write_checkpoint(run_dir: str | Path, name: str, fill: Callable[[Path], None], keep: int) -> Path:
+    """Write ``checkpoints/<name>`` atomically: ``fill`` writes the files into a temporary folder, which is then moved in
+    place; ``checkpoints/latest`` is pointed at it and only the newest ``keep`` ``step_*`` folders are kept.
+
+    Returns:
+        The checkpoint folder.
+    """
+    root = Path(run_dir) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    prefix, suffix = temporary_name(name)
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=prefix, suffix=suffix))
+    fill(tmp)
+    final = root / name
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    atomic_write(root / "latest", name.encode())
+    kept = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_"))
+    for old in kept[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
 def save_checkpoint(
     run_dir: str | Path,
     agent: MAPPO,
@@ -255,7 +278,7 @@ def save_checkpoint(
     counters: dict[str, int],
     extra: Callable[[Path], None] | None = None,
 ) -> Path:
-    """Write ``checkpoints/step_<env steps>`` atomically and point ``checkpoints/latest`` at it.
+    """Write ``checkpoints/step_<env steps>`` atomically and point ``checkpoints/latest`` at it (`write_checkpoint`).
 
     Args:
         cfg: the run's config dataclass (saved as ``train``; its ``keep_checkpoints`` is honoured).
@@ -264,39 +287,29 @@ def save_checkpoint(
     Returns:
         The checkpoint folder.
     """
-    root = Path(run_dir) / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
-    name = f"step_{counters['env_steps']:012d}"
-    prefix, suffix = temporary_name(name)
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=prefix, suffix=suffix))
-    tensors = {f"agent.{k}": v.detach().contiguous().cpu() for k, v in agent.state_dict().items()}
-    optim_tensors, param_groups = optimizer_tensors(agent.optimizer)
-    tensors.update(optim_tensors)
-    tensors["rng.generator"] = agent.generator.get_state()
-    save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": str(CHECKPOINT_FORMAT)})
-    meta = {
-        "format": CHECKPOINT_FORMAT,
-        "counters": counters,
-        "spec": spec.describe(),
-        "policy_obs_dim": agent.policy.obs_dim,  # the env's D, or the world model's F for latent actors
-        "train": asdict(cfg),
-        "optimizer": {"param_groups": param_groups},
-    }
-    with open(tmp / "config.json", "w") as f:
-        json.dump(meta, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    if extra is not None:
-        extra(tmp)
-    final = root / name
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    atomic_write(root / "latest", name.encode())
-    kept = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_"))
-    for old in kept[: -cfg.keep_checkpoints]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
+
+    def fill(tmp: Path) -> None:
+        tensors = {f"agent.{k}": v.detach().contiguous().cpu() for k, v in agent.state_dict().items()}
+        optim_tensors, param_groups = optimizer_tensors(agent.optimizer)
+        tensors.update(optim_tensors)
+        tensors["rng.generator"] = agent.generator.get_state()
+        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": str(CHECKPOINT_FORMAT)})
+        meta = {
+            "format": CHECKPOINT_FORMAT,
+            "counters": counters,
+            "spec": spec.describe(),
+            "policy_obs_dim": agent.policy.obs_dim,  # the env's D, or the world model's F for latent actors
+            "train": asdict(cfg),
+            "optimizer": {"param_groups": param_groups},
+        }
+        with open(tmp / "config.json", "w") as f:
+            json.dump(meta, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        if extra is not None:
+            extra(tmp)
+
+    return write_checkpoint(run_dir, f"step_{counters['env_steps']:012d}", fill, cfg.keep_checkpoints)
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:

@@ -32,6 +32,7 @@ def test_trains_after_warmup_checkpoints_and_resumes(tmp_path):
     again = run(_cfg(tmp_path, 3, resume=True))
     assert again["counters"] == {"iteration": 3, "env_steps": 96, "fit_steps": 6, "ac_updates": 6}
     assert again["eval_returns"][:2] == first["eval_returns"] and len(again["eval_returns"]) == 3
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("step_*")) == ["step_000000000064", "step_000000000096"]
     saved = json.loads((tmp_path / "result.json").read_text())
     assert saved["counters"] == again["counters"]
     assert set(saved["cpu_seconds"]) == {"collect", "fit", "actor_critic", "evaluate", "checkpoint"}

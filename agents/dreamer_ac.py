@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wmenv.checks import check_int, check_positive
-from wmenv.models.drama import RMSNorm
+from wmenv.models.drama import rms_mlp
 from wmenv.models.twohot import symexp, symlog, symlog_bins, twohot_decode, twohot_loss
 
 __all__ = ["DreamerAC", "DreamerACConfig", "ReturnScale", "Trajectory", "lambda_returns", "return_range"]
@@ -172,13 +172,11 @@ class RunningNorm(nn.Module):
 
 
 def _mlp(in_dim: int, hidden: int, out_dim: int, layers: int, out_std: float) -> nn.Sequential:
-    mods: list[nn.Module] = []
-    for i in range(layers):
-        mods += [nn.Linear(in_dim if i == 0 else hidden, hidden), RMSNorm(hidden), nn.SiLU()]
-    out = nn.Linear(hidden, out_dim)
-    nn.init.orthogonal_(out.weight, out_std)
-    nn.init.zeros_(out.bias)
-    return nn.Sequential(*mods, out)
+    """`rms_mlp` with its output layer initialized orthogonally at ``out_std`` and a zero bias (the code's)."""
+    net = rms_mlp(in_dim, hidden, out_dim, layers)
+    nn.init.orthogonal_(net[-1].weight, out_std)
+    nn.init.zeros_(net[-1].bias)
+    return net
 
 
 @dataclass

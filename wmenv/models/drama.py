@@ -43,7 +43,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from wmenv.checks import check_choice, check_int, check_positive
-from wmenv.models.heads import categorical_kl, check_reward_head
+from wmenv.models.heads import categorical_kl, check_reward_head, check_rewards
 from wmenv.models.rssm import onehot_from_uniform, uniform_like
 from wmenv.models.ssm.kernels import Backend
 from wmenv.models.ssm.mamba2_ref import Mamba2, Mamba2Config
@@ -239,9 +239,13 @@ def conv_decoder(
     return nn.Sequential(*mods)
 
 
-def head(in_dim: int, hidden: int, out_dim: int, eps: float) -> nn.Sequential:
-    """DRAMA's reward / termination head: Linear, RMSNorm, SiLU, Linear."""
-    return nn.Sequential(nn.Linear(in_dim, hidden), RMSNorm(hidden, eps), nn.SiLU(), nn.Linear(hidden, out_dim))
+def rms_mlp(in_dim: int, hidden: int, out_dim: int, layers: int = 1, eps: float = 1e-5) -> nn.Sequential:
+    """DRAMA's MLPs (reward / termination heads: one layer; actor and critic: three): ``layers`` × (Linear, RMSNorm,
+    SiLU) of width ``hidden``, then a Linear to ``out_dim``."""
+    mods: list[nn.Module] = []
+    for i in range(layers):
+        mods += [nn.Linear(in_dim if i == 0 else hidden, hidden), RMSNorm(hidden, eps), nn.SiLU()]
+    return nn.Sequential(*mods, nn.Linear(hidden, out_dim))
 
 
 def mix_uniform(logits: Tensor, share: float) -> Tensor:
@@ -295,8 +299,8 @@ class DRAMAWorldModel(WorldModel):
         self.prior_head = nn.Linear(c.d_model, latent)
         self.dynamics = MambaDynamics(latent + A, c)
         self.decoder = conv_decoder(latent, chans, c.channels, c.kernel, grid)
-        self.reward_head = head(c.d_model, c.head_hidden, c.reward_bins, c.norm_eps)
-        self.term_head = head(c.d_model, c.head_hidden, 1, c.norm_eps)
+        self.reward_head = rms_mlp(c.d_model, c.head_hidden, c.reward_bins, eps=c.norm_eps)
+        self.term_head = rms_mlp(c.d_model, c.head_hidden, 1, eps=c.norm_eps)
         self.register_buffer("reward_bins", symlog_bins(c.reward_bins), persistent=False)  # (K,) not in checkpoints
 
     # --- pieces ---
@@ -450,8 +454,7 @@ class DRAMAWorldModel(WorldModel):
         c = self.config
         obs, actions, resets = batch["obs"], batch["action"], batch["reset"].bool()
         n_batch, length = self._check_windows(obs, actions, resets)
-        if not bool(torch.isfinite(batch["reward"]).all()):
-            raise ValueError("batch['reward']: expected finite rewards")
+        check_rewards(batch)
         alive = batch["alive"].bool()[:, :, 0]
         post = self._posterior_logits(obs[:, :, 0])  # (B, T, S, K)
         z = onehot_from_uniform(post, uniform_like(post))

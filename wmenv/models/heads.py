@@ -133,9 +133,7 @@ class HeadsMixin:
         return out.squeeze(-1)
 
     def _check_rewards(self, batch: dict[str, Tensor]) -> None:
-        if not bool(torch.isfinite(batch["reward"]).all()):
-            bad = int((~torch.isfinite(batch["reward"])).sum())
-            raise ValueError(f"batch['reward']: expected finite rewards, got {bad} non-finite value(s)")
+        check_rewards(batch)
 
     def _head_losses(
         self, agent_feat: Tensor, full_feat: Tensor, batch: dict[str, Tensor], compile: bool = False
@@ -144,6 +142,13 @@ class HeadsMixin:
         action_mask (envs with masks) and info (the previous action, where the agent acted at the previous row).
         ``compile``: through one `torch.compile`d function (the plain one where compiling fails)."""
         return (_compiled_head_losses if compile else head_losses)(self, agent_feat, full_feat, batch)
+
+
+def check_rewards(batch: dict[str, Tensor]) -> None:
+    """Refuse replay windows whose ``reward`` holds NaN or infinities (every model's loss reads them)."""
+    if not bool(torch.isfinite(batch["reward"]).all()):
+        bad = int((~torch.isfinite(batch["reward"])).sum())
+        raise ValueError(f"batch['reward']: expected finite rewards, got {bad} non-finite value(s)")
 
 
 def head_errors(

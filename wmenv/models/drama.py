@@ -35,6 +35,7 @@ Execution: `filter_step` is the same posterior, step by step (no messages: ``mes
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -317,11 +318,14 @@ class DRAMAWorldModel(WorldModel):
         logits = self._logits(self.post_head, self.encoder(self._frames(obs)))
         return logits.reshape(*obs.shape[:-1], *logits.shape[1:])
 
+    def _decode_scaled(self, z: Tensor) -> Tensor:
+        """(..., S·K) latents -> (..., D) frames as the encoder reads them (divided by ``pixel_scale``; flat (h w c))."""
+        flat = rearrange(self.decoder(z.reshape(-1, z.shape[-1])), "n c h w -> n (h w c)")  # in [0, 1]
+        return flat.reshape(*z.shape[:-1], flat.shape[-1])
+
     def _decode(self, z: Tensor) -> Tensor:
         """(..., S·K) latents -> (..., D) frames in env units (flat (h w c))."""
-        frames = self.decoder(z.reshape(-1, z.shape[-1]))  # (n, C, H, W) in [0, 1]
-        flat = rearrange(frames, "n c h w -> n (h w c)") * self.config.pixel_scale
-        return flat.reshape(*z.shape[:-1], flat.shape[-1])
+        return self._decode_scaled(z) * self.config.pixel_scale
 
     def _inputs(self, z: Tensor, action: Tensor) -> Tensor:
         """[z, onehot(a)] (..., S·K + A) for actions (...) int64 (-1: none, a zero vector)."""
@@ -333,12 +337,14 @@ class DRAMAWorldModel(WorldModel):
         c, w = self.config, self.prior_head.weight
         return w.new_zeros(batch, c.stoch * c.classes + self.spec.n_actions)
 
+    @staticmethod
+    def _named(states: SSMStates) -> dict[str, Tensor]:
+        """The block states as ``{"conv<i>": ..., "ssm<i>": ...}``."""
+        return {f"{kind}{i}": t for i, pair in enumerate(states) for kind, t in zip(("conv", "ssm"), pair)}
+
     def _pack(self, h: Tensor, z: Tensor, states: SSMStates) -> State:
         """A state (B, 1, ...) from per-row h (B, M), z (B, S·K) and block states (B, ...)."""
-        out = {"h": h[:, None], "z": z[:, None]}
-        for i, (conv, ssm) in enumerate(states):
-            out[f"conv{i}"], out[f"ssm{i}"] = conv[:, None], ssm[:, None]
-        return out
+        return {k: v[:, None] for k, v in {"h": h, "z": z, **self._named(states)}.items()}
 
     def _unpack(self, state: State) -> tuple[Tensor, SSMStates]:
         """z (B, S·K) and the block states (B, ...) of a state."""
@@ -413,19 +419,26 @@ class DRAMAWorldModel(WorldModel):
         """The posterior after the last row of real windows (obs (B, T, 1, D), actions (B, T, 1) taken at each row,
         resets (B, T)); ``state`` continues an earlier one (row 0 then reads its z with no action), else row 0 starts
         from zero states with the blank input. ``alive`` and ``global_state`` are not read (one agent; no state)."""
-        batch, length = self._check_windows(obs, actions, resets)
-        resets = resets.bool()
-        post = self._posterior_logits(obs[:, :, 0])  # (B, T, S, K)
-        z = onehot_from_uniform(post, uniform_like(post, generator))  # (B, T, S·K)
+        self._check_windows(obs, actions, resets)
+        _, z, h, states = self._filter(obs, actions, resets.bool(), state, generator)
+        return self._pack(h[:, -1], z[:, -1], states)
+
+    def _filter(
+        self, obs: Tensor, actions: Tensor, resets: Tensor, state: State | None, generator: torch.Generator | None
+    ) -> tuple[Tensor, Tensor, Tensor, SSMStates]:
+        """Checked windows -> posterior logits (B, T, S, K), their samples z (B, T, S·K), h (B, T, M) and the block
+        states after the last row. Row 0 reads ``state``'s z with no action, or, without a state, the blank input."""
+        post = self._posterior_logits(obs[:, :, 0])
+        z = onehot_from_uniform(post, uniform_like(post, generator))
         if state is None:
             z0, states = torch.zeros_like(z[:, 0]), None
             first = torch.ones_like(resets[:, :1])
         else:
             z0, states = self._unpack(state)
             first = resets[:, :1]
-        x = self._window_inputs(z, actions[:, :, 0], z0, resets | F.pad(first, (0, length - 1)))
+        x = self._window_inputs(z, actions[:, :, 0].long(), z0, resets | F.pad(first, (0, resets.shape[1] - 1)))
         h, states = self.dynamics(x, resets, states)
-        return self._pack(h[:, -1], z[:, -1], states)
+        return post, z, h, states
 
     def _window_inputs(self, z: Tensor, actions: Tensor, z0: Tensor, blank: Tensor) -> Tensor:
         """(B, T, S·K + A): [z_{t-1}, onehot(a_{t-1})] per row (row 0: [z0, none]), zero where ``blank`` (B, T)."""
@@ -433,7 +446,7 @@ class DRAMAWorldModel(WorldModel):
         prev_a = F.pad(actions[:, :-1], (1, 0), value=-1)
         return self._inputs(prev_z, prev_a) * (~blank).unsqueeze(-1).to(z.dtype)
 
-    def _check_windows(self, obs: Tensor, actions: Tensor, resets: Tensor) -> tuple[int, int]:
+    def _check_windows(self, obs: Tensor, actions: Tensor, resets: Tensor) -> None:
         if not isinstance(obs, Tensor) or obs.dim() != 4 or obs.shape[2:] != (1, self.spec.obs_dim):
             got = tuple(obs.shape) if isinstance(obs, Tensor) else type(obs).__name__
             raise ValueError(f"obs: expected (B, T, 1, {self.spec.obs_dim}) frames, got {got}")
@@ -444,7 +457,6 @@ class DRAMAWorldModel(WorldModel):
         if not isinstance(resets, Tensor) or tuple(resets.shape) != (batch, length):
             got = tuple(resets.shape) if isinstance(resets, Tensor) else type(resets).__name__
             raise ValueError(f"resets: expected shape ({batch}, {length}), got {got}")
-        return batch, length
 
     def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
         """World-model loss of replay windows (see the module docstring); returns the total and each term.
@@ -453,18 +465,14 @@ class DRAMAWorldModel(WorldModel):
         an input (every row but a window's first, and a window's first where an episode starts there)."""
         c = self.config
         obs, actions, resets = batch["obs"], batch["action"], batch["reset"].bool()
-        n_batch, length = self._check_windows(obs, actions, resets)
+        self._check_windows(obs, actions, resets)
         check_rewards(batch)
         alive = batch["alive"].bool()[:, :, 0]
-        post = self._posterior_logits(obs[:, :, 0])  # (B, T, S, K)
-        z = onehot_from_uniform(post, uniform_like(post))
-        first = torch.ones_like(resets[:, :1])
-        x = self._window_inputs(z, actions[:, :, 0].long(), torch.zeros_like(z[:, 0]), resets | F.pad(first, (0, length - 1)))
-        h, _ = self.dynamics(x, resets)  # (B, T, M)
+        post, z, h, _ = self._filter(obs, actions, resets, None, None)  # (B, T, S, K), (B, T, S·K), (B, T, M)
         prior = self._logits(self.prior_head, h)
         rows = resets.clone()
         rows[:, 1:] = True  # (B, T) rows with an input
-        recon = (self._decode(z) / c.pixel_scale - obs[:, :, 0] / c.pixel_scale).square().sum(-1)
+        recon = (self._decode_scaled(z) - obs[:, :, 0] / c.pixel_scale).square().sum(-1)
         reward = twohot_loss(self.reward_head(h), symlog(batch["reward"][:, :, 0]), self.reward_bins)
         term = F.binary_cross_entropy_with_logits(
             self.term_head(h).squeeze(-1), batch["terminated"][:, :, 0].to(h.dtype), reduction="none"
@@ -487,10 +495,8 @@ class DRAMAWorldModel(WorldModel):
     def filter_initial(self, batch_size: int) -> State:
         """B blank filter states: z (B, S·K) and each block's conv / ssm state (B, ...), all zeros."""
         c = self.config
-        out = {"z": self.prior_head.weight.new_zeros(batch_size, c.stoch * c.classes)}
-        for i, (conv, ssm) in enumerate(self.dynamics.initial_states(batch_size)):
-            out[f"conv{i}"], out[f"ssm{i}"] = conv, ssm
-        return out
+        z = self.prior_head.weight.new_zeros(batch_size, c.stoch * c.classes)
+        return {"z": z, **self._named(self.dynamics.initial_states(batch_size))}
 
     def message(self, state: State, action: Tensor, agent: Tensor | None = None) -> Tensor:
         """(B, 0): one agent, no messages."""
@@ -510,8 +516,9 @@ class DRAMAWorldModel(WorldModel):
     ) -> tuple[State, Tensor]:
         """One posterior step per row (`WorldModel.filter_step`; no messages): read [z_{t-1}, a_{t-1}] (the blank
         input and zero states on ``reset``), sample z_t from the frame; features (B, M + S·K) = [h_t, z_t]."""
-        blank = self.filter_initial(obs.shape[0] if isinstance(obs, Tensor) and obs.dim() == 2 else 1)
-        widths = {k: v[0].numel() for k, v in blank.items()}
+        c = self.config
+        shapes = [block.state_shapes() for block in self.dynamics.blocks]
+        widths = {"z": c.stoch * c.classes, **self._named([tuple(math.prod(s) for s in pair) for pair in shapes])}
         flat = {k: v.reshape(v.shape[0], -1) for k, v in state.items()} if isinstance(state, dict) else state
         reset, agent, prev_action = self._check_filter_inputs(flat, widths, obs, prev_action, reset, agent)
         if not obs.is_floating_point():
@@ -524,7 +531,4 @@ class DRAMAWorldModel(WorldModel):
         h, states = self.dynamics.step(x, states)
         post = self._posterior_logits(obs)  # (B, S, K)
         z = onehot_from_uniform(post, uniform_like(post, generator))
-        new = {"z": z}
-        for i, (conv, ssm) in enumerate(states):
-            new[f"conv{i}"], new[f"ssm{i}"] = conv, ssm
-        return new, torch.cat([h, z], dim=-1)
+        return {"z": z, **self._named(states)}, torch.cat([h, z], dim=-1)

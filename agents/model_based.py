@@ -434,11 +434,12 @@ def _run(cfg: ModelBasedConfig) -> dict[str, Any]:
     run_dir = Path(cfg.run_dir)
     probe, spec = make(cfg.env_id, **cfg.env_kwargs)
     probe.close()
-    per_copy = cfg.iterations * -(-cfg.real_steps // cfg.num_envs)
-    if cfg.stream and not cfg.real_episodes and -(-cfg.real_steps // cfg.num_envs) < cfg.fit.seq_len:
+    per_call = -(-cfg.real_steps // cfg.num_envs)  # steps of each copy per collection
+    per_copy = cfg.iterations * per_call
+    if cfg.stream and not cfg.real_episodes and per_call < cfg.fit.seq_len:
         raise ValueError(
             f"ModelBasedConfig.stream: {cfg.real_steps} steps over {cfg.num_envs} copies store pieces of "
-            f"{-(-cfg.real_steps // cfg.num_envs)} rows per copy, shorter than the fit's windows ({cfg.fit.seq_len} rows)"
+            f"{per_call} rows per copy, shorter than the fit's windows ({cfg.fit.seq_len} rows)"
         )
     if not cfg.stream and not cfg.real_episodes and spec.episode_limit is not None and per_copy < spec.episode_limit:
         raise ValueError(

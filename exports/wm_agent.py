@@ -225,6 +225,9 @@ def _check(model: Any, policy: Any, spec: Any | None, latent: str) -> None:
     if not isinstance(model, nn.Module) or not (mamba or isinstance(model, MABLWorldModel)):
         raise TypeError(f"model: expected a MAMBAWorldModel (an RSSM with a CommBlock filter) or a MABLWorldModel, "
                         f"got {type(model).__name__}")  # fmt: skip
+    if mamba and model.rssm.config.dynamics != "gru":
+        raise ValueError(f"model: its {model.rssm.config.dynamics!r} dynamics (RSSMConfig.dynamics) have no exported filter "
+                         "yet; the ONNX step exports MAMBA's GRU filter and MABL's")  # fmt: skip
     if not isinstance(policy, RecurrentPolicy):
         raise TypeError(
             f"policy: expected a RecurrentPolicy (GRUPolicy, MambaPolicy, SPMambaPolicy), got {type(policy).__name__}"

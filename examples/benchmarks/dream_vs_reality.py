@@ -212,7 +212,9 @@ def main(args: Args) -> dict:
         train.sampler = EventStarts(train, args.event_rate)
     model = build_model(args.model_kind, spec, config)
     seq = min(args.seq_len, int(train.episode_lengths.min()) + 1)
+    fit_cpu, fit_wall = time.process_time(), time.perf_counter()
     history = fit(model, train, FitConfig(steps=args.fit_steps, batch_size=16, seq_len=seq, seed=args.seed, progress=False))
+    fit_cpu, fit_wall = time.process_time() - fit_cpu, time.perf_counter() - fit_wall
     model.eval()
     window = held.sample(args.windows, total, generator=args.seed)
     train_obs = train.sample(256, seq, generator=args.seed)
@@ -280,6 +282,9 @@ def main(args: Args) -> dict:
         "train_steps": args.train_steps,
         "fit_steps": args.fit_steps,
         "final_fit_loss": round(float(np.mean(history["loss"][-20:])), 4),
+        "fit_cpu_s": round(fit_cpu, 1),
+        "fit_wall_s": round(fit_wall, 1),
+        "fit_rows_per_cpu_s": round(args.fit_steps * 16 * seq / fit_cpu),
         "context": args.context,
         "horizon": args.horizon,
         "windows": args.windows,

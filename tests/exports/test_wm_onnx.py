@@ -213,6 +213,9 @@ def test_bad_inputs_get_clear_errors(setup):
         export_wm_agent(model, policy, paths["mode"].parent / "x.onnx", latent="argmax")
     with pytest.raises(TypeError, match="model: expected a MAMBAWorldModel"):
         export_wm_agent(torch.nn.Linear(2, 2), policy, paths["mode"].parent / "x.onnx")
+    mamba2 = MAMBAWorldModel(spec, preset("small-mamba2"))
+    with pytest.raises(ValueError, match=r"model: its 'mamba2' dynamics \(RSSMConfig.dynamics\) have no exported filter"):
+        export_wm_agent(mamba2, make_policy("gru", mamba2.rssm.feature_dim, spec.n_actions), paths["mode"].parent / "x.onnx")
 
 
 def test_example_exports_a_latent_model_based_run_and_plays_it(tmp_path):

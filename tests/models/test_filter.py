@@ -19,10 +19,17 @@ def spec_of(n_agents: int = N) -> EnvSpec:
     return EnvSpec("tiny", agents, {a: box for a in agents}, {a: act for a in agents}, gym.spaces.Box(-1, 1, (5,)), True, None)
 
 
-def model_of(dtype: torch.dtype = torch.float32, deter: int = 5) -> MAMBAWorldModel:
-    """Two communication layers, so that a message could leak through another agent's first-layer output."""
+DYNAMICS = ["gru", "mamba2"]
+"""Every test here runs on both sequence models over time (`RSSMConfig.dynamics`)."""
+
+
+def model_of(dtype: torch.dtype = torch.float32, extra: int = 0, dynamics: str = "gru") -> MAMBAWorldModel:
+    """Two communication layers, so that a message could leak through another agent's first-layer output. H = 5 + extra
+    for the GRU, 8 + extra for Mamba-2 (two blocks of 4-channel heads)."""
     torch.manual_seed(0)
-    rssm = RSSMConfig(deter=deter, stoch=2, classes=3, hidden=8, comm_width=4, comm_layers=2, comm_heads=2, dropout=0.0)
+    mamba2 = {"deter": 8 + extra, "dynamics": dynamics, "d_state": 3, "headdim": 4}
+    sizes = {"deter": 5 + extra} if dynamics == "gru" else mamba2
+    rssm = RSSMConfig(stoch=2, classes=3, hidden=8, comm_width=4, comm_layers=2, comm_heads=2, dropout=0.0, **sizes)
     return MAMBAWorldModel(spec_of(), MAMBAConfig(rssm=rssm, head_hidden=9, head_layers=1)).to(dtype).eval()
 
 
@@ -67,10 +74,11 @@ def observed(model, traj, seed: int, hears: torch.Tensor | None = None) -> torch
     return model.features(posts)
 
 
+@pytest.mark.parametrize("dynamics", DYNAMICS)
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.float64, 1e-10)])
-def test_stepping_the_filter_along_a_real_trajectory_equals_observe(dtype, tol):
+def test_stepping_the_filter_along_a_real_trajectory_equals_observe(dtype, tol, dynamics):
     """Each agent's own filter, stepped row by row, gives observe's features on the whole window (samples included)."""
-    model = model_of(dtype)
+    model = model_of(dtype, dynamics=dynamics)
     traj = trajectory(model, dtype)
     with torch.no_grad():
         ref, got = observed(model, traj, seed=3), step_filters(model, traj, seed=3)
@@ -85,10 +93,11 @@ def test_stepping_the_filter_along_a_real_trajectory_equals_observe(dtype, tol):
         assert not torch.allclose(observed(model, traj, 4, hears), observed(model, traj, 4))  # the masks matter
 
 
-def test_an_agents_features_reach_others_only_through_its_messages():
+@pytest.mark.parametrize("dynamics", DYNAMICS)
+def test_an_agents_features_reach_others_only_through_its_messages(dynamics):
     """d f_i,t / d o_j,s = 0 for j != i at s = t (no message yet carries it) and with messages off at every s;
     != 0 for s < t while j is heard."""
-    model = model_of(torch.float64)
+    model = model_of(torch.float64, dynamics=dynamics)
     traj = trajectory(model, torch.float64)
     traj["alive"][:] = True
     traj["reset"][1, 3] = False
@@ -112,12 +121,16 @@ def test_an_agents_features_reach_others_only_through_its_messages():
     torch.testing.assert_close(a[:, :, 0], b[:, :, 0], atol=0, rtol=0)
 
 
-def test_filter_shapes_and_message():
+@pytest.mark.parametrize("dynamics", DYNAMICS)
+def test_filter_shapes_and_message(dynamics):
     """filter_initial is blank; a message is [z, one-hot action] (zeros for no action); features are [h, z]."""
-    model = model_of()
+    model = model_of(dynamics=dynamics)
     c = model.rssm.config
     state = model.filter_initial(4)
-    assert {k: tuple(v.shape) for k, v in state.items()} == {"deter": (4, c.deter), "stoch": (4, c.stoch * c.classes)}
+    assert tuple(state["deter"].shape) == (4, c.deter) and tuple(state["stoch"].shape) == (4, c.stoch * c.classes)
+    blocks = {f"{kind}{i}" for i in range(c.ssm_layers) for kind in ("conv", "ssm")} if dynamics == "mamba2" else set()
+    assert set(state) == {"deter", "stoch", *blocks}
+    assert {k: v[0].numel() for k, v in state.items()} == model.rssm.state_widths()
     assert not any(v.any() for v in state.values())
     state["stoch"] = torch.rand(4, c.stoch * c.classes)
     msg = model.message(state, torch.tensor([-1, 0, 2, 3]))
@@ -131,8 +144,9 @@ def test_filter_shapes_and_message():
     torch.testing.assert_close(feat, torch.cat([new["deter"], new["stoch"]], -1))
 
 
-def test_filter_refuses_bad_inputs():
-    model = model_of()
+@pytest.mark.parametrize("dynamics", DYNAMICS)
+def test_filter_refuses_bad_inputs(dynamics):
+    model = model_of(dynamics=dynamics)
     state, obs = model.filter_initial(2), torch.zeros(2, model.spec.obs_dim)
     prev, reset, agent = torch.tensor([-1, -1]), torch.tensor([True, True]), torch.tensor([0, 1])
     M = model.message_dim
@@ -142,8 +156,8 @@ def test_filter_refuses_bad_inputs():
         model.filter_step(state, obs, prev, reset, agent, torch.zeros(2, 2, M))
     with pytest.raises(ValueError, match=r"heard: expected shape \(2, 3\)"):
         model.filter_step(state, obs, prev, reset, agent, torch.zeros(2, 3, M), torch.ones(2, 4, dtype=torch.bool))
-    other = model_of(deter=7).filter_initial(2)
-    with pytest.raises(ValueError, match=r"state: 'deter' has shape \(2, 7\), expected \(2, 5\).*another model"):
+    other, H = model_of(extra=2, dynamics=dynamics).filter_initial(2), model.rssm.config.deter
+    with pytest.raises(ValueError, match=rf"state: 'deter' has shape \(2, {H + 2}\), expected \(2, {H}\).*another model"):
         model.filter_step(other, obs, prev, reset, agent)
     with pytest.raises(ValueError, match=r"prev_action: expected actions in \[-1, 4\), got \[-1, 4\]"):
         model.filter_step(state, obs, torch.tensor([-1, 4]), reset, agent)
@@ -153,10 +167,11 @@ def test_filter_refuses_bad_inputs():
         model.filter_step(state, torch.zeros(2, 4), prev, reset, agent)
 
 
-def test_imagine_and_observe_pass_presence_and_hears_to_the_rssm():
+@pytest.mark.parametrize("dynamics", DYNAMICS)
+def test_imagine_and_observe_pass_presence_and_hears_to_the_rssm(dynamics):
     """imagine(present=p): absent agents send nothing (= img_step with hears p as senders); observe(hears=H) = the
     last row of observe_sequence with H; filter_step without messages / heard = zero messages, all slots heard."""
-    model = model_of()
+    model = model_of(dynamics=dynamics)
     g = torch.Generator().manual_seed(0)
     state = model.initial(2, g)
     actions = torch.randint(0, 4, (2, N), generator=g)

@@ -28,10 +28,11 @@ def imagine_run(model, spec, seed, steps=4):
     return state, pred
 
 
-def test_imagination_is_seeded_and_shaped(mpe):
+@pytest.mark.parametrize("name", ["small", "small-mamba2"])
+def test_imagination_is_seeded_and_shaped(mpe, name):
     """Same generator seed: bitwise-equal states and predictions; another seed: other latent samples."""
     _, spec = mpe
-    model = MAMBAWorldModel(spec, preset("small")).eval()
+    model = MAMBAWorldModel(spec, preset(name)).eval()
     (s1, p1), (s2, p2), (s3, _) = imagine_run(model, spec, 3), imagine_run(model, spec, 3), imagine_run(model, spec, 4)
     assert all(torch.equal(s1[k], s2[k]) for k in s1)
     assert torch.equal(p1.reward, p2.reward) and torch.equal(p1.cont, p2.cont) and torch.equal(p1.obs, p2.obs)
@@ -40,11 +41,12 @@ def test_imagination_is_seeded_and_shaped(mpe):
     assert model.features(s1).shape == (6, 3, 64 + 64) and model.critic_features(s1).shape == (6, 3 * 128)
 
 
-def test_checkpoint_round_trip_and_refusals(mpe, tmp_path):
+@pytest.mark.parametrize("name", ["small", "small-mamba2"])
+def test_checkpoint_round_trip_and_refusals(mpe, tmp_path, name):
     """A fitted model reloads with every state_dict tensor and the same observe / imagine outputs; mismatches are refused."""
     replay, spec = mpe
     torch.manual_seed(0)
-    model = MAMBAWorldModel(spec, preset("small"))
+    model = MAMBAWorldModel(spec, preset(name))
     fit(model, replay, FitConfig(steps=2, batch_size=2, seq_len=5, progress=False))
     model.eval()
     save_model(tmp_path / "m", model)

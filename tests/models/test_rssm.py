@@ -207,7 +207,7 @@ def test_observe_sequence_takes_a_hears_matrix_without_alive_and_filter_step_ret
         torch.ones(4, 3, dtype=torch.bool),
         torch.tensor([0, 1, 2, 0]),
     )
-    out = rssm.filter_step(deter, messages, heard, receiver, e, torch.Generator().manual_seed(2))
+    out = rssm.filter_step({"deter": deter}, messages, heard, receiver, e, torch.Generator().manual_seed(2))
     torch.testing.assert_close(out["logits"], rssm.post_net(torch.cat([out["deter"], e], -1)).view(4, 2, 3))
 
 

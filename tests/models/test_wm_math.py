@@ -323,6 +323,10 @@ def test_presets():
     assert preset("flatland") == MAMBAConfig(rssm=RSSMConfig(deter=400, hidden=400, comm_width=400), head_hidden=400)
     small = RSSMConfig(deter=64, stoch=8, classes=8, hidden=64, comm_width=64, comm_layers=1, comm_heads=2)
     assert preset("small") == MAMBAConfig(rssm=small, head_hidden=64, head_layers=1, lr=1e-3)
+    m2 = {"dynamics": "mamba2", "ssm_layers": 2, "d_state": 16, "expand": 2}
+    assert preset("small-mamba2") == dataclasses.replace(preset("small"), rssm=dataclasses.replace(small, **m2, headdim=32))
+    smac = dataclasses.replace(preset("smac").rssm, **m2, headdim=64)
+    assert preset("smac-mamba2") == dataclasses.replace(preset("smac"), rssm=smac)
 
 
 @pytest.mark.parametrize(
@@ -348,5 +352,7 @@ def test_config_accepts_the_kl_balance_bounds():
 
 def test_bad_spec_and_preset_names_are_refused():
     """Unknown presets raise ValueErrors naming the argument (continuous actions: test_continuous_wm.py)."""
-    with pytest.raises(ValueError, match=r"^name: expected one of \['smac', 'flatland', 'small'\], got 'huge'$"):
-        preset("huge")
+    names = r"\['smac', 'flatland', 'small', 'smac-mamba2', 'small-mamba2'\]"
+    for name in ("huge", "flatland-mamba2"):
+        with pytest.raises(ValueError, match=rf"^name: expected one of {names}, got '{name}'$"):
+            preset(name)

@@ -47,7 +47,8 @@ from wmenv.checks import check_choice, check_int, check_positive
 from wmenv.models.heads import categorical_kl, check_reward_head, check_rewards
 from wmenv.models.rssm import onehot_from_uniform, uniform_like
 from wmenv.models.ssm.kernels import Backend
-from wmenv.models.ssm.mamba2_ref import Mamba2, Mamba2Config
+from wmenv.models.ssm.mamba2_ref import Mamba2Config
+from wmenv.models.ssm.stack import MambaDynamics, RMSNorm, SSMStates
 from wmenv.models.twohot import symexp, symlog, symlog_bins, twohot_decode, twohot_loss
 from wmenv.models.world_model import Prediction, State, WorldModel
 from wmenv.tensor_ops import masked_mean
@@ -152,69 +153,6 @@ def drama_preset(name: str) -> DRAMAConfig:
     raise ValueError(f"name: expected one of {list(PRESETS)}, got {name!r}")
 
 
-class RMSNorm(nn.Module):
-    """x / rms(x) · w over the last dim (torch's own arrived in 2.4; the project supports 2.3)."""
-
-    def __init__(self, dim: int, eps: float = 1e-5) -> None:
-        super().__init__()
-        self.weight, self.eps = nn.Parameter(torch.ones(dim)), eps
-
-    def forward(self, x: Tensor) -> Tensor:
-        """(..., dim) -> (..., dim)."""
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
-
-
-SSMStates = list[tuple[Tensor, Tensor]]
-"""One (conv_state, ssm_state) pair per Mamba-2 block."""
-
-
-class MambaDynamics(nn.Module):
-    """DRAMA's sequence model: stem on [z, onehot(a)], pre-norm residual Mamba-2 blocks, a final RMSNorm.
-
-    `forward` runs whole windows (chunked SSD, or the mamba-ssm kernels on CUDA); `step` runs one token. Both give
-    the same h to float rounding (`tests/models/test_drama.py`).
-
-    Args:
-        in_dim: S·K + A.
-        config: sizes.
-    """
-
-    def __init__(self, in_dim: int, config: DRAMAConfig) -> None:
-        super().__init__()
-        c = config
-        self.stem = nn.Sequential(nn.Linear(in_dim, c.d_model), RMSNorm(c.d_model, c.norm_eps), nn.SiLU())
-        mamba = Mamba2Config(d_model=c.d_model, d_state=c.d_state, expand=c.expand, headdim=c.headdim,
-                             chunk_size=c.chunk_size, backend=c.backend)  # fmt: skip
-        self.norms = nn.ModuleList(RMSNorm(c.d_model, c.norm_eps) for _ in range(c.layers))
-        self.blocks = nn.ModuleList(Mamba2(mamba) for _ in range(c.layers))
-        self.norm_f = RMSNorm(c.d_model, c.norm_eps)
-
-    def initial_states(self, batch_size: int) -> SSMStates:
-        """Zero states of every block for ``batch_size`` sequences."""
-        return [block.initial_state(batch_size) for block in self.blocks]
-
-    def forward(self, x: Tensor, resets: Tensor | None = None, states: SSMStates | None = None) -> tuple[Tensor, SSMStates]:
-        """x (B, T, S·K + A) -> h (B, T, M) and every block's state after the last row.
-
-        ``resets`` (B, T) bool: the states entering row t are zeroed (an episode starts there).
-        """
-        hidden, residual, out = self.stem(x), None, []
-        for i, (norm, block) in enumerate(zip(self.norms, self.blocks)):
-            residual = hidden if residual is None else hidden + residual
-            hidden, state = block(norm(residual), resets, None if states is None else states[i], return_state=True)
-            out.append(state)
-        return self.norm_f(hidden + residual), out
-
-    def step(self, x: Tensor, states: SSMStates) -> tuple[Tensor, SSMStates]:
-        """One token: x (B, S·K + A) -> h (B, M) and the new states (never updated in place)."""
-        hidden, residual, out = self.stem(x), None, []
-        for norm, block, state in zip(self.norms, self.blocks, states):
-            residual = hidden if residual is None else hidden + residual
-            hidden, state = block.step(norm(residual), state)
-            out.append(state)
-        return self.norm_f(hidden + residual), out
-
-
 def conv_encoder(in_channels: int, channels: tuple[int, ...], kernel: int) -> nn.Sequential:
     """Convolutions (the first stride 1, the others 2; "same" padding), each with BatchNorm and SiLU, flattened."""
     mods: list[nn.Module] = []
@@ -298,7 +236,9 @@ class DRAMAWorldModel(WorldModel):
         self.encoder = conv_encoder(chans, c.channels, c.kernel)
         self.post_head = nn.Linear(c.channels[-1] * grid[0] * grid[1], latent)
         self.prior_head = nn.Linear(c.d_model, latent)
-        self.dynamics = MambaDynamics(latent + A, c)
+        mamba = Mamba2Config(d_model=c.d_model, d_state=c.d_state, expand=c.expand, headdim=c.headdim,
+                             chunk_size=c.chunk_size, backend=c.backend)  # fmt: skip
+        self.dynamics = MambaDynamics(latent + A, c.layers, mamba, c.norm_eps)
         self.decoder = conv_decoder(latent, chans, c.channels, c.kernel, grid)
         self.reward_head = rms_mlp(c.d_model, c.head_hidden, c.reward_bins, eps=c.norm_eps)
         self.term_head = rms_mlp(c.d_model, c.head_hidden, 1, eps=c.norm_eps)
@@ -517,7 +457,7 @@ class DRAMAWorldModel(WorldModel):
         """One posterior step per row (`WorldModel.filter_step`; no messages): read [z_{t-1}, a_{t-1}] (the blank
         input and zero states on ``reset``), sample z_t from the frame; features (B, M + S·K) = [h_t, z_t]."""
         c = self.config
-        shapes = [block.state_shapes() for block in self.dynamics.blocks]
+        shapes = self.dynamics.state_shapes()
         widths = {"z": c.stoch * c.classes, **self._named([tuple(math.prod(s) for s in pair) for pair in shapes])}
         flat = {k: v.reshape(v.shape[0], -1) for k, v in state.items()} if isinstance(state, dict) else state
         reset, agent, prev_action = self._check_filter_inputs(flat, widths, obs, prev_action, reset, agent)

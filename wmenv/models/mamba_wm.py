@@ -1,5 +1,9 @@
 """The MAMBA world model (Egorov & Shpilman 2022, ``papers/mamba-marl-world-model.txt``) behind the `WorldModel` contract.
 
+``RSSMConfig.dynamics="mamba2"`` swaps the GRU over time for Mamba-2 blocks per agent with a posterior from the
+observation alone (`wmenv.models.rssm_mamba2`; presets ``"small-mamba2"``, ``"smac-mamba2"``); the heads, losses and
+communication are the same.
+
 Glossary: B batch, T time, N agents, D observation features, A actions, F = H + S·K per-agent features.
 
 A `MultiAgentRSSM` plus per-agent heads on f_t = [h_t, z_t] (`wmenv.models.heads`): observation, reward,
@@ -13,7 +17,7 @@ states from rewards and continuations alone. Windows always start from the blank
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import torch
@@ -23,6 +27,7 @@ from torch import Tensor
 from wmenv.checks import check_int
 from wmenv.models.heads import HeadsMixin, balanced_kl, categorical_kl, check_reward_head, head_errors
 from wmenv.models.rssm import MultiAgentRSSM, RSSMConfig, sample_onehot
+from wmenv.models.rssm_mamba2 import Mamba2RSSM
 from wmenv.models.world_model import Prediction, State, StepErrors, WorldModel, none_where
 
 __all__ = ["PRESETS", "MAMBAConfig", "MAMBAWorldModel", "categorical_kl", "preset"]
@@ -62,11 +67,20 @@ class MAMBAConfig:
             raise ValueError(f"MAMBAConfig.kl_balance: expected a number in [0, 1], got {self.kl_balance!r}")
 
 
-PRESETS = ("smac", "flatland", "small")
+PRESETS = ("smac", "flatland", "small", "smac-mamba2", "small-mamba2")
+
+_MAMBA2 = {"dynamics": "mamba2", "ssm_layers": 2, "d_state": 16, "expand": 2}
+"""The Mamba-2 dynamics of the ``-mamba2`` presets (DRAMA's blocks: 2 layers, state 16, expand 2)."""
 
 
 def preset(name: str) -> MAMBAConfig:
-    """Named sizes: ``"smac"`` / ``"flatland"`` (Appendix A: hidden 256 / 400, 32×32 latents) and ``"small"`` for CPUs."""
+    """Named sizes: ``"smac"`` / ``"flatland"`` (Appendix A: hidden 256 / 400, 32×32 latents) and ``"small"`` for CPUs;
+    ``"smac-mamba2"`` / ``"small-mamba2"``: the same sizes with Mamba-2 dynamics (`wmenv.models.rssm_mamba2`) of
+    H = 256 / 64 channels in heads of 64 / 32."""
+    if name.endswith("-mamba2") and name.removesuffix("-mamba2") in ("smac", "small"):
+        base = preset(name.removesuffix("-mamba2"))
+        headdim = 64 if base.rssm.deter >= 256 else 32
+        return replace(base, rssm=replace(base.rssm, **_MAMBA2, headdim=headdim))
     if name == "smac":
         return MAMBAConfig(rssm=RSSMConfig(deter=256, hidden=256, comm_width=256))
     if name == "flatland":
@@ -96,7 +110,8 @@ class MAMBAWorldModel(HeadsMixin, WorldModel):
         self.spec, self.config = spec, config if config is not None else MAMBAConfig()
         c = self.config
         D, A, N = spec.obs_dim, spec.n_actions, spec.n_agents
-        self.rssm = MultiAgentRSSM(D, A, N, c.rssm)
+        rssm = MultiAgentRSSM if c.rssm.dynamics == "gru" else Mamba2RSSM
+        self.rssm = rssm(D, A, N, c.rssm)
         feat = self.rssm.feature_dim
         self._build_heads(feat, feat, c.head_hidden, c.head_layers, c.reward_head, c.reward_bins)
 
@@ -135,8 +150,7 @@ class MAMBAWorldModel(HeadsMixin, WorldModel):
         no message. ``hears`` (B, T, N, N) bool restricts who receives whose message (e.g. neighbours).
         """
         prev = self._prev_actions(actions, resets, alive)  # row 0: zeros, also when continuing ``state`` (no action given)
-        posts, _ = self.rssm.observe_sequence(obs, prev, resets, state, generator, alive, hears)
-        return {k: v[:, -1] for k, v in posts.items()}
+        return self.rssm.observe_last(obs, prev, resets, state, generator, alive, hears)
 
     def imagine(
         self,
@@ -163,7 +177,8 @@ class MAMBAWorldModel(HeadsMixin, WorldModel):
         return self.rssm.config.stoch * self.rssm.config.classes + self.spec.n_actions
 
     def filter_initial(self, batch_size: int) -> State:
-        """B blank filter states ``{"deter": (B, H), "stoch": (B, S·K)}``."""
+        """B blank filter states ``{"deter": (B, H), "stoch": (B, S·K)}`` (with Mamba-2 dynamics, also each block's
+        ``"conv<i>"`` / ``"ssm<i>"`` state (B, ...))."""
         return {k: v[:, 0] for k, v in self.rssm.blank(batch_size).items() if k != "logits"}
 
     def message(self, state: State, action: Tensor, agent: Tensor | None = None) -> Tensor:
@@ -190,13 +205,15 @@ class MAMBAWorldModel(HeadsMixin, WorldModel):
         """One agent's posterior step per row (`WorldModel.filter_step`); features (B, F) = [h_t, z_t].
 
         The agent puts its own message (its z_{t-1}, a_{t-1}) in its slot, runs the communication block over the
-        messages it hears, updates its GRU and samples its posterior from h_t and its observation. On ``reset``
+        messages it hears, updates its GRU (or its Mamba-2 states) and samples its posterior from h_t and its
+        observation (from the observation alone with Mamba-2 dynamics). On ``reset``
         its state, previous action and the received messages are the blank ones (the whole episode restarts).
         """
-        c, n = self.rssm.config, self.spec.n_agents
-        widths = {"deter": c.deter, "stoch": c.stoch * c.classes}
+        n = self.spec.n_agents
         extra = {"messages": (messages, (n, self.message_dim)), "heard": (heard, (n,)), "alive": (alive, ())}
-        reset, agent, prev_action = self._check_filter_inputs(state, widths, obs, prev_action, reset, agent, extra)
+        flat = {k: v.reshape(v.shape[0], -1) for k, v in state.items()} if isinstance(state, dict) else state
+        widths = self.rssm.state_widths()
+        reset, agent, prev_action = self._check_filter_inputs(flat, widths, obs, prev_action, reset, agent, extra)
         batch = obs.shape[0]
         if messages is None:
             messages = obs.new_zeros(batch, n, self.message_dim)
@@ -211,8 +228,8 @@ class MAMBAWorldModel(HeadsMixin, WorldModel):
         embed = self.rssm.obs_encoder(obs)
         if alive is not None:
             embed = embed * alive.unsqueeze(-1).to(embed.dtype)
-        post = self.rssm.filter_step(state["deter"], messages, heard.bool(), agent, embed, generator)
-        new = {"deter": post["deter"], "stoch": post["stoch"]}
+        post = self.rssm.filter_step(state, messages, heard.bool(), agent, embed, generator)
+        new = {k: post[k] for k in widths}
         return new, self.features(new)
 
     def predict(self, state: State, decode: bool = False) -> Prediction:

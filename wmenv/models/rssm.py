@@ -19,14 +19,17 @@ Samples are one-hot per categorical with straight-through gradients. The state i
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from wmenv.checks import check_int
+from wmenv.checks import check_choice, check_int
 from wmenv.models.comm import CommBlock
+from wmenv.models.ssm.kernels import Backend
+from wmenv.models.ssm.mamba2_ref import Mamba2Config
 from wmenv.models.world_model import State, restart_rows, stack_steps
 from wmenv.tensor_ops import compiled
 
@@ -51,12 +54,38 @@ class RSSMConfig:
     """Attention heads (must divide ``comm_width``)."""
     dropout: float = 0.1
     """Dropout in the communication block."""
+    dynamics: Literal["gru", "mamba2"] = "gru"
+    """The sequence model over time: ``"gru"``, MAMBA's GRU cell (the posterior reads h_t and o_t), or ``"mamba2"``,
+    Mamba-2 blocks per agent, H = ``deter`` wide (the posterior reads o_t alone, so windows train in parallel over
+    time; `wmenv.models.rssm_mamba2`). The fields below are read only by ``"mamba2"``."""
+    ssm_layers: int = 2
+    """Pre-norm residual Mamba-2 blocks (DRAMA: 2)."""
+    d_state: int = 16
+    """Mamba-2 state size per head (DRAMA: 16)."""
+    expand: int = 2
+    """Mamba-2 inner width factor: ``expand · deter`` channels."""
+    headdim: int = 64
+    """Mamba-2 channels per head (must divide ``expand · deter``)."""
+    backend: Backend = "auto"
+    """Mamba-2: "ref" pure PyTorch, "cuda" mamba-ssm kernels, "auto" kernels for CUDA tensors where installed."""
 
     def __post_init__(self) -> None:
-        for name in ("deter", "stoch", "classes", "hidden", "comm_width", "comm_layers", "comm_heads"):
+        for name in ("deter", "stoch", "classes", "hidden", "comm_width", "comm_layers", "comm_heads", "ssm_layers"):
             check_int(f"RSSMConfig.{name}", getattr(self, name))
         if not 0 <= self.dropout < 1:
             raise ValueError(f"RSSMConfig.dropout: expected a number in [0, 1), got {self.dropout!r}")
+        check_choice("RSSMConfig.dynamics", self.dynamics, ("gru", "mamba2"))
+        check_choice("RSSMConfig.backend", self.backend, ("auto", "ref", "cuda"))
+        if self.dynamics == "mamba2":
+            try:
+                self.mamba2()  # checks d_state, expand, headdim against deter
+            except ValueError as err:
+                raise ValueError(f"RSSMConfig: the Mamba-2 dynamics of deter={self.deter}: {err}") from None
+
+    def mamba2(self) -> Mamba2Config:
+        """The Mamba-2 blocks' config (``d_model`` = ``deter``)."""
+        return Mamba2Config(d_model=self.deter, d_state=self.d_state, expand=self.expand, headdim=self.headdim,
+                            backend=self.backend)  # fmt: skip
 
 
 def mlp(in_dim: int, hidden: int, out_dim: int, layers: int = 1) -> nn.Sequential:
@@ -155,9 +184,14 @@ class MultiAgentRSSM(nn.Module):
         uniform = uniform_like(logits, generator) if uniform is None else uniform
         return {"deter": prior["deter"], "stoch": onehot_from_uniform(logits, uniform), "logits": logits}
 
+    def state_widths(self) -> dict[str, int]:
+        """An agent's execution filter state: name -> width per row (``{"deter": H, "stoch": S·K}``)."""
+        c = self.config
+        return {"deter": c.deter, "stoch": c.stoch * c.classes}
+
     def filter_step(
         self,
-        deter: Tensor,
+        state: State,
         messages: Tensor,
         heard: Tensor,
         receiver: Tensor,
@@ -167,7 +201,7 @@ class MultiAgentRSSM(nn.Module):
         """One agent's posterior step per row, from what it has at execution.
 
         Args:
-            deter: (B, H) the agent's h_{t-1}.
+            state: the agent's filter state at t - 1; its ``"deter"`` (B, H), h_{t-1}, is read.
             messages: (B, N, M) the (z_{t-1}, a_{t-1}) messages in sender slots, the agent's own included.
             heard: (B, N) bool, the slots that hold a message the agent receives.
             receiver: (B,) int64, the agent's own slot.
@@ -176,7 +210,7 @@ class MultiAgentRSSM(nn.Module):
         Returns:
             ``{"deter": (B, H), "stoch": (B, S·K), "logits": (B, S, K)}``: the agent's posterior at t.
         """
-        deter = self.cell(self.comm.receive(messages, heard, receiver), deter)
+        deter = self.cell(self.comm.receive(messages, heard, receiver), state["deter"])
         logits = self._logits(self.post_net, torch.cat([deter, embed], dim=-1))
         return {"deter": deter, "stoch": sample_onehot(logits, generator), "logits": logits}
 
@@ -212,12 +246,9 @@ class MultiAgentRSSM(nn.Module):
         embed = self.obs_encoder(obs)  # (B, T, N, hidden)
         if alive is not None:
             embed = embed * alive.unsqueeze(-1).to(embed.dtype)
-        listen = None if alive is None else alive.bool()[:, :, None, :].expand(-1, -1, n, -1)
-        if hears is not None:
-            listen = hears.bool() if listen is None else listen & hears.bool()
-        if listen is not None:  # rows where someone misses a message take the per-receiver path
-            eye = torch.eye(n, dtype=torch.bool, device=obs.device)
-            masked = (~(listen | eye)).flatten(2).any(-1).any(0).tolist()
+        listen, missing = listening(alive, hears, n)
+        if missing is not None:  # rows where someone misses a message take the per-receiver path
+            masked = missing.any(0).tolist()
         blank = self.blank(batch)
         state = blank if state is None else state
         posts, priors = [], []
@@ -233,6 +264,38 @@ class MultiAgentRSSM(nn.Module):
             posts.append(state)
             priors.append(prior)
         return stack_steps(posts), stack_steps(priors)
+
+    def observe_last(
+        self,
+        obs: Tensor,
+        prev_actions: Tensor,
+        resets: Tensor,
+        state: State | None = None,
+        generator: torch.Generator | None = None,
+        alive: Tensor | None = None,
+        hears: Tensor | None = None,
+    ) -> State:
+        """The posterior state (B, N, ...) after the last row of `observe_sequence`'s windows (same arguments)."""
+        posts, _ = self.observe_sequence(obs, prev_actions, resets, state, generator, alive, hears)
+        return {k: v[:, -1] for k, v in posts.items()}
+
+
+def listening(alive: Tensor | None, hears: Tensor | None, n: int) -> tuple[Tensor | None, Tensor | None]:
+    """Who receives whose message in windows: (B, T, N, N) bool [b, t, i, j] (j present at row t and, with ``hears``,
+    heard by i), and the (B, T) rows where some receiver misses another agent's message; (None, None): all hear all.
+
+    Args:
+        alive: (B, T, N) bool or None (all present).
+        hears: (B, T, N, N) bool or None (everyone).
+        n: N.
+    """
+    listen = None if alive is None else alive.bool()[:, :, None, :].expand(-1, -1, n, -1)
+    if hears is not None:
+        listen = hears.bool() if listen is None else listen & hears.bool()
+    if listen is None:
+        return None, None
+    eye = torch.eye(n, dtype=torch.bool, device=listen.device)
+    return listen, (~(listen | eye)).flatten(2).any(-1)
 
 
 def _filter_row(

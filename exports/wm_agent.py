@@ -15,6 +15,11 @@ One graph computes one decision step of one agent (MAMBA §3.3) for B rows, each
              message (B, M) float32 = [new stoch, one_hot(action)], new_deter (B, H), new_stoch (B, S·K),
              new_prev_action (B,) int64 (= action), new_<actor state> per actor state tensor
 
+A MAMBA model with Mamba-2 dynamics (`Mamba2FilterStep`, ``RSSMConfig.dynamics="mamba2"``) has no ``deter`` input:
+h_t comes from the received messages and the Mamba-2 blocks' states, which replace it as inputs ``wm_conv<i>``
+(B, E + 2·d_state, W) and ``wm_ssm<i>`` (B, heads, P, d_state) per block (outputs ``new_wm_conv<i>``,
+``new_wm_ssm<i>``, after ``new_stoch``); its posterior reads the observation alone.
+
 MABL's agents need no messages (`AgentLevelStep`): their graph has inputs obs, action_mask, reset, deter_a, stoch_a,
 prev_action, the actor's state (and noise), and outputs logits, action, new_deter_a, new_stoch_a, new_prev_action
 and the new actor state; ``wmenv.message_dim`` is 0.
@@ -49,6 +54,8 @@ from wmenv.models.mabl import MABLWorldModel
 LATENTS = ("mode", "sample")
 FILTER_INPUTS = ("obs", "action_mask", "reset", "agent", "messages", "heard", "deter", "stoch", "prev_action")
 """The graph's inputs before the actor's state tensors (and ``noise``)."""
+MAMBA2_FILTER_INPUTS = ("obs", "action_mask", "reset", "agent", "messages", "heard", "stoch", "prev_action")
+"""The same for a MAMBA model with Mamba-2 dynamics (`Mamba2FilterStep`); its block states follow, then the actor's."""
 AGENT_LEVEL_INPUTS = ("obs", "action_mask", "reset", "deter_a", "stoch_a", "prev_action")
 """The same for MABL's graph (`AgentLevelStep`): no messages, no slot."""
 
@@ -130,7 +137,7 @@ class WorldModelStep(nn.Module):
     """The module that is exported (and the PyTorch reference of the graph, in eval mode); see the module docstring.
 
     Args:
-        model: a `MAMBAWorldModel` (its ``rssm`` submodules and ``spec`` are used; the heads are not).
+        model: a `MAMBAWorldModel` with GRU dynamics (its ``rssm`` submodules and ``spec`` are used; the heads are not).
         policy: the actor, on observations of width F = H + S·K.
         state_names: the actor's state names, in input order.
         latent: ``"mode"`` or ``"sample"``.
@@ -139,9 +146,37 @@ class WorldModelStep(nn.Module):
     def __init__(self, model: nn.Module, policy: RecurrentPolicy, state_names: list[str], latent: str) -> None:
         super().__init__()
         rssm = model.rssm
-        self.comm, self.cell, self.obs_encoder, self.post_net = rssm.comm, rssm.cell, rssm.obs_encoder, rssm.post_net
+        self.comm, self.obs_encoder, self.post_net = rssm.comm, rssm.obs_encoder, rssm.post_net
+        self.cell = getattr(rssm, "cell", None)  # the GRU (None for Mamba-2 dynamics, `Mamba2FilterStep`)
         self.policy, self.state_names, self.latent = policy, state_names, latent
         self.n_agents, self.n_actions, self.classes = rssm.n_agents, rssm.n_actions, rssm.config.classes
+
+    def _receive(
+        self, reset: Tensor, agent: Tensor, messages: Tensor, heard: Tensor, stoch: Tensor, prev_action: Tensor
+    ) -> Tensor:
+        """(B, E): the communication block's output for each row's slot, once the row put its own message [z_{t-1},
+        one_hot(a_{t-1})] there (``stoch`` already blank on reset rows, which also receive no other message)."""
+        prev = prev_action.masked_fill(reset, -1)
+        own = torch.cat([stoch, _onehot(prev, self.n_actions, stoch.dtype)], -1)  # (B, M); -1: zeros
+        slot = agent.unsqueeze(-1) == torch.arange(self.n_agents, device=stoch.device)  # (B, N)
+        messages = torch.where(slot.unsqueeze(-1), own.unsqueeze(1), messages.masked_fill(reset[:, None, None], 0.0))
+        return receive(self.comm, messages, heard, agent)
+
+    def _decide(
+        self,
+        deter: Tensor,
+        post_input: Tensor,
+        noise: Tensor | None,
+        actor_state: tuple[Tensor, ...],
+        reset: Tensor,
+        action_mask: Tensor,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, list[Tensor]]:
+        """The posterior z_t from ``post_input`` and the actor on [h_t, z_t]: masked logits, greedy action, the message
+        [z_t, one_hot(action)], z_t and the actor's new state tensors."""
+        logits = rearrange(self.post_net(post_input), "b (s k) -> b s k", k=self.classes)
+        stoch = _posterior(logits, self.latent, noise)
+        out, action, new = _act(self.policy, self.state_names, torch.cat([deter, stoch], -1), actor_state, reset, action_mask)
+        return out, action, torch.cat([stoch, _onehot(action, self.n_actions, stoch.dtype)], -1), stoch, new
 
     def forward(
         self,
@@ -160,17 +195,51 @@ class WorldModelStep(nn.Module):
         """See the module docstring for inputs and outputs."""
         reset = reset.bool()  # masked_fill with constants: no zeros_like / full_like ops in the graph
         deter, stoch = deter.masked_fill(reset.unsqueeze(-1), 0.0), stoch.masked_fill(reset.unsqueeze(-1), 0.0)
-        prev = prev_action.masked_fill(reset, -1)
-        own = torch.cat([stoch, _onehot(prev, self.n_actions, stoch.dtype)], -1)  # (B, M); -1: zeros
-        slot = agent.unsqueeze(-1) == torch.arange(self.n_agents, device=obs.device)  # (B, N)
-        messages = torch.where(slot.unsqueeze(-1), own.unsqueeze(1), messages.masked_fill(reset[:, None, None], 0.0))
-        deter = self.cell(receive(self.comm, messages, heard, agent), deter)  # (B, H)
-        embed = self.obs_encoder(obs)  # (B, hidden)
-        logits = rearrange(self.post_net(torch.cat([deter, embed], -1)), "b (s k) -> b s k", k=self.classes)
-        stoch = _posterior(logits, self.latent, noise)
-        out, action, new = _act(self.policy, self.state_names, torch.cat([deter, stoch], -1), actor_state, reset, action_mask)
-        message = torch.cat([stoch, _onehot(action, self.n_actions, stoch.dtype)], -1)
+        deter = self.cell(self._receive(reset, agent, messages, heard, stoch, prev_action), deter)  # (B, H)
+        post_input = torch.cat([deter, self.obs_encoder(obs)], -1)
+        out, action, message, stoch, new = self._decide(deter, post_input, noise, actor_state, reset, action_mask)
         return out, action, message, deter, stoch, action, *new
+
+
+class Mamba2FilterStep(WorldModelStep):
+    """The exported step of a `MAMBAWorldModel` with Mamba-2 dynamics (`wmenv.models.rssm_mamba2`).
+
+    Its filter state is z_{t-1} and each Mamba-2 block's (conv, ssm) state (``wm_conv<i>``, ``wm_ssm<i>``): h_t comes
+    from those and the received messages, and the posterior reads the observation alone. ``states`` holds the blocks'
+    states (2 per block) followed by the actor's.
+
+    Args:
+        model: a `MAMBAWorldModel` with ``RSSMConfig.dynamics="mamba2"``.
+        policy, state_names, latent: as `WorldModelStep`.
+    """
+
+    def __init__(self, model: nn.Module, policy: RecurrentPolicy, state_names: list[str], latent: str) -> None:
+        super().__init__(model, policy, state_names, latent)
+        self.dynamics, self.layers = model.rssm.dynamics, model.rssm.config.ssm_layers
+
+    def forward(  # type: ignore[override]
+        self,
+        obs: Tensor,
+        action_mask: Tensor,
+        reset: Tensor,
+        agent: Tensor,
+        messages: Tensor,
+        heard: Tensor,
+        stoch: Tensor,
+        prev_action: Tensor,
+        states: list[Tensor],
+        noise: Tensor | None = None,
+    ) -> tuple[Tensor, ...]:
+        """See the module docstring for inputs and outputs."""
+        reset = reset.bool()
+        stoch = stoch.masked_fill(reset.unsqueeze(-1), 0.0)
+        k = 2 * self.layers
+        blocks = [t.masked_fill(reset.view(-1, *[1] * (t.dim() - 1)), 0.0) for t in states[:k]]
+        pairs = [(blocks[2 * i], blocks[2 * i + 1]) for i in range(self.layers)]
+        deter, pairs = self.dynamics.step(self._receive(reset, agent, messages, heard, stoch, prev_action), pairs)
+        out, action, message, stoch, new = self._decide(deter, self.obs_encoder(obs), noise, tuple(states[k:]), reset,
+                                                        action_mask)  # fmt: skip
+        return out, action, message, stoch, *[t for pair in pairs for t in pair], action, *new
 
 
 class AgentLevelStep(nn.Module):
@@ -219,15 +288,23 @@ class AgentLevelStep(nn.Module):
         return out, action, deter, stoch, action, *new
 
 
+def _dynamics(model: nn.Module) -> str:
+    """A MAMBA model's sequence model over time (``RSSMConfig.dynamics``)."""
+    return model.rssm.config.dynamics
+
+
+def _block_states(model: nn.Module) -> list[tuple[str, tuple[int, ...]]]:
+    """The Mamba-2 filter's block state inputs: (``wm_conv<i>`` / ``wm_ssm<i>``, shape after B) per block."""
+    pairs = model.rssm.dynamics.state_shapes()
+    return [(f"wm_{kind}{i}", shape) for i, pair in enumerate(pairs) for kind, shape in zip(("conv", "ssm"), pair)]
+
+
 def _check(model: Any, policy: Any, spec: Any | None, latent: str) -> None:
     """Refuse a model without an execution filter we export, a policy that does not fit it, another env or latent."""
     mamba = isinstance(getattr(getattr(model, "rssm", None), "comm", None), CommBlock)
     if not isinstance(model, nn.Module) or not (mamba or isinstance(model, MABLWorldModel)):
         raise TypeError(f"model: expected a MAMBAWorldModel (an RSSM with a CommBlock filter) or a MABLWorldModel, "
                         f"got {type(model).__name__}")  # fmt: skip
-    if mamba and model.rssm.config.dynamics != "gru":
-        raise ValueError(f"model: its {model.rssm.config.dynamics!r} dynamics (RSSMConfig.dynamics) have no exported filter "
-                         "yet; the ONNX step exports MAMBA's GRU filter and MABL's")  # fmt: skip
     if not isinstance(policy, RecurrentPolicy):
         raise TypeError(
             f"policy: expected a RecurrentPolicy (GRUPolicy, MambaPolicy, SPMambaPolicy), got {type(policy).__name__}"
@@ -243,7 +320,7 @@ def _check(model: Any, policy: Any, spec: Any | None, latent: str) -> None:
                          f"obs_dim={policy.obs_dim}, n_actions={policy.n_actions}")  # fmt: skip
     if spec is not None and spec.describe() != model.spec.describe():
         raise ValueError(f"spec: the model was made for {spec_diff(model.spec.describe(), spec.describe())}")
-    inputs = FILTER_INPUTS if mamba else AGENT_LEVEL_INPUTS
+    inputs = (FILTER_INPUTS if _dynamics(model) == "gru" else MAMBA2_FILTER_INPUTS) if mamba else AGENT_LEVEL_INPUTS
     clash = sorted(set(policy.initial_state(1)) & {*inputs, "noise"})
     if clash:
         raise ValueError(f"policy: its state names {clash} clash with the graph's inputs {list(inputs)}")
@@ -293,15 +370,25 @@ def export_wm_agent(
         filter_inputs, new_filter = AGENT_LEVEL_INPUTS, ["new_deter_a", "new_stoch_a"]
     else:
         c, M = model.rssm.config, model.message_dim
-        S, K, filter_state = c.stoch, c.classes, [["deter", [c.deter]], ["stoch", [c.stoch * c.classes]]]
-        graph = WorldModelStep(model, policy, names, latent).eval()
-        args = (*first, torch.tensor([0, N - 1]), torch.zeros(2, N, M), torch.ones(2, N, dtype=torch.bool),
-                torch.zeros(2, c.deter), torch.zeros(2, S * K), torch.full((2,), -1))  # fmt: skip
-        filter_inputs, new_filter = FILTER_INPUTS, ["message", "new_deter", "new_stoch"]
+        S, K = c.stoch, c.classes
+        talk = (torch.tensor([0, N - 1]), torch.zeros(2, N, M), torch.ones(2, N, dtype=torch.bool))
+        if _dynamics(model) == "gru":
+            filter_state = [["deter", [c.deter]], ["stoch", [S * K]]]
+            graph = WorldModelStep(model, policy, names, latent).eval()
+            args = (*first, *talk, torch.zeros(2, c.deter), torch.zeros(2, S * K), torch.full((2,), -1))
+            filter_inputs, new_filter = FILTER_INPUTS, ["message", "new_deter", "new_stoch"]
+        else:  # Mamba-2: the blocks' states go in the state list, before the actor's
+            blocks = _block_states(model)
+            filter_state = [["stoch", [S * K]], *([n, list(shape)] for n, shape in blocks)]
+            graph = Mamba2FilterStep(model, policy, names, latent).eval()
+            args = (*first, *talk, torch.zeros(2, S * K), torch.full((2,), -1))
+            filter_inputs, new_filter = MAMBA2_FILTER_INPUTS, ["message", "new_stoch", *(f"new_{n}" for n, _ in blocks)]
+            state0 = {**{n: torch.zeros(2, *shape) for n, shape in blocks}, **state0}
+    listed = list(state0)  # the state list's tensors: the filter's blocks (Mamba-2), then the actor's
     args = (*args, list(state0.values()))
     batch = torch.export.Dim("batch", min=1)
-    dynamic: tuple[Any, ...] = (*({0: batch} for _ in filter_inputs), state_dynamic(names, batch))
-    inputs = [*filter_inputs, *names]
+    dynamic: tuple[Any, ...] = (*({0: batch} for _ in filter_inputs), state_dynamic(listed, batch))
+    inputs = [*filter_inputs, *listed]
     outputs = ["logits", "action", *new_filter, "new_prev_action", *(f"new_{n}" for n in names)]
     if latent == "sample":
         args, dynamic, inputs = (*args, torch.full((2, S, K), 0.5)), (*dynamic, {0: batch}), [*inputs, "noise"]

@@ -10,7 +10,7 @@ pytest.importorskip("onnxruntime")
 
 from agents.policies import GRUPolicyConfig, MLPPolicyConfig, make_policy  # noqa: E402
 from exports import OnnxAgent, export_wm_agent, play_episode  # noqa: E402
-from exports.wm_agent import WorldModelStep, receive  # noqa: E402
+from exports.wm_agent import LATENTS, Mamba2FilterStep, WorldModelStep, receive  # noqa: E402
 from wmenv.envs import make  # noqa: E402
 from wmenv.models.comm import CommBlock  # noqa: E402
 from wmenv.models.mamba_wm import MAMBAWorldModel, preset  # noqa: E402
@@ -213,9 +213,6 @@ def test_bad_inputs_get_clear_errors(setup):
         export_wm_agent(model, policy, paths["mode"].parent / "x.onnx", latent="argmax")
     with pytest.raises(TypeError, match="model: expected a MAMBAWorldModel"):
         export_wm_agent(torch.nn.Linear(2, 2), policy, paths["mode"].parent / "x.onnx")
-    mamba2 = MAMBAWorldModel(spec, preset("small-mamba2"))
-    with pytest.raises(ValueError, match=r"model: its 'mamba2' dynamics \(RSSMConfig.dynamics\) have no exported filter"):
-        export_wm_agent(mamba2, make_policy("gru", mamba2.rssm.feature_dim, spec.n_actions), paths["mode"].parent / "x.onnx")
 
 
 def test_example_exports_a_latent_model_based_run_and_plays_it(tmp_path):
@@ -316,3 +313,59 @@ def test_mabl_graph_is_the_models_filter_step(mabl_setup):
         embed = model.obs_encoder(obs)
         logits = model.agent_post(torch.cat([deter, embed], -1)).view(B, c.stoch, c.classes)
         assert torch.equal(stoch.view(B, c.stoch, c.classes).argmax(-1), logits.argmax(-1))
+
+
+def test_mamba2_dynamics_export_their_filter_and_match_pytorch_and_the_model(tmp_path):
+    """Mamba-2 dynamics: the graph carries z and the blocks' states (no h); OnnxAgent ("sample") = the module in PyTorch
+    with the same noise over 300 steps with resets and dropped messages; the "mode" graph's block states and h are
+    `filter_step`'s, its z the argmax of the posterior logits."""
+    _, spec = make("mpe:simple_spread_v3", max_cycles=25)
+    torch.manual_seed(0)
+    model = MAMBAWorldModel(spec, preset("small-mamba2")).eval()
+    policy = make_policy("mamba", model.rssm.feature_dim, spec.n_actions).eval()  # its own "conv" / "ssm" state names
+    c, M, names = model.rssm.config, model.message_dim, list(policy.initial_state(1))
+    paths = {latent: export_wm_agent(model, policy, tmp_path / f"{latent}.onnx", latent=latent) for latent in LATENTS}
+    graph = onnx.load(str(paths["sample"]))
+    inputs = [i.name for i in graph.graph.input]
+    assert inputs[:10] == ["obs", "action_mask", "reset", "agent", "messages", "heard", "stoch", "prev_action", "wm_conv0",
+                           "wm_ssm0"] and "deter" not in inputs and inputs[-1] == "noise"  # fmt: skip
+    agent = OnnxAgent(paths["sample"], providers=["CPUExecutionProvider"], spec=spec)
+    agent.reset(B)
+    ref = Mamba2FilterStep(model, policy, names, "sample").eval()
+    blocks = [n for n in agent.state if n.startswith("wm_")]
+    state = {n: torch.from_numpy(v) for n, v in agent.state.items()}
+    rng, agent_rng, ref_rng = np.random.default_rng(0), np.random.default_rng(1), np.random.default_rng(1)
+    for t in range(300):
+        step_inputs = random_inputs(rng, spec, M, t)
+        action = agent.act(*step_inputs, rng=agent_rng)
+        noise = torch.from_numpy(ref_rng.random((B, c.stoch, c.classes), dtype=np.float32))
+        with torch.no_grad():
+            obs, mask, resets, messages, heard, slots = map(torch.from_numpy, step_inputs)
+            listed = [state[n] for n in [*blocks, *names]]
+            logits, greedy, message, *new = ref(obs, mask, resets, slots, messages, heard, state["stoch"],
+                                                state["prev_action"], listed, noise)  # fmt: skip
+        state = dict(zip(["stoch", *blocks, "prev_action", *names], new))
+        np.testing.assert_allclose(agent.logits, logits.numpy(), atol=1e-5, rtol=1e-5, err_msg=f"step {t}")
+        assert np.array_equal(action, greedy.numpy()), f"step {t}"
+        for name, value in state.items():
+            np.testing.assert_allclose(agent.state[name], value.numpy(), atol=1e-5, rtol=1e-5, err_msg=f"{name} at step {t}")
+    mode = OnnxAgent(paths["mode"], spec=spec)
+    mode.reset(B)
+    posterior: list[torch.Tensor] = []
+    hook = model.rssm.post_net.register_forward_hook(lambda mod, args, out: posterior.append(out))
+    try:
+        for t in range(50):
+            step_inputs = random_inputs(rng, spec, M, t)
+            before = {k: torch.from_numpy(v) for k, v in mode.state.items()}
+            mode.act(*step_inputs)
+            with torch.no_grad():
+                obs, _, resets, messages, heard, slots = map(torch.from_numpy, step_inputs)
+                filt = {"deter": torch.zeros(B, c.deter), "stoch": before["stoch"],
+                        **{n.removeprefix("wm_"): before[n] for n in blocks}}  # fmt: skip
+                new, _ = model.filter_step(filt, obs, before["prev_action"], resets, slots, messages, heard)
+            z = torch.nn.functional.one_hot(posterior[-1].view(B, c.stoch, c.classes).argmax(-1), c.classes)
+            assert np.array_equal(mode.state["stoch"], z.flatten(1).float().numpy()), f"step {t}"
+            for n in blocks:
+                np.testing.assert_allclose(mode.state[n], new[n.removeprefix("wm_")].numpy(), atol=1e-5, rtol=0)
+    finally:
+        hook.remove()

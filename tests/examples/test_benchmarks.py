@@ -393,3 +393,26 @@ def test_drama_world_model_benchmark_projects_from_measured_costs(tmp_path):
     assert r["params"] > 0 and r["fit_step_s"] > 0 and r["imagine_batch_s"] > 0 and r["fit_gflops"] > 0
     hours = 1000 * (r["fit_step_s"] + r["imagine_batch_s"] + 1 / out["env_steps_per_s"]) / 3600
     assert r["projected_hours"] == pytest.approx(hours, abs=0.006)  # rounded to 2 decimals from unrounded inputs
+
+
+def test_event_visibility_probes_score_every_input(tmp_path):
+    """Flatland's dense-reward events: a probe per input and event, scored on held-out rows, written as JSON."""
+    out = _run("event_visibility.py", "--train-steps", "600", "--heldout-steps", "400", "--epochs", "2",
+               "--hidden", "16", "--out", str(tmp_path))  # fmt: skip
+    assert json.loads((tmp_path / "flatland_5.json").read_text()) == out
+    assert out["train_rows"] > 1000 and out["heldout_rows"] > 500
+    deadlock = out["results"]["deadlock"]
+    assert out["train_events"]["deadlock"] > 0 and set(deadlock) == {"now", "before", "both", "state"}
+    for scores in deadlock.values():
+        assert scores["real"] > 0 and 0 <= scores["matched"] <= min(scores["real"], scores["predicted"])
+        assert 0 < scores["average_precision"] <= 1
+        assert scores["base_rate"] == pytest.approx(scores["real"] / out["heldout_rows"], abs=1e-6)
+
+
+def test_average_precision_by_hand():
+    """Positives ranked 1st and 3rd: (1/1 + 2/3) / 2; no positive: None; a perfect ranking: 1."""
+    module = _benchmark_module("event_visibility")
+    scores, labels = np.array([0.9, 0.8, 0.7, 0.1]), np.array([True, False, True, False])
+    assert module.average_precision(scores, labels) == pytest.approx((1 + 2 / 3) / 2)
+    assert module.average_precision(scores, np.zeros(4, bool)) is None
+    assert module.average_precision(scores, np.array([True, True, False, False])) == 1.0

@@ -38,6 +38,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
+from agents.collection import OVERLAPS, RealData
 from agents.critic import AttentionCritic, CriticConfig
 from agents.mappo import MAPPO, MAPPOConfig
 from agents.policies import (
@@ -49,8 +50,8 @@ from agents.policies import (
     make_policy,
     policy_field,
 )
-from agents.resume import load_run_state, resume_envs, save_run_state
-from agents.schedule import achieved_ratios, collect_for_update, scheduled_units
+from agents.resume import load_run_state, save_run_state
+from agents.schedule import achieved_ratios, scheduled_units
 from agents.train import (
     evaluate_and_log,
     latest_checkpoint,
@@ -62,16 +63,13 @@ from agents.train import (
     torch_threads,
 )
 from wmenv.checks import check_choice, check_int, check_positive
-from wmenv.data.collect import Collector
 from wmenv.data.persist import remove_temporaries
 from wmenv.data.replay import EpisodeReplay, ReplayConfig
 from wmenv.data.samplers import DFS, DFSConfig
 from wmenv.dream import DreamVecEnv
 from wmenv.dream.mag import ErrorPredictor, MAGConfig, MAGPlanner, fit_error_predictor
 from wmenv.envs import make
-from wmenv.envs.vector import VecEnv
 from wmenv.fit import FitConfig, fit, load_model, save_model
-from wmenv.latent.filter import AgentFilters
 from wmenv.models.registry import KINDS, build_model, model_kind
 from wmenv.models.world_model import WorldModel
 
@@ -174,6 +172,13 @@ class ModelBasedConfig:
     Raise it on a machine this run has to itself; on CUDA it only affects the CPU-side work."""
     progress: bool = True
     """Show a progress bar over iterations."""
+    overlap: Literal["off", "local", "ray"] = "off"
+    """Real data collection: "off", in line with learning (each iteration collects with the actor of the moment, then
+    learns); "ray", in a worker (a Ray actor; `agents.collection`) that collects the next update's steps while the
+    learner fits and trains in the dream, with the actor one update late; "local", the same worker in this process
+    (nothing overlaps; the data "ray" gives, without Ray)."""
+    ray_address: str | None = None
+    """With ``overlap="ray"``: the Ray cluster to join (None: the running Ray, or a local one on this machine)."""
 
     def __post_init__(self) -> None:
         for name in (
@@ -199,6 +204,7 @@ class ModelBasedConfig:
         if self.stream and self.real_episodes:
             raise ValueError("ModelBasedConfig.stream: collecting until episodes end (real_episodes) steps one env step "
                              "per call, so streaming would store one-row pieces; use one or the other")  # fmt: skip
+        check_choice("ModelBasedConfig.overlap", self.overlap, OVERLAPS)
         check_choice("ModelBasedConfig.model_kind", self.model_kind, tuple(KINDS))
         check_choice("ModelBasedConfig.model", self.model, model_kind(self.model_kind).presets)
         if self.fit.compile == "steps" and not model_kind(self.model_kind).model_cls.steps_compilable:
@@ -263,42 +269,6 @@ class DreamSpec:
     """The real env's agent ids (with ``action_spaces``: continuous actions' bounds)."""
     action_spaces: dict[str, Any] | None = None
     """The real env's action spaces."""
-
-
-class RealActor:
-    """A `collect` policy: samples from ``agent`` with its recurrent state carried across steps (and iterations).
-
-    With ``filters`` (latent actors) the agent acts on each agent's filtered features instead of the observations.
-    """
-
-    def __init__(self, agent: MAPPO, num_envs: int, n_agents: int, filters: AgentFilters | None = None) -> None:
-        self.agent, self.num_envs, self.filters = agent, num_envs, filters
-        self.carry: dict[str, Any] = {"state": agent.policy.initial_state(num_envs * n_agents), "first": True}
-        """The actor's recurrent state and whether the next step is the first (all copies start then)."""
-
-    def __call__(self, step: Any) -> np.ndarray:
-        carry, agent, filters = self.carry, self.agent, self.filters
-        ended = np.asarray(step.terminated) | np.asarray(step.truncated) | np.asarray(step.done)[:, None]
-        resets = torch.ones(ended.size, dtype=torch.bool) if carry["first"] else torch.as_tensor(ended).flatten()
-        obs = step.obs if filters is None else filters.observe_vec(step, first=carry["first"])
-        carry["first"] = False
-        obs = torch.as_tensor(obs, dtype=torch.float32).flatten(0, 1)
-        mask = torch.as_tensor(step.action_mask).flatten(0, 1)
-        actions, _, carry["state"] = agent.act(obs, carry["state"], resets, mask)
-        actions = agent.env_actions(actions, self.num_envs)
-        if filters is not None:
-            filters.record(actions, step.alive)
-        return actions
-
-    def get_state(self) -> dict[str, Any]:
-        """The carry and the filters' state, for `set_state`."""
-        return {"carry": self.carry, "filters": None if self.filters is None else self.filters.get_state()}
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        """Continue from `get_state`."""
-        self.carry = state["carry"]
-        if self.filters is not None:
-            self.filters.set_state(state["filters"])
 
 
 REPLAY_SEGMENTS = "replay"
@@ -493,19 +463,19 @@ def _run(cfg: ModelBasedConfig) -> dict[str, Any]:
         print(f"no checkpoint in {run_dir / 'checkpoints'}; starting a fresh run")
     # A resume restores the copies mid-episode where it can; otherwise copy i of a run restarted at iteration k gets
     # seed + k*E + i.
-    vec = VecEnv(cfg.env_id, num_envs=cfg.num_envs, seed=cfg.seed + counters["iteration"] * cfg.num_envs, **cfg.env_kwargs)
-    collector = Collector(vec, replay, stream=cfg.stream)
     latent = cfg.actor_input == "latent"
-    filters = AgentFilters(model, cfg.num_envs, cfg.seed) if latent else None
-    act = RealActor(agent, cfg.num_envs, spec.n_agents, filters)
+    worker = {"env_id": cfg.env_id, "env_kwargs": cfg.env_kwargs, "num_envs": cfg.num_envs,
+              "seed": cfg.seed + counters["iteration"] * cfg.num_envs, "filter_seed": cfg.seed, "stream": cfg.stream,
+              "real_steps": cfg.real_steps, "real_episodes": cfg.real_episodes}  # fmt: skip
+    real = RealData(replay, agent, model if latent else None, cfg.overlap, worker, cfg.ray_address)
 
     starts, dfs = _samplers(cfg, replay, state)
 
     def live(folder: Path) -> None:
+        vec, parts = real.run_state()
         save_run_state(
-            folder, vec, collector=(collector.step, collector.recorder), actor=act.get_state(),
-            planner=None if planner is None else planner.generator.get_state(),
-            dfs=None if dfs is None else dfs.state_dict(),
+            folder, vec, planner=None if planner is None else planner.generator.get_state(),
+            dfs=None if dfs is None else dfs.state_dict(), **parts,
         )  # fmt: skip
 
     dream = DreamVecEnv(
@@ -524,18 +494,15 @@ def _run(cfg: ModelBasedConfig) -> dict[str, Any]:
         )
         return result["episode_return"]
 
-    if ckpt is not None and resume_envs(vec, state):
-        collector.step, collector.recorder = state["collector"]
-        act.set_state(state["actor"])
-        if planner is not None:
-            planner.generator.set_state(state["planner"])
+    if ckpt is not None and real.resume(state) and planner is not None:
+        planner.generator.set_state(state["planner"])
     if not curve:
         curve.append((0, run_eval(0)))
     start, elapsed = time.perf_counter(), counters.get("wall_clock_s", 0)
     bar = tqdm(total=cfg.iterations, initial=counters["iteration"], desc="model-based", unit="iter", disable=not cfg.progress)
     try:
         for it in range(counters["iteration"], cfg.iterations):
-            returns, steps = collect_for_update(collector, act, cfg.real_steps, cfg.real_episodes, cfg.num_envs)
+            returns, steps = real.collect()
             counters["env_steps"] += steps
             counters["episodes"] += len(returns)
             real_steps = counters["env_steps"]
@@ -556,7 +523,7 @@ def _run(cfg: ModelBasedConfig) -> dict[str, Any]:
     finally:
         bar.close()
         writer.close()
-        vec.close()
+        real.close()
     save_model(run_dir / "world_model", model)
     result = {
         "env_id": cfg.env_id,

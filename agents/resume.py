@@ -43,10 +43,11 @@ def set_global_rng_state(state: dict[str, Any]) -> None:
 
 def save_run_state(folder: str | Path, vec: Any, **parts: Any) -> None:
     """Write ``vec``'s env copies, the global random streams and ``parts`` (tensors moved to the CPU) into the
-    checkpoint ``folder``. An env whose state cannot be saved is recorded as such, with the reason."""
+    checkpoint ``folder``. An env whose state cannot be saved is recorded as such, with the reason; ``vec`` None: the
+    run has no env copies here (an overlapped collection's worker holds them, saved in ``parts``)."""
     folder = Path(folder)
     try:
-        envs, why_not = vec.get_state(), None
+        envs, why_not = (None, "no env copies in this process") if vec is None else (vec.get_state(), None)
     except SnapshotError as e:
         envs, why_not = None, str(e)
     data = snapshot({"envs": envs, "rng": global_rng_state(), **to_device(parts, "cpu")})

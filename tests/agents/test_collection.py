@@ -1,0 +1,120 @@
+"""Overlapped collection (issue 19, item 3): a worker collects one update's real data with the weights it is sent, its
+pending state resumes exactly, and the model-based loop runs, counts and resumes with it; in a Ray actor (where Ray is
+installed) it gives the local worker's data."""
+
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+from test_model_based import _small
+
+from agents.collection import CollectWorker, OverlappedCollection, actor_weights
+from agents.model_based import ModelBasedConfig, run
+from wmenv.models.registry import build_model
+
+
+def _worker_args(agent, model=None, **kw):
+    return {"env_id": "mpe:simple_spread_v3", "env_kwargs": {}, "num_envs": 2, "seed": 3, "agent": agent, "model": model,
+            "filter_seed": 4, "stream": False, "real_steps": 60, "real_episodes": 0, **kw}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def agent_and_model():
+    """The MAPPO agent and `small` world model of a fresh latent-actor loop config (built as the loop builds them)."""
+    from agents.critic import AttentionCritic
+    from agents.mappo import MAPPO
+    from agents.model_based import DreamSpec
+    from agents.policies import make_policy
+    from wmenv.envs import make
+
+    cfg = ModelBasedConfig()
+    _, spec = make(cfg.env_id)
+    torch.manual_seed(0)
+    model = build_model("mamba", spec, "small").eval()
+    feat, state = model.feature_widths()
+    policy = make_policy("gru", feat, spec.n_actions, cfg.gru)
+    dream_spec = DreamSpec(spec.n_agents, feat, state, spec.n_actions, spec.discrete, spec.agents, spec.action_spaces)
+    agent = MAPPO(dream_spec, cfg.mappo, policy=policy, critic=AttentionCritic(state, spec.n_agents, cfg.critic), seed=0)
+    return agent, model
+
+
+def _episodes_equal(a: list[dict], b: list[dict]) -> bool:
+    return len(a) == len(b) and all(x.keys() == y.keys() and all(np.array_equal(x[k], y[k]) for k in x) for x, y in zip(a, b))
+
+
+def test_a_worker_collects_with_the_weights_it_is_sent_and_its_pending_state_resumes(agent_and_model):
+    """Two workers built alike collect the same data with the same weights; other weights, other actions; a worker
+    restored to a pending collection's state collects that collection again, episodes, returns and steps alike."""
+    agent, model = agent_and_model
+    weights = actor_weights(agent, model)
+    first = OverlappedCollection("local", _worker_args(agent, model))
+    twin = OverlappedCollection("local", _worker_args(agent, model))
+    first.submit(weights)
+    state = first.pending[0]
+    a = first.take()
+    twin.submit(weights)
+    b = twin.take()
+    assert a["steps"] == 60 and _episodes_equal(a["episodes"], b["episodes"]) and a["returns"] == b["returns"]
+    first.submit(weights)  # the copies go on from where the first collection left them: other rows
+    c = first.take()
+    assert len(a["episodes"]) + len(c["episodes"]) >= 2 and not _episodes_equal(a["episodes"], c["episodes"])
+    assert first.restore(state)
+    first.submit(weights)
+    again = first.take()
+    assert _episodes_equal(again["episodes"], a["episodes"]) and again["returns"] == a["returns"]
+    other = {**weights, "policy": {k: v + 0.5 * torch.randn_like(v) for k, v in weights["policy"].items()}}
+    assert first.restore(state)
+    first.submit(other)
+    moved = first.take()
+    actions = lambda data: np.concatenate([e["action"] for e in data["episodes"]])  # noqa: E731
+    assert not np.array_equal(actions(moved), actions(a))
+    for handle in (first, twin):
+        handle.close()
+
+
+def test_overlapped_collection_refuses_out_of_order_calls(agent_and_model):
+    agent, _ = agent_and_model
+    handle = OverlappedCollection("local", _worker_args(agent))
+    with pytest.raises(RuntimeError, match="take: no collection was submitted"):
+        handle.take()
+    handle.submit(actor_weights(agent, None))
+    with pytest.raises(RuntimeError, match="submit: a collection is already pending"):
+        handle.submit(actor_weights(agent, None))
+    handle.close()
+    with pytest.raises(ValueError, match=r"backend: expected 'local' or 'ray', got 'thread'"):
+        OverlappedCollection("thread", _worker_args(agent))
+    with pytest.raises(ValueError, match=r"ModelBasedConfig.overlap: expected .*got 'async'"):
+        ModelBasedConfig(overlap="async")
+    worker = CollectWorker(**_worker_args(agent))
+    assert set(worker.get_state()) == {"envs", "why_not", "collector", "actor", "generator"}
+    worker.close()
+
+
+def test_the_loop_overlaps_counts_real_steps_and_resumes_exactly(tmp_path):
+    """overlap="local": the first collection is the in-line run's (same actor, same env seeds), every iteration counts
+    its real steps, and a run stopped after 2 iterations and resumed to 3 equals the uninterrupted run."""
+    inline = run(_small(tmp_path / "inline", 2))
+    straight = run(_small(tmp_path / "straight", 3, overlap="local"))
+    assert straight["real_returns"][0] == inline["real_returns"][0]
+    assert straight["real_steps"] == 180 and [s for s, _ in straight["eval_returns"]] == [0, 60, 120, 180]
+    run(_small(tmp_path / "resumed", 2, overlap="local"))
+    resumed = run(_small(tmp_path / "resumed", 3, overlap="local", resume=True))
+    assert resumed["eval_returns"] == straight["eval_returns"] and resumed["real_returns"] == straight["real_returns"]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason='ray not installed: pip install "wmenv[ray]"')
+def test_a_ray_worker_gives_the_local_workers_run(tmp_path):
+    """overlap="ray" (the worker in a Ray actor, collecting while the learner learns) = overlap="local", latent actors
+    and their filters included."""
+    import ray
+
+    from wmenv.envs.ray_backend import join_ray
+
+    join_ray()
+    try:
+        remote = run(_small(tmp_path / "ray", 2, overlap="ray"))
+    finally:
+        ray.shutdown()
+    local = run(_small(tmp_path / "local", 2, overlap="local"))
+    assert remote["eval_returns"] == local["eval_returns"] and remote["real_returns"] == local["real_returns"]

@@ -85,6 +85,9 @@ class Args:
     """Held-out windows evaluated."""
     reward_head: Literal["mse", "twohot"] | None = None
     """The world model's reward head (`MAMBAConfig.reward_head`); None keeps the preset's."""
+    reward_event_weight: float | None = None
+    """Weight of the reward loss on event rows (|reward| >= 1; `MAMBAConfig.reward_event_weight`); None keeps the
+    preset's (1)."""
     event_rate: float | None = None
     """Fit on windows that hold an event (|reward| >= 1 or a termination) with this probability (`EventStarts`);
     None samples windows uniformly."""
@@ -207,6 +210,8 @@ def main(args: Args) -> dict:
     config = model_kind(args.model_kind).preset(args.model)
     if args.reward_head is not None:
         config = dataclasses.replace(config, reward_head=args.reward_head)
+    if args.reward_event_weight is not None:
+        config = dataclasses.replace(config, reward_event_weight=args.reward_event_weight)
     reward_head = getattr(config, "reward_head", "twohot")  # DRAMA's is always two-hot
     if args.event_rate is not None:
         train.sampler = EventStarts(train, args.event_rate)
@@ -278,6 +283,7 @@ def main(args: Args) -> dict:
         "model": args.model,
         "reward_head": reward_head,
         "event_rate": args.event_rate,
+        "reward_event_weight": getattr(config, "reward_event_weight", 1.0),
         "spec": spec_desc,
         "train_steps": args.train_steps,
         "fit_steps": args.fit_steps,

@@ -11,6 +11,7 @@ from torch import nn
 from torch.distributions import Categorical, kl_divergence
 
 from wmenv.envs.spec import EnvSpec
+from wmenv.models.heads import head_errors
 from wmenv.models.mamba_wm import MAMBAConfig, MAMBAWorldModel, categorical_kl, preset
 from wmenv.models.rssm import RSSMConfig
 
@@ -356,3 +357,28 @@ def test_bad_spec_and_preset_names_are_refused():
     for name in ("huge", "flatland-mamba2"):
         with pytest.raises(ValueError, match=rf"^name: expected one of {names}, got '{name}'$"):
             preset(name)
+
+
+@pytest.mark.parametrize("head", ["mse", "twohot"])
+def test_event_rows_weigh_more_in_the_reward_loss(head):
+    """reward_event_weight w: each row's reward error times w where |reward| >= the threshold, times 1 elsewhere;
+    the other heads' errors are unchanged, and w = 1 is the plain loss."""
+    batch = hand_batch()
+    plain = head_errors_of(tiny_model(reward_head=head), batch)
+    weighted_model = tiny_model(reward_head=head, reward_event_weight=7.0, reward_event_threshold=0.8)
+    weighted = head_errors_of(weighted_model, batch)
+    event = batch["reward"].abs() >= 0.8
+    assert 0 < int(event.sum()) < event.numel()  # the hand batch has rows on both sides of the threshold
+    torch.testing.assert_close(weighted["reward"][0], plain["reward"][0] * torch.where(event, 7.0, 1.0))
+    for name in ("obs", "cont", "info"):
+        torch.testing.assert_close(weighted[name][0], plain[name][0])
+    with pytest.raises(ValueError, match=r"^MAMBAConfig.reward_event_weight: expected a positive"):
+        tiny_config(reward_event_weight=0.0)
+
+
+def head_errors_of(model: MAMBAWorldModel, batch: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, object]]:
+    """The heads' per-row errors of ``batch`` on the model's posterior features (the same posterior draws)."""
+    torch.manual_seed(0)
+    posts, _ = model._filter_windows(batch)
+    feat = model.features(posts)
+    return head_errors(model, feat, feat, batch)

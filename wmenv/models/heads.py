@@ -50,12 +50,25 @@ class HeadsMixin:
     spec: object
     reward_kind: RewardKind
 
+    reward_event_weight: float = 1.0
+    reward_event_threshold: float = 1.0
+
     def _build_heads(
-        self, agent_dim: int, full_dim: int, hidden: int, layers: int, reward_kind: RewardKind, reward_bins: int
+        self,
+        agent_dim: int,
+        full_dim: int,
+        hidden: int,
+        layers: int,
+        reward_kind: RewardKind,
+        reward_bins: int,
+        event_weight: float = 1.0,
+        event_threshold: float = 1.0,
     ) -> None:
-        """Heads reading ``agent_dim`` (observation, reward, info) or ``full_dim`` features (continuation, mask)."""
+        """Heads reading ``agent_dim`` (observation, reward, info) or ``full_dim`` features (continuation, mask); the
+        reward loss weighs rows with |reward| >= ``event_threshold`` by ``event_weight``."""
         D, A = self.spec.obs_dim, self.spec.n_actions
         self.reward_kind = reward_kind
+        self.reward_event_weight, self.reward_event_threshold = float(event_weight), float(event_threshold)
         self.obs_head = mlp(agent_dim, hidden, D, layers)
         self.reward_head = mlp(agent_dim, hidden, reward_bins if reward_kind == "twohot" else 1, layers)
         if reward_kind == "twohot":  # DreamerV3: start from a uniform categorical, i.e. a predicted reward of 0
@@ -158,7 +171,8 @@ def head_errors(
     or None for all).
 
     The loss term is the error's mean over its rows (`head_losses`): obs on present agents, reward and continuation
-    on every row, action_mask where the agent acts, info where it acted at the previous row.
+    on every row (the reward's error weighed by the model's ``reward_event_weight`` where |reward| reaches its
+    ``reward_event_threshold``), action_mask where the agent acts, info where it acted at the previous row.
     """
     obs, actions, alive = batch["obs"], batch["action"], batch["alive"].bool()
     resets = batch["reset"].bool()
@@ -168,6 +182,9 @@ def head_errors(
         reward = twohot_loss(model.reward_head(agent_feat), symlog(batch["reward"]), model.reward_bins)
     else:
         reward = (model.reward_head(agent_feat).squeeze(-1) - batch["reward"]).square()
+    if model.reward_event_weight != 1.0:  # rare large rewards (events) weigh more
+        event = batch["reward"].abs() >= model.reward_event_threshold
+        reward = reward * torch.where(event, model.reward_event_weight, 1.0).to(reward.dtype)
     cont = F.binary_cross_entropy_with_logits(
         model.cont_head(full_feat).squeeze(-1), (alive & ~batch["terminated"].bool()).to(full_feat.dtype), reduction="none"
     )

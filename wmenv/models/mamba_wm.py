@@ -24,7 +24,7 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
-from wmenv.checks import check_int
+from wmenv.checks import check_int, check_positive
 from wmenv.models.heads import HeadsMixin, balanced_kl, categorical_kl, check_reward_head, head_errors
 from wmenv.models.rssm import MultiAgentRSSM, RSSMConfig, sample_onehot
 from wmenv.models.rssm_mamba2 import Mamba2RSSM
@@ -58,11 +58,18 @@ class MAMBAConfig:
     over ``reward_bins`` bins with cross-entropy (learns rare large rewards), zero-initialized output layer."""
     reward_bins: int = 255
     """K, bins of the two-hot reward head, evenly spaced over symlog [-20, 20]; odd so that 0 is a bin (DreamerV3: 255)."""
+    reward_event_weight: float = 1.0
+    """Weight of the reward loss on rows whose |reward| >= ``reward_event_threshold`` (rare events such as Flatland's
+    +10 arrivals and -5 deadlocks); 1: every row alike (the paper's)."""
+    reward_event_threshold: float = 1.0
+    """|reward| from which a row is an event for ``reward_event_weight``."""
 
     def __post_init__(self) -> None:
         for name in ("head_hidden", "head_layers"):
             check_int(f"MAMBAConfig.{name}", getattr(self, name))
         check_reward_head("MAMBAConfig", self.reward_head, self.reward_bins)
+        for name in ("reward_event_weight", "reward_event_threshold"):
+            check_positive(f"MAMBAConfig.{name}", getattr(self, name))
         if not 0 <= self.kl_balance <= 1:
             raise ValueError(f"MAMBAConfig.kl_balance: expected a number in [0, 1], got {self.kl_balance!r}")
 
@@ -113,7 +120,8 @@ class MAMBAWorldModel(HeadsMixin, WorldModel):
         rssm = MultiAgentRSSM if c.rssm.dynamics == "gru" else Mamba2RSSM
         self.rssm = rssm(D, A, N, c.rssm)
         feat = self.rssm.feature_dim
-        self._build_heads(feat, feat, c.head_hidden, c.head_layers, c.reward_head, c.reward_bins)
+        self._build_heads(feat, feat, c.head_hidden, c.head_layers, c.reward_head, c.reward_bins, c.reward_event_weight,
+                          c.reward_event_threshold)  # fmt: skip
 
     # --- the contract ---
     def features(self, state: State) -> Tensor:

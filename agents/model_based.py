@@ -106,7 +106,11 @@ class ModelBasedConfig:
     """World model (`wmenv.models.registry`): "mamba" (MAMBA's RSSM with communication), "mabl" (MABL's bi-level
     model, which reads the env's global state in training) or "drama" (DRAMA's single-agent Mamba-2 model of frames)."""
     model: str = "small"
-    """World-model preset of that kind: "small", "smac" or "flatland" ("xs", "s" or "cpu-small" for "drama")."""
+    """World-model preset of that kind: "small", "smac" or "flatland" ("xs", "s" or "cpu-small" for "drama"; MAMBA also
+    "small-mamba2" and "smac-mamba2")."""
+    reward_event_weight: float | None = None
+    """MAMBA's world model: weight of the reward loss on event rows, |reward| >= 1 (`MAMBAConfig.reward_event_weight`;
+    BENCHMARKS.md, "Are the events in the observation?"); None keeps the preset's (1)."""
     fit: FitConfig = field(
         default_factory=lambda: FitConfig(steps=200, batch_size=16, seq_len=20, progress=False, compile="steps")
     )
@@ -207,6 +211,11 @@ class ModelBasedConfig:
         check_choice("ModelBasedConfig.overlap", self.overlap, OVERLAPS)
         check_choice("ModelBasedConfig.model_kind", self.model_kind, tuple(KINDS))
         check_choice("ModelBasedConfig.model", self.model, model_kind(self.model_kind).presets)
+        if self.reward_event_weight is not None:
+            if self.model_kind != "mamba":
+                raise ValueError(f"ModelBasedConfig.reward_event_weight: MAMBA's world model option, the run's model kind "
+                                 f"is {self.model_kind!r}")  # fmt: skip
+            check_positive("ModelBasedConfig.reward_event_weight", self.reward_event_weight)
         if self.fit.compile == "steps" and not model_kind(self.model_kind).model_cls.steps_compilable:
             self.fit = dataclasses.replace(self.fit, compile="off")  # nothing runs per row: nothing to compile there
         check_choice("ModelBasedConfig.policy", self.policy, POLICIES)
@@ -217,6 +226,14 @@ class ModelBasedConfig:
             raise ValueError(
                 f"ModelBasedConfig.rollout: 'mag' needs a world model with per-step errors, {self.model_kind!r} has none"
             )
+
+
+def _model_config(cfg: ModelBasedConfig) -> Any:
+    """The world model's config: the run's preset, with its overrides."""
+    config = model_kind(cfg.model_kind).preset(cfg.model)
+    if cfg.reward_event_weight is not None:
+        config = dataclasses.replace(config, reward_event_weight=cfg.reward_event_weight)
+    return config
 
 
 def _paper_schedule(env_id: str, env_kwargs: dict, model: str, seq_len: int, fit_steps: int, capacity: int,
@@ -418,7 +435,7 @@ def _run(cfg: ModelBasedConfig) -> dict[str, Any]:
             "episode could end to fit on; collect more steps, use fewer copies or set real_episodes"
         )
     replay = EpisodeReplay(ReplayConfig(capacity=cfg.capacity, seed=cfg.seed), spec=spec)
-    model = build_model(cfg.model_kind, spec, cfg.model)
+    model = build_model(cfg.model_kind, spec, _model_config(cfg))
     wm_optim = torch.optim.Adam(model.parameters(), lr=model.config.lr)
     policy_cfg = getattr(cfg, policy_field(cfg.policy))
     feature_dim, state_dim = model.feature_widths()

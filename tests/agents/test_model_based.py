@@ -140,6 +140,20 @@ def test_mamba2_dynamics_run_the_loop_and_resume_exactly(tmp_path):
     assert second["eval_returns"] == straight["eval_returns"] and second["real_returns"] == straight["real_returns"]
 
 
+def test_reward_event_weight_reaches_the_world_model_and_is_refused_elsewhere(tmp_path):
+    """--reward-event-weight: the fitted model's config holds it (and a resume with another weight is refused as another
+    model); MABL's model and non-positive weights are refused."""
+    run(_small(tmp_path, 1, reward_event_weight=5.0))
+    saved = json.loads((latest_checkpoint(tmp_path) / "world_model" / "config.json").read_text())
+    assert saved["config"]["reward_event_weight"] == 5.0
+    with pytest.raises(ValueError, match="has config"):
+        run(_small(tmp_path, 2, resume=True))
+    with pytest.raises(ValueError, match="reward_event_weight: MAMBA's world model option, the run's model kind is 'mabl'"):
+        ModelBasedConfig(model_kind="mabl", reward_event_weight=5.0)
+    with pytest.raises(ValueError, match="ModelBasedConfig.reward_event_weight: expected a positive"):
+        ModelBasedConfig(reward_event_weight=0.0)
+
+
 def test_config_checks():
     presets = "'smac', 'flatland', 'small', 'smac-mamba2' or 'small-mamba2'"
     with pytest.raises(ValueError, match=f"ModelBasedConfig.model: expected {presets}, got 'tiny'"):

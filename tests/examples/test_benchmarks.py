@@ -416,3 +416,13 @@ def test_average_precision_by_hand():
     assert module.average_precision(scores, labels) == pytest.approx((1 + 2 / 3) / 2)
     assert module.average_precision(scores, np.zeros(4, bool)) is None
     assert module.average_precision(scores, np.array([True, True, False, False])) == 1.0
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason='ray not installed: pip install "wmenv[ray]"')
+def test_overlap_benchmark_times_both_modes(tmp_path):
+    out = _run("overlap.py", "--run.iterations", "2", "--run.real-steps", "60", "--run.num-envs", "2", "--run.fit-steps", "3",
+               "--run.dream-updates", "1", "--run.dream-worlds", "8", "--run.eval-episodes", "1",
+               "--out", str(tmp_path / "o.json"))  # fmt: skip
+    assert set(out["results"]) == {"off", "ray"} and out["speedup"] > 0
+    assert 0 < out["inline_collection_share"] < 1 and out["results"]["off"]["collect_wait_s"] > 0
+    assert json.loads((tmp_path / "o.json").read_text()) == out

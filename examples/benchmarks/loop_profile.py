@@ -49,6 +49,7 @@ import torch
 import tyro
 from report import emit, flops, machine, matmul_gflops
 
+import agents.collection as collection
 import agents.model_based as mb
 from agents.mappo import MAPPO
 from agents.model_based import ModelBasedConfig
@@ -112,13 +113,14 @@ class Probe:
     @contextmanager
     def installed(self) -> Iterator[None]:
         """Patch `agents.model_based`'s collaborators (and `MAPPO`'s dream-facing methods) for the block."""
-        saved = {k: getattr(mb, k) for k in ("collect_for_update", "fit", "evaluate_and_log", "_save")}
+        saved = {k: getattr(mb, k) for k in ("fit", "evaluate_and_log", "_save")}
+        saved_collect = collection.collect_for_update  # the loop's in-line collection calls it there
         mappo = {k: getattr(MAPPO, k) for k in ("start", "collect", "update")}
 
         def collect(*a: Any, **kw: Any) -> Any:
             self.begin()
             with self.timed("collect"):
-                returns, steps = saved["collect_for_update"](*a, **kw)
+                returns, steps = saved_collect(*a, **kw)
             self.iterations[-1]["real_steps"] = steps
             return returns, steps
 
@@ -138,7 +140,7 @@ class Probe:
 
             return counted
 
-        mb.collect_for_update, mb.fit = collect, fit
+        collection.collect_for_update, mb.fit = collect, fit
         mb.evaluate_and_log, mb._save = self.wrap("eval", saved["evaluate_and_log"]), self.wrap("checkpoint", saved["_save"])
         MAPPO.start = count("dream_resets", self.wrap("dream", mappo["start"], "start"))
         MAPPO.collect = count("dream_rollouts", self.wrap("dream", mappo["collect"], "collect"))
@@ -148,6 +150,7 @@ class Probe:
         finally:
             for k, v in saved.items():
                 setattr(mb, k, v)
+            collection.collect_for_update = saved_collect
             for k, v in mappo.items():
                 setattr(MAPPO, k, v)
 

@@ -9,6 +9,7 @@ note), a dead actor or one that does not answer within ``worker_timeout`` is a `
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +27,34 @@ def import_ray() -> Any:
     return ray
 
 
+CONNECT_TIMEOUT_S = 10.0
+"""How long `join_ray` waits for a cluster address to accept a connection (Ray's own join retries for minutes)."""
+
+
+def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """Raise unless something accepts a TCP connection at a Ray address within ``timeout`` seconds.
+
+    ``address`` is ``"host:port"`` or ``"ray://host:port"`` (Ray client); ``"auto"`` and ``"local"`` (Ray's own
+    lookups) are not checked. Ray's ``ray.init`` keeps retrying an address where nothing listens for minutes; this
+    turns that into an error.
+
+    Raises:
+        ValueError: the address has no ``host:port``.
+        ConnectionError: nothing answered within ``timeout`` (refused, unroutable or silent).
+    """
+    if address in ("auto", "local"):
+        return
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"ray_address: expected 'host:port' or 'ray://host:port' (or 'auto'), got {address!r}")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as e:
+        raise ConnectionError(f"ray_address: nothing accepted a connection at {address!r} within {timeout:g} s ({e}); "
+                              "start the cluster there (`ray start --head`) or fix the address") from e  # fmt: skip
+
+
 def join_ray(address: str | None = None) -> Any:
     """The ``ray`` module, initialized: the running Ray if there is one, else ``ray.init(address=address)`` (None: a
     local Ray on this machine's cores, whose workers run at the driver's priority: Ray's default nice 15 made a sweep's
@@ -33,12 +62,15 @@ def join_ray(address: str | None = None) -> Any:
 
     Raises:
         ImportError: Ray is not installed (naming the extra).
-        ConnectionError: the cluster at ``address`` cannot be joined.
+        ConnectionError: the cluster at ``address`` cannot be joined (nothing listening there: within
+            `CONNECT_TIMEOUT_S`, `check_reachable`).
     """
     ray = import_ray()
     if not ray.is_initialized():
         if address is None:
             os.environ.setdefault("RAY_worker_niceness", "0")
+        else:
+            check_reachable(address)
         try:
             ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
         except (ConnectionError, RuntimeError, ValueError) as e:

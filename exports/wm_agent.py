@@ -22,7 +22,8 @@ h_t comes from the received messages and the Mamba-2 blocks' states, which repla
 
 MABL's agents need no messages (`AgentLevelStep`): their graph has inputs obs, action_mask, reset, deter_a, stoch_a,
 prev_action, the actor's state (and noise), and outputs logits, action, new_deter_a, new_stoch_a, new_prev_action
-and the new actor state; ``wmenv.message_dim`` is 0.
+and the new actor state; ``wmenv.message_dim`` is 0. With Mamba-2 dynamics (`AgentLevelMamba2Step`) the agent level's
+block states ``wm_conv<i>`` / ``wm_ssm<i>`` replace deter_a, after prev_action (outputs after new_stoch_a), as for MAMBA.
 
 The MAMBA step is `MAMBAWorldModel.filter_step` followed by the actor on the features [h_t, z_t]: on ``reset`` the
 filter state, previous action, received messages and actor state are the blank ones; the agent puts its own
@@ -58,6 +59,8 @@ MAMBA2_FILTER_INPUTS = ("obs", "action_mask", "reset", "agent", "messages", "hea
 """The same for a MAMBA model with Mamba-2 dynamics (`Mamba2FilterStep`); its block states follow, then the actor's."""
 AGENT_LEVEL_INPUTS = ("obs", "action_mask", "reset", "deter_a", "stoch_a", "prev_action")
 """The same for MABL's graph (`AgentLevelStep`): no messages, no slot."""
+AGENT_LEVEL_MAMBA2_INPUTS = ("obs", "action_mask", "reset", "stoch_a", "prev_action")
+"""The same for MABL with Mamba-2 dynamics (`AgentLevelMamba2Step`); its block states follow, then the actor's."""
 
 
 def _attend(layer: nn.TransformerEncoderLayer, query: Tensor, x: Tensor, bias: Tensor) -> Tensor:
@@ -288,15 +291,69 @@ class AgentLevelStep(nn.Module):
         return out, action, deter, stoch, action, *new
 
 
+class AgentLevelMamba2Step(AgentLevelStep):
+    """MABL's execution step with Mamba-2 dynamics: the agent level's blocks (their states ``wm_conv<i>`` /
+    ``wm_ssm<i>`` in place of deter_a) and its posterior from the observation alone, then the actor.
+
+    Inputs obs, action_mask, reset, stoch_a, prev_action, ``states`` (the blocks' states, 2 per block, then the
+    actor's) and, with ``latent="sample"``, noise; outputs logits, action, new_stoch_a, the new block states,
+    new_prev_action and the new actor state (`MABLWorldModel.filter_step` followed by the actor).
+
+    Args:
+        model: a `MABLWorldModel` with ``MABLConfig.dynamics="mamba2"``.
+        policy, state_names, latent: as in `WorldModelStep`.
+    """
+
+    def __init__(self, model: nn.Module, policy: RecurrentPolicy, state_names: list[str], latent: str) -> None:
+        nn.Module.__init__(self)
+        self.obs_encoder, self.dynamics, self.agent_post = model.obs_encoder, model.agent_dynamics, model.agent_post
+        self.layers = model.config.ssm_layers
+        self.policy, self.state_names, self.latent = policy, state_names, latent
+        self.n_actions, self.classes = model.spec.n_actions, model.config.classes
+
+    def forward(  # type: ignore[override]
+        self,
+        obs: Tensor,
+        action_mask: Tensor,
+        reset: Tensor,
+        stoch_a: Tensor,
+        prev_action: Tensor,
+        states: list[Tensor],
+        noise: Tensor | None = None,
+    ) -> tuple[Tensor, ...]:
+        """See the class docstring for inputs and outputs."""
+        reset = reset.bool()
+        stoch = stoch_a.masked_fill(reset.unsqueeze(-1), 0.0)
+        k = 2 * self.layers
+        blocks = [t.masked_fill(reset.view(-1, *[1] * (t.dim() - 1)), 0.0) for t in states[:k]]
+        pairs = [(blocks[2 * i], blocks[2 * i + 1]) for i in range(self.layers)]
+        prev = _onehot(prev_action.masked_fill(reset, -1), self.n_actions, stoch.dtype)  # -1: zeros
+        deter, pairs = self.dynamics.step(torch.cat([prev, stoch], -1), pairs)
+        logits = rearrange(self.agent_post(self.obs_encoder(obs)), "b (s k) -> b s k", k=self.classes)
+        stoch = _posterior(logits, self.latent, noise)
+        features = torch.cat([deter, stoch], -1)
+        out, action, new = _act(self.policy, self.state_names, features, tuple(states[k:]), reset, action_mask)
+        return out, action, stoch, *[t for pair in pairs for t in pair], action, *new
+
+
 def _dynamics(model: nn.Module) -> str:
-    """A MAMBA model's sequence model over time (``RSSMConfig.dynamics``)."""
-    return model.rssm.config.dynamics
+    """A MAMBA or MABL model's sequence model over time (``dynamics`` of its config)."""
+    return model.config.dynamics if isinstance(model, MABLWorldModel) else model.rssm.config.dynamics
 
 
 def _block_states(model: nn.Module) -> list[tuple[str, tuple[int, ...]]]:
     """The Mamba-2 filter's block state inputs: (``wm_conv<i>`` / ``wm_ssm<i>``, shape after B) per block."""
-    pairs = model.rssm.dynamics.state_shapes()
+    dynamics = model.agent_dynamics if isinstance(model, MABLWorldModel) else model.rssm.dynamics
+    pairs = dynamics.state_shapes()
     return [(f"wm_{kind}{i}", shape) for i, pair in enumerate(pairs) for kind, shape in zip(("conv", "ssm"), pair)]
+
+
+def _filter_inputs(model: nn.Module) -> tuple[str, ...]:
+    """The graph's inputs before the state list (and ``noise``) for this model."""
+    gru = _dynamics(model) == "gru"
+    if isinstance(model, MABLWorldModel):
+        return AGENT_LEVEL_INPUTS if gru else AGENT_LEVEL_MAMBA2_INPUTS
+    return FILTER_INPUTS if gru else MAMBA2_FILTER_INPUTS
 
 
 def _check(model: Any, policy: Any, spec: Any | None, latent: str) -> None:
@@ -320,7 +377,7 @@ def _check(model: Any, policy: Any, spec: Any | None, latent: str) -> None:
                          f"obs_dim={policy.obs_dim}, n_actions={policy.n_actions}")  # fmt: skip
     if spec is not None and spec.describe() != model.spec.describe():
         raise ValueError(f"spec: the model was made for {spec_diff(model.spec.describe(), spec.describe())}")
-    inputs = (FILTER_INPUTS if _dynamics(model) == "gru" else MAMBA2_FILTER_INPUTS) if mamba else AGENT_LEVEL_INPUTS
+    inputs = _filter_inputs(model)
     clash = sorted(set(policy.initial_state(1)) & {*inputs, "noise"})
     if clash:
         raise ValueError(f"policy: its state names {clash} clash with the graph's inputs {list(inputs)}")
@@ -362,12 +419,21 @@ def export_wm_agent(
     spec = model.spec
     D, A, N = spec.obs_dim, spec.n_actions, spec.n_agents
     first = (torch.zeros(2, D), torch.ones(2, A, dtype=torch.bool), torch.zeros(2, dtype=torch.bool))
-    if isinstance(model, MABLWorldModel):
+    filter_inputs = _filter_inputs(model)
+    if isinstance(model, MABLWorldModel) and _dynamics(model) == "gru":
         c, M = model.config, 0
         S, K, filter_state = c.stoch, c.classes, [["deter_a", [c.agent_deter]], ["stoch_a", [c.stoch * c.classes]]]
         graph: nn.Module = AgentLevelStep(model, policy, names, latent).eval()
         args: tuple[Any, ...] = (*first, torch.zeros(2, c.agent_deter), torch.zeros(2, S * K), torch.full((2,), -1))
-        filter_inputs, new_filter = AGENT_LEVEL_INPUTS, ["new_deter_a", "new_stoch_a"]
+        new_filter = ["new_deter_a", "new_stoch_a"]
+    elif isinstance(model, MABLWorldModel):  # Mamba-2: the agent level's block states go first in the state list
+        c, M = model.config, 0
+        S, K, blocks = c.stoch, c.classes, _block_states(model)
+        filter_state = [["stoch_a", [S * K]], *([n, list(shape)] for n, shape in blocks)]
+        graph = AgentLevelMamba2Step(model, policy, names, latent).eval()
+        args = (*first, torch.zeros(2, S * K), torch.full((2,), -1))
+        new_filter = ["new_stoch_a", *(f"new_{n}" for n, _ in blocks)]
+        state0 = {**{n: torch.zeros(2, *shape) for n, shape in blocks}, **state0}
     else:
         c, M = model.rssm.config, model.message_dim
         S, K = c.stoch, c.classes
@@ -376,13 +442,13 @@ def export_wm_agent(
             filter_state = [["deter", [c.deter]], ["stoch", [S * K]]]
             graph = WorldModelStep(model, policy, names, latent).eval()
             args = (*first, *talk, torch.zeros(2, c.deter), torch.zeros(2, S * K), torch.full((2,), -1))
-            filter_inputs, new_filter = FILTER_INPUTS, ["message", "new_deter", "new_stoch"]
+            new_filter = ["message", "new_deter", "new_stoch"]
         else:  # Mamba-2: the blocks' states go in the state list, before the actor's
             blocks = _block_states(model)
             filter_state = [["stoch", [S * K]], *([n, list(shape)] for n, shape in blocks)]
             graph = Mamba2FilterStep(model, policy, names, latent).eval()
             args = (*first, *talk, torch.zeros(2, S * K), torch.full((2,), -1))
-            filter_inputs, new_filter = MAMBA2_FILTER_INPUTS, ["message", "new_stoch", *(f"new_{n}" for n, _ in blocks)]
+            new_filter = ["message", "new_stoch", *(f"new_{n}" for n, _ in blocks)]
             state0 = {**{n: torch.zeros(2, *shape) for n, shape in blocks}, **state0}
     listed = list(state0)  # the state list's tensors: the filter's blocks (Mamba-2), then the actor's
     args = (*args, list(state0.values()))

@@ -129,13 +129,15 @@ def test_mabl_world_model_runs_the_loop_resumes_and_is_refused_as_another_kind(t
         run(_small(tmp_path, 3, resume=True))
 
 
-def test_mamba2_dynamics_run_the_loop_and_resume_exactly(tmp_path):
-    """--model small-mamba2: the latent actor reads [h, z] of the Mamba-2 RSSM in the dream and through each agent's
-    filter (Mamba-2 block states carried mid-episode) on the real env; a resumed run equals an uninterrupted one."""
-    first = run(_small(tmp_path / "a", 1, model="small-mamba2"))
+@pytest.mark.parametrize("kind", ["mamba", "mabl"])
+def test_mamba2_dynamics_run_the_loop_and_resume_exactly(tmp_path, kind):
+    """--model small-mamba2 (MAMBA's RSSM or MABL's levels): the latent actor reads [h, z] of the Mamba-2 model in the
+    dream and through each agent's filter (Mamba-2 block states carried mid-episode) on the real env; a resumed run
+    equals an uninterrupted one."""
+    first = run(_small(tmp_path / "a", 1, model="small-mamba2", model_kind=kind))
     assert policy_from_checkpoint(latest_checkpoint(tmp_path / "a"))[0].obs_dim == 64 + 8 * 8
-    second = run(_small(tmp_path / "a", 2, model="small-mamba2", resume=True))
-    straight = run(_small(tmp_path / "b", 2, model="small-mamba2"))
+    second = run(_small(tmp_path / "a", 2, model="small-mamba2", model_kind=kind, resume=True))
+    straight = run(_small(tmp_path / "b", 2, model="small-mamba2", model_kind=kind))
     assert second["eval_returns"][:2] == first["eval_returns"]
     assert second["eval_returns"] == straight["eval_returns"] and second["real_returns"] == straight["real_returns"]
 

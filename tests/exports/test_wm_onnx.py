@@ -369,3 +369,65 @@ def test_mamba2_dynamics_export_their_filter_and_match_pytorch_and_the_model(tmp
                 np.testing.assert_allclose(mode.state[n], new[n.removeprefix("wm_")].numpy(), atol=1e-5, rtol=0)
     finally:
         hook.remove()
+
+
+def test_mabl_with_mamba2_dynamics_exports_its_agent_level_and_matches_pytorch_and_the_model(tmp_path):
+    """MABL with Mamba-2 dynamics: the graph carries z^a and the agent level's block states (no h^a, no messages);
+    OnnxAgent ("sample") = the module in PyTorch with the same noise over 300 steps with resets; the "mode" graph's
+    block states are `filter_step`'s and its z^a the argmax of the posterior logits."""
+    from exports.wm_agent import AgentLevelMamba2Step
+    from wmenv.models.mabl import MABLWorldModel, mabl_preset
+
+    _, spec = make("mpe:simple_spread_v3", max_cycles=25)
+    torch.manual_seed(0)
+    model = MABLWorldModel(spec, mabl_preset("small-mamba2")).eval()
+    policy = make_policy("gru", model.feature_widths()[0], spec.n_actions, GRUPolicyConfig(hidden=32)).eval()
+    with torch.no_grad():
+        policy.head.weight.mul_(100.0)
+    c = model.config
+    paths = {latent: export_wm_agent(model, policy, tmp_path / f"{latent}.onnx", latent=latent) for latent in LATENTS}
+    graph = onnx.load(str(paths["sample"]))
+    assert [i.name for i in graph.graph.input] == ["obs", "action_mask", "reset", "stoch_a", "prev_action", "wm_conv0",
+                                                   "wm_ssm0", "wm_conv1", "wm_ssm1", "h", "noise"]  # fmt: skip
+    assert [o.name for o in graph.graph.output][:4] == ["logits", "action", "new_stoch_a", "new_wm_conv0"]
+    agent = OnnxAgent(paths["sample"], providers=["CPUExecutionProvider"], spec=spec)
+    agent.reset(B)
+    assert not agent.messaging
+    ref = AgentLevelMamba2Step(model, policy, ["h"], "sample").eval()
+    blocks = [n for n in agent.state if n.startswith("wm_")]
+    state = {n: torch.from_numpy(v) for n, v in agent.state.items()}
+    rng, agent_rng, ref_rng = np.random.default_rng(0), np.random.default_rng(1), np.random.default_rng(1)
+    for t in range(300):
+        obs, mask, resets, *_ = random_inputs(rng, spec, 0, t)
+        action = agent.act(obs, mask, resets, rng=agent_rng)
+        noise = torch.from_numpy(ref_rng.random((B, c.stoch, c.classes), dtype=np.float32))
+        with torch.no_grad():
+            feeds = (torch.from_numpy(obs), torch.from_numpy(mask), torch.from_numpy(resets))
+            listed = [state[n] for n in [*blocks, "h"]]
+            logits, greedy, *new = ref(*feeds, state["stoch_a"], state["prev_action"], listed, noise)
+        state = dict(zip(["stoch_a", *blocks, "prev_action", "h"], new))
+        np.testing.assert_allclose(agent.logits, logits.numpy(), atol=1e-5, rtol=1e-5, err_msg=f"step {t}")
+        assert np.array_equal(action, greedy.numpy()), f"step {t}"
+        for name, value in state.items():
+            np.testing.assert_allclose(agent.state[name], value.numpy(), atol=1e-5, rtol=1e-5, err_msg=f"{name} at step {t}")
+    assert np.isfinite(play_episode(agent, make("mpe:simple_spread_v3", max_cycles=25)[0], spec, seed=0))
+    mode = OnnxAgent(paths["mode"], spec=spec)
+    mode.reset(B)
+
+    def own(name: str) -> str:  # the graph's wm_conv<i> -> the model's agent-level conv_a<i>
+        return name.removeprefix("wm_").replace("conv", "conv_a").replace("ssm", "ssm_a")
+
+    for t in range(50):
+        obs, mask, resets, *_ = random_inputs(rng, spec, 0, t)
+        before = {k: torch.from_numpy(v) for k, v in mode.state.items()}
+        mode.act(obs, mask, resets)
+        with torch.no_grad():
+            filt = {"deter_a": torch.zeros(B, c.agent_deter), "stoch_a": before["stoch_a"],
+                    **{own(n): before[n] for n in blocks}}  # fmt: skip
+            new, _ = model.filter_step(filt, torch.from_numpy(obs), before["prev_action"], torch.from_numpy(resets),
+                                       torch.arange(B))  # fmt: skip
+            logits = model.agent_post(model.obs_encoder(torch.from_numpy(obs))).view(B, c.stoch, c.classes)
+        z = torch.nn.functional.one_hot(logits.argmax(-1), c.classes).flatten(1).float()
+        assert np.array_equal(mode.state["stoch_a"], z.numpy()), f"step {t}"
+        for n in blocks:
+            np.testing.assert_allclose(mode.state[n], new[own(n)].numpy(), atol=1e-5, rtol=0)

@@ -285,7 +285,7 @@ def test_checkpoint_round_trip_through_the_registry(mpe_mabl_and_replay, tmp_pat
 
 
 def test_presets_are_named_after_the_paper():
-    assert PRESETS == ("smac", "flatland", "small")
+    assert PRESETS == ("smac", "flatland", "small", "smac-mamba2", "small-mamba2")
     smac = mabl_preset("smac")
     assert (smac.agent_deter, smac.global_deter, smac.stoch, smac.classes, smac.lr, smac.grad_clip) == (
         256,

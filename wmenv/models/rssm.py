@@ -19,24 +19,24 @@ Samples are one-hot per categorical with straight-through gradients. The state i
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from wmenv.checks import check_choice, check_int
+from wmenv.checks import check_int
 from wmenv.models.comm import CommBlock
-from wmenv.models.ssm.kernels import Backend
 from wmenv.models.ssm.mamba2_ref import Mamba2Config
+from wmenv.models.ssm.stack import DynamicsConfig
 from wmenv.models.world_model import State, restart_rows, stack_steps
 from wmenv.tensor_ops import compiled
 
 
 @dataclass
-class RSSMConfig:
-    """Sizes of `MultiAgentRSSM` (defaults: the MAMBA paper's SMAC model)."""
+class RSSMConfig(DynamicsConfig):
+    """Sizes of `MultiAgentRSSM` (defaults: the MAMBA paper's SMAC model); its sequence model over time
+    (`DynamicsConfig`: the fields before these)."""
 
     deter: int = 256
     """H, GRU width (the paper's hidden size: 256 SMAC, 400 Flatland)."""
@@ -54,38 +54,17 @@ class RSSMConfig:
     """Attention heads (must divide ``comm_width``)."""
     dropout: float = 0.1
     """Dropout in the communication block."""
-    dynamics: Literal["gru", "mamba2"] = "gru"
-    """The sequence model over time: ``"gru"``, MAMBA's GRU cell (the posterior reads h_t and o_t), or ``"mamba2"``,
-    Mamba-2 blocks per agent, H = ``deter`` wide (the posterior reads o_t alone, so windows train in parallel over
-    time; `wmenv.models.rssm_mamba2`). The fields below are read only by ``"mamba2"``."""
-    ssm_layers: int = 2
-    """Pre-norm residual Mamba-2 blocks (DRAMA: 2)."""
-    d_state: int = 16
-    """Mamba-2 state size per head (DRAMA: 16)."""
-    expand: int = 2
-    """Mamba-2 inner width factor: ``expand · deter`` channels."""
-    headdim: int = 64
-    """Mamba-2 channels per head (must divide ``expand · deter``)."""
-    backend: Backend = "auto"
-    """Mamba-2: "ref" pure PyTorch, "cuda" mamba-ssm kernels, "auto" kernels for CUDA tensors where installed."""
 
     def __post_init__(self) -> None:
-        for name in ("deter", "stoch", "classes", "hidden", "comm_width", "comm_layers", "comm_heads", "ssm_layers"):
+        for name in ("deter", "stoch", "classes", "hidden", "comm_width", "comm_layers", "comm_heads"):
             check_int(f"RSSMConfig.{name}", getattr(self, name))
         if not 0 <= self.dropout < 1:
             raise ValueError(f"RSSMConfig.dropout: expected a number in [0, 1), got {self.dropout!r}")
-        check_choice("RSSMConfig.dynamics", self.dynamics, ("gru", "mamba2"))
-        check_choice("RSSMConfig.backend", self.backend, ("auto", "ref", "cuda"))
-        if self.dynamics == "mamba2":
-            try:
-                self.mamba2()  # checks d_state, expand, headdim against deter
-            except ValueError as err:
-                raise ValueError(f"RSSMConfig: the Mamba-2 dynamics of deter={self.deter}: {err}") from None
+        self._check_dynamics("RSSMConfig", {"deter": self.deter})
 
     def mamba2(self) -> Mamba2Config:
         """The Mamba-2 blocks' config (``d_model`` = ``deter``)."""
-        return Mamba2Config(d_model=self.deter, d_state=self.d_state, expand=self.expand, headdim=self.headdim,
-                            backend=self.backend)  # fmt: skip
+        return self.mamba2_config(self.deter)
 
 
 def mlp(in_dim: int, hidden: int, out_dim: int, layers: int = 1) -> nn.Sequential:

@@ -13,12 +13,57 @@ multi-agent Mamba-2 RSSM (`wmenv.models.rssm_mamba2`) both run it:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 from torch import Tensor, nn
 
+from wmenv.checks import check_choice, check_int
+from wmenv.models.ssm.kernels import Backend
 from wmenv.models.ssm.mamba2_ref import Mamba2, Mamba2Config
 
-__all__ = ["MambaDynamics", "RMSNorm", "SSMStates"]
+__all__ = ["DynamicsConfig", "MambaDynamics", "RMSNorm", "SSMStates"]
+
+
+@dataclass
+class DynamicsConfig:
+    """The sequence model over time of a multi-agent world model's deterministic state: the fields `RSSMConfig`
+    (MAMBA) and `MABLConfig` share."""
+
+    dynamics: Literal["gru", "mamba2"] = "gru"
+    """``"gru"``: a GRU cell per agent, and the posterior reads its state with the observation (the papers' models);
+    ``"mamba2"``: Mamba-2 blocks per agent (`MambaDynamics`) as wide as the deterministic state, and the posterior
+    reads the observation alone, so windows train in parallel over time. The fields below are read only by
+    ``"mamba2"``."""
+    ssm_layers: int = 2
+    """Pre-norm residual Mamba-2 blocks (DRAMA: 2)."""
+    d_state: int = 16
+    """Mamba-2 state size per head (DRAMA: 16)."""
+    expand: int = 2
+    """Mamba-2 inner width factor: ``expand · width`` channels."""
+    headdim: int = 64
+    """Mamba-2 channels per head (must divide ``expand · width``)."""
+    backend: Backend = "auto"
+    """Mamba-2: "ref" pure PyTorch, "cuda" mamba-ssm kernels, "auto" kernels for CUDA tensors where installed."""
+
+    def mamba2_config(self, d_model: int) -> Mamba2Config:
+        """The Mamba-2 blocks' config for a deterministic state ``d_model`` wide."""
+        return Mamba2Config(d_model=d_model, d_state=self.d_state, expand=self.expand, headdim=self.headdim,
+                            backend=self.backend)  # fmt: skip
+
+    def _check_dynamics(self, owner: str, widths: dict[str, int]) -> None:
+        """Check the fields (``owner``: the config's name in errors) and, with ``"mamba2"``, that each named width
+        gives valid blocks."""
+        check_choice(f"{owner}.dynamics", self.dynamics, ("gru", "mamba2"))
+        check_choice(f"{owner}.backend", self.backend, ("auto", "ref", "cuda"))
+        check_int(f"{owner}.ssm_layers", self.ssm_layers)
+        if self.dynamics == "mamba2":
+            for name, width in widths.items():
+                try:
+                    self.mamba2_config(width)  # checks d_state, expand, headdim against the width
+                except ValueError as err:
+                    raise ValueError(f"{owner}: the Mamba-2 dynamics of {name}={width}: {err}") from None
 
 
 class RMSNorm(nn.Module):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -426,3 +427,47 @@ def test_overlap_benchmark_times_both_modes(tmp_path):
     assert set(out["results"]) == {"off", "ray"} and out["speedup"] > 0
     assert 0 < out["inline_collection_share"] < 1 and out["results"]["off"]["collect_wait_s"] > 0
     assert json.loads((tmp_path / "o.json").read_text()) == out
+
+
+def test_dream_gap_plays_the_loops_evaluation_and_imagines_from_its_first_observations(tmp_path):
+    """dream_gap's real episodes are the loop's greedy evaluation (same seeds: the same return as `evaluate_metrics`
+    with the latent actor); imagined rewards stop at each episode's length; the JSON holds every horizon."""
+    from agents.model_based import ModelBasedConfig, run
+    from agents.train import evaluate_metrics, latest_checkpoint, policy_from_checkpoint
+    from wmenv.envs import make
+    from wmenv.fit import FitConfig, load_model
+
+    run(ModelBasedConfig(iterations=1, real_steps=60, num_envs=2, fit_steps=3, dream_updates=1, dream_worlds=4,
+                         eval_episodes=1, fit=FitConfig(batch_size=2, progress=False), run_dir=str(tmp_path / "r"),
+                         progress=False))  # fmt: skip
+    module = _benchmark_module("dream_gap")
+    ckpt = latest_checkpoint(tmp_path / "r")
+    policy, train = policy_from_checkpoint(ckpt)
+    _, spec = make("mpe:simple_spread_v3")
+    model = load_model(ckpt / "world_model", spec, kind="mamba").eval()
+    real = module.real_episodes(model, policy, True, "mpe:simple_spread_v3", {}, 3, 11)
+    assert real["actions"].shape == (3, 25, 3) and real["lengths"].tolist() == [25, 25, 25]
+
+    class Greedy:  # evaluate_metrics' agent interface around the same policy
+        device = torch.device("cpu")
+
+        def __init__(self, policy):
+            self.policy = policy
+
+        def act(self, obs, state, resets, mask, deterministic):
+            logits, state = self.policy.step(obs, state, resets)
+            return module._greedy(logits, mask), None, state
+
+        def env_actions(self, actions, episodes):
+            return actions.view(episodes, -1).numpy()
+
+    expected = evaluate_metrics(Greedy(policy), "mpe:simple_spread_v3", 3, 11, True, model)["episode_return"]
+    assert real["rewards"].mean(-1).sum(-1).mean() == pytest.approx(expected, rel=1e-6)
+    short = {**real, "lengths": np.array([25, 3, 1])}
+    rewards = module.imagined_rewards(model, policy, True, short, True, 0)
+    assert rewards.shape == (3, 25) and not rewards[1, 3:].any() and not rewards[2, 1:].any() and rewards[1, :3].all()
+    out = _run("dream_gap.py", "--runs", str(tmp_path / "r"), "--episodes", "3", "--out", str(tmp_path / "g.json"))
+    (result,) = out["results"]
+    assert set(result["by_horizon"]) == {"1", "5", "15", "25"} and result["real_steps"] == 60
+    assert result["by_horizon"]["25"]["real"] == result["real"] and result["actor_input"] == "latent"
+    assert json.loads((tmp_path / "g.json").read_text()) == out

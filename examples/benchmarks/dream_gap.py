@@ -1,0 +1,183 @@
+"""How far the dream's returns are from the real ones for a trained model-based run (issue 11, item 5: why the
+model-based loop stops improving where it does).
+
+For the latest checkpoint of each run folder given (`agents.model_based` runs: the world model and the actor), plays
+``episodes`` real episodes with the greedy actor (seeds ``seed + i``) and, from each episode's first real observation,
+imagines the same number of steps in the world model twice:
+
+- **policy**: the actor acts greedily on the imagined states, closed loop, as it does when it trains in the dream;
+- **real actions**: the real episode's actions are replayed open loop.
+
+Returns are undiscounted sums of the (predicted) rewards per agent, imagined steps stopping where the real episode
+ended (or where the continuation head says the episode ends); ``by_horizon`` gives the sums over the first 1, 5, 15
+steps and their correlation across episodes with the real ones (how well the dream ranks the actor's episodes).
+
+Read as: *real actions − real* is the model's reward bias along the trajectories the actor really takes; *policy −
+real* adds what the actor gains in the dream that the real env does not give (model exploitation, or the dream's
+states drifting from the real ones). A low correlation says the dream cannot tell the actor's better episodes from
+its worse ones, so it cannot teach what separates them. Prints one JSON line.
+
+Usage:
+    python examples/benchmarks/dream_gap.py --episodes 64 --out benchmarks/dream_gap/mpe.json \
+        --runs benchmarks/model_based_ablation/smac/parts/seed1/runs/mpe_simple_spread_v3_seed1
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import tyro
+from report import emit, machine
+
+from agents.train import latest_checkpoint, policy_from_checkpoint
+from wmenv.envs import make
+from wmenv.envs.vector import VecEnv
+from wmenv.fit import load_model
+from wmenv.latent import AgentFilters
+from wmenv.models.world_model import WorldModel
+
+
+@dataclass
+class Args:
+    """Benchmark settings."""
+
+    runs: list[Path] = field(default_factory=list)
+    """Run folders of `agents.model_based` (their ``checkpoints/latest`` is read)."""
+    episodes: int = 32
+    """Real episodes per run (one env copy each); the imagined rollouts start from their first observations."""
+    seed: int = 7_000_000
+    """Episode i is seeded ``seed + i`` (a seed range the loop's evaluations do not use)."""
+    out: Path | None = None
+    """Where to write the JSON line (None: print only)."""
+
+
+def _greedy(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return logits.masked_fill(~mask, float("-inf")).argmax(-1)
+
+
+@torch.no_grad()
+def real_episodes(model: WorldModel, policy: Any, latent: bool, env_id: str, env_kwargs: dict, episodes: int,
+                  seed: int) -> dict[str, np.ndarray]:  # fmt: skip
+    """E greedy episodes: first observations, states and alive flags, actions (E, T, N), rewards (E, T, N), lengths."""
+    with VecEnv(env_id, num_envs=episodes, seed=seed, **env_kwargs) as vec:
+        N = vec.spec.n_agents
+        s = vec.reset()
+        first = {"obs": s.obs.copy(), "state": s.state.copy(), "alive": s.alive.copy()}
+        filters = AgentFilters(model, episodes, seed) if latent else None
+        h = policy.initial_state(episodes * N)
+        resets = torch.ones(episodes * N, dtype=torch.bool)
+        actions, rewards, lengths = [], [], np.zeros(episodes, dtype=np.int64)
+        running = np.ones(episodes, dtype=bool)
+        while running.any():
+            obs = s.obs if filters is None else filters.observe_vec(s, first=not actions)
+            logits, h = policy.step(torch.as_tensor(obs, dtype=torch.float32).flatten(0, 1), h, resets)
+            act = _greedy(logits, torch.as_tensor(s.action_mask).flatten(0, 1)).view(episodes, N).numpy()
+            if filters is not None:
+                filters.record(act, s.alive)
+            s = vec.step(act)
+            actions.append(act)
+            rewards.append(np.where(running[:, None], s.reward, 0.0))
+            lengths += running
+            running &= ~s.done
+            resets = torch.as_tensor(s.terminated | s.truncated | s.done[:, None]).flatten()
+    return {**first, "actions": np.stack(actions, 1), "rewards": np.stack(rewards, 1), "lengths": lengths}
+
+
+@torch.no_grad()
+def imagined_rewards(model: WorldModel, policy: Any, latent: bool, real: dict[str, np.ndarray], replay_actions: bool,
+                     seed: int) -> np.ndarray:  # fmt: skip
+    """(E, T) predicted rewards (mean over agents) of ``lengths[e]`` imagined steps from the posterior of each
+    episode's first real observation (0 after the episode's length or a predicted end): the actor greedy on imagined
+    states, or the real actions replayed."""
+    g = torch.Generator().manual_seed(seed)
+    E, N = real["actions"].shape[0], real["actions"].shape[2]
+    obs = torch.as_tensor(real["obs"], dtype=torch.float32)[:, None]
+    kwargs = {"global_state": torch.as_tensor(real["state"], dtype=torch.float32)[:, None]}
+    state = model.observe(obs, torch.zeros(E, 1, N, dtype=torch.long), torch.ones(E, 1, dtype=torch.bool), None, g,
+                          torch.as_tensor(real["alive"])[:, None], **kwargs)  # fmt: skip
+    h = policy.initial_state(E * N)
+    resets = torch.ones(E * N, dtype=torch.bool)
+    pred = model.predict(state, decode=not latent)
+    lengths = torch.as_tensor(real["lengths"])
+    rewards, going = torch.zeros(E, int(lengths.max())), torch.ones(E, dtype=torch.bool)
+    for t in range(int(lengths.max())):
+        if replay_actions:
+            action = torch.as_tensor(real["actions"][:, t])
+        else:
+            inputs = model.features(state) if latent else pred.obs
+            logits, h = policy.step(inputs.flatten(0, 1).float(), h, resets)
+            mask = torch.ones_like(logits, dtype=torch.bool)
+            if pred.action_mask is not None:  # the dream's rule: available where predicted likely, else all
+                likely = pred.action_mask.flatten(0, 1) > 0.5
+                mask = torch.where(likely.any(-1, keepdim=True), likely, mask)
+            action = _greedy(logits, mask).view(E, N)
+            resets = torch.zeros_like(resets)
+        state, pred = model.imagine(state, action, g, decode=not latent)
+        going &= t < lengths
+        rewards[:, t] = torch.where(going, pred.reward.mean(-1), 0.0)
+        going &= pred.cont.min(-1).values >= 0.5
+    return rewards.numpy()
+
+
+def measure(run: Path, args: Args) -> dict[str, Any]:
+    """One run folder's gap."""
+    ckpt = latest_checkpoint(run)
+    if ckpt is None:
+        raise ValueError(f"runs: {run} holds no checkpoint (checkpoints/latest)")
+    policy, train = policy_from_checkpoint(ckpt)
+    env_id, env_kwargs, latent = train["env_id"], train["env_kwargs"], train["actor_input"] == "latent"
+    probe, spec = make(env_id, **env_kwargs)
+    probe.close()
+    model = load_model(ckpt / "world_model", spec, kind=train["model_kind"]).eval()
+    policy.eval()
+    real = real_episodes(model, policy, latent, env_id, env_kwargs, args.episodes, args.seed)
+    real_rewards = real["rewards"].mean(-1)  # (E, T)
+    dreamed = imagined_rewards(model, policy, latent, real, False, args.seed)
+    replayed = imagined_rewards(model, policy, latent, real, True, args.seed)
+    real_return, dreamed_return, replayed_return = real_rewards.sum(-1), dreamed.sum(-1), replayed.sum(-1)
+    mean = lambda x: round(float(np.mean(x)), 3)  # noqa: E731
+    horizons = sorted({k for k in (1, 5, 15) if k < real_rewards.shape[1]} | {real_rewards.shape[1]})
+    by_horizon = {
+        str(k): {
+            "real": mean(real_rewards[:, :k].sum(-1)),
+            "dream_real_actions": mean(replayed[:, :k].sum(-1)),
+            "corr_real_actions": round(float(np.corrcoef(replayed[:, :k].sum(-1), real_rewards[:, :k].sum(-1))[0, 1]), 3),
+            "dream_policy": mean(dreamed[:, :k].sum(-1)),
+        }
+        for k in horizons
+    }
+    return {
+        "run": str(run),
+        "checkpoint": ckpt.name,
+        "real_steps": json.loads((ckpt / "config.json").read_text())["counters"]["env_steps"],
+        "env_id": env_id,
+        "model": train["model"],
+        "model_kind": train["model_kind"],
+        "actor_input": train["actor_input"],
+        "real": mean(real_return),
+        "dream_policy": mean(dreamed_return),
+        "dream_real_actions": mean(replayed_return),
+        "gap_policy": mean(dreamed_return - real_return),
+        "gap_real_actions": mean(replayed_return - real_return),
+        "real_return_std": round(float(np.std(real_return)), 3),
+        "by_horizon": by_horizon,
+        "episodes": args.episodes,
+    }
+
+
+def main(args: Args) -> dict:
+    """Measure every run; print (and write) the JSON line."""
+    if not args.runs:
+        raise ValueError("runs: expected at least one run folder")
+    torch.set_num_threads(1)
+    results = [measure(Path(r), args) for r in args.runs]
+    return emit({"benchmark": "dream_gap", "results": results, "machine": machine()}, args.out)
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))

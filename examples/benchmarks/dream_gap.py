@@ -50,6 +50,9 @@ class Args:
     """Run folders of `agents.model_based` (their ``checkpoints/latest`` is read)."""
     episodes: int = 32
     """Real episodes per run (one env copy each); the imagined rollouts start from their first observations."""
+    all_checkpoints: bool = False
+    """Measure every kept ``checkpoints/step_*`` of each run (a run with ``--keep-checkpoints`` large: the gap along
+    training), not only the latest."""
     seed: int = 7_000_000
     """Episode i is seeded ``seed + i`` (a seed range the loop's evaluations do not use)."""
     out: Path | None = None
@@ -124,11 +127,16 @@ def imagined_rewards(model: WorldModel, policy: Any, latent: bool, real: dict[st
     return rewards.numpy()
 
 
-def measure(run: Path, args: Args) -> dict[str, Any]:
-    """One run folder's gap."""
-    ckpt = latest_checkpoint(run)
-    if ckpt is None:
+def checkpoints(run: Path, every: bool) -> list[Path]:
+    """The run's latest checkpoint, or all its ``step_*`` ones in order."""
+    found = sorted((run / "checkpoints").glob("step_*")) if every else [latest_checkpoint(run)]
+    if not found or found[0] is None:
         raise ValueError(f"runs: {run} holds no checkpoint (checkpoints/latest)")
+    return found
+
+
+def measure(run: Path, ckpt: Path, args: Args) -> dict[str, Any]:
+    """One checkpoint's gap."""
     policy, train = policy_from_checkpoint(ckpt)
     env_id, env_kwargs, latent = train["env_id"], train["env_kwargs"], train["actor_input"] == "latent"
     probe, spec = make(env_id, **env_kwargs)
@@ -175,7 +183,7 @@ def main(args: Args) -> dict:
     if not args.runs:
         raise ValueError("runs: expected at least one run folder")
     torch.set_num_threads(1)
-    results = [measure(Path(r), args) for r in args.runs]
+    results = [measure(Path(r), ckpt, args) for r in args.runs for ckpt in checkpoints(Path(r), args.all_checkpoints)]
     return emit({"benchmark": "dream_gap", "results": results, "machine": machine()}, args.out)
 
 

@@ -466,7 +466,8 @@ def test_dream_gap_plays_the_loops_evaluation_and_imagines_from_its_first_observ
     short = {**real, "lengths": np.array([25, 3, 1])}
     rewards = module.imagined_rewards(model, policy, True, short, True, 0)
     assert rewards.shape == (3, 25) and not rewards[1, 3:].any() and not rewards[2, 1:].any() and rewards[1, :3].all()
-    out = _run("dream_gap.py", "--runs", str(tmp_path / "r"), "--episodes", "3", "--out", str(tmp_path / "g.json"))
+    out = _run("dream_gap.py", "--runs", str(tmp_path / "r"), "--episodes", "3", "--all-checkpoints", "--out",
+               str(tmp_path / "g.json"))  # fmt: skip
     (result,) = out["results"]
     assert set(result["by_horizon"]) == {"1", "5", "15", "25"} and result["real_steps"] == 60
     assert result["by_horizon"]["25"]["real"] == result["real"] and result["actor_input"] == "latent"

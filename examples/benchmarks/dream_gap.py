@@ -127,6 +127,13 @@ def imagined_rewards(model: WorldModel, policy: Any, latent: bool, real: dict[st
     return rewards.numpy()
 
 
+def correlation(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Pearson's r of two samples, rounded; None where either is constant (e.g. Flatland's first reward, always 0)."""
+    if np.std(a) == 0 or np.std(b) == 0:
+        return None
+    return round(float(np.corrcoef(a, b)[0, 1]), 3)
+
+
 def checkpoints(run: Path, every: bool) -> list[Path]:
     """The run's latest checkpoint, or all its ``step_*`` ones in order."""
     found = sorted((run / "checkpoints").glob("step_*")) if every else [latest_checkpoint(run)]
@@ -154,7 +161,7 @@ def measure(run: Path, ckpt: Path, args: Args) -> dict[str, Any]:
         str(k): {
             "real": mean(real_rewards[:, :k].sum(-1)),
             "dream_real_actions": mean(replayed[:, :k].sum(-1)),
-            "corr_real_actions": round(float(np.corrcoef(replayed[:, :k].sum(-1), real_rewards[:, :k].sum(-1))[0, 1]), 3),
+            "corr_real_actions": correlation(replayed[:, :k].sum(-1), real_rewards[:, :k].sum(-1)),
             "dream_policy": mean(dreamed[:, :k].sum(-1)),
         }
         for k in horizons

@@ -472,3 +472,5 @@ def test_dream_gap_plays_the_loops_evaluation_and_imagines_from_its_first_observ
     assert set(result["by_horizon"]) == {"1", "5", "15", "25"} and result["real_steps"] == 60
     assert result["by_horizon"]["25"]["real"] == result["real"] and result["actor_input"] == "latent"
     assert json.loads((tmp_path / "g.json").read_text()) == out
+    assert module.correlation(np.zeros(3), np.arange(3.0)) is None  # a constant sample: no correlation, not NaN
+    assert module.correlation(np.array([1.0, 2, 4]), np.array([3.0, 2, 1])) == pytest.approx(-0.9820, abs=1e-3)

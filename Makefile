@@ -9,7 +9,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip>=23"
 	$(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -e ".[dev,onnx,sb3,torchrl,smax,atari]"
+	$(PY) -m pip install --quiet -e ".[dev,onnx,sb3,torchrl,smax,atari,ray]"
 	touch $@
 
 install: $(VENV)/.installed

@@ -204,6 +204,13 @@ class WorldModelStep(nn.Module):
         return out, action, message, deter, stoch, action, *new
 
 
+def _split_states(states: list[Tensor], reset: Tensor, layers: int) -> tuple[list[tuple[Tensor, Tensor]], tuple[Tensor, ...]]:
+    """A Mamba-2 graph's state list -> its blocks' (conv, ssm) pairs, zeroed on ``reset`` rows (B,), and the actor's
+    state tensors that follow them."""
+    blocks = [t.masked_fill(reset.view(-1, *[1] * (t.dim() - 1)), 0.0) for t in states[: 2 * layers]]
+    return [(blocks[2 * i], blocks[2 * i + 1]) for i in range(layers)], tuple(states[2 * layers :])
+
+
 class Mamba2FilterStep(WorldModelStep):
     """The exported step of a `MAMBAWorldModel` with Mamba-2 dynamics (`wmenv.models.rssm_mamba2`).
 
@@ -236,11 +243,9 @@ class Mamba2FilterStep(WorldModelStep):
         """See the module docstring for inputs and outputs."""
         reset = reset.bool()
         stoch = stoch.masked_fill(reset.unsqueeze(-1), 0.0)
-        k = 2 * self.layers
-        blocks = [t.masked_fill(reset.view(-1, *[1] * (t.dim() - 1)), 0.0) for t in states[:k]]
-        pairs = [(blocks[2 * i], blocks[2 * i + 1]) for i in range(self.layers)]
+        pairs, actor_state = _split_states(states, reset, self.layers)
         deter, pairs = self.dynamics.step(self._receive(reset, agent, messages, heard, stoch, prev_action), pairs)
-        out, action, message, stoch, new = self._decide(deter, self.obs_encoder(obs), noise, tuple(states[k:]), reset,
+        out, action, message, stoch, new = self._decide(deter, self.obs_encoder(obs), noise, actor_state, reset,
                                                         action_mask)  # fmt: skip
         return out, action, message, stoch, *[t for pair in pairs for t in pair], action, *new
 
@@ -324,15 +329,13 @@ class AgentLevelMamba2Step(AgentLevelStep):
         """See the class docstring for inputs and outputs."""
         reset = reset.bool()
         stoch = stoch_a.masked_fill(reset.unsqueeze(-1), 0.0)
-        k = 2 * self.layers
-        blocks = [t.masked_fill(reset.view(-1, *[1] * (t.dim() - 1)), 0.0) for t in states[:k]]
-        pairs = [(blocks[2 * i], blocks[2 * i + 1]) for i in range(self.layers)]
+        pairs, actor_state = _split_states(states, reset, self.layers)
         prev = _onehot(prev_action.masked_fill(reset, -1), self.n_actions, stoch.dtype)  # -1: zeros
         deter, pairs = self.dynamics.step(torch.cat([prev, stoch], -1), pairs)
         logits = rearrange(self.agent_post(self.obs_encoder(obs)), "b (s k) -> b s k", k=self.classes)
         stoch = _posterior(logits, self.latent, noise)
         features = torch.cat([deter, stoch], -1)
-        out, action, new = _act(self.policy, self.state_names, features, tuple(states[k:]), reset, action_mask)
+        out, action, new = _act(self.policy, self.state_names, features, actor_state, reset, action_mask)
         return out, action, stoch, *[t for pair in pairs for t in pair], action, *new
 
 

@@ -50,16 +50,10 @@ def test_windows_equal_the_step_by_step_recurrence_of_both_levels(global_level):
                 torch.testing.assert_close(deter_g, posts["deter_g"][:, t, :G], atol=1e-10, rtol=0)
                 logits_pg = model._split(model.global_prior(deter_g))
                 torch.testing.assert_close(model._to_agents(logits_pg), priors["logits_g"][:, t], atol=1e-10, rtol=0)
-                state |= model._named(_pairs(blocks_g, model, G), "g", B) | {"stoch_g": posts["stoch_g"][:, t]}
+                state |= blocks_g | {"stoch_g": posts["stoch_g"][:, t]}
         embed = model.obs_encoder(batch["obs"]) * batch["alive"][..., None]
         torch.testing.assert_close(posts["logits_a"], model.agent_post(embed).view(B, T, N, 2, 3))
     assert set(priors) == ({"logits_a", "logits_g"} if G else {"logits_a"})
-
-
-def _pairs(named, model, G):
-    """Named (B, N, ...) block states back to (B·G, ...) pairs (`_named` of those gives them again)."""
-    return [(named[f"conv_g{i}"][:, :G].flatten(0, 1), named[f"ssm_g{i}"][:, :G].flatten(0, 1))
-            for i in range(model.config.ssm_layers)]  # fmt: skip
 
 
 def test_a_continued_state_equals_the_whole_window():

@@ -387,11 +387,13 @@ def _learn(cfg: ModelBasedConfig, it: int, counters: dict[str, int], spec: Any, 
         dream.seed(cfg.seed + 10_000 + it)
         storage, carry = agent.new_storage(cfg.dream_worlds), agent.start(dream)
         done_updates = counters["imagined_agent_steps"] // per_rollout
+        imagined = []  # the dream's reward per present agent and step, per rollout (its verdict on the actor)
         for i in range(n_dream):
             carry, _ = agent.collect(dream, storage, carry)
+            imagined.append(float(storage.data["rewards"][storage.data["alive"]].mean()))
             metrics = agent.update(storage, entropy_scale=agent.entropy_scale_after(done_updates + i))
         counters["imagined_agent_steps"] += n_dream * per_rollout
-        for k, v in metrics.items():
+        for k, v in {**metrics, "reward_per_agent_step": float(np.mean(imagined))}.items():
             writer.add_scalar(f"dream/{k}", float(v), real_steps)
     for k, v in {"fit_steps": n_fit, "dream_updates": n_dream, **achieved_ratios(counters)}.items():
         writer.add_scalar(f"schedule/{k}", v, real_steps)

@@ -38,6 +38,8 @@ CASES = [
     pytest.param("mamujoco:HalfCheetah:2x3", "sync", "sync", {"max_episode_steps": 40},
                  marks=pytest.mark.skipif(not HAVE_ROBOTICS, reason="gymnasium-robotics not installed")),
     pytest.param("smax:3m", "jax", "jax", {}, marks=pytest.mark.skipif(not HAVE_JAXMARL, reason="jaxmarl not installed")),
+    # the env copies (what the model-based loop checkpoints), whose jitted core must not be pickled as it is
+    pytest.param("smax:3m", "sync", "sync", {}, marks=pytest.mark.skipif(not HAVE_JAXMARL, reason="jaxmarl not installed")),
     # the emulator's own state and random stream (sticky actions draw from it), across processes
     pytest.param("atari:Breakout", "subproc", "sync",
                  {"sticky_actions": 0.25, "screen_size": 16, "terminal_on_life_loss": True, "frame_skip": 8},
@@ -66,6 +68,21 @@ def test_a_restored_vecenv_continues_every_episode_exactly(env_id, saved_on, res
     for t, (a, b) in enumerate(zip(expected, got)):
         for x, y in zip(a, b):
             np.testing.assert_array_equal(x, y, err_msg=f"step {t}")
+
+
+class _Delegating:
+    """Delegates unknown attributes to what it wraps, as JaxMARL's wrappers do: unpickling it recurses."""
+
+    def __init__(self) -> None:
+        self._env = 1
+
+    def __getattr__(self, name: str):
+        return getattr(self._env, name)
+
+
+def test_a_snapshot_that_would_not_load_back_fails_when_it_is_saved():
+    with pytest.raises(SnapshotError, match="_Delegating pickles but its snapshot does not load back"):
+        snapshot(_Delegating())
 
 
 def test_bad_snapshots_are_clear_errors():

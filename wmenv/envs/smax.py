@@ -223,6 +223,7 @@ class Core:
 
         self.env = env = HeuristicEnemySMAX(scenario=scenario(map_name), **env_kwargs)
         self.map_name = map_name
+        self.env_kwargs = dict(env_kwargs)
         self.n_allies, self.n_enemies = env.num_allies, env.num_enemies
         self.n_units = env.num_allies + env.num_enemies  # the wrapper's num_agents counts only the allies
         self.n_actions = env.num_ally_actions
@@ -303,6 +304,12 @@ class Core:
         self.batch_reset = jax.jit(jax.vmap(reset))
         self.batch_step = jax.jit(jax.vmap(step_autoreset))
 
+    def __reduce__(self) -> tuple[Any, tuple[str, dict[str, Any]]]:
+        """A `Core` pickles as its map and keywords and is rebuilt (or taken from the cache) where it is loaded: it
+        holds no episode state, and JaxMARL's wrapper cannot be unpickled (its ``__getattr__`` recurses before its
+        wrapped env is set), so an env snapshot holding it would not restore."""
+        return _core_from, (self.map_name, self.env_kwargs)
+
     def spec(self, id: str) -> EnvSpec:
         """The `EnvSpec` of this map."""
         agents = tuple(f"ally_{i}" for i in range(self.n_allies))
@@ -339,6 +346,10 @@ def core_for(map_name: str, **env_kwargs: Any) -> Core:
         return _cached_core(map_name, tuple(sorted(env_kwargs.items())))
     except TypeError:  # unhashable keywords (e.g. arrays): a Core of its own
         return Core(map_name, **env_kwargs)
+
+
+def _core_from(map_name: str, env_kwargs: dict[str, Any]) -> Core:
+    return core_for(map_name, **env_kwargs)
 
 
 def new_key(seed: int | None) -> Any:

@@ -104,18 +104,33 @@ class _StatePickler(cloudpickle.Pickler):
         return NotImplemented  # ALE's states, actions and other values pickle as they are
 
 
+_LOADS_BACK: set[type] = set()
+"""The types whose first snapshot in this process was loaded back successfully."""
+
+
 def snapshot(obj: Any) -> bytes:
     """``obj`` (an env, or anything holding envs) with its whole state, as bytes for `restore`.
 
+    The first snapshot of each type in a process is loaded back once, so an object that pickles but does not unpickle
+    (JaxMARL's wrappers did: their ``__getattr__`` recursed) fails here, when it is saved, not when a run resumes.
+
     Raises:
-        SnapshotError: something in ``obj`` cannot be pickled (the message names it).
+        SnapshotError: something in ``obj`` cannot be pickled (the message names it), or its snapshot does not load.
     """
     buf = io.BytesIO()
     try:
         _StatePickler(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
     except (TypeError, AttributeError, pickle.PicklingError, RecursionError) as e:
         raise SnapshotError(f"obj: the state of a {type(obj).__name__} cannot be saved: {e}") from e
-    return buf.getvalue()
+    data = buf.getvalue()
+    if type(obj) not in _LOADS_BACK:
+        try:
+            restore(data)
+        except SnapshotError as e:
+            what = type(obj).__name__
+            raise SnapshotError(f"obj: a {what} pickles but its snapshot does not load back: {e.__cause__!r}") from e
+        _LOADS_BACK.add(type(obj))
+    return data
 
 
 def restore(data: bytes) -> Any:

@@ -2,8 +2,9 @@
 model-based loop stops improving where it does).
 
 For the latest checkpoint of each run folder given (`agents.model_based` runs: the world model and the actor), plays
-``episodes`` real episodes with the greedy actor (seeds ``seed + i``) and, from each episode's first real observation,
-imagines the same number of steps in the world model twice:
+``episodes`` real episodes with the greedy actor (seeds ``seed + i``; greedy as in the loop's evaluation: the most
+likely available action, or the Gaussian's mean clipped to the bounds for continuous actions) and, from each
+episode's first real observation, imagines the same number of steps in the world model twice:
 
 - **policy**: the actor acts greedily on the imagined states, closed loop, as it does when it trains in the dream;
 - **real actions**: the real episode's actions are replayed open loop.
@@ -36,6 +37,7 @@ from report import emit, machine
 
 from agents.train import latest_checkpoint, policy_from_checkpoint
 from wmenv.envs import make
+from wmenv.envs.spec import EnvSpec, action_bounds
 from wmenv.envs.vector import VecEnv
 from wmenv.fit import load_model
 from wmenv.latent import AgentFilters
@@ -59,14 +61,20 @@ class Args:
     """Where to write the JSON line (None: print only)."""
 
 
-def _greedy(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return logits.masked_fill(~mask, float("-inf")).argmax(-1)
+def greedy(out: torch.Tensor, mask: torch.Tensor, spec: EnvSpec, worlds: int) -> torch.Tensor:
+    """The loop's greedy evaluation actions from the actor's output ``out`` (W·N, A) for W worlds: the most likely
+    available action, (W, N) int64, or the Gaussian's mean clipped to each agent's bounds, (W, N, A) float."""
+    if spec.discrete:
+        return out.masked_fill(~mask, float("-inf")).argmax(-1).view(worlds, spec.n_agents)
+    low, high = (torch.as_tensor(b) for b in action_bounds(spec))
+    return torch.clamp(out.view(worlds, spec.n_agents, -1), low, high)
 
 
 @torch.no_grad()
 def real_episodes(model: WorldModel, policy: Any, latent: bool, env_id: str, env_kwargs: dict, episodes: int,
                   seed: int) -> dict[str, np.ndarray]:  # fmt: skip
-    """E greedy episodes: first observations, states and alive flags, actions (E, T, N), rewards (E, T, N), lengths."""
+    """E greedy episodes: first observations, states and alive flags, actions (E, T, N[, A]), rewards (E, T, N),
+    lengths."""
     with VecEnv(env_id, num_envs=episodes, seed=seed, **env_kwargs) as vec:
         N = vec.spec.n_agents
         s = vec.reset()
@@ -79,7 +87,7 @@ def real_episodes(model: WorldModel, policy: Any, latent: bool, env_id: str, env
         while running.any():
             obs = s.obs if filters is None else filters.observe_vec(s, first=not actions)
             logits, h = policy.step(torch.as_tensor(obs, dtype=torch.float32).flatten(0, 1), h, resets)
-            act = _greedy(logits, torch.as_tensor(s.action_mask).flatten(0, 1)).view(episodes, N).numpy()
+            act = greedy(logits, torch.as_tensor(s.action_mask).flatten(0, 1), model.spec, episodes).numpy()
             if filters is not None:
                 filters.record(act, s.alive)
             s = vec.step(act)
@@ -98,11 +106,13 @@ def imagined_rewards(model: WorldModel, policy: Any, latent: bool, real: dict[st
     episode's first real observation (0 after the episode's length or a predicted end): the actor greedy on imagined
     states, or the real actions replayed."""
     g = torch.Generator().manual_seed(seed)
+    spec = model.spec
     E, N = real["actions"].shape[0], real["actions"].shape[2]
     obs = torch.as_tensor(real["obs"], dtype=torch.float32)[:, None]
     kwargs = {"global_state": torch.as_tensor(real["state"], dtype=torch.float32)[:, None]}
-    state = model.observe(obs, torch.zeros(E, 1, N, dtype=torch.long), torch.ones(E, 1, dtype=torch.bool), None, g,
-                          torch.as_tensor(real["alive"])[:, None], **kwargs)  # fmt: skip
+    blank = torch.zeros(E, 1, N, dtype=torch.long) if spec.discrete else torch.zeros(E, 1, N, spec.n_actions)
+    state = model.observe(obs, blank, torch.ones(E, 1, dtype=torch.bool), None, g, torch.as_tensor(real["alive"])[:, None],
+                          **kwargs)  # fmt: skip
     h = policy.initial_state(E * N)
     resets = torch.ones(E * N, dtype=torch.bool)
     pred = model.predict(state, decode=not latent)
@@ -118,7 +128,7 @@ def imagined_rewards(model: WorldModel, policy: Any, latent: bool, real: dict[st
             if pred.action_mask is not None:  # the dream's rule: available where predicted likely, else all
                 likely = pred.action_mask.flatten(0, 1) > 0.5
                 mask = torch.where(likely.any(-1, keepdim=True), likely, mask)
-            action = _greedy(logits, mask).view(E, N)
+            action = greedy(logits, mask, spec, E)
             resets = torch.zeros_like(resets)
         state, pred = model.imagine(state, action, g, decode=not latent)
         going &= t < lengths

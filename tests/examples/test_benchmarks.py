@@ -456,7 +456,7 @@ def test_dream_gap_plays_the_loops_evaluation_and_imagines_from_its_first_observ
 
         def act(self, obs, state, resets, mask, deterministic):
             logits, state = self.policy.step(obs, state, resets)
-            return module._greedy(logits, mask), None, state
+            return module.greedy(logits, mask, spec, len(obs) // spec.n_agents), None, state
 
         def env_actions(self, actions, episodes):
             return actions.view(episodes, -1).numpy()
@@ -474,3 +474,28 @@ def test_dream_gap_plays_the_loops_evaluation_and_imagines_from_its_first_observ
     assert json.loads((tmp_path / "g.json").read_text()) == out
     assert module.correlation(np.zeros(3), np.arange(3.0)) is None  # a constant sample: no correlation, not NaN
     assert module.correlation(np.array([1.0, 2, 4]), np.array([3.0, 2, 1])) == pytest.approx(-0.9820, abs=1e-3)
+
+
+def test_dream_gap_replays_the_loops_evaluation_with_continuous_actions(tmp_path):
+    """With a Gaussian actor, dream_gap's greedy episodes (the mean, clipped to the bounds) are the loop's own last
+    evaluation: same seed, same return; the imagined returns cover the whole episode, actions replayed or not."""
+    from agents.model_based import ModelBasedConfig, run
+    from agents.train import latest_checkpoint, policy_from_checkpoint
+    from wmenv.envs import make
+    from wmenv.fit import FitConfig, load_model
+
+    result = run(ModelBasedConfig(env_id="gym:Pendulum-v1", iterations=1, real_steps=400, num_envs=2, fit_steps=3,
+                                  dream_updates=1, dream_worlds=4, eval_episodes=1, run_dir=str(tmp_path / "r"),
+                                  fit=FitConfig(batch_size=2, progress=False), progress=False))  # fmt: skip
+    module = _benchmark_module("dream_gap")
+    ckpt = latest_checkpoint(tmp_path / "r")
+    policy, train = policy_from_checkpoint(ckpt)
+    _, spec = make("gym:Pendulum-v1")
+    model = load_model(ckpt / "world_model", spec, kind="mamba").eval()
+    real = module.real_episodes(model, policy, True, "gym:Pendulum-v1", {}, 1, 1_000_000)  # the loop's eval seed
+    assert real["actions"].shape == (1, 200, 1, 1) and real["actions"].dtype == np.float32
+    assert np.abs(real["actions"]).max() <= 2.0  # Pendulum's torque bounds
+    assert real["rewards"].sum() == pytest.approx(result["eval_returns"][-1][1], rel=1e-6)
+    for replay in (True, False):
+        rewards = module.imagined_rewards(model, policy, True, real, replay, 0)
+        assert rewards.shape == (1, 200) and np.isfinite(rewards).all() and rewards.any()

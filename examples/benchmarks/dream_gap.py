@@ -21,6 +21,8 @@ its worse ones, so it cannot teach what separates them. Prints one JSON line.
 Usage:
     python examples/benchmarks/dream_gap.py --episodes 64 --out benchmarks/dream_gap/mpe.json \
         --runs benchmarks/model_based_ablation/smac/parts/seed1/runs/mpe_simple_spread_v3_seed1
+    # a model-free run's final policy on the same fresh episodes (its real return only), for a like-for-like target:
+    python examples/benchmarks/dream_gap.py --episodes 256 --runs benchmarks/mappo/parts/seed0/runs/mpe_simple_spread_v3_seed0
 """
 
 from __future__ import annotations
@@ -49,7 +51,8 @@ class Args:
     """Benchmark settings."""
 
     runs: list[Path] = field(default_factory=list)
-    """Run folders of `agents.model_based` (their ``checkpoints/latest`` is read)."""
+    """Run folders of `agents.model_based` (their ``checkpoints/latest`` is read); a model-free run's folder
+    (`agents.train`) gets the same greedy episodes, its real return only, so both are measured alike."""
     episodes: int = 32
     """Real episodes per run (one env copy each); the imagined rollouts start from their first observations."""
     all_checkpoints: bool = False
@@ -71,10 +74,10 @@ def greedy(out: torch.Tensor, mask: torch.Tensor, spec: EnvSpec, worlds: int) ->
 
 
 @torch.no_grad()
-def real_episodes(model: WorldModel, policy: Any, latent: bool, env_id: str, env_kwargs: dict, episodes: int,
+def real_episodes(model: WorldModel | None, policy: Any, latent: bool, env_id: str, env_kwargs: dict, episodes: int,
                   seed: int) -> dict[str, np.ndarray]:  # fmt: skip
     """E greedy episodes: first observations, states and alive flags, actions (E, T, N[, A]), rewards (E, T, N),
-    lengths."""
+    lengths. ``model`` drives a latent actor's filters (None for an actor on observations)."""
     with VecEnv(env_id, num_envs=episodes, seed=seed, **env_kwargs) as vec:
         N = vec.spec.n_agents
         s = vec.reset()
@@ -87,7 +90,7 @@ def real_episodes(model: WorldModel, policy: Any, latent: bool, env_id: str, env
         while running.any():
             obs = s.obs if filters is None else filters.observe_vec(s, first=not actions)
             logits, h = policy.step(torch.as_tensor(obs, dtype=torch.float32).flatten(0, 1), h, resets)
-            act = greedy(logits, torch.as_tensor(s.action_mask).flatten(0, 1), model.spec, episodes).numpy()
+            act = greedy(logits, torch.as_tensor(s.action_mask).flatten(0, 1), vec.spec, episodes).numpy()
             if filters is not None:
                 filters.record(act, s.alive)
             s = vec.step(act)
@@ -153,19 +156,34 @@ def checkpoints(run: Path, every: bool) -> list[Path]:
 
 
 def measure(run: Path, ckpt: Path, args: Args) -> dict[str, Any]:
-    """One checkpoint's gap."""
+    """One checkpoint's gap; for a model-free run's checkpoint (no world model), its real return only."""
     policy, train = policy_from_checkpoint(ckpt)
-    env_id, env_kwargs, latent = train["env_id"], train["env_kwargs"], train["actor_input"] == "latent"
+    env_id, env_kwargs, latent = train["env_id"], train["env_kwargs"], train.get("actor_input") == "latent"
     probe, spec = make(env_id, **env_kwargs)
     probe.close()
-    model = load_model(ckpt / "world_model", spec, kind=train["model_kind"]).eval()
+    has_model = (ckpt / "world_model").is_dir()
+    model = load_model(ckpt / "world_model", spec, kind=train["model_kind"]).eval() if has_model else None
     policy.eval()
     real = real_episodes(model, policy, latent, env_id, env_kwargs, args.episodes, args.seed)
     real_rewards = real["rewards"].mean(-1)  # (E, T)
+    mean = lambda x: round(float(np.mean(x)), 3)  # noqa: E731
+    result = {
+        "run": str(run),
+        "checkpoint": ckpt.name,
+        "real_steps": json.loads((ckpt / "config.json").read_text())["counters"]["env_steps"],
+        "env_id": env_id,
+        "model": train.get("model"),
+        "model_kind": train.get("model_kind"),
+        "actor_input": train.get("actor_input", "obs"),
+        "real": mean(real_rewards.sum(-1)),
+        "real_return_std": round(float(np.std(real_rewards.sum(-1))), 3),
+        "episodes": args.episodes,
+    }
+    if model is None:  # a model-free run: the same greedy episodes, nothing to imagine
+        return result
     dreamed = imagined_rewards(model, policy, latent, real, False, args.seed)
     replayed = imagined_rewards(model, policy, latent, real, True, args.seed)
     real_return, dreamed_return, replayed_return = real_rewards.sum(-1), dreamed.sum(-1), replayed.sum(-1)
-    mean = lambda x: round(float(np.mean(x)), 3)  # noqa: E731
     horizons = sorted({k for k in (1, 5, 15) if k < real_rewards.shape[1]} | {real_rewards.shape[1]})
     by_horizon = {
         str(k): {
@@ -177,21 +195,12 @@ def measure(run: Path, ckpt: Path, args: Args) -> dict[str, Any]:
         for k in horizons
     }
     return {
-        "run": str(run),
-        "checkpoint": ckpt.name,
-        "real_steps": json.loads((ckpt / "config.json").read_text())["counters"]["env_steps"],
-        "env_id": env_id,
-        "model": train["model"],
-        "model_kind": train["model_kind"],
-        "actor_input": train["actor_input"],
-        "real": mean(real_return),
+        **result,
         "dream_policy": mean(dreamed_return),
         "dream_real_actions": mean(replayed_return),
         "gap_policy": mean(dreamed_return - real_return),
         "gap_real_actions": mean(replayed_return - real_return),
-        "real_return_std": round(float(np.std(real_return)), 3),
         "by_horizon": by_horizon,
-        "episodes": args.episodes,
     }
 
 

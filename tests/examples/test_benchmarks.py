@@ -499,3 +499,16 @@ def test_dream_gap_replays_the_loops_evaluation_with_continuous_actions(tmp_path
     for replay in (True, False):
         rewards = module.imagined_rewards(model, policy, True, real, replay, 0)
         assert rewards.shape == (1, 200) and np.isfinite(rewards).all() and rewards.any()
+
+
+def test_dream_gap_measures_a_model_free_run_with_the_same_episodes(tmp_path):
+    """A model-free run's checkpoint (no world model) gets the same greedy episodes and its real return only: with
+    the run's evaluation seed, the return the run logged last."""
+    from agents.train import TrainConfig, train
+
+    result = train(TrainConfig(total_steps=400, num_envs=2, eval_every=400, eval_episodes=2, checkpoint_every=0,
+                               run_dir=str(tmp_path / "mf"), progress=False))  # fmt: skip
+    out = _run("dream_gap.py", "--runs", str(tmp_path / "mf"), "--episodes", "2", "--seed", "1000000")
+    (measured,) = out["results"]
+    assert measured["real"] == pytest.approx(result.eval_returns[-1][1], abs=1e-3)  # rounded to 3 decimals
+    assert measured["real_steps"] == 400 and measured["actor_input"] == "obs" and "dream_policy" not in measured

@@ -166,6 +166,7 @@ def measure(run: Path, ckpt: Path, args: Args) -> dict[str, Any]:
     policy.eval()
     real = real_episodes(model, policy, latent, env_id, env_kwargs, args.episodes, args.seed)
     real_rewards = real["rewards"].mean(-1)  # (E, T)
+    real_return = real_rewards.sum(-1)  # (E,)
     mean = lambda x: round(float(np.mean(x)), 3)  # noqa: E731
     result = {
         "run": str(run),
@@ -175,15 +176,15 @@ def measure(run: Path, ckpt: Path, args: Args) -> dict[str, Any]:
         "model": train.get("model"),
         "model_kind": train.get("model_kind"),
         "actor_input": train.get("actor_input", "obs"),
-        "real": mean(real_rewards.sum(-1)),
-        "real_return_std": round(float(np.std(real_rewards.sum(-1))), 3),
+        "real": mean(real_return),
+        "real_return_std": round(float(np.std(real_return)), 3),
         "episodes": args.episodes,
     }
     if model is None:  # a model-free run: the same greedy episodes, nothing to imagine
         return result
     dreamed = imagined_rewards(model, policy, latent, real, False, args.seed)
     replayed = imagined_rewards(model, policy, latent, real, True, args.seed)
-    real_return, dreamed_return, replayed_return = real_rewards.sum(-1), dreamed.sum(-1), replayed.sum(-1)
+    dreamed_return, replayed_return = dreamed.sum(-1), replayed.sum(-1)
     horizons = sorted({k for k in (1, 5, 15) if k < real_rewards.shape[1]} | {real_rewards.shape[1]})
     by_horizon = {
         str(k): {

@@ -30,26 +30,46 @@ import torch
 from agents.mappo import MAPPO
 from agents.resume import resume_envs, set_global_rng_state
 from agents.schedule import collect_for_update
-from wmenv.data.collect import Collector
+from wmenv.data.collect import Collector, random_actions
 from wmenv.envs.ray_backend import _Boxed
 from wmenv.envs.snapshot import SnapshotError
+from wmenv.envs.spec import EnvSpec
 from wmenv.envs.vector import VecEnv
 from wmenv.latent.filter import AgentFilters
 from wmenv.models.world_model import WorldModel
 
 OVERLAPS = ("off", "local", "ray")
+PREFILL_STREAM = 0x7072  # the prefill's random stream is (seed, this): apart from every other stream of a run
 
 
 class RealActor:
     """A `collect` policy: samples from ``agent`` with its recurrent state carried across steps (and iterations).
 
     With ``filters`` (latent actors) the agent acts on each agent's filtered features instead of the observations.
+    With ``prefill`` the first ``prefill`` real env steps take uniformly random actions instead (available choices, or
+    in-bounds continuous actions: `wmenv.data.collect.random_actions`), drawn from a stream seeded ``seed``; the agent
+    still steps its recurrent state (and the filters record the actions taken), so its state is right when it takes
+    over.
     """
 
-    def __init__(self, agent: MAPPO, num_envs: int, n_agents: int, filters: AgentFilters | None = None) -> None:
-        self.agent, self.num_envs, self.filters = agent, num_envs, filters
-        self.carry: dict[str, Any] = {"state": agent.policy.initial_state(num_envs * n_agents), "first": True}
-        """The actor's recurrent state and whether the next step is the first (all copies start then)."""
+    def __init__(
+        self,
+        agent: MAPPO,
+        num_envs: int,
+        spec: EnvSpec,
+        filters: AgentFilters | None = None,
+        prefill: int = 0,
+        seed: int = 0,
+    ) -> None:
+        if prefill < 0:
+            raise ValueError(f"prefill: expected a number of real env steps >= 0, got {prefill}")
+        self.agent, self.num_envs, self.spec, self.filters = agent, num_envs, spec, filters
+        self.carry: dict[str, Any] = {
+            "state": agent.policy.initial_state(num_envs * spec.n_agents), "first": True, "prefill": prefill,
+            "rng": np.random.default_rng((seed, PREFILL_STREAM)),
+        }  # fmt: skip
+        """The actor's recurrent state, whether the next step is the first (all copies start then), the random steps
+        left and their random stream."""
 
     def __call__(self, step: Any) -> np.ndarray:
         carry, agent, filters = self.carry, self.agent, self.filters
@@ -60,7 +80,11 @@ class RealActor:
         obs = torch.as_tensor(obs, dtype=torch.float32).flatten(0, 1)
         mask = torch.as_tensor(step.action_mask).flatten(0, 1)
         actions, _, carry["state"] = agent.act(obs, carry["state"], resets, mask)
-        actions = agent.env_actions(actions, self.num_envs)
+        if carry.get("prefill", 0) > 0:  # (checkpoints from before prefill existed have no such key)
+            carry["prefill"] -= self.num_envs
+            actions = random_actions(self.spec, np.asarray(step.action_mask), carry["rng"])
+        else:
+            actions = agent.env_actions(actions, self.num_envs)
         if filters is not None:
             filters.record(actions, step.alive)
         return actions
@@ -105,6 +129,7 @@ class CollectWorker:
         filter_seed: the filters' random stream seed.
         stream: store the rows of running episodes as pieces (`Collector`).
         real_steps, real_episodes: one update's collection (`agents.schedule.collect_for_update`).
+        prefill: real env steps of uniformly random actions before the actor acts (`RealActor`).
     """
 
     def __init__(
@@ -119,6 +144,7 @@ class CollectWorker:
         stream: bool,
         real_steps: int,
         real_episodes: int,
+        prefill: int = 0,
     ) -> None:
         torch.set_num_threads(1)
         self.vec = VecEnv(env_id, num_envs=num_envs, seed=seed, **env_kwargs)
@@ -126,7 +152,7 @@ class CollectWorker:
         self.agent = copy.deepcopy(agent)
         self.model = None if model is None else copy.deepcopy(model).eval()
         filters = None if self.model is None else AgentFilters(self.model, num_envs, filter_seed)
-        self.act = RealActor(self.agent, num_envs, self.vec.spec.n_agents, filters)
+        self.act = RealActor(self.agent, num_envs, self.vec.spec, filters, prefill, filter_seed)
         self.budget = (real_steps, real_episodes, num_envs)
 
     def get_state(self) -> dict[str, Any]:
@@ -289,7 +315,8 @@ class RealData:
             self.vec = VecEnv(worker["env_id"], num_envs=worker["num_envs"], seed=worker["seed"], **worker["env_kwargs"])
             self.collector = Collector(self.vec, replay, stream=worker["stream"])
             filters = None if model is None else AgentFilters(model, worker["num_envs"], worker["filter_seed"])
-            self.act = RealActor(agent, worker["num_envs"], self.vec.spec.n_agents, filters)
+            prefill = worker.get("prefill", 0)
+            self.act = RealActor(agent, worker["num_envs"], self.vec.spec, filters, prefill, worker["filter_seed"])
         else:
             self.overlap = OverlappedCollection(overlap, {**worker, "agent": agent, "model": model}, ray_address)
 

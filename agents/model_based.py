@@ -69,6 +69,7 @@ from wmenv.data.samplers import DFS, DFSConfig
 from wmenv.dream import DreamVecEnv
 from wmenv.dream.mag import ErrorPredictor, MAGConfig, MAGPlanner, fit_error_predictor
 from wmenv.envs import make
+from wmenv.envs.spec import EnvSpec
 from wmenv.fit import FitConfig, fit, load_model, save_model
 from wmenv.models.registry import KINDS, build_model, model_kind
 from wmenv.models.world_model import WorldModel
@@ -102,6 +103,14 @@ class ModelBasedConfig:
     """If > 0, exactly this many fit steps per update instead of ``train_ratio`` (the paper's "Number of epochs")."""
     num_envs: int = 4
     """E, real env copies collected in parallel."""
+    prefill: int | None = None
+    """Real env steps collected with uniformly random actions (available choices, or uniform within a continuous
+    space's bounds) before the actor collects: Dreamer's prefill, MBPO's initial exploration, so that the world
+    model's first data covers the whole action space. None: the first episode of every copy for continuous actions
+    (E x the env's episode limit, or one update's ``real_steps`` without a limit), 0 for discrete ones (a discrete
+    actor starts near uniform anyway). Why continuous actions need it: MAPPO's Gaussian starts at std e^-1, and a model
+    fitted only on such actions rated large ones highly; the actor learned them and did worse than random on
+    MaMuJoCo (BENCHMARKS.md). These steps count as real steps; learning starts as usual when episodes end."""
     model_kind: str = "mamba"
     """World model (`wmenv.models.registry`): "mamba" (MAMBA's RSSM with communication), "mabl" (MABL's bi-level
     model, which reads the env's global state in training) or "drama" (DRAMA's single-agent Mamba-2 model of frames)."""
@@ -198,6 +207,8 @@ class ModelBasedConfig:
             check_int(f"ModelBasedConfig.{name}", getattr(self, name))
         for name in ("real_episodes", "fit_steps", "dream_updates"):
             check_int(f"ModelBasedConfig.{name}", getattr(self, name), 0)
+        if self.prefill is not None:
+            check_int("ModelBasedConfig.prefill", self.prefill, 0)
         for name in ("train_ratio", "dream_ratio"):
             check_positive(f"ModelBasedConfig.{name}", getattr(self, name))
         if self.fit.seq_len > self.capacity:
@@ -400,6 +411,15 @@ def _learn(cfg: ModelBasedConfig, it: int, counters: dict[str, int], spec: Any, 
     return n_dream
 
 
+def prefill_steps(cfg: ModelBasedConfig, spec: EnvSpec) -> int:
+    """The run's random real steps before the actor collects: ``cfg.prefill``, or its default for ``spec``'s actions."""
+    if cfg.prefill is not None:
+        return cfg.prefill
+    if spec.discrete:
+        return 0
+    return cfg.num_envs * spec.episode_limit if spec.episode_limit else cfg.real_steps
+
+
 def _samplers(cfg: ModelBasedConfig, replay: EpisodeReplay, state: dict[str, Any] | None) -> tuple[Any, DFS | None]:
     """The dream's start source and, with ``sampler="dfs"``, the `DFS` whose world-model sampler ``replay`` now uses
     (its counts continued from the run ``state``)."""
@@ -485,7 +505,8 @@ def _run(cfg: ModelBasedConfig) -> dict[str, Any]:
     latent = cfg.actor_input == "latent"
     worker = {"env_id": cfg.env_id, "env_kwargs": cfg.env_kwargs, "num_envs": cfg.num_envs,
               "seed": cfg.seed + counters["iteration"] * cfg.num_envs, "filter_seed": cfg.seed, "stream": cfg.stream,
-              "real_steps": cfg.real_steps, "real_episodes": cfg.real_episodes}  # fmt: skip
+              "real_steps": cfg.real_steps, "real_episodes": cfg.real_episodes,
+              "prefill": prefill_steps(cfg, spec)}  # fmt: skip
     real = RealData(replay, agent, model if latent else None, cfg.overlap, worker, cfg.ray_address)
 
     starts, dfs = _samplers(cfg, replay, state)
@@ -550,6 +571,7 @@ def _run(cfg: ModelBasedConfig) -> dict[str, Any]:
         "real_returns": real_returns,
         "real_steps": counters["env_steps"],
         "achieved": achieved_ratios(counters),
+        "prefill": prefill_steps(cfg, spec),
         "config": dataclasses.asdict(cfg),
         "wall_clock_s": elapsed + time.perf_counter() - start,
         "checkpoint": str(latest_checkpoint(run_dir)),

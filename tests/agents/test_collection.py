@@ -118,3 +118,36 @@ def test_a_ray_worker_gives_the_local_workers_run(tmp_path):
         ray.shutdown()
     local = run(_small(tmp_path / "local", 2, overlap="local"))
     assert remote["eval_returns"] == local["eval_returns"] and remote["real_returns"] == local["real_returns"]
+
+
+def test_prefill_takes_uniformly_random_actions_then_the_actor_takes_over(agent_and_model):
+    """``prefill=40`` over 2 copies: the first 20 steps of each copy take the uniform draws of the prefill stream (MPE:
+    every action available), the rest the actor's; the (latent) actor and its filters stepped through the prefill all
+    the same (its random stream drew what a worker without prefill drew); the loop's config refuses a negative
+    prefill, and its default is the first episode of every copy for continuous actions, none for discrete ones."""
+    from agents.collection import PREFILL_STREAM
+
+    agent, model = agent_and_model
+    weights = actor_weights(agent, model)
+    random_first = CollectWorker(**_worker_args(agent, model, prefill=40))
+    actor_only = CollectWorker(**_worker_args(agent, model))
+    data, plain = random_first.collect(weights), actor_only.collect(weights)
+    rng = np.random.default_rng((4, PREFILL_STREAM))
+    expected = np.stack([rng.random((2, 3, 5)).argmax(-1) for _ in range(20)], 1)  # (E, 20, N)
+    taken = np.stack([e["action"][:25] for e in data["episodes"][:2]])  # each copy's first episode: (E, 25, N)
+    assert data["steps"] == plain["steps"] == 60 and len(data["episodes"]) == len(plain["episodes"]) == 2
+    np.testing.assert_array_equal(taken[:, :20], expected)
+    assert len(np.unique(expected)) == 5  # every action drawn
+    assert torch.equal(random_first.agent.generator.get_state(), actor_only.agent.generator.get_state())
+    assert random_first.act.carry["prefill"] <= 0
+    for w in (random_first, actor_only):
+        w.close()
+    with pytest.raises(ValueError, match=r"ModelBasedConfig.prefill.*-1"):
+        ModelBasedConfig(prefill=-1)
+    from agents.model_based import prefill_steps
+    from wmenv.envs import make
+
+    _, mpe = make("mpe:simple_spread_v3")
+    _, pendulum = make("gym:Pendulum-v1")
+    assert prefill_steps(ModelBasedConfig(), mpe) == 0 and prefill_steps(ModelBasedConfig(prefill=7), mpe) == 7
+    assert pendulum.episode_limit == 200 and prefill_steps(ModelBasedConfig(num_envs=3), pendulum) == 600

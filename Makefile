@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q -m "not cuda"
+	$(PY) -m pytest -q -m "not cuda" --durations=15
 
 demo: $(VENV)/.installed
 	$(PY) examples/04_model_based.py --env-id mpe:simple_spread_v3 --iterations 10 --run-dir runs/demo/model_based --resume

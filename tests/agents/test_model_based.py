@@ -344,3 +344,16 @@ def test_streamed_collection_fits_before_any_episode_ends(tmp_path):
     cfg = _small(tmp_path / "short", 1, real_steps=8, stream=True)
     with pytest.raises(ValueError, match=r"pieces of 4 rows per copy, shorter than the fit's windows \(20 rows\)"):
         run(cfg)
+
+
+def test_prefill_spans_iterations_and_resumes_exactly(tmp_path):
+    """prefill=90 at 60 real steps per iteration: random actions through the first iteration and half the second; a
+    run stopped after one iteration (mid-prefill) and resumed to three equals the uninterrupted run, and the prefill
+    changes what is collected."""
+    straight = run(_small(tmp_path / "a", 3, prefill=90))
+    run(_small(tmp_path / "b", 1, prefill=90))
+    resumed = run(_small(tmp_path / "b", 3, prefill=90, resume=True))
+    assert resumed["eval_returns"] == straight["eval_returns"] and resumed["real_returns"] == straight["real_returns"]
+    assert straight["prefill"] == 90
+    plain = run(_small(tmp_path / "c", 3))
+    assert plain["prefill"] == 0 and plain["real_returns"] != straight["real_returns"]

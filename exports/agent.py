@@ -49,7 +49,8 @@ class OnnxAgent:
 
     state: dict[str, np.ndarray]
     """The recurrent state, name -> (B, ...): the actor's and, for world-model agents, ``deter``, ``stoch`` and
-    ``prev_action`` (B,) int64. Replace it with `set_state` (which checks it)."""
+    ``prev_action`` (B,) int64 (continuous: (B, A) float32, NaN rows for none). Replace it with `set_state` (which
+    checks it)."""
     outgoing: np.ndarray | None = None
     """(B, M) float32, world-model agents: the messages the B rows send after the last `act` (zeros after `reset`)."""
 
@@ -87,7 +88,7 @@ class OnnxAgent:
             self.n_agents, self.message_dim = int(meta["wmenv.n_agents"]), int(meta["wmenv.message_dim"])
             self.latent, self.latent_shape = meta["wmenv.latent"], tuple(json.loads(meta["wmenv.latent_shape"]))
             self._filter_shapes = {n: tuple(s) for n, s in json.loads(meta["wmenv.filter_state"])}
-            self._filter_shapes["prev_action"] = ()
+            self._filter_shapes["prev_action"] = (self.n_actions,) if self.continuous else ()
         # the agent sends and receives messages (MAMBA's communication; MABL's agents have none: M = 0)
         self.messaging = self.kind == "world_model" and self.message_dim > 0
         self._rng = np.random.default_rng()
@@ -151,8 +152,11 @@ class OnnxAgent:
             raise ValueError(f"batch_size: expected an integer >= 1, got {batch_size!r}")
         self.batch_size = batch_size
         self.state = {n: np.zeros((batch_size, *s), dtype=np.float32) for n, s in self._shapes().items()}
-        if self.kind == "world_model":
-            self.state["prev_action"] = np.full(batch_size, -1, dtype=np.int64)
+        if self.kind == "world_model":  # no previous action yet: -1, or a NaN row for continuous actions
+            self.state["prev_action"] = (
+                np.full((batch_size, self.n_actions), np.nan, np.float32)
+                if self.continuous else np.full(batch_size, -1, dtype=np.int64)
+            )  # fmt: skip
             self.outgoing = np.zeros((batch_size, self.message_dim), dtype=np.float32)
         self.logits: np.ndarray | None = None  # (B, A) of the last act: masked logits (-inf), or a Gaussian's mean
 
@@ -176,7 +180,7 @@ class OnnxAgent:
             if arr.shape != want:
                 raise ValueError(f"{name}: expected shape {want} (B = {self.batch_size} from reset, then this file's "
                                  f"state {name!r}), got {arr.shape}: a state of another model?")  # fmt: skip
-            new[name] = arr.astype(np.int64 if name == "prev_action" else np.float32)
+            new[name] = arr.astype(np.int64 if name == "prev_action" and not self.continuous else np.float32)
         self.state = new
 
     def _array(self, name: str, value: Any, shape: tuple[int, ...], dtype: type) -> np.ndarray:

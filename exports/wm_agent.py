@@ -15,6 +15,12 @@ One graph computes one decision step of one agent (MAMBA §3.3) for B rows, each
              message (B, M) float32 = [new stoch, one_hot(action)], new_deter (B, H), new_stoch (B, S·K),
              new_prev_action (B,) int64 (= action), new_<actor state> per actor state tensor
 
+Continuous actions (a `Box` spec; `ActionIO`): prev_action is (B, A) float32 (a NaN row: none) and enters the model
+rescaled from the row's bounds to [-1, 1] (the message carries the same encoding); the first output is ``mean``
+(B, A), the actor's Gaussian mean, and ``action`` (B, A) float32 is the mean clipped to the row's bounds (0 on dims
+its agent does not have), the loop's greedy evaluation; new_prev_action = action. MABL's graph then also takes
+``agent`` (B,) int64 after ``reset`` (its rows' bounds). World-model agents act greedily (no action sampling).
+
 A MAMBA model with Mamba-2 dynamics (`Mamba2FilterStep`, ``RSSMConfig.dynamics="mamba2"``) has no ``deter`` input:
 h_t comes from the received messages and the Mamba-2 blocks' states, which replace it as inputs ``wm_conv<i>``
 (B, E + 2·d_state, W) and ``wm_ssm<i>`` (B, heads, P, d_state) per block (outputs ``new_wm_conv<i>``,
@@ -49,6 +55,7 @@ from torch import Tensor, nn
 
 from agents.policies.base import RecurrentPolicy
 from exports.onnx import EXPORT_FORMAT, OPSET, library_version, spec_diff, state_dynamic, write_graph
+from wmenv.envs.spec import action_bounds
 from wmenv.models.comm import CommBlock
 from wmenv.models.mabl import MABLWorldModel
 
@@ -128,12 +135,56 @@ def _posterior(logits: Tensor, latent: str, noise: Tensor | None) -> Tensor:
     return rearrange(_onehot(logits.argmax(-1), logits.shape[-1], logits.dtype), "b s k -> b (s k)")
 
 
+class ActionIO(nn.Module):
+    """How a world-model agent's graph reads actions and makes them, as the model and the loop do.
+
+    Discrete: the previous action enters as a one-hot (-1 or a reset row: zeros); the actor's logits are masked (-inf)
+    and the action is their argmax. Continuous: the previous action (B, A) enters rescaled from the row's bounds to
+    [-1, 1] (a NaN row or a reset row: none, zeros; `HeadsMixin._encode_or_none`); the actor's output is the Gaussian's
+    mean and the action is the mean clipped to the row's bounds, 0 on dims the row's agent does not have (the loop's
+    greedy evaluation).
+
+    Args:
+        model: the world model (its ``spec`` and, continuous, its ``action_scale`` / ``action_shift`` buffers).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        spec = model.spec
+        self.continuous, self.n_actions = not spec.discrete, spec.n_actions
+        if self.continuous:
+            low, high = action_bounds(spec)
+            self.register_buffer("scale", model.action_scale.detach().float().clone())  # (N, A)
+            self.register_buffer("shift", model.action_shift.detach().float().clone())
+            self.register_buffer("low", torch.from_numpy(low))  # (N, A); 0 on padded dims
+            self.register_buffer("high", torch.from_numpy(high))
+
+    def encode(self, action: Tensor, reset: Tensor | None, agent: Tensor | None, dtype: torch.dtype) -> Tensor:
+        """(B, A): what the model reads of ``action`` (B,) int64 or (B, A) float; "none" (and ``reset`` rows) -> 0."""
+        if not self.continuous:
+            return _onehot(action if reset is None else action.masked_fill(reset, -1), self.n_actions, dtype)
+        none = torch.isnan(action).any(-1, keepdim=True)
+        if reset is not None:
+            none = none | reset.unsqueeze(-1)
+        encoded = torch.where(torch.isnan(action), 0.0, action) * self.scale[agent] + self.shift[agent]
+        return torch.where(none, 0.0, encoded).to(dtype)
+
+    def act(self, out: Tensor, action_mask: Tensor, agent: Tensor | None) -> tuple[Tensor, Tensor]:
+        """The first output (masked logits, or the mean) and the greedy action of the actor's output ``out`` (B, A)."""
+        if not self.continuous:
+            out = out.masked_fill(~action_mask, float("-inf"))
+            return out, out.argmax(-1)
+        low, high = self.low[agent], self.high[agent]  # (B, A)
+        return out, torch.where(action_mask, torch.minimum(torch.maximum(out, low), high), 0.0)
+
+
 def _act(policy: RecurrentPolicy, names: list[str], features: Tensor, state: tuple[Tensor, ...], reset: Tensor,
-         action_mask: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:  # fmt: skip
-    """The actor's masked logits (B, A), greedy action (B,) and new state tensors, from the features (B, F)."""
+         action_mask: Tensor, io: ActionIO, agent: Tensor | None) -> tuple[Tensor, Tensor, list[Tensor]]:  # fmt: skip
+    """The actor's first output (masked logits or mean) (B, A), greedy action and new state tensors, from the
+    features (B, F)."""
     out, new = policy.step(features, dict(zip(names, state)), reset)
-    out = out.masked_fill(~action_mask, float("-inf"))
-    return out, out.argmax(-1), [new[n] for n in names]
+    out, action = io.act(out, action_mask, agent)
+    return out, action, [new[n] for n in names]
 
 
 class WorldModelStep(nn.Module):
@@ -153,14 +204,15 @@ class WorldModelStep(nn.Module):
         self.cell = getattr(rssm, "cell", None)  # the GRU (None for Mamba-2 dynamics, `Mamba2FilterStep`)
         self.policy, self.state_names, self.latent = policy, state_names, latent
         self.n_agents, self.n_actions, self.classes = rssm.n_agents, rssm.n_actions, rssm.config.classes
+        self.io = ActionIO(model)
 
     def _receive(
         self, reset: Tensor, agent: Tensor, messages: Tensor, heard: Tensor, stoch: Tensor, prev_action: Tensor
     ) -> Tensor:
         """(B, E): the communication block's output for each row's slot, once the row put its own message [z_{t-1},
-        one_hot(a_{t-1})] there (``stoch`` already blank on reset rows, which also receive no other message)."""
-        prev = prev_action.masked_fill(reset, -1)
-        own = torch.cat([stoch, _onehot(prev, self.n_actions, stoch.dtype)], -1)  # (B, M); -1: zeros
+        a_{t-1} as the model reads it] there (``stoch`` already blank on reset rows, which also receive no other
+        message)."""
+        own = torch.cat([stoch, self.io.encode(prev_action, reset, agent, stoch.dtype)], -1)  # (B, M); none: zeros
         slot = agent.unsqueeze(-1) == torch.arange(self.n_agents, device=stoch.device)  # (B, N)
         messages = torch.where(slot.unsqueeze(-1), own.unsqueeze(1), messages.masked_fill(reset[:, None, None], 0.0))
         return receive(self.comm, messages, heard, agent)
@@ -173,13 +225,15 @@ class WorldModelStep(nn.Module):
         actor_state: tuple[Tensor, ...],
         reset: Tensor,
         action_mask: Tensor,
+        agent: Tensor,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, list[Tensor]]:
-        """The posterior z_t from ``post_input`` and the actor on [h_t, z_t]: masked logits, greedy action, the message
-        [z_t, one_hot(action)], z_t and the actor's new state tensors."""
+        """The posterior z_t from ``post_input`` and the actor on [h_t, z_t]: masked logits (or the mean), greedy
+        action, the message [z_t, the action as the model reads it], z_t and the actor's new state tensors."""
         logits = rearrange(self.post_net(post_input), "b (s k) -> b s k", k=self.classes)
         stoch = _posterior(logits, self.latent, noise)
-        out, action, new = _act(self.policy, self.state_names, torch.cat([deter, stoch], -1), actor_state, reset, action_mask)
-        return out, action, torch.cat([stoch, _onehot(action, self.n_actions, stoch.dtype)], -1), stoch, new
+        features = torch.cat([deter, stoch], -1)
+        out, action, new = _act(self.policy, self.state_names, features, actor_state, reset, action_mask, self.io, agent)
+        return out, action, torch.cat([stoch, self.io.encode(action, None, agent, stoch.dtype)], -1), stoch, new
 
     def forward(
         self,
@@ -200,7 +254,7 @@ class WorldModelStep(nn.Module):
         deter, stoch = deter.masked_fill(reset.unsqueeze(-1), 0.0), stoch.masked_fill(reset.unsqueeze(-1), 0.0)
         deter = self.cell(self._receive(reset, agent, messages, heard, stoch, prev_action), deter)  # (B, H)
         post_input = torch.cat([deter, self.obs_encoder(obs)], -1)
-        out, action, message, stoch, new = self._decide(deter, post_input, noise, actor_state, reset, action_mask)
+        out, action, message, stoch, new = self._decide(deter, post_input, noise, actor_state, reset, action_mask, agent)
         return out, action, message, deter, stoch, action, *new
 
 
@@ -246,7 +300,7 @@ class Mamba2FilterStep(WorldModelStep):
         pairs, actor_state = _split_states(states, reset, self.layers)
         deter, pairs = self.dynamics.step(self._receive(reset, agent, messages, heard, stoch, prev_action), pairs)
         out, action, message, stoch, new = self._decide(deter, self.obs_encoder(obs), noise, actor_state, reset,
-                                                        action_mask)  # fmt: skip
+                                                        action_mask, agent)  # fmt: skip
         return out, action, message, stoch, *[t for pair in pairs for t in pair], action, *new
 
 
@@ -256,6 +310,7 @@ class AgentLevelStep(nn.Module):
     Inputs obs (B, D), action_mask (B, A), reset (B,), deter_a (B, H_a), stoch_a (B, S·K), prev_action (B,), the
     actor's state tensors and, with ``latent="sample"``, noise (B, S, K); outputs logits, action, new_deter_a,
     new_stoch_a, new_prev_action and the new actor state (`MABLWorldModel.filter_step` followed by the actor).
+    Continuous actions: `SlottedAgentLevelStep`.
 
     Args:
         model: a `MABLWorldModel` (its agent-level modules and ``spec`` are used).
@@ -264,14 +319,14 @@ class AgentLevelStep(nn.Module):
 
     def __init__(self, model: nn.Module, policy: RecurrentPolicy, state_names: list[str], latent: str) -> None:
         super().__init__()
-        self.obs_encoder, self.agent_in, self.agent_cell, self.agent_post = (
-            model.obs_encoder,
-            model.agent_in,
-            model.agent_cell,
-            model.agent_post,
-        )
+        self.obs_encoder, self.agent_post = model.obs_encoder, model.agent_post
+        if _dynamics(model) == "gru":
+            self.agent_in, self.agent_cell = model.agent_in, model.agent_cell
+        else:
+            self.dynamics, self.layers = model.agent_dynamics, model.config.ssm_layers
         self.policy, self.state_names, self.latent = policy, state_names, latent
         self.n_actions, self.classes = model.spec.n_actions, model.config.classes
+        self.io = ActionIO(model)
 
     def forward(
         self,
@@ -285,15 +340,51 @@ class AgentLevelStep(nn.Module):
         noise: Tensor | None = None,
     ) -> tuple[Tensor, ...]:
         """See the class docstring for inputs and outputs."""
+        return self._step(obs, action_mask, reset, None, deter_a, stoch_a, prev_action, actor_state, noise)
+
+    def _step(
+        self,
+        obs: Tensor,
+        action_mask: Tensor,
+        reset: Tensor,
+        agent: Tensor | None,
+        deter_a: Tensor,
+        stoch_a: Tensor,
+        prev_action: Tensor,
+        actor_state: tuple[Tensor, ...],
+        noise: Tensor | None,
+    ) -> tuple[Tensor, ...]:
         reset = reset.bool()
         deter, stoch = deter_a.masked_fill(reset.unsqueeze(-1), 0.0), stoch_a.masked_fill(reset.unsqueeze(-1), 0.0)
-        prev = _onehot(prev_action.masked_fill(reset, -1), self.n_actions, stoch.dtype)  # -1: zeros
+        prev = self.io.encode(prev_action, reset, agent, stoch.dtype)  # none: zeros
         deter = self.agent_cell(self.agent_in(torch.cat([prev, stoch], -1)), deter)
         embed = self.obs_encoder(obs)
         logits = rearrange(self.agent_post(torch.cat([deter, embed], -1)), "b (s k) -> b s k", k=self.classes)
         stoch = _posterior(logits, self.latent, noise)
-        out, action, new = _act(self.policy, self.state_names, torch.cat([deter, stoch], -1), actor_state, reset, action_mask)
+        features = torch.cat([deter, stoch], -1)
+        out, action, new = _act(self.policy, self.state_names, features, actor_state, reset, action_mask, self.io, agent)
         return out, action, deter, stoch, action, *new
+
+
+class SlottedAgentLevelStep(AgentLevelStep):
+    """`AgentLevelStep` for continuous actions: an ``agent`` (B,) int64 input after ``reset`` gives each row's slot (its
+    bounds); prev_action is (B, A) float (a NaN row: none); outputs mean, action (the mean clipped to the row's bounds),
+    and the rest as `AgentLevelStep`."""
+
+    def forward(  # type: ignore[override]
+        self,
+        obs: Tensor,
+        action_mask: Tensor,
+        reset: Tensor,
+        agent: Tensor,
+        deter_a: Tensor,
+        stoch_a: Tensor,
+        prev_action: Tensor,
+        actor_state: tuple[Tensor, ...],
+        noise: Tensor | None = None,
+    ) -> tuple[Tensor, ...]:
+        """See the class docstring for inputs and outputs."""
+        return self._step(obs, action_mask, reset, agent, deter_a, stoch_a, prev_action, actor_state, noise)
 
 
 class AgentLevelMamba2Step(AgentLevelStep):
@@ -302,19 +393,13 @@ class AgentLevelMamba2Step(AgentLevelStep):
 
     Inputs obs, action_mask, reset, stoch_a, prev_action, ``states`` (the blocks' states, 2 per block, then the
     actor's) and, with ``latent="sample"``, noise; outputs logits, action, new_stoch_a, the new block states,
-    new_prev_action and the new actor state (`MABLWorldModel.filter_step` followed by the actor).
+    new_prev_action and the new actor state (`MABLWorldModel.filter_step` followed by the actor). Continuous
+    actions: `SlottedAgentLevelMamba2Step`.
 
     Args:
         model: a `MABLWorldModel` with ``MABLConfig.dynamics="mamba2"``.
         policy, state_names, latent: as in `WorldModelStep`.
     """
-
-    def __init__(self, model: nn.Module, policy: RecurrentPolicy, state_names: list[str], latent: str) -> None:
-        nn.Module.__init__(self)
-        self.obs_encoder, self.dynamics, self.agent_post = model.obs_encoder, model.agent_dynamics, model.agent_post
-        self.layers = model.config.ssm_layers
-        self.policy, self.state_names, self.latent = policy, state_names, latent
-        self.n_actions, self.classes = model.spec.n_actions, model.config.classes
 
     def forward(  # type: ignore[override]
         self,
@@ -327,16 +412,48 @@ class AgentLevelMamba2Step(AgentLevelStep):
         noise: Tensor | None = None,
     ) -> tuple[Tensor, ...]:
         """See the class docstring for inputs and outputs."""
+        return self._blocks_step(obs, action_mask, reset, None, stoch_a, prev_action, states, noise)
+
+    def _blocks_step(
+        self,
+        obs: Tensor,
+        action_mask: Tensor,
+        reset: Tensor,
+        agent: Tensor | None,
+        stoch_a: Tensor,
+        prev_action: Tensor,
+        states: list[Tensor],
+        noise: Tensor | None,
+    ) -> tuple[Tensor, ...]:
         reset = reset.bool()
         stoch = stoch_a.masked_fill(reset.unsqueeze(-1), 0.0)
         pairs, actor_state = _split_states(states, reset, self.layers)
-        prev = _onehot(prev_action.masked_fill(reset, -1), self.n_actions, stoch.dtype)  # -1: zeros
+        prev = self.io.encode(prev_action, reset, agent, stoch.dtype)  # none: zeros
         deter, pairs = self.dynamics.step(torch.cat([prev, stoch], -1), pairs)
         logits = rearrange(self.agent_post(self.obs_encoder(obs)), "b (s k) -> b s k", k=self.classes)
         stoch = _posterior(logits, self.latent, noise)
         features = torch.cat([deter, stoch], -1)
-        out, action, new = _act(self.policy, self.state_names, features, actor_state, reset, action_mask)
+        out, action, new = _act(self.policy, self.state_names, features, actor_state, reset, action_mask, self.io, agent)
         return out, action, stoch, *[t for pair in pairs for t in pair], action, *new
+
+
+class SlottedAgentLevelMamba2Step(AgentLevelMamba2Step):
+    """`AgentLevelMamba2Step` for continuous actions: an ``agent`` (B,) int64 input after ``reset`` (as
+    `SlottedAgentLevelStep`)."""
+
+    def forward(  # type: ignore[override]
+        self,
+        obs: Tensor,
+        action_mask: Tensor,
+        reset: Tensor,
+        agent: Tensor,
+        stoch_a: Tensor,
+        prev_action: Tensor,
+        states: list[Tensor],
+        noise: Tensor | None = None,
+    ) -> tuple[Tensor, ...]:
+        """See the class docstring for inputs and outputs."""
+        return self._blocks_step(obs, action_mask, reset, agent, stoch_a, prev_action, states, noise)
 
 
 def _dynamics(model: nn.Module) -> str:
@@ -355,7 +472,8 @@ def _filter_inputs(model: nn.Module) -> tuple[str, ...]:
     """The graph's inputs before the state list (and ``noise``) for this model."""
     gru = _dynamics(model) == "gru"
     if isinstance(model, MABLWorldModel):
-        return AGENT_LEVEL_INPUTS if gru else AGENT_LEVEL_MAMBA2_INPUTS
+        inputs = AGENT_LEVEL_INPUTS if gru else AGENT_LEVEL_MAMBA2_INPUTS
+        return inputs if model.spec.discrete else (*inputs[:3], "agent", *inputs[3:])  # continuous: each row's slot
     return FILTER_INPUTS if gru else MAMBA2_FILTER_INPUTS
 
 
@@ -371,9 +489,6 @@ def _check(model: Any, policy: Any, spec: Any | None, latent: str) -> None:
         )
     if latent not in LATENTS:
         raise ValueError(f"latent: expected one of {list(LATENTS)}, got {latent!r}")
-    if not model.spec.discrete:
-        raise ValueError(f"model: {model.spec.id} has continuous actions; the ONNX export knows only categorical heads so far "
-                         "(issue 14, item 4)")  # fmt: skip
     F_, A = model.feature_widths()[0], model.spec.n_actions
     if (policy.obs_dim, policy.n_actions) != (F_, A):
         raise ValueError(f"policy: expected obs_dim={F_} (the model's agent features) and n_actions={A}, got "
@@ -421,44 +536,51 @@ def export_wm_agent(
     names = list(state0)
     spec = model.spec
     D, A, N = spec.obs_dim, spec.n_actions, spec.n_agents
+    continuous = not spec.discrete
     first = (torch.zeros(2, D), torch.ones(2, A, dtype=torch.bool), torch.zeros(2, dtype=torch.bool))
+    slots = torch.tensor([0, N - 1])
+    no_action = torch.full((2, A), float("nan")) if continuous else torch.full((2,), -1)  # "none yet"
     filter_inputs = _filter_inputs(model)
-    if isinstance(model, MABLWorldModel) and _dynamics(model) == "gru":
+    if isinstance(model, MABLWorldModel):
         c, M = model.config, 0
-        S, K, filter_state = c.stoch, c.classes, [["deter_a", [c.agent_deter]], ["stoch_a", [c.stoch * c.classes]]]
-        graph: nn.Module = AgentLevelStep(model, policy, names, latent).eval()
-        args: tuple[Any, ...] = (*first, torch.zeros(2, c.agent_deter), torch.zeros(2, S * K), torch.full((2,), -1))
-        new_filter = ["new_deter_a", "new_stoch_a"]
-    elif isinstance(model, MABLWorldModel):  # Mamba-2: the agent level's block states go first in the state list
-        c, M = model.config, 0
-        S, K, blocks = c.stoch, c.classes, _block_states(model)
-        filter_state = [["stoch_a", [S * K]], *([n, list(shape)] for n, shape in blocks)]
-        graph = AgentLevelMamba2Step(model, policy, names, latent).eval()
-        args = (*first, torch.zeros(2, S * K), torch.full((2,), -1))
-        new_filter = ["new_stoch_a", *(f"new_{n}" for n, _ in blocks)]
-        state0 = {**{n: torch.zeros(2, *shape) for n, shape in blocks}, **state0}
+        S, K = c.stoch, c.classes
+        first = (*first, slots) if continuous else first  # continuous: each row's slot, for its bounds
+        if _dynamics(model) == "gru":
+            filter_state = [["deter_a", [c.agent_deter]], ["stoch_a", [S * K]]]
+            graph: nn.Module = (SlottedAgentLevelStep if continuous else AgentLevelStep)(model, policy, names, latent)
+            args: tuple[Any, ...] = (*first, torch.zeros(2, c.agent_deter), torch.zeros(2, S * K), no_action)
+            new_filter = ["new_deter_a", "new_stoch_a"]
+        else:  # Mamba-2: the agent level's block states go first in the state list
+            blocks = _block_states(model)
+            filter_state = [["stoch_a", [S * K]], *([n, list(shape)] for n, shape in blocks)]
+            step = SlottedAgentLevelMamba2Step if continuous else AgentLevelMamba2Step
+            graph = step(model, policy, names, latent)
+            args = (*first, torch.zeros(2, S * K), no_action)
+            new_filter = ["new_stoch_a", *(f"new_{n}" for n, _ in blocks)]
+            state0 = {**{n: torch.zeros(2, *shape) for n, shape in blocks}, **state0}
     else:
         c, M = model.rssm.config, model.message_dim
         S, K = c.stoch, c.classes
-        talk = (torch.tensor([0, N - 1]), torch.zeros(2, N, M), torch.ones(2, N, dtype=torch.bool))
+        talk = (slots, torch.zeros(2, N, M), torch.ones(2, N, dtype=torch.bool))
         if _dynamics(model) == "gru":
             filter_state = [["deter", [c.deter]], ["stoch", [S * K]]]
-            graph = WorldModelStep(model, policy, names, latent).eval()
-            args = (*first, *talk, torch.zeros(2, c.deter), torch.zeros(2, S * K), torch.full((2,), -1))
+            graph = WorldModelStep(model, policy, names, latent)
+            args = (*first, *talk, torch.zeros(2, c.deter), torch.zeros(2, S * K), no_action)
             new_filter = ["message", "new_deter", "new_stoch"]
         else:  # Mamba-2: the blocks' states go in the state list, before the actor's
             blocks = _block_states(model)
             filter_state = [["stoch", [S * K]], *([n, list(shape)] for n, shape in blocks)]
-            graph = Mamba2FilterStep(model, policy, names, latent).eval()
-            args = (*first, *talk, torch.zeros(2, S * K), torch.full((2,), -1))
+            graph = Mamba2FilterStep(model, policy, names, latent)
+            args = (*first, *talk, torch.zeros(2, S * K), no_action)
             new_filter = ["message", "new_stoch", *(f"new_{n}" for n, _ in blocks)]
             state0 = {**{n: torch.zeros(2, *shape) for n, shape in blocks}, **state0}
+    graph = graph.eval()
     listed = list(state0)  # the state list's tensors: the filter's blocks (Mamba-2), then the actor's
     args = (*args, list(state0.values()))
     batch = torch.export.Dim("batch", min=1)
     dynamic: tuple[Any, ...] = (*({0: batch} for _ in filter_inputs), state_dynamic(listed, batch))
     inputs = [*filter_inputs, *listed]
-    outputs = ["logits", "action", *new_filter, "new_prev_action", *(f"new_{n}" for n in names)]
+    outputs = ["mean" if continuous else "logits", "action", *new_filter, "new_prev_action", *(f"new_{n}" for n in names)]
     if latent == "sample":
         args, dynamic, inputs = (*args, torch.full((2, S, K), 0.5)), (*dynamic, {0: batch}), [*inputs, "noise"]
     meta = {
@@ -477,7 +599,8 @@ def export_wm_agent(
         "wmenv.state": json.dumps([[n, list(state0[n].shape[1:])] for n in names]),
         "wmenv.sampling": json.dumps(False),
         "wmenv.observation_space": json.dumps({"shape": [D], "dtype": "float32"}),
-        "wmenv.action_space": json.dumps({"n": A}),
+        "wmenv.action_space": json.dumps({"continuous": A} if continuous else {"n": A}),
+        "wmenv.continuous": json.dumps(continuous),
         "wmenv.env": json.dumps(spec.describe()),
     }
     what = f"model: {type(model).__name__} filter + {type(policy).__name__}.step"

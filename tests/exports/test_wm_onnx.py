@@ -215,8 +215,13 @@ def test_bad_inputs_get_clear_errors(setup):
         export_wm_agent(torch.nn.Linear(2, 2), policy, paths["mode"].parent / "x.onnx")
 
 
-def test_example_exports_a_latent_model_based_run_and_plays_it(tmp_path):
-    """examples/03_export_onnx.py on a model-based run with latent actors exports filter + actor and plays N agents."""
+@pytest.mark.parametrize(
+    "env", [("mpe:simple_spread_v3", {}), ("mamujoco:HalfCheetah:2x3", {"max_episode_steps": 30})], ids=["mpe", "mamujoco"]
+)
+def test_example_exports_a_latent_model_based_run_and_plays_it(tmp_path, env):
+    """examples/03_export_onnx.py on a model-based run with latent actors exports filter + actor and plays N agents,
+    with discrete and with continuous actions."""
+    import importlib.util
     import subprocess
     import sys
     from pathlib import Path
@@ -224,18 +229,22 @@ def test_example_exports_a_latent_model_based_run_and_plays_it(tmp_path):
     from agents.model_based import ModelBasedConfig, run
     from wmenv.fit import FitConfig
 
+    env_id, kwargs = env
+    if env_id.startswith("mamujoco") and importlib.util.find_spec("gymnasium_robotics") is None:
+        pytest.skip("gymnasium-robotics not installed")
     root = Path(__file__).resolve().parents[2]
-    cfg = ModelBasedConfig(iterations=1, real_steps=60, num_envs=2, fit_steps=5, dream_updates=1, dream_worlds=8,
-                           fit=FitConfig(batch_size=4, progress=False), eval_episodes=1, actor_input="latent",
-                           run_dir=str(tmp_path / "run"), progress=False)  # fmt: skip
+    cfg = ModelBasedConfig(env_id=env_id, env_kwargs=kwargs, iterations=1, real_steps=60, num_envs=2, fit_steps=5,
+                           dream_updates=1, dream_worlds=8, fit=FitConfig(batch_size=4, progress=False), eval_episodes=1,
+                           actor_input="latent", run_dir=str(tmp_path / "run"), progress=False)  # fmt: skip
     run(cfg)
     export = [sys.executable, "examples/03_export_onnx.py", "--run-dir", str(tmp_path / "run"), "--out",
               str(tmp_path / "a.onnx"), "--episodes", "1"]  # fmt: skip
     proc = subprocess.run(export, cwd=root, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "episode return per agent on mpe:simple_spread_v3 over 1 episodes" in proc.stdout
+    assert f"episode return per agent on {env_id} over 1 episodes" in proc.stdout
     agent = OnnxAgent(tmp_path / "a.onnx")
-    assert agent.kind == "world_model" and agent.n_agents == 3
+    assert agent.kind == "world_model" and agent.n_agents == (3 if env_id.startswith("mpe") else 2)
+    assert agent.continuous == env_id.startswith("mamujoco")
 
 
 @pytest.fixture(scope="module")
@@ -431,3 +440,74 @@ def test_mabl_with_mamba2_dynamics_exports_its_agent_level_and_matches_pytorch_a
         assert np.array_equal(mode.state["stoch_a"], z.numpy()), f"step {t}"
         for n in blocks:
             np.testing.assert_allclose(mode.state[n], new[own(n)].numpy(), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["mamba", "mabl"])
+def test_continuous_agents_export_and_match_pytorch_and_the_models_filter(kind, tmp_path):
+    """Continuous actions, 3 agents with their own bounds (one with a padded dim): the graph takes (B, A) float previous
+    actions (NaN rows: none) and each row's slot, outputs the Gaussian's mean and the mean clipped to the row's bounds
+    (0 on padded dims); onnxruntime = the module in PyTorch over 1000 steps with resets (the same latent noise); the
+    module's h_t is the model's `filter_step` on the same inputs, and its message is the model's `message`."""
+    import gymnasium as gym
+
+    from exports.wm_agent import SlottedAgentLevelStep
+    from wmenv.envs.spec import EnvSpec, action_bounds, own_action_dims
+    from wmenv.models.registry import build_model
+
+    low, high = {"a0": -2.0, "a1": 0.0, "a2": -1.0}, {"a0": 2.0, "a1": 1.0, "a2": 3.0}
+    act = {a: gym.spaces.Box(low[a], high[a], (2 if a == "a2" else 3,), np.float32) for a in low}
+    obs_space = gym.spaces.Box(-1, 1, (4,))
+    spec = EnvSpec("tiny-box", tuple(low), {a: obs_space for a in low}, act, gym.spaces.Box(-1, 1, (6,)), False, None)
+    A = 3
+    torch.manual_seed(0)
+    model = build_model(kind, spec, "small").eval()
+    policy = make_policy("gru", model.feature_widths()[0], A, GRUPolicyConfig(hidden=16)).eval()
+    path = export_wm_agent(model, policy, tmp_path / "c.onnx", latent="sample")
+    graph = onnx.load(str(path))
+    onnx.checker.check_model(graph)
+    shapes = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in graph.graph.input}
+    assert shapes["prev_action"] == ["batch", A] and shapes["agent"] == ["batch"]
+    assert [o.name for o in graph.graph.output][:2] == ["mean", "action"]
+    agent = OnnxAgent(path, providers=["CPUExecutionProvider"], spec=spec)
+    agent.reset(B)
+    assert agent.continuous and np.isnan(agent.state["prev_action"]).all() and agent.state["prev_action"].shape == (B, A)
+    messaging = kind == "mamba"
+    ref = (WorldModelStep if messaging else SlottedAgentLevelStep)(model, policy, ["h"], "sample").eval()
+    names = ["deter", "stoch", "prev_action", "h"] if messaging else ["deter_a", "stoch_a", "prev_action", "h"]
+    state = {k: torch.from_numpy(v.copy()) for k, v in agent.state.items()}
+    lo, hi = (torch.from_numpy(b) for b in action_bounds(spec))
+    own = torch.from_numpy(own_action_dims(spec))
+    rng, agent_rng, ref_rng = np.random.default_rng(0), np.random.default_rng(1), np.random.default_rng(1)
+    for t in range(1000):
+        obs, _, resets, messages, heard, slots = random_inputs(rng, spec, model.message_dim, t)
+        mask = own[slots].numpy()
+        if messaging:
+            action = agent.act(obs, mask, resets, messages, heard, slots, rng=agent_rng)
+        else:
+            action = agent.act(obs, mask, resets, agent=slots, rng=agent_rng)
+        S, K = agent.latent_shape
+        noise = torch.from_numpy(ref_rng.random((B, S, K), dtype=np.float32))
+        before = {k: v.clone() for k, v in state.items()}
+        o, m, r, msgs, hrd, sl = map(torch.from_numpy, (obs, mask, resets, messages, heard, slots))
+        with torch.no_grad():
+            filt = (before[names[0]], before[names[1]], before["prev_action"])
+            if messaging:
+                mean, greedy, message, *new = ref(o, m, r, sl, msgs, hrd, *filt, (before["h"],), noise)
+                filtered, _ = model.filter_step(dict(zip(names[:2], filt[:2])), o, filt[2], r, sl, msgs, hrd)
+            else:
+                mean, greedy, *new = ref(o, m, r, sl, *filt, (before["h"],), noise)
+                filtered, _ = model.filter_step(dict(zip(names[:2], filt[:2])), o, filt[2], r, sl)
+        state = dict(zip(names, new))
+        np.testing.assert_allclose(agent.logits, mean.numpy(), atol=1e-5, rtol=1e-5, err_msg=f"step {t}")
+        np.testing.assert_allclose(action, greedy.numpy(), atol=1e-5, rtol=1e-5, err_msg=f"step {t}")
+        assert torch.equal(greedy, torch.where(m, torch.minimum(torch.maximum(mean, lo[sl]), hi[sl]), 0.0))
+        torch.testing.assert_close(state[names[0]], filtered[names[0]], atol=1e-5, rtol=1e-5)
+        if messaging:
+            torch.testing.assert_close(message, model.message({"stoch": state["stoch"]}, greedy, sl), atol=1e-6, rtol=0)
+            np.testing.assert_allclose(agent.outgoing, message.numpy(), atol=1e-5, rtol=0, err_msg=f"message at step {t}")
+        for name, value in state.items():
+            np.testing.assert_allclose(agent.state[name], value.numpy(), atol=1e-5, rtol=1e-5, err_msg=f"{name} at step {t}")
+    assert np.array_equal(agent.state["prev_action"], action) and (action[~own[slots].numpy()] == 0).all()
+    with pytest.raises(ValueError, match="world-model agents act greedily"):
+        agent.act(obs, mask, resets, **({"messages": messages, "heard": heard} if messaging else {}), agent=slots,
+                  deterministic=False)  # fmt: skip

@@ -6,8 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from agents.policies import make_policy
-from exports.wm_agent import export_wm_agent
 from wmenv.data.collect import random_continuous, random_replay
 from wmenv.dream import DreamVecEnv
 from wmenv.envs.spec import EnvSpec, action_bounds
@@ -122,8 +120,6 @@ def test_fit_and_imagine_on_a_real_continuous_env(kind):
     dream = DreamVecEnv(model, 4, seed=0)
     dream.reset()
     assert torch.isfinite(dream.step(torch.full((4, 1, 1), 3.0)).reward).all()  # 3 clipped to the bound 2
-    with pytest.raises(ValueError, match="continuous actions; the ONNX export knows only categorical heads"):
-        export_wm_agent(model, make_policy("gru", model.feature_widths()[0], 1), "unused.onnx")
 
 
 def test_bad_continuous_filter_inputs_are_named():

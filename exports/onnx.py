@@ -340,6 +340,7 @@ def write_graph(
         RuntimeError: the exporter failed, or the graph has loops or branches.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
+    placeholders = [f"wmenv_output_{i}__" for i in range(len(outputs))]  # the final names go in after export
     handle, name = tempfile.mkstemp(*temporary_name(path.name), dir=path.parent)
     os.close(handle)
     tmp = Path(name)
@@ -347,7 +348,7 @@ def write_graph(
         with torch.no_grad(), _quiet_exporter():
             torch.onnx.export(
                 graph, args, str(tmp), dynamo=True, opset_version=opset, dynamic_shapes=dynamic, input_names=inputs,
-                output_names=outputs, external_data=False, optimize=True, verbose=False,
+                output_names=placeholders, external_data=False, optimize=True, verbose=False,
             )  # fmt: skip
     except Exception as e:
         tmp.unlink(missing_ok=True)
@@ -357,6 +358,7 @@ def write_graph(
     if loops:
         tmp.unlink(missing_ok=True)
         raise RuntimeError(f"{what} exported with control flow {loops}; expected straight-line code")
+    _name_outputs(model.graph, placeholders, outputs)
     for value in (*model.graph.input, *model.graph.output):
         batch_axis = value.type.tensor_type.shape.dim[0]
         if batch_axis.dim_param:  # one dynamic axis: the batch (named by the exporter when it could not rename)
@@ -368,3 +370,24 @@ def write_graph(
     onnx.save(model, str(tmp))
     os.replace(tmp, path)
     return path
+
+
+def _name_outputs(graph: onnx.GraphProto, placeholders: list[str], outputs: list[str]) -> None:
+    """Rename the graph's outputs from ``placeholders`` to ``outputs``; an inner value that already bears one of those
+    names (the exporter names values after the ops that make them: a ``mean`` in an RMSNorm) is renamed first, so
+    that every name is assigned once."""
+    taken = {v for node in graph.node for v in (*node.input, *node.output)} | {v.name for v in graph.input}
+    rename = {}
+    for name in outputs:
+        if name in taken:
+            i = 0
+            while f"{name}_inner{i}" in taken:
+                i += 1
+            rename[name] = f"{name}_inner{i}"
+            taken.add(rename[name])
+    rename.update(zip(placeholders, outputs))
+    for node in graph.node:
+        node.input[:] = [rename.get(v, v) for v in node.input]
+        node.output[:] = [rename.get(v, v) for v in node.output]
+    for value in (*graph.output, *graph.value_info):
+        value.name = rename.get(value.name, value.name)

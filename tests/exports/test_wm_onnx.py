@@ -443,14 +443,16 @@ def test_mabl_with_mamba2_dynamics_exports_its_agent_level_and_matches_pytorch_a
 
 
 @pytest.mark.parametrize("kind", ["mamba", "mabl"])
-def test_continuous_agents_export_and_match_pytorch_and_the_models_filter(kind, tmp_path):
+@pytest.mark.parametrize("preset", ["small", "small-mamba2"])
+def test_continuous_agents_export_and_match_pytorch_and_the_models_filter(kind, preset, tmp_path):
     """Continuous actions, 3 agents with their own bounds (one with a padded dim): the graph takes (B, A) float previous
     actions (NaN rows: none) and each row's slot, outputs the Gaussian's mean and the mean clipped to the row's bounds
-    (0 on padded dims); onnxruntime = the module in PyTorch over 1000 steps with resets (the same latent noise); the
-    module's h_t is the model's `filter_step` on the same inputs, and its message is the model's `message`."""
+    (0 on padded dims); onnxruntime = the module in PyTorch over 1000 steps with resets (the same latent noise), GRU
+    and Mamba-2 dynamics; the message is the model's `message`, and (GRU) the module's h_t is the model's
+    `filter_step` on the same inputs."""
     import gymnasium as gym
 
-    from exports.wm_agent import SlottedAgentLevelStep
+    from exports.wm_agent import Mamba2FilterStep, SlottedAgentLevelMamba2Step, SlottedAgentLevelStep
     from wmenv.envs.spec import EnvSpec, action_bounds, own_action_dims
     from wmenv.models.registry import build_model
 
@@ -458,9 +460,9 @@ def test_continuous_agents_export_and_match_pytorch_and_the_models_filter(kind, 
     act = {a: gym.spaces.Box(low[a], high[a], (2 if a == "a2" else 3,), np.float32) for a in low}
     obs_space = gym.spaces.Box(-1, 1, (4,))
     spec = EnvSpec("tiny-box", tuple(low), {a: obs_space for a in low}, act, gym.spaces.Box(-1, 1, (6,)), False, None)
-    A = 3
+    A, gru, messaging = 3, preset == "small", kind == "mamba"
     torch.manual_seed(0)
-    model = build_model(kind, spec, "small").eval()
+    model = build_model(kind, spec, preset).eval()
     policy = make_policy("gru", model.feature_widths()[0], A, GRUPolicyConfig(hidden=16)).eval()
     path = export_wm_agent(model, policy, tmp_path / "c.onnx", latent="sample")
     graph = onnx.load(str(path))
@@ -471,9 +473,12 @@ def test_continuous_agents_export_and_match_pytorch_and_the_models_filter(kind, 
     agent = OnnxAgent(path, providers=["CPUExecutionProvider"], spec=spec)
     agent.reset(B)
     assert agent.continuous and np.isnan(agent.state["prev_action"]).all() and agent.state["prev_action"].shape == (B, A)
-    messaging = kind == "mamba"
-    ref = (WorldModelStep if messaging else SlottedAgentLevelStep)(model, policy, ["h"], "sample").eval()
-    names = ["deter", "stoch", "prev_action", "h"] if messaging else ["deter_a", "stoch_a", "prev_action", "h"]
+    step = {(True, True): WorldModelStep, (True, False): SlottedAgentLevelStep,
+            (False, True): Mamba2FilterStep, (False, False): SlottedAgentLevelMamba2Step}[gru, messaging]  # fmt: skip
+    ref = step(model, policy, ["h"], "sample").eval()
+    names = list(agent.state)  # the filter's state, prev_action, the actor's: also the order of the new states
+    filt = [n for n in names if n != "h" and not n.startswith("wm_")]  # deter(_a), stoch(_a), prev_action
+    listed = [n for n in names if n.startswith("wm_")] + ["h"]  # the graph's state list
     state = {k: torch.from_numpy(v.copy()) for k, v in agent.state.items()}
     lo, hi = (torch.from_numpy(b) for b in action_bounds(spec))
     own = torch.from_numpy(own_action_dims(spec))
@@ -481,27 +486,24 @@ def test_continuous_agents_export_and_match_pytorch_and_the_models_filter(kind, 
     for t in range(1000):
         obs, _, resets, messages, heard, slots = random_inputs(rng, spec, model.message_dim, t)
         mask = own[slots].numpy()
-        if messaging:
-            action = agent.act(obs, mask, resets, messages, heard, slots, rng=agent_rng)
-        else:
-            action = agent.act(obs, mask, resets, agent=slots, rng=agent_rng)
-        S, K = agent.latent_shape
-        noise = torch.from_numpy(ref_rng.random((B, S, K), dtype=np.float32))
-        before = {k: v.clone() for k, v in state.items()}
+        talk = {"messages": messages, "heard": heard} if messaging else {}
+        action = agent.act(obs, mask, resets, **talk, agent=slots, rng=agent_rng)
+        noise = torch.from_numpy(ref_rng.random((B, *agent.latent_shape), dtype=np.float32))
         o, m, r, msgs, hrd, sl = map(torch.from_numpy, (obs, mask, resets, messages, heard, slots))
+        inputs = (o, m, r, sl, *((msgs, hrd) if messaging else ()), *(state[n] for n in filt))
+        lists = (state["h"],) if gru else [state[n] for n in listed]
         with torch.no_grad():
-            filt = (before[names[0]], before[names[1]], before["prev_action"])
-            if messaging:
-                mean, greedy, message, *new = ref(o, m, r, sl, msgs, hrd, *filt, (before["h"],), noise)
-                filtered, _ = model.filter_step(dict(zip(names[:2], filt[:2])), o, filt[2], r, sl, msgs, hrd)
-            else:
-                mean, greedy, *new = ref(o, m, r, sl, *filt, (before["h"],), noise)
-                filtered, _ = model.filter_step(dict(zip(names[:2], filt[:2])), o, filt[2], r, sl)
+            mean, greedy, *out = ref(*inputs, lists, noise)
+            if gru:
+                before = {n: state[n] for n in filt[:2]}
+                filtered, _ = model.filter_step(before, o, state["prev_action"], r, sl, *((msgs, hrd) if messaging else ()))
+        message, new = (out[0], out[1:]) if messaging else (None, out)
         state = dict(zip(names, new))
         np.testing.assert_allclose(agent.logits, mean.numpy(), atol=1e-5, rtol=1e-5, err_msg=f"step {t}")
         np.testing.assert_allclose(action, greedy.numpy(), atol=1e-5, rtol=1e-5, err_msg=f"step {t}")
         assert torch.equal(greedy, torch.where(m, torch.minimum(torch.maximum(mean, lo[sl]), hi[sl]), 0.0))
-        torch.testing.assert_close(state[names[0]], filtered[names[0]], atol=1e-5, rtol=1e-5)
+        if gru:
+            torch.testing.assert_close(state[filt[0]], filtered[filt[0]], atol=1e-5, rtol=1e-5)
         if messaging:
             torch.testing.assert_close(message, model.message({"stoch": state["stoch"]}, greedy, sl), atol=1e-6, rtol=0)
             np.testing.assert_allclose(agent.outgoing, message.numpy(), atol=1e-5, rtol=0, err_msg=f"message at step {t}")
@@ -509,5 +511,4 @@ def test_continuous_agents_export_and_match_pytorch_and_the_models_filter(kind, 
             np.testing.assert_allclose(agent.state[name], value.numpy(), atol=1e-5, rtol=1e-5, err_msg=f"{name} at step {t}")
     assert np.array_equal(agent.state["prev_action"], action) and (action[~own[slots].numpy()] == 0).all()
     with pytest.raises(ValueError, match="world-model agents act greedily"):
-        agent.act(obs, mask, resets, **({"messages": messages, "heard": heard} if messaging else {}), agent=slots,
-                  deterministic=False)  # fmt: skip
+        agent.act(obs, mask, resets, **talk, agent=slots, deterministic=False)

@@ -502,11 +502,11 @@ def _run(cfg: ModelBasedConfig) -> dict[str, Any]:
         print(f"no checkpoint in {run_dir / 'checkpoints'}; starting a fresh run")
     # A resume restores the copies mid-episode where it can; otherwise copy i of a run restarted at iteration k gets
     # seed + k*E + i.
-    latent = cfg.actor_input == "latent"
+    latent, prefill = cfg.actor_input == "latent", prefill_steps(cfg, spec)
     worker = {"env_id": cfg.env_id, "env_kwargs": cfg.env_kwargs, "num_envs": cfg.num_envs,
               "seed": cfg.seed + counters["iteration"] * cfg.num_envs, "filter_seed": cfg.seed, "stream": cfg.stream,
               "real_steps": cfg.real_steps, "real_episodes": cfg.real_episodes,
-              "prefill": prefill_steps(cfg, spec)}  # fmt: skip
+              "prefill": prefill}  # fmt: skip
     real = RealData(replay, agent, model if latent else None, cfg.overlap, worker, cfg.ray_address)
 
     starts, dfs = _samplers(cfg, replay, state)
@@ -571,7 +571,7 @@ def _run(cfg: ModelBasedConfig) -> dict[str, Any]:
         "real_returns": real_returns,
         "real_steps": counters["env_steps"],
         "achieved": achieved_ratios(counters),
-        "prefill": prefill_steps(cfg, spec),
+        "prefill": prefill,
         "config": dataclasses.asdict(cfg),
         "wall_clock_s": elapsed + time.perf_counter() - start,
         "checkpoint": str(latest_checkpoint(run_dir)),

@@ -112,6 +112,12 @@ class StepGraph(nn.Module):
         return (*outs, *(new[n] for n in self.state_names))
 
 
+def clip_to_bounds(x: Tensor, own: Tensor, low: Tensor, high: Tensor) -> Tensor:
+    """Continuous actions x (B, A) clipped to each row's bounds low, high (B, A), 0 where ``own`` (B, A) bool is False
+    (dims the row's agent does not have)."""
+    return torch.where(own, torch.minimum(torch.maximum(x, low), high), torch.zeros_like(x))
+
+
 class GaussianStepGraph(nn.Module):
     """The module exported for continuous actions: one policy step, the mean and a sampled action, clipped per row."""
 
@@ -130,13 +136,9 @@ class GaussianStepGraph(nn.Module):
         """See the module docstring for inputs and outputs."""
         mean, new = self.policy.step(obs, dict(zip(self.state_names, state)), reset)
         low, high = self.low[agent], self.high[agent]  # (B, A)
-
-        def clip(x: Tensor) -> Tensor:
-            return torch.where(action_mask, torch.minimum(torch.maximum(x, low), high), torch.zeros_like(x))
-
-        outs = [mean, clip(mean)]
+        outs = [mean, clip_to_bounds(mean, action_mask, low, high)]
         if self.sampling:
-            outs.append(clip(mean + self.log_std.exp() * noise))
+            outs.append(clip_to_bounds(mean + self.log_std.exp() * noise, action_mask, low, high))
         return (*outs, *(new[n] for n in self.state_names))
 
 

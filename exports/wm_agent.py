@@ -54,7 +54,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from agents.policies.base import RecurrentPolicy
-from exports.onnx import EXPORT_FORMAT, OPSET, library_version, spec_diff, state_dynamic, write_graph
+from exports.onnx import EXPORT_FORMAT, OPSET, clip_to_bounds, library_version, spec_diff, state_dynamic, write_graph
 from wmenv.envs.spec import action_bounds
 from wmenv.models.comm import CommBlock
 from wmenv.models.mabl import MABLWorldModel
@@ -174,8 +174,7 @@ class ActionIO(nn.Module):
         if not self.continuous:
             out = out.masked_fill(~action_mask, float("-inf"))
             return out, out.argmax(-1)
-        low, high = self.low[agent], self.high[agent]  # (B, A)
-        return out, torch.where(action_mask, torch.minimum(torch.maximum(out, low), high), 0.0)
+        return out, clip_to_bounds(out, action_mask, self.low[agent], self.high[agent])
 
 
 def _act(policy: RecurrentPolicy, names: list[str], features: Tensor, state: tuple[Tensor, ...], reset: Tensor,
@@ -203,7 +202,7 @@ class WorldModelStep(nn.Module):
         self.comm, self.obs_encoder, self.post_net = rssm.comm, rssm.obs_encoder, rssm.post_net
         self.cell = getattr(rssm, "cell", None)  # the GRU (None for Mamba-2 dynamics, `Mamba2FilterStep`)
         self.policy, self.state_names, self.latent = policy, state_names, latent
-        self.n_agents, self.n_actions, self.classes = rssm.n_agents, rssm.n_actions, rssm.config.classes
+        self.n_agents, self.classes = rssm.n_agents, rssm.config.classes
         self.io = ActionIO(model)
 
     def _receive(
@@ -325,7 +324,7 @@ class AgentLevelStep(nn.Module):
         else:
             self.dynamics, self.layers = model.agent_dynamics, model.config.ssm_layers
         self.policy, self.state_names, self.latent = policy, state_names, latent
-        self.n_actions, self.classes = model.spec.n_actions, model.config.classes
+        self.classes = model.config.classes
         self.io = ActionIO(model)
 
     def forward(

@@ -95,6 +95,8 @@ class DRAMALoopConfig:
     """Continue from the latest checkpoint in ``run_dir``."""
     keep_checkpoints: int = 2
     """Checkpoints kept in ``run_dir/checkpoints`` (older ones are deleted after each new one)."""
+    keep_every: int = 0
+    """Also keep, for good, every checkpoint taken at a multiple of this many env steps (0: none)."""
     progress: bool = True
     """Show a progress bar over iterations."""
 
@@ -102,7 +104,7 @@ class DRAMALoopConfig:
         for name in ("iterations", "real_steps", "fit_steps", "batch_size", "seq_len", "ac_updates", "worlds",
                      "context", "capacity", "eval_max_steps", "keep_checkpoints"):  # fmt: skip
             check_int(f"DRAMALoopConfig.{name}", getattr(self, name))
-        for name in ("warmup_steps", "eval_episodes"):
+        for name in ("warmup_steps", "eval_episodes", "keep_every"):
             check_int(f"DRAMALoopConfig.{name}", getattr(self, name), 0)
         check_choice("DRAMALoopConfig.model", self.model, model_kind("drama").presets)
         check_choice("DRAMALoopConfig.sampler", self.sampler, ("dfs", "uniform"))
@@ -154,7 +156,7 @@ def _save(run_dir: Path, name: str, model, wm_optim, learner: DreamerAC, replay:
           generator: torch.Generator, counters: dict, curve: list, cfg: DRAMALoopConfig, vec: VecEnv,
           collector: Collector, filters: AgentFilters) -> Path:  # fmt: skip
     """Write ``checkpoints/<name>`` atomically, point ``checkpoints/latest`` at it, keep the newest
-    ``cfg.keep_checkpoints`` (`agents.train.write_checkpoint`)."""
+    ``cfg.keep_checkpoints`` and the ``cfg.keep_every`` milestones (`agents.train.write_checkpoint`)."""
 
     def fill(tmp: Path) -> None:
         save_model(tmp / "world_model", model)
@@ -168,7 +170,7 @@ def _save(run_dir: Path, name: str, model, wm_optim, learner: DreamerAC, replay:
         loop = {"counters": counters, "curve": curve, "config": dataclasses.asdict(cfg)}
         (tmp / "loop.json").write_text(json.dumps(loop))
 
-    return write_checkpoint(run_dir, name, fill, cfg.keep_checkpoints)
+    return write_checkpoint(run_dir, name, fill, cfg.keep_checkpoints, cfg.keep_every)
 
 
 def run(cfg: DRAMALoopConfig) -> dict[str, Any]:

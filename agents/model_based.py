@@ -178,6 +178,10 @@ class ModelBasedConfig:
     """Continue from ``run_dir/checkpoints/latest`` if there is one (a fresh run otherwise)."""
     keep_checkpoints: int = 2
     """How many of the newest checkpoints to keep."""
+    keep_every: int = 0
+    """Also keep, for good, every checkpoint taken at a multiple of this many real env steps (0: none), so the run's
+    milestones can be measured again later on many fresh episodes (``examples/benchmarks/dream_gap.py
+    --all-checkpoints``)."""
     torch_threads: int = 1
     """torch intra-op threads (0: torch's default, one per core). One by measurement: this library's small models
     barely split across threads (2 threads alone: 1.2-1.3x faster for 1.5-1.7x the CPU), and with another busy
@@ -205,7 +209,7 @@ class ModelBasedConfig:
             "keep_checkpoints",
         ):
             check_int(f"ModelBasedConfig.{name}", getattr(self, name))
-        for name in ("real_episodes", "fit_steps", "dream_updates"):
+        for name in ("real_episodes", "fit_steps", "dream_updates", "keep_every"):
             check_int(f"ModelBasedConfig.{name}", getattr(self, name), 0)
         if self.prefill is not None:
             check_int("ModelBasedConfig.prefill", self.prefill, 0)

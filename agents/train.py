@@ -89,6 +89,9 @@ class TrainConfig:
     """Save a checkpoint every this many env steps (and always at the end)."""
     keep_checkpoints: int = 2
     """How many of the newest checkpoints to keep."""
+    keep_every: int = 0
+    """Also keep, for good, every checkpoint taken at a multiple of this many env steps (0: none), so a run's policy can
+    be measured again later at its milestones (``examples/benchmarks/dream_gap.py --all-checkpoints``)."""
     anneal_lr: bool = False
     """Decay both learning rates linearly to 0 over the run."""
     torch_threads: int = 1
@@ -120,7 +123,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name in ("total_steps", "num_envs", "eval_episodes", "keep_checkpoints"):
             check_int(f"TrainConfig.{name}", getattr(self, name))
-        for name in ("eval_every", "checkpoint_every", "torch_threads"):
+        for name in ("eval_every", "checkpoint_every", "keep_every", "torch_threads"):
             check_int(f"TrainConfig.{name}", getattr(self, name), 0)
         check_choice("TrainConfig.backend", self.backend, BACKENDS)
         check_choice("TrainConfig.policy", self.policy, POLICIES)
@@ -247,9 +250,10 @@ def restore_optimizer(
     optimizer.load_state_dict({"state": state, "param_groups": param_groups})
 
 
-def write_checkpoint(run_dir: str | Path, name: str, fill: Callable[[Path], None], keep: int) -> Path:
+def write_checkpoint(run_dir: str | Path, name: str, fill: Callable[[Path], None], keep: int, keep_every: int = 0) -> Path:
     """Write ``checkpoints/<name>`` atomically: ``fill`` writes the files into a temporary folder, which is then moved in
-    place; ``checkpoints/latest`` is pointed at it and only the newest ``keep`` ``step_*`` folders are kept.
+    place; ``checkpoints/latest`` is pointed at it and only the newest ``keep`` ``step_<n>`` folders are kept, besides
+    the milestones: those whose step count n is a multiple of ``keep_every`` (> 0) are never pruned.
 
     Returns:
         The checkpoint folder.
@@ -266,8 +270,15 @@ def write_checkpoint(run_dir: str | Path, name: str, fill: Callable[[Path], None
     atomic_write(root / "latest", name.encode())
     kept = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_"))
     for old in kept[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        if not is_milestone(old.name, keep_every):
+            shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def is_milestone(name: str, keep_every: int) -> bool:
+    """Whether the checkpoint folder ``name`` (``step_<n>``) is one that ``keep_every`` keeps: n a multiple of it (> 0)."""
+    step = name.removeprefix("step_")
+    return keep_every > 0 and step.isdigit() and int(step) % keep_every == 0
 
 
 def save_checkpoint(
@@ -281,7 +292,7 @@ def save_checkpoint(
     """Write ``checkpoints/step_<env steps>`` atomically and point ``checkpoints/latest`` at it (`write_checkpoint`).
 
     Args:
-        cfg: the run's config dataclass (saved as ``train``; its ``keep_checkpoints`` is honoured).
+        cfg: the run's config dataclass (saved as ``train``; its ``keep_checkpoints`` and ``keep_every`` are honoured).
         extra: writes further files into the (temporary) checkpoint folder before it is moved in place.
 
     Returns:
@@ -309,7 +320,7 @@ def save_checkpoint(
         if extra is not None:
             extra(tmp)
 
-    return write_checkpoint(run_dir, f"step_{counters['env_steps']:012d}", fill, cfg.keep_checkpoints)
+    return write_checkpoint(run_dir, f"step_{counters['env_steps']:012d}", fill, cfg.keep_checkpoints, cfg.keep_every)
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:

@@ -56,8 +56,8 @@ class Args:
     episodes: int = 32
     """Real episodes per run (one env copy each); the imagined rollouts start from their first observations."""
     all_checkpoints: bool = False
-    """Measure every kept ``checkpoints/step_*`` of each run (a run with ``--keep-checkpoints`` large: the gap along
-    training), not only the latest."""
+    """Measure every kept ``checkpoints/step_*`` of each run (a run with ``--run.keep-every`` milestones or a large
+    ``--keep-checkpoints``: the gap along training), not only the latest."""
     seed: int = 7_000_000
     """Episode i is seeded ``seed + i`` (a seed range the loop's evaluations do not use)."""
     out: Path | None = None

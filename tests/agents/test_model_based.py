@@ -46,13 +46,15 @@ def _small(run_dir, iterations, **kw):
 
 
 def test_resume_continues_the_curve_replay_and_weights(tmp_path):
-    """A run stopped after 1 iteration and resumed to 2 keeps its curve and replay; its checkpoint exports."""
+    """A run stopped after 1 iteration and resumed to 2 keeps its curve and replay (and, with ``keep_every``, its
+    milestone checkpoints); its checkpoint exports."""
     first = run(_small(tmp_path, 1))
     ckpt = latest_checkpoint(tmp_path)
     assert ckpt is not None and ckpt.name == "step_000000000060"
     assert {p.name for p in ckpt.iterdir()} >= {"model.safetensors", "world_model", "replay.json", "loop.json"}
-    second = run(_small(tmp_path, 2, resume=True))
+    second = run(_small(tmp_path, 2, resume=True, keep_checkpoints=1, keep_every=60))
     assert second["eval_returns"][:2] == first["eval_returns"] and [s for s, _ in second["eval_returns"]] == [0, 60, 120]
+    assert ckpt.is_dir(), "keep_every keeps the 60-step milestone that keep_checkpoints=1 would prune"
     assert second["real_steps"] == 120
     evals = EventAccumulator(str(tmp_path)).Reload().Scalars("eval/episode_return")
     assert sorted({e.step for e in evals}) == [0, 60, 120], "the resumed run keeps the scalars logged up to its checkpoint"
@@ -170,6 +172,8 @@ def test_config_checks():
     assert drama.fit.compile == "off" and ModelBasedConfig().fit.compile == "steps"  # DRAMA has no per-row recurrence
     with pytest.raises(ValueError, match="ModelBasedConfig.horizon: expected an integer >= 1, got 0"):
         ModelBasedConfig(horizon=0)
+    with pytest.raises(ValueError, match="ModelBasedConfig.keep_every: expected an integer >= 0, got -1"):
+        ModelBasedConfig(keep_every=-1)
     with pytest.raises(ValueError, match="ModelBasedConfig.actor_input: expected 'decoded' or 'latent', got 'raw'"):
         ModelBasedConfig(actor_input="raw")
 

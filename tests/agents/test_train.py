@@ -11,7 +11,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from agents.mappo import MAPPO
-from agents.train import evaluate, evaluate_metrics, torch_threads
+from agents.train import evaluate, evaluate_metrics, is_milestone, torch_threads, write_checkpoint
 from wmenv import VecEnv
 from wmenv.envs import make
 
@@ -131,3 +131,22 @@ def test_torch_threads_are_set_for_the_block_and_restored():
     with pytest.raises(KeyError), torch_threads(1):
         raise KeyError("the count is restored when the block raises")
     assert torch.get_num_threads() == before
+
+
+def test_checkpoint_pruning_keeps_the_newest_and_the_milestones(tmp_path):
+    """``keep`` newest ``step_*`` folders survive, and with ``keep_every`` every multiple of it too, for good."""
+
+    def fill(folder: Path) -> None:
+        (folder / "weights.bin").write_bytes(b"w")
+
+    def kept(keep_every: int) -> list[int]:
+        run = tmp_path / f"every{keep_every}"
+        for step in range(50, 450, 50):
+            write_checkpoint(run, f"step_{step:012d}", fill, keep=2, keep_every=keep_every)
+        assert (run / "checkpoints" / "latest").read_text() == "step_000000000400"
+        return sorted(int(p.name[5:]) for p in (run / "checkpoints").glob("step_*"))
+
+    assert kept(0) == [350, 400]
+    assert kept(100) == [100, 200, 300, 350, 400]
+    assert kept(150) == [150, 300, 350, 400]
+    assert not is_milestone("step_000000000100", 0) and not is_milestone("latest", 100)

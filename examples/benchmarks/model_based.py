@@ -35,6 +35,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 import numpy as np
@@ -242,13 +243,31 @@ def write_results(out: Path, args_summary: dict, runs: list[dict], reference_pat
     return emit(summary, None)
 
 
+BOOKKEEPING = ("keep_checkpoints", "keep_every")
+"""Run settings that decide which checkpoints are kept, not what is learned: runs differing in them merge."""
+
+
+def protocol(summary: dict) -> dict:
+    """What makes two result JSONs one protocol: env, its keywords and the run settings but `BOOKKEEPING`."""
+    run = {k: v for k, v in summary["run"].items() if k not in BOOKKEEPING}
+    return {"env_id": summary["env_id"], "env_kwargs": summary["env_kwargs"], "run": run}
+
+
+def differences(a: Any, b: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted key, value in ``a``, value in ``b``) for every leaf where two nested dicts differ (None where absent)."""
+    if not (isinstance(a, dict) and isinstance(b, dict)):
+        return [] if a == b else [(prefix.rstrip(".") or "settings", a, b)]
+    return [d for k in dict.fromkeys([*a, *b]) for d in differences(a.get(k), b.get(k), f"{prefix}{k}.")]
+
+
 def merge(paths: list[str], out: Path, references: list[str]) -> dict:
     """Combine the runs of several result JSONs made with the same settings (compared with ``references``, or theirs)."""
     parts = [json.loads(Path(p).read_text()) for p in paths]
-    settings = [{k: v for k, v in p["summary"].items() if k in ("env_id", "env_kwargs", "run")} for p in parts]
+    settings = [protocol(p["summary"]) for p in parts]
     for p, s in zip(paths, settings):
         if s != settings[0]:
-            raise ValueError(f"merge: {p} was made with other settings: {s}, expected {settings[0]}")
+            diff = "; ".join(f"{k} {v!r}, expected {w!r}" for k, v, w in differences(s, settings[0]))
+            raise ValueError(f"merge: {p} was made with other settings than {paths[0]}: {diff}")
     runs = sorted((r for p in parts for r in p["runs"]), key=lambda r: r["seed"])
     if len({r["seed"] for r in runs}) != len(runs):
         raise ValueError(f"merge: a seed appears twice among {[r['seed'] for r in runs]}")

@@ -242,16 +242,21 @@ def test_model_based_benchmark_runs_seeds_and_merges(tmp_path):
     common = ["--run.iterations", "1", "--run.real-steps", "50", "--run.num-envs", "2", "--run.fit.steps", "3",
               "--run.fit.batch-size", "2", "--run.dream-worlds", "4", "--run.dream-updates", "1",
               "--run.eval-episodes", "1"]  # fmt: skip
-    for seed in ("3", "1"):
-        _run("model_based.py", *common, "--seeds", seed, "--out", str(tmp_path / seed))
+    for seed, keep in (("3", []), ("1", ["--run.keep-every", "50", "--run.keep-checkpoints", "3"])):
+        _run("model_based.py", *common, *keep, "--seeds", seed, "--out", str(tmp_path / seed))
     parts = [str(tmp_path / s / "mpe_simple_spread_v3.json") for s in ("3", "1")]
-    out = _run("model_based.py", "--merge", *parts, "--out", str(tmp_path / "all"))
+    out = _run("model_based.py", "--merge", *parts, "--out", str(tmp_path / "all"))  # kept checkpoints may differ
     assert out["seeds"] == [1, 3] and out["mb_budget_steps"] == 50 and out["model_free_seeds"] == [0, 1, 2]
     assert out["run"]["real_steps"] == 50 and "sp_mamba" not in out["run"]  # only the trained actor's config
     assert (tmp_path / "all" / "mpe_simple_spread_v3.png").stat().st_size > 10_000
     with pytest.raises(AssertionError, match="a seed appears twice"):
         _run("model_based.py", "--merge", parts[0], str(tmp_path / "all" / "mpe_simple_spread_v3.json"),
              "--out", str(tmp_path / "x"))  # fmt: skip
+    other = json.loads(Path(parts[0]).read_text())
+    other["summary"]["run"]["real_steps"], other["runs"][0]["seed"] = 60, 5  # another protocol
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    with pytest.raises(AssertionError, match="was made with other settings than .*: run.real_steps 60, expected 50"):
+        _run("model_based.py", "--merge", parts[1], str(tmp_path / "other.json"), "--out", str(tmp_path / "y"))
 
 
 def test_loop_profile_reports_consistent_phases(tmp_path):

@@ -28,20 +28,22 @@ class Args:
     """TensorBoard run folders (one per seed), all evaluated at the same steps."""
     out: Path | None = None
     """Also write the JSON to this file."""
+    prefix: str = "eval/"
+    """Which scalars: the tags starting with this (``dream/`` or ``world_model/``: the loop's per-update scalars)."""
 
 
-def read_eval(run: Path) -> dict[str, dict[int, float]]:
-    """``eval/<name>`` scalars of one run folder: name -> {step: value}."""
+def read_eval(run: Path, prefix: str = "eval/") -> dict[str, dict[int, float]]:
+    """``<prefix><name>`` scalars of one run folder: name -> {step: value}."""
     events = EventAccumulator(str(run), size_guidance={"scalars": 0}).Reload()
-    tags = [t for t in events.Tags()["scalars"] if t.startswith("eval/")]
-    return {t[len("eval/") :]: {e.step: e.value for e in events.Scalars(t)} for t in tags}
+    tags = [t for t in events.Tags()["scalars"] if t.startswith(prefix)]
+    return {t[len(prefix) :]: {e.step: e.value for e in events.Scalars(t)} for t in tags}
 
 
 def main(args: Args) -> dict:
     """Read every run; per scalar: the runs' values, their mean per step and the mean of each run's last 3 evaluations."""
     if not args.runs:
         raise ValueError("runs: expected at least one TensorBoard run folder, got none")
-    per_run = {str(r): read_eval(r) for r in args.runs}
+    per_run = {str(r): read_eval(r, args.prefix) for r in args.runs}
     names = sorted(set.intersection(*(set(v) for v in per_run.values())))
     summary: dict = {"runs": list(per_run), "scalars": {}}
     for name in names:

@@ -301,6 +301,8 @@ def test_eval_scalars_collects_every_eval_scalar_of_the_runs(tmp_path):
     assert arrived["steps"] == [0, 100, 200, 300] and arrived["mean"] == pytest.approx([0.0, 0.2, 0.2, 0.2])
     assert arrived["last3_per_run"] == pytest.approx([0.2, 0.2]) and arrived["last3_mean"] == pytest.approx(0.2)
     assert json.loads((tmp_path / "e.json").read_text()) == out
+    train = _run("eval_scalars.py", "--runs", str(tmp_path / "run0"), str(tmp_path / "run1"), "--prefix", "train/")
+    assert set(train["scalars"]) == {"loss"} and train["scalars"]["loss"]["mean"] == [1.0] * 4
 
 
 @pytest.mark.skipif(importlib.util.find_spec("jaxmarl") is None, reason="jaxmarl not installed (extra [smax])")

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from einops import rearrange, repeat
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from agents.critic import CentralCritic, CriticConfig
 from agents.gae import gae
@@ -32,7 +33,7 @@ from agents.policies.base import (
     sample_actions,
 )
 from agents.policies.gru import GRUPolicy, GRUPolicyConfig
-from agents.storage import BatchedEnv, Carry, Chunks, Episodes, RolloutStorage
+from agents.storage import BatchedEnv, Carry, Chunks, Episodes, RolloutStorage, length_groups
 from wmenv.checks import check_int, check_positive
 from wmenv.envs.spec import action_bounds
 
@@ -161,6 +162,11 @@ def ppo_value_loss(
         clipped = old_values + (values - old_values).clamp(-clip, clip)
         loss = torch.max(loss, _value_error(targets - clipped, huber_delta))
     return masked_mean(loss, valid)
+
+
+def pad_steps(x: Tensor, steps: int) -> Tensor:
+    """(B, n, ...) -> (B, steps, ...), zeros after step n (finite values where the losses mask padding out)."""
+    return F.pad(x, (0, 0) * (x.dim() - 2) + (0, steps - x.shape[1]))
 
 
 def _action_bounds(spec: Any) -> tuple[Tensor, Tensor]:
@@ -396,14 +402,13 @@ class MAPPO(nn.Module):
             loss: scalar; stats: detached scalars for logging.
         """
         cfg, vn, valid = self.config, self.critic.value_norm, batch.valid
-        out, aux_loss, aux_stats = self.policy.forward_train(batch.obs, batch.resets, batch.actor_state, batch.actions, valid)
+        out, aux_loss, aux_stats, values = self._forward(batch)
         if self.discrete:
             log_probs, entropy = log_prob_entropy(mask_logits(out, batch.action_mask), batch.actions)  # (B, L) each
         else:
             log_probs, entropy = gaussian_log_prob_entropy(out, self.log_std, batch.actions, batch.action_mask)
         policy_loss, stats = ppo_policy_loss(log_probs, batch.log_probs, batch.advantages, valid, cfg.clip)
         entropy = masked_mean(entropy, valid)
-        values = self.critic.forward_sequence(batch.state, batch.agent, batch.resets, batch.critic_state)  # (B, L)
         if bool(valid.any()):
             vn.update(batch.returns[valid])
         value_loss = ppo_value_loss(
@@ -417,6 +422,37 @@ class MAPPO(nn.Module):
         if aux_stats:
             stats["aux_loss"] = aux_loss.detach()
         return loss, stats
+
+    def _forward(self, batch: Chunks) -> tuple[Tensor, Tensor, dict[str, float], Tensor]:
+        """The actor's outputs (B, L, A) with its auxiliary loss and stats, and the critic's values (B, L), of a minibatch.
+
+        Chunks shorter than L (the last of each sequence when L does not divide T: a third of the dream's chunks,
+        horizon 15 in chunks of 10) run at their own length, one group per length, and their outputs are padded back
+        to L. Padding is invalid in every loss term and both networks are causal, so the loss and its gradients are
+        the padded pass's (to rounding) for the work of the real steps only. A policy with an auxiliary loss
+        (`RecurrentPolicy.has_aux_loss`: SP-Mamba's is a mean over its own steps) takes the padded pass whole.
+        """
+        groups, order = length_groups(batch.lengths)
+        if len(groups) == 1 or self.policy.has_aux_loss:
+            out, aux_loss, aux_stats = self.policy.forward_train(
+                batch.obs, batch.resets, batch.actor_state, batch.actions, batch.valid
+            )
+            return (
+                out,
+                aux_loss,
+                aux_stats,
+                self.critic.forward_sequence(batch.state, batch.agent, batch.resets, batch.critic_state),
+            )
+        L, outs, values = batch.obs.shape[1], [], []
+        for rows, n in groups:
+            part = batch.index(rows).trim(n)
+            out, _, _ = self.policy.forward_train(part.obs, part.resets, part.actor_state, part.actions, part.valid)
+            outs.append(pad_steps(out, L))
+            values.append(pad_steps(self.critic.forward_sequence(part.state, part.agent, part.resets, part.critic_state), L))
+        out, value = torch.cat(outs), torch.cat(values)
+        if order is not None:
+            out, value = out[order], value[order]
+        return out, out.new_zeros(()), {}, value
 
     def minibatch_steps(self) -> int:
         """Optimizer steps one `update` takes (``epochs × num_minibatches``)."""

@@ -102,17 +102,53 @@ class Chunks:
     """name -> (B, ...), the actor's state before the chunk's first step."""
     critic_state: PolicyState
     """name -> (B, ...), the critic's state before the chunk's first step."""
+    lengths: Tensor
+    """(B,) int64, the chunk's steps inside the rollout: L, or less for the last chunk of a sequence (then padded)."""
 
     def __len__(self) -> int:
         return self.obs.shape[0]
 
-    def index(self, idx: Tensor) -> Chunks:
-        """The chunks ``idx`` (B',) int64 as a new `Chunks`."""
+    def index(self, idx: Tensor | slice) -> Chunks:
+        """The chunks ``idx`` ((B',) int64, or a slice) as a new `Chunks`."""
         out = {}
         for f in fields(self):
             v = getattr(self, f.name)
             out[f.name] = {k: s[idx] for k, s in v.items()} if isinstance(v, dict) else v[idx]
         return Chunks(**out)
+
+    def trim(self, steps: int) -> Chunks:
+        """The first ``steps`` steps of every chunk (per-step fields cut to (B, steps, ...); states and lengths kept)."""
+        if not 1 <= steps <= self.obs.shape[1]:
+            raise ValueError(f"steps: expected 1 <= steps <= L={self.obs.shape[1]}, got {steps}")
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            per_step = not isinstance(v, dict) and f.name not in ("agent", "lengths")
+            out[f.name] = v[:, :steps] if per_step else v
+        return Chunks(**out)
+
+
+def length_groups(lengths: Tensor) -> tuple[list[tuple[Tensor | slice, int]], Tensor | None]:
+    """The rows of each distinct chunk length, longest first, for running each group at its own length.
+
+    Args:
+        lengths: (B,) int64, `Chunks.lengths`.
+
+    Returns:
+        groups: (rows, length) pairs; rows are a slice where the groups lie in row order one after the other (storage
+            order: the last chunks of all sequences come last), else (B_g,) int64 indices.
+        order: None when concatenating the groups' rows gives the rows in order, else the (B,) permutation that puts
+            the concatenation back in row order.
+    """
+    values = sorted(set(lengths.tolist()), reverse=True)
+    if len(values) == 1:
+        return [(slice(None), values[0])], None
+    rows = [torch.nonzero(lengths == n).flatten() for n in values]
+    cat = torch.cat(rows)
+    if torch.equal(cat, torch.arange(len(lengths), device=lengths.device)):
+        bounds = np.cumsum([0] + [len(r) for r in rows]).tolist()
+        return [(slice(a, b), n) for a, b, n in zip(bounds, bounds[1:], values)], None
+    return list(zip(rows, values)), torch.argsort(cat)
 
 
 class RolloutStorage:
@@ -247,6 +283,8 @@ class RolloutStorage:
         state = d["state"][:, :, None].expand(T, E, N, d["state"].shape[-1])  # (T, E, N, S)
         starts = slice(0, T, L)  # the C chunk-start steps
         agent = torch.arange(N, device=self.device).repeat(C * E)  # (C*E*N,) in (c e n) order
+        lengths = torch.full((C, E * N), L, dtype=torch.int64, device=self.device)
+        lengths[-1] = T - (C - 1) * L
         return Chunks(
             obs=seq(d["obs"]),
             state=seq(state),
@@ -261,4 +299,5 @@ class RolloutStorage:
             returns=seq(returns),
             actor_state={k: rearrange(v[starts], "c e n ... -> (c e n) ...") for k, v in self.actor_state.items()},
             critic_state={k: rearrange(v[starts], "c e n ... -> (c e n) ...") for k, v in self.critic_state.items()},
+            lengths=lengths.flatten(),
         )

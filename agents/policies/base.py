@@ -164,6 +164,12 @@ class RecurrentPolicy(nn.Module, ABC):
     obs_dim: int
     n_actions: int
 
+    @property
+    def has_aux_loss(self) -> bool:
+        """Whether the class overrides `forward_train` (SP-Mamba: an auxiliary loss, a mean over the sequence's steps),
+        so that PPO may not run a minibatch's chunks in groups and must take the padded pass whole."""
+        return type(self).forward_train is not RecurrentPolicy.forward_train
+
     @abstractmethod
     def initial_state(self, batch: int) -> PolicyState:
         """The state at the start of an episode: name -> (B, ...) tensor on the policy's device."""

@@ -541,3 +541,84 @@ def test_everything_on_the_configured_cuda_device():
     assert storage.device.type == "cuda" and storage.obs.device.type == "cuda"
     agent.collect(env, storage, agent.start(env))
     assert all(np.isfinite(v) for v in agent.update(storage).values())
+
+
+# --- short last chunks run at their own length -----------------------------------------------------
+
+
+def _random_chunks(agent, num_envs=4, seed=0):
+    """A rollout of random data (dead agents, mid-sequence resets, masks, random recurrent states) as chunks."""
+    g = torch.Generator().manual_seed(seed)
+    storage = agent.new_storage(num_envs)
+    E, N, D, S, A = num_envs, agent.n_agents, agent.obs_dim, agent.state_dim, agent.n_actions
+    for t in range(storage.length):
+        mask = torch.rand(E, N, A, generator=g) < 0.7
+        if agent.discrete:
+            actions = torch.randint(A, (E, N), generator=g)
+            mask.scatter_(-1, actions[..., None], True)
+        else:
+            actions = torch.randn(E, N, A, generator=g)
+            mask[..., 0] = True
+        storage[t] = {
+            "obs": torch.randn(E, N, D, generator=g), "state": torch.randn(E, S, generator=g),
+            "alive": torch.rand(E, N, generator=g) < 0.8, "action_mask": mask,
+            "resets": torch.rand(E, N, generator=g) < (1.0 if t == 0 else 0.15), "actions": actions,
+            "log_probs": torch.randn(E, N, generator=g) * 0.3 - 1.0, "values": torch.randn(E, N, generator=g),
+            "rewards": torch.randn(E, N, generator=g), "dones": torch.zeros(E, N, dtype=torch.bool),
+            "truncated": torch.zeros(E, N, dtype=torch.bool), "bootstrap_values": torch.zeros(E, N),
+            "actor_state": {k: torch.randn(E, N, *v.shape[3:], generator=g) for k, v in storage.actor_state.items()},
+            "critic_state": {k: torch.randn(E, N, *v.shape[3:], generator=g) for k, v in storage.critic_state.items()},
+        }  # fmt: skip
+    T = storage.length
+    return storage.chunks(agent.config.chunk_length, torch.randn(T, E, N, generator=g), torch.randn(T, E, N, generator=g))
+
+
+@pytest.mark.parametrize(
+    "case", ["gru", "mamba", "mlp", "gru-continuous", "gru-attention-critic", "gru-minibatch", "sp-mamba"]
+)
+def test_loss_runs_short_last_chunks_at_their_own_length_with_the_padded_loss_and_gradients(case):
+    """T = 7 in chunks of 3: the 1-step last chunks run as their own group, and the loss, its stats and every gradient
+    equal the padded pass's (the same chunks with every length L). SP-Mamba (an auxiliary loss) keeps the padded pass."""
+    from dataclasses import replace
+    from types import SimpleNamespace as NS
+
+    from agents.critic import AttentionCritic
+    from agents.policies import make_policy
+
+    kind = case.split("-continuous")[0].split("-attention")[0].split("-minibatch")[0]
+    discrete = "continuous" not in case
+    spec = NS(n_agents=3, obs_dim=4, state_dim=6, n_actions=3, discrete=discrete)
+    torch.manual_seed(0)
+    critic = AttentionCritic(6, 3) if "attention" in case else CentralCritic(6, 3, CriticConfig(hidden=16))
+    agent = MAPPO(spec, MAPPOConfig(rollout_length=7, chunk_length=3), make_policy(kind, 4, 3), critic, seed=0)
+    batch = _random_chunks(agent)
+    if "attention" in case:  # the critic's input is the env's state, the same for the N rows of an env
+        batch = replace(batch, state=torch.randn(len(batch) // 3, 3, 6).repeat_interleave(3, 0))
+    if "minibatch" in case:  # a shuffled subset: the groups' rows interleave
+        batch = batch.index(torch.randperm(len(batch), generator=torch.Generator().manual_seed(1))[:40])
+    assert sorted(set(batch.lengths.tolist())) == [1, 3]
+    padded = replace(batch, lengths=torch.full_like(batch.lengths, 3))
+    results = []
+    for chunks in (batch, padded):
+        learner = copy.deepcopy(agent)
+        lengths, forward_train = [], learner.policy.forward_train
+
+        def spy(obs, *args, forward_train=forward_train, lengths=lengths):
+            lengths.append(tuple(obs.shape[:2]))
+            return forward_train(obs, *args)
+
+        learner.policy.forward_train = spy
+        loss, stats = learner.loss(chunks)
+        loss.backward()
+        results.append((loss, stats, {n: p.grad for n, p in learner.named_parameters() if p.grad is not None}, lengths))
+    (loss, stats, grads, lengths), (loss0, stats0, grads0, lengths0) = results
+    B, long = len(batch), int((batch.lengths == 3).sum())
+    assert lengths0 == [(B, 3)]
+    assert lengths == ([(B, 3)] if kind == "sp-mamba" else [(long, 3), (B - long, 1)])
+    torch.testing.assert_close(loss, loss0, rtol=1e-5, atol=1e-6)
+    assert set(stats) == set(stats0) and torch.isfinite(loss)
+    for k in stats:
+        torch.testing.assert_close(stats[k], stats0[k], rtol=1e-5, atol=1e-6, msg=k)
+    assert set(grads) == set(grads0) and len(grads) > 4
+    for k in grads:
+        torch.testing.assert_close(grads[k], grads0[k], rtol=1e-4, atol=1e-6, msg=k)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from agents.storage import RolloutStorage
+from agents.storage import RolloutStorage, length_groups
 
 T, E, N, D, S, A = 5, 2, 3, 4, 6, 3
 
@@ -47,6 +47,25 @@ def test_chunks_follow_sequences_with_padding():
                 assert ch.actor_state["h"][row, 0, 0] == 2 * c  # the stored state before the chunk's first step
     sub = ch.index(torch.tensor([4, 0]))
     assert torch.equal(sub.values, ch.values[[4, 0]]) and torch.equal(sub.actor_state["h"], ch.actor_state["h"][[4, 0]])
+    assert ch.lengths.tolist() == [2] * (2 * E * N) + [1] * (E * N)  # the last chunk holds step 4 only
+    cut = ch.trim(1)
+    assert cut.obs.shape == (3 * E * N, 1, D) and cut.valid.shape == (3 * E * N, 1) and torch.equal(cut.obs, ch.obs[:, :1])
+    assert torch.equal(cut.agent, ch.agent) and torch.equal(cut.lengths, ch.lengths) and cut.actor_state is ch.actor_state
+    with pytest.raises(ValueError, match=r"steps: expected 1 <= steps <= L=2, got 3"):
+        ch.trim(3)
+
+
+def test_length_groups_in_storage_order_and_shuffled():
+    """Storage order gives one slice per length, longest first, already in row order; a shuffled subset gives index
+    groups and the permutation that puts their concatenation back in row order; one length is one group."""
+    groups, order = length_groups(torch.tensor([3, 3, 3, 3, 1, 1]))
+    assert groups == [(slice(0, 4), 3), (slice(4, 6), 1)] and order is None
+    lengths = torch.tensor([1, 3, 3, 1, 3])
+    groups, order = length_groups(lengths)
+    assert [(r.tolist(), n) for r, n in groups] == [([1, 2, 4], 3), ([0, 3], 1)]
+    cat = torch.cat([lengths[r] * 10 + r for r, _ in groups])  # tag each row with its length and index
+    assert torch.equal(cat[order], lengths * 10 + torch.arange(5))
+    assert length_groups(torch.tensor([2, 2])) == ([(slice(None), 2)], None)
 
 
 def test_writes_are_validated():

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from wmenv.checks import check_int, check_positive
 from wmenv.models.drama import rms_mlp
 from wmenv.models.twohot import symexp, symlog, symlog_bins, twohot_decode, twohot_loss
+from wmenv.tensor_ops import softmax
 
 __all__ = ["DreamerAC", "DreamerACConfig", "ReturnScale", "Trajectory", "lambda_returns", "return_range"]
 
@@ -237,7 +238,7 @@ class DreamerAC(nn.Module):
         self.norm.train(was)
         if greedy:
             return logits.argmax(-1)
-        flat = torch.softmax(logits, -1).reshape(-1, logits.shape[-1])
+        flat = softmax(logits).reshape(-1, logits.shape[-1])
         return torch.multinomial(flat, 1, generator=generator).reshape(logits.shape[:-1])
 
     @torch.no_grad()

@@ -10,6 +10,34 @@ from typing import Any
 import torch
 from torch import Tensor
 
+SMALL_CLASSES = 16
+"""`log_softmax` and `softmax` over a last dim of at most this many classes run as a few plain ops on the CPU: torch's
+CPU kernels for a short last dim (the models' 8-class latents, 5-action policies) measured 3-6x slower than those ops
+(BENCHMARKS.md, "Softmax over few classes"), while for 32 classes and more torch's kernels are the faster."""
+
+
+def _small_on_cpu(x: Tensor) -> bool:
+    return x.device.type == "cpu" and x.shape[-1] <= SMALL_CLASSES
+
+
+def log_softmax(x: Tensor) -> Tensor:
+    """``torch.log_softmax(x, -1)``; over a short last dim on the CPU (`SMALL_CLASSES`) as torch computes it, by hand:
+    ``s - log(sum(exp(s)))`` with ``s = x - max(x)`` (the shift changes no value or gradient, so it is taken out of
+    the graph). -inf entries (masked choices) stay -inf, provided each row has a finite one."""
+    if not _small_on_cpu(x):
+        return torch.log_softmax(x, -1)
+    s = x - x.detach().amax(-1, keepdim=True)
+    return s - s.exp().sum(-1, keepdim=True).log()
+
+
+def softmax(x: Tensor) -> Tensor:
+    """``torch.softmax(x, -1)``; over a short last dim on the CPU (`SMALL_CLASSES`) by hand: ``exp(s) / sum(exp(s))``
+    with ``s = x - max(x)`` (as in `log_softmax`)."""
+    if not _small_on_cpu(x):
+        return torch.softmax(x, -1)
+    e = (x - x.detach().amax(-1, keepdim=True)).exp()
+    return e / e.sum(-1, keepdim=True)
+
 
 def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
     """Mean of ``x`` over the True entries of ``mask`` (0 if there are none); masked-out values never leak."""

@@ -19,7 +19,11 @@ import torch
 from torch import Tensor, nn
 
 from wmenv.checks import check_int
-from wmenv.tensor_ops import masked_mean  # noqa: F401 - re-exported for the learners
+from wmenv.tensor_ops import (
+    log_softmax,
+    masked_mean,  # noqa: F401 - re-exported for the learners
+    softmax,
+)
 
 C = TypeVar("C")
 
@@ -82,7 +86,7 @@ def log_prob_entropy(logits: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
         log_prob: (...) float.
         entropy: (...) float; masked actions contribute 0 (and no NaN gradients).
     """
-    logp_all = torch.log_softmax(logits, dim=-1)
+    logp_all = log_softmax(logits)
     log_prob = logp_all.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
     finite = torch.where(torch.isfinite(logp_all), logp_all, torch.zeros_like(logp_all))
     entropy = -(finite.exp() * finite).sum(-1)
@@ -102,7 +106,7 @@ def sample_actions(logits: Tensor, generator: torch.Generator | None = None, det
     """
     if deterministic:
         return logits.argmax(-1)
-    probs = torch.softmax(logits, dim=-1)
+    probs = softmax(logits)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 

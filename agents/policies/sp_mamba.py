@@ -38,6 +38,7 @@ from wmenv.models.ssm import Mamba
 from wmenv.models.ssm.conv import window_taps
 from wmenv.models.ssm.kernels import Backend
 from wmenv.models.ssm.scan import ScanImpl
+from wmenv.tensor_ops import log_softmax, softmax
 
 EncoderKind = Literal["mlp", "categorical", "simnorm"]
 PredFrom = Literal["y", "h", "raw"]
@@ -121,9 +122,9 @@ class ObsEncoder(nn.Module):
             z = logits
         elif self.kind == "simnorm":
             logits = logits / self.tau
-            z = torch.softmax(logits, dim=-1)
+            z = softmax(logits)
         else:  # categorical: one-hot samples (the mode outside training), straight-through gradients
-            probs = torch.softmax(logits, dim=-1)
+            probs = softmax(logits)
             if self.training:
                 index = torch.multinomial(rearrange(probs, "... c -> (...) c").detach(), 1).reshape(probs.shape[:-1])
             else:
@@ -134,7 +135,7 @@ class ObsEncoder(nn.Module):
 
 def grouped_kl(target_logits: Tensor, pred_logits: Tensor) -> Tensor:
     """KL[softmax(target) || softmax(pred)] summed over groups: (..., G, C) twice -> (...)."""
-    log_p, log_q = torch.log_softmax(target_logits, -1), torch.log_softmax(pred_logits, -1)
+    log_p, log_q = log_softmax(target_logits), log_softmax(pred_logits)
     return (log_p.exp() * (log_p - log_q)).sum((-2, -1))
 
 

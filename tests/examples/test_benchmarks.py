@@ -519,3 +519,16 @@ def test_dream_gap_measures_a_model_free_run_with_the_same_episodes(tmp_path):
     (measured,) = out["results"]
     assert measured["real"] == pytest.approx(result.eval_returns[-1][1], abs=1e-3)  # rounded to 3 decimals
     assert measured["real_steps"] == 400 and measured["actor_input"] == "obs" and "dream_policy" not in measured
+
+
+def test_softmax_benchmark_times_torch_against_the_hand_written_path(tmp_path):
+    out = _run("softmax.py", "--shapes", "ppo_actions_5", "twohot_255", "--calls", "2", "--rounds", "1",
+               "--out", str(tmp_path / "s.json"))  # fmt: skip
+    assert json.loads((tmp_path / "s.json").read_text()) == out
+    few, many = out["results"]["ppo_actions_5"], out["results"]["twohot_255"]
+    assert few["hand_written"] and not many["hand_written"]
+    for row in (few, many):
+        for op in ("log_softmax", "softmax"):
+            r = row[op]
+            assert r["speedup"] == pytest.approx(r["torch_ms"] / r["ours_ms"], rel=0.05) and r["max_abs_diff"] < 1e-5
+    assert many["softmax"]["max_abs_diff"] == 0.0  # many classes: torch's own kernel

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from wmenv.checks import check_choice, check_int, check_positive
 from wmenv.models.world_model import Prediction, State, WorldModel
+from wmenv.tensor_ops import softmax
 
 Selection = Literal["per_world", "per_batch"]
 
@@ -275,7 +276,7 @@ class MAGPlanner:
             obs, _, mask = view(state, pred)
             logits, actor = self.policy.step(rearrange(obs, "b n f -> (b n) f"), actor, no_reset)
             logits = logits.masked_fill(~rearrange(mask, "b n a -> (b n) a"), float("-inf"))
-            act = torch.multinomial(torch.softmax(logits, -1), 1, generator=self.generator).view(-1, n)
+            act = torch.multinomial(softmax(logits), 1, generator=self.generator).view(-1, n)
             state, pred = model.imagine(state, act, self.generator, decode, present=present)
             score = score + (self.predictor(model.features(state)) * weight).sum(-1)
         return score

@@ -51,7 +51,7 @@ from wmenv.models.ssm.mamba2_ref import Mamba2Config
 from wmenv.models.ssm.stack import MambaDynamics, RMSNorm, SSMStates
 from wmenv.models.twohot import symexp, symlog, symlog_bins, twohot_decode, twohot_loss
 from wmenv.models.world_model import Prediction, State, WorldModel
-from wmenv.tensor_ops import masked_mean
+from wmenv.tensor_ops import masked_mean, softmax
 
 __all__ = ["PRESETS", "DRAMAConfig", "DRAMAWorldModel", "MambaDynamics", "drama_preset"]
 
@@ -191,7 +191,7 @@ def mix_uniform(logits: Tensor, share: float) -> Tensor:
     """Logits (..., K) of ``(1 - share) · softmax(logits) + share / K``."""
     if share == 0:
         return logits
-    probs = torch.softmax(logits, dim=-1)
+    probs = softmax(logits)
     return torch.log((1 - share) * probs + share / logits.shape[-1])
 
 

@@ -27,7 +27,7 @@ from wmenv.envs.spec import action_bounds, own_action_dims
 from wmenv.models.rssm import mlp
 from wmenv.models.twohot import symexp, symlog, symlog_bins, twohot_decode, twohot_loss
 from wmenv.models.world_model import Prediction, error_means
-from wmenv.tensor_ops import compiled
+from wmenv.tensor_ops import compiled, log_softmax
 
 RewardKind = Literal["mse", "twohot"]
 
@@ -246,5 +246,5 @@ def kl_scale(categoricals: int, reduce: Literal["sum", "mean"]) -> float:
 
 def categorical_kl(p_logits: Tensor, q_logits: Tensor) -> Tensor:
     """KL[p || q] of (..., S, K) categoricals, summed over S: (...)."""
-    log_p, log_q = torch.log_softmax(p_logits, -1), torch.log_softmax(q_logits, -1)
+    log_p, log_q = log_softmax(p_logits), log_softmax(q_logits)
     return (log_p.exp() * (log_p - log_q)).sum((-2, -1))

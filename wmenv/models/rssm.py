@@ -30,7 +30,7 @@ from wmenv.models.comm import CommBlock
 from wmenv.models.ssm.mamba2_ref import Mamba2Config
 from wmenv.models.ssm.stack import DynamicsConfig
 from wmenv.models.world_model import State, restart_rows, stack_steps
-from wmenv.tensor_ops import compiled
+from wmenv.tensor_ops import compiled, softmax
 
 
 @dataclass
@@ -78,7 +78,7 @@ def mlp(in_dim: int, hidden: int, out_dim: int, layers: int = 1) -> nn.Sequentia
 def onehot_from_uniform(logits: Tensor, uniform: Tensor) -> Tensor:
     """One-hot samples of (..., S, K) categoricals by inverting their CDF at ``uniform`` (..., S) in [0, 1), with
     straight-through gradients, flattened to (..., S·K). Pure, so it compiles: the random numbers come in."""
-    probs = torch.softmax(logits, dim=-1)
+    probs = softmax(logits)
     below = probs.detach().cumsum(-1) < uniform.unsqueeze(-1).to(probs.dtype)  # classes whose CDF is under u
     index = below.sum(-1).clamp(max=probs.shape[-1] - 1)  # the clamp: a CDF that rounds to just under 1
     onehot = F.one_hot(index, probs.shape[-1]).to(probs.dtype)

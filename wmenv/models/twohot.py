@@ -21,6 +21,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from wmenv.tensor_ops import log_softmax, softmax
+
 SYMLOG_LIMIT = 20.0
 """`symlog_bins` spans symlog values [-20, 20] (DreamerV3), i.e. about ±4.9e8 in env units."""
 
@@ -81,10 +83,10 @@ def twohot_decode(logits: Tensor, bins: Tensor) -> Tensor:
     _check_bins(bins)
     if logits.shape[-1] != bins.shape[0]:
         raise ValueError(f"logits: expected a last dim of {bins.shape[0]} (one per bin), got shape {tuple(logits.shape)}")
-    return torch.softmax(logits, dim=-1) @ bins.to(logits.dtype)
+    return softmax(logits) @ bins.to(logits.dtype)
 
 
 def twohot_loss(logits: Tensor, target: Tensor, bins: Tensor) -> Tensor:
     """Cross-entropy (...) of logits (..., K) against the two-hot encoding of targets (...) over ``bins`` (K,)."""
     weights = twohot_encode(target, bins).to(logits.dtype)  # (..., K)
-    return -(weights * torch.log_softmax(logits, dim=-1)).sum(-1)
+    return -(weights * log_softmax(logits)).sum(-1)

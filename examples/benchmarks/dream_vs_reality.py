@@ -42,6 +42,7 @@ from typing import Literal
 
 import matplotlib
 import numpy as np
+import report  # noqa: F401 - this checkout's library first on sys.path
 import torch
 import tyro
 

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import report  # noqa: F401 - this checkout's library first on sys.path
 import torch
 import tyro
 

@@ -1,17 +1,29 @@
-"""What every benchmark script shares: the machine line and printing (and saving) its one JSON line."""
+"""What every benchmark script shares: the machine line and printing (and saving) its one JSON line.
+
+Importing it also puts this checkout's root first on ``sys.path``, so a script imports the library of the checkout it
+lies in (a worktree pinned to a commit, a copy of older code) rather than whatever an editable install points at; the
+scripts import this module before the library. (Before 2026-12-03 a script run from another checkout used the
+installed library unless ``PYTHONPATH`` named the checkout.)
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch.utils.flop_counter import FlopCounterMode
+CHECKOUT = Path(__file__).resolve().parents[2]
+"""The repository root this script lies in."""
+if str(CHECKOUT) not in sys.path[:1]:
+    sys.path.insert(0, str(CHECKOUT))
+
+import torch  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 
 def machine() -> str:

@@ -53,6 +53,7 @@ from pathlib import Path
 
 import matplotlib
 import numpy as np
+import report  # noqa: F401 - this checkout's library first on sys.path
 import tensordict
 import torch
 import torchrl

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import report  # noqa: F401 - this checkout's library first on sys.path
 import tyro
 
 from wmenv.envs.vector import JAX_BATCHES, VecEnv

@@ -532,3 +532,17 @@ def test_softmax_benchmark_times_torch_against_the_hand_written_path(tmp_path):
             r = row[op]
             assert r["speedup"] == pytest.approx(r["torch_ms"] / r["ours_ms"], rel=0.05) and r["max_abs_diff"] < 1e-5
     assert many["softmax"]["max_abs_diff"] == 0.0  # many classes: torch's own kernel
+
+
+def test_a_benchmark_script_imports_the_library_of_its_own_checkout(tmp_path):
+    """A script run from another checkout (a worktree at another commit) imports that checkout's library, not the
+    installed one: `report` puts its checkout's root first on sys.path."""
+    bench = tmp_path / "checkout" / "examples" / "benchmarks"
+    bench.mkdir(parents=True)
+    (bench / "report.py").write_text((ROOT / "examples" / "benchmarks" / "report.py").read_text())
+    (tmp_path / "checkout" / "wmenv").mkdir()
+    (tmp_path / "checkout" / "wmenv" / "__init__.py").write_text("")
+    (bench / "where.py").write_text("import report  # noqa: F401\nimport wmenv\n\nprint(wmenv.__file__)\n")
+    proc = subprocess.run([sys.executable, str(bench / "where.py")], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert Path(proc.stdout.strip()) == tmp_path / "checkout" / "wmenv" / "__init__.py"

@@ -166,6 +166,8 @@ def ppo_value_loss(
 
 def pad_steps(x: Tensor, steps: int) -> Tensor:
     """(B, n, ...) -> (B, steps, ...), zeros after step n (finite values where the losses mask padding out)."""
+    if x.shape[1] == steps:
+        return x
     return F.pad(x, (0, 0) * (x.dim() - 2) + (0, steps - x.shape[1]))
 
 
@@ -432,27 +434,21 @@ class MAPPO(nn.Module):
         the padded pass's (to rounding) for the work of the real steps only. A policy with an auxiliary loss
         (`RecurrentPolicy.has_aux_loss`: SP-Mamba's is a mean over its own steps) takes the padded pass whole.
         """
-        groups, order = length_groups(batch.lengths)
-        if len(groups) == 1 or self.policy.has_aux_loss:
-            out, aux_loss, aux_stats = self.policy.forward_train(
-                batch.obs, batch.resets, batch.actor_state, batch.actions, batch.valid
-            )
-            return (
-                out,
-                aux_loss,
-                aux_stats,
-                self.critic.forward_sequence(batch.state, batch.agent, batch.resets, batch.critic_state),
-            )
-        L, outs, values = batch.obs.shape[1], [], []
+        L = batch.obs.shape[1]
+        groups, order = ([(slice(None), L)], None) if self.policy.has_aux_loss else length_groups(batch.lengths)
+        outs, values = [], []
         for rows, n in groups:
             part = batch.index(rows).trim(n)
-            out, _, _ = self.policy.forward_train(part.obs, part.resets, part.actor_state, part.actions, part.valid)
+            # with several groups the policy has no auxiliary loss: every group's is zero and empty of stats
+            out, aux_loss, aux_stats = self.policy.forward_train(
+                part.obs, part.resets, part.actor_state, part.actions, part.valid
+            )
             outs.append(pad_steps(out, L))
             values.append(pad_steps(self.critic.forward_sequence(part.state, part.agent, part.resets, part.critic_state), L))
-        out, value = torch.cat(outs), torch.cat(values)
+        out, value = (outs[0], values[0]) if len(groups) == 1 else (torch.cat(outs), torch.cat(values))
         if order is not None:
             out, value = out[order], value[order]
-        return out, out.new_zeros(()), {}, value
+        return out, aux_loss, aux_stats, value
 
     def minibatch_steps(self) -> int:
         """Optimizer steps one `update` takes (``epochs × num_minibatches``)."""

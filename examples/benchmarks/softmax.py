@@ -31,6 +31,10 @@ SHAPES = {
     "twohot_255": (960, 255),
 }
 
+PAIRS = {"log_softmax": (lambda y: torch.log_softmax(y, -1), log_softmax),
+         "softmax": (lambda y: torch.softmax(y, -1), softmax)}  # fmt: skip
+"""op -> (torch's kernel, the library's function)."""
+
 
 @dataclass
 class Args:
@@ -64,9 +68,7 @@ def main(args: Args) -> dict:
         x = torch.randn(SHAPES[name], generator=g) * 3
         w = torch.randn(SHAPES[name], generator=g)
         row = {"shape": list(x.shape), "hand_written": x.shape[-1] <= SMALL_CLASSES}
-        pairs = {"log_softmax": (lambda y: torch.log_softmax(y, -1), log_softmax),
-                 "softmax": (lambda y: torch.softmax(y, -1), softmax)}  # fmt: skip
-        for op, (theirs, ours) in pairs.items():
+        for op, (theirs, ours) in PAIRS.items():
             times: dict[str, list[float]] = {"torch": [], "ours": []}
             for _ in range(args.rounds):
                 times["torch"].append(per_call_ms(theirs, x, w, args.calls))

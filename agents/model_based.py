@@ -70,7 +70,7 @@ from wmenv.dream import DreamVecEnv
 from wmenv.dream.mag import ErrorPredictor, MAGConfig, MAGPlanner, fit_error_predictor
 from wmenv.envs import make
 from wmenv.envs.spec import EnvSpec
-from wmenv.fit import FitConfig, fit, load_model, save_model
+from wmenv.fit import FitConfig, fit, fit_learning_rate, load_model, save_model
 from wmenv.models.registry import KINDS, build_model, model_kind
 from wmenv.models.world_model import WorldModel
 
@@ -462,7 +462,7 @@ def _run(cfg: ModelBasedConfig) -> dict[str, Any]:
         )
     replay = EpisodeReplay(ReplayConfig(capacity=cfg.capacity, seed=cfg.seed), spec=spec)
     model = build_model(cfg.model_kind, spec, _model_config(cfg))
-    wm_optim = torch.optim.Adam(model.parameters(), lr=model.config.lr)
+    wm_optim = torch.optim.Adam(model.parameters(), lr=fit_learning_rate(cfg.fit, model))  # --fit.lr, else the model's
     policy_cfg = getattr(cfg, policy_field(cfg.policy))
     feature_dim, state_dim = model.feature_widths()
     actor_dim = spec.obs_dim if cfg.actor_input == "decoded" else feature_dim

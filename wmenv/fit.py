@@ -76,6 +76,14 @@ class FitConfig:
         check_choice("FitConfig.compile", self.compile, ("off", "steps", "loss"))
 
 
+def fit_learning_rate(config: FitConfig, model: WorldModel) -> float:
+    """The Adam learning rate a fit of ``model`` under ``config`` uses: ``config.lr``, else the model config's ``lr``,
+    else 1e-3. Callers that keep their own optimizer across fits (the model-based loop) build it with this."""
+    if config.lr is not None:
+        return config.lr
+    return getattr(getattr(model, "config", None), "lr", 1e-3)
+
+
 def fit(
     model: WorldModel, replay: Any, config: FitConfig | None = None, optimizer: torch.optim.Optimizer | None = None
 ) -> dict[str, list[float]]:
@@ -88,9 +96,15 @@ def fit(
     if replay.spec_description is not None and replay.spec_description != model.spec.describe():
         raise ValueError(f"replay: recorded for env {replay.spec_description}, the model is for {model.spec.describe()}")
     model_cfg = getattr(model, "config", None)
-    lr = cfg.lr if cfg.lr is not None else getattr(model_cfg, "lr", 1e-3)
     clip = cfg.grad_clip if cfg.grad_clip is not None else getattr(model_cfg, "grad_clip", 10.0)
-    optimizer = optimizer if optimizer is not None else torch.optim.Adam(model.parameters(), lr=lr)
+    if optimizer is None:
+        optimizer = torch.optim.Adam(model.parameters(), lr=fit_learning_rate(cfg, model))
+    elif cfg.lr is not None and any(group["lr"] != cfg.lr for group in optimizer.param_groups):
+        raise ValueError(
+            f"FitConfig.lr: {cfg.lr}, but the optimizer passed to fit has lr "
+            f"{sorted({group['lr'] for group in optimizer.param_groups})}; build it with lr=fit_learning_rate(config, model) "
+            "or leave FitConfig.lr None"
+        )
     device = next(model.parameters()).device
     rank, world = _rank_and_world()
     sampler = torch.Generator().manual_seed(cfg.seed + rank)  # each rank draws its own windows

@@ -38,9 +38,10 @@ def test_example_runs_collect_fit_dream_and_evaluates(tmp_path):
 
 
 def _small(run_dir, iterations, **kw):
-    kw = {"real_steps": 60, "num_envs": 2, "fit_steps": 5, "dream_updates": 1, **kw}
+    fit = FitConfig(batch_size=4, progress=False)
+    kw = {"real_steps": 60, "num_envs": 2, "fit_steps": 5, "dream_updates": 1, "fit": fit, **kw}
     return ModelBasedConfig(
-        iterations=iterations, fit=FitConfig(batch_size=4, progress=False), dream_worlds=8, eval_episodes=1,
+        iterations=iterations, dream_worlds=8, eval_episodes=1,
         run_dir=str(run_dir), progress=False, **kw,
     )  # fmt: skip
 
@@ -194,6 +195,14 @@ def test_scheduled_units_keep_the_cumulative_ratio_on_target():
     assert achieved_ratios(counters) == {"train_ratio": 64.0, "dream_ratio": 92.16}
     with pytest.raises(ValueError, match=r"^unit: "):
         scheduled_units(1.0, 10, 0, 0)
+
+
+def test_fit_lr_reaches_the_world_model_optimizer(tmp_path):
+    """--run.fit.lr sets the world model's Adam lr (it was once ignored for the model config's); None keeps the model's."""
+    run(_small(tmp_path / "lr", 1, fit=FitConfig(batch_size=4, progress=False, lr=3e-4)))
+    run(_small(tmp_path / "default", 1))
+    loops = [json.loads((latest_checkpoint(tmp_path / d) / "loop.json").read_text()) for d in ("lr", "default")]
+    assert [loop["param_groups"][0]["lr"] for loop in loops] == [3e-4, 1e-3]  # the `small` preset's lr is 1e-3
 
 
 def test_ratios_set_the_work_per_update_and_are_achieved(tmp_path):

@@ -14,7 +14,7 @@ from torch import nn
 import wmenv.fit as fit_module
 from wmenv.data.persist import remove_temporaries, temporary_name
 from wmenv.envs.spec import EnvSpec
-from wmenv.fit import MODEL_FORMAT, FitConfig, fit, load_model, save_model
+from wmenv.fit import MODEL_FORMAT, FitConfig, fit, fit_learning_rate, load_model, save_model
 from wmenv.models.mamba_wm import MAMBAConfig, MAMBAWorldModel
 from wmenv.models.rssm import RSSMConfig
 from wmenv.models.world_model import WorldModel
@@ -384,3 +384,14 @@ def test_load_refuses_another_env_and_unreadable_files(tmp_path):
     (tmp_path / "m" / "config.json").write_text("{")
     with pytest.raises(ValueError, match=r"^path: .* holds no readable world-model config.json: "):
         load_model(tmp_path / "m", spec())
+
+
+def test_fit_refuses_an_optimizer_whose_lr_is_not_the_configured_one():
+    """A loop that keeps its own optimizer must not silently ignore FitConfig.lr (the model-based loop once did)."""
+    model = Linear(SimpleNamespace(lr=3e-3), scale=100.0)
+    with pytest.raises(ValueError, match=r"FitConfig.lr: 0.0005, but the optimizer passed to fit has lr \[0.003\]"):
+        fit(model, Replay(), quiet(steps=1, lr=5e-4), optimizer=torch.optim.Adam(model.parameters(), lr=3e-3))
+    opt = torch.optim.Adam(model.parameters(), lr=fit_learning_rate(quiet(lr=5e-4), model))
+    fit(model, Replay(), quiet(steps=1, lr=5e-4), optimizer=opt)
+    torch.testing.assert_close(model.w.detach(), torch.full((4,), -5e-4))
+    assert fit_learning_rate(quiet(), model) == 3e-3 and fit_learning_rate(quiet(), Linear(None)) == 1e-3

@@ -18,9 +18,16 @@ real* adds what the actor gains in the dream that the real env does not give (mo
 states drifting from the real ones). A low correlation says the dream cannot tell the actor's better episodes from
 its worse ones, so it cannot teach what separates them. Prints one JSON line.
 
+With ``--scripted``, fixed-preference policies (discrete actions: always the available action they prefer most) are
+measured the same way beside the run's actor: the model's verdict on behaviours the actor does not show (on Flatland,
+"always forward" against "never depart").
+
 Usage:
     python examples/benchmarks/dream_gap.py --episodes 64 --out benchmarks/dream_gap/mpe.json \
         --runs benchmarks/model_based_ablation/smac/parts/seed1/runs/mpe_simple_spread_v3_seed1
+    # what a Flatland run's model says of departing against staying put (the same real episodes for every checkpoint):
+    python examples/benchmarks/dream_gap.py --episodes 32 --all-checkpoints --scripted forward:0,0.5,1,0.5,-1 \
+        idle:1,0,0,0,-1 --runs benchmarks/model_based_mabl_flatland_100k/parts/seed0/runs/flatland_5_seed0
     # a model-free run's final policy on the same fresh episodes (its real return only), for a like-for-like target:
     python examples/benchmarks/dream_gap.py --episodes 256 --runs benchmarks/mappo/parts/seed0/runs/mpe_simple_spread_v3_seed0
 """
@@ -60,6 +67,10 @@ class Args:
     ``--keep-checkpoints``: the gap along training), not only the latest."""
     seed: int = 7_000_000
     """Episode i is seeded ``seed + i`` (a seed range the loop's evaluations do not use)."""
+    scripted: list[str] = field(default_factory=list)
+    """Fixed-preference policies measured beside each checkpoint's actor, ``name:p_0,...,p_{A-1}`` (discrete actions:
+    the available action with the highest preference, in the real env and in the dream alike), e.g. Flatland's
+    ``forward:0,0.5,1,0.5,-1`` and ``idle:1,0,0,0,-1``."""
     out: Path | None = None
     """Where to write the JSON line (None: print only)."""
 
@@ -140,6 +151,41 @@ def imagined_rewards(model: WorldModel, policy: Any, latent: bool, real: dict[st
     return rewards.numpy()
 
 
+class Preference:
+    """A policy with the recurrent actor's interface that scores every action by a fixed preference, whatever it sees:
+    (M, A) logits ``preferences`` for any M inputs; greedy selection then takes the most preferred available one."""
+
+    def __init__(self, preferences: list[float]) -> None:
+        self.preferences = torch.tensor(preferences, dtype=torch.float32)
+
+    def initial_state(self, rows: int) -> torch.Tensor:
+        return torch.zeros(rows, 1)
+
+    def step(self, inputs: torch.Tensor, state: torch.Tensor, resets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.preferences.expand(inputs.shape[0], -1), state
+
+    def eval(self) -> Preference:
+        return self
+
+
+def parse_scripted(items: list[str], spec: EnvSpec) -> dict[str, Preference]:
+    """``name:p_0,...`` items as named `Preference` policies for ``spec`` (discrete actions, one preference each)."""
+    policies = {}
+    for item in items:
+        name, _, values = item.partition(":")
+        try:
+            prefs = [float(v) for v in values.split(",")]
+        except ValueError:
+            prefs = []
+        if not name or not spec.discrete or len(prefs) != spec.n_actions:
+            raise ValueError(
+                f"scripted: expected 'name:p_0,...,p_{spec.n_actions - 1}' ({spec.n_actions} numbers for a discrete "
+                f"env), got {item!r} for {'discrete' if spec.discrete else 'continuous'} actions"
+            )
+        policies[name] = Preference(prefs)
+    return policies
+
+
 def correlation(a: np.ndarray, b: np.ndarray) -> float | None:
     """Pearson's r of two samples, rounded; None where either is constant (e.g. Flatland's first reward, always 0)."""
     if np.std(a) == 0 or np.std(b) == 0:
@@ -155,15 +201,23 @@ def checkpoints(run: Path, every: bool) -> list[Path]:
     return found
 
 
-def measure(run: Path, ckpt: Path, args: Args) -> dict[str, Any]:
-    """One checkpoint's gap; for a model-free run's checkpoint (no world model), its real return only."""
-    policy, train = policy_from_checkpoint(ckpt)
-    env_id, env_kwargs, latent = train["env_id"], train["env_kwargs"], train.get("actor_input") == "latent"
+def measure(run: Path, ckpt: Path, args: Args) -> list[dict[str, Any]]:
+    """One checkpoint's gap for its actor and each scripted policy; for a model-free run's checkpoint (no world model),
+    its actor's real return only."""
+    actor, train = policy_from_checkpoint(ckpt)
+    env_id, env_kwargs = train["env_id"], train["env_kwargs"]
     probe, spec = make(env_id, **env_kwargs)
     probe.close()
     has_model = (ckpt / "world_model").is_dir()
     model = load_model(ckpt / "world_model", spec, kind=train["model_kind"]).eval() if has_model else None
-    policy.eval()
+    policies = {"actor": actor.eval(), **(parse_scripted(args.scripted, spec) if has_model else {})}
+    return [_measure(run, ckpt, train, spec, model, name, policy, args) for name, policy in policies.items()]
+
+
+def _measure(run: Path, ckpt: Path, train: dict[str, Any], spec: EnvSpec, model: WorldModel | None, name: str,
+             policy: Any, args: Args) -> dict[str, Any]:  # fmt: skip
+    env_id, env_kwargs = train["env_id"], train["env_kwargs"]
+    latent = name == "actor" and train.get("actor_input") == "latent"  # scripted policies ignore what they see
     real = real_episodes(model, policy, latent, env_id, env_kwargs, args.episodes, args.seed)
     real_rewards = real["rewards"].mean(-1)  # (E, T)
     real_return = real_rewards.sum(-1)  # (E,)
@@ -176,6 +230,7 @@ def measure(run: Path, ckpt: Path, args: Args) -> dict[str, Any]:
         "model": train.get("model"),
         "model_kind": train.get("model_kind"),
         "actor_input": train.get("actor_input", "obs"),
+        "policy": name,
         "real": mean(real_return),
         "real_return_std": round(float(np.std(real_return)), 3),
         "episodes": args.episodes,
@@ -210,7 +265,9 @@ def main(args: Args) -> dict:
     if not args.runs:
         raise ValueError("runs: expected at least one run folder")
     torch.set_num_threads(1)
-    results = [measure(Path(r), ckpt, args) for r in args.runs for ckpt in checkpoints(Path(r), args.all_checkpoints)]
+    results = [
+        row for r in args.runs for ckpt in checkpoints(Path(r), args.all_checkpoints) for row in measure(Path(r), ckpt, args)
+    ]
     return emit({"benchmark": "dream_gap", "results": results, "machine": machine()}, args.out)
 
 

@@ -474,11 +474,22 @@ def test_dream_gap_plays_the_loops_evaluation_and_imagines_from_its_first_observ
     rewards = module.imagined_rewards(model, policy, True, short, True, 0)
     assert rewards.shape == (3, 25) and not rewards[1, 3:].any() and not rewards[2, 1:].any() and rewards[1, :3].all()
     out = _run("dream_gap.py", "--runs", str(tmp_path / "r"), "--episodes", "3", "--all-checkpoints", "--out",
-               str(tmp_path / "g.json"))  # fmt: skip
-    (result,) = out["results"]
+               str(tmp_path / "g.json"), "--scripted", "still:1,0,0,0,-1")  # fmt: skip
+    result, still = out["results"]
     assert set(result["by_horizon"]) == {"1", "5", "15", "25"} and result["real_steps"] == 60
     assert result["by_horizon"]["25"]["real"] == result["real"] and result["actor_input"] == "latent"
     assert json.loads((tmp_path / "g.json").read_text()) == out
+    # a scripted policy: the same episodes' seeds, always its most preferred available action (MPE: all available)
+    assert (result["policy"], still["policy"], still["checkpoint"]) == ("actor", "still", result["checkpoint"])
+    (prefer,) = module.parse_scripted(["still:1,0,0,0,-1"], spec).values()
+    scripted = module.real_episodes(None, prefer, False, "mpe:simple_spread_v3", {}, 3, 7_000_000)
+    assert not scripted["actions"].any() and still["real"] == pytest.approx(
+        scripted["rewards"].mean(-1).sum(-1).mean(), abs=1e-3
+    )
+    assert still["dream_policy"] == still["dream_real_actions"]  # in the dream it takes the same (always available) action
+    for bad in ("still:1,0,0", "still:a,b,c,d,e", ":1,0,0,0,0"):
+        with pytest.raises(ValueError, match="scripted: expected 'name:p_0,...,p_4'"):
+            module.parse_scripted([bad], spec)
     assert module.correlation(np.zeros(3), np.arange(3.0)) is None  # a constant sample: no correlation, not NaN
     assert module.correlation(np.array([1.0, 2, 4]), np.array([3.0, 2, 1])) == pytest.approx(-0.9820, abs=1e-3)
 

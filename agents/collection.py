@@ -74,11 +74,13 @@ class RealActor:
     def __call__(self, step: Any) -> np.ndarray:
         carry, agent, filters = self.carry, self.agent, self.filters
         ended = np.asarray(step.terminated) | np.asarray(step.truncated) | np.asarray(step.done)[:, None]
-        resets = torch.ones(ended.size, dtype=torch.bool) if carry["first"] else torch.as_tensor(ended).flatten()
+        device = agent.device
+        first = torch.ones(ended.size, dtype=torch.bool, device=device)
+        resets = first if carry["first"] else torch.as_tensor(ended, device=device).flatten()
         obs = step.obs if filters is None else filters.observe_vec(step, first=carry["first"])
         carry["first"] = False
-        obs = torch.as_tensor(obs, dtype=torch.float32).flatten(0, 1)
-        mask = torch.as_tensor(step.action_mask).flatten(0, 1)
+        obs = torch.as_tensor(obs, dtype=torch.float32, device=device).flatten(0, 1)
+        mask = torch.as_tensor(step.action_mask, device=device).flatten(0, 1)
         actions, _, carry["state"] = agent.act(obs, carry["state"], resets, mask)
         if carry.get("prefill", 0) > 0:  # (checkpoints from before prefill existed have no such key)
             carry["prefill"] -= self.num_envs

@@ -182,6 +182,10 @@ class ModelBasedConfig:
     """Also keep, for good, every checkpoint taken at a multiple of this many real env steps (0: none), so the run's
     milestones can be measured again later on many fresh episodes (``examples/benchmarks/dream_gap.py
     --all-checkpoints``)."""
+    device: str = "cpu"
+    """Torch device of the world model, the agent, the dream and MAG's predictor ("cuda" on a GPU; sets
+    ``mappo.device``). The envs, the replay and the checkpoints stay on the CPU; an overlapped collection worker's copies
+    of the actor and the model are on this device too."""
     torch_threads: int = 1
     """torch intra-op threads (0: torch's default, one per core). One by measurement: this library's small models
     barely split across threads (2 threads alone: 1.2-1.3x faster for 1.5-1.7x the CPU), and with another busy
@@ -224,6 +228,15 @@ class ModelBasedConfig:
             raise ValueError("ModelBasedConfig.stream: collecting until episodes end (real_episodes) steps one env step "
                              "per call, so streaming would store one-row pieces; use one or the other")  # fmt: skip
         check_choice("ModelBasedConfig.overlap", self.overlap, OVERLAPS)
+        try:
+            device = torch.device(self.device)
+        except (RuntimeError, TypeError) as e:
+            raise ValueError(f"ModelBasedConfig.device: expected a torch device string, got {self.device!r}") from e
+        if torch.device(self.mappo.device) != device:
+            if self.mappo.device != "cpu":  # both set, to different devices
+                raise ValueError(f"ModelBasedConfig.mappo.device: {self.mappo.device!r} differs from the run's device "
+                                 f"{self.device!r}; set only ModelBasedConfig.device (--device)")  # fmt: skip
+            self.mappo = dataclasses.replace(self.mappo, device=self.device)
         check_choice("ModelBasedConfig.model_kind", self.model_kind, tuple(KINDS))
         check_choice("ModelBasedConfig.model", self.model, model_kind(self.model_kind).presets)
         if self.reward_event_weight is not None:
@@ -461,7 +474,7 @@ def _run(cfg: ModelBasedConfig) -> dict[str, Any]:
             "episode could end to fit on; collect more steps, use fewer copies or set real_episodes"
         )
     replay = EpisodeReplay(ReplayConfig(capacity=cfg.capacity, seed=cfg.seed), spec=spec)
-    model = build_model(cfg.model_kind, spec, _model_config(cfg))
+    model = build_model(cfg.model_kind, spec, _model_config(cfg)).to(cfg.device)
     wm_optim = torch.optim.Adam(model.parameters(), lr=fit_learning_rate(cfg.fit, model))  # --fit.lr, else the model's
     policy_cfg = getattr(cfg, policy_field(cfg.policy))
     feature_dim, state_dim = model.feature_widths()

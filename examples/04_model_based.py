@@ -6,7 +6,7 @@ Prints the greedy real-env return against real env steps after every iteration (
 
 ``--schedule`` picks the defaults every other flag overrides: ``cpu`` (sized for 2 CPU cores) or the
 MAMBA paper's Appendix A schedule and sizes (``mamba-flatland``, ``mamba-smac``: update after every
-trajectory, paper-size models; meant for a GPU, ``--mappo.device cuda``). How much is learned per real
+trajectory, paper-size models; meant for a GPU, ``--device cuda``). How much is learned per real
 env step is set by ``--train-ratio`` (replayed world-model steps) and ``--dream-ratio`` (imagined
 agent-steps), or by fixed ``--fit-steps`` / ``--dream-updates`` per update.
 

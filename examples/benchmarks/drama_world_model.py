@@ -21,10 +21,11 @@ from pathlib import Path
 
 import torch
 import tyro
-from report import emit, flops, machine, matmul_gflops
+from report import clock, emit, flops, machine, matmul_gflops
 
 from wmenv.data.collect import random_replay
 from wmenv.models.registry import build_model
+from wmenv.models.ssm import HAS_MAMBA_SSM
 
 
 @dataclass
@@ -53,27 +54,32 @@ class Args:
     """Env steps of the projected run (Atari100k)."""
     matmul_size: int = 1024
     """Side of the square matmul whose GFLOP/s is the reference."""
+    device: str = "cpu"
+    """Torch device of the model ("cuda": times in wall time after synchronizing, mamba-ssm's kernels where
+    installed)."""
     out: Path | None = None
     """Also write the JSON line here."""
 
 
-def _timed(fn, repeats: int) -> float:
-    """Mean CPU seconds of ``fn()`` over ``repeats`` calls after one warm-up."""
+def _timed(fn, repeats: int, device: str) -> float:
+    """Mean seconds of ``fn()`` over ``repeats`` calls after one warm-up, by `report.clock` (CPU time on the CPU)."""
     fn()
-    start = time.process_time()
+    now = clock(device)
+    start = now()
     for _ in range(repeats):
         fn()
-    return (time.process_time() - start) / repeats
+    return (now() - start) / repeats
 
 
 def measure(args: Args, preset: str, replay, spec) -> dict:
     """Fit-step and imagination-batch cost of one preset."""
     torch.manual_seed(0)
-    model = build_model("drama", spec, preset)
+    model = build_model("drama", spec, preset).to(args.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=model.config.lr)
-    batch = replay.sample(args.batch_size, args.seq_len, generator=0)
-    starts = replay.sample(args.worlds, args.context, generator=1)
-    actions = torch.randint(0, spec.n_actions, (args.horizon, args.worlds, 1), generator=torch.Generator().manual_seed(2))
+    batch = replay.sample(args.batch_size, args.seq_len, generator=0, device=args.device)
+    starts = replay.sample(args.worlds, args.context, generator=1, device=args.device)
+    g = torch.Generator().manual_seed(2)
+    actions = torch.randint(0, spec.n_actions, (args.horizon, args.worlds, 1), generator=g).to(args.device)
 
     def fit_step() -> None:
         model.train()
@@ -88,7 +94,7 @@ def measure(args: Args, preset: str, replay, spec) -> dict:
         for a in actions:
             state, _ = model.imagine(state, a)
 
-    fit_s, imagine_s = _timed(fit_step, args.repeats), _timed(imagine, args.repeats)
+    fit_s, imagine_s = _timed(fit_step, args.repeats, args.device), _timed(imagine, args.repeats, args.device)
     fit_flops, imagine_flops = flops(fit_step), flops(imagine)
     return {
         "params": sum(p.numel() for p in model.parameters()),
@@ -105,9 +111,9 @@ def main(args: Args) -> dict:
     start = time.perf_counter()
     replay, spec = random_replay(args.env_id, args.real_steps, num_envs=1, seed=0)
     env_steps_per_s = replay.num_steps / (time.perf_counter() - start)
-    ref_before = matmul_gflops(args.matmul_size, 1.0)
+    ref_before = matmul_gflops(args.matmul_size, 1.0, args.device)
     presets = {preset: measure(args, preset, replay, spec) for preset in args.presets}
-    ref = (ref_before + matmul_gflops(args.matmul_size, 1.0)) / 2  # half before, half after
+    ref = (ref_before + matmul_gflops(args.matmul_size, 1.0, args.device)) / 2  # half before, half after
     for r in presets.values():
         r["fit_vs_matmul"] = round(r["fit_gflops"] / ref, 3)
         r["imagine_vs_matmul"] = round(r["imagine_gflops"] / ref, 3)
@@ -122,6 +128,8 @@ def main(args: Args) -> dict:
         "presets": presets,
         "projection": "not measured: total_steps x (fit step + imagination batch + one env step), one thread, "
         "the actor-critic update not included",
+        "device": args.device,
+        "kernels": HAS_MAMBA_SSM and torch.device(args.device).type == "cuda",
         "torch": torch.__version__,
         "machine": machine(),
     }

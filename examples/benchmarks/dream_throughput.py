@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import tyro
-from report import emit, machine, matmul_gflops
+from report import clock, emit, machine, matmul_gflops
 from torch.utils.flop_counter import FlopCounterMode
 
 from wmenv.data.collect import random_available
@@ -53,6 +53,8 @@ class Args:
     """torch threads (0: torch's default, all cores)."""
     matmul_size: int = 1024
     """Side of the square matmul whose GFLOP/s is the reference."""
+    device: str = "cpu"
+    """Torch device of the world model and the dream ("cuda": rates in wall time after synchronizing)."""
     mag_candidates: int = 0
     """If > 0: also each batch with MAG's planner (`wmenv.dream.mag`, this many candidates; the error predictor at its
     default size, a uniform random actor in the lookahead), reported beside the plain dream as ``mag``."""
@@ -77,16 +79,17 @@ def dream_rate(model: WorldModel, batch: int, seconds: float, planner: MAGPlanne
     """Imagined agent-steps per second and GFLOP/s of the model (and planner) at B = ``batch``."""
     vec = DreamVecEnv(model, batch, seed=0, planner=planner)
     s = vec.reset()
-    gen = torch.Generator().manual_seed(0)
-    pick = lambda mask: (torch.rand(mask.shape, generator=gen) * mask).argmax(-1)  # noqa: E731
+    gen = torch.Generator(device=vec.device).manual_seed(0)
+    pick = lambda mask: (torch.rand(mask.shape, generator=gen, device=vec.device) * mask).argmax(-1)  # noqa: E731
     with FlopCounterMode(display=False) as counter:
         s = vec.step(pick(s.action_mask))
     flops_per_step = counter.get_total_flops()
-    steps, start = 0, time.perf_counter()
+    now = clock(vec.device) if vec.device.type == "cuda" else time.perf_counter  # wall time: the dream's rate
+    steps, start, begin = 0, time.perf_counter(), now()
     while time.perf_counter() - start < seconds or steps == 0:
         s = vec.step(pick(s.action_mask))
         steps += 1
-    wall = time.perf_counter() - start
+    wall = now() - begin
     agent_steps = steps * batch * model.spec.n_agents
     return {
         "agent_steps_per_s": agent_steps / wall,
@@ -100,11 +103,11 @@ def main(args: Args) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     real = real_rate(args.env_id, args.env_kwargs, args.seconds)
-    ref = matmul_gflops(args.matmul_size, args.seconds)
+    ref = matmul_gflops(args.matmul_size, args.seconds, args.device)
     with VecEnv(args.env_id, num_envs=1, seed=0, **args.env_kwargs) as vec:
         spec = vec.spec
     torch.manual_seed(0)
-    model = build_model(args.model_kind, spec, args.model).eval()
+    model = build_model(args.model_kind, spec, args.model).to(args.device).eval()
     planner = None
     if args.mag_candidates:
         torch.manual_seed(0)
@@ -137,6 +140,7 @@ def main(args: Args) -> dict:
         "real_agent_steps_per_s": round(real, 1),
         "matmul_gflops": round(ref, 2),
         "results": results,
+        "device": args.device,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "machine": machine(),

@@ -31,16 +31,31 @@ def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} CPUs"
 
 
-def matmul_gflops(n: int, seconds: float) -> float:
-    """GFLOP/s (per CPU second of this process) of a float32 (n × n) @ (n × n): the reference that benchmarks
-    measure in the same run to report a machine-independent fraction."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def clock(device: str | torch.device = "cpu") -> Callable[[], float]:
+    """The clock a benchmark on ``device`` reads, in seconds: this process's CPU time on the CPU (the machine is
+    shared), wall time after waiting for the queued kernels on a GPU (CPU time there counts only the launches)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return time.process_time
+
+    def wall() -> float:
+        torch.cuda.synchronize(device)
+        return time.perf_counter()
+
+    return wall
+
+
+def matmul_gflops(n: int, seconds: float, device: str | torch.device = "cpu") -> float:
+    """GFLOP/s of a float32 (n × n) @ (n × n) on ``device`` (by `clock`: per CPU second of this process on the CPU):
+    the reference that benchmarks measure in the same run to report a machine-independent fraction."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     a @ b
-    reps, start, cpu = 0, time.perf_counter(), time.process_time()
+    now = clock(device)
+    reps, start, begin = 0, time.perf_counter(), now()
     while time.perf_counter() - start < seconds or reps == 0:
         a @ b
         reps += 1
-    return 2 * n**3 * reps / max(time.process_time() - cpu, 1e-9) / 1e9
+    return 2 * n**3 * reps / max(now() - begin, 1e-9) / 1e9
 
 
 def flops(fn: Callable[[], Any]) -> int:

@@ -13,7 +13,8 @@ second, B * L / the median time over repeats after a warm-up:
 with the ratios ``mamba_vs_gru``, ``mamba2_vs_gru``, ``mamba_vs_step_loop`` and ``mamba2_vs_step_loop``
 (tokens/s over tokens/s), and a ``goals`` summary at L = 256: the sequence forward should be at least
 10x its step loop and at least 0.5x the GRU. Step loops longer than ``--step-loop-max-len`` are skipped
-(``null``). Runs on the CPU with the pure-PyTorch reference (``backend="ref"``). Prints one JSON line.
+(``null``). Runs on ``--device`` (the CPU by default) with ``--backend`` (the pure-PyTorch reference by default, or
+mamba-ssm's kernels on CUDA). Prints one JSON line.
 
 Usage:
     python examples/benchmarks/ssm.py --lengths 16 64 256 1024 --d-models 64 256 --batch 16 --seconds 2
@@ -74,6 +75,11 @@ class Args:
     """Steps the `Mamba` reference scan solves at once (its config default)."""
     threads: int = 1
     """torch intra-op threads."""
+    device: str = "cpu"
+    """Torch device of the models and inputs ("cuda": times are wall time after synchronizing)."""
+    backend: Literal["ref", "cuda"] = "ref"
+    """The blocks' SSM path: the pure-PyTorch reference or mamba-ssm's kernels (CUDA tensors only; the step loops
+    and the scan-only rows always run the reference)."""
     seed: int = 0
     """Seed of the models' init and the inputs."""
     scan_only: bool = True
@@ -83,16 +89,18 @@ class Args:
 
 
 def build_models(d_model: int, args: Args) -> dict[str, nn.Module]:
-    """The GRU and both blocks at width ``d_model``, float32 on the CPU, from a fixed seed."""
+    """The GRU and both blocks at width ``d_model``, float32 on ``args.device``, from a fixed seed."""
     torch.manual_seed(args.seed)
     headdim = args.mamba2_headdim or (32 if d_model <= 64 else 64)
-    return {
+    models = {
         "gru": nn.GRU(d_model, d_model, batch_first=True),
-        "mamba": Mamba(d_model=d_model, scan="blocked", scan_block=args.mamba_scan_block, backend="ref"),
+        "mamba": Mamba(d_model=d_model, scan="blocked", scan_block=args.mamba_scan_block, backend=args.backend),
         "mamba2": Mamba2(
-            d_model=d_model, d_state=args.mamba2_d_state, headdim=headdim, ref_chunk_size=args.mamba2_chunk_size, backend="ref"
+            d_model=d_model, d_state=args.mamba2_d_state, headdim=headdim, ref_chunk_size=args.mamba2_chunk_size,
+            backend=args.backend,
         ),
-    }
+    }  # fmt: skip
+    return {k: m.to(args.device) for k, m in models.items()}
 
 
 def forward(name: str, models: dict[str, nn.Module], x: torch.Tensor) -> torch.Tensor:
@@ -111,13 +119,17 @@ def forward(name: str, models: dict[str, nn.Module], x: torch.Tensor) -> torch.T
 
 
 def time_fwd_bwd(run: Callable[[], torch.Tensor], params: list[nn.Parameter], seconds: float) -> tuple[float, int]:
-    """Median seconds of one forward + backward after a warm-up, repeated for ``seconds`` (at least once)."""
+    """Median seconds of one forward + backward after a warm-up, repeated for ``seconds`` (at least once); wall time,
+    after waiting for a GPU's queued kernels."""
+    sync = torch.cuda.synchronize if params[0].is_cuda else (lambda: None)
 
     def once() -> float:
         for p in params:
             p.grad = None
+        sync()
         start = time.perf_counter()
         run().square().mean().backward()
+        sync()
         return time.perf_counter() - start
 
     once()  # warm-up
@@ -134,7 +146,7 @@ def ratio(a: float | None, b: float | None) -> float | None:
 
 def measure(d_model: int, length: int, models: dict[str, nn.Module], args: Args) -> dict:
     """Tokens/s of every selected model at (d_model, L), and the ratios."""
-    x = torch.randn(args.batch, length, d_model, generator=torch.Generator().manual_seed(args.seed + length))
+    x = torch.randn(args.batch, length, d_model, generator=torch.Generator().manual_seed(args.seed + length)).to(args.device)
     rate: dict[str, float | None] = dict.fromkeys(MODELS)
     repeats: dict[str, int | None] = dict.fromkeys(MODELS)
     for name in MODELS:
@@ -170,8 +182,7 @@ def scan_only(d_model: int, length: int, models: dict[str, nn.Module], args: Arg
     h, p, n2 = m2.nheads, m2.headdim, m2.d_state
     s2 = [torch.randn(b, length, h, p, generator=g), torch.rand(b, length, h, generator=g) * 0.1, -torch.rand(h, generator=g)]
     s2 += [torch.randn(b, length, 1, n2, generator=g), torch.randn(b, length, 1, n2, generator=g), torch.randn(h, generator=g)]
-    for t in s1 + s2:
-        t.requires_grad_(True)
+    s1, s2 = [t.to(args.device).requires_grad_(True) for t in s1], [t.to(args.device).requires_grad_(True) for t in s2]
     runs = {
         "mamba_scan": lambda: selective_scan_ref(*s1, block=m1.scan_block)[0],
         "mamba_scan_loop": lambda: selective_scan_naive(*s1)[0],
@@ -233,8 +244,8 @@ def main(args: Args) -> dict:
         "step_loop_max_len": args.step_loop_max_len,
         "loss": "y.square().mean()",
         "dtype": "float32",
-        "device": "cpu",
-        "backend": "ref",
+        "device": args.device,
+        "backend": args.backend,
         "configs": configs,
         "results": results,
         "goals": {

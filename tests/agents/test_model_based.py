@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from agents.mappo import MAPPOConfig
 from agents.model_based import ModelBasedConfig, run
 from agents.train import latest_checkpoint, policy_from_checkpoint
 from wmenv.data.replay import EpisodeReplay
@@ -177,6 +178,11 @@ def test_config_checks():
         ModelBasedConfig(keep_every=-1)
     with pytest.raises(ValueError, match="ModelBasedConfig.actor_input: expected 'decoded' or 'latent', got 'raw'"):
         ModelBasedConfig(actor_input="raw")
+    with pytest.raises(ValueError, match="ModelBasedConfig.device: expected a torch device string, got 'gpu0'"):
+        ModelBasedConfig(device="gpu0")
+    assert ModelBasedConfig(device="cuda").mappo.device == "cuda"  # one knob: the agent follows the run's device
+    with pytest.raises(ValueError, match="ModelBasedConfig.mappo.device: 'cuda:1' differs from the run's device 'cuda:0'"):
+        ModelBasedConfig(device="cuda:0", mappo=MAPPOConfig(device="cuda:1"))
 
 
 def test_scheduled_units_keep_the_cumulative_ratio_on_target():
@@ -370,3 +376,26 @@ def test_prefill_spans_iterations_and_resumes_exactly(tmp_path):
     assert straight["prefill"] == 90
     plain = run(_small(tmp_path / "c", 3))
     assert plain["prefill"] == 0 and plain["real_returns"] != straight["real_returns"]
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"actor_input": "latent", "fit": FitConfig(batch_size=4, progress=False, compile="steps")},
+        {"actor_input": "decoded", "rollout": "mag"},
+        {"model_kind": "mabl"},
+        {"model_kind": "mamba", "model": "small-mamba2", "policy": "sp-mamba"},
+    ],
+    ids=["latent-compiled", "decoded-mag", "mabl", "mamba2-sp-mamba"],
+)
+def test_the_loop_runs_on_cuda_and_resumes(tmp_path, kw):
+    """device="cuda": world model, agent and dream on the GPU (the envs and the replay on the CPU); collect, fit, dream,
+    evaluate, checkpoint and resume run, and the saved weights load back."""
+    first = run(_small(tmp_path, 1, device="cuda", **kw))
+    second = run(_small(tmp_path, 2, device="cuda", resume=True, **kw))
+    assert second["eval_returns"][:2] == first["eval_returns"] and second["real_steps"] == 120
+    assert all(np.isfinite(r) for _, r in second["eval_returns"])
+    policy, train_cfg = policy_from_checkpoint(latest_checkpoint(tmp_path))
+    assert train_cfg["device"] == "cuda" and all(p.device.type == "cpu" for p in policy.parameters())

@@ -177,7 +177,7 @@ class CollectWorker:
         self.vec.set_state(state["envs"])
         self.collector.step, self.collector.recorder = state["collector"]
         self.act.set_state(state["actor"])
-        self.agent.generator.set_state(state["generator"])
+        self.agent.generator.set_state(state["generator"].cpu())  # a CPU tensor for any device's generator
         return True
 
     def collect(self, weights: dict[str, Any]) -> dict[str, Any]:

@@ -113,6 +113,11 @@ class MAPPOConfig:
             raise ValueError(f"MAPPOConfig.device: expected a torch device string, got {self.device!r}") from e
 
 
+def host_array(x: Tensor | np.ndarray, dtype: type) -> np.ndarray:
+    """``x`` as a NumPy array of ``dtype`` (a tensor on any device is copied to the host first)."""
+    return np.asarray(x.detach().cpu() if isinstance(x, Tensor) else x, dtype=dtype)
+
+
 def ppo_policy_loss(
     log_probs: Tensor, old_log_probs: Tensor, advantages: Tensor, valid: Tensor, clip: float
 ) -> tuple[Tensor, dict[str, Tensor]]:
@@ -363,8 +368,8 @@ class MAPPO(nn.Module):
             )  # fmt: skip
             done_np = np.asarray(done.cpu())
             if done_np.any():
-                ep_returns.append(np.asarray(s.episode_return, dtype=np.float32)[done_np])
-                ep_lengths.append(np.asarray(s.episode_length, dtype=np.int64)[done_np])
+                ep_returns.append(host_array(s.episode_return, np.float32)[done_np])
+                ep_lengths.append(host_array(s.episode_length, np.int64)[done_np])
         state_rows = repeat(carry.state, "e s -> (e n) s", n=N)  # (E*N, S)
         last, _ = self.critic.step(state_rows, agent, carry.critic_state, carry.resets.flatten())
         storage.last_values = rearrange(last, "(e n) -> e n", n=N)

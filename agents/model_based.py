@@ -552,7 +552,7 @@ def _run(cfg: ModelBasedConfig) -> dict[str, Any]:
         return result["episode_return"]
 
     if ckpt is not None and real.resume(state) and planner is not None:
-        planner.generator.set_state(state["planner"])
+        planner.generator.set_state(state["planner"].cpu())  # generator states are CPU tensors
     if not curve:
         curve.append((0, run_eval(0)))
     start, elapsed = time.perf_counter(), counters.get("wall_clock_s", 0)

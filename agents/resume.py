@@ -35,10 +35,11 @@ def global_rng_state() -> dict[str, Any]:
 
 
 def set_global_rng_state(state: dict[str, Any]) -> None:
-    """Continue the global random streams `global_rng_state` saved."""
+    """Continue the global random streams `global_rng_state` saved (torch's state back on the CPU, where it lives,
+    should a run state have been loaded onto a GPU)."""
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
+    torch.set_rng_state(state["torch"].cpu())
 
 
 def save_run_state(folder: str | Path, vec: Any, **parts: Any) -> None:

@@ -19,6 +19,7 @@ mkdir -p "$OUT"
 T0=$(date +%s)
 log() { echo "[$(($(date +%s) - T0)) s] $*" | tee -a "$OUT/log.txt"; }
 pin() { if command -v taskset >/dev/null; then taskset -c "$@"; else shift; "$@"; fi; } # pin <cores> <command...>
+want() { [[ " ${ONLY:-loop paper dream parity ssm drama} " == *" $1 "* ]]; } # ONLY="loop parity": just those steps
 run() { # run <seconds> <cores> <command...>: one step, its output appended to log.txt, never fatal
     local limit=$1 cores=$2
     shift 2
@@ -51,16 +52,17 @@ BUILD=$!
 
 # 2. while it builds, on the other 4 cores (no kernels on the path yet): the CUDA tests of the loop and MAPPO, the
 #    MAMBA paper's Flatland schedule and sizes for two minutes (a resumable run folder), the dream's throughput
-run 200 12-15 python3 -m pytest -q -p no:cacheprovider -m cuda tests/agents/test_model_based.py tests/agents/test_mappo_math.py
-run 120 12-15 python3 examples/04_model_based.py --schedule mamba-flatland --device cuda --iterations 40 \
+want loop && run 200 12-15 python3 -m pytest -q -p no:cacheprovider -m cuda tests/agents/test_model_based.py tests/agents/test_mappo_math.py
+want paper && run ${PAPER_S:-120} 12-15 python3 examples/04_model_based.py --schedule mamba-flatland --device cuda --iterations 40 \
     --run-dir /tmp/runs/paper --no-progress
-python3 -c "
-import json, pathlib
-ckpt = pathlib.Path('/tmp/runs/paper/checkpoints/latest').resolve()
+want paper && python3 -c "
+import json
+from agents.train import latest_checkpoint
+ckpt = latest_checkpoint('/tmp/runs/paper')
 meta, loop = (json.loads((ckpt / f).read_text()) for f in ('config.json', 'loop.json'))
 print(json.dumps({'counters': meta['counters'], 'eval_returns': loop['eval_returns'], 'real_returns': loop['real_returns']}))
 " 2>&1 | tee "$OUT/paper.json"
-run 45 12-15 python3 examples/benchmarks/dream_throughput.py --env-id flatland:5 --env-kwargs dense_reward True \
+want dream && run 45 12-15 python3 examples/benchmarks/dream_throughput.py --env-id flatland:5 --env-kwargs dense_reward True \
     --model flatland --batches 64 1024 4096 --seconds 2 --threads 1 --device cuda --out "$OUT/dream_cuda.json"
 
 log "waiting for the kernel build"
@@ -71,12 +73,12 @@ python3 -c "from wmenv.models.ssm.kernels import HAS_MAMBA_SSM, IMPORT_ERROR; pr
     2>&1 | tee -a "$OUT/log.txt"
 
 # 3. kernels: parity with the reference (forward and gradients, with and without resets), then speed on the GPU
-run 90 0-15 python3 -m pytest -q -p no:cacheprovider -m cuda tests/models/ssm/test_ssm_kernels.py
+want parity && run ${PARITY_S:-90} 0-15 python3 -m pytest -v -p no:cacheprovider -m cuda tests/models/ssm/test_ssm_kernels.py
 for backend in ref cuda; do
-    run 60 0-15 python3 examples/benchmarks/ssm.py --device cuda --backend $backend --lengths 64 256 1024 \
+    want ssm && run 60 0-15 python3 examples/benchmarks/ssm.py --device cuda --backend $backend --lengths 64 256 1024 \
         --d-models 64 256 --batch 16 --seconds 0.5 --models gru mamba mamba2 --no-scan-only --out "$OUT/ssm_$backend.json"
 done
 # 4. DRAMA's world model on the GPU (kernels where they built): fit step, imagination batch, projected 100k run
-run 75 0-15 python3 examples/benchmarks/drama_world_model.py --device cuda --presets xs cpu-small --seq-len 128 \
+want drama && run 75 0-15 python3 examples/benchmarks/drama_world_model.py --device cuda --presets xs cpu-small --seq-len 128 \
     --out "$OUT/drama_cuda.json"
 log "done"

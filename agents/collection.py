@@ -75,8 +75,10 @@ class RealActor:
         carry, agent, filters = self.carry, self.agent, self.filters
         ended = np.asarray(step.terminated) | np.asarray(step.truncated) | np.asarray(step.done)[:, None]
         device = agent.device
-        first = torch.ones(ended.size, dtype=torch.bool, device=device)
-        resets = first if carry["first"] else torch.as_tensor(ended, device=device).flatten()
+        if carry["first"]:
+            resets = torch.ones(ended.size, dtype=torch.bool, device=device)
+        else:
+            resets = torch.as_tensor(ended, device=device).flatten()
         obs = step.obs if filters is None else filters.observe_vec(step, first=carry["first"])
         carry["first"] = False
         obs = torch.as_tensor(obs, dtype=torch.float32, device=device).flatten(0, 1)

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import tyro
-from report import clock, emit, machine, matmul_gflops
+from report import emit, machine, matmul_gflops, wall_clock
 from torch.utils.flop_counter import FlopCounterMode
 
 from wmenv.data.collect import random_available
@@ -84,7 +84,7 @@ def dream_rate(model: WorldModel, batch: int, seconds: float, planner: MAGPlanne
     with FlopCounterMode(display=False) as counter:
         s = vec.step(pick(s.action_mask))
     flops_per_step = counter.get_total_flops()
-    now = clock(vec.device) if vec.device.type == "cuda" else time.perf_counter  # wall time: the dream's rate
+    now = wall_clock(vec.device)  # the dream's rate in wall time
     steps, start, begin = 0, time.perf_counter(), now()
     while time.perf_counter() - start < seconds or steps == 0:
         s = vec.step(pick(s.action_mask))

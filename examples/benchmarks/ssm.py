@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import functools
 import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +33,7 @@ from typing import Literal
 
 import torch
 import tyro
-from report import emit, machine
+from report import emit, machine, wall_clock
 from torch import nn
 
 from wmenv.models.ssm import Mamba, Mamba2, selective_scan_naive, selective_scan_ref, ssd_chunked, ssd_naive
@@ -121,16 +120,14 @@ def forward(name: str, models: dict[str, nn.Module], x: torch.Tensor) -> torch.T
 def time_fwd_bwd(run: Callable[[], torch.Tensor], params: list[nn.Parameter], seconds: float) -> tuple[float, int]:
     """Median seconds of one forward + backward after a warm-up, repeated for ``seconds`` (at least once); wall time,
     after waiting for a GPU's queued kernels."""
-    sync = torch.cuda.synchronize if params[0].is_cuda else (lambda: None)
+    now = wall_clock(params[0].device)
 
     def once() -> float:
         for p in params:
             p.grad = None
-        sync()
-        start = time.perf_counter()
+        start = now()
         run().square().mean().backward()
-        sync()
-        return time.perf_counter() - start
+        return now() - start
 
     once()  # warm-up
     times: list[float] = []

@@ -19,7 +19,7 @@ mkdir -p "$OUT"
 T0=$(date +%s)
 log() { echo "[$(($(date +%s) - T0)) s] $*" | tee -a "$OUT/log.txt"; }
 pin() { if command -v taskset >/dev/null; then taskset -c "$@"; else shift; "$@"; fi; } # pin <cores> <command...>
-want() { [[ " ${ONLY:-loop paper dream parity ssm drama} " == *" $1 "* ]]; } # ONLY="loop parity": just those steps
+want() { [[ " ${ONLY:-loop profile paper dream parity ssm drama} " == *" $1 "* ]]; } # ONLY="loop parity": just those steps
 run() { # run <seconds> <cores> <command...>: one step, its output appended to log.txt, never fatal
     local limit=$1 cores=$2
     shift 2
@@ -53,6 +53,9 @@ BUILD=$!
 # 2. while it builds, on the other 4 cores (no kernels on the path yet): the CUDA tests of the loop and MAPPO, the
 #    MAMBA paper's Flatland schedule and sizes for two minutes (a resumable run folder), the dream's throughput
 want loop && run 200 12-15 python3 -m pytest -q -p no:cacheprovider -m cuda tests/agents/test_model_based.py tests/agents/test_mappo_math.py
+#    the paper schedule's cost per real step, phase by phase, in the background (it overlaps the kernel steps below)
+want profile && run ${PROFILE_S:-200} 12-15 python3 examples/benchmarks/loop_profile.py --schedule mamba-flatland \
+    --run.device cuda --warmup 2 --out "$OUT/profile_paper_cuda.json" &
 want paper && run ${PAPER_S:-120} 12-15 python3 examples/04_model_based.py --schedule mamba-flatland --device cuda --iterations 40 \
     --run-dir /tmp/runs/paper --no-progress
 want paper && python3 -c "
@@ -73,7 +76,16 @@ python3 -c "from wmenv.models.ssm.kernels import HAS_MAMBA_SSM, IMPORT_ERROR; pr
     2>&1 | tee -a "$OUT/log.txt"
 
 # 3. kernels: parity with the reference (forward and gradients, with and without resets), then speed on the GPU
-want parity && run ${PARITY_S:-90} 0-15 python3 -m pytest -v -p no:cacheprovider -m cuda tests/models/ssm/test_ssm_kernels.py
+#    three processes side by side, each with its own Triton cache: the errors of kernels and reference against float64
+#    with Triton's default float32 dots (TF32) and with TRITON_F32_DEFAULT=ieee, and the parity test under ieee
+if want parity; then
+    run ${PARITY_S:-220} 0-3 python3 examples/benchmarks/ssm_parity.py --out "$OUT/parity_tf32.json" &
+    run ${PARITY_S:-220} 4-7 env TRITON_F32_DEFAULT=ieee TRITON_CACHE_DIR=/tmp/triton_ieee \
+        python3 examples/benchmarks/ssm_parity.py --out "$OUT/parity_ieee.json" &
+    run ${PARITY_S:-220} 8-11 env TRITON_F32_DEFAULT=ieee TRITON_CACHE_DIR=/tmp/triton_test bash -c \
+        "python3 -m pytest -v -p no:cacheprovider -m cuda tests/models/ssm/test_ssm_kernels.py >$OUT/parity_pytest.txt 2>&1" &
+    wait
+fi
 for backend in ref cuda; do
     want ssm && run 60 0-15 python3 examples/benchmarks/ssm.py --device cuda --backend $backend --lengths 64 256 1024 \
         --d-models 64 256 --batch 16 --seconds 0.5 --models gru mamba mamba2 --no-scan-only --out "$OUT/ssm_$backend.json"
@@ -81,4 +93,5 @@ done
 # 4. DRAMA's world model on the GPU (kernels where they built): fit step, imagination batch, projected 100k run
 want drama && run 75 0-15 python3 examples/benchmarks/drama_world_model.py --device cuda --presets xs cpu-small --seq-len 128 \
     --out "$OUT/drama_cuda.json"
+wait
 log "done"

@@ -32,11 +32,19 @@ Usage:
     python examples/benchmarks/loop_profile.py --run.fit.batch-size 64 --out benchmarks/loop_profile/fit_b64.json
     python examples/benchmarks/loop_profile.py --run.real-steps 100 --run.fit-steps 3 --run.dream-updates 1 \
         --run.dream-worlds 8
+    python examples/benchmarks/loop_profile.py --schedule mamba-flatland --run.device cuda --warmup 2
+
+``--schedule NAME`` starts ``run`` from a named schedule (`agents.model_based.SCHEDULES`, as
+``examples/04_model_based.py``). With ``--run.device cuda`` the device is synchronized around every phase, the
+phases' rates and the matmul reference are measured on the GPU, and ms and GFLOP/s are per **wall** second
+(``basis: "wall"``; CPU time says little about GPU work); on the CPU they are per CPU second.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -52,7 +60,7 @@ from report import emit, flops, machine, matmul_gflops
 import agents.collection as collection
 import agents.model_based as mb
 from agents.mappo import MAPPO
-from agents.model_based import ModelBasedConfig
+from agents.model_based import SCHEDULES, ModelBasedConfig, schedule_config
 
 PHASES = ("collect", "fit", "dream", "ppo", "eval", "checkpoint")
 
@@ -80,15 +88,19 @@ class Args:
 class Probe:
     """Timers around the functions `agents.model_based.run` calls; keeps the objects they saw for FLOP counting."""
 
-    def __init__(self) -> None:
+    def __init__(self, sync: Callable[[], None] = lambda: None) -> None:
+        """``sync`` waits for the device (a no-op on the CPU) before each phase's clocks are read."""
         self.iterations: list[dict[str, Any]] = []
         self.seen: dict[str, tuple] = {}
+        self.sync = sync
 
     @contextmanager
     def timed(self, phase: str) -> Iterator[None]:
         """Charge the ``with`` block's CPU and wall time to ``phase`` of the current iteration."""
+        self.sync()
         cpu, wall = time.process_time(), time.perf_counter()
         yield
+        self.sync()
         it = self.iterations[-1] if self.iterations else self.begin()
         it["cpu"][phase] += time.process_time() - cpu
         it["wall"][phase] += time.perf_counter() - wall
@@ -170,8 +182,8 @@ class Probe:
             out["fit_step"] = flops(fit_step)
         if "collect" in self.seen:
             (agent, dream, storage, _), _ = self.seen["collect"]
-            carry = MAPPO.start(agent, dream)
             out["dream_reset"] = flops(lambda: MAPPO.start(agent, dream))
+            carry = MAPPO.start(agent, dream)  # after the counted reset: the rollout must start from the dream's state
             out["dream_rollout"] = flops(lambda: MAPPO.collect(agent, dream, storage, carry))
             out["ppo_update"] = flops(lambda: MAPPO.update(agent, storage))
         return out
@@ -182,16 +194,18 @@ def main(args: Args) -> dict:
     if args.warmup < 0:
         raise ValueError(f"warmup: expected a number of iterations >= 0, got {args.warmup}")
     torch.set_num_threads(args.run.torch_threads or torch.get_num_threads())
-    ref_before = matmul_gflops(args.matmul_size, args.matmul_seconds / 2)
-    probe = Probe()
+    device = torch.device(args.run.device)
+    on_gpu = device.type == "cuda"
+    ref_before = matmul_gflops(args.matmul_size, args.matmul_seconds / 2, device)
+    probe = Probe(torch.cuda.synchronize if on_gpu else lambda: None)
     with tempfile.TemporaryDirectory(prefix="loop_profile_") as tmp:
         cfg = dataclasses.replace(args.run, iterations=args.warmup + 1, run_dir=tmp, resume=False, progress=False)
         with probe.installed():
             mb.run(cfg)
         counted = probe.count_flops() if args.count_flops else {}
-    ref = (ref_before + matmul_gflops(args.matmul_size, args.matmul_seconds / 2)) / 2
+    ref = (ref_before + matmul_gflops(args.matmul_size, args.matmul_seconds / 2, device)) / 2
     it = probe.iterations[-1]
-    steps, cpu = it["real_steps"], it["cpu"]
+    steps, cpu = it["real_steps"], it["wall" if on_gpu else "cpu"]
     if not it["fit_steps"] or not it["dream_rollouts"]:
         raise ValueError(f"the measured iteration fitted {it['fit_steps']} steps and ran {it['dream_rollouts']} dream "
                          "rollouts: raise --warmup or the schedule's ratios")  # fmt: skip
@@ -201,6 +215,9 @@ def main(args: Args) -> dict:
     fixed = sum(ms.values()) - ms["fit"] + ms["fit"] * args.fixed_train_ratio / train_ratio
     summary: dict[str, Any] = {
         "benchmark": "loop_profile",
+        "schedule": cfg.schedule,
+        "device": str(device),
+        "basis": "wall" if on_gpu else "cpu",
         "env_id": cfg.env_id,
         "model": cfg.model,
         "params": sum(p.numel() for p in probe.seen["fit"][0].parameters()),
@@ -211,12 +228,13 @@ def main(args: Args) -> dict:
         "dream_ratio": round(it["dream_rollouts"] * cfg.dream_worlds * cfg.horizon * n_agents / steps, 3),
         "matmul_size": args.matmul_size,
         "matmul_gflops": round(ref, 2),
-        "cpu_ms_per_real_step": {k: round(v, 4) for k, v in ms.items()},
+        "cpu_ms_per_real_step": {k: round(1e3 * v / steps, 4) for k, v in it["cpu"].items()},
         "wall_ms_per_real_step": {k: round(1e3 * v / steps, 4) for k, v in it["wall"].items()},
         "ms_x_matmul": {k: round(v * ref, 2) for k, v in ms.items()},
-        "total_cpu_ms_per_real_step": round(sum(ms.values()), 4),
+        "total_cpu_ms_per_real_step": round(1e3 * sum(it["cpu"].values()) / steps, 4),
+        "total_wall_ms_per_real_step": round(1e3 * sum(it["wall"].values()) / steps, 4),
         "fixed_train_ratio": args.fixed_train_ratio,
-        "total_cpu_ms_at_fixed_train_ratio": round(fixed, 4),
+        f"total_{'wall' if on_gpu else 'cpu'}_ms_at_fixed_train_ratio": round(fixed, 4),
     }
     if counted:
         work = {
@@ -232,5 +250,14 @@ def main(args: Args) -> dict:
     return emit(summary, args.out)
 
 
+def cli(argv: list[str]) -> Args:
+    """``--schedule NAME`` chooses the loop's defaults (`SCHEDULES`); every other flag is tyro's over them."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--schedule", default="cpu", choices=sorted(SCHEDULES))
+    known, rest = pre.parse_known_args(argv)
+    run = dataclasses.replace(schedule_config(known.schedule), progress=False, torch_threads=1)
+    return tyro.cli(Args, default=Args(run=run), args=rest)
+
+
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    main(cli(sys.argv[1:]))

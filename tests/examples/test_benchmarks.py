@@ -286,6 +286,17 @@ def test_loop_profile_reports_consistent_phases(tmp_path):
     assert out["gflops"]["fit"] == pytest.approx(work / (ms["fit"] * 100 / 1e3), rel=2e-2)
 
 
+def test_loop_profile_starts_from_a_named_schedule(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "examples" / "benchmarks"))
+    loop_profile = importlib.import_module("loop_profile")
+    args = loop_profile.cli(["--schedule", "mamba-flatland", "--run.device", "cuda", "--warmup", "2"])
+    assert args.run.schedule == "mamba-flatland" and args.run.env_id == "flatland:5" and args.run.model == "flatland"
+    assert args.run.device == "cuda" and args.warmup == 2 and not args.run.progress and args.run.torch_threads == 1
+    assert loop_profile.cli([]).run.schedule == "cpu"
+    with pytest.raises(SystemExit):
+        loop_profile.cli(["--schedule", "nope"])
+
+
 def test_eval_scalars_collects_every_eval_scalar_of_the_runs(tmp_path):
     from torch.utils.tensorboard import SummaryWriter
 

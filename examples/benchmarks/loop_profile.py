@@ -171,7 +171,8 @@ class Probe:
         out: dict[str, int] = {}
         if "fit" in self.seen:
             model, replay, cfg = self.seen["fit"]
-            batch = replay.sample(cfg.batch_size, cfg.seq_len, generator=0)
+            device = next(model.parameters()).device
+            batch = replay.sample(cfg.batch_size, cfg.seq_len, generator=0, device=device)
 
             def fit_step() -> None:
                 model.train()

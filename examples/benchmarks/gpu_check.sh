@@ -12,6 +12,9 @@
 #   .whl/src/flatland          flatland-rl's sdist's pure-Python package (its Cython modules are optional)
 #   .whl/mamba_ssm-*.tar.gz    mamba-ssm's sdist: its selective-scan extension is built there for sm_90 only
 # and the call names .whl in `carry`. Usage there:  bash examples/benchmarks/gpu_check.sh
+# Times on an H200 (2026-12-04), to plan a 15-minute device budget: machine start ~30 s, the kernel build 150 s,
+# the loop's CUDA tests 63 s, the paper-schedule profile ~170 s, each process's first Mamba-2 kernel call 68-89 s
+# (Triton compiles and autotunes; with TRITON_F32_DEFAULT=ieee it did not finish in 275 s).
 set -u
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 OUT=${OUT:-/tmp/gpu_out}
@@ -54,8 +57,9 @@ BUILD=$!
 #    MAMBA paper's Flatland schedule and sizes for two minutes (a resumable run folder), the dream's throughput
 want loop && run 200 12-15 python3 -m pytest -q -p no:cacheprovider -m cuda tests/agents/test_model_based.py tests/agents/test_mappo_math.py
 #    the paper schedule's cost per real step, phase by phase, in the background (it overlaps the kernel steps below)
+#    (PROFILE_ARGS: more flags, e.g. "--run.fit.compile steps"; on an H200 it took ~170 s with an eager fit)
 want profile && run ${PROFILE_S:-200} 12-15 python3 examples/benchmarks/loop_profile.py --schedule mamba-flatland \
-    --run.device cuda --warmup 2 --out "$OUT/profile_paper_cuda.json" &
+    --run.device cuda --warmup 2 ${PROFILE_ARGS:-} --out "$OUT/profile_paper_cuda.json" &
 want paper && run ${PAPER_S:-120} 12-15 python3 examples/04_model_based.py --schedule mamba-flatland --device cuda --iterations 40 \
     --run-dir /tmp/runs/paper --no-progress
 want paper && python3 -c "

@@ -286,6 +286,16 @@ def test_loop_profile_reports_consistent_phases(tmp_path):
     assert out["gflops"]["fit"] == pytest.approx(work / (ms["fit"] * 100 / 1e3), rel=2e-2)
 
 
+def test_loop_profile_counts_flops_on_an_env_with_action_masks():
+    # the FLOP count's dream rollout once started from a stale reset, whose masks the dream then refused
+    out = _run("loop_profile.py", "--schedule", "mamba-flatland", "--warmup", "0", "--run.model", "small",
+               "--run.fit-steps", "2", "--run.dream-updates", "1", "--run.dream-worlds", "8", "--run.eval-episodes", "1",
+               "--run.mappo.num-minibatches", "1", "--matmul-size", "64", "--matmul-seconds", "0.1")  # fmt: skip
+    assert out["schedule"] == "mamba-flatland" and out["env_id"] == "flatland:5" and out["basis"] == "cpu"
+    assert out["fit_steps"] == 2 and out["dream_rollouts"] == 1
+    assert all(out["flops"][k] > 0 for k in ("fit_step", "dream_reset", "dream_rollout", "ppo_update"))
+
+
 def test_loop_profile_starts_from_a_named_schedule(monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "examples" / "benchmarks"))
     loop_profile = importlib.import_module("loop_profile")

@@ -23,6 +23,7 @@ gives the uninterrupted run's curve; envs whose state cannot be saved restart fr
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import time
@@ -299,6 +300,15 @@ def schedule_config(name: str) -> ModelBasedConfig:
     """The `ModelBasedConfig` of a named schedule (a new object each call)."""
     check_choice("schedule", name, tuple(SCHEDULES))
     return SCHEDULES[name]()
+
+
+def split_schedule(argv: list[str]) -> tuple[ModelBasedConfig, list[str]]:
+    """The config of the schedule named by ``--schedule NAME`` in ``argv`` (default ``cpu``), and the other arguments,
+    for a command line whose remaining flags override it (``tyro.cli(..., default=config, args=rest)``)."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--schedule", default="cpu", choices=sorted(SCHEDULES))
+    known, rest = pre.parse_known_args(argv)
+    return schedule_config(known.schedule), rest
 
 
 @dataclass

@@ -19,12 +19,11 @@ Usage:
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import tyro
 
-from agents.model_based import SCHEDULES, ModelBasedConfig, run, schedule_config
+from agents.model_based import ModelBasedConfig, run, split_schedule
 
 
 def main(cfg: ModelBasedConfig) -> dict:
@@ -40,10 +39,8 @@ def main(cfg: ModelBasedConfig) -> dict:
 
 def cli(argv: list[str]) -> ModelBasedConfig:
     """``--schedule NAME`` chooses the defaults (`SCHEDULES`); every other flag is tyro's over them."""
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--schedule", default="cpu", choices=sorted(SCHEDULES))
-    known, rest = pre.parse_known_args(argv)
-    return tyro.cli(ModelBasedConfig, default=schedule_config(known.schedule), args=rest)
+    config, rest = split_schedule(argv)
+    return tyro.cli(ModelBasedConfig, default=config, args=rest)
 
 
 if __name__ == "__main__":

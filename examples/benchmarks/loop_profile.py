@@ -42,7 +42,6 @@ phases' rates and the matmul reference are measured on the GPU, and ms and GFLOP
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 import tempfile
@@ -55,12 +54,12 @@ from typing import Any
 
 import torch
 import tyro
-from report import emit, flops, machine, matmul_gflops
+from report import emit, flops, machine, matmul_gflops, wall_clock
 
 import agents.collection as collection
 import agents.model_based as mb
 from agents.mappo import MAPPO
-from agents.model_based import SCHEDULES, ModelBasedConfig, schedule_config
+from agents.model_based import ModelBasedConfig, split_schedule
 
 PHASES = ("collect", "fit", "dream", "ppo", "eval", "checkpoint")
 
@@ -88,22 +87,22 @@ class Args:
 class Probe:
     """Timers around the functions `agents.model_based.run` calls; keeps the objects they saw for FLOP counting."""
 
-    def __init__(self, sync: Callable[[], None] = lambda: None) -> None:
-        """``sync`` waits for the device (a no-op on the CPU) before each phase's clocks are read."""
+    def __init__(self, device: torch.device) -> None:
+        """Phases run on ``device``: on a GPU its queued kernels are waited for before each phase's clocks are read."""
         self.iterations: list[dict[str, Any]] = []
         self.seen: dict[str, tuple] = {}
-        self.sync = sync
+        self.wall_clock = wall_clock(device)
 
     @contextmanager
     def timed(self, phase: str) -> Iterator[None]:
         """Charge the ``with`` block's CPU and wall time to ``phase`` of the current iteration."""
-        self.sync()
-        cpu, wall = time.process_time(), time.perf_counter()
+        wall = self.wall_clock()  # first: it waits for the device
+        cpu = time.process_time()
         yield
-        self.sync()
+        wall = self.wall_clock() - wall
         it = self.iterations[-1] if self.iterations else self.begin()
         it["cpu"][phase] += time.process_time() - cpu
-        it["wall"][phase] += time.perf_counter() - wall
+        it["wall"][phase] += wall
 
     def begin(self) -> dict[str, Any]:
         """Start a new iteration record (at each collection)."""
@@ -196,9 +195,9 @@ def main(args: Args) -> dict:
         raise ValueError(f"warmup: expected a number of iterations >= 0, got {args.warmup}")
     torch.set_num_threads(args.run.torch_threads or torch.get_num_threads())
     device = torch.device(args.run.device)
-    on_gpu = device.type == "cuda"
+    basis = "wall" if device.type == "cuda" else "cpu"  # the clock that ms and GFLOP/s are per
     ref_before = matmul_gflops(args.matmul_size, args.matmul_seconds / 2, device)
-    probe = Probe(torch.cuda.synchronize if on_gpu else lambda: None)
+    probe = Probe(device)
     with tempfile.TemporaryDirectory(prefix="loop_profile_") as tmp:
         cfg = dataclasses.replace(args.run, iterations=args.warmup + 1, run_dir=tmp, resume=False, progress=False)
         with probe.installed():
@@ -206,11 +205,11 @@ def main(args: Args) -> dict:
         counted = probe.count_flops() if args.count_flops else {}
     ref = (ref_before + matmul_gflops(args.matmul_size, args.matmul_seconds / 2, device)) / 2
     it = probe.iterations[-1]
-    steps, cpu = it["real_steps"], it["wall" if on_gpu else "cpu"]
+    steps, spent = it["real_steps"], it[basis]
     if not it["fit_steps"] or not it["dream_rollouts"]:
         raise ValueError(f"the measured iteration fitted {it['fit_steps']} steps and ran {it['dream_rollouts']} dream "
                          "rollouts: raise --warmup or the schedule's ratios")  # fmt: skip
-    ms = {k: 1e3 * v / steps for k, v in cpu.items()}
+    ms = {k: 1e3 * v / steps for k, v in spent.items()}
     n_agents = probe.seen["collect"][0][0].n_agents
     train_ratio = it["fit_rows"] / steps
     fixed = sum(ms.values()) - ms["fit"] + ms["fit"] * args.fixed_train_ratio / train_ratio
@@ -218,7 +217,7 @@ def main(args: Args) -> dict:
         "benchmark": "loop_profile",
         "schedule": cfg.schedule,
         "device": str(device),
-        "basis": "wall" if on_gpu else "cpu",
+        "basis": basis,
         "env_id": cfg.env_id,
         "model": cfg.model,
         "params": sum(p.numel() for p in probe.seen["fit"][0].parameters()),
@@ -235,7 +234,7 @@ def main(args: Args) -> dict:
         "total_cpu_ms_per_real_step": round(1e3 * sum(it["cpu"].values()) / steps, 4),
         "total_wall_ms_per_real_step": round(1e3 * sum(it["wall"].values()) / steps, 4),
         "fixed_train_ratio": args.fixed_train_ratio,
-        f"total_{'wall' if on_gpu else 'cpu'}_ms_at_fixed_train_ratio": round(fixed, 4),
+        f"total_{basis}_ms_at_fixed_train_ratio": round(fixed, 4),
     }
     if counted:
         work = {
@@ -243,7 +242,7 @@ def main(args: Args) -> dict:
             "dream": counted["dream_reset"] * it["dream_resets"] + counted["dream_rollout"] * it["dream_rollouts"],
             "ppo": counted["ppo_update"] * it["dream_rollouts"],
         }
-        gflops = {k: v / max(cpu[k], 1e-9) / 1e9 for k, v in work.items()}
+        gflops = {k: v / max(spent[k], 1e-9) / 1e9 for k, v in work.items()}
         summary["flops"] = counted
         summary["gflops"] = {k: round(v, 3) for k, v in gflops.items()}
         summary["vs_matmul"] = {k: round(v / ref, 4) for k, v in gflops.items()}
@@ -253,10 +252,8 @@ def main(args: Args) -> dict:
 
 def cli(argv: list[str]) -> Args:
     """``--schedule NAME`` chooses the loop's defaults (`SCHEDULES`); every other flag is tyro's over them."""
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--schedule", default="cpu", choices=sorted(SCHEDULES))
-    known, rest = pre.parse_known_args(argv)
-    run = dataclasses.replace(schedule_config(known.schedule), progress=False, torch_threads=1)
+    config, rest = split_schedule(argv)
+    run = dataclasses.replace(config, progress=False, torch_threads=1)
     return tyro.cli(Args, default=Args(run=run), args=rest)
 
 

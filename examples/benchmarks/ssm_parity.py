@@ -26,14 +26,13 @@ from __future__ import annotations
 
 import os
 import statistics
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import torch
 import tyro
-from report import emit, machine
+from report import emit, machine, wall_clock
 from torch import nn
 
 from wmenv.models.ssm import HAS_MAMBA_SSM, Mamba, Mamba2
@@ -77,15 +76,17 @@ def _relative(a: torch.Tensor, exact: torch.Tensor) -> float:
     return float((a.detach().double() - exact.detach()).abs().max() / exact.abs().max().clamp_min(1e-30))
 
 
+def _seconds(block: nn.Module, x: torch.Tensor, resets: torch.Tensor | None, w: torch.Tensor) -> float:
+    """Wall seconds of one forward + backward on the GPU."""
+    now = wall_clock(x.device)
+    start = now()
+    _forward_backward(block, x, resets, w)
+    return now() - start
+
+
 def _timed_ms(block: nn.Module, x: torch.Tensor, resets: torch.Tensor | None, w: torch.Tensor, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        _forward_backward(block, x, resets, w)
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
+    """Median ms of ``repeats`` forward + backward calls."""
+    return 1e3 * statistics.median(_seconds(block, x, resets, w) for _ in range(repeats))
 
 
 def check(kind: str, reset_rate: float, args: Args) -> dict:
@@ -104,11 +105,10 @@ def check(kind: str, reset_rate: float, args: Args) -> dict:
         resets = torch.rand(args.batch, args.length, device="cuda", generator=g) < reset_rate
     y64, g64 = _forward_backward(ref64, x.double(), resets, w.double())
     y32, g32 = _forward_backward(ref32, x, resets, w)
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    yk, gk = _forward_backward(kernel, x, resets, w)
-    torch.cuda.synchronize()
-    first = time.perf_counter() - t0
+    now = wall_clock(x.device)
+    start = now()
+    yk, gk = _forward_backward(kernel, x, resets, w)  # Triton compiles and autotunes in the first call
+    first = now() - start
     names = [name for name, _ in ref64.named_parameters()]
     grad_ref = {n: _relative(a, e) for n, a, e in zip(names, g32, g64)}
     grad_kernel = {n: _relative(a, e) for n, a, e in zip(names, gk, g64)}

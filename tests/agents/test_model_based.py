@@ -236,6 +236,7 @@ def test_named_schedules_reproduce_the_paper_and_the_cli_reads_them():
     assert set(SCHEDULES) == {"cpu", "mamba-flatland", "mamba-smac"} and schedule_config("cpu") == ModelBasedConfig()
     fl, sc = schedule_config("mamba-flatland"), schedule_config("mamba-smac")
     assert (fl.model, fl.fit.batch_size, fl.fit.seq_len, fl.fit_steps, fl.capacity) == ("flatland", 40, 50, 40, 500_000)
+    assert fl.fit.compile == sc.fit.compile == "steps"  # the compiled fit, as the default schedule
     assert (sc.model, sc.fit.seq_len, sc.fit_steps, sc.capacity) == ("smac", 20, 60, 250_000)
     for c in (fl, sc):
         assert (c.real_episodes, c.num_envs, c.dream_updates, c.horizon, c.mappo.epochs) == (1, 1, 4, 15, 5)

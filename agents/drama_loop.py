@@ -45,6 +45,7 @@ from wmenv.envs.vector import VecEnv
 from wmenv.fit import FitConfig, fit, load_model, save_model
 from wmenv.latent.filter import AgentFilters
 from wmenv.models.registry import build_model, model_kind
+from wmenv.optim import adam, load_optimizer_state
 
 REPLAY_SEGMENTS = "replay_segments"
 
@@ -183,7 +184,7 @@ def run(cfg: DRAMALoopConfig) -> dict[str, Any]:
     vec = VecEnv(cfg.env_id, num_envs=1, seed=cfg.seed, **cfg.env_kwargs)
     spec = vec.spec
     model = build_model("drama", spec, cfg.model)
-    wm_optim = torch.optim.Adam(model.parameters(), lr=model.config.lr)
+    wm_optim = adam(model.parameters(), lr=model.config.lr)
     learner = DreamerAC(model.feature_widths()[0], spec.n_actions, cfg.ac)
     generator = torch.Generator().manual_seed(cfg.seed)
     counters, curve = {"iteration": 0, "env_steps": 0, "fit_steps": 0, "ac_updates": 0}, []
@@ -196,9 +197,9 @@ def run(cfg: DRAMALoopConfig) -> dict[str, Any]:
         if state is None:
             raise ValueError(f"run_dir: {ckpt} holds no run state (not a DRAMA checkpoint?)")
         learner.load_state_dict(state["learner"])
-        learner.optimizer.load_state_dict(state["ac_optim"])
+        load_optimizer_state(learner.optimizer, state["ac_optim"])
         learner.scale.load_state_dict(state["scale"])
-        wm_optim.load_state_dict(state["wm_optim"])
+        load_optimizer_state(wm_optim, state["wm_optim"])
         generator.set_state(state["generator"])
         loop = json.loads((ckpt / "loop.json").read_text())
         counters, curve = loop["counters"], [tuple(p) for p in loop["curve"]]

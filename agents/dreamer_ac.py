@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from wmenv.checks import check_int, check_positive
 from wmenv.models.drama import rms_mlp
 from wmenv.models.twohot import symexp, symlog, symlog_bins, twohot_decode, twohot_loss
+from wmenv.optim import adam
 from wmenv.tensor_ops import softmax
 
 __all__ = ["DreamerAC", "DreamerACConfig", "ReturnScale", "Trajectory", "lambda_returns", "return_range"]
@@ -217,8 +218,7 @@ class DreamerAC(nn.Module):
         self.critic = _mlp(feature_dim, c.critic_hidden, c.bins, c.layers, 0.001)
         self.slow_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.register_buffer("bins", symlog_bins(c.bins), persistent=False)
-        self.optimizer = torch.optim.Adam([*self.norm.parameters(), *self.actor.parameters(), *self.critic.parameters()],
-                                          lr=c.lr)  # fmt: skip
+        self.optimizer = adam([*self.norm.parameters(), *self.actor.parameters(), *self.critic.parameters()], lr=c.lr)
         self.scale = ReturnScale(c.return_decay, c.percentiles)
 
     def logits(self, features: Tensor) -> Tensor:

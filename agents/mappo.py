@@ -36,6 +36,7 @@ from agents.policies.gru import GRUPolicy, GRUPolicyConfig
 from agents.storage import BatchedEnv, Carry, Chunks, Episodes, RolloutStorage, length_groups
 from wmenv.checks import check_int, check_positive
 from wmenv.envs.spec import action_bounds
+from wmenv.optim import adam
 
 __all__ = ["MAPPO", "MAPPOConfig", "masked_mean", "ppo_policy_loss", "ppo_value_loss"]
 
@@ -253,8 +254,9 @@ class MAPPO(nn.Module):
         self.device = torch.device(cfg.device)
         self.to(self.device)
         actor_params = [*self.policy.parameters(), *([] if self.discrete else [self.log_std])]
-        self.optimizer = torch.optim.Adam(
+        self.optimizer = adam(
             [{"params": actor_params, "lr": cfg.lr}, {"params": self.critic.parameters(), "lr": cfg.critic_lr}],
+            lr=cfg.lr,
             eps=cfg.adam_eps,
         )
         self.generator = torch.Generator(device=self.device)

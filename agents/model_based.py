@@ -74,6 +74,7 @@ from wmenv.envs.spec import EnvSpec
 from wmenv.fit import FitConfig, fit, fit_learning_rate, load_model, save_model
 from wmenv.models.registry import KINDS, build_model, model_kind
 from wmenv.models.world_model import WorldModel
+from wmenv.optim import adam
 
 
 @dataclass
@@ -487,7 +488,7 @@ def _run(cfg: ModelBasedConfig) -> dict[str, Any]:
         )
     replay = EpisodeReplay(ReplayConfig(capacity=cfg.capacity, seed=cfg.seed), spec=spec)
     model = build_model(cfg.model_kind, spec, _model_config(cfg)).to(cfg.device)
-    wm_optim = torch.optim.Adam(model.parameters(), lr=fit_learning_rate(cfg.fit, model))  # --fit.lr, else the model's
+    wm_optim = adam(model.parameters(), lr=fit_learning_rate(cfg.fit, model))  # --fit.lr, else the model's
     policy_cfg = getattr(cfg, policy_field(cfg.policy))
     feature_dim, state_dim = model.feature_widths()
     actor_dim = spec.obs_dim if cfg.actor_input == "decoded" else feature_dim
@@ -514,7 +515,7 @@ def _run(cfg: ModelBasedConfig) -> dict[str, Any]:
     mag, planner = None, None
     if cfg.rollout == "mag":
         predictor = ErrorPredictor(model, cfg.mag.predictor)
-        mag = (predictor, torch.optim.Adam(predictor.parameters(), lr=cfg.mag.predictor.lr))
+        mag = (predictor, adam(predictor.parameters(), lr=cfg.mag.predictor.lr))
         planner = MAGPlanner(predictor, agent.policy, cfg.mag, seed=cfg.seed + 30_000)
     eval_seed, curve, real_returns = cfg.seed + 1_000_000, [], []
     for folder in (run_dir, run_dir / "checkpoints", run_dir / REPLAY_SEGMENTS):  # writes a kill interrupted

@@ -56,6 +56,7 @@ from wmenv.checks import check_choice, check_int
 from wmenv.data.persist import atomic_write, remove_temporaries, temporary_name
 from wmenv.envs.vector import BACKENDS, VecEnv
 from wmenv.latent.filter import AgentFilters
+from wmenv.optim import load_optimizer_state
 
 CHECKPOINT_FORMAT = 1
 
@@ -247,7 +248,7 @@ def restore_optimizer(
         if k.startswith(f"{prefix}."):
             p, key = k[len(prefix) + 1 :].split(".", 1)
             state.setdefault(int(p), {})[key] = v
-    optimizer.load_state_dict({"state": state, "param_groups": param_groups})
+    load_optimizer_state(optimizer, {"state": state, "param_groups": param_groups})
 
 
 def write_checkpoint(run_dir: str | Path, name: str, fill: Callable[[Path], None], keep: int, keep_every: int = 0) -> Path:

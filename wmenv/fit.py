@@ -31,6 +31,7 @@ from wmenv.checks import check_choice, check_int
 from wmenv.data.persist import temporary_name
 from wmenv.models.registry import KINDS, config_from_dict, kind_of
 from wmenv.models.world_model import WorldModel
+from wmenv.optim import adam
 from wmenv.tensor_ops import compiled
 
 MODEL_FORMAT = 1
@@ -98,7 +99,7 @@ def fit(
     model_cfg = getattr(model, "config", None)
     clip = cfg.grad_clip if cfg.grad_clip is not None else getattr(model_cfg, "grad_clip", 10.0)
     if optimizer is None:
-        optimizer = torch.optim.Adam(model.parameters(), lr=fit_learning_rate(cfg, model))
+        optimizer = adam(model.parameters(), lr=fit_learning_rate(cfg, model))
     elif cfg.lr is not None and any(group["lr"] != cfg.lr for group in optimizer.param_groups):
         raise ValueError(
             f"FitConfig.lr: {cfg.lr}, but the optimizer passed to fit has lr "

@@ -566,6 +566,16 @@ def test_softmax_benchmark_times_torch_against_the_hand_written_path(tmp_path):
     assert many["softmax"]["max_abs_diff"] == 0.0  # many classes: torch's own kernel
 
 
+def test_optimizer_step_benchmark_times_the_adam_implementations(tmp_path):
+    out = _run("optimizer_step.py", "--models", "mamba:small", "--steps", "2", "--rounds", "1",
+               "--out", str(tmp_path / "o.json"))  # fmt: skip
+    assert json.loads((tmp_path / "o.json").read_text()) == out
+    row = out["models"]["mamba:small"]
+    assert row["tensors"] > 10 and row["parameters"] > 10_000
+    assert row["default_over_fused"] == pytest.approx(row["default_ms"] / row["fused_ms"], rel=0.05)
+    assert row["max_abs_diff_after_10_steps"] < 1e-6  # the same update to rounding
+
+
 def test_a_benchmark_script_imports_the_library_of_its_own_checkout(tmp_path):
     """A script run from another checkout (a worktree at another commit) imports that checkout's library, not the
     installed one: `report` puts its checkout's root first on sys.path."""

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from wmenv.checks import check_choice, check_int, check_positive
 from wmenv.models.world_model import Prediction, State, WorldModel
+from wmenv.optim import adam
 from wmenv.tensor_ops import softmax
 
 Selection = Literal["per_world", "per_batch"]
@@ -160,7 +161,7 @@ def fit_error_predictor(
     predictor.check_model(model)
     c = predictor.config
     device = next(model.parameters()).device
-    optimizer = optimizer if optimizer is not None else torch.optim.Adam(predictor.parameters(), lr=c.lr)
+    optimizer = optimizer if optimizer is not None else adam(predictor.parameters(), lr=c.lr)
     was_training = model.training
     model.eval()
     history: dict[str, list[float]] = {"loss": []}

@@ -1,0 +1,96 @@
+"""One Adam step over a world model's parameters: torch's CPU default (a loop over the tensors), ``foreach`` and the
+fused Adam that `wmenv.optim.adam` builds, in one run.
+
+For each world-model preset (MAMBA's `small` and `smac` on `mpe:simple_spread_v3`, and any others named) the script
+gives every parameter a fixed random gradient and times ``optimizer.step()`` for each implementation in CPU time per
+step after a warm-up, alternating them over rounds, and reports the ratio default / fused (> 1: fused is faster) and
+the largest difference of the parameters after 10 steps from the same start (the update is the same to rounding).
+Prints one JSON line.
+
+Usage:
+    python examples/benchmarks/optimizer_step.py --out benchmarks/optimizer_step/cpu.json
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import tyro
+from report import emit, machine
+
+from wmenv.data.collect import random_replay
+from wmenv.models.registry import build_model
+
+IMPLEMENTATIONS = {"default": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
+"""name -> `torch.optim.Adam` keyword arguments (``default``: what torch picks for CPU tensors, its per-tensor loop)."""
+
+
+@dataclass
+class Args:
+    env_id: str = "mpe:simple_spread_v3"
+    """The env whose spec sizes the models."""
+    models: list[str] = field(default_factory=lambda: ["mamba:small", "mamba:smac"])
+    """``kind:preset`` world models to time."""
+    steps: int = 50
+    """Timed steps per implementation and round."""
+    rounds: int = 3
+    """Alternating rounds over the implementations; the median per step is reported."""
+    out: Path | None = None
+    """Also write the JSON to this file."""
+
+
+def per_step_ms(optimizer: torch.optim.Optimizer, steps: int) -> float:
+    """CPU ms of one ``optimizer.step()`` (gradients already set), after 3 warm-up steps."""
+    for _ in range(3):
+        optimizer.step()
+    start = time.process_time()
+    for _ in range(steps):
+        optimizer.step()
+    return (time.process_time() - start) / steps * 1e3
+
+
+def _model_with_grads(kind: str, preset: str, spec) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = build_model(kind, spec, preset)
+    g = torch.Generator().manual_seed(1)
+    for p in model.parameters():
+        p.grad = torch.randn(p.shape, generator=g)
+    return model
+
+
+def main(args: Args) -> dict:
+    torch.set_num_threads(1)
+    _, spec = random_replay(args.env_id, 50, num_envs=1, seed=0)
+    results = {}
+    for name in args.models:
+        kind, preset = name.split(":")
+        model = _model_with_grads(kind, preset, spec)
+        params = list(model.parameters())
+        row: dict = {"tensors": len(params), "parameters": sum(p.numel() for p in params)}
+        optimizers = {k: torch.optim.Adam(params, lr=1e-4, **kw) for k, kw in IMPLEMENTATIONS.items()}
+        times: dict[str, list[float]] = {k: [] for k in IMPLEMENTATIONS}
+        for _ in range(args.rounds):
+            for k, opt in optimizers.items():
+                times[k].append(per_step_ms(opt, args.steps))
+        ms = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+        row.update({f"{k}_ms": round(v, 3) for k, v in ms.items()})
+        row["default_over_fused"] = round(ms["default"] / ms["fused"], 2)
+        after = {}
+        for k, kw in (("default", IMPLEMENTATIONS["default"]), ("fused", IMPLEMENTATIONS["fused"])):
+            m = _model_with_grads(kind, preset, spec)
+            opt = torch.optim.Adam(m.parameters(), lr=1e-4, **kw)
+            for _ in range(10):
+                opt.step()
+            after[k] = [p.detach().clone() for p in m.parameters()]
+        row["max_abs_diff_after_10_steps"] = max(float((a - b).abs().max()) for a, b in zip(*after.values()))
+        results[name] = row
+    summary = {"benchmark": "optimizer_step", "env_id": args.env_id, "models": results, "threads": 1,
+               "torch": torch.__version__, "machine": machine()}  # fmt: skip
+    return emit(summary, args.out)
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))

@@ -5,7 +5,9 @@ For each world-model preset (MAMBA's `small` and `smac` on `mpe:simple_spread_v3
 gives every parameter a fixed random gradient and times ``optimizer.step()`` for each implementation in CPU time per
 step after a warm-up, alternating them over rounds, and reports the ratio default / fused (> 1: fused is faster) and
 the largest difference of the parameters after 10 steps from the same start (the update is the same to rounding).
-Prints one JSON line.
+With ``--fit-steps N`` it also times whole world-model fit steps (`wmenv.fit.fit`: windows, loss, backward, clip,
+step; the loop's B 16 x T 20 and compiled rows) with the default and the fused Adam, alternating, so the share of the
+optimizer in a fit step is measured in the same process. Prints one JSON line.
 
 Usage:
     python examples/benchmarks/optimizer_step.py --out benchmarks/optimizer_step/cpu.json
@@ -22,6 +24,7 @@ import tyro
 from report import emit, machine
 
 from wmenv.data.collect import random_replay
+from wmenv.fit import FitConfig, fit
 from wmenv.models.registry import build_model
 
 IMPLEMENTATIONS = {"default": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
@@ -38,6 +41,10 @@ class Args:
     """Timed steps per implementation and round."""
     rounds: int = 3
     """Alternating rounds over the implementations; the median per step is reported."""
+    fit_steps: int = 0
+    """Also time this many whole fit steps per implementation and round (0: not)."""
+    fit_compile: str = "steps"
+    """`FitConfig.compile` of those fit steps (the model-based loop's default: ``steps``)."""
     out: Path | None = None
     """Also write the JSON to this file."""
 
@@ -61,9 +68,25 @@ def _model_with_grads(kind: str, preset: str, spec) -> torch.nn.Module:
     return model
 
 
+def fit_step_ms(kind: str, preset: str, replay, spec, args: Args) -> dict[str, float]:
+    """CPU ms per whole fit step with the default and the fused Adam (alternating rounds, the median; one warm-up fit
+    first, which also compiles)."""
+    times: dict[str, list[float]] = {"default": [], "fused": []}
+    cfg = FitConfig(steps=args.fit_steps, batch_size=16, seq_len=20, progress=False, compile=args.fit_compile)
+    for r in range(args.rounds + 1):
+        for k in times:
+            model = _model_with_grads(kind, preset, spec)
+            opt = torch.optim.Adam(model.parameters(), lr=1e-4, **IMPLEMENTATIONS[k])
+            start = time.process_time()
+            fit(model, replay, cfg, optimizer=opt)
+            if r > 0:  # round 0 warms up (and compiles)
+                times[k].append((time.process_time() - start) / args.fit_steps * 1e3)
+    return {k: round(sorted(v)[len(v) // 2], 2) for k, v in times.items()}
+
+
 def main(args: Args) -> dict:
     torch.set_num_threads(1)
-    _, spec = random_replay(args.env_id, 50, num_envs=1, seed=0)
+    replay, spec = random_replay(args.env_id, 2000 if args.fit_steps else 50, num_envs=1, seed=0)
     results = {}
     for name in args.models:
         kind, preset = name.split(":")
@@ -86,6 +109,10 @@ def main(args: Args) -> dict:
                 opt.step()
             after[k] = [p.detach().clone() for p in m.parameters()]
         row["max_abs_diff_after_10_steps"] = max(float((a - b).abs().max()) for a, b in zip(*after.values()))
+        if args.fit_steps:
+            ms = fit_step_ms(kind, preset, replay, spec, args)
+            row["fit_step_ms"] = ms
+            row["fit_step_default_over_fused"] = round(ms["default"] / ms["fused"], 3)
         results[name] = row
     summary = {"benchmark": "optimizer_step", "env_id": args.env_id, "models": results, "threads": 1,
                "torch": torch.__version__, "machine": machine()}  # fmt: skip

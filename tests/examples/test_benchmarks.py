@@ -567,13 +567,16 @@ def test_softmax_benchmark_times_torch_against_the_hand_written_path(tmp_path):
 
 
 def test_optimizer_step_benchmark_times_the_adam_implementations(tmp_path):
-    out = _run("optimizer_step.py", "--models", "mamba:small", "--steps", "2", "--rounds", "1",
-               "--out", str(tmp_path / "o.json"))  # fmt: skip
+    out = _run("optimizer_step.py", "--models", "mamba:small", "--steps", "2", "--rounds", "1", "--fit-steps", "1",
+               "--fit-compile", "off", "--out", str(tmp_path / "o.json"))  # fmt: skip
     assert json.loads((tmp_path / "o.json").read_text()) == out
     row = out["models"]["mamba:small"]
     assert row["tensors"] > 10 and row["parameters"] > 10_000
     assert row["default_over_fused"] == pytest.approx(row["default_ms"] / row["fused_ms"], rel=0.05)
     assert row["max_abs_diff_after_10_steps"] < 1e-6  # the same update to rounding
+    fit_ms = row["fit_step_ms"]
+    assert row["fit_step_default_over_fused"] == pytest.approx(fit_ms["default"] / fit_ms["fused"], rel=0.05)
+    assert min(fit_ms.values()) > row["fused_ms"]  # a whole fit step costs more than its optimizer step
 
 
 def test_a_benchmark_script_imports_the_library_of_its_own_checkout(tmp_path):

@@ -59,6 +59,24 @@ def test_adam_falls_back_to_the_plain_one_where_torch_cannot_fuse(monkeypatch):
     _steps(net, opt, 1)  # and it steps
 
 
+def test_adam_falls_back_with_every_parameter_of_groups_given_as_generators(monkeypatch):
+    """A torch that reads the groups' parameter generators before refusing ``fused`` leaves them empty for the retry
+    unless `adam` holds them as lists."""
+    real = torch.optim.Adam
+
+    def reads_then_refuses(params, **kwargs):
+        if kwargs.get("fused"):
+            for group in params:
+                list(group["params"])
+            raise RuntimeError("`fused=True` requires all the params to be on supported devices")
+        return real(params, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "Adam", reads_then_refuses)
+    net = _net()
+    opt = adam([{"params": net[0].parameters()}, {"params": net[2].parameters(), "lr": 1e-2}], lr=1e-3)
+    assert [len(g["params"]) for g in opt.param_groups] == [2, 2] and [g["lr"] for g in opt.param_groups] == [1e-3, 1e-2]
+
+
 @pytest.mark.parametrize("saved_fused", [True, False])
 def test_loaded_state_keeps_this_optimizers_implementation_and_resumes_the_same_run(saved_fused):
     """A state saved by a fused optimizer loads into a looped one and back; the resumed steps are the unbroken run's."""

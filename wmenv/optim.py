@@ -2,8 +2,8 @@
 
 torch's CPU Adam defaults to a Python loop over the parameter tensors; its fused implementation updates them all in
 one kernel (torch >= 2.4 on the CPU, earlier on CUDA). For the world models' and agents' many small tensors that loop
-is most of an optimizer step: 3.4 vs 0.46 ms per step for MAMBA's `small` model (63 tensors) on one CPU thread, 19.6
-vs 5.4 ms for `smac` (BENCHMARKS.md, "Fused Adam"). Fused and looped Adam compute the same update to float rounding.
+is most of an optimizer step: 4.7x slower than fused for MAMBA's `small` model (63 tensors) on one CPU thread, 2.8x
+for `smac` (BENCHMARKS.md, "Fused Adam"). Fused and looped Adam compute the same update to float rounding.
 """
 
 from __future__ import annotations
@@ -29,13 +29,19 @@ def adam(params: Iterable[torch.Tensor] | Iterable[dict[str, Any]], lr: float, *
     Returns:
         The optimizer; ``optimizer.defaults["fused"]`` says whether it fused.
     """
-    params = list(params)
+    # lists, not iterators, so that a second construction after a refused fused one sees every parameter again
+    params = [dict(p, params=_listed(p["params"])) if isinstance(p, dict) else p for p in params]
     if "fused" in kwargs or "foreach" in kwargs:
         return torch.optim.Adam(params, lr=lr, **kwargs)
     try:
         return torch.optim.Adam(params, lr=lr, fused=True, **kwargs)
     except RuntimeError:  # this torch has no fused Adam for the params' device or dtype: the plain one
         return torch.optim.Adam(params, lr=lr, **kwargs)
+
+
+def _listed(params: torch.Tensor | Iterable[torch.Tensor]) -> list[torch.Tensor]:
+    """A param group's ``params`` as a list (a single tensor is one parameter, as `torch.optim.Optimizer` reads it)."""
+    return [params] if isinstance(params, torch.Tensor) else list(params)
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, state_dict: dict[str, Any]) -> None:

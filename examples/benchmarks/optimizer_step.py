@@ -15,6 +15,7 @@ Usage:
 
 from __future__ import annotations
 
+import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,9 +60,14 @@ def per_step_ms(optimizer: torch.optim.Optimizer, steps: int) -> float:
     return (time.process_time() - start) / steps * 1e3
 
 
-def _model_with_grads(kind: str, preset: str, spec) -> torch.nn.Module:
+def _model(kind: str, preset: str, spec) -> torch.nn.Module:
     torch.manual_seed(0)
-    model = build_model(kind, spec, preset)
+    return build_model(kind, spec, preset)
+
+
+def _model_with_grads(kind: str, preset: str, spec) -> torch.nn.Module:
+    """The model with fixed random gradients, for timing optimizer steps alone."""
+    model = _model(kind, preset, spec)
     g = torch.Generator().manual_seed(1)
     for p in model.parameters():
         p.grad = torch.randn(p.shape, generator=g)
@@ -75,13 +81,13 @@ def fit_step_ms(kind: str, preset: str, replay, spec, args: Args) -> dict[str, f
     cfg = FitConfig(steps=args.fit_steps, batch_size=16, seq_len=20, progress=False, compile=args.fit_compile)
     for r in range(args.rounds + 1):
         for k in times:
-            model = _model_with_grads(kind, preset, spec)
+            model = _model(kind, preset, spec)
             opt = torch.optim.Adam(model.parameters(), lr=1e-4, **IMPLEMENTATIONS[k])
             start = time.process_time()
             fit(model, replay, cfg, optimizer=opt)
             if r > 0:  # round 0 warms up (and compiles)
                 times[k].append((time.process_time() - start) / args.fit_steps * 1e3)
-    return {k: round(sorted(v)[len(v) // 2], 2) for k, v in times.items()}
+    return {k: round(statistics.median_high(v), 2) for k, v in times.items()}
 
 
 def main(args: Args) -> dict:
@@ -98,7 +104,7 @@ def main(args: Args) -> dict:
         for _ in range(args.rounds):
             for k, opt in optimizers.items():
                 times[k].append(per_step_ms(opt, args.steps))
-        ms = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+        ms = {k: statistics.median_high(v) for k, v in times.items()}
         row.update({f"{k}_ms": round(v, 3) for k, v in ms.items()})
         row["default_over_fused"] = round(ms["default"] / ms["fused"], 2)
         after = {}
@@ -110,9 +116,9 @@ def main(args: Args) -> dict:
             after[k] = [p.detach().clone() for p in m.parameters()]
         row["max_abs_diff_after_10_steps"] = max(float((a - b).abs().max()) for a, b in zip(*after.values()))
         if args.fit_steps:
-            ms = fit_step_ms(kind, preset, replay, spec, args)
-            row["fit_step_ms"] = ms
-            row["fit_step_default_over_fused"] = round(ms["default"] / ms["fused"], 3)
+            fit_ms = fit_step_ms(kind, preset, replay, spec, args)
+            row["fit_step_ms"] = fit_ms
+            row["fit_step_default_over_fused"] = round(fit_ms["default"] / fit_ms["fused"], 3)
         results[name] = row
     summary = {"benchmark": "optimizer_step", "env_id": args.env_id, "models": results, "threads": 1,
                "torch": torch.__version__, "machine": machine()}  # fmt: skip

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import random
+import warnings
 import zlib
 from pathlib import Path
 from typing import Any
@@ -30,16 +31,33 @@ RUN_STATE_FORMAT = 1
 
 
 def global_rng_state() -> dict[str, Any]:
-    """Python's, NumPy's and torch's global random streams (what `agents.train.seed_everything` seeds)."""
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Python's, NumPy's and torch's global random streams (what `agents.train.seed_everything` seeds), with every
+    CUDA device's where this process has initialised CUDA (dropout and unseeded draws on a GPU use those; ``None``
+    otherwise, so a CPU run never starts CUDA to save it)."""
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(), "cuda": cuda}
 
 
 def set_global_rng_state(state: dict[str, Any]) -> None:
     """Continue the global random streams `global_rng_state` saved (torch's state back on the CPU, where it lives,
-    should a run state have been loaded onto a GPU)."""
+    should a run state have been loaded onto a GPU). The CUDA streams continue where this machine has as many CUDA
+    devices as the saving one; elsewhere (a GPU run resumed on a CPU, say) a warning says the resume is not exact.
+    Run states from before CUDA streams were saved have no ``"cuda"`` entry."""
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"].cpu())
+    cuda = state.get("cuda")
+    if cuda is None:
+        return
+    have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if have != len(cuda):
+        warnings.warn(
+            f"the run state holds {len(cuda)} CUDA random stream(s) but this machine has {have} CUDA device(s): "
+            "they are not restored, so draws on a GPU (dropout) differ from the unbroken run's",
+            stacklevel=2,
+        )
+        return
+    torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
 
 
 def save_run_state(folder: str | Path, vec: Any, **parts: Any) -> None:

@@ -58,3 +58,46 @@ def test_to_device_moves_every_tensor_in_nested_containers():
     moved = to_device({"carry": carry, "n": 3}, "meta")
     assert moved["n"] == 3 and moved["carry"].obs.device.type == "meta"
     assert moved["carry"].critic_state["h"][1][0].device.type == "meta"
+
+
+def test_cuda_random_streams_are_saved_where_cuda_is_initialised_and_restored_only_onto_as_many_devices(monkeypatch):
+    """No GPU here: torch.cuda's state functions are replaced by recorders, so what is pinned is which streams a run
+    state carries and when they are put back, not CUDA itself (the `cuda`-marked loop tests run it on a GPU)."""
+    from agents import resume
+
+    streams = [torch.arange(16, dtype=torch.uint8), torch.arange(16, 32, dtype=torch.uint8)]
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    assert resume.global_rng_state()["cuda"] is None  # a CPU run does not start CUDA to save it
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [s.clone() for s in streams])
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: restored.append(states))
+    state = resume.global_rng_state()
+    assert [torch.equal(a, b) for a, b in zip(state["cuda"], streams, strict=True)] == [True, True]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    resume.set_global_rng_state(state)
+    assert len(restored) == 1 and all(torch.equal(a, b) for a, b in zip(restored[0], streams, strict=True))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.warns(UserWarning, match=r"2 CUDA random stream\(s\) but this machine has 1 CUDA device"):
+        resume.set_global_rng_state(state)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.warns(UserWarning, match="has 0 CUDA device"):
+        resume.set_global_rng_state(state)
+    assert len(restored) == 1
+    resume.set_global_rng_state({k: v for k, v in state.items() if k != "cuda"})  # a run state from before this entry
+    assert len(restored) == 1
+
+
+def test_the_global_streams_continue_through_a_saved_run_state(tmp_path):
+    from agents.resume import set_global_rng_state
+
+    vec = VecEnv("mpe:simple_spread_v3", num_envs=1, seed=0)
+    vec.reset()
+    torch.manual_seed(3)
+    save_run_state(tmp_path, vec)
+    expected = torch.rand(4)
+    torch.manual_seed(99)
+    set_global_rng_state(load_run_state(tmp_path)["rng"])
+    assert torch.equal(torch.rand(4), expected)
+    vec.close()

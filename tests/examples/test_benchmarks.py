@@ -591,3 +591,27 @@ def test_a_benchmark_script_imports_the_library_of_its_own_checkout(tmp_path):
     proc = subprocess.run([sys.executable, str(bench / "where.py")], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert Path(proc.stdout.strip()) == tmp_path / "checkout" / "wmenv" / "__init__.py"
+
+
+def test_mag_selection_statistics_by_hand():
+    mod = _benchmark_module("mag_selection")
+    # L = 2 candidates, B = 3 worlds; sums over worlds 6 and 5: per batch keeps candidate 1 for all
+    score = torch.tensor([[1.0, 2.0, 3.0], [3.0, 1.0, 1.0]])
+    stats = mod.selection_stats(score)
+    assert stats["agreement"] == pytest.approx(2 / 3)  # worlds 1 and 2 have candidate 1 as their own argmin
+    std = score.std(0)  # per world: |difference| / sqrt(2)
+    mean = score.mean(0)
+    assert stats["gain_per_world"] == pytest.approx(float(((mean - score.min(0).values) / std).mean()))
+    assert stats["gain_per_batch"] == pytest.approx(float(((mean - score[1]) / std).mean()))
+    assert stats["gain_per_batch"] < stats["gain_per_world"]
+    tied = mod.selection_stats(torch.tensor([[1.0, 2.0], [1.0, 3.0]]))  # world 0's candidates tie: out of the gains
+    assert tied["gain_per_world"] == pytest.approx(float((2.5 - 2.0) / torch.tensor([2.0, 3.0]).std()))
+
+
+def test_mag_selection_benchmark_compares_both_picks_on_the_dreams_scores(tmp_path):
+    out = _run("mag_selection.py", "--train-steps", "300", "--fit-steps", "5", "--worlds", "16", "--lookahead", "2",
+               "--steps", "2", "--out", str(tmp_path / "m.json"))  # fmt: skip
+    assert json.loads((tmp_path / "m.json").read_text()) == out
+    assert out["steps"] == 2 and len(out["per_step"]) == 2 and out["chance_agreement"] == 0.25
+    assert 0.0 <= out["agreement"] <= 1.0
+    assert out["gain_per_world"] >= out["gain_per_batch"]  # per world keeps each world's minimum

@@ -29,7 +29,7 @@ from torch import Tensor
 from agents.policies import make_policy
 from wmenv.data.collect import random_replay
 from wmenv.dream import DreamVecEnv
-from wmenv.dream.mag import ErrorPredictor, MAGConfig, MAGPlanner, fit_error_predictor
+from wmenv.dream.mag import ErrorPredictor, MAGConfig, MAGPlanner, fit_error_predictor, pick_candidates
 from wmenv.fit import FitConfig, fit
 from wmenv.models.mamba_wm import MAMBAWorldModel, preset
 
@@ -62,15 +62,15 @@ class Args:
 
 def selection_stats(score: Tensor) -> dict[str, float]:
     """Per-batch against per-world selection on one step's lookahead scores (L, B): the agreement and the two gains
-    (module docstring). Worlds whose candidates all score the same are left out of the gains."""
-    per_batch = score.sum(1).argmin()
+    (module docstring), with the planner's own rule for each pick. Worlds whose candidates all score the same are left
+    out of the gains."""
+    picks = {s: pick_candidates(score, s) for s in ("per_batch", "per_world")}  # (B,) each
+    kept = {s: score.gather(0, pick[None]).squeeze(0) for s, pick in picks.items()}  # (B,) each
     mean, std = score.mean(0), score.std(0)
     spread = std > 0
-    gain = lambda kept: float(((mean - kept) / std)[spread].mean())  # noqa: E731
     return {
-        "agreement": float((score.argmin(0) == per_batch).float().mean()),
-        "gain_per_batch": gain(score[per_batch]),
-        "gain_per_world": gain(score.min(0).values),
+        "agreement": float((picks["per_world"] == picks["per_batch"]).float().mean()),
+        **{f"gain_{s}": float(((mean - k) / std)[spread].mean()) for s, k in kept.items()},
     }
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from agents.mappo import MAPPOConfig
-from agents.resume import RUN_STATE, load_run_state, save_run_state
+from agents.resume import RUN_STATE, load_run_state, save_run_state, set_global_rng_state
 from agents.train import TrainConfig, latest_checkpoint, train
 from wmenv.envs.snapshot import SnapshotError
 from wmenv.envs.vector import VecEnv
@@ -90,8 +90,6 @@ def test_cuda_random_streams_are_saved_where_cuda_is_initialised_and_restored_on
 
 
 def test_the_global_streams_continue_through_a_saved_run_state(tmp_path):
-    from agents.resume import set_global_rng_state
-
     vec = VecEnv("mpe:simple_spread_v3", num_envs=1, seed=0)
     vec.reset()
     torch.manual_seed(3)

@@ -181,6 +181,14 @@ def fit_error_predictor(
     return history
 
 
+def pick_candidates(score: Tensor, selection: Selection) -> Tensor:
+    """Which candidate each world keeps: score (L, B) lookahead scores -> (B,) int64. ``"per_world"``: each world's
+    lowest; ``"per_batch"``: the one index whose score summed over the B worlds is lowest, for every world."""
+    if selection == "per_world":
+        return score.argmin(0)
+    return score.sum(1).argmin().expand(score.shape[1])
+
+
 def select_rows(x: Tensor, pick: Tensor, candidates: int) -> Tensor:
     """Rows (L·B, ...) ordered (l b) -> (B, ...): world b takes candidate ``pick[b]``."""
     stacked = rearrange(x, "(l b) ... -> l b ...", l=candidates)
@@ -245,17 +253,13 @@ class MAGPlanner:
             view: ``view(state, pred) -> (obs (B, N, F), critic state, action mask (B, N, A) bool)``, as the learner sees.
         """
         c = self.config
-        L, B = c.candidates, actions.shape[0]
+        L = c.candidates
         if L == 1:
             return model.imagine(state, actions, generator, decode, present=present)
         tile = lambda x: repeat(x, "b ... -> (l b) ...", l=L)  # noqa: E731
         cand, pred = model.imagine({k: tile(v) for k, v in state.items()}, tile(actions), generator, decode, tile(present))
         score = self._lookahead(model, cand, pred, tile(present), view, decode)  # (L·B,)
-        score = rearrange(score, "(l b) -> l b", l=L)
-        if c.selection == "per_world":
-            pick = score.argmin(0)  # (B,)
-        else:
-            pick = score.sum(1).argmin().expand(B)
+        pick = pick_candidates(rearrange(score, "(l b) -> l b", l=L), c.selection)  # (B,)
         chosen = {k: select_rows(v, pick, L) for k, v in cand.items()}
         fields = {f: getattr(pred, f) for f in ("reward", "cont", "action_mask", "obs")}
         return chosen, Prediction(**{f: None if v is None else select_rows(v, pick, L) for f, v in fields.items()})

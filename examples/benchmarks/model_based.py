@@ -1,4 +1,5 @@
-"""Sample efficiency: model-based MAPPO (MAMBA world model, actor trained in the dream) vs model-free MAPPO.
+"""Sample efficiency: model-based MAPPO (a registered world model, ``--run.model-kind``; actor trained in the dream) vs
+model-free MAPPO.
 
 Runs `agents.model_based.run` once per seed and records the greedy real-env return against the real
 env steps taken. The model-free reference is the curve of ``examples/benchmarks/mappo_baseline.py`` for the
@@ -181,8 +182,17 @@ def compare(runs: list[dict], references: list[dict], random: float | None = Non
     }
 
 
-def plot(path: Path, env_id: str, runs: list[dict], references: list[dict], numbers: dict) -> None:
-    """Return vs real env steps (log x): model-based seeds and their mean, each model-free mean with its min-max band."""
+def curve_label(run: dict) -> str:
+    """The model-based curve's legend from the run settings: world model kind and preset, MAG rollouts if used (result
+    JSONs from before the kinds were registered ran MAMBA's model)."""
+    kind, preset = run.get("model_kind", "mamba"), run.get("model", "small")
+    mag = ", MAG rollouts" if run.get("rollout", "sample") == "mag" else ""
+    return f"model-based, {kind.upper()} world model ({preset}{mag})"
+
+
+def plot(path: Path, env_id: str, runs: list[dict], references: list[dict], numbers: dict, label: str) -> None:
+    """Return vs real env steps (log x): model-based seeds and their mean (``label``), each model-free mean with its
+    min-max band."""
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     for i, ref in enumerate(references):
         mf = np.array([[v for _, v in r["eval_returns"]] for r in ref["runs"]])
@@ -197,7 +207,7 @@ def plot(path: Path, env_id: str, runs: list[dict], references: list[dict], numb
         s = np.array([x for x, _ in r["eval_returns"]], dtype=float)
         ax.plot(s[s > 0], [v for x, v in r["eval_returns"] if x > 0], color="C1", alpha=0.25, lw=0.8)
     ax.plot(steps[steps > 0], mean[steps > 0], color="C1", lw=2, marker="o", ms=2,
-            label=f"model-based, MAMBA world model ({len(runs)} seeds; thin: each seed)")  # fmt: skip
+            label=f"{label}: {len(runs)} seeds; thin: each seed")  # fmt: skip
     ax.axhline(numbers["target"], color="k", ls=":", lw=1, label=f"model-free final return {numbers['target']:.2f}")
     ax.set_xscale("log")
     ax.set_xlabel("real env steps")
@@ -239,7 +249,7 @@ def write_results(out: Path, args_summary: dict, runs: list[dict], reference_pat
     tag = env_id.replace(":", "_")
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{tag}.json").write_text(json.dumps({"summary": summary, "runs": runs}, indent=1))
-    plot(out / f"{tag}.png", env_id, runs, references, numbers)
+    plot(out / f"{tag}.png", env_id, runs, references, numbers, curve_label(args_summary["run"]))
     return emit(summary, None)
 
 

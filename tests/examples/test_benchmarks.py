@@ -238,6 +238,15 @@ def test_model_based_compare_counts_steps_to_each_level():
     assert both["mf_at_same_steps"] == -29.0  # at the budget, 30 steps, on the early run: -30 + 5 / 25 * 5
 
 
+def test_model_based_plot_names_the_world_model_the_runs_used():
+    mb = _benchmark_module("model_based")
+    assert mb.curve_label({"model_kind": "mabl", "model": "small", "rollout": "sample"}) == (
+        "model-based, MABL world model (small)")  # fmt: skip
+    assert mb.curve_label({"model_kind": "mamba", "model": "smac", "rollout": "mag"}) == (
+        "model-based, MAMBA world model (smac, MAG rollouts)")  # fmt: skip
+    assert mb.curve_label({"model": "small"}) == "model-based, MAMBA world model (small)"  # JSONs from before the kinds
+
+
 def test_model_based_benchmark_runs_seeds_and_merges(tmp_path):
     common = ["--run.iterations", "1", "--run.real-steps", "50", "--run.num-envs", "2", "--run.fit.steps", "3",
               "--run.fit.batch-size", "2", "--run.dream-worlds", "4", "--run.dream-updates", "1",

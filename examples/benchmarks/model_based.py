@@ -207,7 +207,7 @@ def plot(path: Path, env_id: str, runs: list[dict], references: list[dict], numb
         s = np.array([x for x, _ in r["eval_returns"]], dtype=float)
         ax.plot(s[s > 0], [v for x, v in r["eval_returns"] if x > 0], color="C1", alpha=0.25, lw=0.8)
     ax.plot(steps[steps > 0], mean[steps > 0], color="C1", lw=2, marker="o", ms=2,
-            label=f"{label}: {len(runs)} seeds; thin: each seed")  # fmt: skip
+            label=f"{label}: {len(runs)} seed{'s' * (len(runs) > 1)}; thin: each seed")  # fmt: skip
     ax.axhline(numbers["target"], color="k", ls=":", lw=1, label=f"model-free final return {numbers['target']:.2f}")
     ax.set_xscale("log")
     ax.set_xlabel("real env steps")

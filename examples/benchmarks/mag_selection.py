@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 import tyro
+from einops import rearrange
 from report import emit, machine
 from torch import Tensor
 
@@ -91,7 +92,7 @@ def main(args: Args) -> dict:
 
     def recorded(*a, **kw) -> Tensor:
         score = lookahead(*a, **kw)
-        scores.append(score.view(args.candidates, -1).clone())
+        scores.append(rearrange(score, "(l b) -> l b", l=args.candidates).clone())  # as the planner reads it
         return score
 
     planner._lookahead = recorded

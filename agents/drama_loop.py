@@ -154,7 +154,7 @@ def evaluate(model, learner: DreamerAC, cfg: DRAMALoopConfig, seed: int) -> floa
 
 
 def _save(run_dir: Path, name: str, model, wm_optim, learner: DreamerAC, replay: EpisodeReplay, dfs: DFS | None,
-          generator: torch.Generator, counters: dict, curve: list, cfg: DRAMALoopConfig, vec: VecEnv,
+          generator: torch.Generator, counters: dict, curve: list, cpu: dict, cfg: DRAMALoopConfig, vec: VecEnv,
           collector: Collector, filters: AgentFilters) -> Path:  # fmt: skip
     """Write ``checkpoints/<name>`` atomically, point ``checkpoints/latest`` at it, keep the newest
     ``cfg.keep_checkpoints`` and the ``cfg.keep_every`` milestones (`agents.train.write_checkpoint`)."""
@@ -168,15 +168,16 @@ def _save(run_dir: Path, name: str, model, wm_optim, learner: DreamerAC, replay:
             dfs=None if dfs is None else dfs.state_dict(), generator=generator.get_state(),
             collector=(collector.step, collector.recorder), filters=filters.get_state(),
         )  # fmt: skip
-        loop = {"counters": counters, "curve": curve, "config": dataclasses.asdict(cfg)}
+        loop = {"counters": counters, "curve": curve, "cpu": cpu, "config": dataclasses.asdict(cfg)}
         (tmp / "loop.json").write_text(json.dumps(loop))
 
     return write_checkpoint(run_dir, name, fill, cfg.keep_checkpoints, cfg.keep_every)
 
 
 def run(cfg: DRAMALoopConfig) -> dict[str, Any]:
-    """Train (or continue, with ``cfg.resume``) a DRAMA run; returns the evaluation curve, the counters and this
-    process's CPU seconds per phase (collect, fit, actor_critic, evaluate, checkpoint), also in ``result.json``."""
+    """Train (or continue, with ``cfg.resume``) a DRAMA run; returns the evaluation curve, the counters and the CPU
+    seconds per phase (collect, fit, actor_critic, evaluate, checkpoint; summed over the processes that resumed the run,
+    up to the last checkpoint of each), also in ``result.json``."""
     seed_everything(cfg.seed)
     run_dir = Path(cfg.run_dir)
     for folder in (run_dir, run_dir / "checkpoints", run_dir / REPLAY_SEGMENTS):
@@ -188,6 +189,7 @@ def run(cfg: DRAMALoopConfig) -> dict[str, Any]:
     learner = DreamerAC(model.feature_widths()[0], spec.n_actions, cfg.ac)
     generator = torch.Generator().manual_seed(cfg.seed)
     counters, curve = {"iteration": 0, "env_steps": 0, "fit_steps": 0, "ac_updates": 0}, []
+    cpu = dict.fromkeys(("collect", "fit", "actor_critic", "evaluate", "checkpoint"), 0.0)  # CPU seconds, all processes
     ckpt = latest_checkpoint(run_dir) if cfg.resume else None
     if ckpt is not None:
         model.load_state_dict(load_model(ckpt / "world_model", spec, kind="drama").state_dict())
@@ -203,6 +205,7 @@ def run(cfg: DRAMALoopConfig) -> dict[str, Any]:
         generator.set_state(state["generator"])
         loop = json.loads((ckpt / "loop.json").read_text())
         counters, curve = loop["counters"], [tuple(p) for p in loop["curve"]]
+        cpu.update(loop.get("cpu", {}))  # checkpoints from before 2026-12-05 did not keep them
     else:
         replay, state = EpisodeReplay(ReplayConfig(capacity=cfg.capacity, seed=cfg.seed), spec=spec), None
     dfs, starts = None, replay
@@ -218,7 +221,6 @@ def run(cfg: DRAMALoopConfig) -> dict[str, Any]:
         filters.set_state(state["filters"])
     writer = SummaryWriter(str(run_dir), purge_step=counters["env_steps"] + 1 if ckpt is not None else 0)
     start = time.perf_counter()
-    cpu = dict.fromkeys(("collect", "fit", "actor_critic", "evaluate", "checkpoint"), 0.0)  # this process's CPU seconds
 
     def timed(phase: str, fn, *args, **kwargs):
         began = time.process_time()
@@ -251,7 +253,7 @@ def run(cfg: DRAMALoopConfig) -> dict[str, Any]:
                 writer.add_scalar("eval/episode_return", curve[-1][1], counters["env_steps"])
             counters["iteration"] = it + 1
             timed("checkpoint", _save, run_dir, f"step_{counters['env_steps']:012d}", model, wm_optim, learner, replay,
-                  dfs, generator, counters, curve, cfg, vec, collector, filters)  # fmt: skip
+                  dfs, generator, counters, curve, cpu, cfg, vec, collector, filters)  # fmt: skip
             bar.update(1)
             if curve:
                 bar.set_postfix(ret=f"{curve[-1][1]:.1f}", refresh=False)

@@ -125,16 +125,21 @@ def ratio(model_free: float | None, model_based: float | None) -> float | None:
     return None if model_free is None or model_based is None else round(model_free / max(model_based, 1.0), 2)
 
 
-def random_return(env_id: str, episodes: int, seed: int, **kwargs: object) -> float:
-    """Mean return per agent of uniformly random available (or in-bounds continuous) actions over ``episodes`` seeded
-    episodes."""
+def random_returns(env_id: str, episodes: int, seed: int, **kwargs: object) -> list[float]:
+    """Return per agent of each of ``episodes`` episodes of uniformly random available (or in-bounds continuous)
+    actions, the env seeded with ``seed``."""
     rng, returns = np.random.default_rng(seed), []
     with VecEnv(env_id, num_envs=1, seed=seed, **kwargs) as vec:
         step = vec.reset()
         while len(returns) < episodes:
             step = vec.step(random_actions(vec.spec, step.action_mask, rng))
             returns += step.episode_return[step.done].mean(-1).tolist()
-    return float(np.mean(returns))
+    return returns[:episodes]
+
+
+def random_return(env_id: str, episodes: int, seed: int, **kwargs: object) -> float:
+    """Mean of `random_returns`."""
+    return float(np.mean(random_returns(env_id, episodes, seed, **kwargs)))
 
 
 def compare(runs: list[dict], references: list[dict], random: float | None = None) -> dict:

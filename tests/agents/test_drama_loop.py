@@ -36,7 +36,10 @@ def test_trains_after_warmup_checkpoints_and_resumes(tmp_path):
     saved = json.loads((tmp_path / "result.json").read_text())
     assert saved["counters"] == again["counters"]
     assert set(saved["cpu_seconds"]) == {"collect", "fit", "actor_critic", "evaluate", "checkpoint"}
-    assert all(v > 0 for v in saved["cpu_seconds"].values())  # this process's own CPU time per phase
+    assert all(v > 0 for v in saved["cpu_seconds"].values())
+    # CPU seconds are the run's, not the last process's: the resumed run starts from the first one's totals
+    for phase in ("collect", "fit", "actor_critic", "evaluate"):  # all spent before the first run's last checkpoint
+        assert again["cpu_seconds"][phase] > first["cpu_seconds"][phase]
 
 
 def test_same_seed_same_run_and_a_resumed_run_is_the_uninterrupted_one(tmp_path):

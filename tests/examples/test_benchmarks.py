@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import tyro
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -431,6 +432,45 @@ def test_drama_world_model_benchmark_projects_from_measured_costs(tmp_path):
     assert r["params"] > 0 and r["fit_step_s"] > 0 and r["imagine_batch_s"] > 0 and r["fit_gflops"] > 0
     hours = 1000 * (r["fit_step_s"] + r["imagine_batch_s"] + 1 / out["env_steps_per_s"]) / 3600
     assert r["projected_hours"] == pytest.approx(hours, abs=0.006)  # rounded to 2 decimals from unrounded inputs
+
+
+def test_drama_atari_runs_each_sampler_and_seed_and_reports_them_paired(tmp_path):
+    pytest.importorskip("ale_py")
+    tiny = ["--run.env-kwargs", "screen_size", "16", "--run.iterations", "2", "--run.real-steps", "32",
+            "--run.warmup-steps", "32", "--run.fit-steps", "1", "--run.batch-size", "2", "--run.seq-len", "16",
+            "--run.ac-updates", "1", "--run.worlds", "4", "--run.context", "2", "--run.ac.horizon", "3",
+            "--run.ac.layers", "1", "--run.ac.actor-hidden", "8", "--run.ac.critic-hidden", "8",
+            "--run.eval-max-steps", "10", "--random-episodes", "2", "--out", str(tmp_path)]  # fmt: skip
+    out = _run("drama_atari.py", "--games", "Breakout", "--seeds", "3", *tiny)
+    data = json.loads((tmp_path / "drama_atari.json").read_text())
+    assert data["summary"] == out and out["unfinished"] == []
+    breakout = out["games"]["Breakout"]
+    assert breakout["paper"] is None  # not in DRAMA's Table 1 as quoted
+    runs = {(r["sampler"], r["seed"]): r for r in data["runs"]["Breakout"]}
+    assert sorted(runs) == [("dfs", 3), ("uniform", 3)]
+    final = {k: float(np.mean([v for _, v in r["eval_returns"][-3:]])) for k, r in runs.items()}
+    paired = breakout["final_dfs_minus_uniform_by_seed"]
+    assert paired == {"3": pytest.approx(final["dfs", 3] - final["uniform", 3], abs=0.006)}
+    dfs = breakout["samplers"]["dfs"]
+    assert dfs["seeds"] == [3] and dfs["env_steps"] == 64 and dfs["final_mean"] == pytest.approx(final["dfs", 3], abs=0.006)
+    assert dfs["cpu_s_per_1k_steps"]["fit"] > 0 and dfs["cpu_s_per_1k_steps"]["total"] > 0
+    mb = _benchmark_module("model_based")
+    random = [mb.random_returns("atari:Breakout", 1, 1_000_000 + e, screen_size=16)[0] for e in range(2)]
+    assert breakout["random_mean"] == pytest.approx(np.mean(random), abs=0.006)
+    # runs of one game made with other settings are not averaged together
+    da = _benchmark_module("drama_atari")
+    result = tmp_path / "parts" / "Breakout_uniform_seed3" / "result.json"
+    result.write_text(result.read_text().replace('"fit_steps": 1,', '"fit_steps": 3,'))
+    with pytest.raises(ValueError, match=r"Breakout_uniform_seed3/result.json was made with other settings .*"
+                                         r"fit_steps 3, expected 1"):  # fmt: skip
+        da.main(tyro.cli(da.Args, args=["--report-only", *tiny]))
+    # a finished run is read, not run again; a run without its result is reported as unfinished, with its steps
+    stamp = (tmp_path / "parts" / "Breakout_dfs_seed3" / "result.json").stat().st_mtime_ns
+    result.unlink()
+    again = da.main(tyro.cli(da.Args, args=["--games", "Breakout", "--seeds", "3", "--samplers", "dfs", *tiny]))
+    assert again["unfinished"] == ["Breakout_uniform_seed3 (64 env steps)"]
+    assert list(again["games"]["Breakout"]["samplers"]) == ["dfs"]
+    assert (tmp_path / "parts" / "Breakout_dfs_seed3" / "result.json").stat().st_mtime_ns == stamp
 
 
 def test_event_visibility_probes_score_every_input(tmp_path):

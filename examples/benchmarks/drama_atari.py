@@ -1,0 +1,223 @@
+"""DRAMA end to end on Atari at the budget a CPU allows (issue 16, item 6): the greedy return against real env steps for
+each game, seed and start sampler (DRAMA's DFS or uniform), beside random play measured in the same run and the paper's
+Atari100k scores.
+
+Each (game, sampler, seed) is one `agents.drama_loop.run` in ``<out>/parts/<Game>_<sampler>_seed<s>``: a checkpoint
+every iteration; started again, an interrupted run resumes and a finished one is read, not run again. Runs with the same
+seed share their warm-up data and initial weights, so the samplers are compared seed by seed. Reported per game and
+sampler: the final return (mean of a run's last 3 evaluations; mean ± std over seeds), the mean of all its trained
+evaluations, the best, and the CPU seconds per 1,000 env steps by phase; per game, random play's return on the
+evaluation's env seeds and DRAMA's Table 1 (random, human, PPO and DRAMA at 100k steps).
+
+Writes ``<out>/drama_atari.json`` and ``<out>/drama_atari.png`` and prints one JSON line.
+
+Usage:
+    python examples/benchmarks/drama_atari.py --games Boxing Pong --seeds 0 1 --samplers dfs uniform
+    # one process per core, each a share of the runs, then the report of every finished run in <out>/parts:
+    python examples/benchmarks/drama_atari.py --games Boxing --seeds 0 --samplers dfs uniform &
+    python examples/benchmarks/drama_atari.py --games Boxing --seeds 1 --samplers dfs uniform &
+    python examples/benchmarks/drama_atari.py --report-only
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import matplotlib
+import numpy as np
+import torch
+import tyro
+from model_based import BOOKKEEPING, differences, last3, mean_curve, random_returns, smooth
+from report import emit, machine
+
+from agents.drama_loop import DRAMALoopConfig, run
+from agents.train import latest_checkpoint
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+PAPER = {
+    "Boxing": {"random": 0.0, "human": 12.0, "ppo_100k": 3.0, "drama_100k": 78.0},
+    "Pong": {"random": -21.0, "human": 15.0, "ppo_100k": -20.0, "drama_100k": 15.0},
+}
+"""DRAMA's Table 1 (Atari100k: 100k env steps, frame skip 4), per game."""
+
+PER_RUN = ("env_id", "sampler", "seed", "run_dir", "resume", "progress")
+"""Run settings each run sets for itself; the rest (but `BOOKKEEPING`) must agree among a game's runs."""
+
+EVAL_SEED = 1_000_000
+"""`agents.drama_loop.evaluate` plays evaluation episode e of seed s on env seed s + EVAL_SEED + e."""
+
+
+@dataclass
+class Args:
+    """Benchmark settings."""
+
+    games: list[str] = field(default_factory=lambda: ["Boxing", "Pong"])
+    """Atari games (``atari:<Game>`` ids; the report quotes the paper for those in its Table 1)."""
+    seeds: list[int] = field(default_factory=lambda: [0, 1])
+    """One run per seed, game and sampler."""
+    samplers: list[Literal["dfs", "uniform"]] = field(default_factory=lambda: ["dfs", "uniform"])
+    """Window and imagination starts: DRAMA's DFS and/or uniform."""
+    out: str = "benchmarks/drama_atari"
+    """Output folder: the runs under ``parts/``, the JSON and PNG."""
+    random_episodes: int = 10
+    """Random-play episodes per game, on the env seeds the evaluations use."""
+    torch_threads: int = 1
+    """torch threads for the runs (1 lets two processes share a 2-core machine)."""
+    report_only: bool = False
+    """Do not run: report every finished run found in ``<out>/parts``."""
+    run: DRAMALoopConfig = field(default_factory=lambda: DRAMALoopConfig(iterations=40, progress=False))
+    """The loop's settings (``--run.iterations``, ``--run.fit-steps``, ...; env, sampler and seed are set per run)."""
+
+
+def run_dir(out: Path, game: str, sampler: str, seed: int) -> Path:
+    """Where one run lives."""
+    return out / "parts" / f"{game}_{sampler}_seed{seed}"
+
+
+def finished(folder: Path, iterations: int | None = None) -> dict | None:
+    """The run's ``result.json`` if it finished (``iterations`` of them, when given), else None."""
+    path = folder / "result.json"
+    if not path.exists():
+        return None
+    result = json.loads(path.read_text())
+    done = result["counters"]["iteration"]
+    return result if done >= (iterations or result["config"]["iterations"]) else None
+
+
+def run_all(args: Args, out: Path) -> None:
+    """Run (or resume) every game × sampler × seed not yet finished at ``args.run.iterations``."""
+    torch.set_num_threads(args.torch_threads)
+    for game in args.games:
+        for sampler in args.samplers:
+            for seed in args.seeds:
+                folder = run_dir(out, game, sampler, seed)
+                if finished(folder, args.run.iterations) is None:
+                    run(dataclasses.replace(args.run, env_id=f"atari:{game}", sampler=sampler, seed=seed,
+                                            run_dir=str(folder), resume=True, progress=False))  # fmt: skip
+
+
+def protocol(config: dict) -> dict:
+    """What makes runs of one game comparable: their settings but `PER_RUN` and `BOOKKEEPING`."""
+    return {k: v for k, v in config.items() if k not in PER_RUN + BOOKKEEPING}
+
+
+def collect_runs(out: Path) -> tuple[dict[str, list[dict]], list[str]]:
+    """Finished runs in ``<out>/parts`` by game (sorted by sampler and seed), and the unfinished ones' names with the
+    env steps they reached.
+
+    Raises:
+        ValueError: two runs of one game made with other settings, naming the file and the differences.
+    """
+    games: dict[str, list[dict]] = {}
+    unfinished = []
+    for folder in sorted(p for p in (out / "parts").glob("*") if p.is_dir()):
+        result = finished(folder)
+        if result is None:
+            latest = latest_checkpoint(folder)
+            steps = 0 if latest is None else json.loads((latest / "loop.json").read_text())["counters"]["env_steps"]
+            unfinished.append(f"{folder.name} ({steps} env steps)")
+            continue
+        cfg = result["config"]
+        runs = games.setdefault(cfg["env_id"].removeprefix("atari:"), [])
+        if runs and (diff := differences(protocol(cfg), protocol(runs[0]["config"]))):
+            text = "; ".join(f"{k} {v!r}, expected {w!r}" for k, v, w in diff)
+            raise ValueError(f"runs: {folder / 'result.json'} was made with other settings than {runs[0]['folder']}: {text}")
+        runs.append({"folder": str(folder), "sampler": cfg["sampler"], "seed": cfg["seed"], **result})
+    for runs in games.values():
+        runs.sort(key=lambda r: (r["sampler"], r["seed"]))
+    return games, unfinished
+
+
+def summarize(runs: list[dict], random: list[float], game: str) -> dict:
+    """One game's numbers (module docstring) from its finished runs and random play's returns."""
+    samplers = {}
+    for sampler in dict.fromkeys(r["sampler"] for r in runs):
+        mine = [r for r in runs if r["sampler"] == sampler]
+        finals = [last3(r) for r in mine]
+        steps = sum(r["counters"]["env_steps"] for r in mine)
+        cpu = {k: round(1000 * sum(r["cpu_seconds"][k] for r in mine) / steps, 1) for k in mine[0]["cpu_seconds"]}
+        samplers[sampler] = {
+            "seeds": [r["seed"] for r in mine],
+            "final_by_seed": [round(f, 2) for f in finals],
+            "final_mean": round(float(np.mean(finals)), 2),
+            "final_std": round(float(np.std(finals)), 2),
+            "mean_of_evaluations": round(float(np.mean([v for r in mine for _, v in r["eval_returns"]])), 2),
+            "best_evaluation": max(v for r in mine for _, v in r["eval_returns"]),
+            "env_steps": mine[0]["counters"]["env_steps"],
+            "cpu_s_per_1k_steps": {**cpu, "total": round(sum(cpu.values()), 1)},
+        }
+    summary = {"random_mean": round(float(np.mean(random)), 2), "random_std": round(float(np.std(random)), 2),
+               "random_episodes": len(random), "samplers": samplers, "paper": PAPER.get(game)}  # fmt: skip
+    if {"dfs", "uniform"} <= samplers.keys():
+        by_seed = {r["seed"]: {} for r in runs}
+        for r in runs:
+            by_seed[r["seed"]][r["sampler"]] = last3(r)
+        paired = {s: round(v["dfs"] - v["uniform"], 2) for s, v in by_seed.items() if len(v) == 2}
+        summary["final_dfs_minus_uniform_by_seed"] = paired
+    return summary
+
+
+def plot(path: Path, games: dict[str, list[dict]], numbers: dict[str, dict]) -> None:
+    """Greedy return vs real env steps, one panel per game: each sampler's seeds (thin) and their mean (thick, running
+    mean of 3 evaluations), random play's mean (dashed)."""
+    fig, axes = plt.subplots(1, len(games), figsize=(6.5 * len(games), 4.2), squeeze=False)
+    for ax, (game, runs) in zip(axes[0], games.items()):
+        for i, sampler in enumerate(numbers[game]["samplers"]):
+            mine, color = [r for r in runs if r["sampler"] == sampler], f"C{i}"
+            for r in mine:
+                ax.plot(*zip(*r["eval_returns"]), color=color, alpha=0.3, lw=0.8)
+            steps, mean = mean_curve([r["eval_returns"] for r in mine])
+            name = "DFS" if sampler == "dfs" else sampler
+            ax.plot(steps, smooth(mean), color=color, lw=2, label=f"{name} starts, {len(mine)} seed{'s' * (len(mine) > 1)}")
+        n = numbers[game]
+        ax.axhline(n["random_mean"], color="k", ls="--", lw=1, label=f"random play {n['random_mean']:.1f}")
+        paper = f"; paper at 100k: DRAMA {n['paper']['drama_100k']:g}, PPO {n['paper']['ppo_100k']:g}" if n["paper"] else ""
+        ax.set_title(f"DRAMA on {game}{paper}", fontsize=10)
+        ax.set_xlabel("real env steps")
+        episodes = runs[0]["config"]["eval_episodes"]
+        ax.set_ylabel(f"greedy return ({episodes} episode{'s' * (episodes > 1)} per evaluation)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def report(args: Args, out: Path) -> dict:
+    """Summarize every finished run in ``<out>/parts``; write JSON + PNG; print the summary line."""
+    games, unfinished = collect_runs(out)
+    if not games:
+        raise ValueError(f"out: no finished run in {out / 'parts'} (unfinished: {unfinished or 'none'})")
+    numbers = {}
+    for game, runs in games.items():
+        cfg = runs[0]["config"]
+        seeds = range(EVAL_SEED, EVAL_SEED + args.random_episodes)
+        random = [r for s in seeds for r in random_returns(f"atari:{game}", 1, s, **cfg["env_kwargs"])]
+        numbers[game] = summarize(runs, random, game)
+    settings = {game: protocol(runs[0]["config"]) for game, runs in games.items()}
+    summary = {"benchmark": "drama_atari", "games": numbers, "unfinished": unfinished, "run": settings,
+               "machine": f"{machine()}, {args.torch_threads} torch thread(s) per run, torch {torch.__version__}"}  # fmt: skip
+    kept = ("sampler", "seed", "eval_returns", "counters", "cpu_seconds", "wall_clock_s")
+    data = {"summary": summary, "runs": {g: [{k: r[k] for k in kept} for r in runs] for g, runs in games.items()}}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "drama_atari.json").write_text(json.dumps(data, indent=1))
+    plot(out / "drama_atari.png", games, numbers)
+    return emit(summary, None)
+
+
+def main(args: Args) -> dict:
+    """Run what is missing (unless ``report_only``), then report."""
+    out = Path(args.out)
+    if not args.report_only:
+        run_all(args, out)
+    return report(args, out)
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))

@@ -473,6 +473,30 @@ def test_drama_atari_runs_each_sampler_and_seed_and_reports_them_paired(tmp_path
     assert (tmp_path / "parts" / "Breakout_dfs_seed3" / "result.json").stat().st_mtime_ns == stamp
 
 
+def test_drama_actor_probe_continues_the_checkpoint_actor_in_its_frozen_dream(tmp_path):
+    pytest.importorskip("ale_py")
+    from agents.drama_loop import DRAMALoopConfig, run
+    from agents.dreamer_ac import DreamerACConfig
+
+    cfg = DRAMALoopConfig(env_id="atari:Breakout", env_kwargs={"screen_size": 16}, iterations=2, real_steps=32,
+                          warmup_steps=32, fit_steps=1, batch_size=2, seq_len=16, ac_updates=1, worlds=4, context=2,
+                          ac=DreamerACConfig(horizon=3, layers=1, actor_hidden=8, critic_hidden=8), eval_max_steps=30,
+                          run_dir=str(tmp_path / "run"), progress=False)  # fmt: skip
+    result = run(cfg)
+    out = _run("drama_actor_probe.py", "--run-dir", str(tmp_path / "run"), "--lrs", "1e-3", "1e-2", "--updates", "2",
+               "--eval-every", "1", "--eval-episodes", "1", "--out", str(tmp_path / "p.json"))  # fmt: skip
+    assert json.loads((tmp_path / "p.json").read_text()) == out
+    assert out["checkpoint"] == "step_000000000064" and out["ac_updates_before"] == 2 and out["worlds"] == 4
+    for curve in out["curves"].values():
+        assert [p["updates"] for p in curve] == [0, 1, 2]
+        # before any probe update: the run's own actor, evaluated as the run did (same env seed, one episode)
+        assert curve[0]["greedy_return"] == result["eval_returns"][-1][1]
+        assert curve[1]["entropy"] > 0 and curve[2]["cpu_s"] >= curve[1]["cpu_s"]
+    da = _benchmark_module("drama_actor_probe")
+    with pytest.raises(ValueError, match=r"step: no checkpoint 100 in .*found \['step_000000000032', 'step_000000000064'\]"):
+        da.checkpoint(tmp_path / "run", 100)
+
+
 def test_event_visibility_probes_score_every_input(tmp_path):
     """Flatland's dense-reward events: a probe per input and event, scored on held-out rows, written as JSON."""
     out = _run("event_visibility.py", "--train-steps", "600", "--heldout-steps", "400", "--epochs", "2",

@@ -97,7 +97,7 @@ def probe(args: Args) -> dict:
         dream = DreamVecEnv(model, args.worlds or cfg.worlds, horizon=10**9, start=replay, context=cfg.context,
                             seed=args.seed)  # fmt: skip
         points, began = [], time.process_time()
-        stats, reward = {}, float("nan")
+        stats, reward = {}, None
         for u in range(args.updates + 1):
             if u % args.eval_every == 0 or u == args.updates:
                 greedy = evaluate(model, learner, cfg, cfg.seed + 1_000_000)

@@ -491,6 +491,7 @@ def test_drama_actor_probe_continues_the_checkpoint_actor_in_its_frozen_dream(tm
         assert [p["updates"] for p in curve] == [0, 1, 2]
         # before any probe update: the run's own actor, evaluated as the run did (same env seed, one episode)
         assert curve[0]["greedy_return"] == result["eval_returns"][-1][1]
+        assert curve[0]["entropy"] is None and curve[0]["dream_reward_per_step"] is None  # no probe update yet
         assert curve[1]["entropy"] > 0 and curve[2]["cpu_s"] >= curve[1]["cpu_s"]
     da = _benchmark_module("drama_actor_probe")
     with pytest.raises(ValueError, match=r"step: no checkpoint 100 in .*found \['step_000000000032', 'step_000000000064'\]"):

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from agents.dreamer_ac import DreamerAC, DreamerACConfig
 from agents.resume import load_run_state, resume_envs, save_run_state
-from agents.train import latest_checkpoint, seed_everything, write_checkpoint
+from agents.train import EVAL_SEED_OFFSET, latest_checkpoint, seed_everything, write_checkpoint
 from wmenv.checks import check_choice, check_int
 from wmenv.data import DFS, EpisodeReplay, ReplayConfig
 from wmenv.data.collect import Collector, random_actions
@@ -249,7 +249,8 @@ def run(cfg: DRAMALoopConfig) -> dict[str, Any]:
                     writer.add_scalar(f"actor_critic/{k}", v, counters["env_steps"])
                 counters["fit_steps"] += cfg.fit_steps
                 counters["ac_updates"] += cfg.ac_updates
-                curve.append((counters["env_steps"], timed("evaluate", evaluate, model, learner, cfg, cfg.seed + 1_000_000)))
+                greedy = timed("evaluate", evaluate, model, learner, cfg, cfg.seed + EVAL_SEED_OFFSET)
+                curve.append((counters["env_steps"], greedy))
                 writer.add_scalar("eval/episode_return", curve[-1][1], counters["env_steps"])
             counters["iteration"] = it + 1
             timed("checkpoint", _save, run_dir, f"step_{counters['env_steps']:012d}", model, wm_optim, learner, replay,

@@ -54,6 +54,7 @@ from agents.policies import (
 from agents.resume import load_run_state, save_run_state
 from agents.schedule import achieved_ratios, scheduled_units
 from agents.train import (
+    EVAL_SEED_OFFSET,
     evaluate_and_log,
     latest_checkpoint,
     load_checkpoint,
@@ -517,7 +518,7 @@ def _run(cfg: ModelBasedConfig) -> dict[str, Any]:
         predictor = ErrorPredictor(model, cfg.mag.predictor)
         mag = (predictor, adam(predictor.parameters(), lr=cfg.mag.predictor.lr))
         planner = MAGPlanner(predictor, agent.policy, cfg.mag, seed=cfg.seed + 30_000)
-    eval_seed, curve, real_returns = cfg.seed + 1_000_000, [], []
+    eval_seed, curve, real_returns = cfg.seed + EVAL_SEED_OFFSET, [], []
     for folder in (run_dir, run_dir / "checkpoints", run_dir / REPLAY_SEGMENTS):  # writes a kill interrupted
         remove_temporaries(folder)
     ckpt = latest_checkpoint(run_dir) if cfg.resume else None

@@ -324,6 +324,11 @@ def save_checkpoint(
     return write_checkpoint(run_dir, f"step_{counters['env_steps']:012d}", fill, cfg.keep_checkpoints, cfg.keep_every)
 
 
+EVAL_SEED_OFFSET = 1_000_000
+"""Greedy evaluation episode e of a run seeded s plays the real env seeded s + EVAL_SEED_OFFSET + e (apart from the
+seeds training uses); every loop and benchmark that evaluates or measures random play on those seeds reads it here."""
+
+
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
     """The folder ``checkpoints/latest`` names, or None if there is none."""
     pointer = Path(run_dir) / "checkpoints" / "latest"
@@ -464,7 +469,7 @@ def _train(cfg: TrainConfig) -> TrainResult:
     writer.add_text("config", f"```\n{json.dumps(asdict(cfg), indent=2)}\n```", counters["env_steps"])
     storage = agent.new_storage(cfg.num_envs)
     carry = state["carry"] if ckpt is not None and resume_envs(vec, state) else agent.start(vec)
-    eval_seed = cfg.seed + 1_000_000
+    eval_seed = cfg.seed + EVAL_SEED_OFFSET
     eval_returns: list[tuple[int, float]] = []
     train_returns: list[tuple[int, float]] = []
     metrics: dict[str, float] = {}

@@ -30,7 +30,7 @@ from report import emit, machine
 from agents.drama_loop import REPLAY_SEGMENTS, DRAMALoopConfig, evaluate
 from agents.dreamer_ac import DreamerAC, DreamerACConfig
 from agents.resume import load_run_state
-from agents.train import latest_checkpoint
+from agents.train import EVAL_SEED_OFFSET, latest_checkpoint
 from wmenv.data import EpisodeReplay, ReplayConfig
 from wmenv.dream import DreamVecEnv
 from wmenv.envs.vector import VecEnv
@@ -100,7 +100,7 @@ def probe(args: Args) -> dict:
         stats, reward = {}, None
         for u in range(args.updates + 1):
             if u % args.eval_every == 0 or u == args.updates:
-                greedy = evaluate(model, learner, cfg, cfg.seed + 1_000_000)
+                greedy = evaluate(model, learner, cfg, cfg.seed + EVAL_SEED_OFFSET)
                 points.append({"updates": u, "greedy_return": round(greedy, 3), "entropy": stats.get("entropy"),
                                "dream_reward_per_step": reward, "return_mean": stats.get("return_mean"),
                                "cpu_s": round(time.process_time() - began, 1)})  # fmt: skip

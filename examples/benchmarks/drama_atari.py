@@ -35,7 +35,7 @@ from model_based import BOOKKEEPING, differences, last3, mean_curve, random_retu
 from report import emit, machine
 
 from agents.drama_loop import DRAMALoopConfig, run
-from agents.train import latest_checkpoint
+from agents.train import EVAL_SEED_OFFSET, latest_checkpoint
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -48,9 +48,6 @@ PAPER = {
 
 PER_RUN = ("env_id", "sampler", "seed", "run_dir", "resume", "progress")
 """Run settings each run sets for itself; the rest (but `BOOKKEEPING`) must agree among a game's runs."""
-
-EVAL_SEED = 1_000_000
-"""`agents.drama_loop.evaluate` plays evaluation episode e of seed s on env seed s + EVAL_SEED + e."""
 
 
 @dataclass
@@ -197,7 +194,7 @@ def report(args: Args, out: Path) -> dict:
     numbers = {}
     for game, runs in games.items():
         cfg = runs[0]["config"]
-        seeds = range(EVAL_SEED, EVAL_SEED + args.random_episodes)
+        seeds = range(EVAL_SEED_OFFSET, EVAL_SEED_OFFSET + args.random_episodes)
         random = [r for s in seeds for r in random_returns(f"atari:{game}", 1, s, **cfg["env_kwargs"])]
         numbers[game] = summarize(runs, random, game)
     settings = {game: protocol(runs[0]["config"]) for game, runs in games.items()}

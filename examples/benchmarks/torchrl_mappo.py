@@ -67,6 +67,7 @@ from torchrl.modules import MultiAgentMLP, ProbabilisticActor
 from torchrl.objectives import ClipPPOLoss, ValueEstimators
 from tqdm import tqdm
 
+from agents.train import EVAL_SEED_OFFSET
 from wmenv.envs import make
 
 matplotlib.use("Agg")
@@ -198,7 +199,7 @@ def train_seed(args: Args, seed: int) -> dict:
                          value=(GROUP, "state_value"), done=(GROUP, "done"), terminated=(GROUP, "terminated"))  # fmt: skip
     loss_module.make_value_estimator(ValueEstimators.GAE, gamma=cfg.gamma, lmbda=cfg.lmbda)
     optim = torch.optim.Adam(loss_module.parameters(), cfg.lr)
-    eval_seed = seed + 1_000_000  # as agents/train.py
+    eval_seed = seed + EVAL_SEED_OFFSET  # as agents/train.py
 
     def run_eval(step: int) -> None:
         eval_returns.append((step, evaluate(policy, args.env_id, args.eval_episodes, eval_seed, dict(args.env_kwargs))))

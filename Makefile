@@ -4,6 +4,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
+# pytest-xdist workers for `make test`, each with one torch/OpenMP thread (the scripts the tests start inherit it): the
+# tests' models are small, so one thread per core in two processes uses CI's 2 cores better than one process of two
+TEST_WORKERS ?= 2
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q -m "not cuda" --durations=15
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -q -m "not cuda" -n $(TEST_WORKERS) --dist loadgroup --durations=15
 
 demo: $(VENV)/.installed
 	$(PY) examples/04_model_based.py --env-id mpe:simple_spread_v3 --iterations 10 --run-dir runs/demo/model_based --resume

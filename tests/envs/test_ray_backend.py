@@ -11,7 +11,10 @@ import pytest
 
 from wmenv.envs.vector import VecEnv, WorkerError
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason='ray not installed: pip install "wmenv[ray]"')
+pytestmark = [
+    pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason='ray not installed: pip install "wmenv[ray]"'),
+    pytest.mark.xdist_group("ray"),  # one local Ray cluster at a time (`make test` runs 2 workers)
+]
 MPE = "mpe:simple_spread_v3"
 
 

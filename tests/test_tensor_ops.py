@@ -1,9 +1,14 @@
-"""Small tensor helpers: the hand-written softmax / log-softmax over few classes against torch's kernels."""
+"""Small tensor helpers: the hand-written softmax / log-softmax over few classes against torch's kernels; `compiled`
+compiles on the first call and falls back to the plain function when compiling fails."""
+
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from wmenv.tensor_ops import SMALL_CLASSES, log_softmax, softmax
+from wmenv import tensor_ops
+from wmenv.tensor_ops import SMALL_CLASSES, compiled, log_softmax, softmax
 
 
 @pytest.mark.parametrize("classes", [1, 2, 5, 8, SMALL_CLASSES, SMALL_CLASSES + 1, 32, 255])
@@ -36,3 +41,29 @@ def test_few_classes_take_the_hand_written_ops_on_the_cpu():
     assert torch.equal(log_softmax(x), s - s.exp().sum(-1, keepdim=True).log())
     y = torch.randn(7, 40)
     assert torch.equal(log_softmax(y), torch.log_softmax(y, -1)) and torch.equal(softmax(y), torch.softmax(y, -1))
+
+
+def test_compiled_compiles_on_the_first_call_and_falls_back_once_when_compiling_fails(monkeypatch):
+    calls = []
+
+    def failing_compile(fn, **kwargs):
+        calls.append(kwargs)
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(tensor_ops.torch, "compile", failing_compile)
+    double = compiled(lambda x: 2 * x)
+    assert calls == [], "compiled before its first call"
+    with pytest.warns(UserWarning, match=r"torch.compile failed \(RuntimeError: no C\+\+ compiler\); using the plain"):
+        assert torch.equal(double(torch.ones(3)), torch.full((3,), 2.0))
+    assert calls == [{"options": {"fallback_random": True}}]
+    assert torch.equal(double(torch.ones(2)), torch.full((2,), 2.0)) and len(calls) == 1, "compiling was retried"
+
+
+def test_importing_the_models_and_the_fit_leaves_torchs_compiler_unimported():
+    """Modules that define compiled functions import without torch's compiler stack (about 4 s of CPU per process)."""
+    code = (
+        "import sys, wmenv.fit, wmenv.models.mabl, wmenv.models.ssm.scan\n"
+        "print(sorted(m for m in ('torch._dynamo', 'torch._inductor') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

@@ -46,12 +46,17 @@ def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
 
 def compiled(fn: Callable) -> Callable:
     """``fn`` through `torch.compile`, drawing random numbers as eager does (inductor's ``fallback_random``), so a
-    seed gives the plain path's samples; if compiling fails, a warning and the plain ``fn`` from then on."""
-    current = [torch.compile(fn, options={"fallback_random": True})]
+    seed gives the plain path's samples; if compiling fails, a warning and the plain ``fn`` from then on.
+
+    Compiled on the first call, not here: `torch.compile` imports torch's compiler stack (about 4 s of CPU), which a
+    module that merely defines compiled functions, and a process that never calls them, should not pay."""
+    current: list[Callable | None] = [None]  # None: not compiled yet; fn: compiling failed
 
     def call(*args: Any) -> Any:
         if current[0] is not fn:
             try:
+                if current[0] is None:
+                    current[0] = torch.compile(fn, options={"fallback_random": True})
                 return current[0](*args)
             except Exception as e:  # any compiler or backend failure (a C++ compiler missing, an unsupported op)
                 warnings.warn(f"torch.compile failed ({type(e).__name__}: {e}); using the plain function", stacklevel=2)

@@ -9,6 +9,10 @@ sampler: the final return (mean of a run's last 3 evaluations; mean ± std over 
 evaluations, the best, and the CPU seconds per 1,000 env steps by phase; per game, random play's return on the
 evaluation's env seeds and DRAMA's Table 1 (random, human, PPO and DRAMA at 100k steps).
 
+What the samplers change first is what the world model fits, whether or not the actor learns: each run's final world
+model is also scored on the same held-out windows (random play on env seeds no run trains or evaluates on; the loss's
+terms, in eval mode), per sampler and paired seed by seed.
+
 Writes ``<out>/drama_atari.json`` and ``<out>/drama_atari.png`` and prints one JSON line.
 
 Usage:
@@ -36,6 +40,9 @@ from report import emit, machine
 
 from agents.drama_loop import DRAMALoopConfig, run
 from agents.train import EVAL_SEED_OFFSET, latest_checkpoint
+from wmenv.checks import check_int
+from wmenv.data.collect import random_replay
+from wmenv.fit import load_model
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -45,6 +52,9 @@ PAPER = {
     "Pong": {"random": -21.0, "human": 15.0, "ppo_100k": -20.0, "drama_100k": 15.0},
 }
 """DRAMA's Table 1 (Atari100k: 100k env steps, frame skip 4), per game."""
+
+HELDOUT_SEED = 2 * EVAL_SEED_OFFSET
+"""Env seed of the held-out random play (training uses the run's seed, evaluations ``EVAL_SEED_OFFSET`` + seed)."""
 
 PER_RUN = ("env_id", "sampler", "seed", "run_dir", "resume", "progress")
 """Run settings each run sets for itself; the rest (but `BOOKKEEPING`) must agree among a game's runs."""
@@ -64,6 +74,10 @@ class Args:
     """Output folder: the runs under ``parts/``, the JSON and PNG."""
     random_episodes: int = 10
     """Random-play episodes per game, on the env seeds the evaluations use."""
+    heldout_steps: int = 2048
+    """Random-play env steps (from `HELDOUT_SEED`) on which every run's final world model is scored."""
+    heldout_windows: int = 32
+    """Windows of the runs' ``seq_len`` rows drawn once from those steps, the same for every run of a game (0: none)."""
     torch_threads: int = 1
     """torch threads for the runs (1 lets two processes share a 2-core machine)."""
     report_only: bool = False
@@ -131,6 +145,21 @@ def collect_runs(out: Path) -> tuple[dict[str, list[dict]], list[str]]:
     return games, unfinished
 
 
+@torch.no_grad()
+def heldout_losses(runs: list[dict], game: str, steps: int, windows: int) -> None:
+    """Score each run's final world model on the same ``windows`` held-out windows of ``steps`` random-play steps
+    (env seed `HELDOUT_SEED`): the loss and its terms in eval mode, latents drawn from seed 0; adds
+    ``run["heldout_loss"]``."""
+    cfg = runs[0]["config"]
+    held, spec = random_replay(f"atari:{game}", steps, num_envs=1, seed=HELDOUT_SEED, stream=True, **cfg["env_kwargs"])
+    batch = held.sample(windows, cfg["seq_len"], generator=0)
+    for r in runs:
+        model = load_model(latest_checkpoint(Path(r["folder"])) / "world_model", spec, kind="drama").eval()
+        torch.manual_seed(0)
+        total, terms = model.loss(batch)
+        r["heldout_loss"] = {"loss": round(float(total), 4), **{k: round(v, 4) for k, v in terms.items()}}
+
+
 def summarize(runs: list[dict], random: list[float], game: str) -> dict:
     """One game's numbers (module docstring) from its finished runs and random play's returns."""
     samplers = {}
@@ -149,6 +178,10 @@ def summarize(runs: list[dict], random: list[float], game: str) -> dict:
             "env_steps": mine[0]["counters"]["env_steps"],
             "cpu_s_per_1k_steps": {**cpu, "total": round(sum(cpu.values()), 1)},
         }
+        if all("heldout_loss" in r for r in mine):
+            terms = mine[0]["heldout_loss"]
+            samplers[sampler]["heldout_loss_mean"] = {k: round(float(np.mean([r["heldout_loss"][k] for r in mine])), 4)
+                                                      for k in terms}  # fmt: skip
     summary = {"random_mean": round(float(np.mean(random)), 2), "random_std": round(float(np.std(random)), 2),
                "random_episodes": len(random), "samplers": samplers, "paper": PAPER.get(game)}  # fmt: skip
     if {"dfs", "uniform"} <= samplers.keys():
@@ -157,6 +190,13 @@ def summarize(runs: list[dict], random: list[float], game: str) -> dict:
             by_seed[r["seed"]][r["sampler"]] = last3(r)
         paired = {s: round(v["dfs"] - v["uniform"], 2) for s, v in by_seed.items() if len(v) == 2}
         summary["final_dfs_minus_uniform_by_seed"] = paired
+        if all("heldout_loss" in r for r in runs):
+            held = {r["seed"]: {} for r in runs}
+            for r in runs:
+                held[r["seed"]][r["sampler"]] = r["heldout_loss"]["loss"]
+            summary["heldout_loss_dfs_minus_uniform_by_seed"] = {
+                s: round(v["dfs"] - v["uniform"], 4) for s, v in held.items() if len(v) == 2
+            }
     return summary
 
 
@@ -188,6 +228,8 @@ def plot(path: Path, games: dict[str, list[dict]], numbers: dict[str, dict]) -> 
 
 def report(args: Args, out: Path) -> dict:
     """Summarize every finished run in ``<out>/parts``; write JSON + PNG; print the summary line."""
+    check_int("heldout_windows", args.heldout_windows, 0)
+    check_int("heldout_steps", args.heldout_steps)
     games, unfinished = collect_runs(out)
     if not games:
         raise ValueError(f"out: no finished run in {out / 'parts'} (unfinished: {unfinished or 'none'})")
@@ -196,12 +238,14 @@ def report(args: Args, out: Path) -> dict:
         cfg = runs[0]["config"]
         seeds = range(EVAL_SEED_OFFSET, EVAL_SEED_OFFSET + args.random_episodes)
         random = [r for s in seeds for r in random_returns(f"atari:{game}", 1, s, **cfg["env_kwargs"])]
+        if args.heldout_windows:
+            heldout_losses(runs, game, args.heldout_steps, args.heldout_windows)
         numbers[game] = summarize(runs, random, game)
     settings = {game: protocol(runs[0]["config"]) for game, runs in games.items()}
     summary = {"benchmark": "drama_atari", "games": numbers, "unfinished": unfinished, "run": settings,
                "machine": f"{machine()}, {args.torch_threads} torch thread(s) per run, torch {torch.__version__}"}  # fmt: skip
-    kept = ("sampler", "seed", "eval_returns", "counters", "cpu_seconds", "wall_clock_s")
-    data = {"summary": summary, "runs": {g: [{k: r[k] for k in kept} for r in runs] for g, runs in games.items()}}
+    kept = ("sampler", "seed", "eval_returns", "counters", "cpu_seconds", "wall_clock_s", "heldout_loss")
+    data = {"summary": summary, "runs": {g: [{k: r[k] for k in kept if k in r} for r in runs] for g, runs in games.items()}}
     out.mkdir(parents=True, exist_ok=True)
     (out / "drama_atari.json").write_text(json.dumps(data, indent=1))
     plot(out / "drama_atari.png", games, numbers)

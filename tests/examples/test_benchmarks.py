@@ -440,7 +440,8 @@ def test_drama_atari_runs_each_sampler_and_seed_and_reports_them_paired(tmp_path
             "--run.warmup-steps", "32", "--run.fit-steps", "1", "--run.batch-size", "2", "--run.seq-len", "16",
             "--run.ac-updates", "1", "--run.worlds", "4", "--run.context", "2", "--run.ac.horizon", "3",
             "--run.ac.layers", "1", "--run.ac.actor-hidden", "8", "--run.ac.critic-hidden", "8",
-            "--run.eval-max-steps", "10", "--random-episodes", "2", "--out", str(tmp_path)]  # fmt: skip
+            "--run.eval-max-steps", "10", "--random-episodes", "2", "--heldout-steps", "64", "--heldout-windows", "3",
+            "--out", str(tmp_path)]  # fmt: skip
     out = _run("drama_atari.py", "--games", "Breakout", "--seeds", "3", *tiny)
     data = json.loads((tmp_path / "drama_atari.json").read_text())
     assert data["summary"] == out and out["unfinished"] == []
@@ -457,6 +458,16 @@ def test_drama_atari_runs_each_sampler_and_seed_and_reports_them_paired(tmp_path
     mb = _benchmark_module("model_based")
     random = [mb.random_returns("atari:Breakout", 1, 1_000_000 + e, screen_size=16)[0] for e in range(2)]
     assert breakout["random_mean"] == pytest.approx(np.mean(random), abs=0.006)
+    # each run's final world model scored on the same held-out random-play windows: every loss term, paired by seed
+    held = {k: r["heldout_loss"] for k, r in runs.items()}
+    assert all(
+        set(h) == {"loss", "obs", "reward", "cont", "kl", "kl_rep"} and all(np.isfinite(list(h.values())))
+        for h in held.values()
+    )
+    assert dfs["heldout_loss_mean"] == held["dfs", 3]
+    assert breakout["heldout_loss_dfs_minus_uniform_by_seed"] == {
+        "3": pytest.approx(held["dfs", 3]["loss"] - held["uniform", 3]["loss"], abs=2e-4)
+    }
     # runs of one game made with other settings are not averaged together
     da = _benchmark_module("drama_atari")
     result = tmp_path / "parts" / "Breakout_uniform_seed3" / "result.json"
@@ -470,6 +481,7 @@ def test_drama_atari_runs_each_sampler_and_seed_and_reports_them_paired(tmp_path
     again = da.main(tyro.cli(da.Args, args=["--games", "Breakout", "--seeds", "3", "--samplers", "dfs", *tiny]))
     assert again["unfinished"] == ["Breakout_uniform_seed3 (64 env steps)"]
     assert list(again["games"]["Breakout"]["samplers"]) == ["dfs"]
+    assert again["games"]["Breakout"]["samplers"]["dfs"]["heldout_loss_mean"] == held["dfs", 3], "scored differently twice"
     assert (tmp_path / "parts" / "Breakout_dfs_seed3" / "result.json").stat().st_mtime_ns == stamp
 
 

@@ -22,8 +22,9 @@ from wmenv.models.mamba_wm import MAMBAWorldModel, preset
 
 MPE = "mpe:simple_spread_v3"
 EXAMPLES = int(os.environ.get("WMENV_FUZZ_EXAMPLES", "60"))
-"""Cases per property (CI: 60; ``WMENV_FUZZ_EXAMPLES=1000`` for a longer hunt)."""
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+"""Cases per property (CI: 60, the same cases every run; ``WMENV_FUZZ_EXAMPLES=1000`` for a longer, random hunt)."""
+FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture],
+                derandomize="WMENV_FUZZ_EXAMPLES" not in os.environ)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -33,17 +34,24 @@ def mpe():
     return replay, spec, MAMBAWorldModel(spec, preset("small")).eval()
 
 
-values = st.one_of(
-    st.none(), st.booleans(), st.integers(-(10**6), 10**6), st.floats(allow_nan=True, allow_infinity=True),
-    st.text(max_size=8), st.lists(st.integers(), max_size=3),
-)  # fmt: skip
+def _values(integers: st.SearchStrategy) -> st.SearchStrategy:
+    return st.one_of(
+        st.none(), st.booleans(), integers, st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=8),
+        st.lists(st.integers(), max_size=3),
+    )  # fmt: skip
+
+
+values = _values(st.integers(-(10**6), 10**6))
+keyword_values = _values(st.integers(-8, 200))
+"""`make`'s keyword values: negative, zero and sizes that build in seconds. ``N=10**6`` MPE agents is valid input that
+takes minutes and over 12 GB to build (a resource limit, not bad input); a random CI run once drew it and stalled."""
 
 
 @FUZZ
 @given(
     id=st.one_of(st.text(max_size=20), st.sampled_from(["mpe:", "mpe:simple_spread_v3", "flatland:5", "gym:CartPole-v1"])),
-    kwargs=st.dictionaries(st.sampled_from(["N", "max_cycles", "local_ratio", "foo", "width", "render_mode", "x"]), values,
-                           max_size=2),
+    kwargs=st.dictionaries(st.sampled_from(["N", "max_cycles", "local_ratio", "foo", "width", "render_mode", "x"]),
+                           keyword_values, max_size=2),
 )  # fmt: skip
 def test_make_refuses_bad_ids_and_keywords_with_library_errors(id, kwargs):
     try:

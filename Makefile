@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 test: $(VENV)/.installed
-	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -q -m "not cuda" -n $(TEST_WORKERS) --dist loadgroup --durations=15
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -q -m "not cuda" -n $(TEST_WORKERS) --durations=15
 
 demo: $(VENV)/.installed
 	$(PY) examples/04_model_based.py --env-id mpe:simple_spread_v3 --iterations 10 --run-dir runs/demo/model_based --resume

@@ -104,8 +104,7 @@ def test_the_loop_overlaps_counts_real_steps_and_resumes_exactly(tmp_path):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason='ray not installed: pip install "wmenv[ray]"')
-@pytest.mark.xdist_group("ray")  # one local Ray cluster at a time (`make test` runs 2 workers)
-def test_a_ray_worker_gives_the_local_workers_run(tmp_path):
+def test_a_ray_worker_gives_the_local_workers_run(tmp_path, one_ray_cluster):
     """overlap="ray" (the worker in a Ray actor, collecting while the learner learns) = overlap="local", latent actors
     and their filters included."""
     import ray

@@ -13,13 +13,8 @@ import pytest
 from agents.sweep import SweepConfig, SweepError, run_folder, run_sweep
 from agents.train import TrainConfig, train
 
-
-def needs_ray(test):
-    """Skipped where Ray is not installed; run on one xdist worker with the other Ray tests (one local cluster at a time)."""
-    skip = pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason='ray not installed: pip install "wmenv[ray]"')
-    return pytest.mark.xdist_group("ray")(skip(test))
-
-
+needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason='ray not installed: pip install "wmenv[ray]"')
+pytestmark = pytest.mark.usefixtures("one_ray_cluster_per_module")  # its Ray tests start and stop clusters themselves
 if importlib.util.find_spec("ray") is not None:
     import ray.cloudpickle
 

@@ -11,15 +11,12 @@ import pytest
 
 from wmenv.envs.vector import VecEnv, WorkerError
 
-pytestmark = [
-    pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason='ray not installed: pip install "wmenv[ray]"'),
-    pytest.mark.xdist_group("ray"),  # one local Ray cluster at a time (`make test` runs 2 workers)
-]
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason='ray not installed: pip install "wmenv[ray]"')
 MPE = "mpe:simple_spread_v3"
 
 
 @pytest.fixture(scope="module", autouse=True)
-def local_ray():
+def local_ray(one_ray_cluster_per_module):
     import flatland.envs.rail_env  # noqa: F401 - patches msgpack to encode NumPy arrays as dicts, in this process only
     import ray
 

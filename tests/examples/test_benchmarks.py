@@ -534,8 +534,7 @@ def test_average_precision_by_hand():
 
 
 @pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason='ray not installed: pip install "wmenv[ray]"')
-@pytest.mark.xdist_group("ray")  # one local Ray cluster at a time (`make test` runs 2 workers)
-def test_overlap_benchmark_times_both_modes(tmp_path):
+def test_overlap_benchmark_times_both_modes(tmp_path, one_ray_cluster):
     out = _run("overlap.py", "--run.iterations", "2", "--run.real-steps", "60", "--run.num-envs", "2", "--run.fit-steps", "3",
                "--run.dream-updates", "1", "--run.dream-worlds", "8", "--run.eval-episodes", "1",
                "--out", str(tmp_path / "o.json"))  # fmt: skip

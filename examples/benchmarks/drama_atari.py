@@ -185,19 +185,18 @@ def summarize(runs: list[dict], random: list[float], game: str) -> dict:
     summary = {"random_mean": round(float(np.mean(random)), 2), "random_std": round(float(np.std(random)), 2),
                "random_episodes": len(random), "samplers": samplers, "paper": PAPER.get(game)}  # fmt: skip
     if {"dfs", "uniform"} <= samplers.keys():
-        by_seed = {r["seed"]: {} for r in runs}
-        for r in runs:
-            by_seed[r["seed"]][r["sampler"]] = last3(r)
-        paired = {s: round(v["dfs"] - v["uniform"], 2) for s, v in by_seed.items() if len(v) == 2}
-        summary["final_dfs_minus_uniform_by_seed"] = paired
+        summary["final_dfs_minus_uniform_by_seed"] = dfs_minus_uniform(runs, last3, 2)
         if all("heldout_loss" in r for r in runs):
-            held = {r["seed"]: {} for r in runs}
-            for r in runs:
-                held[r["seed"]][r["sampler"]] = r["heldout_loss"]["loss"]
-            summary["heldout_loss_dfs_minus_uniform_by_seed"] = {
-                s: round(v["dfs"] - v["uniform"], 4) for s, v in held.items() if len(v) == 2
-            }
+            summary["heldout_loss_dfs_minus_uniform_by_seed"] = dfs_minus_uniform(runs, lambda r: r["heldout_loss"]["loss"], 4)
     return summary
+
+
+def dfs_minus_uniform(runs: list[dict], value, digits: int) -> dict[int, float]:
+    """``value(run)`` of the DFS run minus that of the uniform run, per seed that has both, rounded to ``digits``."""
+    by_seed: dict[int, dict[str, float]] = {r["seed"]: {} for r in runs}
+    for r in runs:
+        by_seed[r["seed"]][r["sampler"]] = value(r)
+    return {s: round(v["dfs"] - v["uniform"], digits) for s, v in by_seed.items() if len(v) == 2}
 
 
 def plot(path: Path, games: dict[str, list[dict]], numbers: dict[str, dict]) -> None:

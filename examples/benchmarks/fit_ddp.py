@@ -26,7 +26,7 @@ from report import emit, machine
 from wmenv.data import EpisodeReplay
 from wmenv.data.collect import random_replay
 from wmenv.envs.vector import VecEnv
-from wmenv.fit import FitConfig, fit
+from wmenv.fit import FitConfig, end_rank, fit
 from wmenv.models.registry import build_model
 
 
@@ -86,6 +86,7 @@ def _rank(rank: int, args: Args, folder: str) -> None:
             Path(folder, "result.json").write_text(json.dumps({"seconds": seconds, "allreduce_s": allreduce, "params": n}))
     finally:
         dist.destroy_process_group()
+    end_rank()  # not a normal return: gloo's threads can abort a process at interpreter exit
 
 
 def main(args: Args) -> dict:

@@ -1,5 +1,8 @@
 """One-agent dreams as Gymnasium envs, and stable-baselines3 PPO trained inside a dream."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -7,6 +10,7 @@ from gymnasium.utils.env_checker import check_env
 from numpy.testing import assert_array_equal
 from scripted_wm import F, ScriptedWorldModel, make_spec
 
+import wmenv.dream
 from wmenv.data.collect import random_replay
 from wmenv.dream import DreamGymEnv, DreamSB3VecEnv, DreamVecEnv
 from wmenv.fit import FitConfig, fit
@@ -146,3 +150,16 @@ def test_dream_gym_env_refuses_or_replaces_masked_actions():
     assert_array_equal(model.imagined[-1], [[1]])
     obs, reward, terminated, truncated, info = noop.step(3)
     assert (obs[0], obs[1], reward, terminated, truncated) == (2.0, 3.0, 21.0, False, True)  # the final observation
+
+
+def test_the_dream_package_loads_stable_baselines3_only_when_its_view_is_asked_for():
+    code = (
+        "import sys, wmenv.dream\n"
+        "before = 'stable_baselines3' in sys.modules\n"
+        "from wmenv.dream import DreamSB3VecEnv\n"
+        "print(before, 'stable_baselines3' in sys.modules, DreamSB3VecEnv.__module__)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.split() == ["False", "True", "wmenv.dream.sb3"], out.stdout
+    with pytest.raises(AttributeError, match="has no attribute 'DreamSB3VecEnvs'"):
+        wmenv.dream.DreamSB3VecEnvs  # noqa: B018

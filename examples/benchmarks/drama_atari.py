@@ -11,7 +11,10 @@ evaluation's env seeds and DRAMA's Table 1 (random, human, PPO and DRAMA at 100k
 
 What the samplers change first is what the world model fits, whether or not the actor learns: each run's final world
 model is also scored on the same held-out windows (random play on env seeds no run trains or evaluates on; the loss's
-terms, in eval mode), per sampler and paired seed by seed.
+terms, in eval mode), per sampler and paired seed by seed. And whether the actor moved at all: each run's last logged
+actor entropy beside the uniform policy's ln |A|, and the mean real return of its last 3 training episodes (the
+sampled actor that collects data: greedy evaluations of a near-uniform actor measure one arbitrary action, not
+learning), both read from the run's TensorBoard events.
 
 Writes ``<out>/drama_atari.json`` and ``<out>/drama_atari.png`` and prints one JSON line.
 
@@ -37,11 +40,13 @@ import torch
 import tyro
 from model_based import BOOKKEEPING, differences, last3, mean_curve, random_returns, smooth
 from report import emit, machine
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from agents.drama_loop import DRAMALoopConfig, run
 from agents.train import EVAL_SEED_OFFSET, latest_checkpoint
 from wmenv.checks import check_int
 from wmenv.data.collect import random_replay
+from wmenv.envs.vector import VecEnv
 from wmenv.fit import load_model
 
 matplotlib.use("Agg")
@@ -145,6 +150,34 @@ def collect_runs(out: Path) -> tuple[dict[str, list[dict]], list[str]]:
     return games, unfinished
 
 
+TRAINING_TAGS = {"entropy": "actor_critic/entropy", "episode_return": "charts/real_episode_return"}
+"""The run's TensorBoard scalars the report reads: the actor's entropy after each iteration's updates, and the real
+return of each training episode (actions sampled from the actor)."""
+
+
+def training_curves(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    """`TRAINING_TAGS`' scalars of the run in ``folder`` as (env step, value) lists, read by TensorBoard itself: a
+    resumed run's event files are read in order and what its restart purged (steps from the resumed checkpoint on,
+    logged before the interruption) is dropped."""
+    events = EventAccumulator(str(folder), size_guidance={"scalars": 0})
+    events.Reload()
+    logged = set(events.Tags()["scalars"])
+    return {name: [(e.step, e.value) for e in events.Scalars(tag)] if tag in logged else []
+            for name, tag in TRAINING_TAGS.items()}  # fmt: skip
+
+
+def actor_numbers(run: dict) -> dict:
+    """The run's last logged actor entropy and the mean real return of its last 3 training episodes (None where none
+    was logged), with how many training episodes ended."""
+    curves = training_curves(Path(run["folder"]))
+    returns = [v for _, v in curves["episode_return"]]
+    return {
+        "actor_entropy_final": round(curves["entropy"][-1][1], 4) if curves["entropy"] else None,
+        "training_return_last3": round(float(np.mean(returns[-3:])), 2) if returns else None,
+        "training_episodes": len(returns),
+    }
+
+
 @torch.no_grad()
 def heldout_losses(runs: list[dict], game: str, steps: int, windows: int) -> None:
     """Score each run's final world model on the same ``windows`` held-out windows of ``steps`` random-play steps
@@ -160,8 +193,9 @@ def heldout_losses(runs: list[dict], game: str, steps: int, windows: int) -> Non
         r["heldout_loss"] = {"loss": round(float(total), 4), **{k: round(v, 4) for k, v in terms.items()}}
 
 
-def summarize(runs: list[dict], random: list[float], game: str) -> dict:
-    """One game's numbers (module docstring) from its finished runs and random play's returns."""
+def summarize(runs: list[dict], random: list[float], game: str, n_actions: int) -> dict:
+    """One game's numbers (module docstring) from its finished runs, random play's returns and the game's action
+    count."""
     samplers = {}
     for sampler in dict.fromkeys(r["sampler"] for r in runs):
         mine = [r for r in runs if r["sampler"] == sampler]
@@ -177,13 +211,15 @@ def summarize(runs: list[dict], random: list[float], game: str) -> dict:
             "best_evaluation": max(v for r in mine for _, v in r["eval_returns"]),
             "env_steps": mine[0]["counters"]["env_steps"],
             "cpu_s_per_1k_steps": {**cpu, "total": round(sum(cpu.values()), 1)},
+            **{f"{k}_by_seed": [r["actor"][k] for r in mine] for k in mine[0]["actor"]},
         }
         if all("heldout_loss" in r for r in mine):
             terms = mine[0]["heldout_loss"]
             samplers[sampler]["heldout_loss_mean"] = {k: round(float(np.mean([r["heldout_loss"][k] for r in mine])), 4)
                                                       for k in terms}  # fmt: skip
     summary = {"random_mean": round(float(np.mean(random)), 2), "random_std": round(float(np.std(random)), 2),
-               "random_episodes": len(random), "samplers": samplers, "paper": PAPER.get(game)}  # fmt: skip
+               "random_episodes": len(random), "uniform_actor_entropy": round(float(np.log(n_actions)), 4),
+               "samplers": samplers, "paper": PAPER.get(game)}  # fmt: skip
     if {"dfs", "uniform"} <= samplers.keys():
         summary["final_dfs_minus_uniform_by_seed"] = dfs_minus_uniform(runs, last3, 2)
         if all("heldout_loss" in r for r in runs):
@@ -239,11 +275,14 @@ def report(args: Args, out: Path) -> dict:
         random = [r for s in seeds for r in random_returns(f"atari:{game}", 1, s, **cfg["env_kwargs"])]
         if args.heldout_windows:
             heldout_losses(runs, game, args.heldout_steps, args.heldout_windows)
-        numbers[game] = summarize(runs, random, game)
+        for r in runs:
+            r["actor"] = actor_numbers(r)
+        with VecEnv(f"atari:{game}", **cfg["env_kwargs"]) as env:
+            numbers[game] = summarize(runs, random, game, env.spec.n_actions)
     settings = {game: protocol(runs[0]["config"]) for game, runs in games.items()}
     summary = {"benchmark": "drama_atari", "games": numbers, "unfinished": unfinished, "run": settings,
                "machine": f"{machine()}, {args.torch_threads} torch thread(s) per run, torch {torch.__version__}"}  # fmt: skip
-    kept = ("sampler", "seed", "eval_returns", "counters", "cpu_seconds", "wall_clock_s", "heldout_loss")
+    kept = ("sampler", "seed", "eval_returns", "counters", "cpu_seconds", "wall_clock_s", "heldout_loss", "actor")
     data = {"summary": summary, "runs": {g: [{k: r[k] for k in kept if k in r} for r in runs] for g, runs in games.items()}}
     out.mkdir(parents=True, exist_ok=True)
     (out / "drama_atari.json").write_text(json.dumps(data, indent=1))

@@ -455,6 +455,11 @@ def test_drama_atari_runs_each_sampler_and_seed_and_reports_them_paired(tmp_path
     dfs = breakout["samplers"]["dfs"]
     assert dfs["seeds"] == [3] and dfs["env_steps"] == 64 and dfs["final_mean"] == pytest.approx(final["dfs", 3], abs=0.006)
     assert dfs["cpu_s_per_1k_steps"]["fit"] > 0 and dfs["cpu_s_per_1k_steps"]["total"] > 0
+    # whether the actor moved: its last entropy beside the uniform policy's (Breakout: 4 actions), training episodes
+    assert breakout["uniform_actor_entropy"] == pytest.approx(np.log(4), abs=1e-4)
+    assert 0 < dfs["actor_entropy_final_by_seed"][0] <= np.log(4) + 1e-4
+    assert runs["dfs", 3]["actor"]["actor_entropy_final"] == dfs["actor_entropy_final_by_seed"][0]
+    assert dfs["training_episodes_by_seed"] == [runs["dfs", 3]["actor"]["training_episodes"]]
     mb = _benchmark_module("model_based")
     random = [mb.random_returns("atari:Breakout", 1, 1_000_000 + e, screen_size=16)[0] for e in range(2)]
     assert breakout["random_mean"] == pytest.approx(np.mean(random), abs=0.006)
@@ -483,6 +488,37 @@ def test_drama_atari_runs_each_sampler_and_seed_and_reports_them_paired(tmp_path
     assert list(again["games"]["Breakout"]["samplers"]) == ["dfs"]
     assert again["games"]["Breakout"]["samplers"]["dfs"]["heldout_loss_mean"] == held["dfs", 3], "scored differently twice"
     assert (tmp_path / "parts" / "Breakout_dfs_seed3" / "result.json").stat().st_mtime_ns == stamp
+
+
+def test_drama_atari_reads_a_resumed_runs_actor_numbers_as_tensorboard_does(tmp_path):
+    """Events of an interrupted run (to step 768 and an episode ended at 700) and of its resume from the 512-step
+    checkpoint (``purge_step`` 513, as the loop opens its writer): what the restart purged is not read."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    da = _benchmark_module("drama_atari")
+    first = SummaryWriter(str(tmp_path))
+    for step, h in [(256, 2.0), (512, 1.9), (768, 1.8)]:
+        first.add_scalar("actor_critic/entropy", h, step)
+    first.add_scalar("charts/real_episode_return", 5.0, 300)
+    first.add_scalar("charts/real_episode_return", 7.0, 700)
+    first.close()
+    resumed = SummaryWriter(str(tmp_path), purge_step=513)
+    resumed.add_scalar("actor_critic/entropy", 1.5, 768)
+    resumed.add_scalar("actor_critic/entropy", 1.25, 1024)
+    resumed.add_scalar("charts/real_episode_return", 9.0, 900)
+    resumed.close()
+    assert len(list(tmp_path.glob("events.out.tfevents.*"))) == 2
+    curves = da.training_curves(tmp_path)
+    assert curves["entropy"] == [(256, 2.0), (512, pytest.approx(1.9)), (768, 1.5), (1024, 1.25)]
+    assert curves["episode_return"] == [(300, 5.0), (900, 9.0)]
+    numbers = da.actor_numbers({"folder": str(tmp_path)})
+    assert numbers == {"actor_entropy_final": 1.25, "training_return_last3": 7.0, "training_episodes": 2}
+    (tmp_path / "silent").mkdir()  # a run that logged nothing yet
+    assert da.actor_numbers({"folder": str(tmp_path / "silent")}) == {
+        "actor_entropy_final": None,
+        "training_return_last3": None,
+        "training_episodes": 0,
+    }
 
 
 def test_drama_actor_probe_continues_the_checkpoint_actor_in_its_frozen_dream(tmp_path):

@@ -166,10 +166,9 @@ def training_curves(folder: Path) -> dict[str, list[tuple[int, float]]]:
             for name, tag in TRAINING_TAGS.items()}  # fmt: skip
 
 
-def actor_numbers(run: dict) -> dict:
-    """The run's last logged actor entropy and the mean real return of its last 3 training episodes (None where none
-    was logged), with how many training episodes ended."""
-    curves = training_curves(Path(run["folder"]))
+def actor_numbers(curves: dict[str, list[tuple[int, float]]]) -> dict:
+    """From a run's `training_curves`: its last logged actor entropy and the mean real return of its last 3 training
+    episodes (None where none was logged), with how many training episodes ended."""
     returns = [v for _, v in curves["episode_return"]]
     return {
         "actor_entropy_final": round(curves["entropy"][-1][1], 4) if curves["entropy"] else None,
@@ -237,7 +236,8 @@ def dfs_minus_uniform(runs: list[dict], value, digits: int) -> dict[int, float]:
 
 def plot(path: Path, games: dict[str, list[dict]], numbers: dict[str, dict]) -> None:
     """Greedy return vs real env steps, one panel per game: each sampler's seeds (thin) and their mean (thick, running
-    mean of 3 evaluations), random play's mean (dashed)."""
+    mean of 3 evaluations), the real returns of its training episodes (crosses: the sampled actor that collects),
+    random play's mean (dashed)."""
     fig, axes = plt.subplots(1, len(games), figsize=(6.5 * len(games), 4.2), squeeze=False)
     for ax, (game, runs) in zip(axes[0], games.items()):
         for i, sampler in enumerate(numbers[game]["samplers"]):
@@ -247,6 +247,9 @@ def plot(path: Path, games: dict[str, list[dict]], numbers: dict[str, dict]) -> 
             steps, mean = mean_curve([r["eval_returns"] for r in mine])
             name = "DFS" if sampler == "dfs" else sampler
             ax.plot(steps, smooth(mean), color=color, lw=2, label=f"{name} starts, {len(mine)} seed{'s' * (len(mine) > 1)}")
+            episodes = [p for r in mine for p in r["training_returns"]]
+            if episodes:
+                ax.scatter(*zip(*episodes), color=color, marker="x", s=18, label=f"{name}: training episodes (sampled)")
         n = numbers[game]
         ax.axhline(n["random_mean"], color="k", ls="--", lw=1, label=f"random play {n['random_mean']:.1f}")
         paper = f"; paper at 100k: DRAMA {n['paper']['drama_100k']:g}, PPO {n['paper']['ppo_100k']:g}" if n["paper"] else ""
@@ -276,13 +279,15 @@ def report(args: Args, out: Path) -> dict:
         if args.heldout_windows:
             heldout_losses(runs, game, args.heldout_steps, args.heldout_windows)
         for r in runs:
-            r["actor"] = actor_numbers(r)
+            curves = training_curves(Path(r["folder"]))
+            r["actor"], r["training_returns"] = actor_numbers(curves), curves["episode_return"]
         with VecEnv(f"atari:{game}", **cfg["env_kwargs"]) as env:
             numbers[game] = summarize(runs, random, game, env.spec.n_actions)
     settings = {game: protocol(runs[0]["config"]) for game, runs in games.items()}
     summary = {"benchmark": "drama_atari", "games": numbers, "unfinished": unfinished, "run": settings,
                "machine": f"{machine()}, {args.torch_threads} torch thread(s) per run, torch {torch.__version__}"}  # fmt: skip
-    kept = ("sampler", "seed", "eval_returns", "counters", "cpu_seconds", "wall_clock_s", "heldout_loss", "actor")
+    kept = ("sampler", "seed", "eval_returns", "training_returns", "counters", "cpu_seconds", "wall_clock_s",
+            "heldout_loss", "actor")  # fmt: skip
     data = {"summary": summary, "runs": {g: [{k: r[k] for k in kept if k in r} for r in runs] for g, runs in games.items()}}
     out.mkdir(parents=True, exist_ok=True)
     (out / "drama_atari.json").write_text(json.dumps(data, indent=1))

@@ -459,7 +459,7 @@ def test_drama_atari_runs_each_sampler_and_seed_and_reports_them_paired(tmp_path
     assert breakout["uniform_actor_entropy"] == pytest.approx(np.log(4), abs=1e-4)
     assert 0 < dfs["actor_entropy_final_by_seed"][0] <= np.log(4) + 1e-4
     assert runs["dfs", 3]["actor"]["actor_entropy_final"] == dfs["actor_entropy_final_by_seed"][0]
-    assert dfs["training_episodes_by_seed"] == [runs["dfs", 3]["actor"]["training_episodes"]]
+    assert dfs["training_episodes_by_seed"] == [len(runs["dfs", 3]["training_returns"])]
     mb = _benchmark_module("model_based")
     random = [mb.random_returns("atari:Breakout", 1, 1_000_000 + e, screen_size=16)[0] for e in range(2)]
     assert breakout["random_mean"] == pytest.approx(np.mean(random), abs=0.006)
@@ -511,10 +511,10 @@ def test_drama_atari_reads_a_resumed_runs_actor_numbers_as_tensorboard_does(tmp_
     curves = da.training_curves(tmp_path)
     assert curves["entropy"] == [(256, 2.0), (512, pytest.approx(1.9)), (768, 1.5), (1024, 1.25)]
     assert curves["episode_return"] == [(300, 5.0), (900, 9.0)]
-    numbers = da.actor_numbers({"folder": str(tmp_path)})
+    numbers = da.actor_numbers(curves)
     assert numbers == {"actor_entropy_final": 1.25, "training_return_last3": 7.0, "training_episodes": 2}
     (tmp_path / "silent").mkdir()  # a run that logged nothing yet
-    assert da.actor_numbers({"folder": str(tmp_path / "silent")}) == {
+    assert da.actor_numbers(da.training_curves(tmp_path / "silent")) == {
         "actor_entropy_final": None,
         "training_return_last3": None,
         "training_episodes": 0,

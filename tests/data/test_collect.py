@@ -156,3 +156,27 @@ def test_recorder_flush_hands_out_complete_rows_once():
     rest = rec.finish()
     assert len(rest["obs"]) == 4 and not rest["is_first"].any() and rest["is_last"][-1]
     assert rest["reward"][0].any()  # the continuing piece's row 0 holds the reward of arriving there
+
+
+def test_one_copy_streamed_one_step_at_a_time_stores_whole_episodes_that_windows_cross():
+    """One env copy, a call per env step (DRAMA's schedule): each piece is appended to its episode, so the replay holds
+    the episodes a whole-episode collection stores, and windows longer than a call are drawn while an episode runs."""
+
+    def run(calls, steps, stream):
+        with VecEnv("mpe:simple_spread_v3", num_envs=1, seed=3, max_cycles=5) as vec:
+            replay, rng = EpisodeReplay(ReplayConfig(capacity=1000), spec=vec.spec), np.random.default_rng(0)
+            collector = Collector(vec, replay, stream=stream)
+            for i in range(calls):
+                collector(steps, lambda s: random_available(s.action_mask, rng))
+                if stream and i == 3:  # 4 steps into the first episode: one stored episode of 4 rows so far
+                    assert replay.episode_lengths.tolist() == [4] and not replay.episode(0)["is_last"].any()
+                    b = replay.sample(8, 4, generator=0)
+                    assert b["reset"][:, 0].all() and not b["reset"][:, 1:].any()
+            return replay
+
+    streamed, whole = run(13, 1, True), run(1, 13, False)
+    assert streamed.episode_lengths.tolist() == [6, 6, 3]  # two whole episodes (5 steps, 6 rows), 3 rows of the third
+    for i in range(2):
+        for k, v in whole.episode(i).items():
+            np.testing.assert_array_equal(streamed.episode(i)[k], v, err_msg=k)
+    assert whole.num_episodes == 2 and streamed.episode(2)["is_first"][0]

@@ -144,3 +144,23 @@ def test_a_dream_draws_its_starts_through_the_imagination_sampler():
     v = sum(dfs.counts(int(i))[1].sum() for i in rep.episode_ids)
     c = sum(dfs.counts(int(i))[0].sum() for i in rep.episode_ids)
     assert (v, c) == (6, 0)
+
+
+def test_counts_of_a_streamed_episode_keep_their_rows_as_it_grows():
+    rep = EpisodeReplay(ReplayConfig(capacity=100, seed=0))
+    first = {**episode(0, 6), "is_first": np.arange(6) == 0}
+    rep.add(first)
+    dfs = DFS(rep)
+    rep.sampler = dfs.world_model_starts
+    rep.sample(3, 4, generator=0)  # 3 valid starts, drawn without replacement: each once
+    np.testing.assert_array_equal(dfs.counts(0)[0], [1, 1, 1, 0, 0, 0])
+    later = {k: v[:4] for k, v in episode(0, 4).items()} | {"is_first": np.zeros(4, bool)}
+    assert rep.add(later, continues=0) == 0
+    np.testing.assert_array_equal(dfs.counts(0)[0], [1, 1, 1, 0, 0, 0, 0, 0, 0, 0])  # the new rows start at zero
+    probs = dfs.world_model_probs(np.array([7]), np.array([0]))  # windows of 4 rows now start at rows 0-6
+    z = np.exp(-np.array([1, 1, 1, 0, 0, 0, 0]) / 10)
+    np.testing.assert_allclose(probs, z / z.sum(), atol=1e-6)
+    rep.sample(7, 4, generator=1)
+    again = DFS(rep)
+    again.load_state_dict(dfs.state_dict())
+    np.testing.assert_array_equal(again.counts(0)[0], [2, 2, 2, 1, 1, 1, 1, 0, 0, 0])

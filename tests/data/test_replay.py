@@ -460,3 +460,83 @@ def test_a_single_agents_state_that_is_its_observation_is_stored_once(tmp_path):
         replay.add(bad)
     mpe, _ = random_replay("mpe:simple_spread_v3", 100)
     assert "state" in mpe._data, "several agents: the global state is stored"
+
+
+def piece_of(eid: int, rows: range, n: int = 2, ends: bool = False) -> dict[str, np.ndarray]:
+    """Rows ``rows`` of `counter_episode` ``eid`` as a piece (``is_last`` on its last row if it ``ends``)."""
+    whole = counter_episode(eid, rows.stop, n)
+    piece = {k: v[rows.start :] for k, v in whole.items()}
+    piece["is_last"] = (np.arange(len(rows)) == len(rows) - 1) & ends
+    return piece
+
+
+def test_a_piece_that_continues_the_newest_episode_is_appended_and_windows_cross_the_join():
+    rep = EpisodeReplay(ReplayConfig(capacity=100, seed=0))
+    assert rep.add(piece_of(0, range(0, 4))) == 0
+    for start in range(4, 12):  # one row at a time, as a collection of one env step per call stores them
+        assert rep.add(piece_of(0, range(start, start + 1)), continues=0) == 0
+    assert rep.episode_lengths.tolist() == [12] and rep.num_episodes == 1 and len(rep) == 12
+    np.testing.assert_array_equal(rep.episode(0)["step"], np.arange(12))
+    b = rep.sample(200, 10, generator=0)  # no piece holds 10 rows: every window crosses joins
+    assert_contiguous_within_episode(b)
+    assert sorted(set(b["step"][:, 0].tolist())) == [0, 1, 2]  # every start that fits is drawn
+    # another episode in between: a later piece of episode 0 cannot be appended, and is stored on its own
+    assert rep.add(piece_of(1, range(0, 5))) == 1
+    assert rep.add(piece_of(0, range(12, 15)), continues=0) == 2
+    assert rep.add(piece_of(0, range(15, 17), ends=True), continues=2) == 2
+    assert rep.episode_lengths.tolist() == [12, 5, 5] and rep.episode(2)["step"].tolist() == list(range(12, 17))
+    _, reset = rep.sample_indices(3, 1, sampler=lambda *a: (np.arange(3), np.zeros(3, np.int64)))
+    assert reset[:, 0].tolist() == [True, True, False]  # a piece stored on its own does not start with a reset
+
+
+def test_appending_evicts_older_episodes_never_the_growing_one_and_a_piece_past_the_capacity_starts_anew():
+    rep = EpisodeReplay(ReplayConfig(capacity=10, seed=0))
+    rep.add(piece_of(0, range(0, 4), ends=True))
+    rep.add(piece_of(1, range(0, 4)))
+    assert rep.add(piece_of(1, range(4, 7)), continues=1) == 1  # 4 + 7 rows > 10: episode 0 is evicted
+    assert rep.episode_ids.tolist() == [1] and rep.episode_lengths.tolist() == [7]
+    assert rep.add(piece_of(1, range(7, 10)), continues=1) == 1  # exactly the capacity
+    assert rep.add(piece_of(1, range(10, 12)), continues=1) == 2  # 12 rows would not fit: a new episode
+    assert rep.episode_ids.tolist() == [2] and rep.episode(0)["step"].tolist() == [10, 11]
+
+
+def test_continues_that_contradicts_the_pieces_is_refused():
+    rep = EpisodeReplay(ReplayConfig(capacity=100))
+    rep.add(piece_of(0, range(0, 3)))
+    with pytest.raises(ValueError, match=r"continues: episode 0 given, but the piece starts an episode"):
+        rep.add(piece_of(0, range(0, 2)), continues=0)
+    with pytest.raises(TypeError, match="continues: expected an episode id"):
+        rep.add(piece_of(0, range(3, 4)), continues=True)
+    rep.add(piece_of(0, range(3, 5), ends=True), continues=0)
+    with pytest.raises(ValueError, match=r"continues: episode 0 ended at its last stored row"):
+        rep.add(piece_of(0, range(5, 6)), continues=0)
+    assert rep.episode_lengths.tolist() == [5]  # nothing of the refused pieces was stored
+
+
+def test_segments_round_trip_while_an_episode_grows_and_an_evicted_ones_later_rows_stay_out(tmp_path):
+    rep = EpisodeReplay(ReplayConfig(capacity=30, seed=3))
+    folder, manifest = tmp_path / "segments", tmp_path / "replay.json"
+
+    def save_and_check():
+        rep.sample(2, 2)  # advance the generator between saves
+        rep.save_segments(folder, manifest)
+        back = EpisodeReplay.load_segments(manifest, folder)
+        _assert_same(rep, back)
+        _same_next_sample(rep, back)
+        return back
+
+    rep.add(piece_of(0, range(0, 10)))
+    save_and_check()  # segment 1: episode 0's first 10 rows
+    rep.add(piece_of(0, range(10, 15)), continues=0)
+    rep.add(piece_of(1, range(0, 8), ends=True))
+    save_and_check()  # segment 2: episode 0's rows 10-14, then episode 1
+    rep.add(piece_of(0, range(15, 16)), continues=0)  # not the newest any more: stored as episode 2
+    rep.add(piece_of(3, range(0, 12)))  # 15 + 8 + 1 + 12 > 30: episode 0 is evicted
+    back = save_and_check()
+    assert back.episode_ids.tolist() == [1, 2, 3]  # episode 0's rows 10-14 in segment 2 are not read back
+    names = json.loads(manifest.read_text())["segments"]
+    assert [(e["first_id"], e["end_id"]) for e in names] == [(0, 2), (2, 4)]  # segment 1 (0, 1) dropped
+    assert names[0]["file"] != "segment_0000000000-0000000001.safetensors"  # a grown episode's rows: their own file
+    back.add(piece_of(3, range(12, 14)), continues=3)  # appending continues after a load
+    back.save_segments(folder, tmp_path / "replay2.json")
+    _assert_same(back, EpisodeReplay.load_segments(tmp_path / "replay2.json", folder))

@@ -306,3 +306,15 @@ def test_uniform_starts_without_a_valid_start_is_refused(valid, shown):
     """No valid start (Σ valid <= 0) raises a ValueError naming valid, with the counts as integers."""
     with pytest.raises(ValueError, match=rf"^valid: expected at least one valid start, got counts {shown}$"):
         uniform_starts(valid, np.arange(len(valid)), 2, 4, torch.Generator())
+
+
+def test_events_in_rows_a_streamed_episode_gains_later_are_seen():
+    rep = EpisodeReplay(ReplayConfig(capacity=100, seed=0))
+    rep.add({**episode(0, 6), "is_first": np.arange(6) == 0})
+    sampler = EventStarts(rep, rate=1.0)
+    rep.sampler = sampler
+    assert not holds_event(rep.sample(16, 3, generator=0)).any()  # no event yet: uniform fallback
+    grown = episode(0, 4, {2: (10.0, False)})
+    rep.add({**grown, "step": np.arange(6, 10), "is_first": np.zeros(4, bool)}, continues=0)  # +10 at row 8 of the 10
+    batch = rep.sample(64, 3, generator=1)
+    assert holds_event(batch).all() and set(batch["step"][:, 0].tolist()) <= {6, 7, 8}

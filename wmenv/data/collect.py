@@ -108,7 +108,9 @@ class Collector:
     Episodes still running when a call ends go on in the next call (nothing is discarded), so
     episodes longer than one call's budget are still recorded; the first call resets ``vec``. With ``stream``, the
     rows of episodes still running are stored too at the end of each call, as pieces (`wmenv.data.episode`), so that
-    training need not wait for long episodes (Atari) to end; each row is stored once.
+    training need not wait for long episodes (Atari) to end; each row is stored once. Each piece is added as the
+    continuation of its episode's stored rows (`EpisodeReplay.add`'s ``continues``): with one env copy the replay
+    appends it, so windows run across the calls' boundaries and a call may be as short as one step.
     """
 
     def __init__(self, vec: Any, replay: Any, stream: bool = False) -> None:
@@ -138,12 +140,23 @@ class Collector:
         for _ in tqdm(range(-(-steps // self.vec.num_envs)), desc="collect", unit="step", disable=not progress):
             actions = act(self.step)
             self.step = self.vec.step(actions)
-            for ep in self.recorder.add(actions, self.step):
-                self.replay.add(ep)
+            # the ended copies' recorders start their next episodes in `add`: keep their stored ids first
+            stored = [self.recorder.recorders[e].stored_id for e in np.flatnonzero(self.step.done)]
+            for ep, before in zip(self.recorder.add(actions, self.step), stored, strict=True):
+                self._store(ep, before)
             returns += self.step.episode_return[self.step.done].mean(-1).tolist()
-        for piece in self.recorder.flush() if self.stream else ():
-            self.replay.add(piece)
+        for rec in self.recorder.recorders if self.stream else ():
+            piece = rec.flush()
+            if piece is not None:
+                rec.stored_id = self._store(piece, rec.stored_id)
         return returns
+
+    def _store(self, piece: dict[str, np.ndarray], stored: int | None) -> int | None:
+        """Add ``piece`` to the replay as the continuation of ``stored`` (its episode's rows stored so far, or None);
+        returns the id the replay gave (None from stores that give none, e.g. a worker's list)."""
+        if stored is None or piece["is_first"][0]:
+            return self.replay.add(piece)
+        return self.replay.add(piece, continues=stored)
 
 
 def collect(vec: Any, replay: Any, steps: int, act: Any, progress: bool = False) -> list[float]:

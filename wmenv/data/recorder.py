@@ -61,6 +61,9 @@ class EpisodeRecorder:
 
     _offset: int = 0
     """Rows of the current episode already handed out by `flush` (a class default, for recorders pickled before)."""
+    stored_id: int | None = None
+    """The replay's id for the current episode's rows already stored (`wmenv.data.collect.Collector` sets it, so
+    that the next piece continues them: `EpisodeReplay.add`'s ``continues``); None before any, and for a new episode."""
 
     def __init__(self, spec: EnvSpec) -> None:
         if not isinstance(spec, EnvSpec):
@@ -100,7 +103,7 @@ class EpisodeRecorder:
     def discard(self) -> None:
         """Drop the episode in progress, if any."""
         self._rows = []
-        self._offset = 0
+        self._offset, self.stored_id = 0, None
         self._live[:] = False
         self._ended[:] = False
 
@@ -177,7 +180,7 @@ class EpisodeRecorder:
         n = self.spec.n_agents
         row.update(reward=np.zeros(n, np.float32), terminated=np.zeros(n, bool), truncated=np.zeros(n, bool))
         row["action"] = self._zero_action()
-        self._rows, self._offset = [row], 0
+        self._rows, self._offset, self.stored_id = [row], 0, None
         self._live = row["alive"].copy()
         self._ended[:] = False
 

@@ -7,6 +7,12 @@ back in insertion order (an episode may wrap around the end of the ring), so sto
 form one contiguous run, oldest episode first. Adding an episode that does not fit evicts the
 oldest whole episodes first. Sampling turns B (episode, start) picks into a (B, T) array of ring
 indices and gathers every field with one fancy-indexing call; no Python loop per element.
+
+Streamed collection adds an episode in pieces as its steps arrive (`wmenv.data.episode`). A piece added with
+``continues`` = the id of the stored episode it continues is appended to that episode when the episode is the newest
+one stored (its rows are then adjacent in the ring; always so for one env copy), so windows run across the joins and
+updates can follow every env step; otherwise it is stored as an episode of its own. A stored episode therefore only
+grows at its end, and keeps its id (samplers that keep per-row statistics by id see more rows).
 """
 
 from __future__ import annotations
@@ -101,6 +107,7 @@ class EpisodeReplay:
         self._cache: tuple[np.ndarray, np.ndarray] | None = None  # (lengths, ids) as arrays
         self._segments: list[dict[str, Any]] = []  # what `save_segments` wrote that stored episodes still need
         self._saved_id = 0  # episodes with smaller ids are in a segment already
+        self._saved_rows = 0  # rows of episode ``_saved_id - 1`` in a segment (it may have grown since)
         self.generator = torch.Generator().manual_seed(int(config.seed))
         """The generator `sample` uses by default; its state is saved and restored with the replay."""
 
@@ -154,23 +161,31 @@ class EpisodeReplay:
         return self._cache
 
     # --- adding ---
-    def add(self, episode: Mapping[str, Any]) -> int:
+    def add(self, episode: Mapping[str, Any], continues: int | None = None) -> int:
         """Store one whole episode, or a piece of one (streamed collection), evicting the oldest ones if it does not fit.
 
         Args:
             episode: field -> (R, ...) array, all fields with the same R >= 1 rows (an episode or piece in the
-                format of `wmenv.data.episode` when the replay has a spec; extra fields allowed). Windows never span
-                two stored pieces (unless sampled with ``cross_episodes``); a piece that continues an episode does not
-                start with a reset.
+                format of `wmenv.data.episode` when the replay has a spec; extra fields allowed). A piece that
+                continues an episode does not start with a reset.
+            continues: for a piece, the id `add` returned for the earlier rows of its episode. When that episode is
+                the newest one stored and the two fit in the replay together, the piece is appended to it (windows
+                then run across the join); otherwise, or with None, the piece is stored as an episode of its own and
+                windows do not span it and its neighbours (unless sampled with ``cross_episodes``).
 
         Returns:
-            The id given to the episode.
+            The id of the stored episode that holds the rows: ``continues`` where they were appended, else a new id.
+
+        Raises:
+            ValueError: malformed fields, an episode longer than the capacity, or ``continues`` given for a piece
+                that starts an episode (``is_first``) or for an episode whose last stored row ended it (``is_last``).
         """
         ep = self._check_episode(episode)
         rows = next(iter(ep.values())).shape[0]
         cap = self.config.capacity
         if rows > cap:
             raise ValueError(f"episode: {rows} rows do not fit in a replay of capacity {cap} rows")
+        grow = continues is not None and self._appends(ep, continues, rows)
         if self._schema is None:
             # A single agent whose global state is its own observation (one-agent Gymnasium and Atari envs): keep one
             # copy (a 64x64 RGB step: 12 KB instead of 24 KB).
@@ -187,6 +202,27 @@ class EpisodeReplay:
                 f"episode['state']: expected the single agent's observation (as in this replay's earlier episodes), "
                 f"got other values at row {row}"
             )
+        self._write(ep, rows, grow)
+        return int(continues) if grow else self._next_id - 1
+
+    def _appends(self, ep: dict[str, np.ndarray], continues: Any, rows: int) -> bool:
+        """Whether the piece ``ep`` goes at the end of stored episode ``continues`` (checked as `add` documents)."""
+        if isinstance(continues, bool) or not isinstance(continues, (int, np.integer)):
+            raise TypeError(f"continues: expected an episode id (int) or None, got {continues!r}")
+        if "is_first" in ep and ep["is_first"][0]:
+            raise ValueError(f"continues: episode {continues} given, but the piece starts an episode (is_first row 0)")
+        if not self._ids or self._ids[-1] != continues:
+            return False  # not the newest episode (another copy's rows came between) or evicted: stored on its own
+        last = (self._starts[-1] + self._lengths[-1] - 1) % self.config.capacity
+        if "is_last" in self._data and self._data["is_last"][last]:
+            raise ValueError(f"continues: episode {continues} ended at its last stored row (is_last); a piece cannot "
+                             "continue it")  # fmt: skip
+        return self._lengths[-1] + rows <= self.config.capacity
+
+    def _write(self, ep: dict[str, np.ndarray], rows: int, grow: bool) -> None:
+        """Write ``rows`` rows at the head, evicting the oldest episodes first (never the newest when it ``grow``s),
+        as a new episode or at the end of the newest one."""
+        cap = self.config.capacity
         while self._rows + rows > cap:
             self._rows -= self._lengths.popleft()
             self._starts.popleft()
@@ -195,14 +231,16 @@ class EpisodeReplay:
         for k, v in self._data.items():
             v[self._head : self._head + first] = ep[k][:first]
             v[: rows - first] = ep[k][first:]
-        self._starts.append(self._head)
-        self._lengths.append(rows)
-        self._ids.append(self._next_id)
-        self._next_id += 1
+        if grow:
+            self._lengths[-1] += rows
+        else:
+            self._starts.append(self._head)
+            self._lengths.append(rows)
+            self._ids.append(self._next_id)
+            self._next_id += 1
         self._rows += rows
         self._head = (self._head + rows) % cap
         self._cache = None
-        return self._next_id - 1
 
     def _check_episode(self, episode: Mapping[str, Any]) -> dict[str, np.ndarray]:
         if not isinstance(episode, Mapping) or not episode:
@@ -369,12 +407,14 @@ class EpisodeReplay:
         return {"spec": self.spec_description, "config": asdict(self.config), "schema": schema, "next_id": self._next_id,
                 "state_from_obs": self._state_from_obs}  # fmt: skip
 
-    def _rows_of(self, first: int) -> dict[str, np.ndarray]:
-        """The stored episodes from index ``first`` (0 = oldest) on: their fields as (R, ...) arrays plus
-        ``episode/lengths`` and ``episode/ids`` (E,)."""
+    def _rows_of(self, first: int, skip: int = 0) -> dict[str, np.ndarray]:
+        """The stored episodes from index ``first`` (0 = oldest) on, without the first ``skip`` rows of episode
+        ``first``: their fields as (R, ...) arrays plus ``episode/lengths`` and ``episode/ids`` (E,)."""
         lengths, ids = self._arrays()
-        lengths, ids = lengths[first:], ids[first:]
-        begin = self._starts[first] if first < self.num_episodes else self._head
+        lengths, ids = lengths[first:].copy(), ids[first:]
+        begin = self._starts[first] + skip if first < self.num_episodes else self._head
+        if len(lengths):
+            lengths[0] -= skip
         order = (begin + np.arange(int(lengths.sum()))) % self.config.capacity
         arrays = {f"field/{k}": v[order] for k, v in self._data.items()}
         arrays.update({"episode/lengths": lengths.copy(), "episode/ids": ids.copy()})
@@ -391,9 +431,10 @@ class EpisodeReplay:
         ``folder``, then write the JSON ``manifest`` naming every segment the replay's state needs.
 
         Bytes written grow with the new episodes, not with the replay: earlier segments are never rewritten.
-        Both writes are atomic, and the manifest is written last, so a crash at any point leaves every
-        manifest written before it readable. Segments whose episodes have all been evicted drop out of the
-        manifest (their files stay for the manifests that still name them).
+        The rows a streamed episode gained since the last call (`add` with ``continues``) open the new segment,
+        under that episode's id. Both writes are atomic, and the manifest is written last, so a crash at any
+        point leaves every manifest written before it readable. Segments whose episodes have all been evicted
+        drop out of the manifest (their files stay for the manifests that still name them).
 
         Args:
             folder: the segments' folder (created if missing); keep it for the replay's lifetime.
@@ -406,14 +447,17 @@ class EpisodeReplay:
         folder.mkdir(parents=True, exist_ok=True)
         lengths, ids = self._arrays()
         first = int(np.searchsorted(ids, self._saved_id))  # the oldest stored episode not yet in a segment
+        grown = first > 0 and ids[first - 1] == self._saved_id - 1 and lengths[first - 1] > self._saved_rows
+        first, skip = (first - 1, self._saved_rows) if grown else (first, 0)
         written = 0
         if first < len(ids):
-            arrays = self._rows_of(first)
+            arrays = self._rows_of(first, skip)
             entry = {"first_id": int(ids[first]), "end_id": int(ids[-1]) + 1, "uid": uuid.uuid4().hex}
-            entry["file"] = f"segment_{entry['first_id']:010d}-{entry['end_id']:010d}.safetensors"
+            after = f"r{skip}" if skip else ""  # a grown episode's later rows: a name of their own
+            entry["file"] = f"segment_{entry['first_id']:010d}{after}-{entry['end_id']:010d}.safetensors"
             written += persist.write(folder / entry["file"], arrays, {"segment": entry})
             self._segments.append(entry)
-            self._saved_id = entry["end_id"]
+            self._saved_id, self._saved_rows = entry["end_id"], int(lengths[-1])
         oldest = int(ids[0]) if len(ids) else self._next_id
         self._segments = [e for e in self._segments if e["end_id"] > oldest]
         state = self.generator.get_state().numpy().tobytes()
@@ -422,6 +466,7 @@ class EpisodeReplay:
             "format_version": persist.FORMAT_VERSION,
             **self._meta(),
             "rng": base64.b64encode(state).decode("ascii"),
+            "oldest_id": oldest,  # a segment may hold the later rows of an evicted episode: not read back
             "segments": self._segments,
         }
         data = json.dumps(body).encode()
@@ -505,8 +550,11 @@ class EpisodeReplay:
                 )
             parts.append(arrays)
         arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else _no_rows(meta, where)
+        if "oldest_id" in meta:
+            arrays = _from_id(arrays, meta["oldest_id"], where)
         replay = cls._restore(arrays, meta, rng, where, spec, config, sampler)
         replay._segments, replay._saved_id = entries, replay._next_id
+        replay._saved_rows = replay._lengths[-1] if replay._lengths else 0
         return replay
 
     @classmethod
@@ -524,7 +572,7 @@ class EpisodeReplay:
         try:
             file_spec, schema_json, next_id = meta["spec"], meta["schema"], int(meta["next_id"])
             config = config if config is not None else ReplayConfig(**meta["config"])
-            lengths, ids = arrays.pop("episode/lengths"), arrays.pop("episode/ids")
+            lengths, ids = _join_pieces(arrays.pop("episode/lengths"), arrays.pop("episode/ids"))
             schema = None if schema_json is None else {k: (tuple(s), np.dtype(d)) for k, (s, d) in schema_json.items()}
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"{where} has corrupt replay metadata: {e!r}") from e
@@ -560,6 +608,30 @@ class EpisodeReplay:
             replay._ids.extend(ids.tolist())
             replay._rows, replay._head = kept, kept % config.capacity
         return replay
+
+
+def _join_pieces(lengths: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(E,) lengths and ids of saved rows, where an id repeated by the next entry is the same episode continued
+    (segments written while it grew): the ids' runs merged, their lengths summed."""
+    lengths, ids = np.asarray(lengths, np.int64), np.asarray(ids, np.int64)
+    if lengths.shape != ids.shape or lengths.ndim != 1 or (np.diff(ids) < 0).any():
+        raise ValueError(f"episode lengths {lengths.shape} and ids {ids.shape}: expected (E,) arrays with ids in order")
+    if not len(ids):
+        return lengths, ids
+    first = np.flatnonzero(np.r_[True, np.diff(ids) != 0])
+    return np.add.reduceat(lengths, first), ids[first]
+
+
+def _from_id(arrays: dict[str, np.ndarray], oldest: Any, where: str) -> dict[str, np.ndarray]:
+    """Saved rows without the episodes older than id ``oldest`` (evicted before the manifest was written)."""
+    try:
+        lengths, ids, oldest = arrays["episode/lengths"], arrays["episode/ids"], int(oldest)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{where} has corrupt replay metadata: {e!r}") from e
+    drop = int(np.searchsorted(ids, oldest))  # ids are in order: the evicted ones come first
+    rows = int(lengths[:drop].sum())
+    out = {k: v[rows:] for k, v in arrays.items() if k.startswith("field/")}
+    return {**out, "episode/lengths": lengths[drop:], "episode/ids": ids[drop:]}
 
 
 def _no_rows(meta: dict[str, Any], where: str) -> dict[str, np.ndarray]:

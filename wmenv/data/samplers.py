@@ -108,10 +108,11 @@ class EventStarts:
         self._cumsum: dict[int, np.ndarray] = {}  # episode id -> (R+1,) running count of event rows
         self._groups: tuple[tuple, list[np.ndarray]] | None = None  # (T, valid, ids) -> `_split` of the last call
 
-    def _events(self, index: int, episode_id: int) -> np.ndarray:
-        if episode_id not in self._cumsum:
-            rows = event_rows(self.replay.episode(index), self.min_abs_reward, self.terminations)
-            self._cumsum[episode_id] = np.concatenate([[0], np.cumsum(rows)])
+    def _events(self, index: int, episode_id: int, rows: int) -> np.ndarray:
+        cached = self._cumsum.get(episode_id)
+        if cached is None or len(cached) != rows + 1:  # new, or a streamed episode that grew since
+            events = event_rows(self.replay.episode(index), self.min_abs_reward, self.terminations)
+            self._cumsum[episode_id] = np.concatenate([[0], np.cumsum(events)])
         return self._cumsum[episode_id]
 
     def _split(self, valid: np.ndarray, episode_ids: np.ndarray, length: int) -> list[np.ndarray]:
@@ -119,8 +120,9 @@ class EventStarts:
         stored = set(episode_ids.tolist())
         self._cumsum = {i: c for i, c in self._cumsum.items() if i in stored}  # forget evicted episodes
         has = []  # per episode: (valid[e],) bool, the window starting there holds an event row
+        lengths = self.replay.episode_lengths.tolist()
         for e, (v, i) in enumerate(zip(valid.tolist(), episode_ids.tolist())):
-            cs = self._events(e, i)
+            cs = self._events(e, i, lengths[e])
             starts = np.arange(v)
             has.append(cs[np.minimum(starts + length, len(cs) - 1)] > cs[starts])
         flat = np.concatenate(has) if has else np.zeros(0, bool)  # (Σ valid,)
@@ -231,7 +233,8 @@ class DFS:
     `dfs_imagination_probs` (rows the model has learned, not over-used by the actor). Both draw without replacement
     within a call, as DRAMA's code does (a batch larger than the valid starts takes them all, then draws again), and
     add 1 to the drawn starts' counts. Counts are keyed by episode id, so they follow the replay's evictions (an
-    evicted episode's are dropped) and `state_dict` / `load_state_dict` carry them across a save.
+    evicted episode's are dropped, the rows a streamed episode gains start at zero) and `state_dict` /
+    `load_state_dict` carry them across a save.
 
     Usage::
 
@@ -251,12 +254,18 @@ class DFS:
             raise ValueError(f"episode_ids: expected the replay's {len(lengths)} episodes, got {len(episode_ids)}")
         stored = set(episode_ids.tolist())
         self._counts = {i: c for i, c in self._counts.items() if i in stored}  # forget evicted episodes
-        parts = []
-        for rows, v, i in zip(lengths.tolist(), valid.tolist(), episode_ids.tolist()):
-            counts = self._counts.setdefault(i, np.zeros((2, rows), np.int64))
-            parts.append(counts[:, :v])
+        parts = [self._of(i, rows)[:, :v] for rows, v, i in zip(lengths.tolist(), valid.tolist(), episode_ids.tolist())]
         flat = np.concatenate(parts, axis=1) if parts else np.zeros((2, 0), np.int64)
         return flat[0], flat[1]
+
+    def _of(self, episode_id: int, rows: int) -> np.ndarray:
+        """(2, rows) counts of a stored episode, created at zero, and extended by zeros for the rows a streamed
+        episode gained since (`EpisodeReplay.add` with ``continues``)."""
+        counts = self._counts.get(episode_id)
+        if counts is None or counts.shape[1] < rows:
+            old = np.zeros((2, 0), np.int64) if counts is None else counts
+            counts = self._counts[episode_id] = np.pad(old, ((0, 0), (0, rows - old.shape[1])))
+        return counts
 
     def _draw(self, probs: np.ndarray, valid, episode_ids, batch_size: int, generator: torch.Generator, row: int):
         p = torch.from_numpy(probs)
@@ -300,7 +309,7 @@ class DFS:
         ids, lengths = self.replay.episode_ids.tolist(), self.replay.episode_lengths
         if episode_id not in ids:
             raise ValueError(f"episode_id: {episode_id} is not stored in the replay (stored: {ids[:5]}...)")
-        c = self._counts.get(episode_id, np.zeros((2, int(lengths[ids.index(episode_id)])), np.int64))
+        c = self._of(episode_id, int(lengths[ids.index(episode_id)]))
         return c[0].copy(), c[1].copy()
 
     def state_dict(self) -> dict[str, np.ndarray]:

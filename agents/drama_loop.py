@@ -5,17 +5,23 @@ DRAMA's code updates the model and the behaviour once per env step (``TrainDynam
 ``TrainAgentEverySteps`` 1, from 1,032 warm-up steps of random actions). On a CPU that costs hundreds of hours per 100k
 steps (BENCHMARKS.md, "DRAMA's world model on this machine"), so here an iteration collects ``real_steps`` env steps
 and then runs ``fit_steps`` fit steps and ``ac_updates`` actor-critic updates: ``real_steps = fit_steps =
-ac_updates = 1`` is the code's schedule. Rows of running episodes are stored as they come (streamed collection), DFS
-draws the windows and the imagination starts by default, and the actor acts on the real env through the model's
-filter (its features [h, z], as in the dream).
+ac_updates = 1`` is the code's schedule (with ``eval_every``, ``checkpoint_every`` and ``log_every`` in env steps, so
+that a 100k-iteration run does not evaluate and checkpoint after every step). Rows of running episodes are stored as
+they come (streamed collection: each iteration's rows are appended to the stored episode, so windows run across
+iterations), DFS draws the windows and the imagination starts by default, and the actor acts on the real env through
+the model's filter (its features [h, z], as in the dream).
 
-Each iteration writes an atomic checkpoint (``checkpoints/step_<env steps>``: the world model, the replay, the
-learner, the optimizers, DFS counts, counters, curve, random streams, and the real env mid-episode with the filter's
-state); ``resume`` continues from the latest, as if never stopped (where the env can be saved, as ALE's can).
+Each iteration (or each ``checkpoint_every`` env steps) writes an atomic checkpoint (``checkpoints/step_<env
+steps>``: the world model, the replay, the learner, the optimizers, DFS counts, counters, curve, random streams, and
+the real env mid-episode with the filter's state); ``resume`` continues from the latest, as if never stopped (where
+the env can be saved, as ALE's can).
 
 Usage::
 
     python examples/05_drama.py --env-id atari:Pong --iterations 400 --run-dir runs/drama
+    # DRAMA's own schedule (a GPU's): an update after every env step, 100k steps
+    python examples/05_drama.py --env-id atari:Pong --model xs --iterations 100000 --real-steps 1 --fit-steps 1 \
+        --ac-updates 1 --worlds 1024 --seq-len 128 --eval-every 5000 --checkpoint-every 5000 --log-every 250 --device cuda
 """
 
 from __future__ import annotations
@@ -85,11 +91,23 @@ class DRAMALoopConfig:
     capacity: int = 100_000
     """Replay capacity in env steps (rows)."""
     eval_episodes: int = 1
-    """Greedy real episodes per evaluation (after every iteration that trained)."""
+    """Greedy real episodes per evaluation."""
+    eval_every: int = 0
+    """Evaluate after a trained iteration that reaches a multiple of this many env steps (0: after every trained
+    iteration)."""
+    checkpoint_every: int = 0
+    """Checkpoint after an iteration that reaches a multiple of this many env steps, and after the last (0: after
+    every iteration). A resumed run repeats the iterations since the last checkpoint, the same way."""
+    log_every: int = 0
+    """Write the fit's and the actor-critic's scalars (the last step's) after a trained iteration that reaches a
+    multiple of this many env steps (0: after every trained iteration)."""
     eval_max_steps: int = 5000
     """An evaluation episode is cut after this many steps (a policy that never serves can make Breakout endless)."""
     seed: int = 0
     """Seeds every random stream of the run."""
+    device: str = "cpu"
+    """Torch device of the world model, the actor-critic and the dream ("cuda": mamba-ssm's kernels where installed).
+    The env, the replay and the checkpoints stay on the CPU."""
     run_dir: str = "runs/drama"
     """Checkpoints, TensorBoard events and ``result.json``."""
     resume: bool = False
@@ -105,20 +123,27 @@ class DRAMALoopConfig:
         for name in ("iterations", "real_steps", "fit_steps", "batch_size", "seq_len", "ac_updates", "worlds",
                      "context", "capacity", "eval_max_steps", "keep_checkpoints"):  # fmt: skip
             check_int(f"DRAMALoopConfig.{name}", getattr(self, name))
-        for name in ("warmup_steps", "eval_episodes", "keep_every"):
+        for name in ("warmup_steps", "eval_episodes", "keep_every", "eval_every", "checkpoint_every", "log_every"):
             check_int(f"DRAMALoopConfig.{name}", getattr(self, name), 0)
         check_choice("DRAMALoopConfig.model", self.model, model_kind("drama").presets)
         check_choice("DRAMALoopConfig.sampler", self.sampler, ("dfs", "uniform"))
-        if self.real_steps < self.seq_len:
-            raise ValueError(f"DRAMALoopConfig.real_steps: {self.real_steps} steps per iteration store pieces shorter "
-                             f"than the fit's windows ({self.seq_len} rows)")  # fmt: skip
+        try:
+            torch.device(self.device)
+        except (RuntimeError, TypeError) as e:
+            raise ValueError(f"DRAMALoopConfig.device: expected a torch device string, got {self.device!r}") from e
+
+
+def _reaches(every: int, before: int, now: int) -> bool:
+    """Whether env steps ``before`` -> ``now`` reach a multiple of ``every`` (always, for ``every`` 0)."""
+    return every == 0 or now // every > before // every
 
 
 def _act(learner: DreamerAC, filters: AgentFilters, generator: torch.Generator, random_until: int, counters: dict,
          first: bool):  # fmt: skip
     """The collection policy: random actions during warm-up, then the actor on the filter's features. ``first``: the
     env has not been reset yet (its first step restarts the filter; later episodes restart it where they end)."""
-    rng, first = np.random.default_rng(int(torch.randint(2**31, (1,), generator=generator))), [first]
+    seed = int(torch.randint(2**31, (1,), generator=generator, device=generator.device))
+    rng, first = np.random.default_rng(seed), [first]
 
     def act(step) -> np.ndarray:
         features = filters.observe_vec(step, first=first[0])  # (1, 1, F)
@@ -126,7 +151,7 @@ def _act(learner: DreamerAC, filters: AgentFilters, generator: torch.Generator, 
         if counters["env_steps"] < random_until:
             actions = random_actions(filters.spec, step.action_mask, rng)
         else:
-            actions = learner.act(features[:, 0], generator)[:, None].numpy()
+            actions = learner.act(features[:, 0], generator)[:, None].cpu().numpy()
         filters.record(actions, step.alive)
         counters["env_steps"] += 1
         return actions
@@ -143,7 +168,7 @@ def evaluate(model, learner: DreamerAC, cfg: DRAMALoopConfig, seed: int) -> floa
             filters, step, total = AgentFilters(model, 1, seed + episode), vec.reset(), 0.0
             for t in range(cfg.eval_max_steps):
                 features = filters.observe_vec(step, first=t == 0)
-                actions = learner.act(features[:, 0], greedy=True)[:, None].numpy()
+                actions = learner.act(features[:, 0], greedy=True)[:, None].cpu().numpy()
                 filters.record(actions, step.alive)
                 step = vec.step(actions)
                 total += float(step.reward.sum())
@@ -174,6 +199,30 @@ def _save(run_dir: Path, name: str, model, wm_optim, learner: DreamerAC, replay:
     return write_checkpoint(run_dir, name, fill, cfg.keep_checkpoints, cfg.keep_every)
 
 
+def _resume(ckpt: Path, cfg: DRAMALoopConfig, spec, model, wm_optim, learner: DreamerAC,
+            generator: torch.Generator) -> tuple[EpisodeReplay, dict[str, Any], dict[str, Any]]:  # fmt: skip
+    """Load checkpoint ``ckpt`` into the run's model, optimizers, learner and generator; returns the replay, the run
+    state (`agents.resume`) and the loop's ``loop.json`` (counters, curve, CPU seconds)."""
+    model.load_state_dict(load_model(ckpt / "world_model", spec, kind="drama").state_dict())
+    replay_cfg = ReplayConfig(capacity=cfg.capacity, seed=cfg.seed)
+    replay = EpisodeReplay.load_segments(ckpt / "replay.json", Path(cfg.run_dir) / REPLAY_SEGMENTS, spec, replay_cfg)
+    state = load_run_state(ckpt)
+    if state is None:
+        raise ValueError(f"run_dir: {ckpt} holds no run state (not a DRAMA checkpoint?)")
+    learner.load_state_dict(state["learner"])
+    load_optimizer_state(learner.optimizer, state["ac_optim"])
+    learner.scale.load_state_dict(state["scale"])
+    load_optimizer_state(wm_optim, state["wm_optim"])
+    generator.set_state(state["generator"])
+    return replay, state, json.loads((ckpt / "loop.json").read_text())
+
+
+def _log(writer: SummaryWriter, step: int, scalars: dict[str, float]) -> None:
+    """Write ``scalars`` (tag -> value) at env step ``step``."""
+    for tag, value in scalars.items():
+        writer.add_scalar(tag, value, step)
+
+
 def run(cfg: DRAMALoopConfig) -> dict[str, Any]:
     """Train (or continue, with ``cfg.resume``) a DRAMA run; returns the evaluation curve, the counters and the CPU
     seconds per phase (collect, fit, actor_critic, evaluate, checkpoint; summed over the processes that resumed the run,
@@ -184,26 +233,16 @@ def run(cfg: DRAMALoopConfig) -> dict[str, Any]:
         remove_temporaries(folder)
     vec = VecEnv(cfg.env_id, num_envs=1, seed=cfg.seed, **cfg.env_kwargs)
     spec = vec.spec
-    model = build_model("drama", spec, cfg.model)
+    device = torch.device(cfg.device)
+    model = build_model("drama", spec, cfg.model).to(device)
     wm_optim = adam(model.parameters(), lr=model.config.lr)
-    learner = DreamerAC(model.feature_widths()[0], spec.n_actions, cfg.ac)
-    generator = torch.Generator().manual_seed(cfg.seed)
+    learner = DreamerAC(model.feature_widths()[0], spec.n_actions, cfg.ac).to(device)
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)  # the actor's samples, on the actor's device
     counters, curve = {"iteration": 0, "env_steps": 0, "fit_steps": 0, "ac_updates": 0}, []
     cpu = dict.fromkeys(("collect", "fit", "actor_critic", "evaluate", "checkpoint"), 0.0)  # CPU seconds, all processes
     ckpt = latest_checkpoint(run_dir) if cfg.resume else None
     if ckpt is not None:
-        model.load_state_dict(load_model(ckpt / "world_model", spec, kind="drama").state_dict())
-        replay_cfg = ReplayConfig(capacity=cfg.capacity, seed=cfg.seed)
-        replay = EpisodeReplay.load_segments(ckpt / "replay.json", run_dir / REPLAY_SEGMENTS, spec, replay_cfg)
-        state = load_run_state(ckpt)
-        if state is None:
-            raise ValueError(f"run_dir: {ckpt} holds no run state (not a DRAMA checkpoint?)")
-        learner.load_state_dict(state["learner"])
-        load_optimizer_state(learner.optimizer, state["ac_optim"])
-        learner.scale.load_state_dict(state["scale"])
-        load_optimizer_state(wm_optim, state["wm_optim"])
-        generator.set_state(state["generator"])
-        loop = json.loads((ckpt / "loop.json").read_text())
+        replay, state, loop = _resume(ckpt, cfg, spec, model, wm_optim, learner, generator)
         counters, curve = loop["counters"], [tuple(p) for p in loop["curve"]]
         cpu.update(loop.get("cpu", {}))  # checkpoints from before 2026-12-05 did not keep them
     else:
@@ -231,30 +270,31 @@ def run(cfg: DRAMALoopConfig) -> dict[str, Any]:
     bar = tqdm(total=cfg.iterations, initial=counters["iteration"], desc="drama", unit="iter", disable=not cfg.progress)
     try:
         for it in range(counters["iteration"], cfg.iterations):
+            before = counters["env_steps"]
             act = _act(learner, filters, generator, cfg.warmup_steps, counters, collector.step is None)
             for r in timed("collect", collector, cfg.real_steps, act):
                 writer.add_scalar("charts/real_episode_return", r, counters["env_steps"])
-            trained = counters["env_steps"] >= cfg.warmup_steps and _has_windows(replay, cfg.seq_len)
-            if trained:
+            now = counters["env_steps"]
+            if now >= cfg.warmup_steps and _has_windows(replay, cfg.seq_len):
                 fit_cfg = FitConfig(steps=cfg.fit_steps, batch_size=cfg.batch_size, seq_len=cfg.seq_len,
                                     seed=cfg.seed + it, progress=False)  # fmt: skip
                 history = timed("fit", fit, model, replay, fit_cfg, optimizer=wm_optim)
-                for k, v in history.items():
-                    writer.add_scalar(f"world_model/{k}", float(np.mean(v)), counters["env_steps"])
                 dream = DreamVecEnv(model, cfg.worlds, horizon=10**9, start=starts, context=cfg.context, seed=cfg.seed + it)
                 for _ in range(cfg.ac_updates):
                     trajectory, _ = timed("actor_critic", learner.imagine, dream, generator)
                     stats = timed("actor_critic", learner.update, trajectory)
-                for k, v in stats.items():
-                    writer.add_scalar(f"actor_critic/{k}", v, counters["env_steps"])
+                if _reaches(cfg.log_every, before, now):
+                    _log(writer, now, {f"world_model/{k}": float(np.mean(v)) for k, v in history.items()})
+                    _log(writer, now, {f"actor_critic/{k}": v for k, v in stats.items()})
                 counters["fit_steps"] += cfg.fit_steps
                 counters["ac_updates"] += cfg.ac_updates
-                greedy = timed("evaluate", evaluate, model, learner, cfg, cfg.seed + EVAL_SEED_OFFSET)
-                curve.append((counters["env_steps"], greedy))
-                writer.add_scalar("eval/episode_return", curve[-1][1], counters["env_steps"])
+                if _reaches(cfg.eval_every, before, now):
+                    curve.append((now, timed("evaluate", evaluate, model, learner, cfg, cfg.seed + EVAL_SEED_OFFSET)))
+                    _log(writer, now, {"eval/episode_return": curve[-1][1]})
             counters["iteration"] = it + 1
-            timed("checkpoint", _save, run_dir, f"step_{counters['env_steps']:012d}", model, wm_optim, learner, replay,
-                  dfs, generator, counters, curve, cpu, cfg, vec, collector, filters)  # fmt: skip
+            if _reaches(cfg.checkpoint_every, before, now) or it + 1 == cfg.iterations:
+                timed("checkpoint", _save, run_dir, f"step_{now:012d}", model, wm_optim, learner, replay, dfs,
+                      generator, counters, curve, cpu, cfg, vec, collector, filters)  # fmt: skip
             bar.update(1)
             if curve:
                 bar.set_postfix(ret=f"{curve[-1][1]:.1f}", refresh=False)

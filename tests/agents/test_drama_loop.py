@@ -1,5 +1,6 @@
 """DRAMA's loop on real Breakout (16×16 frames, tiny schedule): it trains after the warm-up, checkpoints, resumes, and
-the same seed gives the same run."""
+the same seed gives the same run; DRAMA's own schedule (an update after every env step) runs, with evaluations,
+checkpoints and scalars every so many env steps."""
 
 import json
 
@@ -56,7 +57,48 @@ def test_same_seed_same_run_and_a_resumed_run_is_the_uninterrupted_one(tmp_path)
 def test_bad_configs_are_named():
     with pytest.raises(ValueError, match="DRAMALoopConfig.model: expected 'xs', 's' or 'cpu-small', got 'small'"):
         DRAMALoopConfig(model="small")
-    with pytest.raises(ValueError, match="shorter than the fit's windows"):
-        DRAMALoopConfig(real_steps=8, seq_len=64)
+    with pytest.raises(ValueError, match="DRAMALoopConfig.eval_every"):
+        DRAMALoopConfig(eval_every=-1)
+    with pytest.raises(ValueError, match="DRAMALoopConfig.device: expected a torch device string, got 'gpu0'"):
+        DRAMALoopConfig(device="gpu0")
     with pytest.raises(ValueError, match="DRAMALoopConfig.sampler"):
         DRAMALoopConfig(sampler="prioritized")
+
+
+def test_drama_schedule_updates_after_every_step_and_evaluates_checkpoints_and_logs_every_so_many(tmp_path):
+    """``real_steps = fit_steps = ac_updates = 1``: windows of 16 rows are drawn from one-step collections (the replay
+    appends them to the running episode), and a resumed run is the uninterrupted one."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    per_step = dict(real_steps=1, fit_steps=1, ac_updates=1, eval_every=8, checkpoint_every=16, log_every=8)
+    whole = run(_cfg(tmp_path / "whole", 48, **per_step))
+    # trained from 32 env steps on (warm-up), once per step; evaluated at each multiple of 8 reached
+    assert whole["counters"] == {"iteration": 48, "env_steps": 48, "fit_steps": 17, "ac_updates": 17}
+    assert [s for s, _ in whole["eval_returns"]] == [32, 40, 48]
+    names = sorted(p.name for p in (tmp_path / "whole" / "checkpoints").glob("step_*"))
+    assert names == ["step_000000000032", "step_000000000048"]  # 16, 32, 48 written; the newest 2 kept
+    events = EventAccumulator(str(tmp_path / "whole"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("world_model/loss")] == [32, 40, 48]
+    assert [e.step for e in events.Scalars("actor_critic/entropy")] == [32, 40, 48]
+    run(_cfg(tmp_path / "split", 36, **per_step))  # its last iteration checkpoints (36), between two multiples of 16
+    split = run(_cfg(tmp_path / "split", 48, resume=True, **per_step))
+    assert split["eval_returns"] == whole["eval_returns"] and split["counters"] == whole["counters"]
+    weights = [
+        load_file(str(latest_checkpoint(tmp_path / d) / "world_model" / "model.safetensors")) for d in ("whole", "split")
+    ]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_the_loop_runs_on_cuda_and_resumes(tmp_path):
+    """device="cuda": world model, actor-critic, dream and the actor's samples on the GPU (env, replay and checkpoints on
+    the CPU), on DRAMA's per-step schedule; a resumed run continues (GPU kernels need not be bitwise repeatable)."""
+    per_step = dict(real_steps=1, fit_steps=1, ac_updates=1, eval_every=8, checkpoint_every=16, device="cuda")
+    first = run(_cfg(tmp_path, 36, **per_step))
+    second = run(_cfg(tmp_path, 40, resume=True, **per_step))
+    assert [s for s, _ in second["eval_returns"]] == [32, 40] and second["eval_returns"][:1] == first["eval_returns"]
+    assert second["counters"] == {"iteration": 40, "env_steps": 40, "fit_steps": 9, "ac_updates": 9}
+    weights = load_file(str(latest_checkpoint(tmp_path) / "world_model" / "model.safetensors"))
+    assert all(t.device.type == "cpu" and torch.isfinite(t).all() for t in weights.values())

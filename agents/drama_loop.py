@@ -84,6 +84,9 @@ class DRAMALoopConfig:
     """Imagined worlds per actor-critic update (DRAMA: 1,024)."""
     context: int = 8
     """Real frames filtered before imagining (DRAMA: 8)."""
+    terminations: Literal["threshold", "sample"] = "threshold"
+    """How imagined episodes end (`DreamVecEnv`): "threshold", as DRAMA's code (terminated where the termination
+    head's probability exceeds 0.5), or "sample" (a Bernoulli draw; an ended world restarts from new real context)."""
     ac: DreamerACConfig = field(default_factory=DreamerACConfig)
     """The actor-critic (its ``horizon`` is the imagined steps per update: DRAMA's 16)."""
     sampler: Literal["dfs", "uniform"] = "dfs"
@@ -127,6 +130,7 @@ class DRAMALoopConfig:
             check_int(f"DRAMALoopConfig.{name}", getattr(self, name), 0)
         check_choice("DRAMALoopConfig.model", self.model, model_kind("drama").presets)
         check_choice("DRAMALoopConfig.sampler", self.sampler, ("dfs", "uniform"))
+        check_choice("DRAMALoopConfig.terminations", self.terminations, ("threshold", "sample"))
         try:
             torch.device(self.device)
         except (RuntimeError, TypeError) as e:
@@ -279,7 +283,8 @@ def run(cfg: DRAMALoopConfig) -> dict[str, Any]:
                 fit_cfg = FitConfig(steps=cfg.fit_steps, batch_size=cfg.batch_size, seq_len=cfg.seq_len,
                                     seed=cfg.seed + it, progress=False)  # fmt: skip
                 history = timed("fit", fit, model, replay, fit_cfg, optimizer=wm_optim)
-                dream = DreamVecEnv(model, cfg.worlds, horizon=10**9, start=starts, context=cfg.context, seed=cfg.seed + it)
+                dream = DreamVecEnv(model, cfg.worlds, horizon=10**9, start=starts, context=cfg.context, seed=cfg.seed + it,
+                                    terminations=cfg.terminations)  # fmt: skip
                 for _ in range(cfg.ac_updates):
                     trajectory, _ = timed("actor_critic", learner.imagine, dream, generator)
                     stats = timed("actor_critic", learner.update, trajectory)

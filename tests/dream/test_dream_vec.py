@@ -384,3 +384,21 @@ def test_one_agent_models_step_and_end():
     s = vec.step(torch.zeros(2, 1, dtype=torch.long))
     assert s.done.all() and s.terminated.all()
     assert_array_equal(s.episode_length, [2, 2])
+
+
+def test_thresholded_terminations_end_agents_below_one_half_in_every_world():
+    """``terminations="threshold"`` (DRAMA's code: termination logit > 0): an agent ends where its continuation is below
+    0.5, in every world and for any seed; ``"sample"`` ends it with probability 1 - p."""
+    model = scripted(cont=torch.tensor([[0.6, 0.4, 0.5]]))
+    ends = []
+    for seed in range(3):
+        vec = DreamVecEnv(model, num_worlds=4, horizon=10, seed=seed, terminations="threshold")
+        vec.reset()
+        ends.append(vec.step(acts(*[[0, 1, 2]] * 4)).terminated)
+    assert all(torch.equal(e, torch.tensor([[False, True, False]] * 4)) for e in ends)
+    vec = DreamVecEnv(model, num_worlds=4000, horizon=10, seed=0)
+    vec.reset()
+    rate = vec.step(torch.tensor([[0, 1, 2]] * 4000)).terminated.float().mean(0)
+    assert_close(rate, torch.tensor([0.4, 0.6, 0.5]), atol=0.03, rtol=0)
+    with pytest.raises(ValueError, match="terminations: expected 'sample' or 'threshold', got 'never'"):
+        DreamVecEnv(model, num_worlds=1, terminations="never")

@@ -75,6 +75,9 @@ class DreamVecEnv:
             (discrete actions).
         out_of_bounds: continuous actions outside an agent's bounds are ``"clip"``ped to them (as a MuJoCo
             actuator clamps its control) or ``"raise"`` a ValueError.
+        terminations: how the predicted continuation ends an agent: ``"sample"``d (a Bernoulli draw of the
+            continuation probability) or ``"threshold"`` (terminated where it is below 0.5, as DRAMA's and STORM's
+            code take ``termination logit > 0``: no draw, so an uncertain head does not end worlds at random).
 
     Continuous actions are (B, N, A) float: each agent's own dims (the action mask marks them), NaN or inf refused;
     absent agents' and padded dims' values are ignored.
@@ -92,6 +95,7 @@ class DreamVecEnv:
         mask_threshold: float = 0.5,
         planner: MAGPlanner | None = None,
         out_of_bounds: Literal["clip", "raise"] = "clip",
+        terminations: Literal["sample", "threshold"] = "sample",
     ) -> None:
         for name, value in (("num_worlds", num_worlds), ("horizon", horizon), ("context", context)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -99,6 +103,7 @@ class DreamVecEnv:
         if obs not in ("latent", "decoded"):
             raise ValueError(f"obs: expected 'latent' or 'decoded', got {obs!r}")
         check_choice("out_of_bounds", out_of_bounds, ("clip", "raise"))
+        check_choice("terminations", terminations, ("sample", "threshold"))
         if planner is not None and not model.spec.discrete:
             raise ValueError(f"planner: MAG's planner samples discrete candidate actions; {model.spec.id} has continuous ones")
         if start is not None and start.spec_description is not None and start.spec_description != model.spec.describe():
@@ -107,7 +112,7 @@ class DreamVecEnv:
             )
         self.model, self.spec = model.eval(), model.spec
         self.num_worlds, self.horizon, self.start, self.context = num_worlds, horizon, start, context
-        self.obs_kind, self.mask_threshold = obs, mask_threshold
+        self.obs_kind, self.mask_threshold, self.terminations = obs, mask_threshold, terminations
         self.device = next(model.parameters()).device
         # (N, A) bool: each agent's own actions (heterogeneous agents: the padded ones beyond its Discrete.n are not)
         self._own = torch.as_tensor(own_action_dims(model.spec), device=self.device)
@@ -248,7 +253,10 @@ class DreamVecEnv:
         self._check_finite(obs, pred.reward)
         was_alive = self._alive
         reward = torch.where(was_alive, pred.reward, torch.zeros_like(pred.reward))
-        cont = torch.bernoulli(pred.cont.clamp(0, 1), generator=self.generator).bool()
+        if self.terminations == "sample":
+            cont = torch.bernoulli(pred.cont.clamp(0, 1), generator=self.generator).bool()
+        else:
+            cont = pred.cont >= 0.5
         terminated = was_alive & ~cont
         alive = was_alive & cont
         self._t = self._t + 1

@@ -54,8 +54,10 @@ open('setup.py', 'w').write(s)"
 BUILD=$!
 
 # 2. while it builds, on the other 4 cores (no kernels on the path yet): the CUDA tests of the loop and MAPPO, the
-#    MAMBA paper's Flatland schedule and sizes for two minutes (a resumable run folder), the dream's throughput
-want loop && run 200 12-15 python3 -m pytest -q -p no:cacheprovider -m cuda tests/agents/test_model_based.py tests/agents/test_mappo_math.py
+#    MAMBA paper's Flatland schedule and sizes for two minutes (a resumable run folder), the dream's throughput; the
+#    DRAMA loop's CUDA test (its per-step schedule; not yet run on a GPU) joined them on 2026-12-05
+want loop && run 240 12-15 python3 -m pytest -q -p no:cacheprovider -m cuda tests/agents/test_model_based.py \
+    tests/agents/test_mappo_math.py tests/agents/test_drama_loop.py
 #    the paper schedule's cost per real step, phase by phase, in the background (it overlaps the kernel steps below)
 #    (PROFILE_ARGS: more flags, e.g. "--run.fit.compile steps"; on an H200 it took ~170 s with an eager fit)
 want profile && run ${PROFILE_S:-200} 12-15 python3 examples/benchmarks/loop_profile.py --schedule mamba-flatland \

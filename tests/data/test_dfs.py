@@ -164,3 +164,8 @@ def test_counts_of_a_streamed_episode_keep_their_rows_as_it_grows():
     again = DFS(rep)
     again.load_state_dict(dfs.state_dict())
     np.testing.assert_array_equal(again.counts(0)[0], [2, 2, 2, 1, 1, 1, 1, 0, 0, 0])
+    rep.add({k: v[:2] for k, v in later.items()}, continues=0)  # grown again, no draw since: saved as long as it is now
+    state = dfs.state_dict()
+    assert state["rows"].tolist() == [12]
+    again.load_state_dict(state)
+    np.testing.assert_array_equal(again.counts(0)[0], [2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0, 0])

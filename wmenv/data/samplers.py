@@ -314,9 +314,9 @@ class DFS:
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """The counts of the stored episodes: ``ids`` (K,), ``rows`` (K,), ``counts`` (2, Σ rows) int64."""
-        stored = set(self.replay.episode_ids.tolist())
+        stored = dict(zip(self.replay.episode_ids.tolist(), self.replay.episode_lengths.tolist()))
         ids = sorted(i for i in self._counts if i in stored)
-        counts = [self._counts[i] for i in ids]
+        counts = [self._of(i, stored[i]) for i in ids]  # as long as the episode now is (it may have grown since a draw)
         return {
             "ids": np.asarray(ids, np.int64),
             "rows": np.asarray([c.shape[1] for c in counts], np.int64),

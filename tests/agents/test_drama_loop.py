@@ -3,6 +3,7 @@ the same seed gives the same run; DRAMA's own schedule (an update after every en
 checkpoints and scalars every so many env steps."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -83,11 +84,19 @@ def test_drama_schedule_updates_after_every_step_and_evaluates_checkpoints_and_l
     assert [e.step for e in events.Scalars("actor_critic/entropy")] == [32, 40, 48]
     run(_cfg(tmp_path / "split", 36, **per_step))  # its last iteration checkpoints (36), between two multiples of 16
     split = run(_cfg(tmp_path / "split", 48, resume=True, **per_step))
-    assert split["eval_returns"] == whole["eval_returns"] and split["counters"] == whole["counters"]
+    # a run killed at 44 resumes from its checkpoint at 32 and repeats 33-44 as they were
+    run(_cfg(tmp_path / "killed", 44, **per_step))
+    folder = tmp_path / "killed" / "checkpoints"
+    shutil.rmtree(folder / "step_000000000044")
+    (folder / "latest").write_text("step_000000000032")
+    killed = run(_cfg(tmp_path / "killed", 48, resume=True, **per_step))
+    for other in (split, killed):
+        assert other["eval_returns"] == whole["eval_returns"] and other["counters"] == whole["counters"]
     weights = [
-        load_file(str(latest_checkpoint(tmp_path / d) / "world_model" / "model.safetensors")) for d in ("whole", "split")
+        load_file(str(latest_checkpoint(tmp_path / d) / "world_model" / "model.safetensors"))
+        for d in ("whole", "split", "killed")
     ]
-    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert all(torch.equal(weights[0][k], w[k]) for w in weights[1:] for k in weights[0])
 
 
 @pytest.mark.cuda

@@ -540,3 +540,24 @@ def test_segments_round_trip_while_an_episode_grows_and_an_evicted_ones_later_ro
     back.add(piece_of(3, range(12, 14)), continues=3)  # appending continues after a load
     back.save_segments(folder, tmp_path / "replay2.json")
     _assert_same(back, EpisodeReplay.load_segments(tmp_path / "replay2.json", folder))
+
+
+def test_an_episode_read_by_fields_copies_only_those():
+    rep = filled([5, 7])
+    whole = rep.episode(1)
+    some = rep.episode(1, fields=["step", "episode"])
+    assert list(some) == ["step", "episode"]
+    for k in some:
+        np.testing.assert_array_equal(some[k], whole[k])
+    with pytest.raises(ValueError, match=r"fields: expected names among \['episode', 'is_first', 'obs', 'step'\]"):
+        rep.episode(0, fields=["reward"])
+    with pytest.raises(ValueError, match="fields: expected names"):
+        rep.episode(0, fields="step")
+
+
+def test_a_single_agents_rebuilt_state_is_read_by_fields_too():
+    from wmenv.data.collect import random_replay
+
+    replay, _ = random_replay("gym:CartPole-v1", 100, capacity=2_000)
+    np.testing.assert_array_equal(replay.episode(0, fields=["state"])["state"], replay.episode(0)["state"])
+    assert set(replay.episode(0, fields=["reward", "terminated"])) == {"reward", "terminated"}

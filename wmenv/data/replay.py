@@ -23,7 +23,7 @@ import json
 import os
 import uuid
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -280,13 +280,23 @@ class EpisodeReplay:
                     )
         return ep
 
-    def episode(self, index: int) -> dict[str, np.ndarray]:
-        """A copy of stored episode ``index`` (0 = oldest, -1 = newest): field -> (R, ...) array."""
+    def episode(self, index: int, fields: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """A copy of stored episode ``index`` (0 = oldest, -1 = newest): field -> (R, ...) array; only ``fields`` if
+        given (e.g. the rewards of an Atari episode without copying its frames)."""
         e = self.num_episodes
         if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not -e <= index < e:
             raise IndexError(f"index: expected an integer in [{-e}, {e}), got {index!r}")
+        if fields is not None:
+            unknown = sorted(set(fields) - set(self._fields()))
+            if isinstance(fields, str) or unknown:
+                raise ValueError(f"fields: expected names among {sorted(self._fields())}, got {fields!r}")
         idx = (self._starts[index] + np.arange(self._lengths[index])) % self.config.capacity
-        return self._with_state({k: v[idx] for k, v in self._data.items()})
+        wanted = set(self._data if fields is None else fields)
+        if self._state_from_obs and "state" in wanted:
+            wanted.add("obs")
+        out = {k: v[idx] for k, v in self._data.items() if k in wanted}
+        out = self._with_state(out) if "obs" in out else out
+        return out if fields is None else {k: out[k] for k in fields}
 
     # --- sampling ---
     def _generator(self, generator: torch.Generator | int | None) -> torch.Generator:

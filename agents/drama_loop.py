@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 from agents.dreamer_ac import DreamerAC, DreamerACConfig
 from agents.resume import load_run_state, resume_envs, save_run_state
 from agents.train import EVAL_SEED_OFFSET, latest_checkpoint, seed_everything, write_checkpoint
-from wmenv.checks import check_choice, check_int
+from wmenv.checks import check_choice, check_device, check_int
 from wmenv.data import DFS, EpisodeReplay, ReplayConfig
 from wmenv.data.collect import Collector, random_actions
 from wmenv.data.persist import remove_temporaries
@@ -131,10 +131,7 @@ class DRAMALoopConfig:
         check_choice("DRAMALoopConfig.model", self.model, model_kind("drama").presets)
         check_choice("DRAMALoopConfig.sampler", self.sampler, ("dfs", "uniform"))
         check_choice("DRAMALoopConfig.terminations", self.terminations, ("threshold", "sample"))
-        try:
-            torch.device(self.device)
-        except (RuntimeError, TypeError) as e:
-            raise ValueError(f"DRAMALoopConfig.device: expected a torch device string, got {self.device!r}") from e
+        check_device("DRAMALoopConfig.device", self.device)
 
 
 def _reaches(every: int, before: int, now: int) -> bool:

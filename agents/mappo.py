@@ -34,7 +34,7 @@ from agents.policies.base import (
 )
 from agents.policies.gru import GRUPolicy, GRUPolicyConfig
 from agents.storage import BatchedEnv, Carry, Chunks, Episodes, RolloutStorage, length_groups
-from wmenv.checks import check_int, check_positive
+from wmenv.checks import check_device, check_int, check_positive
 from wmenv.envs.spec import action_bounds
 from wmenv.optim import adam
 
@@ -108,10 +108,7 @@ class MAPPOConfig:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 and np.isfinite(v)):
                 raise ValueError(f"MAPPOConfig.{name}: expected a non-negative finite number, got {v!r}")
-        try:
-            torch.device(self.device)
-        except RuntimeError as e:
-            raise ValueError(f"MAPPOConfig.device: expected a torch device string, got {self.device!r}") from e
+        check_device("MAPPOConfig.device", self.device)
 
 
 def host_array(x: Tensor | np.ndarray, dtype: type) -> np.ndarray:

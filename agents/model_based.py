@@ -64,7 +64,7 @@ from agents.train import (
     seed_everything,
     torch_threads,
 )
-from wmenv.checks import check_choice, check_int, check_positive
+from wmenv.checks import check_choice, check_device, check_int, check_positive
 from wmenv.data.persist import remove_temporaries
 from wmenv.data.replay import EpisodeReplay, ReplayConfig
 from wmenv.data.samplers import DFS, DFSConfig
@@ -231,10 +231,7 @@ class ModelBasedConfig:
             raise ValueError("ModelBasedConfig.stream: collecting until episodes end (real_episodes) steps one env step "
                              "per call, so streaming would store one-row pieces; use one or the other")  # fmt: skip
         check_choice("ModelBasedConfig.overlap", self.overlap, OVERLAPS)
-        try:
-            device = torch.device(self.device)
-        except (RuntimeError, TypeError) as e:
-            raise ValueError(f"ModelBasedConfig.device: expected a torch device string, got {self.device!r}") from e
+        device = check_device("ModelBasedConfig.device", self.device)
         if torch.device(self.mappo.device) != device:
             if self.mappo.device != "cpu":  # both set, to different devices
                 raise ValueError(f"ModelBasedConfig.mappo.device: {self.mappo.device!r} differs from the run's device "

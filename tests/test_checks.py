@@ -6,8 +6,9 @@ import re
 
 import numpy as np
 import pytest
+import torch
 
-from wmenv.checks import check_choice, check_int, check_positive
+from wmenv.checks import check_choice, check_device, check_int, check_positive
 
 
 def test_check_int_accepts_and_returns_ints():
@@ -71,3 +72,11 @@ def test_check_positive_accepts_positive_finite_numbers_and_names_the_rest():
     for bad in (True, 0, 0.0, -1e-3, float("inf"), float("nan"), "1", None):
         with pytest.raises(ValueError, match=rf"^Cfg\.lr: expected a positive finite number, got {re.escape(repr(bad))}$"):
             check_positive("Cfg.lr", bad)
+
+
+def test_check_device():
+    assert check_device("X.device", "cpu") == torch.device("cpu")
+    assert check_device("X.device", "cuda:1") == torch.device("cuda", 1)  # named, not looked for on this machine
+    for bad in ("gpu0", None):
+        with pytest.raises(ValueError, match=re.escape(f"X.device: expected a torch device string, got {bad!r}")):
+            check_device("X.device", bad)

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TypeVar
 
+import torch
+
 T = TypeVar("T")
 
 
@@ -48,6 +50,22 @@ def check_positive(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
         raise ValueError(f"{name}: expected a positive finite number, got {value!r}")
     return value
+
+
+def check_device(name: str, value: object) -> torch.device:
+    """Check that ``value`` names a torch device (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...); whether this machine has
+    it is not checked.
+
+    Returns:
+        The `torch.device`.
+
+    Raises:
+        ValueError: the message is ``f"{name}: expected a torch device string, got {value!r}"``.
+    """
+    try:
+        return torch.device(value)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"{name}: expected a torch device string, got {value!r}") from e
 
 
 def check_choice(name: str, value: T, choices: Sequence[T]) -> T:

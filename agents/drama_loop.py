@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 
 from agents.dreamer_ac import DreamerAC, DreamerACConfig
 from agents.resume import load_run_state, resume_envs, save_run_state
-from agents.train import EVAL_SEED_OFFSET, latest_checkpoint, seed_everything, write_checkpoint
+from agents.train import EVAL_SEED_OFFSET, latest_checkpoint, log_scalars, seed_everything, write_checkpoint
 from wmenv.checks import check_choice, check_device, check_int
 from wmenv.data import DFS, EpisodeReplay, ReplayConfig
 from wmenv.data.collect import Collector, random_actions
@@ -218,12 +218,6 @@ def _resume(ckpt: Path, cfg: DRAMALoopConfig, spec, model, wm_optim, learner: Dr
     return replay, state, json.loads((ckpt / "loop.json").read_text())
 
 
-def _log(writer: SummaryWriter, step: int, scalars: dict[str, float]) -> None:
-    """Write ``scalars`` (tag -> value) at env step ``step``."""
-    for tag, value in scalars.items():
-        writer.add_scalar(tag, value, step)
-
-
 def run(cfg: DRAMALoopConfig) -> dict[str, Any]:
     """Train (or continue, with ``cfg.resume``) a DRAMA run; returns the evaluation curve, the counters and the CPU
     seconds per phase (collect, fit, actor_critic, evaluate, checkpoint; summed over the processes that resumed the run,
@@ -286,13 +280,13 @@ def run(cfg: DRAMALoopConfig) -> dict[str, Any]:
                     trajectory, _ = timed("actor_critic", learner.imagine, dream, generator)
                     stats = timed("actor_critic", learner.update, trajectory)
                 if _reaches(cfg.log_every, before, now):
-                    _log(writer, now, {f"world_model/{k}": float(np.mean(v)) for k, v in history.items()})
-                    _log(writer, now, {f"actor_critic/{k}": v for k, v in stats.items()})
+                    log_scalars(writer, "world_model", {k: float(np.mean(v)) for k, v in history.items()}, now)
+                    log_scalars(writer, "actor_critic", stats, now)
                 counters["fit_steps"] += cfg.fit_steps
                 counters["ac_updates"] += cfg.ac_updates
                 if _reaches(cfg.eval_every, before, now):
                     curve.append((now, timed("evaluate", evaluate, model, learner, cfg, cfg.seed + EVAL_SEED_OFFSET)))
-                    _log(writer, now, {"eval/episode_return": curve[-1][1]})
+                    log_scalars(writer, "eval", {"episode_return": curve[-1][1]}, now)
             counters["iteration"] = it + 1
             if _reaches(cfg.checkpoint_every, before, now) or it + 1 == cfg.iterations:
                 timed("checkpoint", _save, run_dir, f"step_{now:012d}", model, wm_optim, learner, replay, dfs,

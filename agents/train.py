@@ -418,7 +418,8 @@ def load_checkpoint(path: str | Path, agent: MAPPO, spec: Any) -> dict[str, int]
     return {k: int(v) for k, v in meta["counters"].items()}
 
 
-def _log(writer: SummaryWriter, prefix: str, values: dict[str, float], step: int) -> None:
+def log_scalars(writer: SummaryWriter, prefix: str, values: dict[str, float], step: int) -> None:
+    """Write each of ``values`` as the scalar ``<prefix>/<name>`` at ``step``."""
     for k, v in values.items():
         writer.add_scalar(f"{prefix}/{k}", v, step)
 
@@ -498,12 +499,12 @@ def _train(cfg: TrainConfig) -> TrainResult:
             counters["env_steps"] += cfg.steps_per_iteration
             counters["episodes"] += len(episodes.lengths)
             step = counters["env_steps"]
-            _log(writer, "train", metrics, step)
+            log_scalars(writer, "train", metrics, step)
             writer.add_scalar("charts/env_steps_per_s", cfg.steps_per_iteration / (time.perf_counter() - t0), step)
             if len(episodes.lengths):
                 ret = float(episodes.returns.mean())
                 train_returns.append((step, ret))
-                _log(writer, "charts", {"episode_return": ret, "episode_length": float(episodes.lengths.mean())}, step)
+                log_scalars(writer, "charts", {"episode_return": ret, "episode_length": float(episodes.lengths.mean())}, step)
                 bar.set_postfix(ret=f"{ret:.2f}", refresh=False)
             if cfg.eval_every and step // cfg.eval_every > before // cfg.eval_every:
                 run_eval()

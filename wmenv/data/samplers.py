@@ -111,8 +111,8 @@ class EventStarts:
     def _events(self, index: int, episode_id: int, rows: int) -> np.ndarray:
         cached = self._cumsum.get(episode_id)
         if cached is None or len(cached) != rows + 1:  # new, or a streamed episode that grew since
-            rows = self.replay.episode(index, fields=("reward", "terminated"))  # not the frames
-            events = event_rows(rows, self.min_abs_reward, self.terminations)
+            fields = self.replay.episode(index, fields=("reward", "terminated"))  # not the frames
+            events = event_rows(fields, self.min_abs_reward, self.terminations)
             self._cumsum[episode_id] = np.concatenate([[0], np.cumsum(events)])
         return self._cumsum[episode_id]
 

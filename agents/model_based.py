@@ -72,7 +72,7 @@ from wmenv.dream import DreamVecEnv
 from wmenv.dream.mag import ErrorPredictor, MAGConfig, MAGPlanner, fit_error_predictor
 from wmenv.envs import make
 from wmenv.envs.spec import EnvSpec
-from wmenv.fit import FitConfig, fit, fit_learning_rate, load_model, save_model
+from wmenv.fit import FitConfig, fit, fit_learning_rate, fit_window_rows, load_model, save_model
 from wmenv.models.registry import KINDS, build_model, model_kind
 from wmenv.models.world_model import WorldModel
 from wmenv.optim import adam
@@ -268,7 +268,8 @@ def _paper_schedule(env_id: str, env_kwargs: dict, model: str, seq_len: int, fit
                     hidden: int, minibatches: int) -> ModelBasedConfig:  # fmt: skip
     """The MAMBA paper's Appendix A schedule as its code ran it (jbr-ai-labs/mamba, ``configs/dreamer/optimal``).
 
-    After every trajectory: ``fit_steps`` model updates on 40 windows of ``seq_len`` rows; then 4 times,
+    After every trajectory: ``fit_steps`` model updates on 40 windows of ``seq_len`` rows (drawn anywhere in the
+    replay, across episode ends with the state reset, as the code's ring buffer does); then 4 times,
     imagination from every posterior of 40 fresh windows (40 x (seq_len - 1) worlds, horizon 15) and 5 PPO
     epochs over minibatches of about 2,000 agent-steps; actor / critic lr 5e-4, entropy 0.001 annealed ×0.99998
     per minibatch step. Its actor is a 2-layer MLP on the agent's features (``Actor``, hidden 400 / 256) and its
@@ -277,7 +278,8 @@ def _paper_schedule(env_id: str, env_kwargs: dict, model: str, seq_len: int, fit
     """
     return ModelBasedConfig(
         schedule="mamba-" + model, env_id=env_id, env_kwargs=env_kwargs, model=model, num_envs=1, real_episodes=1,
-        fit_steps=fit_steps, fit=FitConfig(batch_size=40, seq_len=seq_len, progress=False, compile="steps"),
+        fit_steps=fit_steps,
+        fit=FitConfig(batch_size=40, seq_len=seq_len, cross_episodes=True, progress=False, compile="steps"),
         dream_updates=4,
         dream_worlds=40 * (seq_len - 1), horizon=15, capacity=capacity, policy="mlp",
         mlp=MLPPolicyConfig(hidden=hidden, layers=2), critic=CriticConfig(hidden=hidden, recurrent=False),
@@ -407,7 +409,7 @@ def _learn(cfg: ModelBasedConfig, it: int, counters: dict[str, int], spec: Any, 
         The dream PPO iterations run (0: the actor did not change).
     """
     real_steps = counters["env_steps"]
-    seq = min(cfg.fit.seq_len, int(replay.episode_lengths.min()) + 1)
+    seq = fit_window_rows(cfg.fit, replay.episode_lengths)
     rows = cfg.fit.batch_size * seq
     n_fit = cfg.fit_steps or scheduled_units(cfg.train_ratio, real_steps, counters["replayed_steps"], rows)
     if n_fit:

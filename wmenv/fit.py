@@ -49,7 +49,13 @@ class FitConfig:
     batch_size: int = 16
     """B, windows per step."""
     seq_len: int = 20
-    """T, rows per window (the MAMBA paper: 20 SMAC, 50 Flatland); at most the shortest episode's rows."""
+    """T, rows per window (the MAMBA paper: 20 SMAC, 50 Flatland); at most the longest stored episode's rows, unless
+    ``cross_episodes``."""
+    cross_episodes: bool = False
+    """Let windows run from one stored episode into the next, the model's state reset where the next one starts (every
+    model handles a reset at any row), so ``seq_len`` does not have to fit inside an episode. MAMBA's and MABL's code
+    sample their windows this way (anywhere in a ring buffer, the state zeroed after an episode's last row); False
+    keeps every window inside one episode."""
     lr: float | None = None
     """Adam learning rate; None takes the model config's ``lr``."""
     grad_clip: float | None = None
@@ -74,10 +80,20 @@ class FitConfig:
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "seq_len", "log_every"):
             check_int(f"FitConfig.{name}", getattr(self, name))
+        if not isinstance(self.cross_episodes, bool):
+            raise TypeError(f"FitConfig.cross_episodes: expected a bool, got {self.cross_episodes!r}")
         check_int("FitConfig.checkpoint_every", self.checkpoint_every, 0)
         if isinstance(self.compile, bool):
             self.compile = "loss" if self.compile else "off"
         check_choice("FitConfig.compile", self.compile, ("off", "steps", "loss"))
+
+
+def fit_window_rows(config: FitConfig, lengths: Any) -> int:
+    """T of the windows to fit on, given the stored episodes' ``lengths`` (E,) in rows: ``config.seq_len``, or, with
+    windows kept inside episodes, at most the shortest episode's rows (so that every stored episode can start one)."""
+    if config.cross_episodes:
+        return config.seq_len
+    return min(config.seq_len, int(min(lengths)))
 
 
 def fit_learning_rate(config: FitConfig, model: WorldModel) -> float:
@@ -129,7 +145,9 @@ def fit(
     try:
         bar = tqdm(range(cfg.steps), desc="fit world model", unit="step", disable=not cfg.progress)
         for step in bar:
-            batch = replay.sample(cfg.batch_size, cfg.seq_len, generator=sampler, device=device)
+            batch = replay.sample(
+                cfg.batch_size, cfg.seq_len, cross_episodes=cfg.cross_episodes, generator=sampler, device=device
+            )
             loss, stats = loss_fn(batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -50,7 +50,7 @@ from wmenv.data.collect import random_replay
 from wmenv.data.samplers import EventStarts
 from wmenv.dream import DreamVecEnv
 from wmenv.dream.mag import ErrorPredictor, ErrorPredictorConfig, MAGConfig, MAGPlanner, UniformPolicy, fit_error_predictor
-from wmenv.fit import FitConfig, fit
+from wmenv.fit import FitConfig, fit, fit_window_rows
 from wmenv.models.registry import build_model, model_kind
 from wmenv.models.world_model import WorldModel
 
@@ -206,7 +206,7 @@ def main(args: Args) -> dict:
         if not replay.num_episodes:
             raise ValueError(f"{name}: no episode of {args.env_id} ended in that many random steps; collect more, or "
                              "pass --stream to keep the rows of running episodes")  # fmt: skip
-    if int(held.episode_lengths.max()) + 1 < total:
+    if int(held.episode_lengths.max()) < total:
         raise ValueError(f"context + horizon = {total} rows: longer than every held-out episode; lower them")
     config = model_kind(args.model_kind).preset(args.model)
     if args.reward_head is not None:
@@ -217,9 +217,10 @@ def main(args: Args) -> dict:
     if args.event_rate is not None:
         train.sampler = EventStarts(train, args.event_rate)
     model = build_model(args.model_kind, spec, config)
-    seq = min(args.seq_len, int(train.episode_lengths.min()) + 1)
+    fit_cfg = FitConfig(steps=args.fit_steps, batch_size=16, seq_len=args.seq_len, seed=args.seed, progress=False)
+    seq = fit_window_rows(fit_cfg, train.episode_lengths)
     fit_cpu, fit_wall = time.process_time(), time.perf_counter()
-    history = fit(model, train, FitConfig(steps=args.fit_steps, batch_size=16, seq_len=seq, seed=args.seed, progress=False))
+    history = fit(model, train, dataclasses.replace(fit_cfg, seq_len=seq))
     fit_cpu, fit_wall = time.process_time() - fit_cpu, time.perf_counter() - fit_wall
     model.eval()
     window = held.sample(args.windows, total, generator=args.seed)

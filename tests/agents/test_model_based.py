@@ -16,7 +16,7 @@ from agents.mappo import MAPPOConfig
 from agents.model_based import ModelBasedConfig, run
 from agents.train import latest_checkpoint, policy_from_checkpoint
 from wmenv.data.replay import EpisodeReplay
-from wmenv.fit import FitConfig
+from wmenv.fit import FitConfig, fit_window_rows
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -229,6 +229,24 @@ def test_updates_after_every_episode(tmp_path):
     assert [s for s, _ in result["eval_returns"]] == [0, 25, 50] and len(result["real_returns"]) == 2
 
 
+def test_episodes_shorter_than_the_windows_fit_on_shorter_or_crossing_windows(tmp_path):
+    """MPE with max_cycles 10 stores 11-row episodes, shorter than 20-row windows: inside episodes the fit takes windows
+    of 11 rows (it asked for 12 before, which no episode holds), across episodes the 20 asked for. The achieved
+    train ratio shows the rows: 5 steps x 4 windows x T / 60 real steps."""
+    short = {"env_kwargs": {"max_cycles": 10}}
+    inside = run(_small(tmp_path / "inside", 1, **short))
+    cross = run(_small(tmp_path / "cross", 1, fit=FitConfig(batch_size=4, cross_episodes=True, progress=False), **short))
+    assert inside["achieved"]["train_ratio"] == pytest.approx(5 * 4 * 11 / 60)
+    assert cross["achieved"]["train_ratio"] == pytest.approx(5 * 4 * 20 / 60)
+
+
+def test_fit_window_rows():
+    lengths = np.array([26, 13, 40])
+    assert fit_window_rows(FitConfig(seq_len=20), lengths) == 13
+    assert fit_window_rows(FitConfig(seq_len=10), lengths) == 10
+    assert fit_window_rows(FitConfig(seq_len=20, cross_episodes=True), lengths) == 20
+
+
 def test_named_schedules_reproduce_the_paper_and_the_cli_reads_them():
     """mamba-flatland / mamba-smac are the paper's Appendix A as its code ran; --schedule picks them, flags override."""
     from agents.model_based import SCHEDULES, schedule_config
@@ -237,6 +255,7 @@ def test_named_schedules_reproduce_the_paper_and_the_cli_reads_them():
     fl, sc = schedule_config("mamba-flatland"), schedule_config("mamba-smac")
     assert (fl.model, fl.fit.batch_size, fl.fit.seq_len, fl.fit_steps, fl.capacity) == ("flatland", 40, 50, 40, 500_000)
     assert fl.fit.compile == sc.fit.compile == "steps"  # the compiled fit, as the default schedule
+    assert fl.fit.cross_episodes and sc.fit.cross_episodes and not ModelBasedConfig().fit.cross_episodes  # the code's ring
     assert (sc.model, sc.fit.seq_len, sc.fit_steps, sc.capacity) == ("smac", 20, 60, 250_000)
     for c in (fl, sc):
         assert (c.real_episodes, c.num_envs, c.dream_updates, c.horizon, c.mappo.epochs) == (1, 1, 4, 15, 5)

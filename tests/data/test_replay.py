@@ -80,6 +80,32 @@ def test_cross_episode_windows_and_reset_flags():
         rep.sample(1, 20, cross_episodes=True)
 
 
+def test_cross_episode_windows_never_run_into_a_piece_that_continues_an_episode():
+    """Two env copies streaming: copy 0's second piece is stored after copy 1's rows, so the rows before it are
+    another copy's; cross-episode windows may enter new episodes (with a reset) but not that piece."""
+    rep = EpisodeReplay(ReplayConfig(capacity=100))
+    a = rep.add(counter_episode(0, 4))  # copy 0: an episode's first piece
+    rep.add(counter_episode(1, 5))  # copy 1: a new episode
+    piece = counter_episode(0, 3)
+    piece["step"] += 4
+    piece["obs"] += 4
+    piece["is_first"][:] = False
+    assert rep.add(piece, continues=a) == 2  # not the newest: stored apart
+    rep.add(counter_episode(3, 6))  # copy 1 again: a new episode after the piece
+    b = rep.sample(2000, 5, cross_episodes=True, generator=0)
+    step, ep, reset = b["step"].numpy(), b["episode"].numpy(), b["reset"].numpy()
+    into_piece = (ep[:, 1:] == 0) & (step[:, 1:] == 4)  # a window that ran into the piece's first row
+    assert not into_piece.any()
+    same = ep[:, 1:] == ep[:, :-1]
+    np.testing.assert_array_equal(reset[:, 1:], ~same & (step[:, 1:] == 0))
+    assert (~same).any(), "windows still cross into episodes that start"
+    starts = {(int(e), int(s)) for e, s in zip(ep[:, 0], step[:, 0])}
+    # runs: episodes 0-1 (9 rows: 5 starts) and the piece + episode 3 (9 rows: 5 starts)
+    assert starts == {(0, 0), (0, 1), (0, 2), (0, 3), (1, 0), (0, 4), (0, 5), (0, 6), (3, 0), (3, 1)}
+    with pytest.raises(ValueError, match="longest run of stored episodes joined at episode starts has 9 rows"):
+        rep.sample(1, 10, cross_episodes=True)
+
+
 def test_eviction_removes_oldest_first():
     rep = EpisodeReplay(ReplayConfig(capacity=20))
     originals = {}

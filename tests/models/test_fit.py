@@ -61,9 +61,9 @@ class Replay:
     def __init__(self, spec_description=None) -> None:
         self.spec_description, self.calls = spec_description, []
 
-    def sample(self, batch_size, length, generator=None, device=None):
+    def sample(self, batch_size, length, cross_episodes=False, generator=None, device=None):
         x = torch.rand(batch_size, length, generator=generator)
-        self.calls.append((batch_size, length, device, x))
+        self.calls.append((batch_size, length, cross_episodes, device, x))
         return {"x": x}
 
 
@@ -75,9 +75,11 @@ def test_fit_config_defaults():
     """FitConfig(): 1000 steps of 16 × 20-row windows, model's lr and clip, seed 0, log every 25, checkpoint at the end."""
     assert FitConfig() == FitConfig(
         steps=1000, batch_size=16, seq_len=20, lr=None, grad_clip=None, seed=0, log_every=25,
-        checkpoint_every=0, run_dir=None, progress=True, compile=False,
+        checkpoint_every=0, run_dir=None, progress=True, compile=False, cross_episodes=False,
     )  # fmt: skip
     assert FitConfig(checkpoint_every=0).checkpoint_every == 0
+    with pytest.raises(TypeError, match=r"^FitConfig.cross_episodes: expected a bool, got 1$"):
+        FitConfig(cross_episodes=1)
 
 
 @pytest.mark.parametrize(
@@ -119,12 +121,14 @@ def test_fit_samples_seeded_windows_and_seeds_the_global_rng():
     model, replay = Linear(), Replay()
     history = fit(model, replay, quiet(steps=3, batch_size=2, seq_len=5, seed=7))
     g = torch.Generator().manual_seed(7)
-    for b, t, device, x in replay.calls:
-        assert (b, t, device) == (2, 5, torch.device("cpu"))
+    for b, t, cross, device, x in replay.calls:
+        assert (b, t, cross, device) == (2, 5, False, torch.device("cpu"))
         torch.testing.assert_close(x, torch.rand(2, 5, generator=g))
     torch.manual_seed(7)
     assert model.draws == [float(torch.rand(())) for _ in range(3)]
     assert set(history) == {"lin", "grad_norm", "loss"} and all(len(v) == 3 for v in history.values())
+    fit(Linear(), replay, quiet(steps=1, cross_episodes=True))
+    assert replay.calls[-1][2] is True  # windows may cross episodes (the model resets where one starts)
     assert history["loss"] == history["lin"] == pytest.approx([0.0, -4e-3, -8e-3])  # Σ w after k Adam steps of lr 1e-3
     assert model.training
 
@@ -221,7 +225,7 @@ def test_fit_trains_a_world_model_on_sampled_windows(tmp_path):
     """A tiny MAMBA model: 3 steps on a replay's windows lower nothing to NaN and checkpoint to run_dir/model."""
 
     class Windows(Replay):
-        def sample(self, batch_size, length, generator=None, device=None):
+        def sample(self, batch_size, length, cross_episodes=False, generator=None, device=None):
             alive = torch.ones(batch_size, length, 2, dtype=torch.bool)
             flags = torch.zeros(batch_size, length, 2, dtype=torch.bool)
             return {

@@ -171,7 +171,8 @@ class EpisodeReplay:
             continues: for a piece, the id `add` returned for the earlier rows of its episode. When that episode is
                 the newest one stored and the two fit in the replay together, the piece is appended to it (windows
                 then run across the join); otherwise, or with None, the piece is stored as an episode of its own and
-                windows do not span it and its neighbours (unless sampled with ``cross_episodes``).
+                windows do not span it and its neighbours (with ``cross_episodes`` they run from it into a
+                following episode's start, never into the piece).
 
         Returns:
             The id of the stored episode that holds the rows: ``continues`` where they were appended, else a new id.
@@ -333,7 +334,14 @@ class EpisodeReplay:
         if cross_episodes:
             if length > self._rows:
                 raise ValueError(f"length: requested windows of {length} rows but the replay holds only {self._rows} rows")
-            valid = np.clip(self._rows - length + 1 - ep_start, 0, lengths)  # starts that keep the window in the run
+            run_end = self._run_ends(ep_start)
+            valid = np.clip(run_end - length + 1 - ep_start, 0, lengths)  # starts that keep the window in its run
+            if not valid.any():
+                raise ValueError(
+                    f"length: requested windows of {length} rows but the longest run of stored episodes joined at "
+                    f"episode starts has {int((run_end - ep_start).max())} rows (pieces of episodes still streaming "
+                    "from several env copies are stored apart, and windows do not run into them)"
+                )
         else:
             valid = np.clip(lengths - length + 1, 0, None)
             if not valid.any():
@@ -358,6 +366,16 @@ class EpisodeReplay:
         else:
             reset = (start[:, None] + np.arange(length)) == 0
         return index, reset
+
+    def _run_ends(self, ep_start: np.ndarray) -> np.ndarray:
+        """(E,) the end row (exclusive, in the stored run) of the run of entries each entry belongs to: entries
+        joined where the next one starts an episode. A piece that continues an episode (no ``is_first`` at its first
+        row; stored apart when several env copies stream) follows rows of another env copy, so a run ends before it."""
+        starts_run = np.ones(len(ep_start), dtype=bool)
+        if "is_first" in self._data:
+            starts_run[1:] = ~self._data["is_first"][(self._starts[0] + ep_start[1:]) % self.config.capacity]
+        first_rows = ep_start[starts_run]
+        return np.append(first_rows[1:], self._rows)[np.cumsum(starts_run) - 1]
 
     def gather(
         self, index: np.ndarray, reset: np.ndarray | None = None, device: torch.device | str | None = None
@@ -386,8 +404,10 @@ class EpisodeReplay:
         Args:
             batch_size: B.
             length: T, rows per window.
-            cross_episodes: let windows run from one episode into the next (in insertion order);
-                otherwise windows stay inside one episode.
+            cross_episodes: let windows run from one episode into the next (in insertion order; ``reset`` marks
+                where the next one starts), but never into a stored piece that continues an episode (with several
+                env copies streaming, the rows before it are another copy's); otherwise windows stay inside one
+                episode.
             generator: a `torch.Generator`, an int seed (a fresh generator), or None (the replay's own).
             device: where to put the tensors (default: CPU).
             sampler: where the windows start (default: the replay's ``sampler``).
@@ -398,7 +418,7 @@ class EpisodeReplay:
 
         Raises:
             ValueError: an empty replay, or ``length`` longer than every stored episode (longer than
-                all stored rows with ``cross_episodes``).
+                every run of episodes joined at episode starts with ``cross_episodes``).
         """
         index, reset = self.sample_indices(batch_size, length, cross_episodes, generator, sampler)
         return self.gather(index, reset, device)

@@ -409,7 +409,7 @@ def _learn(cfg: ModelBasedConfig, it: int, counters: dict[str, int], spec: Any, 
         The dream PPO iterations run (0: the actor did not change).
     """
     real_steps = counters["env_steps"]
-    seq = fit_window_rows(cfg.fit, replay.episode_lengths)
+    seq = fit_window_rows(cfg.fit, replay)
     rows = cfg.fit.batch_size * seq
     n_fit = cfg.fit_steps or scheduled_units(cfg.train_ratio, real_steps, counters["replayed_steps"], rows)
     if n_fit:

@@ -88,12 +88,15 @@ class FitConfig:
         check_choice("FitConfig.compile", self.compile, ("off", "steps", "loss"))
 
 
-def fit_window_rows(config: FitConfig, lengths: Any) -> int:
-    """T of the windows to fit on, given the stored episodes' ``lengths`` (E,) in rows: ``config.seq_len``, or, with
-    windows kept inside episodes, at most the shortest episode's rows (so that every stored episode can start one)."""
+def fit_window_rows(config: FitConfig, replay: Any) -> int:
+    """T of the windows to fit on ``replay``: ``config.seq_len``, or, with windows kept inside episodes, at most the
+    shortest whole episode's rows, so that every stored episode can start one (streamed pieces of episodes do not
+    count: a piece can be one row long)."""
     if config.cross_episodes:
         return config.seq_len
-    return min(config.seq_len, int(min(lengths)))
+    whole = getattr(replay, "whole_episodes", None)
+    lengths = replay.episode_lengths if whole is None else replay.episode_lengths[whole]
+    return min(config.seq_len, int(lengths.min())) if len(lengths) else config.seq_len
 
 
 def fit_learning_rate(config: FitConfig, model: WorldModel) -> float:

@@ -218,7 +218,7 @@ def main(args: Args) -> dict:
         train.sampler = EventStarts(train, args.event_rate)
     model = build_model(args.model_kind, spec, config)
     fit_cfg = FitConfig(steps=args.fit_steps, batch_size=16, seq_len=args.seq_len, seed=args.seed, progress=False)
-    seq = fit_window_rows(fit_cfg, train.episode_lengths)
+    seq = fit_window_rows(fit_cfg, train)
     fit_cpu, fit_wall = time.process_time(), time.perf_counter()
     history = fit(model, train, dataclasses.replace(fit_cfg, seq_len=seq))
     fit_cpu, fit_wall = time.process_time() - fit_cpu, time.perf_counter() - fit_wall

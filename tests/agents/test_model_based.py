@@ -16,7 +16,7 @@ from agents.mappo import MAPPOConfig
 from agents.model_based import ModelBasedConfig, run
 from agents.train import latest_checkpoint, policy_from_checkpoint
 from wmenv.data.replay import EpisodeReplay
-from wmenv.fit import FitConfig, fit_window_rows
+from wmenv.fit import FitConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -240,13 +240,6 @@ def test_episodes_shorter_than_the_windows_fit_on_shorter_or_crossing_windows(tm
     assert cross["achieved"]["train_ratio"] == pytest.approx(5 * 4 * 20 / 60)
 
 
-def test_fit_window_rows():
-    lengths = np.array([26, 13, 40])
-    assert fit_window_rows(FitConfig(seq_len=20), lengths) == 13
-    assert fit_window_rows(FitConfig(seq_len=10), lengths) == 10
-    assert fit_window_rows(FitConfig(seq_len=20, cross_episodes=True), lengths) == 20
-
-
 def test_named_schedules_reproduce_the_paper_and_the_cli_reads_them():
     """mamba-flatland / mamba-smac are the paper's Appendix A as its code ran; --schedule picks them, flags override."""
     from agents.model_based import SCHEDULES, schedule_config
@@ -383,6 +376,15 @@ def test_streamed_collection_fits_before_any_episode_ends(tmp_path):
     cfg = _small(tmp_path / "short", 1, real_steps=8, stream=True)
     with pytest.raises(ValueError, match=r"pieces of 4 rows per copy, shorter than the fit's windows \(20 rows\)"):
         run(cfg)
+
+
+def test_streamed_pieces_do_not_shorten_the_windows(tmp_path):
+    """Two streaming copies, 12 steps each per call: the third call stores each copy's last 2 rows of its first
+    25-step episode as a piece of their own (the other copy's rows came between). The fit keeps its 8-row windows
+    (it took 2-row windows there before): 3 x 5 steps x 4 windows x 8 rows / 72 real steps."""
+    cfg = _small(tmp_path, 3, real_steps=24, stream=True)
+    cfg.fit.seq_len = 8
+    assert run(cfg)["achieved"]["train_ratio"] == pytest.approx(3 * 5 * 4 * 8 / 72)
 
 
 def test_prefill_spans_iterations_and_resumes_exactly(tmp_path):

@@ -7,14 +7,16 @@ import warnings
 from types import SimpleNamespace
 
 import gymnasium as gym
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 import wmenv.fit as fit_module
+from wmenv.data import EpisodeReplay, ReplayConfig
 from wmenv.data.persist import remove_temporaries, temporary_name
 from wmenv.envs.spec import EnvSpec
-from wmenv.fit import MODEL_FORMAT, FitConfig, fit, fit_learning_rate, load_model, save_model
+from wmenv.fit import MODEL_FORMAT, FitConfig, fit, fit_learning_rate, fit_window_rows, load_model, save_model
 from wmenv.models.mamba_wm import MAMBAConfig, MAMBAWorldModel
 from wmenv.models.rssm import RSSMConfig
 from wmenv.models.world_model import WorldModel
@@ -65,6 +67,12 @@ class Replay:
         x = torch.rand(batch_size, length, generator=generator)
         self.calls.append((batch_size, length, cross_episodes, device, x))
         return {"x": x}
+
+
+def episode_of(rows: int, first: bool, last: bool) -> dict[str, np.ndarray]:
+    """Rows of an episode, or of a piece of one (``first``: it starts the episode, ``last``: it ends it)."""
+    at = np.arange(rows)
+    return {"obs": np.zeros((rows, 2, 3), np.float32), "is_first": first & (at == 0), "is_last": last & (at == rows - 1)}
 
 
 def quiet(**kw) -> FitConfig:
@@ -131,6 +139,23 @@ def test_fit_samples_seeded_windows_and_seeds_the_global_rng():
     assert replay.calls[-1][2] is True  # windows may cross episodes (the model resets where one starts)
     assert history["loss"] == history["lin"] == pytest.approx([0.0, -4e-3, -8e-3])  # Σ w after k Adam steps of lr 1e-3
     assert model.training
+
+
+def test_window_rows_follow_the_shortest_whole_episode_unless_windows_cross():
+    """Inside episodes: at most the shortest whole episode's rows (a streamed piece does not count); across: seq_len."""
+    replay = EpisodeReplay(ReplayConfig(capacity=200))
+    for rows in (26, 13, 40):
+        replay.add(episode_of(rows, first=True, last=True))
+    assert fit_window_rows(FitConfig(seq_len=20), replay) == 13
+    assert fit_window_rows(FitConfig(seq_len=10), replay) == 10
+    assert fit_window_rows(FitConfig(seq_len=20, cross_episodes=True), replay) == 20
+    replay.add(episode_of(2, first=False, last=True))  # an episode's last rows, stored apart
+    replay.add(episode_of(3, first=True, last=False))  # the start of a running episode
+    assert replay.whole_episodes.tolist() == [True, True, True, False, False]
+    assert fit_window_rows(FitConfig(seq_len=20), replay) == 13
+    streamed = EpisodeReplay(ReplayConfig(capacity=200))
+    streamed.add(episode_of(5, first=True, last=False))
+    assert fit_window_rows(FitConfig(seq_len=20), streamed) == 20  # no whole episode yet: as asked
 
 
 def test_compile_wraps_the_loss_with_eager_random_streams(monkeypatch):

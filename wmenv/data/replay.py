@@ -137,6 +137,17 @@ class EpisodeReplay:
         return self._arrays()[0].copy()
 
     @property
+    def whole_episodes(self) -> np.ndarray:
+        """(E,) bool, oldest first: whether a stored entry is a whole episode (its first row ``is_first``, its last
+        ``is_last``) rather than a streamed piece of one; all True in a replay without those fields."""
+        if not {"is_first", "is_last"} <= set(self._data):
+            return np.ones(self.num_episodes, dtype=bool)
+        lengths, _ = self._arrays()
+        starts = np.fromiter(self._starts, np.int64, len(self._starts))
+        last = (starts + lengths - 1) % self.config.capacity
+        return self._data["is_first"][starts] & self._data["is_last"][last]
+
+    @property
     def schema(self) -> Schema | None:
         """Field -> (shape of one row, dtype), fixed by the spec and the first episode; None before."""
         return None if self._schema is None else self._fields()

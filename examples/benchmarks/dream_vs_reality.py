@@ -77,7 +77,9 @@ class Args:
     fit_steps: int = 1000
     """Gradient steps of the world model."""
     seq_len: int = 20
-    """Rows per fitting window."""
+    """Rows per fitting window (inside episodes: at most the shortest training episode's rows)."""
+    cross_episodes: bool = False
+    """Fit on windows that run across episode ends (the model's state reset there), as `FitConfig.cross_episodes`."""
     context: int = 8
     """Real rows filtered before imagining."""
     horizon: int = 15
@@ -217,14 +219,15 @@ def main(args: Args) -> dict:
     if args.event_rate is not None:
         train.sampler = EventStarts(train, args.event_rate)
     model = build_model(args.model_kind, spec, config)
-    fit_cfg = FitConfig(steps=args.fit_steps, batch_size=16, seq_len=args.seq_len, seed=args.seed, progress=False)
+    fit_cfg = FitConfig(steps=args.fit_steps, batch_size=16, seq_len=args.seq_len, cross_episodes=args.cross_episodes,
+                        seed=args.seed, progress=False)  # fmt: skip
     seq = fit_window_rows(fit_cfg, train)
     fit_cpu, fit_wall = time.process_time(), time.perf_counter()
     history = fit(model, train, dataclasses.replace(fit_cfg, seq_len=seq))
     fit_cpu, fit_wall = time.process_time() - fit_cpu, time.perf_counter() - fit_wall
     model.eval()
     window = held.sample(args.windows, total, generator=args.seed)
-    train_obs = train.sample(256, seq, generator=args.seed)
+    train_obs = train.sample(256, seq, cross_episodes=args.cross_episodes, generator=args.seed)
     obs_mean = train_obs["obs"][train_obs["alive"].bool()].mean(0)
     errors = open_loop_errors(model, window, args.context, args.horizon, obs_mean)
     real_r, pred_r = errors.pop("reward_real"), errors.pop("reward_pred")  # (B, H, N)
@@ -289,6 +292,8 @@ def main(args: Args) -> dict:
         "spec": spec_desc,
         "train_steps": args.train_steps,
         "fit_steps": args.fit_steps,
+        "fit_window_rows": seq,
+        "cross_episodes": args.cross_episodes,
         "final_fit_loss": round(float(np.mean(history["loss"][-20:])), 4),
         "fit_cpu_s": round(fit_cpu, 1),
         "fit_wall_s": round(fit_wall, 1),

@@ -24,6 +24,7 @@ def gae(
     last_values: Tensor,
     gamma: float,
     lam: float,
+    discounts: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Advantages and λ-returns of a rollout.
 
@@ -39,10 +40,13 @@ def gae(
         last_values: (...) float, V(s_T) of the state after the rollout's last step.
         gamma: discount in [0, 1].
         lam: GAE λ in [0, 1].
+        discounts: (T, ...) float in [0, 1] or None (all 1): a per-step factor d_t on γ, the probability that the
+            trajectory goes on after step t (a world model's predicted continuation: MAMBA's and MABL's code weigh
+            their λ-returns with it instead of ending imagined trajectories).
 
     Returns:
-        advantages: (T, ...) float, ``A_t = δ_t + γλ(1 - done_t) A_{t+1}`` with
-            ``δ_t = r_t + γ V_next,t - V_t``.
+        advantages: (T, ...) float, ``A_t = δ_t + γλ d_t (1 - done_t) A_{t+1}`` with
+            ``δ_t = r_t + γ d_t V_next,t - V_t``.
         returns: (T, ...) float, ``advantages + values`` (the critic's regression targets).
 
     Raises:
@@ -55,6 +59,11 @@ def gae(
     for name, x in (("values", values), ("dones", dones), ("truncated", truncated), ("bootstrap_values", bootstrap_values)):
         if x.shape != shape:
             raise ValueError(f"{name}: expected shape {tuple(shape)} (as rewards), got {tuple(x.shape)}")
+    if discounts is not None:
+        if discounts.shape != shape:
+            raise ValueError(f"discounts: expected shape {tuple(shape)} (as rewards), got {tuple(discounts.shape)}")
+        if not bool(((discounts >= 0) & (discounts <= 1)).all()):
+            raise ValueError(f"discounts: expected values in [0, 1], got {float(discounts.min())} .. {float(discounts.max())}")
     if last_values.shape != shape[1:]:
         raise ValueError(f"last_values: expected shape {tuple(shape[1:])}, got {tuple(last_values.shape)}")
     if not 0.0 <= gamma <= 1.0:
@@ -68,8 +77,9 @@ def gae(
     # V_next,t: the next stored value, or the bootstrap value on truncation, or 0 on termination.
     next_values = torch.cat([values[1:], last_values.unsqueeze(0)], dim=0)
     next_values = torch.where(dones, torch.where(truncated, bootstrap_values, torch.zeros_like(values)), next_values)
-    deltas = rewards + gamma * next_values - values
-    carry = (gamma * lam) * (~dones).to(values.dtype)
+    step_gamma = gamma if discounts is None else gamma * discounts.to(values.dtype)
+    deltas = rewards + step_gamma * next_values - values
+    carry = (step_gamma * lam) * (~dones).to(values.dtype)
     advantages = torch.empty_like(values)
     running = torch.zeros_like(last_values)
     for t in range(shape[0] - 1, -1, -1):

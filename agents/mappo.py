@@ -318,6 +318,13 @@ class MAPPO(nn.Module):
             actor_state=self.policy.initial_state(E * N), critic_state=self.critic.initial_state(E * N),
         )  # fmt: skip
 
+    def _discounts(self, step: Any, num_envs: int) -> Tensor:
+        """(E, N) the step's factor on γ: its ``discount`` (a dream with expected terminations), else 1."""
+        discount = getattr(step, "discount", None)
+        if discount is None:
+            return torch.ones(num_envs, self.n_agents, device=self.device)
+        return self._tensor(discount, torch.float32)
+
     @torch.no_grad()
     def collect(self, env: BatchedEnv, storage: RolloutStorage, carry: Carry) -> tuple[Carry, Episodes]:
         """Run ``storage.length`` steps of ``env`` with the current policy and write every step to ``storage``.
@@ -358,7 +365,7 @@ class MAPPO(nn.Module):
                 "resets": carry.resets, "actions": rearrange(actions, "(e n) ... -> e n ...", n=N),
                 "log_probs": rearrange(log_probs, "(e n) -> e n", n=N), "values": rearrange(values, "(e n) -> e n", n=N),
                 "rewards": self._tensor(s.reward, f), "dones": ended, "truncated": bootstrap,
-                "bootstrap_values": rearrange(boot_values, "(e n) -> e n", n=N),
+                "bootstrap_values": rearrange(boot_values, "(e n) -> e n", n=N), "discounts": self._discounts(s, E),
                 **{k: {n: rearrange(v, "(e a) ... -> e a ...", a=N) for n, v in st.items()} for k, st in per_agent.items()},
             }  # fmt: skip
             carry = Carry(
@@ -391,6 +398,7 @@ class MAPPO(nn.Module):
         adv, ret = gae(
             storage.rewards, vn.denormalize(storage.values), storage.dones, storage.truncated,
             vn.denormalize(storage.bootstrap_values), vn.denormalize(storage.last_values), cfg.gamma, cfg.gae_lambda,
+            storage.discounts,
         )  # fmt: skip
         if cfg.normalize_advantages:
             live = adv[storage.alive]

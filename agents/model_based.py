@@ -142,6 +142,10 @@ class ModelBasedConfig:
     """Imagined steps per rollout (the MAMBA paper: 15)."""
     context: int = 8
     """Real rows filtered into each dream start."""
+    terminations: Literal["sample", "threshold", "expected"] = "sample"
+    """How imagined agents end (`DreamVecEnv`): "sample" (a draw from the continuation head), "threshold" (below 0.5),
+    or "expected": never, the continuation probability multiplying γ in the dream's GAE instead (MAMBA's and MABL's
+    code; the paper schedules use it)."""
     dream_updates: int = 0
     """If > 0, exactly this many MAPPO iterations (one horizon-long dream rollout + PPO update each) per update
     instead of ``dream_ratio`` (the paper's "Number of updates")."""
@@ -250,6 +254,7 @@ class ModelBasedConfig:
         check_choice("ModelBasedConfig.sampler", self.sampler, ("uniform", "dfs"))
         check_choice("ModelBasedConfig.actor_input", self.actor_input, ("decoded", "latent"))
         check_choice("ModelBasedConfig.rollout", self.rollout, ("sample", "mag"))
+        check_choice("ModelBasedConfig.terminations", self.terminations, ("sample", "threshold", "expected"))
         if self.rollout == "mag" and not model_kind(self.model_kind).model_cls.has_step_errors:
             raise ValueError(
                 f"ModelBasedConfig.rollout: 'mag' needs a world model with per-step errors, {self.model_kind!r} has none"
@@ -270,7 +275,8 @@ def _paper_schedule(env_id: str, env_kwargs: dict, model: str, seq_len: int, fit
 
     After every trajectory: ``fit_steps`` model updates on 40 windows of ``seq_len`` rows (drawn anywhere in the
     replay, across episode ends with the state reset, as the code's ring buffer does); then 4 times,
-    imagination from every posterior of 40 fresh windows (40 x (seq_len - 1) worlds, horizon 15) and 5 PPO
+    imagination from every posterior of 40 fresh windows (40 x (seq_len - 1) worlds, horizon 15, no imagined agent
+    ends: the continuation head's probability discounts the λ-returns, ``terminations="expected"``) and 5 PPO
     epochs over minibatches of about 2,000 agent-steps; actor / critic lr 5e-4, entropy 0.001 annealed ×0.99998
     per minibatch step. Its actor is a 2-layer MLP on the agent's features (``Actor``, hidden 400 / 256) and its
     critic attention over the agents' features without recurrence (``AugmentedCritic``). The fit's per-row steps
@@ -280,7 +286,7 @@ def _paper_schedule(env_id: str, env_kwargs: dict, model: str, seq_len: int, fit
         schedule="mamba-" + model, env_id=env_id, env_kwargs=env_kwargs, model=model, num_envs=1, real_episodes=1,
         fit_steps=fit_steps,
         fit=FitConfig(batch_size=40, seq_len=seq_len, cross_episodes=True, progress=False, compile="steps"),
-        dream_updates=4,
+        dream_updates=4, terminations="expected",
         dream_worlds=40 * (seq_len - 1), horizon=15, capacity=capacity, policy="mlp",
         mlp=MLPPolicyConfig(hidden=hidden, layers=2), critic=CriticConfig(hidden=hidden, recurrent=False),
         mappo=MAPPOConfig(epochs=5, lr=5e-4, critic_lr=5e-4, entropy_coef=0.001, entropy_decay=0.99998,
@@ -550,7 +556,7 @@ def _run(cfg: ModelBasedConfig) -> dict[str, Any]:
 
     dream = DreamVecEnv(
         model, cfg.dream_worlds, cfg.horizon, start=starts, context=cfg.context, obs=cfg.actor_input, seed=cfg.seed,
-        planner=planner,
+        planner=planner, terminations=cfg.terminations,
     )  # fmt: skip
     # a resumed run hides what an interrupted run logged after its checkpoint (scalars at steps > env_steps); a run
     # that starts from step 0 hides everything logged in run_dir before (e.g. by an attempt killed before its first

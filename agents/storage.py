@@ -7,8 +7,9 @@ B batch of chunks (``C * E * N``).
 Step t holds what the agents saw (``obs``, ``state``, ``alive``, ``action_mask``), the recurrent states
 *before* the step (``actor_state``, ``critic_state``) with the ``resets`` flag that restores the
 initial state before consuming ``obs``, what they did (``actions``, ``log_probs``, ``values``) and what
-followed (``rewards``, ``dones``, ``truncated``, ``bootstrap_values``). Nothing here depends on where the
-data came from, so a real `VecEnv` and a world model's dream env fill it alike.
+followed (``rewards``, ``dones``, ``truncated``, ``bootstrap_values``, and ``discounts``: the factor on γ after the
+step, 1 from a real env, a dream's predicted continuation with ``terminations="expected"``). Nothing here depends on
+where the data came from, so a real `VecEnv` and a world model's dream env fill it alike.
 """
 
 from __future__ import annotations
@@ -169,7 +170,7 @@ class RolloutStorage:
 
     STEP_KEYS = (
         "obs", "state", "alive", "action_mask", "resets", "actions", "log_probs", "values",
-        "rewards", "dones", "truncated", "bootstrap_values", "actor_state", "critic_state",
+        "rewards", "dones", "truncated", "bootstrap_values", "discounts", "actor_state", "critic_state",
     )  # fmt: skip
 
     def __init__(
@@ -204,8 +205,10 @@ class RolloutStorage:
             "dones": ((E, N), _BOOL),
             "truncated": ((E, N), _BOOL),
             "bootstrap_values": ((E, N), _FLOAT),
+            "discounts": ((E, N), _FLOAT),
         }
         self.data = {k: torch.zeros((T, *shape), dtype=dt, device=self.device) for k, (shape, dt) in self._shapes.items()}
+        self.data["discounts"].fill_(1.0)  # neutral until written
         self.actor_state = {k: torch.zeros((T, E, N, *s), device=self.device) for k, s in actor_state_shapes.items()}
         self.critic_state = {k: torch.zeros((T, E, N, *s), device=self.device) for k, s in critic_state_shapes.items()}
         self.last_values = torch.zeros((E, N), device=self.device)

@@ -107,3 +107,35 @@ def test_bad_input():
     ]:
         with pytest.raises(ValueError, match=match):
             gae(r, v, d, tr, b, last, gamma, lam)
+
+
+def test_discounts_weigh_each_step_as_mamba_and_mabl_lambda_returns():
+    """Per-step discounts d_t (a predicted continuation): the returns are the λ-returns MAMBA's and MABL's code compute
+    (``compute_return``: R_t = r_t + γ d_t ((1 - λ) V_{t+1} + λ R_{t+1}), R_T = V(s_T)); all-ones d is γ alone."""
+    r, v, _, _, b, last = _random_rollout(T=6, E=2, N=3)
+    never = torch.zeros_like(r, dtype=torch.bool)
+    d = torch.rand(r.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    gamma, lam = 0.9, 0.8
+    _, ret = gae(r, v, never, never, b, last, gamma, lam, discounts=d)
+    next_v = torch.cat([v[1:], last[None]])
+    expected, running = torch.empty_like(r), last
+    for t in reversed(range(6)):
+        running = r[t] + gamma * d[t] * ((1 - lam) * next_v[t] + lam * running)
+        expected[t] = running
+    torch.testing.assert_close(ret, expected, rtol=0, atol=1e-12)
+    # by hand, λ = 1, two steps: R_1 = r_1 + γ d_1 V(s_2), R_0 = r_0 + γ d_0 R_1
+    one = torch.zeros(2, dtype=torch.bool)
+    _, ret = gae(torch.tensor([1.0, 2.0]), torch.tensor([0.3, 0.7]), one, one, torch.zeros(2), torch.tensor(10.0), 0.5,
+                 1.0, discounts=torch.tensor([0.5, 0.25]))  # fmt: skip
+    torch.testing.assert_close(ret, torch.tensor([1 + 0.25 * (2 + 0.125 * 10), 2 + 0.125 * 10]))
+    plain = gae(*_random_rollout(), gamma=0.99, lam=0.95)
+    ones = gae(*_random_rollout(), gamma=0.99, lam=0.95, discounts=torch.ones(13, 3, 2, dtype=torch.float64))
+    assert all(torch.equal(a, o) for a, o in zip(plain, ones))
+
+
+def test_bad_discounts():
+    r, v, d, tr, b, last = _random_rollout(T=4, E=2, N=1)
+    with pytest.raises(ValueError, match=r"^discounts: expected shape \(4, 2, 1\) \(as rewards\), got \(4, 2\)$"):
+        gae(r, v, d, tr, b, last, 0.99, 0.95, discounts=torch.ones(4, 2))
+    with pytest.raises(ValueError, match=r"^discounts: expected values in \[0, 1\], got 0.0 .. 1.5$"):
+        gae(r, v, d, tr, b, last, 0.99, 0.95, discounts=torch.tensor([0.0, 1.5]).repeat(4, 1)[..., None])

@@ -2,12 +2,15 @@
 
 import copy
 import shutil
+from dataclasses import fields
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from toyvec import ToySpec, ToyVecEnv
 
+from agents.gae import gae
 from agents.mappo import MAPPO, MAPPOConfig, ppo_policy_loss
 from agents.policies.base import log_prob_entropy, mask_logits
 from agents.policies.gru import GRUPolicyConfig
@@ -98,6 +101,37 @@ def test_collect_ends_bootstrap_and_resets(toy_env):
     assert episodes.lengths.tolist() == [5, 5] and episodes.returns.shape == (2, N)
     torch.testing.assert_close(torch.as_tensor(episodes.returns).sum(), (storage.rewards[:5]).sum())
     assert not (storage.actions[:, :, 0] == 2).any()
+
+
+def test_a_steps_discount_is_stored_and_multiplies_gamma(toy_env):
+    """A step with a ``discount`` (a dream with expected terminations) is stored and enters GAE as a factor on γ;
+    steps without one (real envs) store 1."""
+    agent = _agent(rollout_length=4, normalize_advantages=False)
+    storage, carry = agent.new_storage(toy_env.num_envs), agent.start(toy_env)
+    agent.collect(toy_env, storage, carry)
+    assert torch.equal(storage.discounts, torch.ones(4, toy_env.num_envs, ToyVecEnv.N))
+    plain_adv, _ = agent.advantages(storage)
+    factors = torch.linspace(0.2, 0.9, 4 * toy_env.num_envs * ToyVecEnv.N).reshape(4, toy_env.num_envs, -1)
+
+    class Discounted(ToyVecEnv):
+        calls = 0
+
+        def step(self, actions):
+            out = super().step(actions)
+            self.calls += 1
+            return SimpleNamespace(**{f.name: getattr(out, f.name) for f in fields(out)}, discount=factors[self.calls - 1])
+
+    env = Discounted()
+    storage, carry = agent.new_storage(env.num_envs), agent.start(env)
+    agent.collect(env, storage, carry)
+    assert torch.equal(storage.discounts, factors)
+    adv, _ = agent.advantages(storage)
+    vn = agent.critic.value_norm
+    expected, _ = gae(storage.rewards, vn.denormalize(storage.values), storage.dones, storage.truncated,
+                      vn.denormalize(storage.bootstrap_values), vn.denormalize(storage.last_values), agent.config.gamma,
+                      agent.config.gae_lambda, discounts=factors)  # fmt: skip
+    torch.testing.assert_close(adv, expected)
+    assert not torch.allclose(adv, plain_adv)
 
 
 @pytest.mark.parametrize("chunk_length", [3, 7, 1])

@@ -566,6 +566,7 @@ def _random_chunks(agent, num_envs=4, seed=0):
             "log_probs": torch.randn(E, N, generator=g) * 0.3 - 1.0, "values": torch.randn(E, N, generator=g),
             "rewards": torch.randn(E, N, generator=g), "dones": torch.zeros(E, N, dtype=torch.bool),
             "truncated": torch.zeros(E, N, dtype=torch.bool), "bootstrap_values": torch.zeros(E, N),
+            "discounts": torch.ones(E, N),
             "actor_state": {k: torch.randn(E, N, *v.shape[3:], generator=g) for k, v in storage.actor_state.items()},
             "critic_state": {k: torch.randn(E, N, *v.shape[3:], generator=g) for k, v in storage.critic_state.items()},
         }  # fmt: skip

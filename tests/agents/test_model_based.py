@@ -16,6 +16,7 @@ from agents.mappo import MAPPOConfig
 from agents.model_based import ModelBasedConfig, run
 from agents.train import latest_checkpoint, policy_from_checkpoint
 from wmenv.data.replay import EpisodeReplay
+from wmenv.dream import DreamVecEnv
 from wmenv.fit import FitConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -240,6 +241,18 @@ def test_episodes_shorter_than_the_windows_fit_on_shorter_or_crossing_windows(tm
     assert cross["achieved"]["train_ratio"] == pytest.approx(5 * 4 * 20 / 60)
 
 
+def test_expected_terminations_reach_the_dream_and_the_loop_runs(tmp_path, monkeypatch):
+    """terminations="expected": the dream never ends an imagined agent and MAPPO's GAE gets its continuations."""
+    import agents.model_based as loop
+
+    made = []
+    monkeypatch.setattr(loop, "DreamVecEnv", lambda *a, **kw: made.append(kw) or DreamVecEnv(*a, **kw))
+    out = run(_small(tmp_path, 1, terminations="expected"))
+    assert made[0]["terminations"] == "expected" and np.isfinite(out["eval_returns"][-1][1])
+    with pytest.raises(ValueError, match=r"^ModelBasedConfig.terminations: expected 'sample', 'threshold' or 'expected'"):
+        ModelBasedConfig(terminations="never")
+
+
 def test_named_schedules_reproduce_the_paper_and_the_cli_reads_them():
     """mamba-flatland / mamba-smac are the paper's Appendix A as its code ran; --schedule picks them, flags override."""
     from agents.model_based import SCHEDULES, schedule_config
@@ -249,6 +262,7 @@ def test_named_schedules_reproduce_the_paper_and_the_cli_reads_them():
     assert (fl.model, fl.fit.batch_size, fl.fit.seq_len, fl.fit_steps, fl.capacity) == ("flatland", 40, 50, 40, 500_000)
     assert fl.fit.compile == sc.fit.compile == "steps"  # the compiled fit, as the default schedule
     assert fl.fit.cross_episodes and sc.fit.cross_episodes and not ModelBasedConfig().fit.cross_episodes  # the code's ring
+    assert fl.terminations == sc.terminations == "expected" and ModelBasedConfig().terminations == "sample"
     assert (sc.model, sc.fit.seq_len, sc.fit_steps, sc.capacity) == ("smac", 20, 60, 250_000)
     for c in (fl, sc):
         assert (c.real_episodes, c.num_envs, c.dream_updates, c.horizon, c.mappo.epochs) == (1, 1, 4, 15, 5)

@@ -20,6 +20,7 @@ def _step(t):
         "log_probs": torch.full((E, N), -float(t)), "values": torch.arange(E * N).view(E, N) + 10.0 * t,
         "rewards": torch.ones(E, N), "dones": torch.zeros(E, N, dtype=torch.bool),
         "truncated": torch.zeros(E, N, dtype=torch.bool), "bootstrap_values": torch.zeros(E, N),
+        "discounts": torch.ones(E, N),
         "actor_state": {"h": torch.full((E, N, 1, 8), float(t))}, "critic_state": {},
     }  # fmt: skip
 

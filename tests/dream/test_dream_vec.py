@@ -400,5 +400,21 @@ def test_thresholded_terminations_end_agents_below_one_half_in_every_world():
     vec.reset()
     rate = vec.step(torch.tensor([[0, 1, 2]] * 4000)).terminated.float().mean(0)
     assert_close(rate, torch.tensor([0.4, 0.6, 0.5]), atol=0.03, rtol=0)
-    with pytest.raises(ValueError, match="terminations: expected 'sample' or 'threshold', got 'never'"):
+    with pytest.raises(ValueError, match="terminations: expected 'sample', 'threshold' or 'expected', got 'never'"):
         DreamVecEnv(model, num_worlds=1, terminations="never")
+
+
+def test_expected_terminations_never_end_agents_and_report_the_continuation_as_a_discount():
+    """``terminations="expected"`` (MAMBA's and MABL's code): no agent ends before the horizon, whatever its
+    continuation; each step's discount is that probability; the other modes report 1."""
+    model = scripted(cont=torch.tensor([[0.6, 0.1, 0.0]]))
+    vec = DreamVecEnv(model, num_worlds=2, horizon=3, seed=0, terminations="expected")
+    assert torch.equal(vec.reset().discount, torch.ones(2, 3))
+    for t in range(3):
+        step = vec.step(acts(*[[0, 1, 2]] * 2))
+        assert not step.terminated.any() and step.alive.all()
+        assert_close(step.discount, torch.tensor([[0.6, 0.1, 0.0]] * 2))
+        assert torch.equal(step.truncated, torch.full((2, 3), t == 2)) and torch.equal(step.done, torch.full((2,), t == 2))
+    sampled = DreamVecEnv(model, num_worlds=2, horizon=3, seed=0)
+    sampled.reset()
+    assert torch.equal(sampled.step(acts(*[[0, 1, 2]] * 2)).discount, torch.ones(2, 3))

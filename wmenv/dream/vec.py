@@ -55,6 +55,9 @@ class DreamStep:
     """(B, N): where ``done``, each agent's undiscounted predicted return over the finished episode."""
     episode_length: Tensor
     """(B,) int64: where ``done``, the finished episode's number of steps."""
+    discount: Tensor
+    """(B, N) float: with ``terminations="expected"``, the predicted probability that the agent continues after the
+    step just taken (a learner's per-step factor on γ; 0 for absent agents); otherwise 1 (the terminations carry it)."""
 
 
 class DreamVecEnv:
@@ -76,8 +79,10 @@ class DreamVecEnv:
         out_of_bounds: continuous actions outside an agent's bounds are ``"clip"``ped to them (as a MuJoCo
             actuator clamps its control) or ``"raise"`` a ValueError.
         terminations: how the predicted continuation ends an agent: ``"sample"``d (a Bernoulli draw of the
-            continuation probability) or ``"threshold"`` (terminated where it is below 0.5, as DRAMA's and STORM's
-            code take ``termination logit > 0``: no draw, so an uncertain head does not end worlds at random).
+            continuation probability), ``"threshold"`` (terminated where it is below 0.5, as DRAMA's and STORM's
+            code take ``termination logit > 0``: no draw, so an uncertain head does not end worlds at random), or
+            ``"expected"``: never (worlds run to the horizon) and each step's ``discount`` is the continuation
+            probability, which a learner multiplies into γ (MAMBA's and MABL's code weigh their λ-returns so).
 
     Continuous actions are (B, N, A) float: each agent's own dims (the action mask marks them), NaN or inf refused;
     absent agents' and padded dims' values are ignored.
@@ -95,7 +100,7 @@ class DreamVecEnv:
         mask_threshold: float = 0.5,
         planner: MAGPlanner | None = None,
         out_of_bounds: Literal["clip", "raise"] = "clip",
-        terminations: Literal["sample", "threshold"] = "sample",
+        terminations: Literal["sample", "threshold", "expected"] = "sample",
     ) -> None:
         for name, value in (("num_worlds", num_worlds), ("horizon", horizon), ("context", context)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -103,7 +108,7 @@ class DreamVecEnv:
         if obs not in ("latent", "decoded"):
             raise ValueError(f"obs: expected 'latent' or 'decoded', got {obs!r}")
         check_choice("out_of_bounds", out_of_bounds, ("clip", "raise"))
-        check_choice("terminations", terminations, ("sample", "threshold"))
+        check_choice("terminations", terminations, ("sample", "threshold", "expected"))
         if planner is not None and not model.spec.discrete:
             raise ValueError(f"planner: MAG's planner samples discrete candidate actions; {model.spec.id} has continuous ones")
         if start is not None and start.spec_description is not None and start.spec_description != model.spec.describe():
@@ -172,7 +177,7 @@ class DreamVecEnv:
         false = torch.zeros(B, N, dtype=torch.bool, device=self.device)
         return DreamStep(
             obs, crit, mask, self._alive.clone(), zeros, false, false.clone(), false[:, 0].clone(), torch.zeros_like(obs),
-            torch.zeros_like(crit), zeros.clone(), self._t.clone(),
+            torch.zeros_like(crit), zeros.clone(), self._t.clone(), torch.ones(B, N, device=self.device),
         )  # fmt: skip
 
     @property
@@ -253,10 +258,14 @@ class DreamVecEnv:
         self._check_finite(obs, pred.reward)
         was_alive = self._alive
         reward = torch.where(was_alive, pred.reward, torch.zeros_like(pred.reward))
+        discount = torch.ones_like(reward)
         if self.terminations == "sample":
             cont = torch.bernoulli(pred.cont.clamp(0, 1), generator=self.generator).bool()
-        else:
+        elif self.terminations == "threshold":
             cont = pred.cont >= 0.5
+        else:
+            cont = torch.ones_like(was_alive)
+            discount = torch.where(was_alive, pred.cont.clamp(0, 1), torch.zeros_like(reward))
         terminated = was_alive & ~cont
         alive = was_alive & cont
         self._t = self._t + 1
@@ -284,7 +293,7 @@ class DreamVecEnv:
         self._mask = mask
         return DreamStep(
             obs, crit, mask, alive.clone(), reward, terminated, truncated, world_end, final_obs, final_state, episode_return,
-            episode_length,
+            episode_length, discount,
         )  # fmt: skip
 
     def _check_finite(self, obs: Tensor, reward: Tensor) -> None:

@@ -77,9 +77,11 @@ def gae(
     # V_next,t: the next stored value, or the bootstrap value on truncation, or 0 on termination.
     next_values = torch.cat([values[1:], last_values.unsqueeze(0)], dim=0)
     next_values = torch.where(dones, torch.where(truncated, bootstrap_values, torch.zeros_like(values)), next_values)
-    step_gamma = gamma if discounts is None else gamma * discounts.to(values.dtype)
-    deltas = rewards + step_gamma * next_values - values
-    carry = (step_gamma * lam) * (~dones).to(values.dtype)
+    carry = (gamma * lam) * (~dones).to(values.dtype)
+    if discounts is not None:  # multiplied in apart from γ, so that all-ones discounts change no bit
+        next_values = discounts.to(values.dtype) * next_values
+        carry = carry * discounts.to(values.dtype)
+    deltas = rewards + gamma * next_values - values
     advantages = torch.empty_like(values)
     running = torch.zeros_like(last_values)
     for t in range(shape[0] - 1, -1, -1):

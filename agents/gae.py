@@ -40,9 +40,9 @@ def gae(
         last_values: (...) float, V(s_T) of the state after the rollout's last step.
         gamma: discount in [0, 1].
         lam: GAE λ in [0, 1].
-        discounts: (T, ...) float in [0, 1] or None (all 1): a per-step factor d_t on γ, the probability that the
-            trajectory goes on after step t (a world model's predicted continuation: MAMBA's and MABL's code weigh
-            their λ-returns with it instead of ending imagined trajectories).
+        discounts: (T, ...) in [0, 1], of the values' dtype, or None (all 1): a per-step factor d_t on γ, the
+            probability that the trajectory goes on after step t (a world model's predicted continuation: MAMBA's
+            and MABL's code weigh their λ-returns with it instead of ending imagined trajectories).
 
     Returns:
         advantages: (T, ...) float, ``A_t = δ_t + γλ d_t (1 - done_t) A_{t+1}`` with
@@ -62,6 +62,8 @@ def gae(
     if discounts is not None:
         if discounts.shape != shape:
             raise ValueError(f"discounts: expected shape {tuple(shape)} (as rewards), got {tuple(discounts.shape)}")
+        if discounts.dtype != values.dtype:
+            raise TypeError(f"discounts: expected dtype {values.dtype} (as values), got {discounts.dtype}")
         if not bool(((discounts >= 0) & (discounts <= 1)).all()):
             raise ValueError(f"discounts: expected values in [0, 1], got {float(discounts.min())} .. {float(discounts.max())}")
     if last_values.shape != shape[1:]:
@@ -79,8 +81,8 @@ def gae(
     next_values = torch.where(dones, torch.where(truncated, bootstrap_values, torch.zeros_like(values)), next_values)
     carry = (gamma * lam) * (~dones).to(values.dtype)
     if discounts is not None:  # multiplied in apart from γ, so that all-ones discounts change no bit
-        next_values = discounts.to(values.dtype) * next_values
-        carry = carry * discounts.to(values.dtype)
+        next_values = discounts * next_values
+        carry = carry * discounts
     deltas = rewards + gamma * next_values - values
     advantages = torch.empty_like(values)
     running = torch.zeros_like(last_values)

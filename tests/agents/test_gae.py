@@ -139,5 +139,12 @@ def test_bad_discounts():
     r, v, d, tr, b, last = _random_rollout(T=4, E=2, N=1)
     with pytest.raises(ValueError, match=r"^discounts: expected shape \(4, 2, 1\) \(as rewards\), got \(4, 2\)$"):
         gae(r, v, d, tr, b, last, 0.99, 0.95, discounts=torch.ones(4, 2))
+    with pytest.raises(TypeError, match=r"^discounts: expected dtype torch.float64 \(as values\), got torch.float32$"):
+        gae(r, v, d, tr, b, last, 0.99, 0.95, discounts=torch.ones(4, 2, 1))
     with pytest.raises(ValueError, match=r"^discounts: expected values in \[0, 1\], got 0.0 .. 1.5$"):
-        gae(r, v, d, tr, b, last, 0.99, 0.95, discounts=torch.tensor([0.0, 1.5]).repeat(4, 1)[..., None])
+        gae(r, v, d, tr, b, last, 0.99, 0.95, discounts=torch.tensor([0.0, 1.5], dtype=torch.float64).repeat(4, 1)[..., None])
+    # a continuation of exactly 0 is allowed: nothing after that step counts (one-step return r_t)
+    never = torch.zeros_like(d)
+    zero_at_1 = torch.tensor([1.0, 0.0, 1.0, 1.0], dtype=torch.float64)[:, None, None].expand(4, 2, 1)
+    _, ret = gae(r, v, never, never, b, last, 0.99, 0.95, discounts=zero_at_1)
+    torch.testing.assert_close(ret[1], r[1])

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from wmenv.checks import check_choice, check_device, check_int, check_positive
+from wmenv.checks import check_bool, check_choice, check_device, check_int, check_positive
 
 
 def test_check_int_accepts_and_returns_ints():
@@ -80,3 +80,10 @@ def test_check_device():
     for bad in ("gpu0", None):
         with pytest.raises(ValueError, match=re.escape(f"X.device: expected a torch device string, got {bad!r}")):
             check_device("X.device", bad)
+
+
+def test_check_bool():
+    assert check_bool("X.flag", True) is True and check_bool("X.flag", False) is False
+    for bad in (1, 0, "True", None, np.bool_(True)):
+        with pytest.raises(TypeError, match=rf"^X\.flag: expected a bool, got {re.escape(repr(bad))}$"):
+            check_bool("X.flag", bad)

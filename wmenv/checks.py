@@ -52,6 +52,20 @@ def check_positive(name: str, value: object) -> float:
     return value
 
 
+def check_bool(name: str, value: object) -> bool:
+    """Check that ``value`` is a bool (not an int or a string that reads like one).
+
+    Returns:
+        ``value``.
+
+    Raises:
+        TypeError: the message is ``f"{name}: expected a bool, got {value!r}"``.
+    """
+    if not isinstance(value, bool):
+        raise TypeError(f"{name}: expected a bool, got {value!r}")
+    return value
+
+
 def check_device(name: str, value: object) -> torch.device:
     """Check that ``value`` names a torch device (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...); whether this machine has
     it is not checked.

@@ -30,7 +30,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
-from wmenv.checks import check_choice, check_int
+from wmenv.checks import check_bool, check_choice, check_int
 from wmenv.data.persist import temporary_name
 from wmenv.models.registry import KINDS, config_from_dict, kind_of
 from wmenv.models.world_model import WorldModel
@@ -80,8 +80,7 @@ class FitConfig:
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "seq_len", "log_every"):
             check_int(f"FitConfig.{name}", getattr(self, name))
-        if not isinstance(self.cross_episodes, bool):
-            raise TypeError(f"FitConfig.cross_episodes: expected a bool, got {self.cross_episodes!r}")
+        check_bool("FitConfig.cross_episodes", self.cross_episodes)
         check_int("FitConfig.checkpoint_every", self.checkpoint_every, 0)
         if isinstance(self.compile, bool):
             self.compile = "loss" if self.compile else "off"

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from wmenv.checks import check_bool
 from wmenv.data.recorder import EpisodeRecorder
 from wmenv.envs.spec import EnvSpec
 from wmenv.envs.vector import VecStep
@@ -114,8 +115,7 @@ class Collector:
     """
 
     def __init__(self, vec: Any, replay: Any, stream: bool = False) -> None:
-        if not isinstance(stream, bool):
-            raise TypeError(f"stream: expected a bool, got {stream!r}")
+        check_bool("stream", stream)
         self.vec, self.replay, self.stream = vec, replay, stream
         self.recorder = VecRecorder(vec.spec, vec.num_envs)
         self.step: VecStep | None = None

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from wmenv.checks import check_bool
 from wmenv.data import persist
 from wmenv.data.episode import episode_schema, validate_episode
 from wmenv.data.samplers import StartSampler, uniform_starts
@@ -58,8 +59,7 @@ class ReplayConfig:
                 raise TypeError(f"ReplayConfig.{name}: expected an int, got {v!r} ({type(v).__name__})")
         if self.capacity < 2:
             raise ValueError(f"ReplayConfig.capacity: expected at least 2 rows (one env step), got {self.capacity}")
-        if not isinstance(self.validate, bool):
-            raise TypeError(f"ReplayConfig.validate: expected a bool, got {self.validate!r}")
+        check_bool("ReplayConfig.validate", self.validate)
 
 
 def _positive_int(name: str, v: Any) -> int:
@@ -335,8 +335,7 @@ class EpisodeReplay:
             reset: (B, T) bool, True where a row is an episode's first row.
         """
         batch_size, length = _positive_int("batch_size", batch_size), _positive_int("length", length)
-        if not isinstance(cross_episodes, bool):
-            raise TypeError(f"cross_episodes: expected a bool, got {cross_episodes!r}")
+        check_bool("cross_episodes", cross_episodes)
         gen = self._generator(generator)
         if self._rows == 0:
             raise ValueError("sample: the replay is empty; add episodes first")

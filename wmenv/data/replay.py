@@ -143,9 +143,15 @@ class EpisodeReplay:
         if not {"is_first", "is_last"} <= set(self._data):
             return np.ones(self.num_episodes, dtype=bool)
         lengths, _ = self._arrays()
-        starts = np.fromiter(self._starts, np.int64, len(self._starts))
-        last = (starts + lengths - 1) % self.config.capacity
-        return self._data["is_first"][starts] & self._data["is_last"][last]
+        last = (np.fromiter(self._starts, np.int64, len(self._starts)) + lengths - 1) % self.config.capacity
+        return self._starts_episodes() & self._data["is_last"][last]
+
+    def _starts_episodes(self) -> np.ndarray:
+        """(E,) bool, oldest first: whether a stored entry's first row is its episode's first (``is_first``), not a
+        streamed piece continuing one; all True in a replay without that field."""
+        if "is_first" not in self._data:
+            return np.ones(self.num_episodes, dtype=bool)
+        return self._data["is_first"][np.fromiter(self._starts, np.int64, len(self._starts))]
 
     @property
     def schema(self) -> Schema | None:
@@ -381,9 +387,8 @@ class EpisodeReplay:
         """(E,) the end row (exclusive, in the stored run) of the run of entries each entry belongs to: entries
         joined where the next one starts an episode. A piece that continues an episode (no ``is_first`` at its first
         row; stored apart when several env copies stream) follows rows of another env copy, so a run ends before it."""
-        starts_run = np.ones(len(ep_start), dtype=bool)
-        if "is_first" in self._data:
-            starts_run[1:] = ~self._data["is_first"][(self._starts[0] + ep_start[1:]) % self.config.capacity]
+        starts_run = ~self._starts_episodes()
+        starts_run[0] = True
         first_rows = ep_start[starts_run]
         return np.append(first_rows[1:], self._rows)[np.cumsum(starts_run) - 1]
 

@@ -70,6 +70,7 @@ from wmenv.data.replay import EpisodeReplay, ReplayConfig
 from wmenv.data.samplers import DFS, DFSConfig
 from wmenv.dream import DreamVecEnv
 from wmenv.dream.mag import ErrorPredictor, MAGConfig, MAGPlanner, fit_error_predictor
+from wmenv.dream.vec import TERMINATIONS
 from wmenv.envs import make
 from wmenv.envs.spec import EnvSpec
 from wmenv.fit import FitConfig, fit, fit_learning_rate, fit_window_rows, load_model, save_model
@@ -254,7 +255,7 @@ class ModelBasedConfig:
         check_choice("ModelBasedConfig.sampler", self.sampler, ("uniform", "dfs"))
         check_choice("ModelBasedConfig.actor_input", self.actor_input, ("decoded", "latent"))
         check_choice("ModelBasedConfig.rollout", self.rollout, ("sample", "mag"))
-        check_choice("ModelBasedConfig.terminations", self.terminations, ("sample", "threshold", "expected"))
+        check_choice("ModelBasedConfig.terminations", self.terminations, TERMINATIONS)
         if self.rollout == "mag" and not model_kind(self.model_kind).model_cls.has_step_errors:
             raise ValueError(
                 f"ModelBasedConfig.rollout: 'mag' needs a world model with per-step errors, {self.model_kind!r} has none"

@@ -60,6 +60,10 @@ class DreamStep:
     step just taken (a learner's per-step factor on γ; 0 for absent agents); otherwise 1 (the terminations carry it)."""
 
 
+TERMINATIONS = ("sample", "threshold", "expected")
+"""How `DreamVecEnv` ends imagined agents (its ``terminations`` argument)."""
+
+
 class DreamVecEnv:
     """B imagined copies of a real env inside ``model``.
 
@@ -108,7 +112,7 @@ class DreamVecEnv:
         if obs not in ("latent", "decoded"):
             raise ValueError(f"obs: expected 'latent' or 'decoded', got {obs!r}")
         check_choice("out_of_bounds", out_of_bounds, ("clip", "raise"))
-        check_choice("terminations", terminations, ("sample", "threshold", "expected"))
+        check_choice("terminations", terminations, TERMINATIONS)
         if planner is not None and not model.spec.discrete:
             raise ValueError(f"planner: MAG's planner samples discrete candidate actions; {model.spec.id} has continuous ones")
         if start is not None and start.spec_description is not None and start.spec_description != model.spec.describe():

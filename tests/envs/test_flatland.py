@@ -11,7 +11,16 @@ from pettingzoo.test import parallel_api_test
 from wmenv import VecEnv
 from wmenv.envs import make
 from wmenv.envs.flatland import PRESETS, FlatlandConfig, FlatlandEnv
-from wmenv.envs.flatland_obs import next_cell, rail_action_mask
+from wmenv.envs.flatland_obs import (
+    LEFTMOST,
+    MOVE_FORWARD,
+    RIGHTMOST,
+    STOP,
+    decision_cells,
+    decision_moves,
+    next_cell,
+    rail_action_mask,
+)
 
 D = 260  # 21 tree nodes x 12 + 8 own features
 
@@ -79,8 +88,9 @@ def test_spec_shapes_and_bounds_over_an_episode():
             assert o.shape == (D,) and o.dtype == np.float32 and -1 <= o.min() and o.max() <= 1
 
 
-def test_parallel_api():
-    env, _ = make("flatland:5", masked_action="noop", max_episode_steps=60)
+@pytest.mark.parametrize("actions", ["flatland", "decisions"])
+def test_parallel_api(actions):
+    env, _ = make("flatland:5", masked_action="noop", max_episode_steps=60, actions=actions)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         parallel_api_test(env, num_cycles=80)
@@ -265,6 +275,8 @@ def test_config_validation_and_unknown_preset():
         FlatlandConfig(malfunction_min_duration=10, malfunction_max_duration=5)
     with pytest.raises(ValueError, match="FlatlandConfig.max_episode_steps: expected a positive int or None, got 0"):
         FlatlandConfig(max_episode_steps=0)
+    with pytest.raises(ValueError, match="FlatlandConfig.actions: expected 'flatland' or 'decisions', got 'greedy'"):
+        FlatlandConfig(actions="greedy")
     with pytest.raises(TypeError, match="config: expected a FlatlandConfig, got dict"):
         FlatlandEnv({"n_agents": 3})
     with pytest.raises(ValueError, match=r"name: unknown Flatland preset '4'; expected one of \['5', '10', '15'\]"):
@@ -295,3 +307,102 @@ def test_arrivals_are_counted_in_infos_episode_metrics_and_vec_env():
         ends += [m for m, d in zip(s.episode_metrics, s.done) if d]
         assert all(m == {} for m, d in zip(s.episode_metrics, s.done) if not d)
     assert ends == [{"arrived_fraction": 0.0}] * 2
+
+
+def test_decision_moves_are_flatlands_exits_leftmost_first():
+    """Every on-rail configuration of a map: each move reaches a different exit, together all of them, left to right."""
+    env, _ = make("flatland:5")
+    env.reset(seed=2)
+    rail = env.rail_env.rail
+    seen = {1: 0, 2: 0}
+    for r in range(rail.height):
+        for c in range(rail.width):
+            for d in range(4):
+                conf = ((r, c), d)
+                if not rail.is_valid_configuration(conf):
+                    continue
+                t = rail.get_transitions(conf)
+                moves = decision_moves(t, d)
+                heading = [rail.apply_action_independent(RailEnvActions(m), conf)[0][1] for m in moves]
+                exits = [x for x in range(4) if t[x]]
+                if len(exits) == 1:
+                    assert moves == [MOVE_FORWARD] and heading == exits, conf  # curves and dead ends: forward
+                else:
+                    assert sorted(heading) == exits, conf
+                    turns = [(h - d + 1) % 4 - 1 for h in heading]  # -1 left, 0 straight, 1 right
+                    assert turns == sorted(turns), conf
+                seen[min(len(moves), 2)] += 1
+    assert seen[1] > 200 and seen[2] > 5
+
+
+def test_decision_cells_follow_the_winners_rule():
+    """Switches / crossings (> 2 transitions), target cells, and configurations with an open way into one of them."""
+    env, _ = make("flatland:5")
+    env.reset(seed=3)
+    rail = env.rail_env.rail
+    targets = {cell for a in env.rail_env.agents for cell, _ in a.targets}
+    cells = [(r, c) for r in range(rail.height) for c in range(rail.width)]
+    special = {p for p in cells if bin(rail.get_full_transitions(*p)).count("1") > 2} | targets
+    expected = np.zeros((rail.height, rail.width, 4), dtype=bool)
+    for r, c in cells:
+        for d in range(4):
+            ways = rail.get_transitions(((r, c), d))
+            expected[r, c, d] = (r, c) in special or any(ways[x] and next_cell((r, c), x) in special for x in range(4))
+    got = decision_cells(rail.grid, targets)
+    np.testing.assert_array_equal(got, expected)
+    on_rail = np.array(
+        [[bin(rail.get_full_transitions(r, c)).count("1") > 0 for c in range(rail.width)] for r in range(rail.height)]
+    )
+    assert 0 < got.any(-1)[on_rail].mean() < 0.5  # most rail cells are plain track
+
+
+def test_decision_interface_masks_drive_on_and_wait():
+    """``actions="decisions"``: 3 actions; only "leftmost" away from decision cells (the train drives on), a choice on
+    them and before departing; "stop" before departing keeps a train at its station, "leftmost" departs."""
+    env, spec = make("flatland:5", actions="decisions", malfunction_rate=0.0, dense_reward=True)
+    assert spec.n_actions == 3 and spec.extra["actions"] == "decisions"
+    _, infos = env.reset(seed=0)
+    for _ in range(3):
+        _, _, _, _, infos = env.step({a: STOP for a in env.agents})
+    assert not any(a.state.is_on_map_state() for a in env.rail_env.agents)
+    rng = np.random.default_rng(0)
+    rail, flat = env.rail_env.rail, env.rail_env.agents
+    cells = decision_cells(rail.grid, {cell for a in flat for cell, _ in a.targets})
+    forced = drove_on = chose = switched = 0
+    for _ in range(150):
+        if not env.agents:
+            break
+        acts, before, turned = {}, {}, {}
+        for a in env.agents:
+            agent, mask = flat[_handle(a)], infos[a]["action_mask"]
+            if agent.state == TrainState.WAITING:
+                np.testing.assert_array_equal(mask, [0, 0, 1])
+                acts[a] = STOP
+                continue
+            on_map = agent.state.is_on_map_state()
+            conf = agent.current_configuration if on_map else agent.initial_configuration
+            free = not on_map or _handle(a) in env._deadlocked or cells[conf[0][0], conf[0][1], conf[1]]
+            two = len(decision_moves(rail.get_transitions(conf), conf[1])) > 1
+            np.testing.assert_array_equal(mask, [1, two, 1] if free else [1, 0, 0])
+            if free:
+                chose += 1
+                acts[a] = int(rng.choice([LEFTMOST, RIGHTMOST] if two else [LEFTMOST]))  # never stop: keep moving
+                if on_map and two:
+                    move = decision_moves(rail.get_transitions(conf), conf[1])[acts[a]]
+                    turned[a] = (conf, rail.apply_action_independent(RailEnvActions(move), conf)[0])
+            else:
+                forced += 1
+                acts[a] = LEFTMOST
+                before[a] = conf
+        _, _, _, _, infos = env.step(acts)
+        for a, ((r, c), d) in before.items():  # a forced train drives on along its only way, unless blocked
+            agent = flat[_handle(a)]
+            if agent.state.is_on_map_state() and agent.current_configuration[0] != (r, c):
+                (exit_,) = [x for x in range(4) if rail.get_transitions(((r, c), d))[x]]
+                assert agent.current_configuration[0] == next_cell((r, c), exit_)
+                drove_on += 1
+        for a, (conf, reached) in turned.items():  # at a switch, the way chosen is the way taken
+            if flat[_handle(a)].current_configuration[0] != conf[0]:
+                assert flat[_handle(a)].current_configuration == reached
+                switched += 1
+    assert forced > 100 and drove_on > 0.8 * forced and chose > 10 and switched > 3, (forced, drove_on, chose, switched)

@@ -13,6 +13,13 @@ One step of the view:
   transition (see `flatland_obs.rail_action_mask`): from the agent's cell and direction when it is on
   the map, from its start cell and direction when it has not departed yet (any allowed move then
   departs), and none while it waits for its scheduled departure (``departure_schedule=True`` only).
+  With ``actions="decisions"`` instead ``Discrete(3)``, the interface the MAMBA and MABL code train on
+  (from the NeurIPS 2020 winners' wrapper): leftmost open way, rightmost, stop (before departing: wait).
+  A train chooses only before departing and on decision cells (switches, targets and the cells before them,
+  `flatland_obs.decision_cells`); elsewhere, and while malfunctioning, its mask allows only "leftmost" and
+  it drives on. Where their wrapper overrode the agent's action, the mask here forces it, so the action a
+  learner records is the one the train took. Not reproduced: their "far deadlock" check (drive on when a
+  deadlock lies ahead), their observation (ours stays the tree below) and their communication mask.
 - **Observation** (``config.obs_dim`` = 252 + 8 floats at depth 2, in ``[-1, 1]``): the normalized tree
   observation (``TreeObsForRailEnv(max_depth=2)`` with ``ShortestPathPredictorForRailEnv(20)``, laid
   out as in `flatland_obs`), then the agent's own state one-hot (waiting, ready to depart,
@@ -57,12 +64,19 @@ from flatland.envs.step_utils.states import TrainState
 from flatland.envs.timetable_generators import timetable_generator
 from flatland.envs.timetable_utils import Timetable
 
-from wmenv.checks import check_int
+from wmenv.checks import check_choice, check_int
 from wmenv.envs.base import MaskedAction, MultiAgentEnv
 from wmenv.envs.flatland_obs import (
+    DO_NOTHING,
+    MOVE_FORWARD,
     N_ACTIONS,
+    N_DECISION_ACTIONS,
     N_NODE_FEATURES,
+    RIGHTMOST,
+    STOP,
     STOP_MOVING,
+    decision_cells,
+    decision_moves,
     find_deadlocked,
     n_tree_nodes,
     normalize_tree,
@@ -84,6 +98,8 @@ _OWN_STATES = (
     TrainState.MALFUNCTION,
 )
 N_OWN_FEATURES = len(_OWN_STATES) + 2
+ACTION_INTERFACES = ("flatland", "decisions")
+"""`FlatlandConfig.actions`: Flatland's own five actions, or the papers' three chosen at decision cells."""
 N_AGENT_STATE_FEATURES = 16
 
 
@@ -131,6 +147,11 @@ class FlatlandConfig:
     """Dense reward: once, when the train becomes deadlocked."""
     deadlock_terminates: bool = False
     """Terminate deadlocked trains (MAMBA's wrapper did); they can never move again."""
+    actions: str = "flatland"
+    """The action interface. ``"flatland"``: Flatland's five actions at every step. ``"decisions"``: the interface of
+    the NeurIPS 2020 winners' wrapper that the MAMBA and MABL code train with (its `action_sz = 3`, `greedy=True`):
+    leftmost open way / rightmost / stop, chosen only at decision cells (`flatland_obs.decision_cells`) and
+    before departing; elsewhere (and while malfunctioning) the mask allows only "leftmost", so a train drives on."""
 
     def __post_init__(self) -> None:
         sizes = ("n_agents", "max_rails_between_cities", "max_rail_pairs_in_city", "tree_depth", "predictor_depth")
@@ -148,6 +169,7 @@ class FlatlandConfig:
             raise ValueError(f"FlatlandConfig.observation_radius: expected > 0, got {self.observation_radius!r}")
         if self.max_episode_steps is not None:
             check_int("FlatlandConfig.max_episode_steps", self.max_episode_steps, expected="a positive int or None")
+        check_choice("FlatlandConfig.actions", self.actions, ACTION_INTERFACES)
 
     @property
     def obs_dim(self) -> int:
@@ -199,7 +221,8 @@ class FlatlandEnv(MultiAgentEnv):
         n, d = config.n_agents, config.obs_dim
         agents = tuple(f"agent_{i}" for i in range(n))
         obs_space = gym.spaces.Box(-1.0, 1.0, (d,), dtype=np.float32)
-        act_space = gym.spaces.Discrete(N_ACTIONS)
+        self._decide = config.actions == "decisions"
+        act_space = gym.spaces.Discrete(N_DECISION_ACTIONS if self._decide else N_ACTIONS)
         state_dim = n * (d + N_AGENT_STATE_FEATURES) + 1
         spec = EnvSpec(
             id=id,
@@ -216,6 +239,7 @@ class FlatlandEnv(MultiAgentEnv):
         self._obs = np.zeros((n, d), dtype=np.float32)
         self._dist = np.zeros(n)
         self._deadlocked: set[int] = set()
+        self._decision_cells = np.zeros((config.height, config.width, 4), dtype=bool)
 
     # --- construction ---
     def _build(self) -> RailEnv:
@@ -265,12 +289,45 @@ class FlatlandEnv(MultiAgentEnv):
         return float(min(self.rail_env.distance_map.get()[h, r, c, d], UNREACHABLE))
 
     def _mask(self, agent: Any) -> np.ndarray:
+        if self._decide:
+            return self._decision_mask(agent)
         if agent.state == TrainState.WAITING:
             mask = np.zeros(N_ACTIONS, dtype=bool)
             mask[0] = mask[STOP_MOVING] = True
             return mask
         conf = self._configuration(agent)
         return rail_action_mask(self.rail_env.rail.get_transitions(conf), conf[1])
+
+    def _moves(self, agent: Any) -> list[int]:
+        """The Flatland moves open to the agent, leftmost first (`flatland_obs.decision_moves`)."""
+        conf = self._configuration(agent)
+        return decision_moves(self.rail_env.rail.get_transitions(conf), conf[1])
+
+    def _decision_mask(self, agent: Any) -> np.ndarray:
+        """(3,) bool: waiting for its departure, only stop; on the map away from decision cells or malfunctioning (and
+        not deadlocked), only leftmost (drive on); otherwise leftmost, rightmost where a second way is open, and stop."""
+        mask = np.zeros(N_DECISION_ACTIONS, dtype=bool)
+        if agent.state == TrainState.WAITING:
+            mask[STOP] = True
+            return mask
+        mask[0] = True
+        if agent.state.is_on_map_state() and agent.handle not in self._deadlocked:
+            (r, c), d = agent.current_configuration
+            if agent.malfunction_handler.malfunction_down_counter > 0 or not self._decision_cells[r, c, d]:
+                return mask
+        mask[RIGHTMOST] = len(self._moves(agent)) > 1
+        mask[STOP] = True
+        return mask
+
+    def _flatland_action(self, handle: int, action: int) -> int:
+        """The Flatland action that the decision interface's ``action`` means for train ``handle``."""
+        agent = self.rail_env.agents[handle]
+        if action == STOP:
+            return STOP_MOVING if agent.state.is_on_map_state() else DO_NOTHING  # before departing: wait
+        if agent.state == TrainState.WAITING:
+            return DO_NOTHING
+        moves = self._moves(agent)
+        return moves[min(action, len(moves) - 1)] if moves else MOVE_FORWARD
 
     def _elapsed(self) -> float:
         return min(self.rail_env._elapsed_steps / max(self.max_episode_steps, 1), 1.0)
@@ -356,6 +413,9 @@ class FlatlandEnv(MultiAgentEnv):
         self.agents = list(self.possible_agents)
         self._obs[:] = 0.0
         self._deadlocked = set()
+        if self._decide:
+            targets = {cell for agent in self.rail_env.agents for cell, _ in agent.targets}  # cells of every heading
+            self._decision_cells = decision_cells(self.rail_env.rail.grid, targets)
         self._dist = np.array([self._distance(h) for h in handles])
         return self._observe(raw, handles), self._infos(handles, set(handles))
 
@@ -363,7 +423,10 @@ class FlatlandEnv(MultiAgentEnv):
         c, env = self.config, self.rail_env
         index = {a: i for i, a in enumerate(self.possible_agents)}
         acting = [index[a] for a in self.agents]
-        raw, flat_rewards, dones, _ = env.step({index[a]: int(act) for a, act in actions.items()})
+        chosen = {index[a]: int(act) for a, act in actions.items()}
+        if self._decide:
+            chosen = {h: self._flatland_action(h, act) for h, act in chosen.items()}
+        raw, flat_rewards, dones, _ = env.step(chosen)
         new_deadlocks = self._update_deadlocks()
         term = {h: env.agents[h].state == TrainState.DONE or (c.deadlock_terminates and h in self._deadlocked) for h in acting}
         trunc = {h: bool(dones["__all__"]) and not term[h] for h in acting}

@@ -29,6 +29,10 @@ N_NODE_FEATURES = 12
 BRANCHES = ("L", "F", "R", "B")
 DO_NOTHING, MOVE_LEFT, MOVE_FORWARD, MOVE_RIGHT, STOP_MOVING = range(5)
 N_ACTIONS = 5
+LEFTMOST, RIGHTMOST, STOP = range(3)
+"""The decision interface's actions (``FlatlandConfig.actions="decisions"``): take the leftmost open way, the
+rightmost, or stop (wait, before departing)."""
+N_DECISION_ACTIONS = 3
 _MOVEMENT = ((-1, 0), (0, 1), (1, 0), (0, -1))  # N, E, S, W as (d_row, d_col)
 
 
@@ -115,6 +119,42 @@ def rail_action_mask(transitions: tuple[int, int, int, int], direction: int) -> 
         mask[MOVE_FORWARD] = bool(transitions[direction])
         mask[MOVE_RIGHT] = bool(transitions[right])
     return mask
+
+
+def decision_moves(transitions: tuple[int, int, int, int], direction: int) -> list[int]:
+    """The Flatland moves open from a cell entered facing ``direction``, leftmost first (at most two on real maps).
+
+    With one way out (straight, curve or dead end) that is ``[MOVE_FORWARD]``, which Flatland follows round the
+    curve or back from the dead end; at a switch, the exits among left / straight / right in that order.
+    """
+    exits = [d for d in range(4) if transitions[d]]
+    if len(exits) <= 1:
+        return [MOVE_FORWARD]
+    ways = ((MOVE_LEFT, (direction - 1) % 4), (MOVE_FORWARD, direction), (MOVE_RIGHT, (direction + 1) % 4))
+    return [move for move, d in ways if transitions[d]]
+
+
+def decision_cells(grid: np.ndarray, targets: Sequence[tuple[int, int]]) -> np.ndarray:
+    """``(H, W)`` transition codes and the trains' target cells -> ``(H, W, 4)`` bool: where a train entered facing
+    N, E, S or W decides (the NeurIPS 2020 Flatland winners' rule, which the MAMBA and MABL code use).
+
+    A train decides on a switch (a cell with more than two transitions in all: switches and crossings) and on a
+    target cell, facing any way, and on the cell before one: where an open transition leads into such a cell.
+    Everywhere else it can only drive on.
+    """
+    codes = np.asarray(grid).astype(np.int64)
+    H, W = codes.shape
+    bits = (codes[..., None] >> np.arange(16)) & 1  # (H, W, 16)
+    special = bits.sum(-1) > 2  # (H, W) switches and crossings
+    for r, c in targets:
+        special[r, c] = True
+    groups = (codes[..., None] >> np.array([12, 8, 4, 0])) & 0xF  # (H, W, 4): travel facing N, E, S, W
+    decide = np.repeat(special[..., None], 4, axis=-1)
+    padded = np.pad(special, 1)  # False beyond the grid
+    for d, (dr, dc) in enumerate(_MOVEMENT):
+        ahead = padded[1 + dr : 1 + dr + H, 1 + dc : 1 + dc + W]  # (H, W): the cell towards d is special
+        decide |= ((groups >> (3 - d)) & 1).astype(bool) & ahead[..., None]
+    return decide
 
 
 def next_cell(position: tuple[int, int], direction: int) -> tuple[int, int]:

@@ -30,24 +30,8 @@ def _handle(agent):
 
 
 def greedy_action(env, agent):
-    """Follow the shortest path: depart with an allowed move, then take the allowed move that minimizes the distance."""
-    h = _handle(agent)
-    a = env.rail_env.agents[h]
-    mask = env.action_mask(agent)
-    if not a.state.is_on_map_state():
-        moves = np.flatnonzero(mask[1:4])
-        return int(moves[0]) + 1 if moves.size else 0
-    pos, d = a.current_configuration
-    t = env.rail_env.rail.get_transitions((pos, d))
-    exits = [x for x in range(4) if t[x]]
-    best, best_dist = 4, np.inf
-    for act, nd in ((1, (d - 1) % 4), (2, exits[0] if len(exits) == 1 else d), (3, (d + 1) % 4)):
-        if mask[act]:
-            r, c = next_cell(pos, nd)
-            dist = env.rail_env.distance_map.get()[h, r, c, nd]
-            if dist < best_dist:
-                best, best_dist = act, dist
-    return best
+    """`FlatlandEnv.shortest_path_actions`' action for one agent: depart, then take the allowed move that shortens the way."""
+    return env.shortest_path_actions()[agent]
 
 
 def random_rollout(env, seed, steps, rng_seed=0):
@@ -406,3 +390,22 @@ def test_decision_interface_masks_drive_on_and_wait():
                 assert flat[_handle(a)].current_configuration == reached
                 switched += 1
     assert forced > 100 and drove_on > 0.8 * forced and chose > 10 and switched > 3, (forced, drove_on, chose, switched)
+
+
+@pytest.mark.parametrize("actions", ["flatland", "decisions"])
+def test_shortest_path_actions_bring_a_lone_train_to_its_target(actions):
+    """One train drives by `shortest_path_actions` while the others stay at their stations: it arrives, and the
+    policy only ever picks allowed actions."""
+    env, _ = make("flatland:5", malfunction_rate=0.0, actions=actions)
+    stop = STOP if actions == "decisions" else 4
+    for seed in (0, 1):
+        _, infos = env.reset(seed=seed)
+        steps = 0
+        while "agent_0" in env.agents:
+            path = env.shortest_path_actions()
+            assert all(infos[a]["action_mask"][act] for a, act in path.items())
+            _, _, term, _, infos = env.step({a: (path[a] if a == "agent_0" else stop) for a in env.agents})
+            steps += 1
+        assert term["agent_0"] and infos["agent_0"]["arrived"], (actions, seed, steps)
+    with pytest.raises(RuntimeError, match="shortest_path_actions: call reset"):
+        FlatlandEnv().shortest_path_actions()

@@ -336,6 +336,25 @@ def test_eval_scalars_collects_every_eval_scalar_of_the_runs(tmp_path):
     assert set(train["scalars"]) == {"loss"} and train["scalars"]["loss"]["mean"] == [1.0] * 4
 
 
+def test_flatland_reference_plays_every_policy_on_both_interfaces(tmp_path):
+    args = ["--episodes", "2", "--env-kwargs", "dense_reward", "True", "max_episode_steps", "40"]
+    out = _run("flatland_reference.py", *args, "--out", str(tmp_path / "ref.json"))
+    assert set(out["results"]) == {"flatland", "decisions"}
+    for interface in out["results"].values():
+        assert set(interface) == {"random", "stop", "drive_on", "shortest_path"}
+        for r in interface.values():
+            assert r["episodes"] == 2 and 0 <= r["arrived_pct"] <= 100 and r["mean_length"] == 40
+            assert r["arrived_pct_95"][0] <= r["arrived_pct"] <= r["arrived_pct_95"][1]
+        stop = interface["stop"]  # nobody departs: no progress, no arrival, no deadlock
+        assert stop["return_per_agent"] == 0 and stop["arrived_pct"] == 0 and stop["deadlocked_pct"] == 0
+        assert interface["shortest_path"]["return_per_agent"] > 0  # every train moves towards its target at first
+    assert json.loads((tmp_path / "ref.json").read_text()) == out
+    script = str(ROOT / "examples" / "benchmarks" / "flatland_reference.py")
+    bad = subprocess.run([sys.executable, script, "--policies", "stop", "greedy", "--episodes", "1"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert bad.returncode != 0 and "policies: expected each of" in bad.stderr and "['greedy']" in bad.stderr
+
+
 @pytest.mark.skipif(importlib.util.find_spec("jaxmarl") is None, reason="jaxmarl not installed (extra [smax])")
 def test_smax_reference_and_jax_backend_rates():
     out = _run("smax_reference.py", "--maps", "3m", "--episodes", "3")

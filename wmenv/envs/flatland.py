@@ -59,6 +59,7 @@ from flatland.envs.malfunction_generators import MalfunctionParameters, ParamMal
 from flatland.envs.observations import TreeObsForRailEnv
 from flatland.envs.predictions import ShortestPathPredictorForRailEnv
 from flatland.envs.rail_env import RailEnv
+from flatland.envs.rail_env_action import RailEnvActions
 from flatland.envs.rail_generators import sparse_rail_generator
 from flatland.envs.step_utils.states import TrainState
 from flatland.envs.timetable_generators import timetable_generator
@@ -69,6 +70,8 @@ from wmenv.envs.base import MaskedAction, MultiAgentEnv
 from wmenv.envs.flatland_obs import (
     DO_NOTHING,
     MOVE_FORWARD,
+    MOVE_LEFT,
+    MOVE_RIGHT,
     N_ACTIONS,
     N_DECISION_ACTIONS,
     N_NODE_FEATURES,
@@ -356,6 +359,43 @@ class FlatlandEnv(MultiAgentEnv):
             raise RuntimeError("episode_metrics: call reset() first")
         arrived = sum(a.state == TrainState.DONE for a in self.rail_env.agents)
         return {"arrived_fraction": arrived / self.config.n_agents}
+
+    def shortest_path_actions(self) -> dict[str, int]:
+        """Each live agent's action along its own shortest path, in the env's action interface: a reference policy.
+
+        Among the allowed moves from where the train is (or enters the map), the one whose next configuration is
+        closest to its target by Flatland's distance map; it departs at once and never stops, and it ignores the
+        other trains, so trains meeting head-on deadlock. A train waiting for its departure takes the one allowed
+        action.
+
+        Raises:
+            RuntimeError: called before `reset`.
+        """
+        if self.rail_env is None:
+            raise RuntimeError("shortest_path_actions: call reset() first")
+        rail, dist = self.rail_env.rail, self.rail_env.distance_map.get()
+        out = {}
+        for name in self.agents:
+            h = self.possible_agents.index(name)
+            agent, mask = self.rail_env.agents[h], self.action_mask(name)
+            if agent.state == TrainState.WAITING:
+                out[name] = int(np.flatnonzero(mask)[0])
+                continue
+            conf = self._configuration(agent)
+            if self._decide:
+                options = [(a, m) for a, m in enumerate(self._moves(agent)) if mask[a]]
+            else:
+                options = [(m, m) for m in (MOVE_LEFT, MOVE_FORWARD, MOVE_RIGHT) if mask[m]]
+
+            def remaining(move: int, conf: Any = conf, h: int = h) -> float:
+                reached = rail.apply_action_independent(RailEnvActions(move), conf)  # enums: the call is cached
+                if reached is None:
+                    return np.inf
+                (r, c), d = reached[0]
+                return float(dist[h, r, c, d])
+
+            out[name] = min(options, key=lambda option: remaining(option[1]))[0] if options else int(np.flatnonzero(mask)[0])
+        return out
 
     def neighbours(self, radius: int) -> np.ndarray:
         """(N, N) bool: ``[i, j]`` is True when agent j is within ``radius`` cells of agent i along the rail network.

@@ -41,6 +41,10 @@ One step of the view:
 - **Episode limit**: Flatland sets a limit per generated map (``env.max_episode_steps``, from its
   timetable). ``spec.episode_limit`` is a fixed upper bound of it, ``3 * int(8 * (H + W + N))``
   (Flatland's formula with at least one city), unless ``max_episode_steps`` fixes the limit for all maps.
+  Flatland 4's per-map limit is short (1.5 x the longest train's shortest path plus 0.2 x the mean one: about
+  97 steps on ``flatland:5``); the MAMBA and MABL code ran flatland-rl 2.x, whose limit is
+  ``8 * (H + W + N / cities)``: 573 steps on ``flatland:5``, 580 on ``:10``, 704 on ``:15``. Their settings are
+  ``actions="decisions", max_episode_steps=573, deadlock_terminates=True`` (BENCHMARKS.md measures what each changes).
 
 ``reset(seed=s)`` rebuilds the Flatland env (fresh malfunction generator) and regenerates the map
 from ``s``, so it is deterministic; ``reset()`` continues the env's own random stream.

@@ -34,6 +34,22 @@ def greedy_action(env, agent):
     return env.shortest_path_actions()[agent]
 
 
+def _rail(seed):
+    """The rail of ``flatland:5``'s map for ``seed``."""
+    env, _ = make("flatland:5")
+    env.reset(seed=seed)
+    return env.rail_env.rail
+
+
+def _configurations(rail):
+    """Every valid ((row, col), direction) of a rail."""
+    for r in range(rail.height):
+        for c in range(rail.width):
+            for d in range(4):
+                if rail.is_valid_configuration(((r, c), d)):
+                    yield ((r, c), d)
+
+
 def random_rollout(env, seed, steps, rng_seed=0):
     """Masked random actions; returns per-step (obs, rewards, state) for comparison."""
     rng = np.random.default_rng(rng_seed)
@@ -93,25 +109,19 @@ def test_default_raise_rejects_masked_action():
 
 def test_rail_masks_match_flatlands_own_transitions():
     """Every on-rail configuration of a map: LEFT / RIGHT allowed iff Flatland really turns, FORWARD iff it can move."""
-    env, _ = make("flatland:5")
-    env.reset(seed=2)
-    rail = env.rail_env.rail
+    rail = _rail(seed=2)
     checked = 0
-    for r in range(rail.height):
-        for c in range(rail.width):
-            for d in range(4):
-                conf = ((r, c), d)
-                if not rail.is_valid_configuration(conf):
-                    continue
-                mask = rail_action_mask(rail.get_transitions(conf), d)
-                left = rail.apply_action_independent(RailEnvActions.MOVE_LEFT, conf)
-                fwd = rail.apply_action_independent(RailEnvActions.MOVE_FORWARD, conf)
-                right = rail.apply_action_independent(RailEnvActions.MOVE_RIGHT, conf)
-                assert mask[1] == (left is not None and left[0][1] == (d - 1) % 4), conf
-                assert mask[2] == (fwd is not None), conf
-                assert mask[3] == (right is not None and right[0][1] == (d + 1) % 4), conf
-                assert mask[0] and mask[4]
-                checked += 1
+    for conf in _configurations(rail):
+        d = conf[1]
+        mask = rail_action_mask(rail.get_transitions(conf), d)
+        left = rail.apply_action_independent(RailEnvActions.MOVE_LEFT, conf)
+        fwd = rail.apply_action_independent(RailEnvActions.MOVE_FORWARD, conf)
+        right = rail.apply_action_independent(RailEnvActions.MOVE_RIGHT, conf)
+        assert mask[1] == (left is not None and left[0][1] == (d - 1) % 4), conf
+        assert mask[2] == (fwd is not None), conf
+        assert mask[3] == (right is not None and right[0][1] == (d + 1) % 4), conf
+        assert mask[0] and mask[4]
+        checked += 1
     assert checked > 200
 
 
@@ -295,27 +305,21 @@ def test_arrivals_are_counted_in_infos_episode_metrics_and_vec_env():
 
 def test_decision_moves_are_flatlands_exits_leftmost_first():
     """Every on-rail configuration of a map: each move reaches a different exit, together all of them, left to right."""
-    env, _ = make("flatland:5")
-    env.reset(seed=2)
-    rail = env.rail_env.rail
+    rail = _rail(seed=2)
     seen = {1: 0, 2: 0}
-    for r in range(rail.height):
-        for c in range(rail.width):
-            for d in range(4):
-                conf = ((r, c), d)
-                if not rail.is_valid_configuration(conf):
-                    continue
-                t = rail.get_transitions(conf)
-                moves = decision_moves(t, d)
-                heading = [rail.apply_action_independent(RailEnvActions(m), conf)[0][1] for m in moves]
-                exits = [x for x in range(4) if t[x]]
-                if len(exits) == 1:
-                    assert moves == [MOVE_FORWARD] and heading == exits, conf  # curves and dead ends: forward
-                else:
-                    assert sorted(heading) == exits, conf
-                    turns = [(h - d + 1) % 4 - 1 for h in heading]  # -1 left, 0 straight, 1 right
-                    assert turns == sorted(turns), conf
-                seen[min(len(moves), 2)] += 1
+    for conf in _configurations(rail):
+        d = conf[1]
+        t = rail.get_transitions(conf)
+        moves = decision_moves(t, d)
+        heading = [rail.apply_action_independent(RailEnvActions(m), conf)[0][1] for m in moves]
+        exits = [x for x in range(4) if t[x]]
+        if len(exits) == 1:
+            assert moves == [MOVE_FORWARD] and heading == exits, conf  # curves and dead ends: forward
+        else:
+            assert sorted(heading) == exits, conf
+            turns = [(h - d + 1) % 4 - 1 for h in heading]  # -1 left, 0 straight, 1 right
+            assert turns == sorted(turns), conf
+        seen[min(len(moves), 2)] += 1
     assert seen[1] > 200 and seen[2] > 5
 
 

@@ -413,3 +413,27 @@ def test_shortest_path_actions_bring_a_lone_train_to_its_target(actions):
         assert term["agent_0"] and infos["agent_0"]["arrived"], (actions, seed, steps)
     with pytest.raises(RuntimeError, match="shortest_path_actions: call reset"):
         FlatlandEnv().shortest_path_actions()
+
+
+def test_decision_interface_drives_malfunctioning_trains_on():
+    """A malfunctioning train on the map has nothing to decide, even on a decision cell (as the winners' wrapper)."""
+    env, _ = make(
+        "flatland:5", actions="decisions", malfunction_rate=0.3, malfunction_min_duration=2, malfunction_max_duration=6
+    )
+    rng = np.random.default_rng(0)
+    on_decision_cells = 0
+    for seed in range(3):
+        _, infos = env.reset(seed=seed)
+        flat = env.rail_env.agents
+        cells = decision_cells(env.rail_env.rail.grid, {cell for a in flat for cell, _ in a.targets})
+        while env.agents:
+            for a in env.agents:
+                agent = flat[_handle(a)]
+                if agent.state.is_on_map_state() and agent.malfunction_handler.malfunction_down_counter > 0:
+                    if _handle(a) not in env._deadlocked:
+                        np.testing.assert_array_equal(infos[a]["action_mask"], [1, 0, 0])
+                        (r, c), d = agent.current_configuration
+                        on_decision_cells += int(cells[r, c, d])
+            acts = {a: int(rng.choice(np.flatnonzero(infos[a]["action_mask"]))) for a in env.agents}
+            _, _, _, _, infos = env.step(acts)
+    assert on_decision_cells > 0

@@ -65,7 +65,7 @@ def choose(env: Any, policy: str, interface: str, rng: np.random.Generator) -> d
             actions[a] = int(rng.choice(allowed))
         else:
             preferred = stop if policy == "stop" else drive
-            actions[a] = preferred if preferred in allowed else int(allowed[-1 if policy == "stop" else 0])
+            actions[a] = preferred if preferred in allowed else int(allowed[0])
     return actions
 
 

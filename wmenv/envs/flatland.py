@@ -73,6 +73,7 @@ from wmenv.checks import check_choice, check_int
 from wmenv.envs.base import MaskedAction, MultiAgentEnv
 from wmenv.envs.flatland_obs import (
     DO_NOTHING,
+    LEFTMOST,
     MOVE_FORWARD,
     MOVE_LEFT,
     MOVE_RIGHT,
@@ -290,10 +291,12 @@ class FlatlandEnv(MultiAgentEnv):
 
     def _distance(self, h: int) -> float:
         conf = self._configuration(self.rail_env.agents[h])
-        if conf is None:
-            return 0.0
+        return 0.0 if conf is None else min(self._distance_at(h, conf), UNREACHABLE)
+
+    def _distance_at(self, h: int, conf: tuple[tuple[int, int], int]) -> float:
+        """Flatland's shortest-path distance from configuration ``conf`` to train ``h``'s target (inf: unreachable)."""
         (r, c), d = conf
-        return float(min(self.rail_env.distance_map.get()[h, r, c, d], UNREACHABLE))
+        return float(self.rail_env.distance_map.get()[h, r, c, d])
 
     def _mask(self, agent: Any) -> np.ndarray:
         if self._decide:
@@ -317,7 +320,7 @@ class FlatlandEnv(MultiAgentEnv):
         if agent.state == TrainState.WAITING:
             mask[STOP] = True
             return mask
-        mask[0] = True
+        mask[LEFTMOST] = True
         if agent.state.is_on_map_state() and agent.handle not in self._deadlocked:
             (r, c), d = agent.current_configuration
             if agent.malfunction_handler.malfunction_down_counter > 0 or not self._decision_cells[r, c, d]:
@@ -327,14 +330,12 @@ class FlatlandEnv(MultiAgentEnv):
         return mask
 
     def _flatland_action(self, handle: int, action: int) -> int:
-        """The Flatland action that the decision interface's ``action`` means for train ``handle``."""
+        """The Flatland action that the decision interface's allowed ``action`` means for train ``handle`` (the base
+        class has refused or replaced masked ones: a waiting train can only stop, "rightmost" needs a second way)."""
         agent = self.rail_env.agents[handle]
         if action == STOP:
             return STOP_MOVING if agent.state.is_on_map_state() else DO_NOTHING  # before departing: wait
-        if agent.state == TrainState.WAITING:
-            return DO_NOTHING
-        moves = self._moves(agent)
-        return moves[min(action, len(moves) - 1)] if moves else MOVE_FORWARD
+        return self._moves(agent)[action]
 
     def _elapsed(self) -> float:
         return min(self.rail_env._elapsed_steps / max(self.max_episode_steps, 1), 1.0)
@@ -377,29 +378,23 @@ class FlatlandEnv(MultiAgentEnv):
         """
         if self.rail_env is None:
             raise RuntimeError("shortest_path_actions: call reset() first")
-        rail, dist = self.rail_env.rail, self.rail_env.distance_map.get()
         out = {}
         for name in self.agents:
             h = self.possible_agents.index(name)
             agent, mask = self.rail_env.agents[h], self.action_mask(name)
-            if agent.state == TrainState.WAITING:
-                out[name] = int(np.flatnonzero(mask)[0])
-                continue
-            conf = self._configuration(agent)
             if self._decide:
                 options = [(a, m) for a, m in enumerate(self._moves(agent)) if mask[a]]
             else:
                 options = [(m, m) for m in (MOVE_LEFT, MOVE_FORWARD, MOVE_RIGHT) if mask[m]]
-
-            def remaining(move: int, conf: Any = conf, h: int = h) -> float:
-                reached = rail.apply_action_independent(RailEnvActions(move), conf)  # enums: the call is cached
-                if reached is None:
-                    return np.inf
-                (r, c), d = reached[0]
-                return float(dist[h, r, c, d])
-
-            out[name] = min(options, key=lambda option: remaining(option[1]))[0] if options else int(np.flatnonzero(mask)[0])
+            # (action, distance left after its move); a waiting train's mask allows no move: its one allowed action
+            scored = [(a, self._distance_after(h, agent, move)) for a, move in options]
+            out[name] = min(scored, key=lambda option: option[1])[0] if scored else int(np.flatnonzero(mask)[0])
         return out
+
+    def _distance_after(self, h: int, agent: Any, move: int) -> float:
+        """Train ``h``'s distance to its target after Flatland ``move`` from where it is (inf where the move fails)."""
+        reached = self.rail_env.rail.apply_action_independent(RailEnvActions(move), self._configuration(agent))
+        return np.inf if reached is None else self._distance_at(h, reached[0])  # enums: the call above is cached
 
     def neighbours(self, radius: int) -> np.ndarray:
         """(N, N) bool: ``[i, j]`` is True when agent j is within ``radius`` cells of agent i along the rail network.

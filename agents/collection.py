@@ -184,7 +184,7 @@ class CollectWorker:
 
     def collect(self, weights: dict[str, Any]) -> dict[str, Any]:
         """Load ``weights`` (`actor_weights`), collect one update; the episodes (and pieces) stored, the mean return per
-        agent of each episode that ended, and the env steps taken."""
+        agent of each episode that ended, the env steps taken and the ended episodes' metrics."""
         policy = dict(weights["policy"])
         log_std = policy.pop("__log_std__", None)
         self.agent.policy.load_state_dict(policy)
@@ -195,8 +195,8 @@ class CollectWorker:
             self.model.load_state_dict(weights["model"])
         self.collector.replay = _Episodes()
         with torch.no_grad():
-            returns, steps = collect_for_update(self.collector, self.act, *self.budget)
-        return {"episodes": list(self.collector.replay), "returns": returns, "steps": steps}
+            returns, steps, metrics = collect_for_update(self.collector, self.act, *self.budget)
+        return {"episodes": list(self.collector.replay), "returns": returns, "steps": steps, "metrics": metrics}
 
     def close(self) -> None:
         """Close the env copies."""
@@ -324,8 +324,9 @@ class RealData:
         else:
             self.overlap = OverlappedCollection(overlap, {**worker, "agent": agent, "model": model}, ray_address)
 
-    def collect(self) -> tuple[list[float], int]:
-        """One update's real data into the replay: the mean return per agent of each episode that ended, the steps."""
+    def collect(self) -> tuple[list[float], int, list[dict[str, float]]]:
+        """One update's real data into the replay: the mean return per agent of each episode that ended, the steps,
+        and each ended episode's `episode_metrics` (Flatland's ``arrived_fraction``, SMAX's ``won``)."""
         if self.overlap is None:
             return collect_for_update(self.collector, self.act, *self.budget)
         if self.overlap.pending is None:  # the first collection (or one that could not be resumed): nothing to overlap
@@ -334,7 +335,7 @@ class RealData:
         for episode in data["episodes"]:
             self.replay.add(episode)
         self.overlap.submit(actor_weights(self.agent, self.model))  # the next update's, while this iteration learns
-        return data["returns"], data["steps"]
+        return data["returns"], data["steps"], data["metrics"]
 
     def run_state(self) -> tuple[VecEnv | None, dict[str, Any]]:
         """What a checkpoint's run state (`agents.resume.save_run_state`) holds of the collection: the env copies here

@@ -341,7 +341,7 @@ class MAPPO(nn.Module):
             raise ValueError(f"env: expected {E} envs (as storage), got {env.num_envs}")
         agent = torch.arange(N, device=self.device).repeat(E)  # (E*N,)
         storage.clear()
-        ep_returns, ep_lengths = [], []
+        ep_returns, ep_lengths, ep_metrics = [], [], []
         for t in range(storage.length):
             resets = carry.resets.flatten()  # (E*N,)
             obs = rearrange(carry.obs, "e n d -> (e n) d")  # (E*N, D)
@@ -376,12 +376,15 @@ class MAPPO(nn.Module):
             if done_np.any():
                 ep_returns.append(host_array(s.episode_return, np.float32)[done_np])
                 ep_lengths.append(host_array(s.episode_length, np.int64)[done_np])
+                reported = getattr(s, "episode_metrics", None)  # real envs' (`VecStep`); the dream reports none
+                ep_metrics += [reported[e] for e in np.flatnonzero(done_np)] if reported else []
         state_rows = repeat(carry.state, "e s -> (e n) s", n=N)  # (E*N, S)
         last, _ = self.critic.step(state_rows, agent, carry.critic_state, carry.resets.flatten())
         storage.last_values = rearrange(last, "(e n) -> e n", n=N)
         episodes = Episodes(
             returns=np.concatenate(ep_returns) if ep_returns else np.zeros((0, N), dtype=np.float32),
             lengths=np.concatenate(ep_lengths) if ep_lengths else np.zeros(0, dtype=np.int64),
+            metrics=ep_metrics,
         )
         return carry, episodes
 

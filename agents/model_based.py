@@ -58,6 +58,7 @@ from agents.train import (
     evaluate_and_log,
     latest_checkpoint,
     load_checkpoint,
+    log_scalars,
     optimizer_tensors,
     restore_optimizer,
     save_checkpoint,
@@ -65,6 +66,7 @@ from agents.train import (
     torch_threads,
 )
 from wmenv.checks import check_choice, check_device, check_int, check_positive
+from wmenv.data.collect import mean_metrics
 from wmenv.data.persist import remove_temporaries
 from wmenv.data.replay import EpisodeReplay, ReplayConfig
 from wmenv.data.samplers import DFS, DFSConfig
@@ -345,9 +347,9 @@ Predictor = tuple[ErrorPredictor, torch.optim.Optimizer]
 
 def _save(run_dir: Path, cfg: ModelBasedConfig, spec: Any, agent: MAPPO, model: WorldModel,
           wm_optim: torch.optim.Optimizer, replay: EpisodeReplay, counters: dict[str, int],
-          curve: list[tuple[int, float]], real_returns: list[tuple[int, float]], mag: Predictor | None,
-          live: Callable[[Path], None]) -> Path:  # fmt: skip
-    """Write the checkpoint; ``live`` writes the run state (`agents.resume`) into its folder."""
+          curves: dict[str, list], mag: Predictor | None, live: Callable[[Path], None]) -> Path:  # fmt: skip
+    """Write the checkpoint; ``curves`` are `run`'s ``eval_returns``, ``real_returns`` and ``real_metrics``; ``live``
+    writes the run state (`agents.resume`) into its folder."""
 
     def extra(folder: Path) -> None:
         live(folder)
@@ -356,7 +358,7 @@ def _save(run_dir: Path, cfg: ModelBasedConfig, spec: Any, agent: MAPPO, model: 
         tensors["rng.torch"] = torch.get_rng_state()
         save_file(tensors, str(folder / "world_model_optim.safetensors"))
         replay.save_segments(run_dir / REPLAY_SEGMENTS, folder / "replay.json")
-        loop = {"param_groups": groups, "eval_returns": curve, "real_returns": real_returns}
+        loop = {"param_groups": groups, **curves}
         if mag is not None:
             predictor, optim = mag
             opt_tensors, loop["mag_param_groups"] = optimizer_tensors(optim)
@@ -369,11 +371,11 @@ def _save(run_dir: Path, cfg: ModelBasedConfig, spec: Any, agent: MAPPO, model: 
 
 def _restore(folder: Path, cfg: ModelBasedConfig, spec: Any, agent: MAPPO, model: WorldModel,
              wm_optim: torch.optim.Optimizer,
-             mag: Predictor | None) -> tuple[dict[str, int], EpisodeReplay, list, list]:  # fmt: skip
+             mag: Predictor | None) -> tuple[dict[str, int], EpisodeReplay, dict[str, list]]:  # fmt: skip
     """Load a checkpoint written by `_save` into ``agent``, ``model``, ``wm_optim`` (and MAG's predictor).
 
     Returns:
-        The counters, the replay, the evaluation curve and the real training-episode returns.
+        The counters, the replay, and the curves `_save` took (``real_metrics`` empty for checkpoints from before it).
     """
     saved = load_model(folder / "world_model", spec, kind=cfg.model_kind)  # first: another kind is the clearest error
     counters = load_checkpoint(folder, agent, spec)
@@ -387,7 +389,8 @@ def _restore(folder: Path, cfg: ModelBasedConfig, spec: Any, agent: MAPPO, model
         loop = json.loads((folder / "loop.json").read_text())
         restore_optimizer(wm_optim, tensors, loop["param_groups"])
         torch.set_rng_state(tensors["rng.torch"])
-        curves = [[(int(n), float(r)) for n, r in loop[k]] for k in ("eval_returns", "real_returns")]
+        curves: dict[str, list] = {k: [(int(n), float(r)) for n, r in loop[k]] for k in ("eval_returns", "real_returns")}
+        curves["real_metrics"] = [(int(n), {k: float(v) for k, v in m.items()}) for n, m in loop.get("real_metrics", [])]
         if mag is not None:
             stored = load_file(str(folder / "mag_predictor.safetensors"))
             pick = lambda prefix: {k[len(prefix) :]: v for k, v in stored.items() if k.startswith(prefix)}  # noqa: E731
@@ -403,7 +406,7 @@ def _restore(folder: Path, cfg: ModelBasedConfig, spec: Any, agent: MAPPO, model
         replay = EpisodeReplay.load(folder / "replay.safetensors", spec, replay_cfg)
     else:
         replay = EpisodeReplay.load_segments(folder / "replay.json", folder.parent.parent / REPLAY_SEGMENTS, spec, replay_cfg)
-    return counters, replay, *curves
+    return counters, replay, curves
 
 
 def _learn(cfg: ModelBasedConfig, it: int, counters: dict[str, int], spec: Any, model: WorldModel,
@@ -524,13 +527,14 @@ def _run(cfg: ModelBasedConfig) -> dict[str, Any]:
         predictor = ErrorPredictor(model, cfg.mag.predictor)
         mag = (predictor, adam(predictor.parameters(), lr=cfg.mag.predictor.lr))
         planner = MAGPlanner(predictor, agent.policy, cfg.mag, seed=cfg.seed + 30_000)
-    eval_seed, curve, real_returns = cfg.seed + EVAL_SEED_OFFSET, [], []
+    eval_seed = cfg.seed + EVAL_SEED_OFFSET
+    curves: dict[str, list] = {"eval_returns": [], "real_returns": [], "real_metrics": []}
     for folder in (run_dir, run_dir / "checkpoints", run_dir / REPLAY_SEGMENTS):  # writes a kill interrupted
         remove_temporaries(folder)
     ckpt = latest_checkpoint(run_dir) if cfg.resume else None
     state = None
     if ckpt is not None:
-        counters, replay, curve, real_returns = _restore(ckpt, cfg, spec, agent, model, wm_optim, mag)
+        counters, replay, curves = _restore(ckpt, cfg, spec, agent, model, wm_optim, mag)
         state = load_run_state(ckpt, agent.device)
         counters.setdefault("replayed_steps", 0)  # checkpoints from before the schedule counted nothing
         counters.setdefault("imagined_agent_steps", 0)
@@ -573,19 +577,23 @@ def _run(cfg: ModelBasedConfig) -> dict[str, Any]:
 
     if ckpt is not None and real.resume(state) and planner is not None:
         planner.generator.set_state(state["planner"].cpu())  # generator states are CPU tensors
+    curve, real_returns, real_metrics = curves["eval_returns"], curves["real_returns"], curves["real_metrics"]
     if not curve:
         curve.append((0, run_eval(0)))
     start, elapsed = time.perf_counter(), counters.get("wall_clock_s", 0)
     bar = tqdm(total=cfg.iterations, initial=counters["iteration"], desc="model-based", unit="iter", disable=not cfg.progress)
     try:
         for it in range(counters["iteration"], cfg.iterations):
-            returns, steps = real.collect()
+            returns, steps, metrics = real.collect()
             counters["env_steps"] += steps
             counters["episodes"] += len(returns)
             real_steps = counters["env_steps"]
             if returns:
                 real_returns.append((real_steps, float(np.mean(returns))))
                 writer.add_scalar("charts/real_episode_return", real_returns[-1][1], real_steps)
+            if means := mean_metrics(metrics):  # the sampling policy's episodes: the papers' training curves
+                real_metrics.append((real_steps, means))
+                log_scalars(writer, "charts", {f"real_{k}": v for k, v in means.items()}, real_steps)
             has_data = bool(len(replay.episode_lengths))
             if has_data and _learn(cfg, it, counters, spec, model, wm_optim, replay, agent, dream, writer, mag):
                 curve.append((real_steps, run_eval(real_steps)))
@@ -594,7 +602,7 @@ def _run(cfg: ModelBasedConfig) -> dict[str, Any]:
                 writer.add_scalar("eval/episode_return", curve[-1][1], real_steps)
             counters["iteration"] = it + 1
             counters["wall_clock_s"] = elapsed + round(time.perf_counter() - start)
-            _save(run_dir, cfg, spec, agent, model, wm_optim, replay, counters, curve, real_returns, mag, live)
+            _save(run_dir, cfg, spec, agent, model, wm_optim, replay, counters, curves, mag, live)
             bar.update(1)
             bar.set_postfix(ret=f"{curve[-1][1]:.2f}", refresh=False)
     finally:
@@ -606,6 +614,7 @@ def _run(cfg: ModelBasedConfig) -> dict[str, Any]:
         "env_id": cfg.env_id,
         "eval_returns": curve,
         "real_returns": real_returns,
+        "real_metrics": real_metrics,
         "real_steps": counters["env_steps"],
         "achieved": achieved_ratios(counters),
         "prefill": prefill,

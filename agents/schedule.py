@@ -32,18 +32,22 @@ def achieved_ratios(counters: dict[str, int]) -> dict[str, float]:
     return {"train_ratio": counters["replayed_steps"] / real, "dream_ratio": counters["imagined_agent_steps"] / real}
 
 
-def collect_for_update(collector: Any, act: Any, steps: int, episodes: int, num_envs: int) -> tuple[list[float], int]:
+def collect_for_update(
+    collector: Any, act: Any, steps: int, episodes: int, num_envs: int
+) -> tuple[list[float], int, list[dict[str, float]]]:
     """One update's real data from a `wmenv.data.collect.Collector`: ``steps`` env steps, or, if ``episodes`` > 0,
     whole steps of all ``num_envs`` copies until that many episodes have ended.
 
     Returns:
-        The mean return per agent of each episode that ended, and the env steps taken (all copies).
+        The mean return per agent of each episode that ended, the env steps taken (all copies), and each ended
+        episode's `episode_metrics` (in the order of the returns).
     """
     if not episodes:
-        return collector(steps, act), -(-steps // num_envs) * num_envs
-    returns: list[float] = []
+        returns, taken = collector(steps, act), -(-steps // num_envs) * num_envs
+        return returns, taken, collector.take_metrics()
+    returns = []
     taken = 0
     while len(returns) < episodes:
         returns += collector(num_envs, act)  # one step of every copy
         taken += num_envs
-    return returns, taken
+    return returns, taken, collector.take_metrics()

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
 import numpy as np
@@ -68,6 +68,9 @@ class Episodes:
     """(K, N) float32, undiscounted return of each agent."""
     lengths: np.ndarray
     """(K,) int64."""
+    metrics: list[dict[str, float]] = field(default_factory=list)
+    """Per episode, the env's `episode_metrics` (e.g. Flatland's ``arrived_fraction``); empty where the env copies
+    report none."""
 
 
 _FLOAT, _BOOL, _LONG = torch.float32, torch.bool, torch.int64

@@ -53,6 +53,7 @@ from agents.policies import (
 from agents.resume import load_run_state, resume_envs, save_run_state
 from agents.storage import Carry
 from wmenv.checks import check_choice, check_int
+from wmenv.data.collect import mean_metrics
 from wmenv.data.persist import atomic_write, remove_temporaries, temporary_name
 from wmenv.envs.vector import BACKENDS, VecEnv
 from wmenv.latent.filter import AgentFilters
@@ -149,6 +150,8 @@ class TrainResult:
     """(env steps, mean greedy return per agent and episode) of this call's evaluations."""
     train_returns: list[tuple[int, float]]
     """(env steps, mean return of the training episodes that ended in that iteration)."""
+    train_metrics: list[tuple[int, dict[str, float]]]
+    """(env steps, each `episode_metrics` name's mean over those training episodes), where the env reports any."""
     metrics: dict[str, float]
     """The last update's losses and statistics."""
     checkpoint: str
@@ -473,6 +476,7 @@ def _train(cfg: TrainConfig) -> TrainResult:
     eval_seed = cfg.seed + EVAL_SEED_OFFSET
     eval_returns: list[tuple[int, float]] = []
     train_returns: list[tuple[int, float]] = []
+    train_metrics: list[tuple[int, dict[str, float]]] = []
     metrics: dict[str, float] = {}
 
     def run_eval() -> None:
@@ -506,6 +510,9 @@ def _train(cfg: TrainConfig) -> TrainResult:
                 train_returns.append((step, ret))
                 log_scalars(writer, "charts", {"episode_return": ret, "episode_length": float(episodes.lengths.mean())}, step)
                 bar.set_postfix(ret=f"{ret:.2f}", refresh=False)
+            if means := mean_metrics(episodes.metrics):  # the sampling policy's episodes: the papers' curves
+                train_metrics.append((step, means))
+                log_scalars(writer, "charts", means, step)
             if cfg.eval_every and step // cfg.eval_every > before // cfg.eval_every:
                 run_eval()
             if cfg.checkpoint_every and step // cfg.checkpoint_every > before // cfg.checkpoint_every:
@@ -517,4 +524,6 @@ def _train(cfg: TrainConfig) -> TrainResult:
         bar.close()
         writer.close()
         vec.close()
-    return TrainResult(counters["env_steps"], counters["iteration"], eval_returns, train_returns, metrics, str(final))
+    return TrainResult(
+        counters["env_steps"], counters["iteration"], eval_returns, train_returns, train_metrics, metrics, str(final)
+    )

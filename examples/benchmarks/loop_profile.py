@@ -131,9 +131,9 @@ class Probe:
         def collect(*a: Any, **kw: Any) -> Any:
             self.begin()
             with self.timed("collect"):
-                returns, steps = saved_collect(*a, **kw)
+                returns, steps, metrics = saved_collect(*a, **kw)
             self.iterations[-1]["real_steps"] = steps
-            return returns, steps
+            return returns, steps, metrics
 
         def fit(model: Any, replay: Any, cfg: Any, **kw: Any) -> Any:
             it = self.iterations[-1]

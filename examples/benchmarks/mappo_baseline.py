@@ -32,6 +32,7 @@ from smax_reference import play
 
 from agents.sweep import SweepConfig, run_folder, run_sweep
 from agents.train import TrainConfig, train
+from wmenv.data.collect import mean_metrics
 from wmenv.envs import make
 
 matplotlib.use("Agg")
@@ -149,6 +150,7 @@ def train_seed(cfg: TrainConfig) -> dict:
         "env_steps": result.env_steps,
         "eval_returns": result.eval_returns,
         "train_returns": result.train_returns,
+        "train_metrics": result.train_metrics,
     }
 
 
@@ -190,8 +192,8 @@ def main(args: Args) -> dict:
         if run["seed"] in earlier:  # keep the earlier part of the curve, up to where this call resumed
             before = earlier[run["seed"]]
             first = min([s for s, _ in run["train_returns"] + run["eval_returns"]], default=run["env_steps"])
-            for key in ("eval_returns", "train_returns"):
-                run[key] = [p for p in before[key] if p[0] < first] + run[key]
+            for key in ("eval_returns", "train_returns", "train_metrics"):
+                run[key] = [p for p in before.get(key, []) if p[0] < first] + run[key]
             run["wall_clock_s"] += before["wall_clock_s"]
         run["train_env_steps_per_s"] = run["env_steps"] / run["wall_clock_s"]
     return write_results(out, args.env_id, dict(args.env_kwargs), args.total_steps, rate, runs)
@@ -222,6 +224,9 @@ def write_results(out: Path, env_id: str, env_kwargs: dict, total_steps: int, ra
         else None,
         "machine": f"{platform.machine()} {torch.get_num_threads()} torch thread(s), torch {torch.__version__}",
     }
+    last_metrics = [last_tenth_metrics(r.get("train_metrics", []), total_steps) for r in runs]
+    if any(last_metrics):  # e.g. Flatland's % arrived of the sampling policy, as the papers report it
+        summary["last_tenth_train_metrics"] = [{k: round(v, 4) for k, v in m.items()} for m in last_metrics]
     if "references" in rate:
         summary["reference_win_rates"] = {p: r["win_rate"] for p, r in rate["references"].items()}
     tag = env_id.replace(":", "_")
@@ -230,6 +235,11 @@ def write_results(out: Path, env_id: str, env_kwargs: dict, total_steps: int, ra
     plot(out / f"{tag}.png", env_id, runs)
     print(json.dumps(summary))
     return summary
+
+
+def last_tenth_metrics(train_metrics: list, total_steps: int) -> dict[str, float]:
+    """Each metric's mean over the training iterations in the last tenth of ``total_steps`` ({} where none)."""
+    return mean_metrics([m for step, m in train_metrics if step > 0.9 * total_steps])
 
 
 def merge(paths: list[str], out: Path) -> dict:

@@ -47,7 +47,7 @@ from report import emit, machine
 from agents.model_based import ModelBasedConfig, run
 from agents.policies import POLICIES, policy_field
 from agents.sweep import SweepConfig, run_folder, run_sweep
-from wmenv.data.collect import random_actions
+from wmenv.data.collect import mean_metrics, random_actions
 from wmenv.envs.vector import VecEnv
 
 matplotlib.use("Agg")
@@ -251,6 +251,11 @@ def write_results(out: Path, args_summary: dict, runs: list[dict], reference_pat
         "random_policy_return": round(float(random), 3),
         "machine": f"{machine()}, {args_summary['torch_threads']} torch thread(s) per run, torch {torch.__version__}",
     }
+    # the sampling policy's real training episodes over each seed's last 3 iterations (Flatland's % arrived as the
+    # papers report it; the curves above are greedy evaluations)
+    real = [mean_metrics([m for _, m in r.get("real_metrics", [])[-3:]]) for r in runs]
+    if any(real):
+        summary["last3_real_metrics"] = [{k: round(v, 4) for k, v in m.items()} for m in real]
     tag = env_id.replace(":", "_")
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{tag}.json").write_text(json.dumps({"summary": summary, "runs": runs}, indent=1))

@@ -230,6 +230,24 @@ def test_updates_after_every_episode(tmp_path):
     assert [s for s, _ in result["eval_returns"]] == [0, 25, 50] and len(result["real_returns"]) == 2
 
 
+def test_the_sampling_policys_episode_metrics_are_logged_kept_and_resumed(tmp_path):
+    """Flatland's % arrived of the real training episodes (the papers' curves) per iteration: in the result, in
+    TensorBoard, through a resume and from an overlapped worker alike; MPE reports none."""
+    flat = {"env_id": "flatland:5", "env_kwargs": {"malfunction_rate": 0.0, "max_episode_steps": 20}, "real_steps": 80}
+    straight = run(_small(tmp_path / "straight", 2, **flat))
+    metrics = straight["real_metrics"]
+    assert [s for s, _ in metrics] == [80, 160] and all(set(m) == {"arrived_fraction"} for _, m in metrics)
+    assert all(0.0 <= m["arrived_fraction"] <= 1.0 for _, m in metrics)
+    logged = EventAccumulator(str(tmp_path / "straight")).Reload().Scalars("charts/real_arrived_fraction")
+    assert [(e.step, e.value) for e in logged] == [(s, pytest.approx(m["arrived_fraction"])) for s, m in metrics]
+    run(_small(tmp_path / "resumed", 1, **flat))
+    resumed = run(_small(tmp_path / "resumed", 2, resume=True, **flat))
+    assert resumed["real_metrics"] == metrics and resumed["real_returns"] == straight["real_returns"]
+    overlapped = run(_small(tmp_path / "overlap", 1, overlap="local", **flat))
+    assert overlapped["real_metrics"] == metrics[:1]  # the first collection is the in-line one
+    assert run(_small(tmp_path / "mpe", 1))["real_metrics"] == []
+
+
 def test_episodes_shorter_than_the_windows_fit_on_shorter_or_crossing_windows(tmp_path):
     """MPE with max_cycles 10 stores 11-row episodes, shorter than 20-row windows: inside episodes the fit takes windows
     of 11 rows (it asked for 12 before, which no episode holds), across episodes the 20 asked for. The achieved

@@ -10,8 +10,16 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from agents.mappo import MAPPO
-from agents.train import evaluate, evaluate_metrics, is_milestone, torch_threads, write_checkpoint
+from agents.mappo import MAPPO, MAPPOConfig
+from agents.train import (
+    TrainConfig,
+    evaluate,
+    evaluate_metrics,
+    is_milestone,
+    torch_threads,
+    train,
+    write_checkpoint,
+)
 from wmenv import VecEnv
 from wmenv.envs import make
 
@@ -150,3 +158,19 @@ def test_checkpoint_pruning_keeps_the_newest_and_the_milestones(tmp_path):
     assert kept(100) == [100, 200, 300, 350, 400]
     assert kept(150) == [150, 300, 350, 400]
     assert not is_milestone("step_000000000100", 0) and not is_milestone("latest", 100)
+
+
+def test_training_episodes_report_the_envs_episode_metrics(tmp_path):
+    """Each iteration's training episodes (the sampling policy's, as the papers' curves) carry Flatland's mean % arrived
+    beside the return, in the result and in TensorBoard; MPE's carry none."""
+    kw = {"malfunction_rate": 0.0, "max_episode_steps": 10}
+    cfg = TrainConfig(env_id="flatland:5", env_kwargs=kw, total_steps=100, num_envs=2, eval_every=0, progress=False,
+                      mappo=MAPPOConfig(epochs=1), run_dir=str(tmp_path / "flat"))  # fmt: skip
+    result = train(cfg)
+    assert [s for s, _ in result.train_metrics] == [s for s, _ in result.train_returns] == [50, 100]
+    assert all(set(m) == {"arrived_fraction"} and 0.0 <= m["arrived_fraction"] <= 1.0 for _, m in result.train_metrics)
+    logged = EventAccumulator(str(tmp_path / "flat")).Reload().Scalars("charts/arrived_fraction")
+    assert [(e.step, e.value) for e in logged] == [(s, pytest.approx(m["arrived_fraction"])) for s, m in result.train_metrics]
+    mpe = TrainConfig(total_steps=100, num_envs=2, eval_every=0, progress=False, mappo=MAPPOConfig(epochs=1),
+                      run_dir=str(tmp_path / "mpe"))  # fmt: skip
+    assert train(mpe).train_metrics == []

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from wmenv.data import EpisodeRecorder, validate_episode
-from wmenv.data.collect import Collector, VecRecorder, random_available
+from wmenv.data.collect import Collector, VecRecorder, mean_metrics, random_available
 from wmenv.data.replay import EpisodeReplay, ReplayConfig
 from wmenv.envs import make
 from wmenv.envs.vector import VecEnv
@@ -180,3 +180,40 @@ def test_one_copy_streamed_one_step_at_a_time_stores_whole_episodes_that_windows
         for k, v in whole.episode(i).items():
             np.testing.assert_array_equal(streamed.episode(i)[k], v, err_msg=k)
     assert whole.num_episodes == 2 and streamed.episode(2)["is_first"][0]
+
+
+def test_collector_keeps_each_finished_episodes_metrics_until_taken():
+    """Flatland's ``arrived_fraction`` of every episode that ended, in the order of the returns, across calls, each the
+    env copy's own `episode_metrics` at its end; `take_metrics` hands them over once; MPE's episodes report none."""
+    kw = {"malfunction_rate": 0.0, "max_episode_steps": 12}
+
+    def collect_by_hand():
+        """The same copies and actions stepped without a Collector: each ended episode's metrics, in order."""
+        with VecEnv("flatland:5", num_envs=2, seed=5, **kw) as vec:
+            rng, s, seen = np.random.default_rng(0), vec.reset(), []
+            for _ in range(30):
+                s = vec.step(random_available(s.action_mask, rng))
+                seen += [s.episode_metrics[e] for e in np.flatnonzero(s.done)]
+            return seen
+
+    with VecEnv("flatland:5", num_envs=2, seed=5, **kw) as vec:
+        replay, rng = EpisodeReplay(ReplayConfig(capacity=5000), spec=vec.spec), np.random.default_rng(0)
+        collector = Collector(vec, replay)
+        returns = [collector(steps, lambda s: random_available(s.action_mask, rng)) for steps in (30, 30)]
+        metrics = collector.take_metrics()
+    assert len(metrics) == len(sum(returns, [])) == replay.num_episodes >= 4
+    assert metrics == collect_by_hand() and all(set(m) == {"arrived_fraction"} for m in metrics)
+    assert collector.take_metrics() == []
+    with VecEnv("mpe:simple_spread_v3", num_envs=2, seed=3, max_cycles=5) as vec:
+        replay = EpisodeReplay(ReplayConfig(capacity=1000), spec=vec.spec)
+        collector, rng = Collector(vec, replay), np.random.default_rng(0)
+        assert len(collector(12, lambda s: random_available(s.action_mask, rng))) == 2
+        assert collector.take_metrics() == [{}, {}]
+
+
+def test_mean_metrics_averages_each_name_over_the_episodes_reporting_it():
+    assert mean_metrics([{"arrived_fraction": 0.2, "won": 1.0}, {"arrived_fraction": 0.6}, {}]) == {
+        "arrived_fraction": 0.4,
+        "won": 1.0,
+    }
+    assert mean_metrics([]) == {} and mean_metrics([{}, {}]) == {}

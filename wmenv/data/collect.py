@@ -112,6 +112,9 @@ class Collector:
     training need not wait for long episodes (Atari) to end; each row is stored once. Each piece is added as the
     continuation of its episode's stored rows (`EpisodeReplay.add`'s ``continues``): with one env copy the replay
     appends it, so windows run across the calls' boundaries and a call may be as short as one step.
+
+    Each finished episode's `MultiAgentEnv.episode_metrics` (e.g. Flatland's ``arrived_fraction``: the papers' curves
+    are these training episodes of the sampling policy) is kept, in the order of the returns, until `take_metrics`.
     """
 
     def __init__(self, vec: Any, replay: Any, stream: bool = False) -> None:
@@ -119,6 +122,14 @@ class Collector:
         self.vec, self.replay, self.stream = vec, replay, stream
         self.recorder = VecRecorder(vec.spec, vec.num_envs)
         self.step: VecStep | None = None
+        self.metrics: list[dict[str, float]] = []
+        """The metrics of the episodes that finished since the last `take_metrics`, in order."""
+
+    def take_metrics(self) -> list[dict[str, float]]:
+        """The metrics of every episode that finished since the last call (one dict per episode, in the order of the
+        returns `__call__` gave), and forget them."""
+        metrics, self.metrics = self.metrics, []
+        return metrics
 
     def __call__(self, steps: int, act: Any, progress: bool = False) -> list[float]:
         """Step for at least ``steps`` env steps (rounded up to whole steps of all E copies).
@@ -145,6 +156,8 @@ class Collector:
             for ep, before in zip(self.recorder.add(actions, self.step), stored, strict=True):
                 self._store(ep, before)
             returns += self.step.episode_return[self.step.done].mean(-1).tolist()
+            reported = self.step.episode_metrics  # empty where the env copies report no metrics
+            self.metrics += [reported[e] if reported else {} for e in np.flatnonzero(self.step.done)]
         for rec in self.recorder.recorders if self.stream else ():
             piece = rec.flush()
             if piece is not None:
@@ -157,6 +170,12 @@ class Collector:
         if stored is None or piece["is_first"][0]:
             return self.replay.add(piece)
         return self.replay.add(piece, continues=stored)
+
+
+def mean_metrics(metrics: list[dict[str, float]]) -> dict[str, float]:
+    """Each metric's mean over the episodes that report it (`Collector.take_metrics`' list); {} for none."""
+    names = dict.fromkeys(k for m in metrics for k in m)  # first-seen order
+    return {k: float(np.mean([m[k] for m in metrics if k in m])) for k in names}
 
 
 def collect(vec: Any, replay: Any, steps: int, act: Any, progress: bool = False) -> list[float]:

@@ -51,6 +51,14 @@ def test_mappo_baseline_merges_separate_seed_runs(tmp_path):
     single = [json.loads(open(p).read())["summary"] for p in parts]
     assert abs(out["final_eval_return_mean"] - sum(s["final_eval_return_mean"] for s in single) / 2) < 1e-3
     assert (tmp_path / "all" / "mpe_simple_spread_v3.png").is_file()
+    assert "last_tenth_train_metrics" not in out  # MPE's episodes report no metrics
+    # runs whose episodes report metrics (Flatland's % arrived): each seed's mean over its last tenth of the steps
+    for p, values in zip(parts, ([0.2, 0.4, 0.8], [0.0, 1.0, 0.5])):
+        part = json.loads(Path(p).read_text())
+        part["runs"][0]["train_metrics"] = [[step, {"arrived_fraction": v}] for step, v in zip((100, 190, 200), values)]
+        Path(p).write_text(json.dumps(part))
+    with_metrics = _run("mappo_baseline.py", "--merge", *parts, "--out", str(tmp_path / "metrics"))
+    assert with_metrics["last_tenth_train_metrics"] == [{"arrived_fraction": 0.75}, {"arrived_fraction": 0.6}]
     other = _run("mappo_baseline.py", *common[:2], "--total-steps", "100", *common[4:], "--out", str(tmp_path / "o"))
     assert other["total_steps"] == 100
     proc = subprocess.run(
@@ -259,6 +267,14 @@ def test_model_based_benchmark_runs_seeds_and_merges(tmp_path):
     assert out["seeds"] == [1, 3] and out["mb_budget_steps"] == 50 and out["model_free_seeds"] == [0, 1, 2]
     assert out["run"]["real_steps"] == 50 and "sp_mamba" not in out["run"]  # only the trained actor's config
     assert (tmp_path / "all" / "mpe_simple_spread_v3.png").stat().st_size > 10_000
+    assert "last3_real_metrics" not in out  # MPE's episodes report no metrics
+    # runs whose real episodes report metrics: each seed's mean over its last 3 iterations that reported any
+    for s, values in {"3": [0.1, 0.2, 0.3, 0.7], "1": [0.5]}.items():
+        part = json.loads((tmp_path / s / "mpe_simple_spread_v3.json").read_text())
+        part["runs"][0]["real_metrics"] = [[50 * (i + 1), {"arrived_fraction": v}] for i, v in enumerate(values)]
+        (tmp_path / s / "mpe_simple_spread_v3.json").write_text(json.dumps(part))
+    with_metrics = _run("model_based.py", "--merge", *parts, "--out", str(tmp_path / "metrics"))
+    assert with_metrics["last3_real_metrics"] == [{"arrived_fraction": 0.5}, {"arrived_fraction": 0.4}]
     with pytest.raises(AssertionError, match="a seed appears twice"):
         _run("model_based.py", "--merge", parts[0], str(tmp_path / "all" / "mpe_simple_spread_v3.json"),
              "--out", str(tmp_path / "x"))  # fmt: skip

@@ -225,17 +225,29 @@ def plot(path: Path, env_id: str, runs: list[dict], references: list[dict], numb
     plt.close(fig)
 
 
+def load_references(paths: list[str], env_id: str, env_kwargs: dict) -> list[dict]:
+    """The model-free JSONs at ``paths``, each checked to be for ``env_id`` with ``env_kwargs``.
+
+    Raises:
+        ValueError: a path that is missing, not a `mappo_baseline.py` result, or for another env or other keywords.
+    """
+    references = []
+    for path in paths:
+        try:
+            ref = json.loads(Path(path).read_text())
+            made_for = (ref["summary"]["env_id"], ref["summary"]["env_kwargs"])
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+            raise ValueError(f"model_free: {path} is not a readable mappo_baseline.py result JSON: {e!r}") from e
+        if made_for != (env_id, env_kwargs):
+            raise ValueError(f"model_free: {path} is for {made_for[0]} {made_for[1]}, expected {env_id} {env_kwargs}")
+        references.append(ref)
+    return references
+
+
 def write_results(out: Path, args_summary: dict, runs: list[dict], reference_paths: list[str]) -> dict:
     """Compare, write ``<env>.json`` and ``<env>.png``, print the summary line."""
-    env_id, references = args_summary["env_id"], []
-    for path in reference_paths:
-        ref = json.loads(Path(path).read_text())
-        if ref["summary"]["env_id"] != env_id or ref["summary"]["env_kwargs"] != args_summary["env_kwargs"]:
-            raise ValueError(
-                f"model_free: {path} is for {ref['summary']['env_id']} {ref['summary']['env_kwargs']}, "
-                f"expected {env_id} {args_summary['env_kwargs']}"
-            )
-        references.append(ref)
+    env_id = args_summary["env_id"]
+    references = load_references(reference_paths, env_id, args_summary["env_kwargs"])
     # the random policy's return sets the levels; measured here when the references did not record it
     recorded = [r["summary"].get("random_policy_return") for r in references]
     random = next((x for x in recorded if x is not None), None)
@@ -311,6 +323,7 @@ def main(args: Args) -> dict:
         return merge(args.merge, out, args.model_free)
     tag = args.env_id.replace(":", "_")
     references = args.model_free or [f"benchmarks/mappo/{tag}.json"]
+    load_references(references, args.env_id, dict(args.env_kwargs))  # before hours of runs, not after them
     configs = [
         dataclasses.replace(
             args.run,

@@ -285,6 +285,26 @@ def test_model_based_benchmark_runs_seeds_and_merges(tmp_path):
         _run("model_based.py", "--merge", parts[1], str(tmp_path / "other.json"), "--out", str(tmp_path / "y"))
 
 
+def test_model_based_benchmark_checks_its_model_free_references_before_running(tmp_path):
+    """A reference for other env keywords, a missing one or an unreadable one is refused before any run starts."""
+    mb = _benchmark_module("model_based")
+    reference = tmp_path / "mf.json"
+    reference.write_text(json.dumps({"summary": {"env_id": "flatland:5", "env_kwargs": {"dense_reward": True}}}))
+    kw = {"env_id": "flatland:5", "env_kwargs": {"dense_reward": True, "actions": "decisions"}, "out": str(tmp_path / "o")}
+    with pytest.raises(ValueError, match=r"model_free: .*mf.json is for flatland:5 \{'dense_reward': True\}, expected"):
+        mb.main(mb.Args(model_free=[str(reference)], **kw))
+    with pytest.raises(ValueError, match=r"model_free: .*absent.json is not a readable mappo_baseline.py result JSON"):
+        mb.main(mb.Args(model_free=[str(tmp_path / "absent.json")], **kw))
+    reference.write_text("{")
+    with pytest.raises(ValueError, match=r"model_free: .*mf.json is not a readable"):
+        mb.main(mb.Args(model_free=[str(reference)], **kw))
+    assert not (tmp_path / "o").exists()
+    ok = {"summary": {"env_id": "flatland:5", "env_kwargs": kw["env_kwargs"]}}
+    assert mb.load_references([], "flatland:5", {}) == []
+    reference.write_text(json.dumps(ok))
+    assert mb.load_references([str(reference)], "flatland:5", kw["env_kwargs"]) == [ok]
+
+
 def test_loop_profile_reports_consistent_phases(tmp_path):
     out = _run("loop_profile.py", "--run.real-steps", "100", "--run.num-envs", "2", "--run.fit-steps", "2",
                "--run.fit.batch-size", "4", "--run.dream-updates", "1", "--run.dream-worlds", "4", "--run.eval-episodes", "1",

@@ -35,6 +35,7 @@ from agents.policies.base import (
 from agents.policies.gru import GRUPolicy, GRUPolicyConfig
 from agents.storage import BatchedEnv, Carry, Chunks, Episodes, RolloutStorage, length_groups
 from wmenv.checks import check_device, check_int, check_positive
+from wmenv.data.collect import ended_metrics
 from wmenv.envs.spec import action_bounds
 from wmenv.optim import adam
 
@@ -376,8 +377,7 @@ class MAPPO(nn.Module):
             if done_np.any():
                 ep_returns.append(host_array(s.episode_return, np.float32)[done_np])
                 ep_lengths.append(host_array(s.episode_length, np.int64)[done_np])
-                reported = getattr(s, "episode_metrics", None)  # real envs' (`VecStep`); the dream reports none
-                ep_metrics += [reported[e] for e in np.flatnonzero(done_np)] if reported else []
+                ep_metrics += ended_metrics(s, done_np)
         state_rows = repeat(carry.state, "e s -> (e n) s", n=N)  # (E*N, S)
         last, _ = self.critic.step(state_rows, agent, carry.critic_state, carry.resets.flatten())
         storage.last_values = rearrange(last, "(e n) -> e n", n=N)

@@ -44,10 +44,9 @@ def collect_for_update(
     """
     if not episodes:
         returns, taken = collector(steps, act), -(-steps // num_envs) * num_envs
-        return returns, taken, collector.take_metrics()
-    returns = []
-    taken = 0
-    while len(returns) < episodes:
-        returns += collector(num_envs, act)  # one step of every copy
-        taken += num_envs
+    else:
+        returns, taken = [], 0
+        while len(returns) < episodes:
+            returns += collector(num_envs, act)  # one step of every copy
+            taken += num_envs
     return returns, taken, collector.take_metrics()

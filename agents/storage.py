@@ -69,8 +69,8 @@ class Episodes:
     lengths: np.ndarray
     """(K,) int64."""
     metrics: list[dict[str, float]] = field(default_factory=list)
-    """Per episode, the env's `episode_metrics` (e.g. Flatland's ``arrived_fraction``); empty where the env copies
-    report none."""
+    """Per episode, the env's `episode_metrics` (e.g. Flatland's ``arrived_fraction``); {} where the env copies (or
+    the dream) report none."""
 
 
 _FLOAT, _BOOL, _LONG = torch.float32, torch.bool, torch.int64

@@ -206,9 +206,7 @@ def evaluate_metrics(
             for e in np.flatnonzero(first):
                 metrics[e] = s.episode_metrics[e]
             if not np.isnan(returns).any():
-                out = {"episode_return": float(returns.mean())}
-                out.update({k: float(np.mean([m[k] for m in metrics])) for k in metrics[0]})
-                return out
+                return {"episode_return": float(returns.mean()), **mean_metrics(metrics)}
             resets = torch.as_tensor(s.terminated | s.truncated | s.done[:, None], device=agent.device).flatten()
         raise RuntimeError(f"evaluate: {int(np.isnan(returns).sum())} of {episodes} episodes did not end in 100000 steps")
 

@@ -156,8 +156,7 @@ class Collector:
             for ep, before in zip(self.recorder.add(actions, self.step), stored, strict=True):
                 self._store(ep, before)
             returns += self.step.episode_return[self.step.done].mean(-1).tolist()
-            reported = self.step.episode_metrics  # empty where the env copies report no metrics
-            self.metrics += [reported[e] if reported else {} for e in np.flatnonzero(self.step.done)]
+            self.metrics += ended_metrics(self.step, self.step.done)
         for rec in self.recorder.recorders if self.stream else ():
             piece = rec.flush()
             if piece is not None:
@@ -170,6 +169,13 @@ class Collector:
         if stored is None or piece["is_first"][0]:
             return self.replay.add(piece)
         return self.replay.add(piece, continues=stored)
+
+
+def ended_metrics(step: Any, done: np.ndarray) -> list[dict[str, float]]:
+    """The `episode_metrics` of each copy whose episode ended (``done``: (E,) bool), in copy order; {} for each where
+    ``step`` reports none (env copies without metrics, or the dream's steps, which have no such field)."""
+    reported = getattr(step, "episode_metrics", None)
+    return [reported[e] if reported else {} for e in np.flatnonzero(done)]
 
 
 def mean_metrics(metrics: list[dict[str, float]]) -> dict[str, float]:

@@ -25,6 +25,31 @@ from agents.train import latest_checkpoint, policy_from_checkpoint
 ROOT = Path(__file__).resolve().parents[2]
 KILLS = int(os.environ.get("WMENV_KILLS", "4"))
 
+# Run first by every child: with DIE_AT_TEMPORARY="n:delay" set, the child SIGKILLs itself ``delay`` seconds after it
+# has made its nth temporary file or folder of a checkpoint or replay write (0: at once, so mid-write for sure). An
+# outside process polling for temporaries misses millisecond-long writes on a loaded machine (CI did).
+PRELUDE = """
+import os, signal, tempfile, threading
+from pathlib import Path
+_n, _delay = (float(x) for x in os.environ.get("DIE_AT_TEMPORARY", "0:0").split(":"))
+_made = 0
+def _counting(make):
+    def made(*args, **kwargs):
+        global _made
+        out = make(*args, **kwargs)
+        path = Path(out[1] if isinstance(out, tuple) else out)
+        if path.parent.name in ("checkpoints", "replay") and path.name.endswith(".tmp"):
+            _made += 1
+            if _made == _n and _delay == 0:
+                os.kill(os.getpid(), signal.SIGKILL)
+            elif _made == _n:
+                threading.Timer(_delay, os.kill, (os.getpid(), signal.SIGKILL)).start()
+        return out
+    return made
+if _n:
+    tempfile.mkstemp, tempfile.mkdtemp = _counting(tempfile.mkstemp), _counting(tempfile.mkdtemp)
+"""
+
 MODEL_FREE = """
 import sys
 from agents.mappo import MAPPOConfig
@@ -47,9 +72,9 @@ run(ModelBasedConfig(iterations=6, real_steps=60, num_envs=2, fit_steps=4, dream
 # 30 steps per copy and iteration: every checkpoint but the last falls mid-episode, with unfinished episodes recorded
 
 
-def _start(code: str, run_dir: Path) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    p = subprocess.Popen([sys.executable, "-u", "-c", code, str(run_dir)], cwd=ROOT, env=env, text=True,
+def _start(code: str, run_dir: Path, die_at: str = "0:0") -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "DIE_AT_TEMPORARY": die_at}
+    p = subprocess.Popen([sys.executable, "-u", "-c", PRELUDE + code, str(run_dir)], cwd=ROOT, env=env, text=True,
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
     assert p.stdout.readline().strip() == "ready"
     return p
@@ -74,33 +99,33 @@ def _run_killed(code: str, run_dir: Path, duration: float, iterations: int, rng:
     """Start, kill and restart the run ``KILLS`` times, then let it finish; after every kill the latest checkpoint
     must be readable. The first kill lands anywhere in the first half of the run (imports, env making, the first
     iteration); then they alternate between a random moment within about an iteration of the last checkpoint, and
-    the moment the nth temporary file or folder of a checkpoint or replay write exists (n in 1..3)."""
+    the child's own SIGKILL when it has made its nth temporary file or folder of a checkpoint or replay write (n in
+    1..3; at once the first time, up to 10 ms later after that)."""
     stats = {"kills": 0, "during_writes": 0, "resumed": 0}
     iteration = duration / iterations
     for k in range(KILLS):
         stale = _temporaries(run_dir)  # left by the previous kill; the run removes them when it starts
         resumes = latest_checkpoint(run_dir) is not None
-        p = _start(code, run_dir)
-        start = time.monotonic()
-        if k == 0 or k % 2 == 0:
+        if k % 2 == 0:
+            p = _start(code, run_dir)
+            start = time.monotonic()
             while k and latest_checkpoint(run_dir) is None and p.poll() is None and time.monotonic() < start + duration:
                 time.sleep(0.001)
             time.sleep(rng.uniform(0, duration / 2 if k == 0 else 1.5 * iteration))
+            if p.poll() is not None:  # it finished before the kill: the run is complete
+                break
+            os.kill(p.pid, signal.SIGKILL)
+            out = p.communicate()[0]
+            assert p.returncode == -signal.SIGKILL, out[-3000:]
         else:
-            nth, seen = int(rng.integers(1, 4)), set()
-            while p.poll() is None and time.monotonic() < start + duration:
-                now = _temporaries(run_dir) - stale
-                seen |= now
-                if now and len(seen) >= nth:
-                    break
-                time.sleep(0.0005)
-        writing = bool(_temporaries(run_dir) - stale)
-        if p.poll() is not None:  # it finished before the kill: the run is complete
-            break
-        os.kill(p.pid, signal.SIGKILL)
-        out = p.communicate()[0]
+            delay = 0.0 if k == 1 else rng.uniform(0, 0.01)
+            p = _start(code, run_dir, die_at=f"{int(rng.integers(1, 4))}:{delay}")
+            out = p.communicate(timeout=900)[0]
+            if p.returncode == 0:  # it finished before its nth temporary: the run is complete
+                break
+            assert p.returncode == -signal.SIGKILL, out[-3000:]
         stats["kills"] += 1
-        stats["during_writes"] += writing
+        stats["during_writes"] += bool(_temporaries(run_dir) - stale)  # what the killed write left behind
         stats["resumed"] += resumes
         assert "statistical" not in out, out[-3000:]
         ckpt = latest_checkpoint(run_dir)

@@ -49,7 +49,8 @@ class RealActor:
     With ``prefill`` the first ``prefill`` real env steps take uniformly random actions instead (available choices, or
     in-bounds continuous actions: `wmenv.data.collect.random_actions`), drawn from a stream seeded ``seed``; the agent
     still steps its recurrent state (and the filters record the actions taken), so its state is right when it takes
-    over.
+    over. After that, with ``explore`` > 0 each agent's action is replaced by such a random one with that probability
+    at every step (an exploration floor; the same stream).
     """
 
     def __init__(
@@ -60,10 +61,13 @@ class RealActor:
         filters: AgentFilters | None = None,
         prefill: int = 0,
         seed: int = 0,
+        explore: float = 0.0,
     ) -> None:
         if prefill < 0:
             raise ValueError(f"prefill: expected a number of real env steps >= 0, got {prefill}")
-        self.agent, self.num_envs, self.spec, self.filters = agent, num_envs, spec, filters
+        if not 0 <= explore < 1:
+            raise ValueError(f"explore: expected a probability in [0, 1), got {explore}")
+        self.agent, self.num_envs, self.spec, self.filters, self.explore = agent, num_envs, spec, filters, explore
         self.carry: dict[str, Any] = {
             "state": agent.policy.initial_state(num_envs * spec.n_agents), "first": True, "prefill": prefill,
             "rng": np.random.default_rng((seed, PREFILL_STREAM)),
@@ -89,6 +93,9 @@ class RealActor:
             actions = random_actions(self.spec, np.asarray(step.action_mask), carry["rng"])
         else:
             actions = agent.env_actions(actions, self.num_envs)
+            if self.explore > 0 and (swap := carry["rng"].random(actions.shape[:2]) < self.explore).any():
+                randoms = random_actions(self.spec, np.asarray(step.action_mask), carry["rng"])
+                actions = np.where(swap.reshape(swap.shape + (1,) * (actions.ndim - 2)), randoms, actions)
         if filters is not None:
             filters.record(actions, step.alive)
         return actions
@@ -134,6 +141,7 @@ class CollectWorker:
         stream: store the rows of running episodes as pieces (`Collector`).
         real_steps, real_episodes: one update's collection (`agents.schedule.collect_for_update`).
         prefill: real env steps of uniformly random actions before the actor acts (`RealActor`).
+        explore: probability of a random action per agent and step after that (`RealActor`).
     """
 
     def __init__(
@@ -149,6 +157,7 @@ class CollectWorker:
         real_steps: int,
         real_episodes: int,
         prefill: int = 0,
+        explore: float = 0.0,
     ) -> None:
         torch.set_num_threads(1)
         self.vec = VecEnv(env_id, num_envs=num_envs, seed=seed, **env_kwargs)
@@ -156,7 +165,7 @@ class CollectWorker:
         self.agent = copy.deepcopy(agent)
         self.model = None if model is None else copy.deepcopy(model).eval()
         filters = None if self.model is None else AgentFilters(self.model, num_envs, filter_seed)
-        self.act = RealActor(self.agent, num_envs, self.vec.spec, filters, prefill, filter_seed)
+        self.act = RealActor(self.agent, num_envs, self.vec.spec, filters, prefill, filter_seed, explore)
         self.budget = (real_steps, real_episodes, num_envs)
 
     def get_state(self) -> dict[str, Any]:
@@ -319,8 +328,10 @@ class RealData:
             self.vec = VecEnv(worker["env_id"], num_envs=worker["num_envs"], seed=worker["seed"], **worker["env_kwargs"])
             self.collector = Collector(self.vec, replay, stream=worker["stream"])
             filters = None if model is None else AgentFilters(model, worker["num_envs"], worker["filter_seed"])
-            prefill = worker.get("prefill", 0)
-            self.act = RealActor(agent, worker["num_envs"], self.vec.spec, filters, prefill, worker["filter_seed"])
+            prefill, explore = worker.get("prefill", 0), worker.get("explore", 0.0)
+            self.act = RealActor(
+                agent, worker["num_envs"], self.vec.spec, filters, prefill, worker["filter_seed"], explore
+            )  # fmt: skip
         else:
             self.overlap = OverlappedCollection(overlap, {**worker, "agent": agent, "model": model}, ray_address)
 

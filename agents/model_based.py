@@ -117,6 +117,12 @@ class ModelBasedConfig:
     actor starts near uniform anyway). Why continuous actions need it: MAPPO's Gaussian starts at std e^-1, and a model
     fitted only on such actions rated large ones highly; the actor learned them and did worse than random on
     MaMuJoCo (BENCHMARKS.md). These steps count as real steps; learning starts as usual when episodes end."""
+    explore: float = 0.0
+    """Exploration floor of the real collection: after the prefill, each agent's sampled action is replaced by a
+    uniformly random one (as the prefill's) with this probability at every real step (0: off). The actor trains in the
+    dream only; this keeps actions it has stopped taking in the replay, so the world model goes on being corrected on
+    them (Flatland in the MAMBA code's settings: the actor learned to stay in a dream that rated driving worse than
+    reality did, and the replay then held only standing trains; BENCHMARKS.md)."""
     model_kind: str = "mamba"
     """World model (`wmenv.models.registry`): "mamba" (MAMBA's RSSM with communication), "mabl" (MABL's bi-level
     model, which reads the env's global state in training) or "drama" (DRAMA's single-agent Mamba-2 model of frames)."""
@@ -227,6 +233,8 @@ class ModelBasedConfig:
             check_int(f"ModelBasedConfig.{name}", getattr(self, name), 0)
         if self.prefill is not None:
             check_int("ModelBasedConfig.prefill", self.prefill, 0)
+        if not 0 <= self.explore < 1:
+            raise ValueError(f"ModelBasedConfig.explore: expected a probability in [0, 1), got {self.explore}")
         for name in ("train_ratio", "dream_ratio"):
             check_positive(f"ModelBasedConfig.{name}", getattr(self, name))
         if self.fit.seq_len > self.capacity:
@@ -547,7 +555,7 @@ def _run(cfg: ModelBasedConfig) -> dict[str, Any]:
     worker = {"env_id": cfg.env_id, "env_kwargs": cfg.env_kwargs, "num_envs": cfg.num_envs,
               "seed": cfg.seed + counters["iteration"] * cfg.num_envs, "filter_seed": cfg.seed, "stream": cfg.stream,
               "real_steps": cfg.real_steps, "real_episodes": cfg.real_episodes,
-              "prefill": prefill}  # fmt: skip
+              "prefill": prefill, "explore": cfg.explore}  # fmt: skip
     real = RealData(replay, agent, model if latent else None, cfg.overlap, worker, cfg.ray_address)
 
     starts, dfs = _samplers(cfg, replay, state)

@@ -151,3 +151,40 @@ def test_prefill_takes_uniformly_random_actions_then_the_actor_takes_over(agent_
     _, pendulum = make("gym:Pendulum-v1")
     assert prefill_steps(ModelBasedConfig(), mpe) == 0 and prefill_steps(ModelBasedConfig(prefill=7), mpe) == 7
     assert pendulum.episode_limit == 200 and prefill_steps(ModelBasedConfig(num_envs=3), pendulum) == 600
+
+
+def test_explore_replaces_sampled_actions_by_the_streams_random_ones(agent_and_model):
+    """``explore=0.3``: at every step each agent's action is, with that probability, the prefill stream's uniform draw
+    instead of the actor's sample (the stream decides which, then draws them); the others at the first step are the
+    actor's own (same observations, same state, same sampling stream); ``explore=0`` collects what no floor collects;
+    the in-line collection gets the floor too; a probability outside [0, 1) is refused."""
+    from agents.collection import PREFILL_STREAM, RealData
+    from wmenv.data.replay import EpisodeReplay, ReplayConfig
+
+    agent, model = agent_and_model
+    weights = actor_weights(agent, model)
+    floor, plain, zero = (CollectWorker(**_worker_args(agent, model, explore=p)) for p in (0.3, 0.0, 0.0))
+    data, ref = floor.collect(weights), plain.collect(weights)
+    assert _episodes_equal(zero.collect(weights)["episodes"], ref["episodes"])
+    rng = np.random.default_rng((4, PREFILL_STREAM))
+    taken = np.stack([e["action"][:25] for e in data["episodes"][:2]], 1)  # each copy's first episode: (25, E, N)
+    swapped = 0
+    for t, actions in enumerate(taken):
+        swap = rng.random((2, 3)) < 0.3
+        if swap.any():
+            np.testing.assert_array_equal(actions[swap], rng.random((2, 3, 5)).argmax(-1)[swap])
+        if t == 0:
+            first = np.stack([e["action"][0] for e in ref["episodes"][:2]])
+            np.testing.assert_array_equal(actions[~swap], first[~swap])
+        swapped += swap.sum()
+    assert 25 < swapped < 65, swapped  # of 25 x 2 x 3 agent-steps, 45 expected
+    spec = floor.vec.spec
+    for w in (floor, plain, zero):
+        w.close()
+    inline = RealData(EpisodeReplay(ReplayConfig(capacity=1000), spec=spec), agent, model, "off",
+                      _worker_args(agent, model, explore=0.3))  # fmt: skip
+    assert inline.act.explore == 0.3
+    inline.close()
+    for bad in (1.0, -0.1):
+        with pytest.raises(ValueError, match=rf"ModelBasedConfig.explore: expected a probability in \[0, 1\), got {bad}"):
+            ModelBasedConfig(explore=bad)

@@ -38,8 +38,8 @@ import matplotlib
 import numpy as np
 import torch
 import tyro
-from model_based import BOOKKEEPING, differences, last3, mean_curve, random_returns, smooth
-from report import emit, machine
+from model_based import BOOKKEEPING, differences, last3, mean_curve, smooth
+from report import emit, machine, random_returns
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from agents.drama_loop import DRAMALoopConfig, run

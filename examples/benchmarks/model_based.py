@@ -42,13 +42,12 @@ import matplotlib
 import numpy as np
 import torch
 import tyro
-from report import emit, machine
+from report import emit, machine, random_returns
 
 from agents.model_based import ModelBasedConfig, run
 from agents.policies import POLICIES, policy_field
 from agents.sweep import SweepConfig, run_folder, run_sweep
-from wmenv.data.collect import mean_metrics, random_actions
-from wmenv.envs.vector import VecEnv
+from wmenv.data.collect import mean_metrics
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -123,18 +122,6 @@ def last3(run: dict) -> float:
 def ratio(model_free: float | None, model_based: float | None) -> float | None:
     """How many times the model-based steps the model-free ones are (None where either is unknown)."""
     return None if model_free is None or model_based is None else round(model_free / max(model_based, 1.0), 2)
-
-
-def random_returns(env_id: str, episodes: int, seed: int, **kwargs: object) -> list[float]:
-    """Return per agent of each of ``episodes`` episodes of uniformly random available (or in-bounds continuous)
-    actions, the env seeded with ``seed``."""
-    rng, returns = np.random.default_rng(seed), []
-    with VecEnv(env_id, num_envs=1, seed=seed, **kwargs) as vec:
-        step = vec.reset()
-        while len(returns) < episodes:
-            step = vec.step(random_actions(vec.spec, step.action_mask, rng))
-            returns += step.episode_return[step.done].mean(-1).tolist()
-    return returns[:episodes]
 
 
 def random_return(env_id: str, episodes: int, seed: int, **kwargs: object) -> float:

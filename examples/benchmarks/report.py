@@ -22,8 +22,12 @@ CHECKOUT = Path(__file__).resolve().parents[2]
 if str(CHECKOUT) not in sys.path[:1]:
     sys.path.insert(0, str(CHECKOUT))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+from wmenv.data.collect import random_actions  # noqa: E402
+from wmenv.envs.vector import VecEnv  # noqa: E402
 
 
 def machine() -> str:
@@ -95,3 +99,15 @@ def load_parts(paths: list[str]) -> list[dict]:
             raise ValueError(f"merge: {p} is for {s['env_id']} {s['env_kwargs']} at {s['total_steps']} steps, "
                              f"expected {key[0]} {key[1]} at {key[2]} steps")  # fmt: skip
     return parts
+
+
+def random_returns(env_id: str, episodes: int, seed: int, **kwargs: object) -> list[float]:
+    """Return per agent of each of ``episodes`` episodes of uniformly random available (or in-bounds continuous)
+    actions, the env seeded with ``seed``."""
+    rng, returns = np.random.default_rng(seed), []
+    with VecEnv(env_id, num_envs=1, seed=seed, **kwargs) as vec:
+        step = vec.reset()
+        while len(returns) < episodes:
+            step = vec.step(random_actions(vec.spec, step.action_mask, rng))
+            returns += step.episode_return[step.done].mean(-1).tolist()
+    return returns[:episodes]

@@ -27,6 +27,8 @@ def test_mappo_baseline_writes_curves(tmp_path):
                "--eval-every", "200", "--rate-seconds", "0.3", "--seeds", "0", "1", "--out", str(tmp_path))  # fmt: skip
     assert out["raw_agent_steps_per_s"] > 0 and out["train_env_steps_per_s"] > 0
     assert -200 < out["random_policy_return"] < 0, "random MPE spread returns are negative"
+    random = _benchmark_module("report").random_returns("mpe:simple_spread_v3", 50, 0)  # 50 episodes, not the rate's
+    assert out["random_policy_return"] == pytest.approx(np.mean(random), abs=1e-3)
     data = json.loads((tmp_path / "mpe_simple_spread_v3.json").read_text())
     assert [r["seed"] for r in data["runs"]] == [0, 1]
     assert [s for s, _ in data["runs"][0]["eval_returns"]] == [0, 200, 400]

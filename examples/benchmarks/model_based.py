@@ -266,9 +266,19 @@ BOOKKEEPING = ("keep_checkpoints", "keep_every")
 """Run settings that decide which checkpoints are kept, not what is learned: runs differing in them merge."""
 
 
+def with_defaults(settings: dict, defaults: dict) -> dict:
+    """``settings`` with every key it lacks (at any depth) taken from ``defaults``."""
+    out = {**defaults, **settings}
+    return {k: with_defaults(v, defaults[k]) if isinstance(v, dict) and isinstance(defaults.get(k), dict) else v
+            for k, v in out.items()}  # fmt: skip
+
+
 def protocol(summary: dict) -> dict:
-    """What makes two result JSONs one protocol: env, its keywords and the run settings but `BOOKKEEPING`."""
-    run = {k: v for k, v in summary["run"].items() if k not in BOOKKEEPING}
+    """What makes two result JSONs one protocol: env, its keywords and the run settings but `BOOKKEEPING`. A setting
+    a JSON lacks was added to `ModelBasedConfig` after it was written, with a default that keeps the earlier
+    behaviour (e.g. ``explore`` 0): it counts as that default."""
+    run = with_defaults(summary["run"], dataclasses.asdict(ModelBasedConfig()))
+    run = {k: v for k, v in run.items() if k not in BOOKKEEPING}
     return {"env_id": summary["env_id"], "env_kwargs": summary["env_kwargs"], "run": run}
 
 

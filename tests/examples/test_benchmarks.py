@@ -285,6 +285,13 @@ def test_model_based_benchmark_runs_seeds_and_merges(tmp_path):
     (tmp_path / "other.json").write_text(json.dumps(other))
     with pytest.raises(AssertionError, match="was made with other settings than .*: run.real_steps 60, expected 50"):
         _run("model_based.py", "--merge", parts[1], str(tmp_path / "other.json"), "--out", str(tmp_path / "y"))
+    # a setting added after a JSON was written counts as its default there (the behaviour of then), nothing else
+    mb, older = _benchmark_module("model_based"), json.loads(Path(parts[0]).read_text())["summary"]
+    newer = json.loads(json.dumps(older))
+    del older["run"]["explore"], older["run"]["fit"]["compile"]
+    assert mb.protocol(older) == mb.protocol(newer)
+    newer["run"]["explore"] = 0.05
+    assert [d[0] for d in mb.differences(mb.protocol(older), mb.protocol(newer))] == ["run.explore"]
 
 
 def test_model_based_benchmark_checks_its_model_free_references_before_running(tmp_path):

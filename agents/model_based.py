@@ -121,8 +121,8 @@ class ModelBasedConfig:
     """Exploration floor of the real collection: after the prefill, each agent's sampled action is replaced by a
     uniformly random one (as the prefill's) with this probability at every real step (0: off). The actor trains in the
     dream only; this keeps actions it has stopped taking in the replay, so the world model goes on being corrected on
-    them (Flatland in the MAMBA code's settings: the actor learned to stay in a dream that rated driving worse than
-    reality did, and the replay then held only standing trains; BENCHMARKS.md)."""
+    them. Measured once (Flatland in the MAMBA code's settings, 0.05, 25k steps; BENCHMARKS.md): it did not stop the
+    actor learning to stay there, and the dream rated driving on worse than without it."""
     model_kind: str = "mamba"
     """World model (`wmenv.models.registry`): "mamba" (MAMBA's RSSM with communication), "mabl" (MABL's bi-level
     model, which reads the env's global state in training) or "drama" (DRAMA's single-agent Mamba-2 model of frames)."""

@@ -27,7 +27,7 @@ import matplotlib
 import numpy as np
 import torch
 import tyro
-from report import load_parts, random_returns
+from report import load_parts, random_return
 from smax_reference import play
 
 from agents.sweep import SweepConfig, run_folder, run_sweep
@@ -159,7 +159,7 @@ def main(args: Args) -> dict:
         return merge(args.merge, out)
     tag = args.env_id.replace(":", "_")
     rate = raw_step_rate(args.env_id, args.rate_seconds, **args.env_kwargs)
-    rate["random_policy_return"] = float(np.mean(random_returns(args.env_id, args.random_episodes, 0, **args.env_kwargs)))
+    rate["random_policy_return"] = random_return(args.env_id, args.random_episodes, 0, **args.env_kwargs)
     rate["random_episodes"] = args.random_episodes
     if args.reference_episodes > 0:
         if not args.env_id.startswith("smax:"):

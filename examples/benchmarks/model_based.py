@@ -42,7 +42,7 @@ import matplotlib
 import numpy as np
 import torch
 import tyro
-from report import emit, machine, random_returns
+from report import emit, machine, random_return
 
 from agents.model_based import ModelBasedConfig, run
 from agents.policies import POLICIES, policy_field
@@ -122,11 +122,6 @@ def last3(run: dict) -> float:
 def ratio(model_free: float | None, model_based: float | None) -> float | None:
     """How many times the model-based steps the model-free ones are (None where either is unknown)."""
     return None if model_free is None or model_based is None else round(model_free / max(model_based, 1.0), 2)
-
-
-def random_return(env_id: str, episodes: int, seed: int, **kwargs: object) -> float:
-    """Mean of `random_returns`."""
-    return float(np.mean(random_returns(env_id, episodes, seed, **kwargs)))
 
 
 def compare(runs: list[dict], references: list[dict], random: float | None = None) -> dict:

@@ -111,3 +111,8 @@ def random_returns(env_id: str, episodes: int, seed: int, **kwargs: object) -> l
             step = vec.step(random_actions(vec.spec, step.action_mask, rng))
             returns += step.episode_return[step.done].mean(-1).tolist()
     return returns[:episodes]
+
+
+def random_return(env_id: str, episodes: int, seed: int, **kwargs: object) -> float:
+    """Mean of `random_returns`."""
+    return float(np.mean(random_returns(env_id, episodes, seed, **kwargs)))

@@ -40,10 +40,11 @@ def _counting(make):
         path = Path(out[1] if isinstance(out, tuple) else out)
         if path.parent.name in ("checkpoints", "replay") and path.name.endswith(".tmp"):
             _made += 1
-            if _made == _n and _delay == 0:
-                os.kill(os.getpid(), signal.SIGKILL)
-            elif _made == _n:
-                threading.Timer(_delay, os.kill, (os.getpid(), signal.SIGKILL)).start()
+            if _made == _n:
+                if _delay:
+                    threading.Timer(_delay, os.kill, (os.getpid(), signal.SIGKILL)).start()
+                else:
+                    os.kill(os.getpid(), signal.SIGKILL)
         return out
     return made
 if _n:

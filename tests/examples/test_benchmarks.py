@@ -524,8 +524,8 @@ def test_drama_atari_runs_each_sampler_and_seed_and_reports_them_paired(tmp_path
     assert 0 < dfs["actor_entropy_final_by_seed"][0] <= np.log(4) + 1e-4
     assert runs["dfs", 3]["actor"]["actor_entropy_final"] == dfs["actor_entropy_final_by_seed"][0]
     assert dfs["training_episodes_by_seed"] == [len(runs["dfs", 3]["training_returns"])]
-    mb = _benchmark_module("model_based")
-    random = [mb.random_returns("atari:Breakout", 1, 1_000_000 + e, screen_size=16)[0] for e in range(2)]
+    report = _benchmark_module("report")
+    random = [report.random_returns("atari:Breakout", 1, 1_000_000 + e, screen_size=16)[0] for e in range(2)]
     assert breakout["random_mean"] == pytest.approx(np.mean(random), abs=0.006)
     # each run's final world model scored on the same held-out random-play windows: every loss term, paired by seed
     held = {k: r["heldout_loss"] for k, r in runs.items()}

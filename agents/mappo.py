@@ -33,6 +33,7 @@ from agents.policies.base import (
     sample_actions,
 )
 from agents.policies.gru import GRUPolicy, GRUPolicyConfig
+from agents.replay_value import ValueTargets
 from agents.storage import BatchedEnv, Carry, Chunks, Episodes, RolloutStorage, length_groups
 from wmenv.checks import check_device, check_int, check_positive
 from wmenv.data.collect import ended_metrics
@@ -409,11 +410,15 @@ class MAPPO(nn.Module):
                 adv = (adv - live.mean()) / (live.std() + 1e-5)
         return adv, ret
 
-    def loss(self, batch: Chunks, entropy_coef: float | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    def loss(
+        self, batch: Chunks, entropy_coef: float | None = None, value_targets: ValueTargets | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         """The MAPPO loss of a minibatch of chunks (updates the value normalizer with its valid returns).
 
         Dead agents and padding (``batch.valid`` False) contribute nothing to any term. ``entropy_coef`` replaces
-        ``config.entropy_coef`` (an annealed weight).
+        ``config.entropy_coef`` (an annealed weight). ``value_targets`` adds their weight times the critic's (unclipped)
+        value loss on those rows, e.g. real λ-returns (`agents.replay_value`); the value normalizer is not updated
+        with them.
 
         Returns:
             loss: scalar; stats: detached scalars for logging.
@@ -435,6 +440,13 @@ class MAPPO(nn.Module):
         ent_coef = cfg.entropy_coef if entropy_coef is None else entropy_coef
         loss = policy_loss - ent_coef * entropy + cfg.value_coef * value_loss + cfg.aux_coef * aux_loss
         stats.update(policy_loss=policy_loss.detach(), value_loss=value_loss.detach(), entropy=entropy.detach())
+        if value_targets is not None:
+            vt = value_targets
+            values = self.critic.forward_sequence(vt.state, vt.agent, vt.resets, self.critic.initial_state(len(vt.agent)))
+            extra = ppo_value_loss(values, values, vn.normalize(vt.targets), vt.valid, None,
+                                   cfg.huber_delta if cfg.huber_loss else None)  # fmt: skip
+            loss = loss + vt.weight * extra
+            stats["replay_value_loss"] = extra.detach()
         stats.update({f"aux/{k}": torch.as_tensor(v) for k, v in aux_stats.items()})
         if aux_stats:
             stats["aux_loss"] = aux_loss.detach()
@@ -473,13 +485,20 @@ class MAPPO(nn.Module):
         """The entropy weight's factor after ``updates`` earlier updates: ``entropy_decay ** (updates × minibatch steps)``."""
         return float(self.config.entropy_decay ** (updates * self.minibatch_steps()))
 
-    def update(self, storage: RolloutStorage, lr_scale: float = 1.0, entropy_scale: float = 1.0) -> dict[str, float]:
+    def update(
+        self,
+        storage: RolloutStorage,
+        lr_scale: float = 1.0,
+        entropy_scale: float = 1.0,
+        value_targets: ValueTargets | None = None,
+    ) -> dict[str, float]:
         """``epochs`` passes of minibatch PPO over a filled storage.
 
         Args:
             storage: written by `collect` (or any source) for all T steps.
             lr_scale: multiplies both learning rates (linear annealing passes ``1 - progress``).
             entropy_scale: multiplies ``entropy_coef`` (`entropy_scale_after` of the minibatch steps taken before).
+            value_targets: further critic targets, whole in every minibatch (`loss`).
 
         Returns:
             name -> mean over minibatches (losses, entropy, approx_kl, clip_frac, grad norms).
@@ -503,7 +522,7 @@ class MAPPO(nn.Module):
                 # One minibatch holds every chunk and the loss is a mean over them, so storage order gives the same
                 # loss without a copy and keeps each env's N agent rows together (`AttentionCritic` attends once for them).
                 ent_coef = cfg.entropy_coef * entropy_scale * cfg.entropy_decay**count
-                loss, stats = self.loss(chunks if len(idx) == n else chunks.index(idx), ent_coef)
+                loss, stats = self.loss(chunks if len(idx) == n else chunks.index(idx), ent_coef, value_targets)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 stats["grad_norm_actor"] = nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)

@@ -51,6 +51,7 @@ from agents.policies import (
     make_policy,
     policy_field,
 )
+from agents.replay_value import replay_value_targets
 from agents.resume import load_run_state, save_run_state
 from agents.schedule import achieved_ratios, scheduled_units
 from agents.train import (
@@ -155,6 +156,14 @@ class ModelBasedConfig:
     """How imagined agents end (`DreamVecEnv`): "sample" (a draw from the continuation head), "threshold" (below 0.5),
     or "expected": never, the continuation probability multiplying γ in the dream's GAE instead (MAMBA's and MABL's
     code; the paper schedules use it)."""
+    replay_value: float = 0.0
+    """Weight of the critic's replay value loss (`agents.replay_value`; DreamerV3's weighs it 0.3): beside the dream's
+    targets, the critic regresses λ-returns of real replay windows (their real rewards and terminations, bootstrapped
+    from its own values on the windows' filtered posteriors), so that the values the dream's returns end on are
+    anchored in real outcomes. 0: off (MAMBA's critic learns in the dream only)."""
+    replay_value_windows: int = 64
+    """With ``replay_value``: real windows of ``horizon + 1`` rows (fewer where no stored episode is that long), drawn
+    afresh for every dream PPO iteration."""
     dream_updates: int = 0
     """If > 0, exactly this many MAPPO iterations (one horizon-long dream rollout + PPO update each) per update
     instead of ``dream_ratio`` (the paper's "Number of updates")."""
@@ -227,6 +236,7 @@ class ModelBasedConfig:
             "context",
             "eval_episodes",
             "keep_checkpoints",
+            "replay_value_windows",
         ):
             check_int(f"ModelBasedConfig.{name}", getattr(self, name))
         for name in ("real_episodes", "fit_steps", "dream_updates", "keep_every"):
@@ -237,6 +247,9 @@ class ModelBasedConfig:
             raise ValueError(f"ModelBasedConfig.explore: expected a probability in [0, 1), got {self.explore}")
         for name in ("train_ratio", "dream_ratio"):
             check_positive(f"ModelBasedConfig.{name}", getattr(self, name))
+        v = self.replay_value
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (np.isfinite(v) and v >= 0):
+            raise ValueError(f"ModelBasedConfig.replay_value: expected a non-negative finite weight, got {v!r}")
         if self.fit.seq_len > self.capacity:
             raise ValueError(
                 f"ModelBasedConfig.fit.seq_len: windows of {self.fit.seq_len} rows cannot fit a replay of "
@@ -447,12 +460,22 @@ def _learn(cfg: ModelBasedConfig, it: int, counters: dict[str, int], spec: Any, 
         storage, carry = agent.new_storage(cfg.dream_worlds), agent.start(dream)
         done_updates = counters["imagined_agent_steps"] // per_rollout
         imagined = []  # the dream's reward per present agent and step, per rollout (its verdict on the actor)
+        biases = []  # the critic's value minus the real λ-return on replay windows (replay_value)
+        length = min(cfg.horizon + 1, int(replay.episode_lengths.max()))
         for i in range(n_dream):
             carry, _ = agent.collect(dream, storage, carry)
             imagined.append(float(storage.data["rewards"][storage.data["alive"]].mean()))
-            metrics = agent.update(storage, entropy_scale=agent.entropy_scale_after(done_updates + i))
+            targets = None
+            if cfg.replay_value and length >= 2:
+                targets = replay_value_targets(
+                    model, agent.critic, replay, cfg.replay_value_windows, length, cfg.mappo.gamma,
+                    cfg.mappo.gae_lambda, cfg.replay_value, seed=cfg.seed + 40_000 + done_updates + i,
+                )  # fmt: skip
+                biases.append(targets.bias)
+            metrics = agent.update(storage, entropy_scale=agent.entropy_scale_after(done_updates + i), value_targets=targets)
         counters["imagined_agent_steps"] += n_dream * per_rollout
-        for k, v in {**metrics, "reward_per_agent_step": float(np.mean(imagined))}.items():
+        extra = {"replay_value_bias": float(np.mean(biases))} if biases else {}
+        for k, v in {**metrics, "reward_per_agent_step": float(np.mean(imagined)), **extra}.items():
             writer.add_scalar(f"dream/{k}", float(v), real_steps)
     for k, v in {"fit_steps": n_fit, "dream_updates": n_dream, **achieved_ratios(counters)}.items():
         writer.add_scalar(f"schedule/{k}", v, real_steps)

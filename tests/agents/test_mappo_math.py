@@ -386,8 +386,8 @@ def test_update_averages_stats_over_minibatches_and_scales_learning_rates():
     agent, env, storage = _collected(rollout_length=7, chunk_length=3, epochs=3, num_minibatches=2, lr=1e-3, critic_lr=2e-3)
     calls, loss = [], agent.loss
 
-    def probe(batch, entropy_coef=None):
-        out, stats = loss(batch, entropy_coef)
+    def probe(batch, entropy_coef=None, value_targets=None):
+        out, stats = loss(batch, entropy_coef, value_targets)
         stats["probe"] = torch.tensor(float(len(calls)))
         calls.append(len(batch))
         return out, stats
@@ -415,9 +415,9 @@ def test_entropy_weight_anneals_per_minibatch_step_and_resumes_from_earlier_upda
                                    entropy_decay=0.9)  # fmt: skip
     seen, loss = [], agent.loss
 
-    def probe(batch, entropy_coef=None):
+    def probe(batch, entropy_coef=None, value_targets=None):
         seen.append(entropy_coef)
-        return loss(batch, entropy_coef)
+        return loss(batch, entropy_coef, value_targets)
 
     agent.loss = probe
     assert agent.minibatch_steps() == 6 and agent.entropy_scale_after(0) == 1.0
@@ -440,9 +440,9 @@ def test_update_with_one_minibatch_takes_chunks_in_storage_order_and_still_draws
     agent, env, storage = _collected(rollout_length=7, chunk_length=3, epochs=2, num_minibatches=1)
     batches, loss = [], agent.loss
 
-    def probe(batch, entropy_coef=None):
+    def probe(batch, entropy_coef=None, value_targets=None):
         batches.append(batch)
-        return loss(batch, entropy_coef)
+        return loss(batch, entropy_coef, value_targets)
 
     agent.loss = probe
     state = agent.generator.get_state()

@@ -296,3 +296,21 @@ def test_bad_specs_configs_and_inputs_are_named():
         model.imagine(state, torch.zeros(B, 1))
     with pytest.raises(ValueError, match="expected a DRAMA state"):
         model.imagine({"deter": state["h"]}, torch.zeros(B, 1, dtype=torch.long))
+
+
+def test_observe_rows_gives_every_rows_h_and_z_with_observes_draws():
+    """The last row of `observe_rows` holds the h and z of `observe`'s state (same generator seed); every row's z is a
+    one-hot sample of its posterior and h reads the rows before it only."""
+    model, w = tiny(), window()
+    args = (w["obs"], w["action"], w["reset"])
+    rows = model.observe_rows(*args, generator=torch.Generator().manual_seed(2))
+    assert set(rows) == {"h", "z"} and rows["h"].shape[:3] == (B, T, 1)
+    last = model.observe(*args, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(rows["h"][:, -1], last["h"]) and torch.equal(rows["z"][:, -1], last["z"])
+    assert torch.equal(rows["z"].sum(-1), torch.full((B, T, 1), float(model.config.stoch)))
+    changed = dict(w, obs=w["obs"].clone())
+    changed["obs"][:, 6:] += 50.0
+    again = model.observe_rows(changed["obs"], w["action"], w["reset"], generator=torch.Generator().manual_seed(2))
+    assert torch.allclose(again["h"][:, :7], rows["h"][:, :7], atol=1e-5) and not torch.allclose(again["h"], rows["h"])
+    with pytest.raises(ValueError, match="obs"):
+        model.observe_rows(w["obs"][:, :, :, :5], w["action"], w["reset"])

@@ -296,3 +296,25 @@ def test_presets_are_named_after_the_paper():
         100.0,
     )
     assert mabl_preset("small", global_level="none").global_level == "none"
+
+
+@pytest.mark.parametrize("global_level", ["per_agent", "shared", "none"])
+def test_observe_rows_gives_every_rows_posterior_with_observes_draws(global_level):
+    """The last row of `observe_rows` is `observe`'s state (same generator seed), both levels; row t is `observe`'s on
+    the windows cut after row t (to rounding: encoders batched over other lengths); without the global state it is
+    refused as `observe` refuses it."""
+    model, w = tiny(global_level), window()
+    args = (w["obs"], w["action"], w["reset"])
+    rows = model.observe_rows(*args, generator=torch.Generator().manual_seed(3), alive=w["alive"], global_state=w["state"])
+    for t in (1, T - 1):
+        cut = [x[:, : t + 1] for x in args]
+        last = model.observe(*cut, generator=torch.Generator().manual_seed(3), alive=w["alive"][:, : t + 1],
+                             global_state=w["state"][:, : t + 1])  # fmt: skip
+        assert set(last) == set(rows)
+        same = torch.equal if t == T - 1 else lambda a, b: torch.allclose(a, b, atol=1e-6)
+        assert all(same(rows[k][:, t], last[k]) for k in rows), t
+    flat = {k: v.reshape(B * T, *v.shape[2:]) for k, v in rows.items()}
+    assert model.critic_features(flat).shape[0] == B * T
+    if global_level != "none":
+        with pytest.raises(ValueError, match="global_state"):
+            model.observe_rows(*args, alive=w["alive"])

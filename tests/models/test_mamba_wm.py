@@ -13,6 +13,7 @@ from wmenv.envs import make
 from wmenv.fit import FitConfig, fit, load_model, save_model
 from wmenv.models.mamba_wm import MAMBAWorldModel, preset
 from wmenv.models.registry import build_model
+from wmenv.models.world_model import flat_rows
 
 
 @pytest.fixture(scope="module")
@@ -115,3 +116,21 @@ def test_compiled_steps_are_refused_for_a_model_without_them(mpe):
     with pytest.raises(ValueError, match=r"^FitConfig.compile: expected 'off', 'steps' or 'loss', got 'rows'$"):
         FitConfig(compile="rows")
     assert FitConfig(compile=True).compile == "loss" and FitConfig(compile=False).compile == "off"
+
+
+@pytest.mark.parametrize("name", ["small", "small-mamba2"])
+def test_observe_rows_gives_every_rows_posterior_with_observes_draws(mpe, name):
+    """The last row of `observe_rows` is `observe`'s state (same generator seed), and with the row-by-row GRU row t is
+    `observe`'s on the windows cut after row t (Mamba-2 draws every row's noise at once, so a shorter window draws
+    other numbers); its flattened rows are what the critic reads."""
+    replay, spec = mpe
+    model = MAMBAWorldModel(spec, preset(name)).eval()
+    w = replay.sample(3, 6, generator=2)
+    args = (w["obs"], w["action"], w["reset"])
+    rows = model.observe_rows(*args, generator=torch.Generator().manual_seed(7), alive=w["alive"].bool())
+    assert set(rows) == {"deter", "stoch", "logits"} and rows["stoch"].shape[:3] == (3, 6, 3)
+    for t in (2, 5) if name == "small" else (5,):
+        cut = [x[:, : t + 1] for x in args]
+        last = model.observe(*cut, generator=torch.Generator().manual_seed(7), alive=w["alive"][:, : t + 1].bool())
+        assert all(torch.equal(rows[k][:, t], last[k]) for k in rows), t
+    assert model.critic_features(flat_rows(rows)).shape == (18, 3 * 128)

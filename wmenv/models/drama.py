@@ -363,6 +363,21 @@ class DRAMAWorldModel(WorldModel):
         _, z, h, states = self._filter(obs, actions, resets.bool(), state, generator)
         return self._pack(h[:, -1], z[:, -1], states)
 
+    def observe_rows(
+        self,
+        obs: Tensor,
+        actions: Tensor,
+        resets: Tensor,
+        generator: torch.Generator | None = None,
+        alive: Tensor | None = None,
+        *,
+        global_state: Tensor | None = None,
+    ) -> State:
+        """Every row's h and z, name -> (B, T, 1, ...) (`WorldModel.observe_rows`)."""
+        self._check_windows(obs, actions, resets)
+        _, z, h, _ = self._filter(obs, actions, resets.bool(), None, generator)
+        return {"h": h[:, :, None], "z": z[:, :, None]}
+
     def _filter(
         self, obs: Tensor, actions: Tensor, resets: Tensor, state: State | None, generator: torch.Generator | None
     ) -> tuple[Tensor, Tensor, Tensor, SSMStates]:

@@ -478,6 +478,23 @@ class MABLWorldModel(HeadsMixin, WorldModel):
         posts, _, blocks = self._filter(obs, prev, resets, global_state, state, generator, alive, False)
         return {**{k: v[:, -1] for k, v in posts.items()}, **blocks}
 
+    def observe_rows(
+        self,
+        obs: Tensor,
+        actions: Tensor,
+        resets: Tensor,
+        generator: torch.Generator | None = None,
+        alive: Tensor | None = None,
+        *,
+        global_state: Tensor | None = None,
+    ) -> State:
+        """Every row's posterior of both levels, name -> (B, T, N, ...) (`WorldModel.observe_rows`);
+        ``global_state`` (B, T, S_dim) is required with a global level."""
+        global_state = self._check_global_state(global_state, obs)
+        prev = self._prev_actions(actions, resets, alive)
+        posts, _, _ = self._filter(obs, prev, resets, global_state, None, generator, alive, False)
+        return posts
+
     def step_errors(self, batch: dict[str, Tensor]) -> StepErrors:
         """The loss per row and agent (`WorldModel.step_errors`): the heads' errors, KL[q || p] of the agent level and
         of the global level (``"shared"``: the world's one level, counted on agent 0's row), and as features each

@@ -160,6 +160,22 @@ class MAMBAWorldModel(HeadsMixin, WorldModel):
         prev = self._prev_actions(actions, resets, alive)  # row 0: zeros, also when continuing ``state`` (no action given)
         return self.rssm.observe_last(obs, prev, resets, state, generator, alive, hears)
 
+    def observe_rows(
+        self,
+        obs: Tensor,
+        actions: Tensor,
+        resets: Tensor,
+        generator: torch.Generator | None = None,
+        alive: Tensor | None = None,
+        *,
+        global_state: Tensor | None = None,
+    ) -> State:
+        """Every row's posterior (deter, stoch, logits), name -> (B, T, N, ...) (`WorldModel.observe_rows`);
+        ``global_state`` is ignored."""
+        prev = self._prev_actions(actions, resets, alive)
+        posts, _ = self.rssm.observe_sequence(obs, prev, resets, generator=generator, alive=alive)
+        return posts
+
     def imagine(
         self,
         state: State,

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
+from einops import rearrange
 from torch import Tensor, nn
 
 from wmenv.tensor_ops import masked_mean
@@ -39,6 +40,11 @@ def none_where(none: Tensor, actions: Tensor) -> Tensor:
     if actions.is_floating_point():
         return torch.where(none[:, None], float("nan"), actions)
     return torch.where(none, -1, actions)
+
+
+def flat_rows(state: State) -> State:
+    """A state of (B, T, ...) rows (`WorldModel.observe_rows`) as one of (B·T, ...) rows."""
+    return {k: rearrange(v, "b t ... -> (b t) ...") for k, v in state.items()}
 
 
 def stack_steps(steps: list[State]) -> State:
@@ -135,6 +141,22 @@ class WorldModel(nn.Module, ABC):
         ``global_state`` (B, T, S): the env's global state (replay windows' ``"state"``), for models that read it
         in training (MABL); models that need it refuse ``None``, the others ignore it.
         """
+
+    def observe_rows(
+        self,
+        obs: Tensor,
+        actions: Tensor,
+        resets: Tensor,
+        generator: torch.Generator | None = None,
+        alive: Tensor | None = None,
+        *,
+        global_state: Tensor | None = None,
+    ) -> State:
+        """Every row's posterior of real windows (arguments as `observe`; each window starts from the blank state):
+        name -> (B, T, ...), row t the state after row t, less the recurrent blocks' states (Mamba-2 dynamics), which
+        are not kept per row; with the same generator its last row is `observe`'s state. `features` and
+        `critic_features` read it with its B·T rows flattened (`flat_rows`)."""
+        raise NotImplementedError(f"{type(self).__name__} does not give every row's posterior (observe_rows)")
 
     @abstractmethod
     def imagine(

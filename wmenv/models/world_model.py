@@ -5,7 +5,9 @@ Glossary: B batch (worlds), T time, N agents, D observation features, A actions,
 A model's state is a dict of tensors with leading dims (B, N) (``State``); what one imagined step
 predicts is a `Prediction`. Real data comes as replay windows (``EpisodeReplay.sample``): dicts of
 (B, T, ...) tensors with ``obs`` (B, T, N, D), ``action`` (B, T, N) int (or (B, T, N, A) float) taken at row t, ``reward`` and
-``terminated`` received on arriving at row t, ``alive``, ``action_mask`` and ``reset`` (B, T).
+``terminated`` received on arriving at row t, ``alive``, ``action_mask`` and ``reset`` (B, T). `WorldModel.observe`
+filters them into the posterior after their last row (where dream rollouts start), `WorldModel.observe_rows` into every
+row's (what a critic reads on real rows, `agents.replay_value`).
 
 Execution (decentralized): each agent runs its own copy of the model's posterior filter
 (`WorldModel.filter_step`), fed only by what it has when acting — its observation, its previous action,

@@ -10,6 +10,8 @@ Phases, in process CPU time (and wall time):
 - ``dream``: the horizon-long `DreamVecEnv` rollouts, with the actor and critic acting and the rollout
   storage written (the dream's reset included);
 - ``ppo``: the MAPPO updates on those rollouts;
+- ``replay_value`` (runs with ``--run.replay-value`` > 0 only): the critic's real targets, replay windows filtered
+  through the world model and valued (`agents.replay_value`); their term in the critic's loss is in ``ppo``;
 - ``eval``: the greedy evaluation on the real env;
 - ``checkpoint``: writing the loop's checkpoint (agent, world model, optimizer, replay).
 
@@ -62,6 +64,7 @@ from agents.mappo import MAPPO
 from agents.model_based import ModelBasedConfig, split_schedule
 
 PHASES = ("collect", "fit", "dream", "ppo", "eval", "checkpoint")
+"""The phases of every run; runs with a replay value loss add ``"replay_value"``."""
 
 
 @dataclass
@@ -87,8 +90,9 @@ class Args:
 class Probe:
     """Timers around the functions `agents.model_based.run` calls; keeps the objects they saw for FLOP counting."""
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, phases: tuple[str, ...] = PHASES) -> None:
         """Phases run on ``device``: on a GPU its queued kernels are waited for before each phase's clocks are read."""
+        self.phases = phases
         self.iterations: list[dict[str, Any]] = []
         self.seen: dict[str, tuple] = {}
         self.wall_clock = wall_clock(device)
@@ -106,8 +110,9 @@ class Probe:
 
     def begin(self) -> dict[str, Any]:
         """Start a new iteration record (at each collection)."""
-        self.iterations.append({"cpu": dict.fromkeys(PHASES, 0.0), "wall": dict.fromkeys(PHASES, 0.0), "real_steps": 0,
-                                "fit_steps": 0, "fit_rows": 0, "dream_rollouts": 0, "dream_resets": 0})  # fmt: skip
+        clocks = {"cpu": dict.fromkeys(self.phases, 0.0), "wall": dict.fromkeys(self.phases, 0.0)}
+        self.iterations.append({**clocks, "real_steps": 0, "fit_steps": 0, "fit_rows": 0, "dream_rollouts": 0,
+                                "dream_resets": 0})  # fmt: skip
         return self.iterations[-1]
 
     def wrap(self, phase: str, fn: Callable, key: str | None = None) -> Callable:
@@ -124,7 +129,7 @@ class Probe:
     @contextmanager
     def installed(self) -> Iterator[None]:
         """Patch `agents.model_based`'s collaborators (and `MAPPO`'s dream-facing methods) for the block."""
-        saved = {k: getattr(mb, k) for k in ("fit", "evaluate_and_log", "_save")}
+        saved = {k: getattr(mb, k) for k in ("fit", "evaluate_and_log", "_save", "replay_value_targets")}
         saved_collect = collection.collect_for_update  # the loop's in-line collection calls it there
         mappo = {k: getattr(MAPPO, k) for k in ("start", "collect", "update")}
 
@@ -153,6 +158,8 @@ class Probe:
 
         collection.collect_for_update, mb.fit = collect, fit
         mb.evaluate_and_log, mb._save = self.wrap("eval", saved["evaluate_and_log"]), self.wrap("checkpoint", saved["_save"])
+        if "replay_value" in self.phases:
+            mb.replay_value_targets = self.wrap("replay_value", saved["replay_value_targets"])
         MAPPO.start = count("dream_resets", self.wrap("dream", mappo["start"], "start"))
         MAPPO.collect = count("dream_rollouts", self.wrap("dream", mappo["collect"], "collect"))
         MAPPO.update = self.wrap("ppo", mappo["update"], "update")
@@ -185,7 +192,8 @@ class Probe:
             out["dream_reset"] = flops(lambda: MAPPO.start(agent, dream))
             carry = MAPPO.start(agent, dream)  # after the counted reset: the rollout must start from the dream's state
             out["dream_rollout"] = flops(lambda: MAPPO.collect(agent, dream, storage, carry))
-            out["ppo_update"] = flops(lambda: MAPPO.update(agent, storage))
+            targets = self.seen["update"][1].get("value_targets")  # the critic's real targets, if the run has them
+            out["ppo_update"] = flops(lambda: MAPPO.update(agent, storage, value_targets=targets))
         return out
 
 
@@ -197,7 +205,7 @@ def main(args: Args) -> dict:
     device = torch.device(args.run.device)
     basis = "wall" if device.type == "cuda" else "cpu"  # the clock that ms and GFLOP/s are per
     ref_before = matmul_gflops(args.matmul_size, args.matmul_seconds / 2, device)
-    probe = Probe(device)
+    probe = Probe(device, PHASES + (("replay_value",) if args.run.replay_value else ()))
     with tempfile.TemporaryDirectory(prefix="loop_profile_") as tmp:
         cfg = dataclasses.replace(args.run, iterations=args.warmup + 1, run_dir=tmp, resume=False, progress=False)
         with probe.installed():

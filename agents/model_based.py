@@ -463,12 +463,13 @@ def _learn(cfg: ModelBasedConfig, it: int, counters: dict[str, int], spec: Any, 
         done_updates = counters["imagined_agent_steps"] // per_rollout
         imagined = []  # the dream's reward per present agent and step, per rollout (its verdict on the actor)
         biases = []  # the critic's value minus the real λ-return on replay windows (replay_value)
-        length = min(cfg.horizon + 1, int(replay.episode_lengths.max()))
+        # replay_value's windows: horizon + 1 rows, or the longest stored episode's (a return needs two rows)
+        length = min(cfg.horizon + 1, int(replay.episode_lengths.max())) if cfg.replay_value else 0
         for i in range(n_dream):
             carry, _ = agent.collect(dream, storage, carry)
             imagined.append(float(storage.data["rewards"][storage.data["alive"]].mean()))
             targets = None
-            if cfg.replay_value and length >= 2:
+            if length >= 2:
                 targets = replay_value_targets(
                     model, agent.critic, replay, cfg.replay_value_windows, length, cfg.mappo.gamma,
                     cfg.mappo.gae_lambda, cfg.replay_value, seed=cfg.seed + 40_000 + done_updates + i,

@@ -430,6 +430,10 @@ class MAPPO(nn.Module):
         else:
             log_probs, entropy = gaussian_log_prob_entropy(out, self.log_std, batch.actions, batch.action_mask)
         policy_loss, stats = ppo_policy_loss(log_probs, batch.log_probs, batch.advantages, valid, cfg.clip)
+        if self.discrete:  # where the agent has a choice: Flatland's trains have one action on most cells
+            choice = valid & (batch.action_mask.sum(-1) > 1)
+            stats["choice_entropy"] = masked_mean(entropy, choice).detach()
+            stats["choice_fraction"] = (choice.sum() / valid.sum().clamp(min=1)).detach()
         entropy = masked_mean(entropy, valid)
         if bool(valid.any()):
             vn.update(batch.returns[valid])
@@ -501,7 +505,9 @@ class MAPPO(nn.Module):
             value_targets: further critic targets, whole in every minibatch (`loss`).
 
         Returns:
-            name -> mean over minibatches (losses, entropy, approx_kl, clip_frac, grad norms).
+            name -> mean over minibatches (losses, entropy, approx_kl, clip_frac, grad norms; with discrete actions
+            also ``choice_entropy``, the entropy on valid rows with more than one available action, and
+            ``choice_fraction``, their share of the valid rows).
         """
         cfg = self.config
         if not 0.0 < lr_scale <= 1.0:

@@ -312,3 +312,26 @@ def test_checkpoint_corrupt_or_other_architecture_raises_value_error(tmp_path):
     (path / "config.json").write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
         load_checkpoint(path, _agent(spec), spec)
+
+
+def test_choice_entropy_counts_only_rows_with_a_choice(toy_env):
+    """``choice_entropy`` is the mean entropy over valid rows with more than one available action, and
+    ``choice_fraction`` their share: rows with a single action (entropy 0) do not dilute it."""
+    agent = _agent(rollout_length=6)
+    storage, carry = agent.new_storage(toy_env.num_envs), agent.start(toy_env)
+    agent.collect(toy_env, storage, carry)
+    adv, ret = agent.advantages(storage)
+    batch = storage.chunks(agent.config.chunk_length, adv, ret)
+    single = torch.zeros(batch.valid.shape, dtype=torch.bool)
+    single[::2] = True  # every other chunk offers one action only (the one taken)
+    one_hot = torch.nn.functional.one_hot(batch.actions.long(), ToyVecEnv.A).bool()
+    batch.action_mask[single] = one_hot[single]
+    with torch.no_grad():
+        _, stats = agent.loss(batch)
+        logits = mask_logits(agent.policy.forward_sequence(batch.obs, batch.resets, batch.actor_state), batch.action_mask)
+        _, entropy = log_prob_entropy(logits, batch.actions)
+    choice = batch.valid & ~single & (batch.action_mask.sum(-1) > 1)
+    assert 0 < choice.sum() < batch.valid.sum()
+    torch.testing.assert_close(stats["choice_entropy"], entropy[choice].mean())
+    torch.testing.assert_close(stats["choice_fraction"], choice.sum() / batch.valid.sum())
+    assert stats["choice_entropy"] > stats["entropy"] + 1e-3, "single-action rows must not count"

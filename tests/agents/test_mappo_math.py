@@ -346,7 +346,8 @@ def test_loss_combines_the_terms_with_their_coefficients(clip_value_loss, huber_
     loss, out = agent.loss(batch)
     torch.testing.assert_close(loss, policy - 0.3 * entropy + 0.7 * value + 0.5 * aux)
     assert loss.requires_grad
-    assert set(out) == {"approx_kl", "clip_frac", "policy_loss", "value_loss", "entropy", "aux/probe", "aux_loss"}
+    assert set(out) == {"approx_kl", "clip_frac", "policy_loss", "value_loss", "entropy", "choice_entropy",
+                        "choice_fraction", "aux/probe", "aux_loss"}  # fmt: skip
     want = dict(policy_loss=policy, value_loss=value, entropy=entropy, aux_loss=aux, **stats)
     want["aux/probe"] = torch.tensor(1.5)
     for k, v in want.items():
@@ -397,8 +398,8 @@ def test_update_averages_stats_over_minibatches_and_scales_learning_rates():
     n = 3 * env.num_envs * ToyVecEnv.N  # C = ceil(7 / 3) = 3 chunks per (env, agent) sequence: 18
     assert calls == [9, 9] * 3  # ceil(18 / 2) per minibatch
     assert metrics["probe"] == (0 + 1 + 2 + 3 + 4 + 5) / 6
-    assert set(metrics) == {"approx_kl", "clip_frac", "policy_loss", "value_loss", "entropy", "grad_norm_actor",
-                            "grad_norm_critic", "probe"}  # fmt: skip
+    assert set(metrics) == {"approx_kl", "clip_frac", "policy_loss", "value_loss", "entropy", "choice_entropy",
+                            "choice_fraction", "grad_norm_actor", "grad_norm_critic", "probe"}  # fmt: skip
     assert all(np.isfinite(v) for v in metrics.values()) and metrics["grad_norm_actor"] > 0 and metrics["grad_norm_critic"] > 0
     assert [g["lr"] for g in agent.optimizer.param_groups] == [0.5e-3, 1e-3]
     assert sum(calls) == 3 * n

@@ -32,7 +32,13 @@ def test_example_runs_collect_fit_dream_and_evaluates(tmp_path):
     assert [s for s, _ in result["eval_returns"]] == [0, 100, 200] and result["real_steps"] == 200
     assert (tmp_path / "world_model" / "model.safetensors").is_file()
     tags = EventAccumulator(str(tmp_path)).Reload().Tags()["scalars"]
-    assert {"eval/episode_return", "world_model/kl", "dream/policy_loss", "schedule/train_ratio"} <= set(tags), tags
+    assert {
+        "eval/episode_return",
+        "world_model/kl",
+        "dream/policy_loss",
+        "dream/choice_entropy",
+        "schedule/train_ratio",
+    } <= set(tags), tags
     imagined = [e.value for e in EventAccumulator(str(tmp_path)).Reload().Scalars("dream/reward_per_agent_step")]
     assert len(imagined) == 2 and all(np.isfinite(imagined))  # one per update: the dream's reward for the actor
     assert "achieved train ratio 8.0, dream ratio 7.2" in proc.stdout  # 2 x 10 fit steps x 4 x 20 rows / 200 steps;

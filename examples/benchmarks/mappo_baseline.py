@@ -27,7 +27,7 @@ import matplotlib
 import numpy as np
 import torch
 import tyro
-from report import load_parts, random_return
+from report import RANDOM_EPISODES, load_parts, random_return
 from smax_reference import play
 
 from agents.sweep import SweepConfig, run_folder, run_sweep
@@ -70,7 +70,7 @@ class Args:
     sweep: SweepConfig = field(default_factory=SweepConfig)
     """Where the seeds run: one after the other here (default), or ``--sweep.backend ray``: one Ray task per seed
     (one per core here, or on the cluster of ``--sweep.ray-address``)."""
-    random_episodes: int = 50
+    random_episodes: int = RANDOM_EPISODES
     """Episodes of uniformly random available (or in-bounds) actions whose mean return per agent is recorded as
     ``random_policy_return``, the floor of the return levels `model_based.py` compares at. (Before 2026-12-06 it was
     the mean over the episodes that ended in the ``rate_seconds`` measurement: a handful of 573-step Flatland episodes

@@ -42,7 +42,7 @@ import matplotlib
 import numpy as np
 import torch
 import tyro
-from report import emit, machine, random_return
+from report import RANDOM_EPISODES, emit, machine, random_return
 
 from agents.model_based import ModelBasedConfig, run
 from agents.policies import POLICIES, policy_field
@@ -234,7 +234,7 @@ def write_results(out: Path, args_summary: dict, runs: list[dict], reference_pat
     recorded = [r["summary"].get("random_policy_return") for r in references]
     random = next((x for x in recorded if x is not None), None)
     if random is None:
-        random = random_return(env_id, 10, 0, **args_summary["env_kwargs"])
+        random = random_return(env_id, RANDOM_EPISODES, 0, **args_summary["env_kwargs"])
     numbers = compare(runs, references, random)
     summary = {
         **args_summary,

@@ -10,8 +10,9 @@ episode's first real observation, imagines the same number of steps in the world
 - **real actions**: the real episode's actions are replayed open loop.
 
 Returns are undiscounted sums of the (predicted) rewards per agent, imagined steps stopping where the real episode
-ended (or where the continuation head says the episode ends); ``by_horizon`` gives the sums over the first 1, 5, 15
-steps and their correlation across episodes with the real ones (how well the dream ranks the actor's episodes).
+ended (or where the continuation head says the episode ends); ``by_horizon`` gives the sums over the first
+``horizons`` steps (1, 5, 15: the loop's default rollout) and the whole episode, and their correlation across
+episodes with the real ones (how well the dream ranks the actor's episodes).
 
 Read as: *real actions − real* is the model's reward bias along the trajectories the actor really takes; *policy −
 real* adds what the actor gains in the dream that the real env does not give (model exploitation, or the dream's
@@ -71,8 +72,15 @@ class Args:
     """Fixed-preference policies measured beside each checkpoint's actor, ``name:p_0,...,p_{A-1}`` (discrete actions:
     the available action with the highest preference, in the real env and in the dream alike), e.g. Flatland's
     ``forward:0,0.5,1,0.5,-1`` and ``idle:1,0,0,0,-1``."""
+    horizons: list[int] = field(default_factory=lambda: [1, 5, 15])
+    """Step counts of ``by_horizon``'s sums (besides the whole episode); add a run's ``--run.horizon`` to read the
+    dream's verdict over the rollouts it trained on."""
     out: Path | None = None
     """Where to write the JSON line (None: print only)."""
+
+    def __post_init__(self) -> None:
+        if not self.horizons or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in self.horizons):
+            raise ValueError(f"horizons: expected step counts >= 1, got {self.horizons}")
 
 
 def greedy(out: torch.Tensor, mask: torch.Tensor, spec: EnvSpec, worlds: int) -> torch.Tensor:
@@ -240,7 +248,7 @@ def _measure(run: Path, ckpt: Path, train: dict[str, Any], spec: EnvSpec, model:
     dreamed = imagined_rewards(model, policy, latent, real, False, args.seed)
     replayed = imagined_rewards(model, policy, latent, real, True, args.seed)
     dreamed_return, replayed_return = dreamed.sum(-1), replayed.sum(-1)
-    horizons = sorted({k for k in (1, 5, 15) if k < real_rewards.shape[1]} | {real_rewards.shape[1]})
+    horizons = sorted({k for k in args.horizons if k < real_rewards.shape[1]} | {real_rewards.shape[1]})
     by_horizon = {
         str(k): {
             "real": mean(real_rewards[:, :k].sum(-1)),

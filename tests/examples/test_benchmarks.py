@@ -681,9 +681,12 @@ def test_dream_gap_plays_the_loops_evaluation_and_imagines_from_its_first_observ
     rewards = module.imagined_rewards(model, policy, True, short, True, 0)
     assert rewards.shape == (3, 25) and not rewards[1, 3:].any() and not rewards[2, 1:].any() and rewards[1, :3].all()
     out = _run("dream_gap.py", "--runs", str(tmp_path / "r"), "--episodes", "3", "--all-checkpoints", "--out",
-               str(tmp_path / "g.json"), "--scripted", "still:1,0,0,0,-1")  # fmt: skip
+               str(tmp_path / "g.json"), "--scripted", "still:1,0,0,0,-1", "--horizons", "2", "20", "40")  # fmt: skip
     result, still = out["results"]
-    assert set(result["by_horizon"]) == {"1", "5", "15", "25"} and result["real_steps"] == 60
+    assert set(result["by_horizon"]) == {"2", "20", "25"} and result["real_steps"] == 60  # 40 > the episode: left out
+    assert module.Args().horizons == [1, 5, 15]
+    with pytest.raises(ValueError, match=r"^horizons: expected step counts >= 1, got \[5, 0\]$"):
+        module.Args(horizons=[5, 0])
     assert result["by_horizon"]["25"]["real"] == result["real"] and result["actor_input"] == "latent"
     assert json.loads((tmp_path / "g.json").read_text()) == out
     # a scripted policy: the same episodes' seeds, always its most preferred available action (MPE: all available)

@@ -46,6 +46,7 @@ import tyro
 from report import emit, machine
 
 from agents.train import latest_checkpoint, policy_from_checkpoint
+from wmenv.checks import check_int
 from wmenv.envs import make
 from wmenv.envs.spec import EnvSpec, action_bounds
 from wmenv.envs.vector import VecEnv
@@ -79,8 +80,10 @@ class Args:
     """Where to write the JSON line (None: print only)."""
 
     def __post_init__(self) -> None:
-        if not self.horizons or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in self.horizons):
-            raise ValueError(f"horizons: expected step counts >= 1, got {self.horizons}")
+        if not self.horizons:
+            raise ValueError("horizons: expected at least one step count, got []")
+        for i, k in enumerate(self.horizons):
+            check_int(f"horizons[{i}]", k)
 
 
 def greedy(out: torch.Tensor, mask: torch.Tensor, spec: EnvSpec, worlds: int) -> torch.Tensor:

@@ -685,8 +685,10 @@ def test_dream_gap_plays_the_loops_evaluation_and_imagines_from_its_first_observ
     result, still = out["results"]
     assert set(result["by_horizon"]) == {"2", "20", "25"} and result["real_steps"] == 60  # 40 > the episode: left out
     assert module.Args().horizons == [1, 5, 15]
-    with pytest.raises(ValueError, match=r"^horizons: expected step counts >= 1, got \[5, 0\]$"):
+    with pytest.raises(ValueError, match=r"^horizons\[1\]: expected an integer >= 1, got 0$"):
         module.Args(horizons=[5, 0])
+    with pytest.raises(ValueError, match=r"^horizons: expected at least one step count, got \[\]$"):
+        module.Args(horizons=[])
     assert result["by_horizon"]["25"]["real"] == result["real"] and result["actor_input"] == "latent"
     assert json.loads((tmp_path / "g.json").read_text()) == out
     # a scripted policy: the same episodes' seeds, always its most preferred available action (MPE: all available)

@@ -290,7 +290,14 @@ class MAPPO(nn.Module):
             actions = sample_actions(logits, self.generator, deterministic)
             return actions, log_prob_entropy(logits, actions)[0]
         actions = gaussian_sample(out, self.log_std, self.generator, deterministic)
-        return actions, gaussian_log_prob_entropy(out, self.log_std, actions, action_mask.bool())[0]
+        return actions, self.log_prob_entropy(out, action_mask, actions)[0]
+
+    def log_prob_entropy(self, out: Tensor, action_mask: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
+        """Log-probabilities of ``actions`` and the entropies under the policy's output ``out`` (..., A): the masked
+        categorical over logits, or the Gaussian around a mean on the agent's own dims; both (...) float."""
+        if self.discrete:
+            return log_prob_entropy(mask_logits(out, action_mask), actions)
+        return gaussian_log_prob_entropy(out, self.log_std, actions, action_mask.bool())
 
     def env_actions(self, actions: Tensor, num_envs: int) -> np.ndarray:
         """Actions from `act` for E·N rows as the env takes them: (E, N) int64, or (E, N, A) float clipped to bounds."""
@@ -300,10 +307,11 @@ class MAPPO(nn.Module):
         actions = rearrange(actions, "(e n) a -> e n a", e=num_envs)
         return torch.clamp(actions, self.action_low, self.action_high).cpu().numpy()
 
-    def new_storage(self, num_envs: int) -> RolloutStorage:
-        """An empty `RolloutStorage` of ``config.rollout_length`` steps for ``num_envs`` envs."""
+    def new_storage(self, num_envs: int, length: int | None = None) -> RolloutStorage:
+        """An empty `RolloutStorage` of ``length`` steps (default ``config.rollout_length``) for ``num_envs`` envs."""
+        length = self.config.rollout_length if length is None else length
         return RolloutStorage(
-            self.config.rollout_length, num_envs, self.n_agents, self.obs_dim, self.state_dim, self.n_actions,
+            length, num_envs, self.n_agents, self.obs_dim, self.state_dim, self.n_actions,
             self.policy.state_shapes(), self.critic.state_shapes(), self.device, self.discrete,
         )  # fmt: skip
 
@@ -425,10 +433,7 @@ class MAPPO(nn.Module):
         """
         cfg, vn, valid = self.config, self.critic.value_norm, batch.valid
         out, aux_loss, aux_stats, values = self._forward(batch)
-        if self.discrete:
-            log_probs, entropy = log_prob_entropy(mask_logits(out, batch.action_mask), batch.actions)  # (B, L) each
-        else:
-            log_probs, entropy = gaussian_log_prob_entropy(out, self.log_std, batch.actions, batch.action_mask)
+        log_probs, entropy = self.log_prob_entropy(out, batch.action_mask, batch.actions)  # (B, L) each
         policy_loss, stats = ppo_policy_loss(log_probs, batch.log_probs, batch.advantages, valid, cfg.clip)
         if self.discrete:  # where the agent has a choice: Flatland's trains have one action on most cells
             choice = valid & (batch.action_mask.sum(-1) > 1)

@@ -27,7 +27,7 @@ import argparse
 import dataclasses
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -51,6 +51,7 @@ from agents.policies import (
     make_policy,
     policy_field,
 )
+from agents.real_ppo import real_rollout
 from agents.replay_value import replay_value_targets
 from agents.resume import load_run_state, save_run_state
 from agents.schedule import achieved_ratios, scheduled_units
@@ -168,6 +169,12 @@ class ModelBasedConfig:
     replay_value_windows: int = 64
     """With ``replay_value``: real windows of ``horizon + 1`` rows (fewer where no stored episode is that long), drawn
     afresh for every dream PPO iteration."""
+    real_ppo: bool = False
+    """Also train the actor and critic with PPO on each iteration's new real episodes (`agents.real_ppo`), right
+    after collecting them (so the actor that collected them learns from them: on-policy) and before the world model is
+    fitted (its filtered features are those the actor acted on); then the dream's updates follow as usual. Off: MAMBA's
+    actor learns in the dream only. Needs in-line collection of whole episodes by the actor alone (``overlap="off"``,
+    no ``stream``, no ``explore``); episodes that may hold prefill steps are left out."""
     dream_updates: int = 0
     """If > 0, exactly this many MAPPO iterations (one horizon-long dream rollout + PPO update each) per update
     instead of ``dream_ratio`` (the paper's "Number of updates")."""
@@ -266,6 +273,7 @@ class ModelBasedConfig:
             raise ValueError("ModelBasedConfig.stream: collecting until episodes end (real_episodes) steps one env step "
                              "per call, so streaming would store one-row pieces; use one or the other")  # fmt: skip
         check_choice("ModelBasedConfig.overlap", self.overlap, OVERLAPS)
+        self._check_real_ppo()
         device = check_device("ModelBasedConfig.device", self.device)
         if torch.device(self.mappo.device) != device:
             if self.mappo.device != "cpu":  # both set, to different devices
@@ -290,6 +298,26 @@ class ModelBasedConfig:
             raise ValueError(
                 f"ModelBasedConfig.rollout: 'mag' needs a world model with per-step errors, {self.model_kind!r} has none"
             )
+
+    def _check_real_ppo(self) -> None:
+        """``real_ppo`` needs whole episodes collected in line by the current actor alone."""
+        why = {"overlap": self.overlap != "off", "stream": self.stream, "explore": self.explore > 0}
+        if self.real_ppo and (clash := [k for k, v in why.items() if v]):
+            raise ValueError(
+                f"ModelBasedConfig.real_ppo: PPO on the real episodes needs them whole and collected by the current "
+                f"actor alone; {clash[0]}={getattr(self, clash[0])!r} gives pieces, another actor's or random "
+                "actions (use overlap='off', stream=False, explore=0)"
+            )
+
+
+def real_ppo_start(cfg: ModelBasedConfig, spec: EnvSpec, prefill: int) -> int:
+    """The real env steps after which every episode that ends was collected by the actor, not the ``prefill``'s random
+    actions: where ``real_ppo``'s updates may start (an episode ending then started at most one episode limit per copy
+    earlier). Raises ValueError for a prefill on an env without an episode limit (no episode is known to be clean)."""
+    if cfg.real_ppo and prefill and spec.episode_limit is None:
+        raise ValueError(f"ModelBasedConfig.real_ppo: with {prefill} prefill steps on {cfg.env_id}, whose episodes have "
+                         "no step limit, no episode is known to be free of random actions; set prefill=0")  # fmt: skip
+    return prefill + cfg.num_envs * spec.episode_limit if prefill else 0
 
 
 def _model_config(cfg: ModelBasedConfig) -> Any:
@@ -439,14 +467,25 @@ def _restore(folder: Path, cfg: ModelBasedConfig, spec: Any, agent: MAPPO, model
 
 def _learn(cfg: ModelBasedConfig, it: int, counters: dict[str, int], spec: Any, model: WorldModel,
            wm_optim: torch.optim.Optimizer, replay: EpisodeReplay, agent: MAPPO, dream: DreamVecEnv,
-           writer: SummaryWriter, mag: Predictor | None = None) -> int:  # fmt: skip
-    """One update: fit the world model (and MAG's error predictor after it), then train the actor in the dream, as
-    much as the schedule asks.
+           writer: SummaryWriter, mag: Predictor | None = None, fresh: Sequence[int] = ()) -> int:  # fmt: skip
+    """One update: with ``fresh`` (the replay positions of episodes the current actor just collected), PPO on them
+    (``real_ppo``); then fit the world model (and MAG's error predictor after it), then train the actor in the dream,
+    as much as the schedule asks.
 
     Returns:
-        The dream PPO iterations run (0: the actor did not change).
+        The PPO updates run, real and dream (0: the actor did not change).
     """
     real_steps = counters["env_steps"]
+    per_rollout = cfg.dream_worlds * cfg.horizon * spec.n_agents
+    n_real = 0
+    if len(fresh):  # first: the model has not changed since it filtered what the actor acted on
+        storage = real_rollout(agent, model, [replay.episode(int(i)) for i in fresh], cfg.actor_input, cfg.seed + 50_000 + it)
+        scale = agent.entropy_scale_after(counters["imagined_agent_steps"] // per_rollout)
+        stats = agent.update(storage, entropy_scale=scale)
+        stats.update(episodes=len(fresh), agent_steps=int(storage.alive.sum()))
+        for k, v in stats.items():
+            writer.add_scalar(f"real_ppo/{k}", float(v), real_steps)
+        n_real = 1
     seq = fit_window_rows(cfg.fit, replay)
     rows = cfg.fit.batch_size * seq
     n_fit = cfg.fit_steps or scheduled_units(cfg.train_ratio, real_steps, counters["replayed_steps"], rows)
@@ -460,7 +499,6 @@ def _learn(cfg: ModelBasedConfig, it: int, counters: dict[str, int], spec: Any, 
             g = torch.Generator().manual_seed(cfg.seed + 20_000 + it)
             errors = fit_error_predictor(mag[0], model, replay, g, optimizer=mag[1])["loss"]
             writer.add_scalar("mag/predictor_loss", float(np.mean(errors[-10:])), real_steps)
-    per_rollout = cfg.dream_worlds * cfg.horizon * spec.n_agents
     n_dream = cfg.dream_updates or scheduled_units(cfg.dream_ratio, real_steps, counters["imagined_agent_steps"], per_rollout)
     if n_dream:
         dream.seed(cfg.seed + 10_000 + it)
@@ -487,7 +525,7 @@ def _learn(cfg: ModelBasedConfig, it: int, counters: dict[str, int], spec: Any, 
             writer.add_scalar(f"dream/{k}", float(v), real_steps)
     for k, v in {"fit_steps": n_fit, "dream_updates": n_dream, **achieved_ratios(counters)}.items():
         writer.add_scalar(f"schedule/{k}", v, real_steps)
-    return n_dream
+    return n_real + n_dream
 
 
 def prefill_steps(cfg: ModelBasedConfig, spec: EnvSpec) -> int:
@@ -535,6 +573,8 @@ def _run(cfg: ModelBasedConfig) -> dict[str, Any]:
             f"give each copy {per_copy} steps, fewer than one {cfg.env_id} episode ({spec.episode_limit} steps): no "
             "episode could end to fit on; collect more steps, use fewer copies or set real_episodes"
         )
+    prefill = prefill_steps(cfg, spec)
+    real_ppo_from = real_ppo_start(cfg, spec, prefill)
     replay = EpisodeReplay(ReplayConfig(capacity=cfg.capacity, seed=cfg.seed), spec=spec)
     model = build_model(cfg.model_kind, spec, _model_config(cfg)).to(cfg.device)
     wm_optim = adam(model.parameters(), lr=fit_learning_rate(cfg.fit, model))  # --fit.lr, else the model's
@@ -582,7 +622,7 @@ def _run(cfg: ModelBasedConfig) -> dict[str, Any]:
         print(f"no checkpoint in {run_dir / 'checkpoints'}; starting a fresh run")
     # A resume restores the copies mid-episode where it can; otherwise copy i of a run restarted at iteration k gets
     # seed + k*E + i.
-    latent, prefill = cfg.actor_input == "latent", prefill_steps(cfg, spec)
+    latent = cfg.actor_input == "latent"
     worker = {"env_id": cfg.env_id, "env_kwargs": cfg.env_kwargs, "num_envs": cfg.num_envs,
               "seed": cfg.seed + counters["iteration"] * cfg.num_envs, "filter_seed": cfg.seed, "stream": cfg.stream,
               "real_steps": cfg.real_steps, "real_episodes": cfg.real_episodes,
@@ -623,7 +663,10 @@ def _run(cfg: ModelBasedConfig) -> dict[str, Any]:
     bar = tqdm(total=cfg.iterations, initial=counters["iteration"], desc="model-based", unit="iter", disable=not cfg.progress)
     try:
         for it in range(counters["iteration"], cfg.iterations):
+            newest = int(replay.episode_ids.max()) if replay.num_episodes else -1
+            on_policy = cfg.real_ppo and counters["env_steps"] >= real_ppo_from
             returns, steps, metrics = real.collect()
+            fresh = np.flatnonzero(replay.episode_ids > newest) if on_policy else ()
             counters["env_steps"] += steps
             counters["episodes"] += len(returns)
             real_steps = counters["env_steps"]
@@ -634,7 +677,7 @@ def _run(cfg: ModelBasedConfig) -> dict[str, Any]:
                 real_metrics.append((real_steps, means))
                 log_scalars(writer, "charts", {f"real_{k}": v for k, v in means.items()}, real_steps)
             has_data = bool(len(replay.episode_lengths))
-            if has_data and _learn(cfg, it, counters, spec, model, wm_optim, replay, agent, dream, writer, mag):
+            if has_data and _learn(cfg, it, counters, spec, model, wm_optim, replay, agent, dream, writer, mag, fresh):
                 curve.append((real_steps, run_eval(real_steps)))
             else:  # no finished episode to fit on yet, or the actor did not change: its evaluation would repeat
                 curve.append((real_steps, curve[-1][1]))

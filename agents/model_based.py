@@ -169,12 +169,13 @@ class ModelBasedConfig:
     replay_value_windows: int = 64
     """With ``replay_value``: real windows of ``horizon + 1`` rows (fewer where no stored episode is that long), drawn
     afresh for every dream PPO iteration."""
-    real_ppo: bool = False
-    """Also train the actor and critic with PPO on each iteration's new real episodes (`agents.real_ppo`), right
-    after collecting them (so the actor that collected them learns from them: on-policy) and before the world model is
-    fitted (its filtered features are those the actor acted on); then the dream's updates follow as usual. Off: MAMBA's
-    actor learns in the dream only. Needs in-line collection of whole episodes by the actor alone (``overlap="off"``,
-    no ``stream``, no ``explore``); episodes that may hold prefill steps are left out."""
+    real_ppo: int = 0
+    """PPO updates (each ``mappo.epochs`` passes, clipped against the collecting actor) on each iteration's new real
+    episodes (`agents.real_ppo`), right after collecting them (so the actor that collected them learns from them:
+    on-policy) and before the world model is fitted (the model that filtered what the actor acted on reads them); then
+    the dream's updates follow as usual. 0: off (MAMBA's actor learns in the dream only). Needs in-line collection of
+    whole episodes by the actor alone (``overlap="off"``, no ``stream``, no ``explore``); episodes that may hold
+    prefill steps are left out."""
     dream_updates: int = 0
     """If > 0, exactly this many MAPPO iterations (one horizon-long dream rollout + PPO update each) per update
     instead of ``dream_ratio`` (the paper's "Number of updates")."""
@@ -253,7 +254,7 @@ class ModelBasedConfig:
             "replay_value_windows",
         ):
             check_int(f"ModelBasedConfig.{name}", getattr(self, name))
-        for name in ("real_episodes", "fit_steps", "dream_updates", "keep_every"):
+        for name in ("real_episodes", "fit_steps", "dream_updates", "keep_every", "real_ppo"):
             check_int(f"ModelBasedConfig.{name}", getattr(self, name), 0)
         if self.prefill is not None:
             check_int("ModelBasedConfig.prefill", self.prefill, 0)
@@ -481,11 +482,12 @@ def _learn(cfg: ModelBasedConfig, it: int, counters: dict[str, int], spec: Any, 
     if len(fresh):  # first: the model has not changed since it filtered what the actor acted on
         storage = real_rollout(agent, model, [replay.episode(int(i)) for i in fresh], cfg.actor_input, cfg.seed + 50_000 + it)
         scale = agent.entropy_scale_after(counters["imagined_agent_steps"] // per_rollout)
-        stats = agent.update(storage, entropy_scale=scale)
+        for _ in range(cfg.real_ppo):
+            stats = agent.update(storage, entropy_scale=scale)
         stats.update(episodes=len(fresh), agent_steps=int(storage.alive.sum()))
         for k, v in stats.items():
             writer.add_scalar(f"real_ppo/{k}", float(v), real_steps)
-        n_real = 1
+        n_real = cfg.real_ppo
     seq = fit_window_rows(cfg.fit, replay)
     rows = cfg.fit.batch_size * seq
     n_fit = cfg.fit_steps or scheduled_units(cfg.train_ratio, real_steps, counters["replayed_steps"], rows)

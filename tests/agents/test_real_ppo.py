@@ -156,19 +156,23 @@ def test_old_log_probs_are_the_acting_actors(mpe):
 
 
 def test_the_loop_runs_it_resumes_exactly_and_refuses_off_policy_data(tmp_path):
-    first = run(_small(tmp_path / "a", 1, real_ppo=True))
+    first = run(_small(tmp_path / "a", 1, real_ppo=1))
     tags = EventAccumulator(str(tmp_path / "a")).Reload().Tags()["scalars"]
     assert {"real_ppo/policy_loss", "real_ppo/approx_kl", "real_ppo/episodes", "real_ppo/agent_steps"} <= set(tags)
-    second = run(_small(tmp_path / "a", 2, real_ppo=True, resume=True))
-    straight = run(_small(tmp_path / "b", 2, real_ppo=True))
+    second = run(_small(tmp_path / "a", 2, real_ppo=1, resume=True))
+    straight = run(_small(tmp_path / "b", 2, real_ppo=1))
     assert second["eval_returns"][:2] == first["eval_returns"] and second["eval_returns"] == straight["eval_returns"]
     without = run(_small(tmp_path / "c", 2))
     assert without["eval_returns"][2] != straight["eval_returns"][2]  # the real episodes moved the actor
+    twice = run(_small(tmp_path / "e", 2, real_ppo=2))  # two updates on each iteration's episodes: further still
+    assert twice["eval_returns"][2] not in (straight["eval_returns"][2], without["eval_returns"][2])
     # a prefill's random actions are not the actor's: PPO waits until every ending episode began after it
     # (60 prefill steps + 2 copies x 25-step episodes = 110: the collection starting at 120 real steps, the third)
-    run(_small(tmp_path / "d", 3, real_ppo=True, prefill=60))
+    run(_small(tmp_path / "d", 3, real_ppo=1, prefill=60))
     steps = [e.step for e in EventAccumulator(str(tmp_path / "d")).Reload().Scalars("real_ppo/episodes")]
     assert steps == [180]
+    with pytest.raises(ValueError, match="real_ppo: expected an integer >= 0"):
+        ModelBasedConfig(real_ppo=-1)
     for kw, name in (({"overlap": "local"}, "overlap"), ({"stream": True}, "stream"), ({"explore": 0.1}, "explore")):
         with pytest.raises(ValueError, match=f"real_ppo: .*; {name}="):
-            ModelBasedConfig(real_ppo=True, **kw)
+            ModelBasedConfig(real_ppo=1, **kw)

@@ -3,6 +3,7 @@ are the acting actor's, the first PPO step sees a ratio of 1, and the loop runs 
 what would make it off-policy."""
 
 import dataclasses
+import importlib.util
 
 import numpy as np
 import pytest
@@ -176,3 +177,14 @@ def test_the_loop_runs_it_resumes_exactly_and_refuses_off_policy_data(tmp_path):
     for kw, name in (({"overlap": "local"}, "overlap"), ({"stream": True}, "stream"), ({"explore": 0.1}, "explore")):
         with pytest.raises(ValueError, match=f"real_ppo: .*; {name}="):
             ModelBasedConfig(real_ppo=1, **kw)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gymnasium_robotics") is None, reason="gymnasium-robotics not installed")
+def test_continuous_actions_wait_out_the_default_prefill(tmp_path):
+    """MaMuJoCo's Gaussian actor: the default prefill (one 30-step episode per copy, 60 steps) holds real PPO back until
+    120 steps; then its update on the clipped real actions runs."""
+    env = {"env_id": "mamujoco:HalfCheetah:2x3", "env_kwargs": {"max_episode_steps": 30}}
+    result = run(_small(tmp_path, 3, real_ppo=1, **env))
+    assert result["prefill"] == 60 and all(np.isfinite(r) for _, r in result["eval_returns"])
+    logged = EventAccumulator(str(tmp_path)).Reload().Scalars("real_ppo/approx_kl")
+    assert [e.step for e in logged] == [180] and np.isfinite(logged[0].value)

@@ -478,16 +478,8 @@ def _learn(cfg: ModelBasedConfig, it: int, counters: dict[str, int], spec: Any, 
     """
     real_steps = counters["env_steps"]
     per_rollout = cfg.dream_worlds * cfg.horizon * spec.n_agents
-    n_real = 0
-    if len(fresh):  # first: the model has not changed since it filtered what the actor acted on
-        storage = real_rollout(agent, model, [replay.episode(int(i)) for i in fresh], cfg.actor_input, cfg.seed + 50_000 + it)
-        scale = agent.entropy_scale_after(counters["imagined_agent_steps"] // per_rollout)
-        for _ in range(cfg.real_ppo):
-            stats = agent.update(storage, entropy_scale=scale)
-        stats.update(episodes=len(fresh), agent_steps=int(storage.alive.sum()))
-        for k, v in stats.items():
-            writer.add_scalar(f"real_ppo/{k}", float(v), real_steps)
-        n_real = cfg.real_ppo
+    # first: the model has not changed since it filtered what the actor acted on
+    n_real = _real_ppo(cfg, it, counters, per_rollout, model, replay, agent, writer, fresh) if len(fresh) else 0
     seq = fit_window_rows(cfg.fit, replay)
     rows = cfg.fit.batch_size * seq
     n_fit = cfg.fit_steps or scheduled_units(cfg.train_ratio, real_steps, counters["replayed_steps"], rows)
@@ -528,6 +520,20 @@ def _learn(cfg: ModelBasedConfig, it: int, counters: dict[str, int], spec: Any, 
     for k, v in {"fit_steps": n_fit, "dream_updates": n_dream, **achieved_ratios(counters)}.items():
         writer.add_scalar(f"schedule/{k}", v, real_steps)
     return n_real + n_dream
+
+
+def _real_ppo(cfg: ModelBasedConfig, it: int, counters: dict[str, int], per_rollout: int, model: WorldModel,
+              replay: EpisodeReplay, agent: MAPPO, writer: SummaryWriter, fresh: Sequence[int]) -> int:  # fmt: skip
+    """``cfg.real_ppo`` PPO updates on the episodes at replay positions ``fresh`` (`agents.real_ppo`), logged as
+    ``real_ppo/*``; returns the updates run."""
+    storage = real_rollout(agent, model, [replay.episode(int(i)) for i in fresh], cfg.actor_input, cfg.seed + 50_000 + it)
+    scale = agent.entropy_scale_after(counters["imagined_agent_steps"] // per_rollout)  # the dream's annealing so far
+    for _ in range(cfg.real_ppo):
+        stats = agent.update(storage, entropy_scale=scale)
+    stats.update(episodes=len(fresh), agent_steps=int(storage.alive.sum()))
+    for k, v in stats.items():
+        writer.add_scalar(f"real_ppo/{k}", float(v), counters["env_steps"])
+    return cfg.real_ppo
 
 
 def prefill_steps(cfg: ModelBasedConfig, spec: EnvSpec) -> int:

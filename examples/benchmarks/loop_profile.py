@@ -12,6 +12,8 @@ Phases, in process CPU time (and wall time):
 - ``ppo``: the MAPPO updates on those rollouts;
 - ``replay_value`` (runs with ``--run.replay-value`` > 0 only): the critic's real targets, replay windows filtered
   through the world model and valued (`agents.replay_value`); their term in the critic's loss is in ``ppo``;
+- ``real_ppo`` (runs with ``--run.real-ppo`` > 0 only): PPO on the iteration's new real episodes (`agents.real_ppo`:
+  scoring them with the actor and critic, then the updates; those updates are not in ``ppo``);
 - ``eval``: the greedy evaluation on the real env;
 - ``checkpoint``: writing the loop's checkpoint (agent, world model, optimizer, replay).
 
@@ -64,7 +66,7 @@ from agents.mappo import MAPPO
 from agents.model_based import ModelBasedConfig, split_schedule
 
 PHASES = ("collect", "fit", "dream", "ppo", "eval", "checkpoint")
-"""The phases of every run; runs with a replay value loss add ``"replay_value"``."""
+"""The phases of every run; runs with a replay value loss add ``"replay_value"``, runs with real PPO ``"real_ppo"``."""
 
 
 @dataclass
@@ -96,13 +98,23 @@ class Probe:
         self.iterations: list[dict[str, Any]] = []
         self.seen: dict[str, tuple] = {}
         self.wall_clock = wall_clock(device)
+        self.active: str | None = None
+        """The phase being timed; a timed call inside it (real PPO's MAPPO updates) is charged to it alone."""
 
     @contextmanager
     def timed(self, phase: str) -> Iterator[None]:
-        """Charge the ``with`` block's CPU and wall time to ``phase`` of the current iteration."""
+        """Charge the ``with`` block's CPU and wall time to ``phase`` of the current iteration (to the enclosing phase
+        where one is being timed)."""
+        if self.active is not None:
+            yield
+            return
         wall = self.wall_clock()  # first: it waits for the device
         cpu = time.process_time()
-        yield
+        self.active = phase
+        try:
+            yield
+        finally:
+            self.active = None
         wall = self.wall_clock() - wall
         it = self.iterations[-1] if self.iterations else self.begin()
         it["cpu"][phase] += time.process_time() - cpu
@@ -129,7 +141,7 @@ class Probe:
     @contextmanager
     def installed(self) -> Iterator[None]:
         """Patch `agents.model_based`'s collaborators (and `MAPPO`'s dream-facing methods) for the block."""
-        saved = {k: getattr(mb, k) for k in ("fit", "evaluate_and_log", "_save", "replay_value_targets")}
+        saved = {k: getattr(mb, k) for k in ("fit", "evaluate_and_log", "_save", "replay_value_targets", "_real_ppo")}
         saved_collect = collection.collect_for_update  # the loop's in-line collection calls it there
         mappo = {k: getattr(MAPPO, k) for k in ("start", "collect", "update")}
 
@@ -160,6 +172,8 @@ class Probe:
         mb.evaluate_and_log, mb._save = self.wrap("eval", saved["evaluate_and_log"]), self.wrap("checkpoint", saved["_save"])
         if "replay_value" in self.phases:
             mb.replay_value_targets = self.wrap("replay_value", saved["replay_value_targets"])
+        if "real_ppo" in self.phases:
+            mb._real_ppo = self.wrap("real_ppo", saved["_real_ppo"])
         MAPPO.start = count("dream_resets", self.wrap("dream", mappo["start"], "start"))
         MAPPO.collect = count("dream_rollouts", self.wrap("dream", mappo["collect"], "collect"))
         MAPPO.update = self.wrap("ppo", mappo["update"], "update")
@@ -205,7 +219,8 @@ def main(args: Args) -> dict:
     device = torch.device(args.run.device)
     basis = "wall" if device.type == "cuda" else "cpu"  # the clock that ms and GFLOP/s are per
     ref_before = matmul_gflops(args.matmul_size, args.matmul_seconds / 2, device)
-    probe = Probe(device, PHASES + (("replay_value",) if args.run.replay_value else ()))
+    extra = (("replay_value",) if args.run.replay_value else ()) + (("real_ppo",) if args.run.real_ppo else ())
+    probe = Probe(device, PHASES + extra)
     with tempfile.TemporaryDirectory(prefix="loop_profile_") as tmp:
         cfg = dataclasses.replace(args.run, iterations=args.warmup + 1, run_dir=tmp, resume=False, progress=False)
         with probe.installed():

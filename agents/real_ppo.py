@@ -91,14 +91,15 @@ def real_rollout(
     alive, terminated, truncated = w["alive"].bool(), w["terminated"].bool(), w["truncated"].bool()
     was_training = model.training
     model.eval()
+    obs = w["obs"].float()  # uint8 frames too
     try:
         rows = model.observe_rows(
-            w["obs"].float(), w["action"], w["reset"], generator=torch.Generator(device).manual_seed(seed), alive=alive,
+            obs, w["action"], w["reset"], generator=torch.Generator(device).manual_seed(seed), alive=alive,
             global_state=w.get("state"),
         )  # fmt: skip
         flat = flat_rows(rows)
         critic_in = rearrange(model.critic_features(flat), "(k r) c -> k r c", k=K)
-        actor_in = rearrange(model.features(flat), "(k r) n f -> k r n f", k=K) if actor_input == "latent" else w["obs"]
+        actor_in = rearrange(model.features(flat), "(k r) n f -> k r n f", k=K) if actor_input == "latent" else obs
     finally:
         model.train(was_training)
     if actor_in.shape[-1] != agent.obs_dim or critic_in.shape[-1] != agent.state_dim:
@@ -133,7 +134,7 @@ def real_rollout(
         done = ~step_live | ended[:, nxt] | last[:, nxt]
         boot = step_live & (truncated[:, nxt] | last[:, nxt]) & ~terminated[:, nxt]
         storage[t] = {
-            "obs": actor_in[:, t].float(), "state": critic_in[:, t].float(), "alive": step_live, "action_mask": mask[:, t],
+            "obs": actor_in[:, t], "state": critic_in[:, t], "alive": step_live, "action_mask": mask[:, t],
             "resets": resets[:, t], "actions": actions[:, t], "log_probs": to_kn(log_probs[t]), "values": to_kn(values[t]),
             "rewards": torch.where(step_live, w["reward"][:, nxt].float(), 0.0), "dones": done, "truncated": boot,
             "bootstrap_values": torch.where(boot, to_kn(values[nxt]), 0.0), "discounts": ones,

@@ -176,8 +176,9 @@ class ModelBasedConfig:
     the dream's updates follow as usual. 0: off (MAMBA's actor learns in the dream only). Needs in-line collection of
     whole episodes by the actor alone (``overlap="off"``, no ``stream``, no ``explore``); episodes that may hold
     prefill steps are left out. Measured (BENCHMARKS.md, "Real episodes in the actor's updates"): with 1, level on
-    MPE (30k, 3 seeds) and Flatland-5's collapse delayed, not stopped (15k, 2 seeds); with 4, Flatland's actor stopped
-    departing sooner: there the real episodes favour standing too."""
+    MPE (30k, 3 seeds) and Flatland-5's collapse delayed, not stopped (15k, 2 seeds); with 4, one Flatland seed stopped
+    departing sooner and the other departed at random play's level: the actor follows what its first real episodes
+    rewarded."""
     dream_updates: int = 0
     """If > 0, exactly this many MAPPO iterations (one horizon-long dream rollout + PPO update each) per update
     instead of ``dream_ratio`` (the paper's "Number of updates")."""

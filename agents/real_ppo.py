@@ -31,6 +31,7 @@ from torch import Tensor
 
 from agents.mappo import MAPPO
 from agents.storage import RolloutStorage
+from wmenv.checks import check_choice
 from wmenv.models.world_model import WorldModel, flat_rows
 
 
@@ -41,10 +42,10 @@ def pad_episodes(episodes: Sequence[dict[str, np.ndarray]]) -> dict[str, Tensor]
     """
     if not episodes:
         raise ValueError("episodes: expected at least one episode, got none")
-    firsts = [bool(ep["is_first"][0]) and bool(ep["is_last"][-1]) for ep in episodes]
-    if not all(firsts):
+    whole = [bool(ep["is_first"][0]) and bool(ep["is_last"][-1]) for ep in episodes]
+    if not all(whole):
         raise ValueError(f"episodes: expected whole episodes (is_first on row 0, is_last on the last row); entries "
-                         f"{[i for i, f in enumerate(firsts) if not f]} are pieces")  # fmt: skip
+                         f"{[i for i, w in enumerate(whole) if not w]} are pieces")  # fmt: skip
     rows = max(len(ep["obs"]) for ep in episodes)
     out = {}
     for k in episodes[0]:
@@ -81,8 +82,7 @@ def real_rollout(
     reward and terminations are those received on arriving at row t + 1; an agent truncated there (or left alive at
     the episode's last row) is bootstrapped with the critic's value of row t + 1, one that terminated is not.
     """
-    if actor_input not in ("latent", "decoded"):
-        raise ValueError(f"actor_input: expected 'latent' or 'decoded', got {actor_input!r}")
+    check_choice("actor_input", actor_input, ("latent", "decoded"))
     device, n = agent.device, agent.n_agents
     w = {k: v.to(device) for k, v in pad_episodes(episodes).items()}
     K, R = w["reset"].shape

@@ -40,7 +40,15 @@ from wmenv.data.collect import ended_metrics
 from wmenv.envs.spec import action_bounds
 from wmenv.optim import adam
 
-__all__ = ["MAPPO", "MAPPOConfig", "masked_mean", "ppo_policy_loss", "ppo_value_loss"]
+__all__ = [
+    "MAPPO",
+    "MAPPOConfig",
+    "entropy_floor_step",
+    "masked_mean",
+    "normalized_choice_entropy",
+    "ppo_policy_loss",
+    "ppo_value_loss",
+]
 
 
 @dataclass
@@ -82,6 +90,16 @@ class MAPPOConfig:
     entropy_decay: float = 1.0
     """Multiplies the entropy weight after every minibatch step (MAMBA's ``ENTROPY_ANNEALING``: 0.99998); the
     learners pass the decay of earlier updates as ``update(entropy_scale=...)``, so it survives a resume."""
+    entropy_floor: float = 0.0
+    """Discrete actions: a floor on the actor's entropy where it has a choice (valid rows with more than one available
+    action), as a fraction of the uniform policy's entropy there (the mean over those rows of entropy / log #available,
+    `normalized_choice_entropy`); 0 (the default) turns it off. When on, the loss adds a second bonus, α × that
+    normalized entropy, whose weight α adapts by dual ascent as SAC's temperature does (`entropy_floor_step`: after
+    every minibatch step log α += ``entropy_floor_lr`` × (floor − measured), α within [1e-4, 10], starting at 0.01):
+    it grows while the entropy is below the floor and fades to 1e-4 above it. α is learner state (``entropy_floor_log_weight``,
+    saved with the agent). Meant against Flatland's collapse to standing still, where the agent chooses on few cells."""
+    entropy_floor_lr: float = 0.1
+    """Step of log α per minibatch step and unit of entropy deficit (`entropy_floor`)."""
     aux_coef: float = 1.0
     """Weight of the policy's auxiliary loss from `forward_train` (the GRU and Mamba policies have none)."""
     max_grad_norm: float = 10.0
@@ -106,6 +124,10 @@ class MAPPOConfig:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and 0.0 <= v <= 1.0):
                 raise ValueError(f"MAPPOConfig.{name}: expected a value in [0, 1], got {v!r}")
+        v = self.entropy_floor
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v < 1.0:
+            raise ValueError(f"MAPPOConfig.entropy_floor: expected a value in [0, 1), got {v!r}")
+        check_positive("MAPPOConfig.entropy_floor_lr", self.entropy_floor_lr)
         for name in ("value_coef", "entropy_coef", "aux_coef"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 and np.isfinite(v)):
@@ -167,6 +189,45 @@ def ppo_value_loss(
         clipped = old_values + (values - old_values).clamp(-clip, clip)
         loss = torch.max(loss, _value_error(targets - clipped, huber_delta))
     return masked_mean(loss, valid)
+
+
+ENTROPY_FLOOR_WEIGHT_INIT = 0.01
+"""α of `MAPPOConfig.entropy_floor` before the first update."""
+ENTROPY_FLOOR_WEIGHT_RANGE = (1e-4, 10.0)
+"""The range α of `MAPPOConfig.entropy_floor` adapts within."""
+
+
+def normalized_choice_entropy(entropy: Tensor, action_mask: Tensor, valid: Tensor) -> Tensor:
+    """Mean of entropy / log(#available actions) over the valid rows with a choice (0 where there are none).
+
+    Args:
+        entropy: (...) float, the policy's entropy over the available actions.
+        action_mask: (..., A) bool, available actions.
+        valid: (...) bool, rows that count.
+
+    Returns:
+        scalar in [0, 1]: 1 for the uniform policy over the available actions on every such row.
+    """
+    available = action_mask.sum(-1)
+    choice = valid & (available > 1)
+    return masked_mean(entropy / available.clamp(min=2).log(), choice)
+
+
+def entropy_floor_step(log_weight: Tensor, floor: float, measured: Tensor, lr: float) -> Tensor:
+    """One dual-ascent step of the entropy floor's log-weight: ``log α + lr × (floor − measured)``, clamped to
+    `ENTROPY_FLOOR_WEIGHT_RANGE` (α grows while the measured entropy is below the floor, shrinks above it).
+
+    Args:
+        log_weight: scalar, log α.
+        floor: the target normalized entropy.
+        measured: scalar, the normalized entropy of the minibatch just stepped on (`normalized_choice_entropy`).
+        lr: step size.
+
+    Returns:
+        scalar, the next log α.
+    """
+    low, high = ENTROPY_FLOOR_WEIGHT_RANGE
+    return (log_weight + lr * (floor - measured.detach())).clamp(float(np.log(low)), float(np.log(high)))
 
 
 def pad_steps(x: Tensor, steps: int) -> Tensor:
@@ -245,6 +306,13 @@ class MAPPO(nn.Module):
                 f"got {self.critic.state_dim}, {self.critic.n_agents}"
             )
         self.discrete = bool(spec.discrete)
+        if cfg.entropy_floor > 0:
+            if not self.discrete:
+                raise ValueError(
+                    f"config.entropy_floor: applies to discrete actions (the rows where the agent has a choice); "
+                    f"this env's actions are continuous, got entropy_floor={cfg.entropy_floor}"
+                )
+            self.register_buffer("entropy_floor_log_weight", torch.tensor(float(np.log(ENTROPY_FLOOR_WEIGHT_INIT))))
         if not self.discrete:
             self.log_std = nn.Parameter(torch.full((spec.n_actions,), float(cfg.log_std_init)))
             low, high = _action_bounds(spec)
@@ -439,7 +507,7 @@ class MAPPO(nn.Module):
             choice = valid & (batch.action_mask.sum(-1) > 1)
             stats["choice_entropy"] = masked_mean(entropy, choice).detach()
             stats["choice_fraction"] = (choice.sum() / valid.sum().clamp(min=1)).detach()
-        entropy = masked_mean(entropy, valid)
+        entropy_rows, entropy = entropy, masked_mean(entropy, valid)
         if bool(valid.any()):
             vn.update(batch.returns[valid])
         value_loss = ppo_value_loss(
@@ -448,6 +516,10 @@ class MAPPO(nn.Module):
         )  # fmt: skip
         ent_coef = cfg.entropy_coef if entropy_coef is None else entropy_coef
         loss = policy_loss - ent_coef * entropy + cfg.value_coef * value_loss + cfg.aux_coef * aux_loss
+        if cfg.entropy_floor > 0:
+            floor_entropy = normalized_choice_entropy(entropy_rows, batch.action_mask, valid)
+            loss = loss - self.entropy_floor_log_weight.exp() * floor_entropy
+            stats["floor_entropy"] = floor_entropy.detach()
         stats.update(policy_loss=policy_loss.detach(), value_loss=value_loss.detach(), entropy=entropy.detach())
         if value_targets is not None:
             vt = value_targets
@@ -512,7 +584,8 @@ class MAPPO(nn.Module):
         Returns:
             name -> mean over minibatches (losses, entropy, approx_kl, clip_frac, grad norms; with discrete actions
             also ``choice_entropy``, the entropy on valid rows with more than one available action, and
-            ``choice_fraction``, their share of the valid rows).
+            ``choice_fraction``, their share of the valid rows; with an `entropy_floor`, ``floor_entropy``, the
+            normalized entropy it holds up, and ``entropy_floor_weight``, the mean α the steps used).
         """
         cfg = self.config
         if not 0.0 < lr_scale <= 1.0:
@@ -539,6 +612,11 @@ class MAPPO(nn.Module):
                 stats["grad_norm_actor"] = nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
                 stats["grad_norm_critic"] = nn.utils.clip_grad_norm_(self.critic.parameters(), cfg.max_grad_norm)
                 self.optimizer.step()
+                if cfg.entropy_floor > 0:
+                    stats["entropy_floor_weight"] = self.entropy_floor_log_weight.exp()  # the weight this step used
+                    self.entropy_floor_log_weight.copy_(entropy_floor_step(
+                        self.entropy_floor_log_weight, cfg.entropy_floor, stats["floor_entropy"], cfg.entropy_floor_lr
+                    ))  # fmt: skip
                 for k, v in stats.items():
                     totals[k] = totals.get(k, 0.0) + float(v)
                 count += 1

@@ -12,7 +12,15 @@ from torch.distributions import Categorical
 from toyvec import ToySpec, ToyVecEnv
 
 from agents.critic import CentralCritic, CriticConfig
-from agents.mappo import MAPPO, MAPPOConfig, ppo_policy_loss, ppo_value_loss
+from agents.mappo import (
+    ENTROPY_FLOOR_WEIGHT_RANGE,
+    MAPPO,
+    MAPPOConfig,
+    entropy_floor_step,
+    normalized_choice_entropy,
+    ppo_policy_loss,
+    ppo_value_loss,
+)
 from agents.policies.base import RecurrentPolicy, log_prob_entropy, mask_logits, masked_mean, sample_actions
 from agents.policies.gru import GRUPolicy, GRUPolicyConfig
 
@@ -624,3 +632,94 @@ def test_loss_runs_short_last_chunks_at_their_own_length_with_the_padded_loss_an
     assert set(grads) == set(grads0) and len(grads) > 4
     for k in grads:
         torch.testing.assert_close(grads[k], grads0[k], rtol=1e-4, atol=1e-6, msg=k)
+
+
+# --- the entropy floor ---------------------------------------------------------------------------------------
+
+
+def test_normalized_choice_entropy_by_hand():
+    """Entropy / log #available, averaged over valid rows with more than one available action."""
+    entropy = _t(math.log(2), 0.5, 0.0, math.log(3), 0.3)
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1], [0, 1, 0], [1, 1, 1], [1, 1, 0]], dtype=torch.bool)
+    valid = torch.tensor([True, True, True, True, False])  # row 2 has no choice, row 4 is invalid
+    want = (1.0 + 0.5 / math.log(3) + 1.0) / 3
+    torch.testing.assert_close(normalized_choice_entropy(entropy, mask, valid), _t(want)[0])
+    torch.testing.assert_close(normalized_choice_entropy(entropy, mask, torch.zeros(5, dtype=torch.bool)), _t(0.0)[0])
+
+
+def test_entropy_floor_step_rises_below_the_floor_falls_above_and_stays_in_range():
+    """log α + lr (floor − measured), clamped to log [1e-4, 10]."""
+    low, high = (math.log(v) for v in ENTROPY_FLOOR_WEIGHT_RANGE)
+    w = torch.tensor(math.log(0.01))
+    torch.testing.assert_close(entropy_floor_step(w, 0.5, torch.tensor(0.2), 0.1), w + 0.03)
+    torch.testing.assert_close(entropy_floor_step(w, 0.5, torch.tensor(0.9), 0.1), w - 0.04)
+    assert float(entropy_floor_step(torch.tensor(high - 0.01), 0.9, torch.tensor(0.0), 1.0)) == pytest.approx(high)
+    assert float(entropy_floor_step(torch.tensor(low + 0.01), 0.1, torch.tensor(1.0), 1.0)) == pytest.approx(low)
+    measured = torch.tensor(0.2, requires_grad=True)
+    assert not entropy_floor_step(w, 0.5, measured, 0.1).requires_grad  # the weight is not trained by the loss
+
+
+def test_entropy_floor_adds_alpha_times_the_normalized_choice_entropy_and_adapts_alpha_per_step():
+    """With a floor the loss is the plain loss − α × normalized choice entropy; α moves by the dual step after every
+    minibatch step, from the entropy measured on that minibatch, and is saved with the agent."""
+    agent, _, storage = _collected(rollout_length=7, chunk_length=3, epochs=2, num_minibatches=2, entropy_floor=0.9,
+                                   entropy_floor_lr=0.5)  # fmt: skip
+    plain = _agent(rollout_length=7, chunk_length=3, epochs=2, num_minibatches=2)
+    assert "entropy_floor_log_weight" in agent.state_dict() and "entropy_floor_log_weight" not in plain.state_dict()
+    batch = storage.chunks(3, *agent.advantages(storage))
+    with_floor, stats = type(agent).loss(copy.deepcopy(agent), batch)
+    plain.load_state_dict({k: v for k, v in agent.state_dict().items() if k != "entropy_floor_log_weight"})
+    without, _ = type(plain).loss(copy.deepcopy(plain), batch)
+    with torch.no_grad():
+        logits = mask_logits(agent.policy.forward_sequence(batch.obs, batch.resets, batch.actor_state), batch.action_mask)
+        _, entropy = log_prob_entropy(logits, batch.actions)
+    measured = normalized_choice_entropy(entropy, batch.action_mask, batch.valid)
+    torch.testing.assert_close(stats["floor_entropy"], measured)
+    assert 0.3 < float(measured) < 1.0
+    torch.testing.assert_close(without - with_floor, 0.01 * measured, rtol=1e-5, atol=1e-7)
+    seen, loss = [], agent.loss
+
+    def probe(batch, entropy_coef=None, value_targets=None):
+        seen.append(float(agent.entropy_floor_log_weight))
+        out, st = loss(batch, entropy_coef, value_targets)
+        seen.append(float(st["floor_entropy"]))
+        return out, st
+
+    agent.loss = probe
+    metrics = agent.update(storage)
+    weights, measured = seen[0::2] + [float(agent.entropy_floor_log_weight)], seen[1::2]
+    assert len(measured) == 4
+    for k in range(4):
+        assert weights[k + 1] == pytest.approx(weights[k] + 0.5 * (0.9 - measured[k]), abs=1e-6)
+    assert all(m > 0.9 for m in measured) and weights[-1] < weights[0]  # a new policy is near uniform: α falls
+    assert metrics["entropy_floor_weight"] == pytest.approx(np.mean(np.exp(weights[:4])), rel=1e-5)
+    assert metrics["floor_entropy"] == pytest.approx(np.mean(measured), rel=1e-5)
+
+
+def test_entropy_floor_holds_the_entropy_up_where_training_drives_it_down():
+    """The toy env rewards action 0 only: PPO with no entropy bonus makes the policy nearly deterministic, while
+    a floor of 0.6 keeps the normalized choice entropy near 0.6."""
+    final = {}
+    for floor in (0.0, 0.6):
+        agent = _agent(rollout_length=10, epochs=4, lr=1e-2, entropy_coef=0.0, entropy_floor=floor)
+        env = ToyVecEnv()
+        storage, carry = agent.new_storage(env.num_envs), agent.start(env)
+        for _ in range(40):
+            carry, _ = agent.collect(env, storage, carry)
+            stats = agent.update(storage)
+        final[floor] = stats
+    plain, floored = final[0.0], final[0.6]
+    assert "floor_entropy" not in plain
+    assert floored["floor_entropy"] > 0.5 and floored["entropy_floor_weight"] > 0.01
+    assert plain["choice_entropy"] < 0.5 * floored["choice_entropy"]
+
+
+def test_entropy_floor_config_errors():
+    for bad in (-0.1, 1.0, True, "0.5"):
+        with pytest.raises(ValueError, match=r"^MAPPOConfig.entropy_floor: expected a value in \[0, 1\), got"):
+            MAPPOConfig(entropy_floor=bad)
+    with pytest.raises(ValueError, match=r"^MAPPOConfig.entropy_floor_lr: expected a positive finite number, got 0"):
+        MAPPOConfig(entropy_floor_lr=0)
+    spec = SimpleNamespace(n_agents=2, obs_dim=3, state_dim=4, n_actions=2, discrete=False)
+    with pytest.raises(ValueError, match=r"^config.entropy_floor: applies to discrete actions"):
+        MAPPO(spec, MAPPOConfig(entropy_floor=0.5))

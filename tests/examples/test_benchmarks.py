@@ -807,3 +807,40 @@ def test_mag_selection_benchmark_compares_both_picks_on_the_dreams_scores(tmp_pa
     assert out["steps"] == 2 and len(out["per_step"]) == 2 and out["chance_agreement"] == 0.25
     assert 0.0 <= out["agreement"] <= 1.0
     assert out["gain_per_world"] >= out["gain_per_batch"]  # per world keeps each world's minimum
+
+
+def test_choice_profile_summarizes_choice_rows_per_mask_pattern(tmp_path):
+    """profile: per pattern of available actions its share, mean probabilities and normalized entropy; the script
+    profiles a run's real (sampled) episodes and a dream rollout from its replay."""
+    from agents.model_based import ModelBasedConfig, run
+    from wmenv.fit import FitConfig
+
+    module = _benchmark_module("choice_profile")
+    probs = np.array([[0.5, 0.0, 0.5], [0.9, 0.1, 0.0], [0.2, 0.0, 0.8], [1 / 3, 1 / 3, 1 / 3]])
+    masks = np.array([[1, 0, 1], [1, 1, 0], [1, 0, 1], [1, 1, 1]], dtype=bool)
+    out = module.profile(probs, masks)
+    h = lambda p: -sum(x * np.log(x) for x in p if x > 0)  # noqa: E731
+    assert out["rows"] == 4 and [p["mask"] for p in out["patterns"]] == ["101", "110", "111"]
+    first = out["patterns"][0]
+    assert first["share"] == 0.5 and first["probs"] == [0.35, 0.0, 0.65]
+    assert first["normalized_entropy"] == pytest.approx((1.0 + h([0.2, 0.8]) / np.log(2)) / 2, abs=1e-4)
+    assert out["patterns"][2]["normalized_entropy"] == pytest.approx(1.0, abs=1e-4)
+    want = (1.0 + h([0.9, 0.1]) / np.log(2) + h([0.2, 0.8]) / np.log(2) + 1.0) / 4
+    assert out["normalized_entropy"] == pytest.approx(want, abs=1e-4)
+    with pytest.raises(ValueError, match="more than one available action"):
+        module.profile(probs, np.eye(3, dtype=bool)[[0, 1, 2, 0]])
+    with pytest.raises(ValueError, match=r"^probs, masks: expected the same \(R, A\) shape"):
+        module.profile(probs, masks[:, :2])
+    run(ModelBasedConfig(iterations=1, real_steps=60, num_envs=2, fit_steps=3, dream_updates=1, dream_worlds=4,
+                         eval_episodes=1, fit=FitConfig(batch_size=2, progress=False), run_dir=str(tmp_path / "r"),
+                         progress=False))  # fmt: skip
+    result = _run("choice_profile.py", "--runs", str(tmp_path / "r"), "--episodes", "2", "--worlds", "4", "--out",
+                  str(tmp_path / "c.json"))["results"][0]  # fmt: skip
+    # MPE: every action always available, so every living row is a choice row of one pattern (the young model ends
+    # some imagined agents early: their rows do not count)
+    assert result["real"]["rows"] == 2 * 25 * 3 and 0 < result["dream"]["rows"] <= 4 * 15 * 3
+    for side in ("real", "dream"):
+        (pattern,) = result[side]["patterns"]
+        assert pattern["mask"] == "11111" and pattern["share"] == 1.0 and sum(pattern["probs"]) == pytest.approx(1, abs=1e-3)
+        assert 0 < result[side]["normalized_entropy"] <= 1
+    assert json.loads((tmp_path / "c.json").read_text())["results"][0] == result

@@ -50,7 +50,8 @@ class Args:
     """Benchmark settings."""
 
     runs: list[Path] = field(default_factory=list)
-    """Run folders of `agents.model_based` with discrete actions."""
+    """Run folders with discrete actions: `agents.model_based` runs, or model-free ones (`agents.train`: their real
+    profile only, ``dream`` null)."""
     episodes: int = 5
     """Real episodes per checkpoint (one env copy each)."""
     worlds: int = 256
@@ -160,22 +161,20 @@ def dream_profile(model: Any, policy: Any, train: dict[str, Any], replay: Episod
 
 
 def measure(run: Path, ckpt: Path, args: Args) -> dict[str, Any]:
-    """One checkpoint's real and dream profiles."""
+    """One checkpoint's real and dream profiles (a model-free checkpoint: real only)."""
     policy, train = policy_from_checkpoint(ckpt)
     probe, spec = make(train["env_id"], **train["env_kwargs"])
     probe.close()
     if not spec.discrete:
         raise ValueError(f"runs: {run} trains on continuous actions; a choice profile needs discrete ones")
-    if not (ckpt / "world_model").is_dir():
-        raise ValueError(f"runs: {run} is not a model-based run (its checkpoint {ckpt.name} holds no world_model)")
+    policy, steps = policy.eval(), int(json.loads((ckpt / "config.json").read_text())["counters"]["env_steps"])
+    result = {"run": str(run), "checkpoint": ckpt.name, "real_steps": steps, "env_id": train["env_id"]}
+    if not (ckpt / "world_model").is_dir():  # a model-free run: its actor on observations, in reality only
+        return {**result, "real": real_profile(None, policy, False, train, args.episodes, args.seed), "dream": None}
     model = load_model(ckpt / "world_model", spec, kind=train["model_kind"]).eval()
     replay = EpisodeReplay.load_segments(ckpt / "replay.json", run / "replay", spec, ReplayConfig(capacity=train["capacity"]))
-    policy = policy.eval()
     real = real_profile(model, policy, train["actor_input"] == "latent", train, args.episodes, args.seed)
-    dream = dream_profile(model, policy, train, replay, args.worlds, args.seed)
-    steps = int(json.loads((ckpt / "config.json").read_text())["counters"]["env_steps"])
-    return {"run": str(run), "checkpoint": ckpt.name, "real_steps": steps, "env_id": train["env_id"], "real": real,
-            "dream": dream}  # fmt: skip
+    return {**result, "real": real, "dream": dream_profile(model, policy, train, replay, args.worlds, args.seed)}
 
 
 def main(args: Args) -> dict:

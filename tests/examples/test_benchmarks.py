@@ -844,3 +844,11 @@ def test_choice_profile_summarizes_choice_rows_per_mask_pattern(tmp_path):
         assert pattern["mask"] == "11111" and pattern["share"] == 1.0 and sum(pattern["probs"]) == pytest.approx(1, abs=1e-3)
         assert 0 < result[side]["normalized_entropy"] <= 1
     assert json.loads((tmp_path / "c.json").read_text())["results"][0] == result
+    # a model-free run: its actor on observations, in reality only
+    from agents.mappo import MAPPOConfig
+    from agents.train import TrainConfig, train
+
+    train(TrainConfig(total_steps=100, num_envs=2, eval_every=0, progress=False, mappo=MAPPOConfig(epochs=1),
+                      checkpoint_every=50, run_dir=str(tmp_path / "mf")))  # fmt: skip
+    free = _run("choice_profile.py", "--runs", str(tmp_path / "mf"), "--episodes", "2")["results"][0]
+    assert free["dream"] is None and free["real"]["rows"] == 2 * 25 * 3 and free["real_steps"] == 100

@@ -24,6 +24,7 @@ Usage:
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,11 @@ class Args:
     """Imagined worlds of the dream rollout (the loop's default ``dream_worlds``)."""
     all_checkpoints: bool = False
     """Profile every kept ``checkpoints/step_*`` of each run, not only the latest."""
+    info_key: str | None = None
+    """Split the real rows further by this per-agent info value at the row (the env's infos of the step before it;
+    ``"?"`` where there is none, e.g. after a reset), as ``"<mask>|<value>"``. Flatland: ``state``, the train's state
+    (0 waiting, 1 ready to depart, 3 moving, 4 stopped), which tells a train held back before departing from one
+    stopping on the line. The dream has no infos: its rows are not split."""
     seed: int = 7_000_000
     """Real episode i is seeded ``seed + i``; the actor's samples and the dream draw from ``seed`` too."""
     out: Path | None = None
@@ -68,12 +74,13 @@ class Args:
         check_int("worlds", self.worlds)
 
 
-def profile(probs: np.ndarray, masks: np.ndarray) -> dict[str, Any]:
+def profile(probs: np.ndarray, masks: np.ndarray, tags: np.ndarray | None = None) -> dict[str, Any]:
     """The choice rows' summary per pattern of available actions.
 
     Args:
         probs: (R, A) float, the actor's probabilities on R rows with a choice.
         masks: (R, A) bool, the available actions of those rows (each with more than one).
+        tags: (R,) str, a further label of each row (patterns become ``"<mask>|<tag>"``), or None.
 
     Returns:
         ``rows``: R; ``normalized_entropy``: the mean over rows of entropy / log #available; ``patterns``: per mask
@@ -82,10 +89,17 @@ def profile(probs: np.ndarray, masks: np.ndarray) -> dict[str, Any]:
     if probs.shape != masks.shape or probs.ndim != 2:
         raise ValueError(f"probs, masks: expected the same (R, A) shape, got {probs.shape} and {masks.shape}")
     if (masks.sum(-1) < 2).any():
-        raise ValueError("masks: expected more than one available action on every row")
+        raise ValueError(
+            f"masks: expected more than one available action on every row, got {int((masks.sum(-1) < 2).sum())} "
+            f"rows with one or none"
+        )
     logs = np.log(np.where(probs > 0, probs, 1.0))
     normalized = -(probs * logs).sum(-1) / np.log(masks.sum(-1))
-    keys = np.array(["".join("1" if v else "0" for v in row) for row in masks])
+    keys = np.array(["".join("1" if v else "0" for v in row) for row in masks], dtype=object)
+    if tags is not None:
+        if tags.shape != (len(masks),):
+            raise ValueError(f"tags: expected shape ({len(masks)},), got {tags.shape}")
+        keys = keys + "|" + tags.astype(str).astype(object)
     patterns = []
     for key in sorted(set(keys.tolist()), key=lambda k: (-(keys == k).sum(), k)):
         rows = keys == key
@@ -106,10 +120,12 @@ class ChoiceRows:
         self.generator = torch.Generator().manual_seed(seed)
         self.probs: list[np.ndarray] = []
         self.masks: list[np.ndarray] = []
+        self.tags: list[np.ndarray] = []
 
     @torch.no_grad()
-    def act(self, inputs: np.ndarray, mask: np.ndarray, alive: np.ndarray) -> np.ndarray:
-        """Sampled (W, N) actions for the (W, N, D) inputs; records the rows of ``alive`` agents with a choice."""
+    def act(self, inputs: np.ndarray, mask: np.ndarray, alive: np.ndarray, tags: np.ndarray | None = None) -> np.ndarray:
+        """Sampled (W, N) actions for the (W, N, D) inputs; records the rows of ``alive`` agents with a choice (and
+        their (W, N) ``tags``)."""
         W, N = alive.shape
         out, self.state = self.policy.step(torch.as_tensor(inputs, dtype=torch.float32).flatten(0, 1), self.state, self.resets)
         m = torch.as_tensor(mask).flatten(0, 1).bool()
@@ -118,6 +134,8 @@ class ChoiceRows:
         choice = (m.sum(-1) > 1) & torch.as_tensor(alive).flatten()
         self.probs.append(logits[choice].softmax(-1).numpy())
         self.masks.append(m[choice].numpy())
+        if tags is not None:
+            self.tags.append(tags.reshape(-1)[choice.numpy()])
         return actions.view(W, N).numpy()
 
     def ended(self, terminated: np.ndarray, truncated: np.ndarray, done: np.ndarray) -> None:
@@ -127,11 +145,12 @@ class ChoiceRows:
     def summary(self, A: int) -> dict[str, Any]:
         probs = np.concatenate(self.probs) if self.probs else np.zeros((0, A), np.float32)
         masks = np.concatenate(self.masks) if self.masks else np.zeros((0, A), bool)
-        return profile(probs, masks)
+        return profile(probs, masks, np.concatenate(self.tags) if self.tags else None)
 
 
-def real_profile(model: Any, policy: Any, latent: bool, train: dict[str, Any], episodes: int, seed: int) -> dict:
-    """`profile` of ``episodes`` real episodes, the actor sampling."""
+def real_profile(model: Any, policy: Any, latent: bool, train: dict[str, Any], episodes: int, seed: int,
+                 info_key: str | None = None) -> dict:  # fmt: skip
+    """`profile` of ``episodes`` real episodes, the actor sampling (rows split by ``info_key``, `Args.info_key`)."""
     with VecEnv(train["env_id"], num_envs=episodes, seed=seed, **train["env_kwargs"]) as vec:
         rows = ChoiceRows(policy, episodes * vec.spec.n_agents, seed)
         filters = AgentFilters(model, episodes, seed) if latent else None
@@ -139,13 +158,24 @@ def real_profile(model: Any, policy: Any, latent: bool, train: dict[str, Any], e
         running = np.ones(episodes, dtype=bool)
         while running.any():
             inputs = s.obs if filters is None else filters.observe_vec(s, first=first)
-            actions = rows.act(inputs, s.action_mask, s.alive & running[:, None])
+            tags = None if info_key is None else info_tags(s.infos, vec.spec.agents, info_key, s.alive.shape)
+            actions = rows.act(inputs, s.action_mask, s.alive & running[:, None], tags)
             if filters is not None:
                 filters.record(actions, s.alive)
             s, first = vec.step(actions), False
             running &= ~s.done
             rows.ended(s.terminated, s.truncated, s.done)
         return rows.summary(vec.spec.n_actions)
+
+
+def info_tags(infos: list[dict[str, Any]], agents: Sequence[str], key: str, shape: tuple[int, int]) -> np.ndarray:
+    """(W, N) str: each copy's per-agent info ``key`` (``"?"`` where the copy or the agent has none)."""
+    tags = np.full(shape, "?", dtype=object)
+    for w, info in enumerate(infos):
+        for n, agent in enumerate(agents):
+            if key in info.get(agent, {}):
+                tags[w, n] = str(info[agent][key])
+    return tags
 
 
 def dream_profile(model: Any, policy: Any, train: dict[str, Any], replay: EpisodeReplay, worlds: int, seed: int) -> dict:
@@ -170,10 +200,11 @@ def measure(run: Path, ckpt: Path, args: Args) -> dict[str, Any]:
     policy, steps = policy.eval(), int(json.loads((ckpt / "config.json").read_text())["counters"]["env_steps"])
     result = {"run": str(run), "checkpoint": ckpt.name, "real_steps": steps, "env_id": train["env_id"]}
     if not (ckpt / "world_model").is_dir():  # a model-free run: its actor on observations, in reality only
-        return {**result, "real": real_profile(None, policy, False, train, args.episodes, args.seed), "dream": None}
+        real = real_profile(None, policy, False, train, args.episodes, args.seed, args.info_key)
+        return {**result, "real": real, "dream": None}
     model = load_model(ckpt / "world_model", spec, kind=train["model_kind"]).eval()
     replay = EpisodeReplay.load_segments(ckpt / "replay.json", run / "replay", spec, ReplayConfig(capacity=train["capacity"]))
-    real = real_profile(model, policy, train["actor_input"] == "latent", train, args.episodes, args.seed)
+    real = real_profile(model, policy, train["actor_input"] == "latent", train, args.episodes, args.seed, args.info_key)
     return {**result, "real": real, "dream": dream_profile(model, policy, train, replay, args.worlds, args.seed)}
 
 

@@ -827,6 +827,15 @@ def test_choice_profile_summarizes_choice_rows_per_mask_pattern(tmp_path):
     assert out["patterns"][2]["normalized_entropy"] == pytest.approx(1.0, abs=1e-4)
     want = (1.0 + h([0.9, 0.1]) / np.log(2) + h([0.2, 0.8]) / np.log(2) + 1.0) / 4
     assert out["normalized_entropy"] == pytest.approx(want, abs=1e-4)
+    tagged = module.profile(probs, masks, np.array(["1", "3", "3", "?"]))
+    assert [(p["mask"], p["share"]) for p in tagged["patterns"]] == [
+        ("101|1", 0.25), ("101|3", 0.25), ("110|3", 0.25), ("111|?", 0.25)
+    ]  # fmt: skip
+    assert tagged["patterns"][0]["probs"] == [0.5, 0.0, 0.5] and tagged["normalized_entropy"] == out["normalized_entropy"]
+    infos = [{"a": {"state": 1}, "b": {}}, {}]
+    assert module.info_tags(infos, ("a", "b"), "state", (2, 2)).tolist() == [["1", "?"], ["?", "?"]]
+    with pytest.raises(ValueError, match=r"^tags: expected shape \(4,\), got \(3,\)$"):
+        module.profile(probs, masks, np.array(["1", "2", "3"]))
     with pytest.raises(ValueError, match="more than one available action"):
         module.profile(probs, np.eye(3, dtype=bool)[[0, 1, 2, 0]])
     with pytest.raises(ValueError, match=r"^probs, masks: expected the same \(R, A\) shape"):

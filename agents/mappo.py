@@ -100,7 +100,8 @@ class MAPPOConfig:
     saved with the agent). Meant against Flatland's collapse to standing still, where the agent chooses on few cells.
     Measured (BENCHMARKS.md, "An entropy floor where the agent chooses"): at 0.5 on Flatland-5 in the MAMBA code's
     settings it keeps the actor sampling (normalized choice entropy 0.88 at 15k, seed 0) but the actor still leans to
-    stopping and arrives no more than without it; off by default."""
+    stopping and arrives no more than without it; on MPE (``simple_spread_v3``, 30k, 2 seeds) it holds the entropy at
+    0.43–0.63 and the greedy return is level (−22.1 against −21.7). Off by default."""
     entropy_floor_lr: float = 0.3
     """Step of log α per minibatch step and unit of entropy deficit (`entropy_floor`). At 0.3 α crosses its range
     (a factor 1e5) in ≈ 80 steps at a deficit of 0.5: about one iteration of the model-based loop's dream updates

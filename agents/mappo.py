@@ -46,6 +46,7 @@ __all__ = [
     "entropy_floor_step",
     "masked_mean",
     "normalized_choice_entropy",
+    "normalized_entropy",
     "ppo_policy_loss",
     "ppo_value_loss",
 ]
@@ -203,8 +204,22 @@ ENTROPY_FLOOR_WEIGHT_RANGE = (1e-4, 10.0)
 """The range α of `MAPPOConfig.entropy_floor` adapts within."""
 
 
+def normalized_entropy(entropy: Tensor, action_mask: Tensor) -> Tensor:
+    """Each row's entropy / log(#available actions): 1 for the uniform choice among them (rows with one or no
+    available action are divided by log 2; their entropy is 0).
+
+    Args:
+        entropy: (...) float, the policy's entropy over the available actions.
+        action_mask: (..., A) bool, available actions.
+
+    Returns:
+        (...) float in [0, 1].
+    """
+    return entropy / action_mask.sum(-1).clamp(min=2).log()
+
+
 def normalized_choice_entropy(entropy: Tensor, action_mask: Tensor, valid: Tensor) -> Tensor:
-    """Mean of entropy / log(#available actions) over the valid rows with a choice (0 where there are none).
+    """Mean of `normalized_entropy` over the valid rows with a choice (0 where there are none).
 
     Args:
         entropy: (...) float, the policy's entropy over the available actions.
@@ -214,9 +229,8 @@ def normalized_choice_entropy(entropy: Tensor, action_mask: Tensor, valid: Tenso
     Returns:
         scalar in [0, 1]: 1 for the uniform policy over the available actions on every such row.
     """
-    available = action_mask.sum(-1)
-    choice = valid & (available > 1)
-    return masked_mean(entropy / available.clamp(min=2).log(), choice)
+    choice = valid & (action_mask.sum(-1) > 1)
+    return masked_mean(normalized_entropy(entropy, action_mask), choice)
 
 
 def entropy_floor_step(log_weight: Tensor, floor: float, measured: Tensor, lr: float) -> Tensor:

@@ -11,7 +11,7 @@ actions as it does when it collects (not greedily):
 
 On the rows where the agent is alive and has more than one available action, it reports per pattern of available
 actions (``"101"``: actions 0 and 2) the pattern's share of those rows, the actor's mean probability of each action
-there, and the mean entropy as a fraction of the uniform choice's (`agents.mappo.normalized_choice_entropy`, what
+there, and the mean entropy as a fraction of the uniform choice's (`agents.mappo.normalized_entropy`, what
 ``MAPPOConfig.entropy_floor`` holds up). On Flatland's decision interface the actions are leftmost way, rightmost
 way and stop: a profile tells an actor that explores evenly from one that leans to stopping, or never takes the
 right branch, though both have the same entropy. Prints one JSON line.
@@ -35,6 +35,7 @@ import tyro
 from dream_gap import checkpoints
 from report import emit, machine
 
+from agents.mappo import normalized_entropy
 from agents.policies.base import mask_logits, sample_actions
 from agents.train import policy_from_checkpoint
 from wmenv.checks import check_int
@@ -88,13 +89,11 @@ def profile(probs: np.ndarray, masks: np.ndarray, tags: np.ndarray | None = None
     """
     if probs.shape != masks.shape or probs.ndim != 2:
         raise ValueError(f"probs, masks: expected the same (R, A) shape, got {probs.shape} and {masks.shape}")
-    if (masks.sum(-1) < 2).any():
-        raise ValueError(
-            f"masks: expected more than one available action on every row, got {int((masks.sum(-1) < 2).sum())} "
-            f"rows with one or none"
-        )
-    logs = np.log(np.where(probs > 0, probs, 1.0))
-    normalized = -(probs * logs).sum(-1) / np.log(masks.sum(-1))
+    single = int((masks.sum(-1) < 2).sum())
+    if single:
+        raise ValueError(f"masks: expected more than one available action on every row, got {single} rows with one or none")
+    entropy = -(probs * np.log(np.where(probs > 0, probs, 1.0))).sum(-1)
+    normalized = normalized_entropy(torch.from_numpy(entropy), torch.from_numpy(masks)).numpy()
     keys = np.array(["".join("1" if v else "0" for v in row) for row in masks], dtype=object)
     if tags is not None:
         if tags.shape != (len(masks),):
@@ -107,8 +106,8 @@ def profile(probs: np.ndarray, masks: np.ndarray, tags: np.ndarray | None = None
             "mask": key, "share": round(float(rows.mean()), 4), "probs": probs[rows].mean(0).astype(float).round(4).tolist(),
             "normalized_entropy": round(float(normalized[rows].mean()), 4),
         })  # fmt: skip
-    entropy = round(float(normalized.mean()), 4) if len(probs) else None
-    return {"rows": int(len(probs)), "normalized_entropy": entropy, "patterns": patterns}
+    mean = round(float(normalized.mean()), 4) if len(probs) else None
+    return {"rows": int(len(probs)), "normalized_entropy": mean, "patterns": patterns}
 
 
 class ChoiceRows:

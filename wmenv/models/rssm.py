@@ -143,14 +143,22 @@ class MultiAgentRSSM(nn.Module):
         ``hears`` (B, N, N) bool: who receives whose message (`CommBlock`); None: all hear all. ``sample=False``
         leaves out the prior sample (filtering needs only h_t and the prior's logits).
         """
-        e = self.comm(torch.cat([state["stoch"], action], dim=-1), hears)  # (B, N, E)
-        batch = e.shape[0]
-        deter = self.cell(rearrange(e, "b n e -> (b n) e"), rearrange(state["deter"], "b n h -> (b n) h"))
-        deter = rearrange(deter, "(b n) h -> b n h", b=batch)
-        logits = self._logits(self.prior_net, deter)
+        deter = self.deter_step(state, action, hears)
+        logits = self.prior_logits(deter)
         if not sample:
             return {"deter": deter, "logits": logits}
         return {"deter": deter, "stoch": sample_onehot(logits, generator), "logits": logits}
+
+    def deter_step(self, state: State, action: Tensor, hears: Tensor | None = None) -> Tensor:
+        """h_t (B, N, H) from the state (B, N, ...) and one-hot actions (B, N, A) of the previous step: communication
+        and the GRU, the part of `img_step` that the recurrence needs (the prior's logits only enter the KL)."""
+        e = self.comm(torch.cat([state["stoch"], action], dim=-1), hears)  # (B, N, E)
+        deter = self.cell(rearrange(e, "b n e -> (b n) e"), rearrange(state["deter"], "b n h -> (b n) h"))
+        return rearrange(deter, "(b n) h -> b n h", b=e.shape[0])
+
+    def prior_logits(self, deter: Tensor) -> Tensor:
+        """The prior's logits (..., S, K) at deterministic states (..., H)."""
+        return self._logits(self.prior_net, deter)
 
     def post_step(
         self, prior: State, embed: Tensor, generator: torch.Generator | None = None, uniform: Tensor | None = None
@@ -230,7 +238,7 @@ class MultiAgentRSSM(nn.Module):
             masked = missing.any(0).tolist()
         blank = self.blank(batch)
         state = blank if state is None else state
-        posts, priors = [], []
+        posts = []
         restarts = resets.any(0).tolist()  # (T,) rows where some window restarts (replay windows: row 0 at most)
         c = self.config  # every row's posterior sample drawn at once: the same numbers as row by row
         uniform = torch.rand(length, batch, n, c.stoch, generator=generator, device=obs.device, dtype=embed.dtype)
@@ -239,10 +247,10 @@ class MultiAgentRSSM(nn.Module):
             if restarts[t]:  # elsewhere the blend keeps every row: skip its ops (and their gradients)
                 state = restart_rows(state, blank, resets[:, t])
             row_hears = listen[:, t] if listen is not None and masked[t] else None
-            state, prior = row(self, state, prev_actions[:, t], embed[:, t], uniform[t], row_hears)
+            state = row(self, state, prev_actions[:, t], embed[:, t], uniform[t], row_hears)
             posts.append(state)
-            priors.append(prior)
-        return stack_steps(posts), stack_steps(priors)
+        posts = stack_steps(posts)  # the priors' logits for every row at once: one batch instead of T small ones
+        return posts, {"deter": posts["deter"], "logits": self.prior_logits(posts["deter"])}
 
     def observe_last(
         self,
@@ -279,11 +287,12 @@ def listening(alive: Tensor | None, hears: Tensor | None, n: int) -> tuple[Tenso
 
 def _filter_row(
     rssm: MultiAgentRSSM, state: State, prev_action: Tensor, embed: Tensor, uniform: Tensor, hears: Tensor | None
-) -> tuple[State, State]:
-    """One row of `MultiAgentRSSM.observe_sequence`: (posterior, prior without its sample). A function of the module,
-    not a method, so that one compiled version serves every RSSM (deep copies included) with its own weights."""
-    prior = rssm.img_step(state, prev_action, None, hears, sample=False)
-    return rssm.post_step(prior, embed, uniform=uniform), prior
+) -> State:
+    """One row of `MultiAgentRSSM.observe_sequence`: the posterior (its prior's logits are computed after the loop).
+    A function of the module, not a method, so that one compiled version serves every RSSM (deep copies included)
+    with its own weights."""
+    deter = rssm.deter_step(state, prev_action, hears)
+    return rssm.post_step({"deter": deter}, embed, uniform=uniform)
 
 
 _compiled_filter_row = compiled(_filter_row)

@@ -55,8 +55,20 @@ def test_compiled_compiles_on_the_first_call_and_falls_back_once_when_compiling_
     assert calls == [], "compiled before its first call"
     with pytest.warns(UserWarning, match=r"torch.compile failed \(RuntimeError: no C\+\+ compiler\); using the plain"):
         assert torch.equal(double(torch.ones(3)), torch.full((3,), 2.0))
-    assert calls == [{"options": {"fallback_random": True}}]
+    assert calls == [{"options": {"fallback_random": True, "cpp_wrapper": True}}]
     assert torch.equal(double(torch.ones(2)), torch.full((2,), 2.0)) and len(calls) == 1, "compiling was retried"
+    with pytest.warns(UserWarning, match="torch.compile failed"):  # another device type: its own try, Python wrapper
+        assert double(torch.ones(2, device="meta")).device.type == "meta"
+    assert calls[1:] == [{"options": {"fallback_random": True, "cpp_wrapper": False}}]
+    assert double(torch.ones(2, device="meta")).device.type == "meta" and len(calls) == 2, "compiling was retried"
+
+
+def test_compiled_takes_the_device_from_the_first_tensor_module_or_dict_of_tensors():
+    meta = torch.nn.Linear(2, 2, device="meta")
+    assert tensor_ops._device_type((3, meta, torch.ones(1))) == "meta"
+    assert tensor_ops._device_type(({"a": 1, "b": torch.ones(1, device="meta")},)) == "meta"
+    assert tensor_ops._device_type((None, torch.ones(1), meta)) == "cpu"
+    assert tensor_ops._device_type((1.0, "x")) == "cpu"
 
 
 def test_importing_the_models_and_the_fit_leaves_torchs_compiler_unimported():

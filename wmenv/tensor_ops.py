@@ -48,22 +48,42 @@ def compiled(fn: Callable) -> Callable:
     """``fn`` through `torch.compile`, drawing random numbers as eager does (inductor's ``fallback_random``), so a
     seed gives the plain path's samples; if compiling fails, a warning and the plain ``fn`` from then on.
 
+    On the CPU the compiled code's wrapper is C++ (inductor's ``cpp_wrapper``) instead of Python: the functions compiled
+    here are small per-row graphs whose Python wrapper, not their arithmetic, was a large part of their time (the world
+    model's fit step 12 % faster, the same compile time; BENCHMARKS.md, "A C++ wrapper for the compiled rows"). Other
+    devices keep inductor's defaults; each device type gets its own compiled function.
+
     Compiled on the first call, not here: `torch.compile` imports torch's compiler stack (about 4 s of CPU), which a
     module that merely defines compiled functions, and a process that never calls them, should not pay."""
-    current: list[Callable | None] = [None]  # None: not compiled yet; fn: compiling failed
+    versions: dict[str, Callable] = {}  # device type -> compiled fn (fn itself once compiling has failed)
 
     def call(*args: Any) -> Any:
-        if current[0] is not fn:
+        device = _device_type(args)
+        current = versions.get(device)
+        if current is not fn:
             try:
-                if current[0] is None:
-                    current[0] = torch.compile(fn, options={"fallback_random": True})
-                return current[0](*args)
+                if current is None:
+                    options = {"fallback_random": True, "cpp_wrapper": device == "cpu"}
+                    current = versions[device] = torch.compile(fn, options=options)
+                return current(*args)
             except Exception as e:  # any compiler or backend failure (a C++ compiler missing, an unsupported op)
                 warnings.warn(f"torch.compile failed ({type(e).__name__}: {e}); using the plain function", stacklevel=2)
-                current[0] = fn
+                versions[device] = fn
         return fn(*args)
 
     return call
+
+
+def _device_type(args: tuple) -> str:
+    """The device type of the first tensor, or module parameter, among ``args`` (and in dicts among them); "cpu" if none."""
+    for a in args:
+        if isinstance(a, torch.nn.Module):
+            a = next(a.parameters(), None)
+        elif isinstance(a, dict):
+            a = next((v for v in a.values() if isinstance(v, Tensor)), None)
+        if isinstance(a, Tensor):
+            return a.device.type
+    return "cpu"
 
 
 def to_device(obj: Any, device: torch.device | str) -> Any:

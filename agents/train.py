@@ -166,6 +166,41 @@ def seed_everything(seed: int) -> None:
 
 
 @torch.no_grad()
+def first_episodes(
+    vec: VecEnv,
+    act: Callable[[np.ndarray, Any, np.ndarray], np.ndarray],
+    world_model: Any = None,
+    seed: int = 0,
+    max_steps: int = 100_000,
+) -> Iterator[tuple[Any, np.ndarray, Any, np.ndarray]]:
+    """Play every copy of ``vec`` from a reset until its first episode ends, the actor's choices from ``act``.
+
+    ``act(inputs, before, running)`` returns the (E, N) (or (E, N, A)) env actions for the step: ``inputs`` (E, N, ·)
+    are the raw observations, or with ``world_model`` each agent's own filtered features (`wmenv.latent.AgentFilters`,
+    seeded ``seed``); ``before`` is the env's current `VecStep`; ``running`` (E,) bool marks the copies whose first
+    episode has not ended. Yields ``(before, actions, after, running)`` per step (``running`` as ``act`` saw it).
+    Copies that ended keep stepping (as vectorized envs do) until the last one ends.
+
+    Raises:
+        RuntimeError: some copy's episode did not end within ``max_steps`` steps.
+    """
+    s = vec.reset()
+    filters = None if world_model is None else AgentFilters(world_model, vec.num_envs, seed)
+    running = np.ones(vec.num_envs, dtype=bool)
+    for i in range(max_steps):
+        inputs = s.obs if filters is None else filters.observe_vec(s, first=i == 0)
+        actions = act(inputs, s, running.copy())
+        if filters is not None:
+            filters.record(actions, s.alive)
+        after = vec.step(actions)
+        yield s, actions, after, running.copy()
+        running &= ~after.done
+        if not running.any():
+            return
+        s = after
+    raise RuntimeError(f"{int(running.sum())} of {vec.num_envs} episodes did not end in {max_steps} steps")
+
+
 def evaluate_metrics(
     agent: MAPPO,
     env_id: str,
@@ -186,29 +221,25 @@ def evaluate_metrics(
     """
     with VecEnv(env_id, num_envs=episodes, seed=seed, **make_kwargs) as vec:
         N = vec.spec.n_agents
-        s = vec.reset()
-        filters = None if world_model is None else AgentFilters(world_model, episodes, seed)
         state = agent.policy.initial_state(episodes * N)
         resets = torch.ones(episodes * N, dtype=torch.bool, device=agent.device)
-        returns = np.full(episodes, np.nan)
-        metrics: list[dict[str, float]] = [{} for _ in range(episodes)]
-        for i in range(100_000):
-            obs = s.obs if filters is None else filters.observe_vec(s, first=i == 0)
-            obs = torch.as_tensor(obs, dtype=torch.float32, device=agent.device).flatten(0, 1)  # (E*N, D)
+
+        def act(inputs: np.ndarray, s: Any, running: np.ndarray) -> np.ndarray:
+            nonlocal state
+            obs = torch.as_tensor(inputs, dtype=torch.float32, device=agent.device).flatten(0, 1)  # (E*N, D)
             mask = torch.as_tensor(s.action_mask, device=agent.device).flatten(0, 1)  # (E*N, A)
             actions, _, state = agent.act(obs, state, resets, mask, deterministic=deterministic)
-            actions = agent.env_actions(actions, episodes)
-            if filters is not None:
-                filters.record(actions, s.alive)
-            s = vec.step(actions)
-            first = s.done & np.isnan(returns)
-            returns[first] = s.episode_return[first].mean(-1)
-            for e in np.flatnonzero(first):
+            return agent.env_actions(actions, episodes)
+
+        returns = np.zeros(episodes)
+        metrics: list[dict[str, float]] = [{} for _ in range(episodes)]
+        for _, _, s, running in first_episodes(vec, act, world_model, seed):
+            ended = s.done & running
+            returns[ended] = s.episode_return[ended].mean(-1)
+            for e in np.flatnonzero(ended):
                 metrics[e] = s.episode_metrics[e]
-            if not np.isnan(returns).any():
-                return {"episode_return": float(returns.mean()), **mean_metrics(metrics)}
             resets = torch.as_tensor(s.terminated | s.truncated | s.done[:, None], device=agent.device).flatten()
-        raise RuntimeError(f"evaluate: {int(np.isnan(returns).sum())} of {episodes} episodes did not end in 100000 steps")
+        return {"episode_return": float(returns.mean()), **mean_metrics(metrics)}
 
 
 def evaluate_and_log(

@@ -37,14 +37,13 @@ from report import emit, machine
 
 from agents.mappo import normalized_entropy
 from agents.policies.base import mask_logits, sample_actions
-from agents.train import policy_from_checkpoint
+from agents.train import first_episodes, policy_from_checkpoint
 from wmenv.checks import check_int
 from wmenv.data.replay import EpisodeReplay, ReplayConfig
 from wmenv.dream import DreamVecEnv
 from wmenv.envs import make
 from wmenv.envs.vector import VecEnv
 from wmenv.fit import load_model
-from wmenv.latent import AgentFilters
 
 
 @dataclass
@@ -152,17 +151,12 @@ def real_profile(model: Any, policy: Any, latent: bool, train: dict[str, Any], e
     """`profile` of ``episodes`` real episodes, the actor sampling (rows split by ``info_key``, `Args.info_key`)."""
     with VecEnv(train["env_id"], num_envs=episodes, seed=seed, **train["env_kwargs"]) as vec:
         rows = ChoiceRows(policy, episodes * vec.spec.n_agents, seed)
-        filters = AgentFilters(model, episodes, seed) if latent else None
-        s, first = vec.reset(), True
-        running = np.ones(episodes, dtype=bool)
-        while running.any():
-            inputs = s.obs if filters is None else filters.observe_vec(s, first=first)
+
+        def act(inputs: np.ndarray, s: Any, running: np.ndarray) -> np.ndarray:
             tags = None if info_key is None else info_tags(s.infos, vec.spec.agents, info_key, s.alive.shape)
-            actions = rows.act(inputs, s.action_mask, s.alive & running[:, None], tags)
-            if filters is not None:
-                filters.record(actions, s.alive)
-            s, first = vec.step(actions), False
-            running &= ~s.done
+            return rows.act(inputs, s.action_mask, s.alive & running[:, None], tags)
+
+        for _, _, s, _ in first_episodes(vec, act, model if latent else None, seed):
             rows.ended(s.terminated, s.truncated, s.done)
         return rows.summary(vec.spec.n_actions)
 

@@ -45,13 +45,12 @@ import torch
 import tyro
 from report import emit, machine
 
-from agents.train import latest_checkpoint, policy_from_checkpoint
+from agents.train import first_episodes, latest_checkpoint, policy_from_checkpoint
 from wmenv.checks import check_int
 from wmenv.envs import make
 from wmenv.envs.spec import EnvSpec, action_bounds
 from wmenv.envs.vector import VecEnv
 from wmenv.fit import load_model
-from wmenv.latent import AgentFilters
 from wmenv.models.world_model import WorldModel
 
 
@@ -102,24 +101,21 @@ def real_episodes(model: WorldModel | None, policy: Any, latent: bool, env_id: s
     lengths. ``model`` drives a latent actor's filters (None for an actor on observations)."""
     with VecEnv(env_id, num_envs=episodes, seed=seed, **env_kwargs) as vec:
         N = vec.spec.n_agents
-        s = vec.reset()
-        first = {"obs": s.obs.copy(), "state": s.state.copy(), "alive": s.alive.copy()}
-        filters = AgentFilters(model, episodes, seed) if latent else None
         h = policy.initial_state(episodes * N)
         resets = torch.ones(episodes * N, dtype=torch.bool)
-        actions, rewards, lengths = [], [], np.zeros(episodes, dtype=np.int64)
-        running = np.ones(episodes, dtype=bool)
-        while running.any():
-            obs = s.obs if filters is None else filters.observe_vec(s, first=not actions)
-            logits, h = policy.step(torch.as_tensor(obs, dtype=torch.float32).flatten(0, 1), h, resets)
-            act = greedy(logits, torch.as_tensor(s.action_mask).flatten(0, 1), vec.spec, episodes).numpy()
-            if filters is not None:
-                filters.record(act, s.alive)
-            s = vec.step(act)
-            actions.append(act)
+
+        def act(inputs: np.ndarray, s: Any, running: np.ndarray) -> np.ndarray:
+            nonlocal h
+            logits, h = policy.step(torch.as_tensor(inputs, dtype=torch.float32).flatten(0, 1), h, resets)
+            return greedy(logits, torch.as_tensor(s.action_mask).flatten(0, 1), vec.spec, episodes).numpy()
+
+        first, actions, rewards, lengths = None, [], [], np.zeros(episodes, dtype=np.int64)
+        for before, act_t, s, running in first_episodes(vec, act, model if latent else None, seed):
+            if first is None:
+                first = {"obs": before.obs.copy(), "state": before.state.copy(), "alive": before.alive.copy()}
+            actions.append(act_t)
             rewards.append(np.where(running[:, None], s.reward, 0.0))
             lengths += running
-            running &= ~s.done
             resets = torch.as_tensor(s.terminated | s.truncated | s.done[:, None]).flatten()
     return {**first, "actions": np.stack(actions, 1), "rewards": np.stack(rewards, 1), "lengths": lengths}
 

@@ -15,6 +15,7 @@ from agents.train import (
     TrainConfig,
     evaluate,
     evaluate_metrics,
+    first_episodes,
     is_milestone,
     torch_threads,
     train,
@@ -127,6 +128,31 @@ def test_evaluation_reports_the_envs_episode_metrics():
     mpe_result = evaluate_metrics(mpe_agent, "mpe:simple_spread_v3", 2, seed=0, max_cycles=10)
     assert set(mpe_result) == {"episode_return"}
     assert mpe_result["episode_return"] == evaluate(mpe_agent, "mpe:simple_spread_v3", 2, seed=0, max_cycles=10)
+
+
+def test_first_episodes_plays_each_copy_until_its_first_episode_ends():
+    """One yield per step until the last copy's first episode ends; ``running`` is what ``act`` saw, False from the step
+    after a copy's end; ``act`` gets the env's current step; an episode longer than ``max_steps`` is an error."""
+    seen = []
+    first_allowed = lambda mask: mask.argmax(-1)  # noqa: E731
+
+    def act(inputs, s, running):
+        seen.append((inputs, s, running))
+        return first_allowed(s.action_mask)
+
+    kw = {"malfunction_rate": 0.0, "max_episode_steps": 30}
+    with VecEnv("flatland:5", num_envs=3, seed=3, **kw) as vec:
+        steps = list(first_episodes(vec, act, seed=3))
+    ended = np.array([next(i for i, (_, _, after, _) in enumerate(steps) if after.done[e]) for e in range(3)])
+    assert len(steps) == len(seen) == ended.max() + 1
+    for i, ((before, actions, after, running), (inputs, s, saw)) in enumerate(zip(steps, seen, strict=True)):
+        assert s is before and inputs is before.obs and np.array_equal(running, saw)
+        assert np.array_equal(running, i <= ended) and np.array_equal(actions, first_allowed(s.action_mask))
+        assert i == 0 or after is not steps[i - 1][2] and before is steps[i - 1][2]
+    with VecEnv("mpe:simple_spread_v3", num_envs=2, seed=0, max_cycles=10) as vec:
+        assert len(list(first_episodes(vec, lambda x, s, r: np.zeros((2, 3), np.int64)))) == 10
+        with pytest.raises(RuntimeError, match="2 of 2 episodes did not end in 4 steps"):
+            list(first_episodes(vec, lambda x, s, r: np.zeros((2, 3), np.int64), max_steps=4))
 
 
 def test_torch_threads_are_set_for_the_block_and_restored():

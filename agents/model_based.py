@@ -474,7 +474,7 @@ def _learn(cfg: ModelBasedConfig, it: int, counters: dict[str, int], spec: Any, 
            writer: SummaryWriter, mag: Predictor | None = None, fresh: Sequence[int] = ()) -> int:  # fmt: skip
     """One update: with ``fresh`` (the replay positions of episodes the current actor just collected), PPO on them
     (``real_ppo``); then fit the world model (and MAG's error predictor after it), then train the actor in the dream,
-    as much as the schedule asks.
+    as much as the schedule asks. The ``dream/*`` scalars are means over the iteration's PPO updates (and rollouts).
 
     Returns:
         The PPO updates run, real and dream (0: the actor did not change).
@@ -502,6 +502,7 @@ def _learn(cfg: ModelBasedConfig, it: int, counters: dict[str, int], spec: Any, 
         storage, carry = agent.new_storage(cfg.dream_worlds), agent.start(dream)
         done_updates = counters["imagined_agent_steps"] // per_rollout
         imagined = []  # the dream's reward per present agent and step, per rollout (its verdict on the actor)
+        updates: list[dict[str, float]] = []  # each PPO update's stats: the iteration logs their means
         biases = []  # the critic's value minus the real λ-return on replay windows (replay_value)
         # replay_value's windows: horizon + 1 rows, or the longest stored episode's (a return needs two rows)
         length = min(cfg.horizon + 1, int(replay.episode_lengths.max())) if cfg.replay_value else 0
@@ -515,10 +516,11 @@ def _learn(cfg: ModelBasedConfig, it: int, counters: dict[str, int], spec: Any, 
                     cfg.mappo.gae_lambda, cfg.replay_value, seed=cfg.seed + 40_000 + done_updates + i,
                 )  # fmt: skip
                 biases.append(targets.bias)
-            metrics = agent.update(storage, entropy_scale=agent.entropy_scale_after(done_updates + i), value_targets=targets)
+            stats = agent.update(storage, entropy_scale=agent.entropy_scale_after(done_updates + i), value_targets=targets)
+            updates.append({k: float(v) for k, v in stats.items()})
         counters["imagined_agent_steps"] += n_dream * per_rollout
         extra = {"replay_value_bias": float(np.mean(biases))} if biases else {}
-        for k, v in {**metrics, "reward_per_agent_step": float(np.mean(imagined)), **extra}.items():
+        for k, v in {**mean_metrics(updates), "reward_per_agent_step": float(np.mean(imagined)), **extra}.items():
             writer.add_scalar(f"dream/{k}", float(v), real_steps)
     for k, v in {"fit_steps": n_fit, "dream_updates": n_dream, **achieved_ratios(counters)}.items():
         writer.add_scalar(f"schedule/{k}", v, real_steps)
@@ -528,12 +530,11 @@ def _learn(cfg: ModelBasedConfig, it: int, counters: dict[str, int], spec: Any, 
 def _real_ppo(cfg: ModelBasedConfig, it: int, counters: dict[str, int], per_rollout: int, model: WorldModel,
               replay: EpisodeReplay, agent: MAPPO, writer: SummaryWriter, fresh: Sequence[int]) -> int:  # fmt: skip
     """``cfg.real_ppo`` PPO updates on the episodes at replay positions ``fresh`` (`agents.real_ppo`), logged as
-    ``real_ppo/*``; returns the updates run."""
+    ``real_ppo/*`` (the updates' mean stats); returns the updates run."""
     storage = real_rollout(agent, model, [replay.episode(int(i)) for i in fresh], cfg.actor_input, cfg.seed + 50_000 + it)
     scale = agent.entropy_scale_after(counters["imagined_agent_steps"] // per_rollout)  # the dream's annealing so far
-    for _ in range(cfg.real_ppo):
-        stats = agent.update(storage, entropy_scale=scale)
-    stats.update(episodes=len(fresh), agent_steps=int(storage.alive.sum()))
+    updates = [{k: float(v) for k, v in agent.update(storage, entropy_scale=scale).items()} for _ in range(cfg.real_ppo)]
+    stats = {**mean_metrics(updates), "episodes": len(fresh), "agent_steps": int(storage.alive.sum())}
     for k, v in stats.items():
         writer.add_scalar(f"real_ppo/{k}", float(v), counters["env_steps"])
     return cfg.real_ppo

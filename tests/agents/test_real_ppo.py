@@ -188,3 +188,19 @@ def test_continuous_actions_wait_out_the_default_prefill(tmp_path):
     assert result["prefill"] == 60 and all(np.isfinite(r) for _, r in result["eval_returns"])
     logged = EventAccumulator(str(tmp_path)).Reload().Scalars("real_ppo/approx_kl")
     assert [e.step for e in logged] == [180] and np.isfinite(logged[0].value)
+
+
+def test_the_loop_logs_the_mean_of_each_iterations_ppo_updates(tmp_path, monkeypatch):
+    """``dream/*`` and ``real_ppo/*`` are means over the iteration's updates, not its last update's stats."""
+    calls = []
+
+    def update(self, storage, **kw):
+        calls.append(len(calls) + 1)
+        return {"policy_loss": torch.tensor(float(calls[-1]))}
+
+    monkeypatch.setattr(MAPPO, "update", update)
+    run(_small(tmp_path, 1, dream_updates=3, real_ppo=2))
+    assert calls == [1, 2, 3, 4, 5]  # real PPO first (1, 2), then the dream's (3, 4, 5)
+    events = EventAccumulator(str(tmp_path)).Reload()
+    assert [e.value for e in events.Scalars("real_ppo/policy_loss")] == [1.5]
+    assert [e.value for e in events.Scalars("dream/policy_loss")] == [4.0]

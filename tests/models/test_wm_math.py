@@ -156,7 +156,8 @@ def test_absent_agents_observations_and_other_rows_targets_do_not_matter():
 
 
 def capture_logits(model: MAMBAWorldModel) -> dict[str, list[torch.Tensor]]:
-    """Keep every (B, N, S·K) output of the prior and posterior nets, with its gradient retained."""
+    """Keep every output of the prior and posterior nets, (B, N, S·K) per row or (B, T, N, S·K) for all rows at once
+    (the prior's, after filtering), with its gradient retained."""
     kept: dict[str, list[torch.Tensor]] = {"prior": [], "post": []}
 
     def hook(name):
@@ -176,8 +177,9 @@ def logit_grads(model: MAMBAWorldModel, batch: dict[str, torch.Tensor]) -> tuple
     torch.manual_seed(3)
     model.zero_grad()
     model.loss(batch)[0].backward()
-    grads = {k: torch.stack([o.grad for o in v], 1) for k, v in kept.items()}  # (B, T, N, S·K)
-    logits = {k: torch.stack([o.detach() for o in v], 1) for k, v in kept.items()}
+    rows = lambda xs: torch.stack(xs, 1) if xs[0].dim() == 3 else torch.cat(xs, 1)  # noqa: E731 - (B, T, N, S·K)
+    grads = {k: rows([o.grad for o in v]) for k, v in kept.items()}
+    logits = {k: rows([o.detach() for o in v]) for k, v in kept.items()}
     return grads, logits
 
 

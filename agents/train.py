@@ -168,18 +168,20 @@ def seed_everything(seed: int) -> None:
 @torch.no_grad()
 def first_episodes(
     vec: VecEnv,
-    act: Callable[[np.ndarray, Any, np.ndarray], np.ndarray],
+    act: Callable[[np.ndarray, Any, np.ndarray, np.ndarray], np.ndarray],
     world_model: Any = None,
     seed: int = 0,
     max_steps: int = 100_000,
 ) -> Iterator[tuple[Any, np.ndarray, Any, np.ndarray]]:
     """Play every copy of ``vec`` from a reset until its first episode ends, the actor's choices from ``act``.
 
-    ``act(inputs, before, running)`` returns the (E, N) (or (E, N, A)) env actions for the step: ``inputs`` (E, N, ·)
-    are the raw observations, or with ``world_model`` each agent's own filtered features (`wmenv.latent.AgentFilters`,
-    seeded ``seed``); ``before`` is the env's current `VecStep`; ``running`` (E,) bool marks the copies whose first
-    episode has not ended. Yields ``(before, actions, after, running)`` per step (``running`` as ``act`` saw it).
-    Copies that ended keep stepping (as vectorized envs do) until the last one ends.
+    ``act(inputs, before, running, resets)`` returns the (E, N) (or (E, N, A)) env actions for the step: ``inputs``
+    (E, N, ·) are the raw observations, or with ``world_model`` each agent's own filtered features
+    (`wmenv.latent.AgentFilters`, seeded ``seed``); ``before`` is the env's current `VecStep`; ``running`` (E,) bool
+    marks the copies whose first episode has not ended; ``resets`` (E, N) bool the agents whose recurrent state starts
+    afresh (every one at the reset, then those that terminated or were truncated, or whose copy's episode ended, at the
+    step before: the loops' reset rule). Yields ``(before, actions, after, running)`` per step (``running`` as ``act``
+    saw it). Copies that ended keep stepping (as vectorized envs do) until the last one ends.
 
     Raises:
         RuntimeError: some copy's episode did not end within ``max_steps`` steps.
@@ -187,17 +189,19 @@ def first_episodes(
     s = vec.reset()
     filters = None if world_model is None else AgentFilters(world_model, vec.num_envs, seed)
     running = np.ones(vec.num_envs, dtype=bool)
+    resets = np.ones(s.alive.shape, dtype=bool)
     for i in range(max_steps):
         inputs = s.obs if filters is None else filters.observe_vec(s, first=i == 0)
-        actions = act(inputs, s, running.copy())
+        seen = running.copy()
+        actions = act(inputs, s, seen, resets)
         if filters is not None:
             filters.record(actions, s.alive)
         after = vec.step(actions)
-        yield s, actions, after, running.copy()
+        yield s, actions, after, seen
         running &= ~after.done
         if not running.any():
             return
-        s = after
+        s, resets = after, after.terminated | after.truncated | after.done[:, None]
     raise RuntimeError(f"{int(running.sum())} of {vec.num_envs} episodes did not end in {max_steps} steps")
 
 
@@ -222,13 +226,13 @@ def evaluate_metrics(
     with VecEnv(env_id, num_envs=episodes, seed=seed, **make_kwargs) as vec:
         N = vec.spec.n_agents
         state = agent.policy.initial_state(episodes * N)
-        resets = torch.ones(episodes * N, dtype=torch.bool, device=agent.device)
 
-        def act(inputs: np.ndarray, s: Any, running: np.ndarray) -> np.ndarray:
+        def act(inputs: np.ndarray, s: Any, running: np.ndarray, resets: np.ndarray) -> np.ndarray:
             nonlocal state
             obs = torch.as_tensor(inputs, dtype=torch.float32, device=agent.device).flatten(0, 1)  # (E*N, D)
             mask = torch.as_tensor(s.action_mask, device=agent.device).flatten(0, 1)  # (E*N, A)
-            actions, _, state = agent.act(obs, state, resets, mask, deterministic=deterministic)
+            starts = torch.as_tensor(resets, device=agent.device).flatten()
+            actions, _, state = agent.act(obs, state, starts, mask, deterministic=deterministic)
             return agent.env_actions(actions, episodes)
 
         returns = np.zeros(episodes)
@@ -238,7 +242,6 @@ def evaluate_metrics(
             returns[ended] = s.episode_return[ended].mean(-1)
             for e in np.flatnonzero(ended):
                 metrics[e] = s.episode_metrics[e]
-            resets = torch.as_tensor(s.terminated | s.truncated | s.done[:, None], device=agent.device).flatten()
         return {"episode_return": float(returns.mean()), **mean_metrics(metrics)}
 
 

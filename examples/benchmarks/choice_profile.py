@@ -152,7 +152,8 @@ def real_profile(model: Any, policy: Any, latent: bool, train: dict[str, Any], e
     with VecEnv(train["env_id"], num_envs=episodes, seed=seed, **train["env_kwargs"]) as vec:
         rows = ChoiceRows(policy, episodes * vec.spec.n_agents, seed)
 
-        def act(inputs: np.ndarray, s: Any, running: np.ndarray) -> np.ndarray:
+        def act(inputs: np.ndarray, s: Any, running: np.ndarray, resets: np.ndarray) -> np.ndarray:
+            # ``resets`` unused: the rows apply the same rule through `ChoiceRows.ended`, which the dream rollout shares
             tags = None if info_key is None else info_tags(s.infos, vec.spec.agents, info_key, s.alive.shape)
             return rows.act(inputs, s.action_mask, s.alive & running[:, None], tags)
 

@@ -102,11 +102,11 @@ def real_episodes(model: WorldModel | None, policy: Any, latent: bool, env_id: s
     with VecEnv(env_id, num_envs=episodes, seed=seed, **env_kwargs) as vec:
         N = vec.spec.n_agents
         h = policy.initial_state(episodes * N)
-        resets = torch.ones(episodes * N, dtype=torch.bool)
 
-        def act(inputs: np.ndarray, s: Any, running: np.ndarray) -> np.ndarray:
+        def act(inputs: np.ndarray, s: Any, running: np.ndarray, resets: np.ndarray) -> np.ndarray:
             nonlocal h
-            logits, h = policy.step(torch.as_tensor(inputs, dtype=torch.float32).flatten(0, 1), h, resets)
+            starts = torch.as_tensor(resets).flatten()
+            logits, h = policy.step(torch.as_tensor(inputs, dtype=torch.float32).flatten(0, 1), h, starts)
             return greedy(logits, torch.as_tensor(s.action_mask).flatten(0, 1), vec.spec, episodes).numpy()
 
         first, actions, rewards, lengths = None, [], [], np.zeros(episodes, dtype=np.int64)
@@ -116,7 +116,6 @@ def real_episodes(model: WorldModel | None, policy: Any, latent: bool, env_id: s
             actions.append(act_t)
             rewards.append(np.where(running[:, None], s.reward, 0.0))
             lengths += running
-            resets = torch.as_tensor(s.terminated | s.truncated | s.done[:, None]).flatten()
     return {**first, "actions": np.stack(actions, 1), "rewards": np.stack(rewards, 1), "lengths": lengths}
 
 

@@ -132,27 +132,33 @@ def test_evaluation_reports_the_envs_episode_metrics():
 
 def test_first_episodes_plays_each_copy_until_its_first_episode_ends():
     """One yield per step until the last copy's first episode ends; ``running`` is what ``act`` saw, False from the step
-    after a copy's end; ``act`` gets the env's current step; an episode longer than ``max_steps`` is an error."""
-    seen = []
-    first_allowed = lambda mask: mask.argmax(-1)  # noqa: E731
+    after a copy's end; ``act`` gets the env's current step and the loops' reset rule; an episode longer than
+    ``max_steps`` is an error."""
+    seen, rng = [], np.random.default_rng(0)
 
-    def act(inputs, s, running):
-        seen.append((inputs, s, running))
-        return first_allowed(s.action_mask)
+    def act(inputs, s, running, resets):  # a random available action per agent
+        actions = (rng.random(s.action_mask.shape) * s.action_mask).argmax(-1)
+        seen.append((inputs, s, running, resets, actions))
+        return actions
 
-    kw = {"malfunction_rate": 0.0, "max_episode_steps": 30}
-    with VecEnv("flatland:5", num_envs=3, seed=3, **kw) as vec:
-        steps = list(first_episodes(vec, act, seed=3))
+    kw = {"malfunction_rate": 0.0, "max_episode_steps": 60, "deadlock_terminates": True}
+    with VecEnv("flatland:5", num_envs=3, seed=0, **kw) as vec:
+        steps = list(first_episodes(vec, act, seed=0))
     ended = np.array([next(i for i, (_, _, after, _) in enumerate(steps) if after.done[e]) for e in range(3)])
-    assert len(steps) == len(seen) == ended.max() + 1
-    for i, ((before, actions, after, running), (inputs, s, saw)) in enumerate(zip(steps, seen, strict=True)):
-        assert s is before and inputs is before.obs and np.array_equal(running, saw)
-        assert np.array_equal(running, i <= ended) and np.array_equal(actions, first_allowed(s.action_mask))
+    assert len(steps) == len(seen) == ended.max() + 1 and ended.min() < ended.max()  # a copy ends early (deadlock)
+    for i, ((before, actions, after, running), (inputs, s, saw, resets, chosen)) in enumerate(zip(steps, seen, strict=True)):
+        assert s is before and inputs is before.obs and np.array_equal(running, saw) and actions is chosen
+        assert np.array_equal(running, i <= ended)
         assert i == 0 or after is not steps[i - 1][2] and before is steps[i - 1][2]
+        previous = steps[i - 1][2] if i else None  # all at the reset, then the agents that ended at the step before
+        expected = np.ones((3, 5), bool) if i == 0 else previous.terminated | previous.truncated | previous.done[:, None]
+        assert np.array_equal(resets, expected)
+    assert any(r[3].any() and not r[3].all() for r in seen[1:])  # some agents' states restart mid-run
+    zeros = lambda x, s, r, h: np.zeros((2, 3), np.int64)  # noqa: E731
     with VecEnv("mpe:simple_spread_v3", num_envs=2, seed=0, max_cycles=10) as vec:
-        assert len(list(first_episodes(vec, lambda x, s, r: np.zeros((2, 3), np.int64)))) == 10
+        assert len(list(first_episodes(vec, zeros))) == 10
         with pytest.raises(RuntimeError, match="2 of 2 episodes did not end in 4 steps"):
-            list(first_episodes(vec, lambda x, s, r: np.zeros((2, 3), np.int64), max_steps=4))
+            list(first_episodes(vec, zeros, max_steps=4))
 
 
 def test_torch_threads_are_set_for_the_block_and_restored():

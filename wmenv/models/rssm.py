@@ -141,7 +141,7 @@ class MultiAgentRSSM(nn.Module):
         """Prior step: state (B, N, ...) and one-hot actions (B, N, A) of the previous step -> the next prior state.
 
         ``hears`` (B, N, N) bool: who receives whose message (`CommBlock`); None: all hear all. ``sample=False``
-        leaves out the prior sample (filtering needs only h_t and the prior's logits).
+        leaves out the prior sample (h_t and the prior's logits only; filtering itself needs just h_t, `deter_step`).
         """
         deter = self.deter_step(state, action, hears)
         logits = self.prior_logits(deter)

@@ -172,6 +172,8 @@ def first_episodes(
     world_model: Any = None,
     seed: int = 0,
     max_steps: int = 100_000,
+    filters: AgentFilters | None = None,
+    start: tuple[list[bytes], Any, np.ndarray] | None = None,
 ) -> Iterator[tuple[Any, np.ndarray, Any, np.ndarray]]:
     """Play every copy of ``vec`` from a reset until its first episode ends, the actor's choices from ``act``.
 
@@ -181,17 +183,37 @@ def first_episodes(
     marks the copies whose first episode has not ended; ``resets`` (E, N) bool the agents whose recurrent state starts
     afresh (every one at the reset, then those that terminated or were truncated, or whose copy's episode ended, at the
     step before: the loops' reset rule). Yields ``(before, actions, after, running)`` per step (``running`` as ``act``
-    saw it). Copies that ended keep stepping (as vectorized envs do) until the last one ends.
+    saw it). Copies that ended keep stepping (as vectorized envs do) until the last one ends. ``filters``: the
+    `AgentFilters` of ``vec.num_envs`` worlds to filter with (the caller's, e.g. to snapshot them mid-episode with
+    `AgentFilters.get_state`); None: new ones over ``world_model``. ``start``: ``(snapshots, step, resets)`` to go on
+    from the middle of episodes instead of a reset: `VecEnv.get_state` snapshots (one per copy), the `VecStep` the
+    copies are at and its (E, N) resets; with ``world_model``, ``filters`` must already have seen that step (their
+    ``features`` are the first inputs). "First episode" then means the episode each snapshot is in.
 
     Raises:
         RuntimeError: some copy's episode did not end within ``max_steps`` steps.
     """
-    s = vec.reset()
-    filters = None if world_model is None else AgentFilters(world_model, vec.num_envs, seed)
+    if filters is not None and (filters.model is not world_model or filters.num_worlds != vec.num_envs):
+        raise ValueError(
+            f"filters: expected AgentFilters over world_model with {vec.num_envs} worlds, got "
+            f"{filters.num_worlds} worlds over {'it' if filters.model is world_model else 'another model'}"
+        )
+    if start is None:
+        s = vec.reset()
+        resets = np.ones(s.alive.shape, dtype=bool)
+    else:
+        if world_model is not None and (filters is None or filters.features is None):
+            raise ValueError("filters: going on from start needs the AgentFilters that have seen start's step, got none")
+        snapshots, s, resets = start
+        vec.set_state(list(snapshots))
+    if filters is None and world_model is not None:
+        filters = AgentFilters(world_model, vec.num_envs, seed)
     running = np.ones(vec.num_envs, dtype=bool)
-    resets = np.ones(s.alive.shape, dtype=bool)
     for i in range(max_steps):
-        inputs = s.obs if filters is None else filters.observe_vec(s, first=i == 0)
+        if filters is None:
+            inputs = s.obs
+        else:
+            inputs = filters.features if start is not None and i == 0 else filters.observe_vec(s, first=i == 0)
         seen = running.copy()
         actions = act(inputs, s, seen, resets)
         if filters is not None:

@@ -161,6 +161,62 @@ def test_first_episodes_plays_each_copy_until_its_first_episode_ends():
             list(first_episodes(vec, zeros, max_steps=4))
 
 
+def test_first_episodes_goes_on_from_snapshots_with_the_filters_that_saw_them():
+    """With ``start`` (snapshots, the step they are at, its resets) and the filters' state at that step, the play goes
+    on exactly as the unbroken one: the same inputs, actions and rewards from the snapshot's step to the end."""
+    from wmenv.envs import make
+    from wmenv.latent.filter import AgentFilters
+    from wmenv.models.registry import build_model
+
+    kw = {"malfunction_rate": 0.0, "max_episode_steps": 40, "deadlock_terminates": True}
+    _, spec = make("flatland:5", **kw)
+    model = build_model("mamba", spec, "small").eval()
+    weights = torch.randn(model.feature_widths()[0], spec.n_actions, generator=torch.Generator().manual_seed(0))
+    taken: dict = {}
+
+    def act(inputs, s, running, resets):  # greedy in a fixed linear score of the features, among available actions
+        scores = torch.as_tensor(inputs) @ weights
+        return scores.masked_fill(~torch.as_tensor(s.action_mask), float("-inf")).argmax(-1).numpy()
+
+    def snapshotting(vec, filters):
+        def inner(inputs, s, running, resets):
+            if len(taken.setdefault("inputs", [])) == 6:  # the seventh step: snapshot env and filters before acting
+                taken.update(states=vec.get_state(), step=s, resets=resets, filters=filters.get_state())
+            taken["inputs"].append(torch.as_tensor(inputs).clone())
+            return act(inputs, s, running, resets)
+
+        return inner
+
+    with VecEnv("flatland:5", num_envs=2, seed=3, **kw) as vec:
+        filters = AgentFilters(model, 2, seed=5)
+        whole = [
+            (a, after.reward) for _, a, after, _ in first_episodes(vec, snapshotting(vec, filters), model, filters=filters)
+        ]
+    with VecEnv("flatland:5", num_envs=2, seed=99, **kw) as vec:  # another seed: everything comes from the snapshots
+        filters = AgentFilters(model, 2, seed=0)
+        filters.set_state(taken["filters"])
+        seen = []
+
+        def recording(inputs, s, running, resets):
+            seen.append(torch.as_tensor(inputs).clone())
+            return act(inputs, s, running, resets)
+
+        start = (taken["states"], taken["step"], taken["resets"])
+        rest = [(a, after.reward) for _, a, after, _ in first_episodes(vec, recording, model, filters=filters, start=start)]
+    assert len(rest) == len(whole) - 6 and len(rest) > 3
+    for (a, r), (b, q) in zip(whole[6:], rest, strict=True):
+        assert np.array_equal(a, b) and np.array_equal(r, q)
+    for x, y in zip(taken["inputs"][6:], seen, strict=True):
+        assert torch.equal(x, y)
+    with VecEnv("flatland:5", num_envs=2, seed=3, **kw) as vec:
+        with pytest.raises(ValueError, match="^filters: going on from start needs the AgentFilters that have seen"):
+            next(first_episodes(vec, act, model, start=start))
+        with pytest.raises(
+            ValueError, match="^filters: expected AgentFilters over world_model with 2 worlds, got 3 worlds over it"
+        ):
+            next(first_episodes(vec, act, model, filters=AgentFilters(model, 3)))
+
+
 def test_torch_threads_are_set_for_the_block_and_restored():
     before = torch.get_num_threads()
     with torch_threads(1):

@@ -418,3 +418,26 @@ def test_expected_terminations_never_end_agents_and_report_the_continuation_as_a
     sampled = DreamVecEnv(model, num_worlds=2, horizon=3, seed=0)
     sampled.reset()
     assert torch.equal(sampled.step(acts(*[[0, 1, 2]] * 2)).discount, torch.ones(2, 3))
+
+
+def test_reset_starts_from_given_states_and_later_ends_draw_starts():
+    """``reset(start=...)``: the B worlds begin at the given states (their features, masks and first rewards are those
+    states'); a world that ends later restarts from a drawn start; a start of another batch size or without the
+    model's state keys is refused with the name of what is wrong."""
+    model = scripted()
+    vec = DreamVecEnv(model, num_worlds=2, horizon=2, start=ScriptedStarts(SPEC))
+    start = model._state(2, torch.tensor([[3.0] * N, [5.0] * N]), zeros(2), torch.full((2, N), 7.0), 2.0, None)
+    s = vec.reset(start=start)
+    assert_close(s.obs[..., 0], start["t"]) and assert_close(s.obs[..., 2], start["origin"])
+    assert not model.observed  # nothing drawn from the replay
+    s = vec.step(zeros(2))  # t 3 -> 4 and 5 -> 6: the scripts' rewards at those rows
+    assert_close(s.reward, model.reward[[4, 6]])
+    assert not s.done.any()
+    s = vec.step(zeros(2))
+    assert s.done.all() and len(model.observed) == 1  # the worlds end at the horizon and restart from replay windows
+    assert_array_equal(s.obs[..., 0].numpy(), np.zeros((2, N)))
+    bad_keys = {k: v for k, v in start.items() if k != "u"}
+    with pytest.raises(ValueError, match=r"^start: expected a state with keys \['act', 'ctx', 'origin', 't', 'u'\], got "):
+        vec.reset(start=bad_keys)
+    with pytest.raises(ValueError, match=r"^start\['t'\]: expected shape \(2, 3\), got \(1, 3\)$"):
+        vec.reset(start={k: v[:1] for k, v in start.items()})

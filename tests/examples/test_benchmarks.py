@@ -861,3 +861,59 @@ def test_choice_profile_summarizes_choice_rows_per_mask_pattern(tmp_path):
                       checkpoint_every=50, run_dir=str(tmp_path / "mf")))  # fmt: skip
     free = _run("choice_profile.py", "--runs", str(tmp_path / "mf"), "--episodes", "2")["results"][0]
     assert free["dream"] is None and free["real"]["rows"] == 2 * 25 * 3 and free["real_steps"] == 100
+
+
+def test_choice_verdict_compares_each_actions_real_and_imagined_futures(tmp_path):
+    """verdicts: relative values per action over the actions scored in both, best-action agreement, correlation, the
+    actor's agreement; the script branches a run's real episodes at cells and imagines the same cells."""
+    from agents.model_based import ModelBasedConfig, run
+    from wmenv.fit import FitConfig
+
+    module = _benchmark_module("choice_verdict")
+    cells = [  # go (0) vs stop (2) on one-way cells; a switch where the dream does not offer action 1
+        {"available": [True, False, True], "tag": "3", "probs": [0.9, 0.0, 0.1], "real": [1.0, None, 0.0],
+         "real_se": [0.1, None, 0.3], "dream": [0.0, None, 0.5]},
+        {"available": [True, False, True], "tag": "3", "probs": [0.2, 0.0, 0.8], "real": [2.0, None, 1.0],
+         "real_se": [0.2, None, 0.2], "dream": [1.0, None, 0.0]},
+        {"available": [True, True, True], "tag": "4", "probs": [0.1, 0.8, 0.1], "real": [0.0, 3.0, 1.0],
+         "real_se": [0.1, 0.1, 0.1], "dream": [2.0, None, 0.0]},
+        {"available": [True, True, False], "tag": "4", "probs": [0.5, 0.5, 0.0], "real": [0.0, 1.0, None],
+         "real_se": [0.1, 0.1, None], "dream": [0.0, None, None]},
+    ]  # fmt: skip
+    out = module.verdicts(cells)
+    assert list(out) == ["all", "101|3", "110|4", "111|4"]
+    one_way = out["101|3"]
+    assert (one_way["cells"], one_way["compared"], one_way["not_compared"]) == (2, 2, 0)
+    assert one_way["real"] == [0.5, None, -0.5] and one_way["dream"] == [0.125, None, -0.125]
+    assert one_way["best_agree"] == 0.5 and one_way["actor_real_best"] == 0.5 and one_way["actor_dream_best"] == 0.0
+    assert one_way["real_se"] == pytest.approx(0.2) and one_way["corr"] == pytest.approx(0.316, abs=1e-3)
+    switch = out["111|4"]  # action 1 is not in the dream's mask: go and stop compared, relative to their mean
+    assert switch["real"] == [-0.5, None, 0.5] and switch["dream"] == [1.0, None, -1.0] and switch["best_agree"] == 0.0
+    assert switch["corr"] is None  # two pairs: too few for a correlation
+    lone = out["110|4"]  # one action scored in both: nothing to compare
+    assert (lone["compared"], lone["not_compared"], lone["best_agree"], lone["real"]) == (0, 1, None, [None] * 3)
+    assert (out["all"]["cells"], out["all"]["compared"]) == (4, 3)
+    with pytest.raises(ValueError, match=r"^rate: expected a probability in \(0, 1\], got 0.0$"):
+        module.Args(rate=0.0)
+    with pytest.raises(ValueError, match=r"^samples: expected an integer >= 1, got 0$"):
+        module.Args(samples=0)
+    run(ModelBasedConfig(iterations=1, real_steps=60, num_envs=2, fit_steps=3, dream_updates=1, dream_worlds=4,
+                         eval_episodes=1, fit=FitConfig(batch_size=2, progress=False), run_dir=str(tmp_path / "r"),
+                         progress=False))  # fmt: skip
+    args = ["--runs", str(tmp_path / "r"), "--episodes", "2", "--cells", "3", "--rate", "0.2", "--samples", "2"]
+    result = _run("choice_verdict.py", *args, "--steps", "30", "--to-end", "--out", str(tmp_path / "v.json"))["results"][0]
+    assert json.loads((tmp_path / "v.json").read_text())["results"][0] == result
+    assert len(result["cells"]) == 3 and result["steps"] == 30 and result["verdicts"]["all"]["cells"] == 3
+    for cell in result["cells"]:  # MPE: all 5 actions available; 30 steps outlast the 25-step episode
+        assert cell["available"] == [True] * 5 and 0 <= cell["t"] < 25 and sum(cell["probs"]) == pytest.approx(1, abs=1e-3)
+        assert cell["real"] == cell["real_end"] and all(v is not None for v in cell["real"])
+        assert len(cell["dream"]) == 5 and any(v is not None for v in cell["dream"])
+        offered = [v is not None for v in cell["dream_own"]]
+        assert offered == [v is not None for v in cell["dream_value_own"]] == cell["dream_offered"]
+    assert set(result["verdicts_value"]) == set(result["verdicts"]) and "verdicts_team" in result
+    assert len({tuple(c["real"]) for c in result["cells"]}) == 3  # other cells, other futures
+    short = _run("choice_verdict.py", *args, "--steps", "2")["results"][0]
+    assert [c["t"] for c in short["cells"]] == [c["t"] for c in result["cells"]]  # the same episodes and cells
+    assert "real_end" not in short["cells"][0] and short["steps"] == 2
+    # two imagined steps: agents reach the horizon alive, and the critic's value of their last state is added
+    assert any(c["dream_value_own"] != c["dream_own"] for c in short["cells"])

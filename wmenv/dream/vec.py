@@ -163,12 +163,20 @@ class DreamVecEnv:
             mask = torch.where(mask.any(-1, keepdim=True), mask, own)  # an agent always has some action of its own
         return obs, self.model.critic_features(state), mask
 
-    def reset(self) -> DreamStep:
-        """Start all B worlds (the model is put in eval mode: no dropout while imagining)."""
+    def reset(self, start: State | None = None) -> DreamStep:
+        """Start all B worlds (the model is put in eval mode: no dropout while imagining).
+
+        Args:
+            start: B model states to start from instead of drawn ones (e.g. the posterior of a real situation,
+                `WorldModel.observe`, repeated to imagine several futures of it); worlds that end later restart from
+                drawn starts as usual.
+        """
         B, N = self.num_worlds, self.spec.n_agents
         self.model.eval()
+        if start is not None:
+            start = self._check_start(start)
         with torch.no_grad():
-            self._state = self._starts(B)
+            self._state = self._starts(B) if start is None else start
             obs, crit, mask = self._view(self._state)
         self._alive = torch.ones(B, N, dtype=torch.bool, device=self.device)
         self._t = torch.zeros(B, dtype=torch.long, device=self.device)
@@ -183,6 +191,19 @@ class DreamVecEnv:
             obs, crit, mask, self._alive.clone(), zeros, false, false.clone(), false[:, 0].clone(), torch.zeros_like(obs),
             torch.zeros_like(crit), zeros.clone(), self._t.clone(), torch.ones(B, N, device=self.device),
         )  # fmt: skip
+
+    def _check_start(self, start: State) -> State:
+        """``start`` as a state of B worlds on the model's device, or a ValueError naming what does not fit."""
+        template = self.model.initial(1, generator=torch.Generator(self.device).manual_seed(0))
+        if not isinstance(start, dict) or sorted(start) != sorted(template):
+            got = sorted(start) if isinstance(start, dict) else type(start).__name__
+            raise ValueError(f"start: expected a state with keys {sorted(template)}, got {got}")
+        for k, v in template.items():
+            expected = (self.num_worlds, *v.shape[1:])
+            if not isinstance(start[k], Tensor) or tuple(start[k].shape) != expected:
+                got = tuple(start[k].shape) if isinstance(start[k], Tensor) else type(start[k]).__name__
+                raise ValueError(f"start[{k!r}]: expected shape {expected}, got {got}")
+        return {k: v.to(self.device) for k, v in start.items()}
 
     @property
     def num_envs(self) -> int:

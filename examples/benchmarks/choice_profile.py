@@ -32,8 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 import tyro
-from dream_gap import checkpoints
-from report import emit, machine
+from dream_gap import over_checkpoints
 
 from agents.mappo import normalized_entropy
 from agents.policies.base import mask_logits, sample_actions
@@ -203,12 +202,8 @@ def measure(run: Path, ckpt: Path, args: Args) -> dict[str, Any]:
 
 
 def main(args: Args) -> dict:
-    """Profile every run; print (and write) the JSON line."""
-    if not args.runs:
-        raise ValueError("runs: expected at least one run folder")
-    torch.set_num_threads(1)
-    results = [measure(Path(r), c, args) for r in args.runs for c in checkpoints(Path(r), args.all_checkpoints)]
-    return emit({"benchmark": "choice_profile", "results": results, "machine": machine()}, args.out)
+    """Measure every run; print (and write) the JSON line."""
+    return over_checkpoints("choice_profile", args, measure)
 
 
 if __name__ == "__main__":

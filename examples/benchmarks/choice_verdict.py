@@ -44,9 +44,8 @@ import numpy as np
 import torch
 import tyro
 from choice_profile import info_tags
-from dream_gap import checkpoints
+from dream_gap import over_checkpoints
 from einops import repeat
-from report import emit, machine
 from safetensors.torch import load_file
 
 from agents.critic import AttentionCritic, CriticConfig
@@ -280,6 +279,10 @@ class Brancher:
             if name.startswith("real"):
                 out[f"{name}_se"] = [round(float(v.std(ddof=1) / np.sqrt(len(v))), 4) if ok else None
                                      for v, ok in zip(values, usable)]  # fmt: skip
+            if values.shape[1] >= 2:  # the means of each half of the samples: how reproducible a verdict is
+                half = values.shape[1] // 2
+                out[f"{name}_halves"] = [[round(float(v[part].mean()), 4) if ok else None for v, ok in zip(values, usable)]
+                                         for part in (slice(None, half), slice(half, None))]  # fmt: skip
         return out
 
 
@@ -348,7 +351,9 @@ def verdicts(cells: list[dict[str, Any]], real: str = "real", dream: str = "drea
     ``best_agree``, the fraction of compared cells where both name the same best action; ``corr``, Pearson's r of
     the relative values over compared cell-actions (None if constant); ``actor_real_best`` / ``actor_dream_best``,
     how often the actor's most likely compared action is reality's / the dream's best; ``real_se``, the mean standard
-    error of reality's values (the noise of ``samples`` futures).
+    error of reality's values (the noise of ``samples`` futures); ``real_split_corr`` / ``dream_split_corr``, the same
+    correlation between the two halves of each side's samples (``*_halves``; None with one sample): how much of a
+    side's verdicts is reproducible rather than sampling noise, the ceiling for ``corr``.
     """
     groups: dict[str, list[dict[str, Any]]] = {"all": []}
     for c in cells:
@@ -366,7 +371,8 @@ def _verdict(cells: list[dict[str, Any]], real: str, dream: str) -> dict[str, An
     rel_real, rel_dream, counts = np.zeros(A), np.zeros(A), np.zeros(A)
     pairs: list[tuple[float, float]] = []
     agree = actor_real = actor_dream = compared = 0
-    se = []
+    se: list[float] = []
+    split: dict[str, list[tuple[float, float]]] = {real: [], dream: []}
     for c in cells:
         both = [a for a in range(A) if c[real][a] is not None and c[dream][a] is not None]
         se.extend(c[f"{real}_se"][a] for a in both if c.get(f"{real}_se") and c[f"{real}_se"][a] is not None)
@@ -379,19 +385,31 @@ def _verdict(cells: list[dict[str, Any]], real: str, dream: str) -> dict[str, An
         rel_dream[both] += d
         counts[both] += 1
         pairs.extend(zip(r.tolist(), d.tolist()))
+        for key in (real, dream):
+            if f"{key}_halves" in c:
+                a, b = (np.array([h[i] for i in both], dtype=float) for h in c[f"{key}_halves"])
+                split[key].extend(zip((a - a.mean()).tolist(), (b - b.mean()).tolist()))
         agree += int(r.argmax() == d.argmax())
         actor_real += int(p.argmax() == r.argmax())
         actor_dream += int(p.argmax() == d.argmax())
     mean = lambda x, n: [round(float(v / k), 4) if k else None for v, k in zip(x, n)]  # noqa: E731
     frac = lambda k: round(k / compared, 4) if compared else None  # noqa: E731
-    x = np.array(pairs).reshape(-1, 2)
-    corr = None if len(x) < 3 or x[:, 0].std() == 0 or x[:, 1].std() == 0 else round(float(np.corrcoef(x.T)[0, 1]), 3)
+    corr = pearson(pairs)
     return {
         "cells": len(cells), "compared": compared, "not_compared": len(cells) - compared,
         "real": mean(rel_real, counts), "dream": mean(rel_dream, counts), "best_agree": frac(agree), "corr": corr,
         "actor_real_best": frac(actor_real), "actor_dream_best": frac(actor_dream),
-        "real_se": round(float(np.mean(se)), 4) if se else None,
+        "real_se": round(float(np.mean(se)), 4) if se else None, "real_split_corr": pearson(split[real]),
+        "dream_split_corr": pearson(split[dream]),
     }  # fmt: skip
+
+
+def pearson(pairs: list[tuple[float, float]]) -> float | None:
+    """Pearson's r of (x, y) pairs, rounded; None with fewer than 3 pairs or a constant side."""
+    x = np.array(pairs, dtype=float).reshape(-1, 2)
+    if len(x) < 3 or x[:, 0].std() == 0 or x[:, 1].std() == 0:
+        return None
+    return round(float(np.corrcoef(x.T)[0, 1]), 3)
 
 
 def measure(run: Path, ckpt: Path, args: Args) -> dict[str, Any]:
@@ -423,11 +441,7 @@ def measure(run: Path, ckpt: Path, args: Args) -> dict[str, Any]:
 
 def main(args: Args) -> dict:
     """Measure every run; print (and write) the JSON line."""
-    if not args.runs:
-        raise ValueError("runs: expected at least one run folder")
-    torch.set_num_threads(1)
-    results = [measure(Path(r), c, args) for r in args.runs for c in checkpoints(Path(r), args.all_checkpoints)]
-    return emit({"benchmark": "choice_verdict", "results": results, "machine": machine()}, args.out)
+    return over_checkpoints("choice_verdict", args, measure)
 
 
 if __name__ == "__main__":

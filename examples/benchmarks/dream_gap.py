@@ -36,6 +36,7 @@ Usage:
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -205,6 +206,16 @@ def checkpoints(run: Path, every: bool) -> list[Path]:
     if not found or found[0] is None:
         raise ValueError(f"runs: {run} holds no checkpoint (checkpoints/latest)")
     return found
+
+
+def over_checkpoints(benchmark: str, args: Any, measure: Callable[[Path, Path, Any], dict[str, Any]]) -> dict:
+    """``measure(run, checkpoint, args)`` for the latest (or, with ``args.all_checkpoints``, every kept) checkpoint of
+    each of ``args.runs``, one thread; prints (and writes to ``args.out``) the benchmark's JSON line."""
+    if not args.runs:
+        raise ValueError("runs: expected at least one run folder")
+    torch.set_num_threads(1)
+    results = [measure(Path(r), c, args) for r in args.runs for c in checkpoints(Path(r), args.all_checkpoints)]
+    return emit({"benchmark": benchmark, "results": results, "machine": machine()}, args.out)
 
 
 def measure(run: Path, ckpt: Path, args: Args) -> list[dict[str, Any]]:

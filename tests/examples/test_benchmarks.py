@@ -872,9 +872,9 @@ def test_choice_verdict_compares_each_actions_real_and_imagined_futures(tmp_path
     module = _benchmark_module("choice_verdict")
     cells = [  # go (0) vs stop (2) on one-way cells; a switch where the dream does not offer action 1
         {"available": [True, False, True], "tag": "3", "probs": [0.9, 0.0, 0.1], "real": [1.0, None, 0.0],
-         "real_se": [0.1, None, 0.3], "dream": [0.0, None, 0.5]},
+         "real_se": [0.1, None, 0.3], "dream": [0.0, None, 0.5], "real_halves": [[1.2, None, 0.0], [0.8, None, 0.0]]},
         {"available": [True, False, True], "tag": "3", "probs": [0.2, 0.0, 0.8], "real": [2.0, None, 1.0],
-         "real_se": [0.2, None, 0.2], "dream": [1.0, None, 0.0]},
+         "real_se": [0.2, None, 0.2], "dream": [1.0, None, 0.0], "real_halves": [[2.0, None, 1.0], [2.0, None, 1.0]]},
         {"available": [True, True, True], "tag": "4", "probs": [0.1, 0.8, 0.1], "real": [0.0, 3.0, 1.0],
          "real_se": [0.1, 0.1, 0.1], "dream": [2.0, None, 0.0]},
         {"available": [True, True, False], "tag": "4", "probs": [0.5, 0.5, 0.0], "real": [0.0, 1.0, None],
@@ -887,6 +887,8 @@ def test_choice_verdict_compares_each_actions_real_and_imagined_futures(tmp_path
     assert one_way["real"] == [0.5, None, -0.5] and one_way["dream"] == [0.125, None, -0.125]
     assert one_way["best_agree"] == 0.5 and one_way["actor_real_best"] == 0.5 and one_way["actor_dream_best"] == 0.0
     assert one_way["real_se"] == pytest.approx(0.2) and one_way["corr"] == pytest.approx(0.316, abs=1e-3)
+    # halves (0.6, -0.6) | (0.4, -0.4) and (0.5, -0.5) | (0.5, -0.5) after centering; no dream halves given
+    assert one_way["real_split_corr"] == pytest.approx(0.980, abs=1e-3) and one_way["dream_split_corr"] is None
     switch = out["111|4"]  # action 1 is not in the dream's mask: go and stop compared, relative to their mean
     assert switch["real"] == [-0.5, None, 0.5] and switch["dream"] == [1.0, None, -1.0] and switch["best_agree"] == 0.0
     assert switch["corr"] is None  # two pairs: too few for a correlation
@@ -907,6 +909,8 @@ def test_choice_verdict_compares_each_actions_real_and_imagined_futures(tmp_path
     for cell in result["cells"]:  # MPE: all 5 actions available; 30 steps outlast the 25-step episode
         assert cell["available"] == [True] * 5 and 0 <= cell["t"] < 25 and sum(cell["probs"]) == pytest.approx(1, abs=1e-3)
         assert cell["real"] == cell["real_end"] and all(v is not None for v in cell["real"])
+        for a, (x, y) in enumerate(zip(*cell["real_halves"])):  # two samples: each half is one of them
+            assert (x + y) / 2 == pytest.approx(cell["real"][a], abs=2e-4)
         assert len(cell["dream"]) == 5 and any(v is not None for v in cell["dream"])
         offered = [v is not None for v in cell["dream_own"]]
         assert offered == [v is not None for v in cell["dream_value_own"]] == cell["dream_offered"]

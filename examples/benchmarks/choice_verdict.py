@@ -10,9 +10,9 @@ becomes a *cell*, and every available action ``a`` of that agent is scored twice
   every other agent its sampled action, then all follow the actor (sampling, its recurrent state and filters carried
   on from the episode) for ``steps`` steps (the run's horizon by default); with ``to_end``, also to the episode's end;
 - **dream**: the model's posterior of the cell (`WorldModel.observe` over the run's ``context`` real rows up to it, as
-  the loop starts its dreams from replay windows) is imagined ``steps`` steps, ``samples`` times, in a `DreamVecEnv`
-  with the run's end rule: the agent takes ``a`` first, the actor acts on the imagined states from a fresh recurrent
-  state (as it trains).
+  the loop starts its dreams from replay windows) is imagined ``steps`` steps, ``dream_samples`` times, in a
+  `DreamVecEnv` with the run's end rule: the agent takes ``a`` first, the actor acts on the imagined states from a
+  fresh recurrent state (as it trains).
 
 A value is the mean over samples of a return discounted by the run's γ: the deciding agent's own (``real_own``,
 ``dream_own``: what its advantage in MAPPO is made of, and what ``verdicts`` compares) and the team's mean per agent
@@ -73,7 +73,9 @@ class Args:
     """Each row with a choice becomes a cell with this probability (until ``cells`` are taken): cells spread over the
     episodes instead of crowding their first steps."""
     samples: int = 8
-    """Futures per available action, real and imagined."""
+    """Real futures per available action (each a branched env copy)."""
+    dream_samples: int | None = 64
+    """Imagined futures per available action (one batched dream: cheap); None: as many as ``samples``."""
     steps: int | None = None
     """Steps of each future; None: the run's horizon (what the actor's dream rollouts are)."""
     to_end: bool = False
@@ -90,8 +92,9 @@ class Args:
     def __post_init__(self) -> None:
         for name in ("episodes", "cells", "samples"):
             check_int(name, getattr(self, name))
-        if self.steps is not None:
-            check_int("steps", self.steps)
+        for name in ("steps", "dream_samples"):
+            if getattr(self, name) is not None:
+                check_int(name, getattr(self, name))
         if not 0.0 < self.rate <= 1.0:
             raise ValueError(f"rate: expected a probability in (0, 1], got {self.rate!r}")
 
@@ -160,18 +163,20 @@ class Brancher:
         self.latent = train["actor_input"] == "latent"
         self.steps = args.steps or int(train["horizon"])
         self.copies = self.spec.n_actions * args.samples
+        self.dream_samples = args.dream_samples or args.samples
+        self.dream_copies = self.spec.n_actions * self.dream_samples
         self.generator = torch.Generator().manual_seed(args.seed + 1)
         self.vec = VecEnv(train["env_id"], num_envs=self.copies, seed=args.seed, **train["env_kwargs"])
-        self.dream = DreamVecEnv(model, self.copies, self.steps, obs=train["actor_input"], seed=args.seed,
+        self.dream = DreamVecEnv(model, self.dream_copies, self.steps, obs=train["actor_input"], seed=args.seed,
                                  terminations=train.get("terminations", "sample"))  # fmt: skip
 
     def close(self) -> None:
         self.vec.close()
 
-    def choices(self, available: np.ndarray) -> np.ndarray:
-        """(copies,) the forced action of each copy: action a for samples of a, the first available one for the
-        copies of unavailable actions (run, then discarded)."""
-        slot = np.repeat(np.arange(self.spec.n_actions), self.args.samples)
+    def choices(self, available: np.ndarray, samples: int) -> np.ndarray:
+        """(A·samples,) the forced action of each copy: action a for the samples of a, the first available one for
+        the copies of unavailable actions (run, then discarded)."""
+        slot = np.repeat(np.arange(self.spec.n_actions), samples)
         return np.where(available[slot], slot, int(np.flatnonzero(available)[0]))
 
     def real(self, snapshot: bytes, step: VecStep, world: int, agent: int, resets: np.ndarray, filters: Any,
@@ -179,7 +184,7 @@ class Brancher:
         """(A, samples) real returns of each forced action: over ``steps`` steps and (``to_end``) to the episode's end."""
         C, N = self.copies, self.spec.n_agents
         start = step_rows(step, world, C)
-        choose = self.choices(start.action_mask[0, agent])
+        choose = self.choices(start.action_mask[0, agent], self.args.samples)
         branch_filters = None
         if filters is not None:
             branch_filters = AgentFilters(self.model, C, self.args.seed)
@@ -227,13 +232,13 @@ class Brancher:
     def imagined(self, window: dict[str, torch.Tensor], agent: int, available: np.ndarray) -> dict[str, Any]:
         """(A, samples) imagined returns of each forced action from the posterior of ``window`` (1, T, ...) rows, and
         the agent's own with the critic's value of the last imagined state added (γ^steps V, where it is alive)."""
-        C, N = self.copies, self.spec.n_agents
+        C, N = self.dream_copies, self.spec.n_agents
         posterior = self.model.observe(window["obs"], window["action"], window["reset"], None, self.generator,
                                        window["alive"], global_state=window["state"])  # fmt: skip
         self.dream.seed(int(torch.randint(2**62, (1,), generator=self.generator)))
         s = self.dream.reset(start={k: repeat(v[0], "... -> c ...", c=C) for k, v in posterior.items()})
         offered = s.action_mask[0, agent].numpy() & available
-        choose = torch.as_tensor(self.choices(offered if offered.any() else available))
+        choose = torch.as_tensor(self.choices(offered if offered.any() else available, self.dream_samples))
         h, critic_h = self.policy.initial_state(C * N), self.critic.initial_state(C * N)
         rows = torch.arange(N).repeat(C)  # the critic values each world's state once per agent, as MAPPO does
         resets = torch.ones(C * N, dtype=torch.bool)
@@ -260,7 +265,7 @@ class Brancher:
         value = self.critic.value_norm.denormalize(value).view(C, N)[:, agent]
         cut = s.truncated[:, agent] & last
         valued = own + (self.gamma**self.steps * torch.where(cut, value * weight[:, agent], 0.0)).numpy()
-        shape = (self.spec.n_actions, self.args.samples)
+        shape = (self.spec.n_actions, self.dream_samples)
         return {"dream": team.reshape(shape), "dream_own": own.reshape(shape), "dream_value_own": valued.reshape(shape),
                 "dream_offered": offered}  # fmt: skip
 
@@ -430,9 +435,8 @@ def measure(run: Path, ckpt: Path, args: Args) -> dict[str, Any]:
         brancher.close()
     result = {
         "run": str(run), "checkpoint": ckpt.name, "env_id": train["env_id"], "model_kind": train["model_kind"],
-        "real_steps": steps,
-        "steps": brancher.steps, "samples": args.samples, "verdicts": verdicts(cells, "real_own", "dream_own"),
-        "verdicts_team": verdicts(cells),
+        "real_steps": steps, "steps": brancher.steps, "samples": args.samples, "dream_samples": brancher.dream_samples,
+        "verdicts": verdicts(cells, "real_own", "dream_own"), "verdicts_team": verdicts(cells),
     }  # fmt: skip
     if args.to_end:
         result["verdicts_value"] = verdicts(cells, "real_end_own", "dream_value_own")

@@ -902,10 +902,12 @@ def test_choice_verdict_compares_each_actions_real_and_imagined_futures(tmp_path
     run(ModelBasedConfig(iterations=1, real_steps=60, num_envs=2, fit_steps=3, dream_updates=1, dream_worlds=4,
                          eval_episodes=1, fit=FitConfig(batch_size=2, progress=False), run_dir=str(tmp_path / "r"),
                          progress=False))  # fmt: skip
-    args = ["--runs", str(tmp_path / "r"), "--episodes", "2", "--cells", "3", "--rate", "0.2", "--samples", "2"]
+    args = ["--runs", str(tmp_path / "r"), "--episodes", "2", "--cells", "3", "--rate", "0.2", "--samples", "2",
+            "--dream-samples", "3"]  # fmt: skip
     result = _run("choice_verdict.py", *args, "--steps", "30", "--to-end", "--out", str(tmp_path / "v.json"))["results"][0]
     assert json.loads((tmp_path / "v.json").read_text())["results"][0] == result
     assert len(result["cells"]) == 3 and result["steps"] == 30 and result["verdicts"]["all"]["cells"] == 3
+    assert (result["samples"], result["dream_samples"]) == (2, 3)
     for cell in result["cells"]:  # MPE: all 5 actions available; 30 steps outlast the 25-step episode
         assert cell["available"] == [True] * 5 and 0 <= cell["t"] < 25 and sum(cell["probs"]) == pytest.approx(1, abs=1e-3)
         assert cell["real"] == cell["real_end"] and all(v is not None for v in cell["real"])

@@ -17,9 +17,11 @@ becomes a *cell*, and every available action ``a`` of that agent is scored twice
 A value is the mean over samples of a return discounted by the run's γ: the deciding agent's own (``real_own``,
 ``dream_own``: what its advantage in MAPPO is made of, and what ``verdicts`` compares) and the team's mean per agent
 (``real``, ``dream``; ``verdicts_team``); each real one comes with its standard error over the samples (``*_se``).
-``dream_value_own`` adds the run's critic's value of the last imagined state (γ^steps V where the agent was cut by the
-horizon): the dream's estimate of the action's value, which with ``to_end`` ``verdicts_value`` compares with the real
-return to the episode's end (``real_end_own``). What the dream's mask does not offer at the cell (its predicted
+``dream_own_negative`` is the sum of the agent's negative imagined rewards alone and ``dream_own_ended`` the fraction
+of futures that end it (its continuation head): where an imagined penalty comes from. ``dream_value_own`` adds the
+run's critic's value of the last imagined state (γ^steps V where the agent was cut by the horizon): the dream's
+estimate of the action's value, which with ``to_end`` ``verdicts_value`` compares with the real return to the
+episode's end (``real_end_own``). What the dream's mask does not offer at the cell (its predicted
 availability) is scored in reality only.
 
 Summaries per pattern of available actions (``"101"``), split by ``info_key`` as `choice_profile.py` does: the mean
@@ -242,7 +244,7 @@ class Brancher:
         h, critic_h = self.policy.initial_state(C * N), self.critic.initial_state(C * N)
         rows = torch.arange(N).repeat(C)  # the critic values each world's state once per agent, as MAPPO does
         resets = torch.ones(C * N, dtype=torch.bool)
-        going, weight = torch.ones(C, dtype=torch.bool), torch.ones(C, N)
+        going, weight, ended = torch.ones(C, dtype=torch.bool), torch.ones(C, N), torch.zeros(C, dtype=torch.bool)
         rewards = []
         for t in range(self.steps):
             _, critic_h = self.critic.step(repeat(s.state, "c s -> (c n) s", n=N), rows, critic_h, resets)
@@ -252,6 +254,7 @@ class Brancher:
                 actions[:, agent] = torch.where(s.action_mask[:, agent].gather(1, choose[:, None])[:, 0], choose,
                                                 actions[:, agent])  # fmt: skip
             s = self.dream.step(actions)
+            ended |= going & s.terminated[:, agent]
             rewards.append(torch.where(going[:, None], s.reward * weight, 0.0).numpy())
             weight = weight * s.discount  # the continuation probability with terminations="expected", else 1
             last = s.done & going  # worlds whose first episode ends now (at the horizon at the latest)
@@ -266,7 +269,9 @@ class Brancher:
         cut = s.truncated[:, agent] & last
         valued = own + (self.gamma**self.steps * torch.where(cut, value * weight[:, agent], 0.0)).numpy()
         shape = (self.spec.n_actions, self.dream_samples)
+        negative = np.minimum(np.stack(rewards)[:, :, agent], 0.0).sum(0)  # what the agent's imagined penalties add up to
         return {"dream": team.reshape(shape), "dream_own": own.reshape(shape), "dream_value_own": valued.reshape(shape),
+                "dream_own_negative": negative.reshape(shape), "dream_own_ended": ended.float().numpy().reshape(shape),
                 "dream_offered": offered}  # fmt: skip
 
     def cell(self, cell: dict[str, Any]) -> dict[str, Any]:

@@ -916,6 +916,8 @@ def test_choice_verdict_compares_each_actions_real_and_imagined_futures(tmp_path
         assert len(cell["dream"]) == 5 and any(v is not None for v in cell["dream"])
         offered = [v is not None for v in cell["dream_own"]]
         assert offered == [v is not None for v in cell["dream_value_own"]] == cell["dream_offered"]
+        assert all(v is None or 0 <= v <= 1 for v in cell["dream_own_ended"])  # a fraction of the futures
+        assert all(v is None or v <= min(0.0, d) for v, d in zip(cell["dream_own_negative"], cell["dream_own"]))
     assert set(result["verdicts_value"]) == set(result["verdicts"]) and "verdicts_team" in result
     assert len({tuple(c["real"]) for c in result["cells"]}) == 3  # other cells, other futures
     short = _run("choice_verdict.py", *args, "--steps", "2")["results"][0]

@@ -37,6 +37,7 @@ Usage:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,7 +52,7 @@ from einops import repeat
 from safetensors.torch import load_file
 
 from agents.critic import AttentionCritic, CriticConfig
-from agents.policies.base import mask_logits, sample_actions
+from agents.policies.base import index_state, mask_logits, sample_actions
 from agents.train import first_episodes, policy_from_checkpoint
 from wmenv.checks import check_int
 from wmenv.dream import DreamVecEnv
@@ -101,20 +102,6 @@ class Args:
             raise ValueError(f"rate: expected a probability in (0, 1], got {self.rate!r}")
 
 
-def rows_of(tree: Any, index: torch.Tensor) -> Any:
-    """The rows ``index`` of every tensor in a recurrent state (a tensor, or tuples / lists / dicts of them; None
-    stays None): e.g. one world's N agent rows of a policy's or a model's state, repeated to branch it."""
-    if tree is None:
-        return None
-    if isinstance(tree, torch.Tensor):
-        return tree.index_select(0, index.to(tree.device))
-    if isinstance(tree, dict):
-        return {k: rows_of(v, index) for k, v in tree.items()}
-    if isinstance(tree, (tuple, list)):
-        return type(tree)(rows_of(v, index) for v in tree)
-    raise TypeError(f"tree: expected tensors in tuples, lists or dicts, got {type(tree).__name__}")
-
-
 def branch_index(world: int, n_agents: int, copies: int) -> torch.Tensor:
     """(copies·N,) row indices that repeat world ``world``'s N agent rows (world-major rows) ``copies`` times."""
     return repeat(torch.arange(n_agents) + world * n_agents, "n -> (c n)", c=copies)
@@ -122,13 +109,11 @@ def branch_index(world: int, n_agents: int, copies: int) -> torch.Tensor:
 
 def step_rows(step: VecStep, world: int, copies: int) -> VecStep:
     """``step``'s copy ``world`` repeated ``copies`` times (the `VecStep` a branched `VecEnv` starts at)."""
-    pick = lambda x: np.repeat(x[world : world + 1], copies, axis=0)  # noqa: E731
-    return VecStep(
-        *(pick(getattr(step, f)) for f in ("obs", "state", "alive", "action_mask", "reward", "terminated", "truncated",
-                                          "done", "final_obs", "final_state", "episode_return", "episode_length")),
-        infos=[step.infos[world] if step.infos else {} for _ in range(copies)],
-        episode_metrics=[{} for _ in range(copies)],
-    )  # fmt: skip
+    lists = ("infos", "episode_metrics")
+    arrays = {f.name: np.repeat(getattr(step, f.name)[world : world + 1], copies, axis=0)
+              for f in dataclasses.fields(VecStep) if f.name not in lists}  # fmt: skip
+    infos = [step.infos[world] if step.infos else {} for _ in range(copies)]
+    return VecStep(**arrays, infos=infos, episode_metrics=[{} for _ in range(copies)])
 
 
 def forced(actions: np.ndarray, agent: int, choices: np.ndarray) -> np.ndarray:
@@ -187,17 +172,17 @@ class Brancher:
         C, N = self.copies, self.spec.n_agents
         start = step_rows(step, world, C)
         choose = self.choices(start.action_mask[0, agent], self.args.samples)
+        index = branch_index(world, N, C)
         branch_filters = None
         if filters is not None:
             branch_filters = AgentFilters(self.model, C, self.args.seed)
             state = filters.get_state()
-            index = branch_index(world, N, C)
             branch_filters.set_state({
-                "generator": state["generator"], "state": rows_of(state["state"], index),
-                "prev_action": rows_of(state["prev_action"], index),
+                "generator": state["generator"], "state": index_state(state["state"], index),
+                "prev_action": state["prev_action"][index],
                 "features": repeat(state["features"][world], "n f -> c n f", c=C),
             })  # fmt: skip
-        h = rows_of(policy_state, branch_index(world, N, C))
+        h = index_state(policy_state, index)
         first = True
 
         def act(inputs: Any, s: VecStep, running: np.ndarray, r: np.ndarray) -> np.ndarray:
@@ -211,23 +196,19 @@ class Brancher:
             return actions
 
         rewards: list[np.ndarray] = []
-        short = long = None
         episodes = first_episodes(self.vec, act, self.model if self.latent else None, filters=branch_filters,
                                   start=([snapshot] * C, start, np.repeat(resets[world : world + 1], C, 0)))  # fmt: skip
         for _, _, after, running in episodes:
             rewards.append(np.where(running[:, None], after.reward, 0.0))
-            if len(rewards) == self.steps:
-                short = returns(rewards, agent, self.gamma)
-                if not self.args.to_end:
-                    break
+            if len(rewards) == self.steps and not self.args.to_end:
+                break
         episodes.close()
-        if short is None:  # every copy's episode ended before ``steps``
-            short = returns(rewards, agent, self.gamma)
-        long = returns(rewards, agent, self.gamma) if self.args.to_end else None
+        short = returns(rewards[: self.steps], agent, self.gamma)  # fewer steps where every copy's episode ended first
         shape = (self.spec.n_actions, self.args.samples)
         out = {"real": short[0].reshape(shape), "real_own": short[1].reshape(shape)}
-        if long is not None:
-            out["real_end"], out["real_end_own"] = long[0].reshape(shape), long[1].reshape(shape)
+        if self.args.to_end:
+            team, own = returns(rewards, agent, self.gamma)
+            out["real_end"], out["real_end_own"] = team.reshape(shape), own.reshape(shape)
         return out
 
     @torch.no_grad()

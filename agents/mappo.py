@@ -35,6 +35,7 @@ from agents.policies.base import (
 from agents.policies.gru import GRUPolicy, GRUPolicyConfig
 from agents.replay_value import ValueTargets
 from agents.storage import BatchedEnv, Carry, Chunks, Episodes, RolloutStorage, length_groups
+from agents.verdict import PolicyTargets
 from wmenv.checks import check_device, check_int, check_positive
 from wmenv.data.collect import ended_metrics
 from wmenv.envs.spec import action_bounds
@@ -507,14 +508,19 @@ class MAPPO(nn.Module):
         return adv, ret
 
     def loss(
-        self, batch: Chunks, entropy_coef: float | None = None, value_targets: ValueTargets | None = None
+        self,
+        batch: Chunks,
+        entropy_coef: float | None = None,
+        value_targets: ValueTargets | None = None,
+        policy_targets: PolicyTargets | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """The MAPPO loss of a minibatch of chunks (updates the value normalizer with its valid returns).
 
         Dead agents and padding (``batch.valid`` False) contribute nothing to any term. ``entropy_coef`` replaces
         ``config.entropy_coef`` (an annealed weight). ``value_targets`` adds their weight times the critic's (unclipped)
         value loss on those rows, e.g. real λ-returns (`agents.replay_value`); the value normalizer is not updated
-        with them.
+        with them. ``policy_targets`` adds their weight times the cross-entropy of the actor's distribution at their
+        cells (from a fresh recurrent state) against their targets (`agents.verdict`).
 
         Returns:
             loss: scalar; stats: detached scalars for logging.
@@ -548,6 +554,14 @@ class MAPPO(nn.Module):
                                    cfg.huber_delta if cfg.huber_loss else None)  # fmt: skip
             loss = loss + vt.weight * extra
             stats["replay_value_loss"] = extra.detach()
+        if policy_targets is not None:
+            pt = policy_targets
+            fresh = torch.ones(len(pt.obs), dtype=torch.bool, device=pt.obs.device)
+            logits, _ = self.policy.step(pt.obs, self.policy.initial_state(len(pt.obs)), fresh)
+            log_probs = torch.log_softmax(mask_logits(logits, pt.action_mask), -1)
+            verdict = -(pt.target * torch.where(pt.action_mask, log_probs, 0.0)).sum(-1).mean()
+            loss = loss + pt.weight * verdict
+            stats["verdict_loss"] = verdict.detach()
         stats.update({f"aux/{k}": torch.as_tensor(v) for k, v in aux_stats.items()})
         if aux_stats:
             stats["aux_loss"] = aux_loss.detach()
@@ -592,6 +606,7 @@ class MAPPO(nn.Module):
         lr_scale: float = 1.0,
         entropy_scale: float = 1.0,
         value_targets: ValueTargets | None = None,
+        policy_targets: PolicyTargets | None = None,
     ) -> dict[str, float]:
         """``epochs`` passes of minibatch PPO over a filled storage.
 
@@ -600,6 +615,7 @@ class MAPPO(nn.Module):
             lr_scale: multiplies both learning rates (linear annealing passes ``1 - progress``).
             entropy_scale: multiplies ``entropy_coef`` (`entropy_scale_after` of the minibatch steps taken before).
             value_targets: further critic targets, whole in every minibatch (`loss`).
+            policy_targets: target distributions for the actor at cells, whole in every minibatch (`loss`).
 
         Returns:
             name -> mean over minibatches (losses, entropy, approx_kl, clip_frac, grad norms; with discrete actions
@@ -626,7 +642,9 @@ class MAPPO(nn.Module):
                 # One minibatch holds every chunk and the loss is a mean over them, so storage order gives the same
                 # loss without a copy and keeps each env's N agent rows together (`AttentionCritic` attends once for them).
                 ent_coef = cfg.entropy_coef * entropy_scale * cfg.entropy_decay**count
-                loss, stats = self.loss(chunks if len(idx) == n else chunks.index(idx), ent_coef, value_targets)
+                loss, stats = self.loss(
+                    chunks if len(idx) == n else chunks.index(idx), ent_coef, value_targets, policy_targets
+                )
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 stats["grad_norm_actor"] = nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)

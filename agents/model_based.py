@@ -67,6 +67,7 @@ from agents.train import (
     seed_everything,
     torch_threads,
 )
+from agents.verdict import VerdictConfig, verdict_targets
 from wmenv.checks import check_choice, check_device, check_int, check_positive
 from wmenv.data.collect import mean_metrics
 from wmenv.data.persist import remove_temporaries
@@ -203,6 +204,10 @@ class ModelBasedConfig:
     its greedy choice was to stay from the first update on, as with 0.001."""
     critic: CriticConfig = field(default_factory=CriticConfig)
     """Attention critic widths and value normalization."""
+    verdict: VerdictConfig = field(default_factory=VerdictConfig)
+    """Discrete actions: the dream's verdict on every available action at cells of fresh dream starts, as a target for
+    the actor beside each dream PPO update (`agents.verdict`: the actor learns the model's verdict on actions it no
+    longer samples); ``--verdict.coef`` > 0 turns it on (off by default)."""
     rollout: Literal["sample", "mag"] = "sample"
     """How the dream steps: "sample" draws each next state from the model's prior; "mag" plans it (MAG,
     `wmenv.dream.mag`: the candidate with the lowest predicted model error under the actor; needs a model with
@@ -506,6 +511,7 @@ def _learn(cfg: ModelBasedConfig, it: int, counters: dict[str, int], spec: Any, 
         biases = []  # the critic's value minus the real λ-return on replay windows (replay_value)
         # replay_value's windows: horizon + 1 rows, or the longest stored episode's (a return needs two rows)
         length = min(cfg.horizon + 1, int(replay.episode_lengths.max())) if cfg.replay_value else 0
+        verdicts = torch.Generator(agent.device).manual_seed(cfg.seed + 60_000 + it)
         for i in range(n_dream):
             carry, _ = agent.collect(dream, storage, carry)
             imagined.append(float(storage.data["rewards"][storage.data["alive"]].mean()))
@@ -516,8 +522,14 @@ def _learn(cfg: ModelBasedConfig, it: int, counters: dict[str, int], spec: Any, 
                     cfg.mappo.gae_lambda, cfg.replay_value, seed=cfg.seed + 40_000 + done_updates + i,
                 )  # fmt: skip
                 biases.append(targets.bias)
-            stats = agent.update(storage, entropy_scale=agent.entropy_scale_after(done_updates + i), value_targets=targets)
-            updates.append({k: float(v) for k, v in stats.items()})
+            policy_targets, verdict_stats = None, {}
+            if cfg.verdict.coef > 0:
+                policy_targets, verdict_stats = verdict_targets(
+                    agent, dream, cfg.verdict, verdicts, seed=cfg.seed + 70_000 + 2 * (done_updates + i)
+                )  # fmt: skip
+            stats = agent.update(storage, entropy_scale=agent.entropy_scale_after(done_updates + i), value_targets=targets,
+                                 policy_targets=policy_targets)  # fmt: skip
+            updates.append({**{k: float(v) for k, v in stats.items()}, **verdict_stats})
         counters["imagined_agent_steps"] += n_dream * per_rollout
         extra = {"replay_value_bias": float(np.mean(biases))} if biases else {}
         for k, v in {**mean_metrics(updates), "reward_per_agent_step": float(np.mean(imagined)), **extra}.items():
@@ -538,6 +550,13 @@ def _real_ppo(cfg: ModelBasedConfig, it: int, counters: dict[str, int], per_roll
     for k, v in stats.items():
         writer.add_scalar(f"real_ppo/{k}", float(v), counters["env_steps"])
     return cfg.real_ppo
+
+
+def _check_verdict(cfg: ModelBasedConfig, spec: EnvSpec) -> None:
+    """The verdict (`agents.verdict`) scores the available actions of a discrete choice: a ValueError for others."""
+    if cfg.verdict.coef > 0 and not spec.discrete:
+        raise ValueError(f"ModelBasedConfig.verdict.coef: the verdict scores each available action of a discrete choice; "
+                         f"{cfg.env_id} has continuous actions (got coef={cfg.verdict.coef})")  # fmt: skip
 
 
 def prefill_steps(cfg: ModelBasedConfig, spec: EnvSpec) -> int:
@@ -585,6 +604,7 @@ def _run(cfg: ModelBasedConfig) -> dict[str, Any]:
             f"give each copy {per_copy} steps, fewer than one {cfg.env_id} episode ({spec.episode_limit} steps): no "
             "episode could end to fit on; collect more steps, use fewer copies or set real_episodes"
         )
+    _check_verdict(cfg, spec)
     prefill = prefill_steps(cfg, spec)
     real_ppo_from = real_ppo_start(cfg, spec, prefill)
     replay = EpisodeReplay(ReplayConfig(capacity=cfg.capacity, seed=cfg.seed), spec=spec)

@@ -141,7 +141,10 @@ class DreamVecEnv:
         self._replay_seed = int(seed)
 
     # --- starts ---
-    def _starts(self, count: int) -> State:
+    @torch.no_grad()
+    def draw_starts(self, count: int) -> State:
+        """``count`` start states as the worlds' resets draw them (the model's initial distribution, or posteriors of
+        replay windows of ``context`` rows); advances the draws."""
         if self.start is None:
             return self.model.initial(count, generator=self.generator)
         self._replay_seed += 1
@@ -176,7 +179,7 @@ class DreamVecEnv:
         if start is not None:
             start = self._check_start(start)
         with torch.no_grad():
-            self._state = self._starts(B) if start is None else start
+            self._state = self.draw_starts(B) if start is None else start
             obs, crit, mask = self._view(self._state)
         self._alive = torch.ones(B, N, dtype=torch.bool, device=self.device)
         self._t = torch.zeros(B, dtype=torch.long, device=self.device)
@@ -304,7 +307,7 @@ class DreamVecEnv:
         if world_end.any():
             idx = world_end.nonzero().squeeze(-1)
             with torch.no_grad():
-                fresh = self._starts(len(idx))
+                fresh = self.draw_starts(len(idx))
             state = {k: v.index_copy(0, idx, fresh[k]) for k, v in state.items()}
             with torch.no_grad():  # the heads act per row: only the restarted worlds need a new view
                 view = self._view(fresh)

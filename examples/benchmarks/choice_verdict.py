@@ -54,6 +54,7 @@ from safetensors.torch import load_file
 from agents.critic import AttentionCritic, CriticConfig
 from agents.policies.base import index_state, mask_logits, sample_actions
 from agents.train import first_episodes, policy_from_checkpoint
+from agents.verdict import branched_returns
 from wmenv.checks import check_int
 from wmenv.dream import DreamVecEnv
 from wmenv.envs import make
@@ -215,45 +216,19 @@ class Brancher:
     def imagined(self, window: dict[str, torch.Tensor], agent: int, available: np.ndarray) -> dict[str, Any]:
         """(A, samples) imagined returns of each forced action from the posterior of ``window`` (1, T, ...) rows, and
         the agent's own with the critic's value of the last imagined state added (γ^steps V, where it is alive)."""
-        C, N = self.dream_copies, self.spec.n_agents
+        C = self.dream_copies
         posterior = self.model.observe(window["obs"], window["action"], window["reset"], None, self.generator,
                                        window["alive"], global_state=window["state"])  # fmt: skip
         self.dream.seed(int(torch.randint(2**62, (1,), generator=self.generator)))
         s = self.dream.reset(start={k: repeat(v[0], "... -> c ...", c=C) for k, v in posterior.items()})
         offered = s.action_mask[0, agent].numpy() & available
         choose = torch.as_tensor(self.choices(offered if offered.any() else available, self.dream_samples))
-        h, critic_h = self.policy.initial_state(C * N), self.critic.initial_state(C * N)
-        rows = torch.arange(N).repeat(C)  # the critic values each world's state once per agent, as MAPPO does
-        resets = torch.ones(C * N, dtype=torch.bool)
-        going, weight, ended = torch.ones(C, dtype=torch.bool), torch.ones(C, N), torch.zeros(C, dtype=torch.bool)
-        rewards = []
-        for t in range(self.steps):
-            _, critic_h = self.critic.step(repeat(s.state, "c s -> (c n) s", n=N), rows, critic_h, resets)
-            out, h = self.policy.step(s.obs.flatten(0, 1).float(), h, resets)
-            actions = sample_actions(mask_logits(out, s.action_mask.flatten(0, 1)), self.generator).view(C, N)
-            if t == 0:
-                actions[:, agent] = torch.where(s.action_mask[:, agent].gather(1, choose[:, None])[:, 0], choose,
-                                                actions[:, agent])  # fmt: skip
-            s = self.dream.step(actions)
-            ended |= going & s.terminated[:, agent]
-            rewards.append(torch.where(going[:, None], s.reward * weight, 0.0).numpy())
-            weight = weight * s.discount  # the continuation probability with terminations="expected", else 1
-            last = s.done & going  # worlds whose first episode ends now (at the horizon at the latest)
-            going &= ~s.done
-            resets = (s.terminated | s.truncated | s.done[:, None]).flatten()
-        team, own = returns(rewards, agent, self.gamma)
-        if going.any():
-            raise RuntimeError(f"{int(going.sum())} imagined worlds did not end at the horizon ({self.steps} steps)")
-        # bootstrap where the agent was cut by the horizon (not terminated): V of its last imagined state
-        value, _ = self.critic.step(repeat(s.final_state, "c s -> (c n) s", n=N), rows, critic_h, torch.zeros_like(resets))
-        value = self.critic.value_norm.denormalize(value).view(C, N)[:, agent]
-        cut = s.truncated[:, agent] & last
-        valued = own + (self.gamma**self.steps * torch.where(cut, value * weight[:, agent], 0.0)).numpy()
+        out = branched_returns(self.dream, s, self.policy, self.critic, torch.full((C,), agent), choose, self.gamma,
+                               self.generator)  # fmt: skip
         shape = (self.spec.n_actions, self.dream_samples)
-        negative = np.minimum(np.stack(rewards)[:, :, agent], 0.0).sum(0)  # what the agent's imagined penalties add up to
-        return {"dream": team.reshape(shape), "dream_own": own.reshape(shape), "dream_value_own": valued.reshape(shape),
-                "dream_own_negative": negative.reshape(shape), "dream_own_ended": ended.float().numpy().reshape(shape),
-                "dream_offered": offered}  # fmt: skip
+        names = {"team": "dream", "own": "dream_own", "valued": "dream_value_own", "negative": "dream_own_negative",
+                 "ended": "dream_own_ended"}  # fmt: skip
+        return {name: out[k].double().numpy().reshape(shape) for k, name in names.items()} | {"dream_offered": offered}
 
     def cell(self, cell: dict[str, Any]) -> dict[str, Any]:
         """Score one cell (`cells_of`'s record) in reality and in the dream: its summary record (module docstring)."""

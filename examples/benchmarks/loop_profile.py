@@ -14,6 +14,8 @@ Phases, in process CPU time (and wall time):
   through the world model and valued (`agents.replay_value`); their term in the critic's loss is in ``ppo``;
 - ``real_ppo`` (runs with ``--run.real-ppo`` > 0 only): PPO on the iteration's new real episodes (`agents.real_ppo`:
   scoring them with the actor and critic, then the updates; those updates are not in ``ppo``);
+- ``verdict`` (runs with ``--run.verdict.coef`` > 0 only): the dream's verdict on every action at the cells of fresh
+  dream starts (`agents.verdict`: the branched imagined futures); its term in the actor's loss is in ``ppo``;
 - ``eval``: the greedy evaluation on the real env;
 - ``checkpoint``: writing the loop's checkpoint (agent, world model, optimizer, replay).
 
@@ -66,7 +68,8 @@ from agents.mappo import MAPPO
 from agents.model_based import ModelBasedConfig, split_schedule
 
 PHASES = ("collect", "fit", "dream", "ppo", "eval", "checkpoint")
-"""The phases of every run; runs with a replay value loss add ``"replay_value"``, runs with real PPO ``"real_ppo"``."""
+"""The phases of every run; runs with a replay value loss add ``"replay_value"``, runs with real PPO ``"real_ppo"``,
+runs with the verdict loss ``"verdict"``."""
 
 
 @dataclass
@@ -141,7 +144,8 @@ class Probe:
     @contextmanager
     def installed(self) -> Iterator[None]:
         """Patch `agents.model_based`'s collaborators (and `MAPPO`'s dream-facing methods) for the block."""
-        saved = {k: getattr(mb, k) for k in ("fit", "evaluate_and_log", "_save", "replay_value_targets", "_real_ppo")}
+        names = ("fit", "evaluate_and_log", "_save", "replay_value_targets", "_real_ppo", "verdict_targets")
+        saved = {k: getattr(mb, k) for k in names}
         saved_collect = collection.collect_for_update  # the loop's in-line collection calls it there
         mappo = {k: getattr(MAPPO, k) for k in ("start", "collect", "update")}
 
@@ -174,6 +178,8 @@ class Probe:
             mb.replay_value_targets = self.wrap("replay_value", saved["replay_value_targets"])
         if "real_ppo" in self.phases:
             mb._real_ppo = self.wrap("real_ppo", saved["_real_ppo"])
+        if "verdict" in self.phases:
+            mb.verdict_targets = self.wrap("verdict", saved["verdict_targets"])
         MAPPO.start = count("dream_resets", self.wrap("dream", mappo["start"], "start"))
         MAPPO.collect = count("dream_rollouts", self.wrap("dream", mappo["collect"], "collect"))
         MAPPO.update = self.wrap("ppo", mappo["update"], "update")
@@ -219,7 +225,8 @@ def main(args: Args) -> dict:
     device = torch.device(args.run.device)
     basis = "wall" if device.type == "cuda" else "cpu"  # the clock that ms and GFLOP/s are per
     ref_before = matmul_gflops(args.matmul_size, args.matmul_seconds / 2, device)
-    extra = (("replay_value",) if args.run.replay_value else ()) + (("real_ppo",) if args.run.real_ppo else ())
+    extra = tuple(name for name, on in (("replay_value", args.run.replay_value), ("real_ppo", args.run.real_ppo),
+                                        ("verdict", args.run.verdict.coef)) if on)  # fmt: skip
     probe = Probe(device, PHASES + extra)
     with tempfile.TemporaryDirectory(prefix="loop_profile_") as tmp:
         cfg = dataclasses.replace(args.run, iterations=args.warmup + 1, run_dir=tmp, resume=False, progress=False)

@@ -318,10 +318,13 @@ def test_loop_profile_reports_consistent_phases(tmp_path):
     out = _run("loop_profile.py", "--run.real-steps", "100", "--run.num-envs", "2", "--run.fit-steps", "2",
                "--run.fit.batch-size", "4", "--run.dream-updates", "1", "--run.dream-worlds", "4", "--run.eval-episodes", "1",
                "--run.mappo.epochs", "1", "--matmul-size", "64", "--matmul-seconds", "0.1", "--run.replay-value", "0.3",
-               "--run.replay-value-windows", "4", "--run.real-ppo", "1", "--out", str(tmp_path / "p.json"))  # fmt: skip
+               "--run.replay-value-windows", "4", "--run.real-ppo", "1", "--run.verdict.coef", "1",
+               "--run.verdict.cells", "2", "--run.verdict.starts", "2", "--run.verdict.samples", "1",
+               "--out", str(tmp_path / "p.json"))  # fmt: skip
     assert json.loads((tmp_path / "p.json").read_text()) == out
-    # the last two: the critic's real targets, and PPO on the real episodes (its updates are not in "ppo")
-    phases = {"collect", "fit", "dream", "ppo", "eval", "checkpoint", "replay_value", "real_ppo"}
+    # the last three: the critic's real targets, PPO on the real episodes (its updates are not in "ppo") and the
+    # dream's verdict at cells (its term in the actor's loss is in "ppo")
+    phases = {"collect", "fit", "dream", "ppo", "eval", "checkpoint", "replay_value", "real_ppo", "verdict"}
     ms, ref = out["cpu_ms_per_real_step"], out["matmul_gflops"]
     assert set(ms) == set(out["wall_ms_per_real_step"]) == set(out["ms_x_matmul"]) == phases
     assert all(v > 0 for v in ms.values()) and ref > 0

@@ -7,10 +7,9 @@ import numpy as np
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from toyvec import ToySpec, ToyVecEnv
+from toyvec import ToySpec, toy_rollout
 
 from agents.critic import AttentionCritic, CriticConfig
-from agents.mappo import MAPPO, MAPPOConfig
 from agents.model_based import ModelBasedConfig, run
 from agents.replay_value import ValueTargets, replay_lambda_returns, replay_value_targets
 from wmenv.data.collect import random_replay
@@ -96,11 +95,7 @@ def test_targets_are_the_windows_real_rewards_in_mappos_row_layout_and_repeat_wi
 
 
 def test_value_targets_move_the_critic_toward_them_and_leave_the_actor_alone():
-    env = ToyVecEnv()
-    torch.manual_seed(0)
-    agent = MAPPO(ToySpec(), MAPPOConfig(rollout_length=10, epochs=3), seed=0)
-    storage, carry = agent.new_storage(env.num_envs), agent.start(env)
-    agent.collect(env, storage, carry)
+    agent, storage = toy_rollout()
     g = torch.Generator().manual_seed(1)
     B, T = 2 * ToySpec.n_agents, 6
     valid = torch.ones(B, T, dtype=torch.bool)

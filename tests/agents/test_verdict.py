@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from toyvec import ToySpec, ToyVecEnv
+from toyvec import ToySpec, toy_rollout
 
 from agents.critic import AttentionCritic, CriticConfig
 from agents.mappo import MAPPO, MAPPOConfig
@@ -123,11 +123,7 @@ def test_verdict_targets_cover_agents_with_a_choice_and_repeat_with_the_seed(mpe
 
 
 def test_policy_targets_pull_the_actor_toward_them_and_leave_the_critic_alone():
-    env = ToyVecEnv()
-    torch.manual_seed(0)
-    agent = MAPPO(ToySpec(), MAPPOConfig(rollout_length=10, epochs=3), seed=0)
-    storage, carry = agent.new_storage(env.num_envs), agent.start(env)
-    agent.collect(env, storage, carry)
+    agent, storage = toy_rollout()
     obs = torch.randn(6, ToySpec.obs_dim, generator=torch.Generator().manual_seed(1))
     mask = torch.ones(6, ToySpec.n_actions, dtype=torch.bool)
     mask[:3, 0] = False

@@ -95,6 +95,21 @@ class ToySpec:
     n_agents, obs_dim, state_dim, n_actions, discrete = ToyVecEnv.N, ToyVecEnv.D, ToyVecEnv.S, ToyVecEnv.A, True
 
 
+def toy_rollout():
+    """A fresh MAPPO agent (seed 0, rollouts of 10 steps, 3 epochs) and one rollout it collected on `ToyVecEnv`: the
+    starting point of tests that compare updates with and without an extra loss term."""
+    import torch
+
+    from agents.mappo import MAPPO, MAPPOConfig
+
+    env = ToyVecEnv()
+    torch.manual_seed(0)
+    agent = MAPPO(ToySpec(), MAPPOConfig(rollout_length=10, epochs=3), seed=0)
+    storage, carry = agent.new_storage(env.num_envs), agent.start(env)
+    agent.collect(env, storage, carry)
+    return agent, storage
+
+
 class ToyContinuousVecEnv(ToyVecEnv):
     """`ToyVecEnv` with continuous actions in [-1, 1]: A=3 dims, agent 2 has only the first 2 (the third is padding,
     False in its action mask). Actions must arrive clipped to the bounds; reward is ``1 - (a_0 - 0.5)²`` (best at 0.5).

@@ -4,11 +4,10 @@ cannot apply)."""
 
 import copy
 
-import numpy as np
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from toyvec import ToySpec, toy_rollout
+from toyvec import ToySpec, one_update_each, toy_rollout
 
 from agents.critic import AttentionCritic, CriticConfig
 from agents.mappo import MAPPO, MAPPOConfig
@@ -136,12 +135,7 @@ def test_policy_targets_pull_the_actor_toward_them_and_leave_the_critic_alone():
             logits, _ = a.policy.step(obs, a.policy.initial_state(6), torch.ones(6, dtype=torch.bool))
             return float(torch.softmax(mask_logits(logits, mask), -1)[:, 2].mean())
 
-    plain, pulled = copy.deepcopy(agent), copy.deepcopy(agent)
-    plain.update(copy.deepcopy(storage))
-    metrics = pulled.update(copy.deepcopy(storage), policy_targets=pt)
-    assert "verdict_loss" in metrics and np.isfinite(metrics["verdict_loss"])
-    for (name, p), q in zip(plain.critic.named_parameters(), pulled.critic.parameters()):
-        assert torch.equal(p, q), f"the critic's {name} moved with the actor's targets"
+    plain, pulled = one_update_each(agent, storage, "verdict_loss", "critic", policy_targets=pt)
     for _ in range(10):
         plain.update(copy.deepcopy(storage))
         pulled.update(copy.deepcopy(storage), policy_targets=pt)

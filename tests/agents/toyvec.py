@@ -110,6 +110,23 @@ def toy_rollout():
     return agent, storage
 
 
+def one_update_each(agent, storage, metric, untouched, **extra):
+    """Two copies of ``agent`` after one update on ``storage``: plain, and with the ``extra`` keywords of `MAPPO.update`
+    (an extra loss term). Asserts that the term's ``metric`` is reported and finite and that the copies' ``untouched``
+    network ("policy" or "critic") is the same; returns (plain, extra)."""
+    import copy
+
+    import torch
+
+    plain, other = copy.deepcopy(agent), copy.deepcopy(agent)
+    plain.update(copy.deepcopy(storage))
+    metrics = other.update(copy.deepcopy(storage), **extra)
+    assert metric in metrics and np.isfinite(metrics[metric])
+    for (name, p), q in zip(getattr(plain, untouched).named_parameters(), getattr(other, untouched).parameters()):
+        assert torch.equal(p, q), f"the {untouched}'s {name} moved with the extra term"
+    return plain, other
+
+
 class ToyContinuousVecEnv(ToyVecEnv):
     """`ToyVecEnv` with continuous actions in [-1, 1]: A=3 dims, agent 2 has only the first 2 (the third is padding,
     False in its action mask). Actions must arrive clipped to the bounds; reward is ``1 - (a_0 - 0.5)²`` (best at 0.5).

@@ -9,7 +9,8 @@ the gradient. Here the model is asked about every action instead. A *cell* is an
 action at a dream start (the posterior of a real context window, as the dream's rollouts start). Each available action
 is imagined K times: the agent takes it, then every agent follows the actor for the horizon, and the value of the
 action is the agent's own discounted return plus γ^H times the critic's value where the horizon cut it (what its PPO
-advantage is made of). The target at the cell is the actor's distribution improved by the verdict,
+advantage is made of; ``bootstrap=False``: the return alone). The target at the cell is the actor's distribution
+improved by the verdict,
 
     target(a) ∝ ((1 − ε) π(a) + ε / #available) · exp(z(a) / τ),
 
@@ -58,6 +59,11 @@ class VerdictConfig:
     """τ, on values in units of the batch's RMS relative value: 1 multiplies an action's odds by e per unit."""
     mix: float = 0.1
     """ε, the uniform share of the prior that the verdict reweighs (0: an action at π 0 stays at 0)."""
+    bootstrap: bool = True
+    """Value an action by the agent's own return over the horizon plus γ^H times the critic's value where the horizon
+    cut it (what its PPO advantage is made of); False: by the horizon's return alone. The critic values the current
+    policy: under an actor that never departs it rates a departed train below a held one (BENCHMARKS.md), so with it
+    the verdict confirms the actor where the horizon's returns alone would not."""
 
     def __post_init__(self) -> None:
         v = self.coef
@@ -216,7 +222,7 @@ def verdict_targets(agent: MAPPO, dream: DreamVecEnv, config: VerdictConfig, gen
     out = branched_returns(futures, begin, agent.policy, agent.critic, who[branch], repeat(action, "p -> (p k)", k=K),
                            agent.config.gamma, generator)  # fmt: skip
     values = torch.zeros(available.shape, device=device)
-    values[cell, action] = out["valued"].view(-1, K).mean(-1)
+    values[cell, action] = out["valued" if config.bootstrap else "own"].view(-1, K).mean(-1)
     obs = first.obs[world, who].float()
     fresh = torch.ones(len(obs), dtype=torch.bool, device=device)
     logits, _ = agent.policy.step(obs, agent.policy.initial_state(len(obs)), fresh)

@@ -121,6 +121,22 @@ def test_verdict_targets_cover_agents_with_a_choice_and_repeat_with_the_seed(mpe
     assert not torch.equal(pt.target, other.target)
 
 
+def test_without_bootstrap_the_critic_does_not_enter_the_verdict(mpe):
+    model, agent = mpe
+    shifted = copy.deepcopy(agent)
+    with torch.no_grad():
+        shifted.critic.head.bias.add_(torch.linspace(-3.0, 3.0, shifted.critic.head.bias.numel()))
+        for p in shifted.critic.parameters():
+            p.mul_(1.5)
+
+    def targets(a, bootstrap):
+        config = VerdictConfig(coef=1.0, cells=5, starts=3, samples=2, bootstrap=bootstrap)
+        return verdict_targets(a, DreamVecEnv(model, 8, 4, seed=0), config, torch.Generator().manual_seed(0), seed=0)[0]
+
+    assert torch.equal(targets(agent, False).target, targets(shifted, False).target)
+    assert not torch.equal(targets(agent, True).target, targets(shifted, True).target)
+
+
 def test_policy_targets_pull_the_actor_toward_them_and_leave_the_critic_alone():
     agent, storage = toy_rollout()
     obs = torch.randn(6, ToySpec.obs_dim, generator=torch.Generator().manual_seed(1))

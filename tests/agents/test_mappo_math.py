@@ -395,8 +395,8 @@ def test_update_averages_stats_over_minibatches_and_scales_learning_rates():
     agent, env, storage = _collected(rollout_length=7, chunk_length=3, epochs=3, num_minibatches=2, lr=1e-3, critic_lr=2e-3)
     calls, loss = [], agent.loss
 
-    def probe(batch, entropy_coef=None, value_targets=None):
-        out, stats = loss(batch, entropy_coef, value_targets)
+    def probe(batch, entropy_coef=None, value_targets=None, policy_targets=None):
+        out, stats = loss(batch, entropy_coef, value_targets, policy_targets)
         stats["probe"] = torch.tensor(float(len(calls)))
         calls.append(len(batch))
         return out, stats
@@ -424,9 +424,9 @@ def test_entropy_weight_anneals_per_minibatch_step_and_resumes_from_earlier_upda
                                    entropy_decay=0.9)  # fmt: skip
     seen, loss = [], agent.loss
 
-    def probe(batch, entropy_coef=None, value_targets=None):
+    def probe(batch, entropy_coef=None, value_targets=None, policy_targets=None):
         seen.append(entropy_coef)
-        return loss(batch, entropy_coef, value_targets)
+        return loss(batch, entropy_coef, value_targets, policy_targets)
 
     agent.loss = probe
     assert agent.minibatch_steps() == 6 and agent.entropy_scale_after(0) == 1.0
@@ -449,9 +449,9 @@ def test_update_with_one_minibatch_takes_chunks_in_storage_order_and_still_draws
     agent, env, storage = _collected(rollout_length=7, chunk_length=3, epochs=2, num_minibatches=1)
     batches, loss = [], agent.loss
 
-    def probe(batch, entropy_coef=None, value_targets=None):
+    def probe(batch, entropy_coef=None, value_targets=None, policy_targets=None):
         batches.append(batch)
-        return loss(batch, entropy_coef, value_targets)
+        return loss(batch, entropy_coef, value_targets, policy_targets)
 
     agent.loss = probe
     state = agent.generator.get_state()
@@ -679,9 +679,9 @@ def test_entropy_floor_adds_alpha_times_the_normalized_choice_entropy_and_adapts
     torch.testing.assert_close(without - with_floor, 0.01 * measured, rtol=1e-5, atol=1e-7)
     seen, loss = [], agent.loss
 
-    def probe(batch, entropy_coef=None, value_targets=None):
+    def probe(batch, entropy_coef=None, value_targets=None, policy_targets=None):
         seen.append(float(agent.entropy_floor_log_weight))
-        out, st = loss(batch, entropy_coef, value_targets)
+        out, st = loss(batch, entropy_coef, value_targets, policy_targets)
         seen.append(float(st["floor_entropy"]))
         return out, st
 

@@ -90,6 +90,13 @@ class PolicyTargets:
     """Weight of the cross-entropy beside the PPO loss."""
 
 
+def relative_values(values: Tensor, available: Tensor) -> Tensor:
+    """(C, A) each available action's value minus the mean over its cell's available actions; 0 where unavailable."""
+    values = torch.where(available, values, torch.zeros_like(values))
+    mean = values.sum(-1, keepdim=True) / available.sum(-1, keepdim=True).clamp(min=1)
+    return torch.where(available, values - mean, torch.zeros_like(values))
+
+
 def improved_policy(values: Tensor, available: Tensor, probs: Tensor, temperature: float, mix: float) -> Tensor:
     """The verdict's target (module docstring) at C cells.
 
@@ -109,8 +116,7 @@ def improved_policy(values: Tensor, available: Tensor, probs: Tensor, temperatur
     if not bool(available.any(-1).all()):
         raise ValueError("available: expected at least one available action per cell")
     count = available.sum(-1, keepdim=True)
-    values = torch.where(available, values, torch.zeros_like(values))
-    rel = torch.where(available, values - values.sum(-1, keepdim=True) / count, torch.zeros_like(values))
+    rel = relative_values(values, available)
     scale = rel[available].pow(2).mean().sqrt()
     z = rel / scale if scale > 1e-8 else torch.zeros_like(rel)
     prior = (1.0 - mix) * probs + mix * available / count
@@ -228,8 +234,7 @@ def verdict_targets(agent: MAPPO, dream: DreamVecEnv, config: VerdictConfig, gen
     logits, _ = agent.policy.step(obs, agent.policy.initial_state(len(obs)), fresh)
     probs = torch.softmax(mask_logits(logits, available), -1)
     target = improved_policy(values, available, probs, config.temperature, config.mix)
-    count = available.sum(-1, keepdim=True)
-    rel = torch.where(available, values - values.sum(-1, keepdim=True) / count, 0.0)
+    rel = relative_values(values, available)
     best = torch.where(available, values, -torch.inf).argmax(-1)
     stats = {"verdict_cells": float(len(world)), "verdict_agree": float((probs.argmax(-1) == best).float().mean()),
              "verdict_spread": float(rel.abs().sum() / available.sum())}  # fmt: skip

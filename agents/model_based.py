@@ -209,7 +209,8 @@ class ModelBasedConfig:
     the actor beside each dream PPO update (`agents.verdict`: the actor learns the model's verdict on actions it no
     longer samples); ``--verdict.coef`` > 0 turns it on (off by default). Measured at 1 (BENCHMARKS.md, "The verdict
     in the actor's loss"): on Flatland-5 in the MAMBA code's settings it kept the actor departing through 25k on three
-    seeds (19.9 % arrived sampled against 12.0 %), without undoing a collapse; level on MPE at 30k (3 seeds)."""
+    seeds (19.9 % arrived sampled against 12.0 %) but not beyond (25–50k, 2 seeds: level with off or behind), and it
+    does not undo a collapse; level on MPE at 30k (3 seeds)."""
     rollout: Literal["sample", "mag"] = "sample"
     """How the dream steps: "sample" draws each next state from the model's prior; "mag" plans it (MAG,
     `wmenv.dream.mag`: the candidate with the lowest predicted model error under the actor; needs a model with

@@ -514,7 +514,7 @@ def _learn(cfg: ModelBasedConfig, it: int, counters: dict[str, int], spec: Any, 
         biases = []  # the critic's value minus the real λ-return on replay windows (replay_value)
         # replay_value's windows: horizon + 1 rows, or the longest stored episode's (a return needs two rows)
         length = min(cfg.horizon + 1, int(replay.episode_lengths.max())) if cfg.replay_value else 0
-        verdicts = torch.Generator(agent.device).manual_seed(cfg.seed + 60_000 + it)
+        verdicts = torch.Generator(agent.device).manual_seed(cfg.seed + 60_000 + it) if cfg.verdict.coef > 0 else None
         for i in range(n_dream):
             carry, _ = agent.collect(dream, storage, carry)
             imagined.append(float(storage.data["rewards"][storage.data["alive"]].mean()))

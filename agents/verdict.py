@@ -129,7 +129,7 @@ def branched_returns(
     dream: DreamVecEnv,
     first: DreamStep,
     policy: RecurrentPolicy,
-    critic: CentralCritic,
+    critic: CentralCritic | None,
     agent: Tensor,
     choose: Tensor,
     gamma: float,
@@ -141,7 +141,8 @@ def branched_returns(
         dream: the W worlds, just reset (to ``first``); each runs ``dream.horizon`` steps, once.
         first: what the reset returned.
         policy: the actor, from a fresh recurrent state (as it trains in the dream); samples with ``generator``.
-        critic: values the last imagined state where the horizon cut the agent (its value normalizer denormalizes).
+        critic: values the last imagined state where the horizon cut the agent (its value normalizer denormalizes);
+            None: no ``valued`` (the critic is not stepped).
         agent: (W,) int64, the deciding agent of each world.
         choose: (W,) int64, its first action (its sampled one where the dream does not offer it).
         gamma: discount.
@@ -149,11 +150,12 @@ def branched_returns(
 
     Returns:
         name -> (W,) float: ``team`` (the discounted mean reward over agents), ``own`` (the deciding agent's), ``valued``
-        (``own`` + γ^H V of its last state where the horizon cut it), ``negative`` (the sum of its negative rewards),
-        ``ended`` (1 where the dream ended it).
+        (with a critic: ``own`` + γ^H V of its last state where the horizon cut it), ``negative`` (the sum of its
+        negative rewards), ``ended`` (1 where the dream ended it).
     """
     W, N, s = dream.num_worlds, dream.spec.n_agents, first
-    h, critic_h = policy.initial_state(W * N), critic.initial_state(W * N)
+    h = policy.initial_state(W * N)
+    critic_h = None if critic is None else critic.initial_state(W * N)
     rows = torch.arange(N, device=dream.device).repeat(W)  # the critic values each world's state once per agent
     resets = torch.ones(W * N, dtype=torch.bool, device=dream.device)
     going, weight = torch.ones(W, dtype=torch.bool, device=dream.device), torch.ones(W, N, device=dream.device)
@@ -161,7 +163,8 @@ def branched_returns(
     own_of = agent[:, None]
     rewards = []
     for t in range(dream.horizon):
-        _, critic_h = critic.step(repeat(s.state, "w s -> (w n) s", n=N), rows, critic_h, resets)
+        if critic is not None:
+            _, critic_h = critic.step(repeat(s.state, "w s -> (w n) s", n=N), rows, critic_h, resets)
         out, h = policy.step(s.obs.flatten(0, 1).float(), h, resets)
         actions = sample_actions(mask_logits(out, s.action_mask.flatten(0, 1)), generator).view(W, N)
         if t == 0:
@@ -181,15 +184,14 @@ def branched_returns(
     r = raw * gamma ** torch.arange(len(rewards), device=dream.device)[:, None, None]
     pick = repeat(own_of, "w 1 -> h w 1", h=len(rewards))
     own, own_raw = r.gather(2, pick)[..., 0], raw.gather(2, pick)[..., 0]  # (H, W) each
-    # bootstrap where the agent was cut by the horizon (not terminated): V of its last imagined state
-    value, _ = critic.step(repeat(s.final_state, "w s -> (w n) s", n=N), rows, critic_h, torch.zeros_like(resets))
-    value = critic.value_norm.denormalize(value).view(W, N).gather(1, own_of)[:, 0]
-    cut = s.truncated.gather(1, own_of)[:, 0] & last
-    own_weight = weight.gather(1, own_of)[:, 0]
-    valued = own.sum(0) + gamma**dream.horizon * torch.where(cut, value * own_weight, 0.0)
-    return {"team": r.mean(-1).sum(0), "own": own.sum(0), "valued": valued,
-            "negative": own_raw.clamp(max=0).sum(0),
-            "ended": ended.float()}  # fmt: skip
+    out = {"team": r.mean(-1).sum(0), "own": own.sum(0), "negative": own_raw.clamp(max=0).sum(0), "ended": ended.float()}
+    if critic is not None:  # bootstrap where the agent was cut by the horizon (not terminated): V of its last state
+        value, _ = critic.step(repeat(s.final_state, "w s -> (w n) s", n=N), rows, critic_h, torch.zeros_like(resets))
+        value = critic.value_norm.denormalize(value).view(W, N).gather(1, own_of)[:, 0]
+        cut = s.truncated.gather(1, own_of)[:, 0] & last
+        own_weight = weight.gather(1, own_of)[:, 0]
+        out["valued"] = out["own"] + gamma**dream.horizon * torch.where(cut, value * own_weight, 0.0)
+    return out
 
 
 @torch.no_grad()
@@ -225,7 +227,8 @@ def verdict_targets(agent: MAPPO, dream: DreamVecEnv, config: VerdictConfig, gen
     branch = repeat(cell, "p -> (p k)", k=K)
     futures = DreamVecEnv(model, len(branch), dream.horizon, seed=seed + 1, **kind)
     begin = futures.reset(start={k: v[world[branch]] for k, v in start.items()})
-    out = branched_returns(futures, begin, agent.policy, agent.critic, who[branch], repeat(action, "p -> (p k)", k=K),
+    critic = agent.critic if config.bootstrap else None  # without the bootstrap the critic is not stepped at all
+    out = branched_returns(futures, begin, agent.policy, critic, who[branch], repeat(action, "p -> (p k)", k=K),
                            agent.config.gamma, generator)  # fmt: skip
     values = torch.zeros(available.shape, device=device)
     values[cell, action] = out["valued" if config.bootstrap else "own"].view(-1, K).mean(-1)

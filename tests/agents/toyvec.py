@@ -1,7 +1,11 @@
 """A tiny deterministic batched env with the `VecEnv` interface, with deaths, masks and truncation (for MAPPO tests)."""
 
-import numpy as np
+import copy
 
+import numpy as np
+import torch
+
+from agents.mappo import MAPPO, MAPPOConfig
 from wmenv.envs.vector import VecStep
 
 
@@ -98,10 +102,6 @@ class ToySpec:
 def toy_rollout():
     """A fresh MAPPO agent (seed 0, rollouts of 10 steps, 3 epochs) and one rollout it collected on `ToyVecEnv`: the
     starting point of tests that compare updates with and without an extra loss term."""
-    import torch
-
-    from agents.mappo import MAPPO, MAPPOConfig
-
     env = ToyVecEnv()
     torch.manual_seed(0)
     agent = MAPPO(ToySpec(), MAPPOConfig(rollout_length=10, epochs=3), seed=0)
@@ -114,10 +114,6 @@ def one_update_each(agent, storage, metric, untouched, **extra):
     """Two copies of ``agent`` after one update on ``storage``: plain, and with the ``extra`` keywords of `MAPPO.update`
     (an extra loss term). Asserts that the term's ``metric`` is reported and finite and that the copies' ``untouched``
     network ("policy" or "critic") is the same; returns (plain, extra)."""
-    import copy
-
-    import torch
-
     plain, other = copy.deepcopy(agent), copy.deepcopy(agent)
     plain.update(copy.deepcopy(storage))
     metrics = other.update(copy.deepcopy(storage), **extra)

@@ -9,8 +9,9 @@ the gradient. Here the model is asked about every action instead. A *cell* is an
 action at a dream start (the posterior of a real context window, as the dream's rollouts start). Each available action
 is imagined K times: the agent takes it, then every agent follows the actor for the horizon, and the value of the
 action is the agent's own discounted return plus γ^H times the critic's value where the horizon cut it (what its PPO
-advantage is made of; ``bootstrap=False``: the return alone). The target at the cell is the actor's distribution
-improved by the verdict,
+advantage is made of; ``bootstrap=False``: the return alone; ``persist=True``: the agent keeps taking it wherever the
+dream offers it, the others follow the actor). The target at the cell is the actor's distribution improved by the
+verdict,
 
     target(a) ∝ ((1 − ε) π(a) + ε / #available) · exp(z(a) / τ),
 
@@ -64,6 +65,12 @@ class VerdictConfig:
     cut it (what its PPO advantage is made of); False: by the horizon's return alone. The critic values the current
     policy: under an actor that never departs it rates a departed train below a held one (BENCHMARKS.md), so with it
     the verdict confirms the actor where the horizon's returns alone would not."""
+    persist: bool = False
+    """The deciding agent keeps its action at every later step of the horizon where the dream offers it (the actor
+    decides where it does not): an action is valued as "take it and keep taking it", not "take it once, then follow
+    the actor". Meant for interfaces whose actions are decisions (Flatland's ``decisions``: leftmost, rightmost, stop),
+    where a train that departs and then stops at the next decision, as a collapsed actor would make it, is valued
+    below one that never departs (BENCHMARKS.md); on per-step motor actions (MPE) it values open-loop repetitions."""
 
     def __post_init__(self) -> None:
         v = self.coef
@@ -134,6 +141,7 @@ def branched_returns(
     choose: Tensor,
     gamma: float,
     generator: torch.Generator,
+    persist: bool = False,
 ) -> dict[str, Tensor]:
     """Imagine W worlds to the horizon where agent ``agent[w]`` takes ``choose[w]`` first, then all follow the actor.
 
@@ -147,6 +155,8 @@ def branched_returns(
         choose: (W,) int64, its first action (its sampled one where the dream does not offer it).
         gamma: discount.
         generator: the actor's draws.
+        persist: the deciding agent takes ``choose[w]`` at every step where the dream offers it, not only the first
+            (the actor's sample where it does not).
 
     Returns:
         name -> (W,) float: ``team`` (the discounted mean reward over agents), ``own`` (the deciding agent's), ``valued``
@@ -167,7 +177,7 @@ def branched_returns(
             _, critic_h = critic.step(repeat(s.state, "w s -> (w n) s", n=N), rows, critic_h, resets)
         out, h = policy.step(s.obs.flatten(0, 1).float(), h, resets)
         actions = sample_actions(mask_logits(out, s.action_mask.flatten(0, 1)), generator).view(W, N)
-        if t == 0:
+        if t == 0 or persist:
             offered = s.action_mask[torch.arange(W, device=dream.device), agent].gather(1, choose[:, None])[:, 0]
             forced = torch.where(offered, choose, actions.gather(1, own_of)[:, 0])
             actions = actions.scatter(1, own_of, forced[:, None])
@@ -229,7 +239,7 @@ def verdict_targets(agent: MAPPO, dream: DreamVecEnv, config: VerdictConfig, gen
     begin = futures.reset(start={k: v[world[branch]] for k, v in start.items()})
     critic = agent.critic if config.bootstrap else None  # without the bootstrap the critic is not stepped at all
     out = branched_returns(futures, begin, agent.policy, critic, who[branch], repeat(action, "p -> (p k)", k=K),
-                           agent.config.gamma, generator)  # fmt: skip
+                           agent.config.gamma, generator, persist=config.persist)  # fmt: skip
     values = torch.zeros(available.shape, device=device)
     values[cell, action] = out["valued" if config.bootstrap else "own"].view(-1, K).mean(-1)
     obs = first.obs[world, who].float()

@@ -101,6 +101,42 @@ def test_branched_returns_force_each_worlds_agent_and_value_its_own_future(mpe):
     assert (out["ended"] == 0).all(), "expected terminations never end an agent"
 
 
+@pytest.mark.parametrize("persist", [False, True])
+def test_branched_returns_persist_keeps_the_deciding_agents_action_for_the_horizon(mpe, persist):
+    """Two imagined steps by hand: at the second the deciding agent takes the actor's draw, or with ``persist`` its
+    first action again (every MPE move is always offered); the others take the actor's draws throughout."""
+    model, agent = mpe
+    W, N, gamma = 4, model.spec.n_agents, 0.9
+    start = model.initial(W, generator=torch.Generator().manual_seed(1))
+    who, choose = torch.tensor([0, 1, 2, 1]), torch.tensor([4, 0, 2, 3])
+
+    def dream():
+        env = DreamVecEnv(model, W, 2, seed=3, terminations="expected")
+        return env, env.reset(start=start)
+
+    env, first = dream()
+    out = branched_returns(env, first, agent.policy, None, who, choose, gamma, torch.Generator().manual_seed(5),
+                           persist=persist)  # fmt: skip
+    env, s = dream()
+    g, h, resets = torch.Generator().manual_seed(5), agent.policy.initial_state(W * N), torch.ones(W * N, dtype=torch.bool)
+    own, weight, taken = torch.zeros(W), torch.ones(W), []
+    with torch.no_grad():
+        for t in range(2):
+            logits, h = agent.policy.step(s.obs.flatten(0, 1), h, resets)
+            actions = sample_actions(mask_logits(logits, s.action_mask.flatten(0, 1)), g).view(W, N)
+            if t == 0 or persist:
+                actions[torch.arange(W), who] = choose
+            taken.append(actions[torch.arange(W), who])
+            s = env.step(actions)
+            own += gamma**t * weight * s.reward[torch.arange(W), who]
+            weight = weight * s.discount[torch.arange(W), who]
+            resets = torch.zeros(W * N, dtype=torch.bool)
+    torch.testing.assert_close(out["own"], own)
+    assert "valued" not in out
+    assert torch.equal(taken[0], choose)
+    assert torch.equal(taken[1], choose) == persist, "without persist the second action is the actor's draw"
+
+
 def test_verdict_targets_cover_agents_with_a_choice_and_repeat_with_the_seed(mpe):
     model, agent = mpe
     config = VerdictConfig(coef=0.5, cells=5, starts=3, samples=2)

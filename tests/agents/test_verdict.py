@@ -67,18 +67,24 @@ def mpe():
     return model, agent
 
 
+def _branching(model, horizon):
+    """Four worlds from one seeded start, each with its deciding agent and forced action, and a maker of fresh dreams
+    over them (the same imagined draws each time)."""
+    W, N, gamma = 4, model.spec.n_agents, 0.9
+    start = model.initial(W, generator=torch.Generator().manual_seed(1))
+
+    def dream():
+        env = DreamVecEnv(model, W, horizon, seed=3, terminations="expected")
+        return env, env.reset(start=start)
+
+    return (W, N, gamma), (torch.tensor([0, 1, 2, 1]), torch.tensor([4, 0, 2, 3])), dream
+
+
 def test_branched_returns_force_each_worlds_agent_and_value_its_own_future(mpe):
     """One imagined step by hand: the deciding agent of each world takes its forced action, the others the actor's
     draws; ``own`` is its reward, ``team`` the agents' mean, ``valued`` adds γ × its continuation × V(last state)."""
     model, agent = mpe
-    W, N, gamma = 4, model.spec.n_agents, 0.9
-    start = model.initial(W, generator=torch.Generator().manual_seed(1))
-    who, choose = torch.tensor([0, 1, 2, 1]), torch.tensor([4, 0, 2, 3])
-
-    def dream():
-        env = DreamVecEnv(model, W, 1, seed=3, terminations="expected")
-        return env, env.reset(start=start)
-
+    (W, N, gamma), (who, choose), dream = _branching(model, horizon=1)
     env, first = dream()
     out = branched_returns(env, first, agent.policy, agent.critic, who, choose, gamma, torch.Generator().manual_seed(5))
     env, first = dream()
@@ -106,14 +112,7 @@ def test_branched_returns_persist_keeps_the_deciding_agents_action_for_the_horiz
     """Two imagined steps by hand: at the second the deciding agent takes the actor's draw, or with ``persist`` its
     first action again (every MPE move is always offered); the others take the actor's draws throughout."""
     model, agent = mpe
-    W, N, gamma = 4, model.spec.n_agents, 0.9
-    start = model.initial(W, generator=torch.Generator().manual_seed(1))
-    who, choose = torch.tensor([0, 1, 2, 1]), torch.tensor([4, 0, 2, 3])
-
-    def dream():
-        env = DreamVecEnv(model, W, 2, seed=3, terminations="expected")
-        return env, env.reset(start=start)
-
+    (W, N, gamma), (who, choose), dream = _branching(model, horizon=2)
     env, first = dream()
     out = branched_returns(env, first, agent.policy, None, who, choose, gamma, torch.Generator().manual_seed(5),
                            persist=persist)  # fmt: skip

@@ -122,6 +122,10 @@ def test_loss_terms_and_ablations():
     stats = tiny("per_agent").loss(window())[1]
     assert set(stats) == {"obs", "reward", "cont", "action_mask", "info", "kl_agent", "kl_global", "kl_prior_agent",
                           "kl_prior_global"}  # fmt: skip
+    for level in ("per_agent", "shared"):  # the total is the listed terms' sum, each at weight 1 by default
+        total, stats = tiny(level).loss(window())
+        terms = [stats[k] for k in ("obs", "reward", "cont", "action_mask", "info", "kl_agent", "kl_global")]
+        assert float(total.detach()) == pytest.approx(sum(terms), rel=1e-5), level
     none = tiny("none")
     assert not any(hasattr(none, m) for m in GLOBAL_MODULES)
     total, stats = none.loss({k: v for k, v in window().items() if k != "state"})  # needs no global state
@@ -175,6 +179,11 @@ def test_observe_needs_the_global_state_of_the_right_width():
         model.observe(*args, global_state=batch["state"][..., :6])
     with pytest.raises(ValueError, match="global_state"):
         model.loss({k: v for k, v in batch.items() if k != "state"})
+    prev = model._prev_actions(batch["action"], batch["reset"].bool(), None)
+    with pytest.raises(ValueError, match=r"global_state: .*needs the env's global state of shape \(2, 5, 7\)"):
+        model.observe_sequence(batch["obs"], prev, batch["reset"], None)
+    with pytest.raises(ValueError, match=r"global_state: expected shape \(2, 5, 7\).*got \(2, 5, 6\)"):
+        model.observe_sequence(batch["obs"], prev, batch["reset"], batch["state"][..., :6])
     last = model.observe(*args, global_state=batch["state"], generator=torch.Generator().manual_seed(0))
     assert last["deter_g"].shape == (B, N, 6)
     assert tiny("none").observe(*args)["deter_a"].shape == (B, N, 5)

@@ -338,6 +338,7 @@ class MABLWorldModel(HeadsMixin, WorldModel):
         compile: bool,
     ) -> tuple[State, State, State]:
         """`observe_sequence`'s posteriors and priors, and the blocks' states after the last row (Mamba-2; else {})."""
+        global_state = self._check_global_state(global_state, obs)  # every public filter reaches it here
         batch, length = obs.shape[:2]
         embed = self.obs_encoder(obs)  # (B, T, N, E)
         if alive is not None:
@@ -473,7 +474,6 @@ class MABLWorldModel(HeadsMixin, WorldModel):
     ) -> State:
         """The posterior after the last row of real windows (`WorldModel.observe`); ``global_state`` (B, T, S_dim)
         is required with a global level."""
-        global_state = self._check_global_state(global_state, obs)
         prev = self._prev_actions(actions, resets, alive)
         posts, _, blocks = self._filter(obs, prev, resets, global_state, state, generator, alive, False)
         return {**{k: v[:, -1] for k, v in posts.items()}, **blocks}
@@ -490,7 +490,6 @@ class MABLWorldModel(HeadsMixin, WorldModel):
     ) -> State:
         """Every row's posterior of both levels, name -> (B, T, N, ...) (`WorldModel.observe_rows`);
         ``global_state`` (B, T, S_dim) is required with a global level."""
-        global_state = self._check_global_state(global_state, obs)
         prev = self._prev_actions(actions, resets, alive)
         posts, _, _ = self._filter(obs, prev, resets, global_state, None, generator, alive, False)
         return posts
@@ -518,9 +517,8 @@ class MABLWorldModel(HeadsMixin, WorldModel):
         self._check_rewards(batch)
         obs, actions, alive = batch["obs"], batch["action"], batch["alive"].bool()
         resets = batch["reset"].bool()
-        global_state = self._check_global_state(batch.get("state"), obs)
         prev = self._prev_actions(actions, resets, alive)
-        return self.observe_sequence(obs, prev, resets, global_state, alive=alive, compile=self.compile_steps)
+        return self.observe_sequence(obs, prev, resets, batch.get("state"), alive=alive, compile=self.compile_steps)
 
     def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
         """World-model loss of replay windows (see the module docstring); returns the total and each term."""

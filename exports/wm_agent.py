@@ -31,6 +31,12 @@ prev_action, the actor's state (and noise), and outputs logits, action, new_dete
 and the new actor state; ``wmenv.message_dim`` is 0. With Mamba-2 dynamics (`AgentLevelMamba2Step`) the agent level's
 block states ``wm_conv<i>`` / ``wm_ssm<i>`` replace deter_a, after prev_action (outputs after new_stoch_a), as for MAMBA.
 
+A graph has no ``alive`` input: it is stepped for agents that have an observation. The library's own per-agent
+filters (`wmenv.latent.AgentFilters`) also step an absent agent's row, with its observation embedding zeroed, which a
+graph fed a blank observation does not reproduce (the encoder's bias); so an agent that is absent for some steps and
+then acts again before a reset is filtered differently from the library from there on. In the envs of this library an
+agent absent mid-episode (a finished train, a dead unit) does not act again before the next reset.
+
 The MAMBA step is `MAMBAWorldModel.filter_step` followed by the actor on the features [h_t, z_t]: on ``reset`` the
 filter state, previous action, received messages and actor state are the blank ones; the agent puts its own
 message [z_{t-1}, a_{t-1}] in its slot, attends over the heard messages, updates its GRU and takes its

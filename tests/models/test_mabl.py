@@ -119,11 +119,10 @@ def test_reward_head_gets_no_gradient_from_the_global_level_but_continuation_doe
 
 
 def test_loss_terms_and_ablations():
-    stats = tiny("per_agent").loss(window())[1]
-    assert set(stats) == {"obs", "reward", "cont", "action_mask", "info", "kl_agent", "kl_global", "kl_prior_agent",
-                          "kl_prior_global"}  # fmt: skip
     for level in ("per_agent", "shared"):  # the total is the listed terms' sum, each at weight 1 by default
         total, stats = tiny(level).loss(window())
+        assert set(stats) == {"obs", "reward", "cont", "action_mask", "info", "kl_agent", "kl_global", "kl_prior_agent",
+                              "kl_prior_global"}, level  # fmt: skip
         terms = [stats[k] for k in ("obs", "reward", "cont", "action_mask", "info", "kl_agent", "kl_global")]
         assert float(total.detach()) == pytest.approx(sum(terms), rel=1e-5), level
     none = tiny("none")

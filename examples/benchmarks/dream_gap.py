@@ -73,6 +73,12 @@ class Args:
     """Fixed-preference policies measured beside each checkpoint's actor, ``name:p_0,...,p_{A-1}`` (discrete actions:
     the available action with the highest preference, in the real env and in the dream alike), e.g. Flatland's
     ``forward:0,0.5,1,0.5,-1`` and ``idle:1,0,0,0,-1``."""
+    average: int = 1
+    """Also judge each checkpoint's actor in the mean of the world models of the newest ``average`` kept checkpoints
+    up to it (weights averaged, the run's consecutive fits: would a Polyak-averaged model judge less noisily from one
+    fit to the next?), as ``averaged`` beside the checkpoint's own model; 1 (the default): off. The real episodes are
+    the same (a latent actor filters them through the checkpoint's own model); in the averaged dream a latent actor
+    sees the averaged model's features. Checkpoints with fewer than ``average`` kept ones up to them get none."""
     horizons: list[int] = field(default_factory=lambda: [1, 5, 15])
     """Step counts of ``by_horizon``'s sums (besides the whole episode); add a run's ``--run.horizon`` to read the
     dream's verdict over the rollouts it trained on."""
@@ -84,6 +90,7 @@ class Args:
             raise ValueError("horizons: expected at least one step count, got []")
         for i, k in enumerate(self.horizons):
             check_int(f"horizons[{i}]", k)
+        check_int("average", self.average)
 
 
 def greedy(out: torch.Tensor, mask: torch.Tensor, spec: EnvSpec, worlds: int) -> torch.Tensor:
@@ -193,11 +200,30 @@ def parse_scripted(items: list[str], spec: EnvSpec) -> dict[str, Preference]:
     return policies
 
 
+def rounded_mean(x: np.ndarray) -> float:
+    """The sample's mean, to 3 decimals (the JSON's precision)."""
+    return round(float(np.mean(x)), 3)
+
+
 def correlation(a: np.ndarray, b: np.ndarray) -> float | None:
     """Pearson's r of two samples, rounded; None where either is constant (e.g. Flatland's first reward, always 0)."""
     if np.std(a) == 0 or np.std(b) == 0:
         return None
     return round(float(np.corrcoef(a, b)[0, 1]), 3)
+
+
+def mean_model(folders: list[Path], spec: EnvSpec, kind: str) -> WorldModel:
+    """The world model whose floating-point weights are the mean of those saved in ``folders`` (one config, checked
+    by `load_model` against the newest); integer buffers are the newest model's."""
+    models = [load_model(f / "world_model", spec, kind=kind) for f in folders]
+    newest = models[-1]
+    for f, m in zip(folders, models, strict=True):
+        if m.config != newest.config:
+            raise ValueError(f"folders: {f} holds a world model of config {m.config}, expected {newest.config}")
+    states = [m.state_dict() for m in models]
+    mean = {k: torch.stack([s[k] for s in states]).mean(0) if v.is_floating_point() else v for k, v in states[-1].items()}
+    newest.load_state_dict(mean)
+    return newest.eval()
 
 
 def checkpoints(run: Path, every: bool) -> list[Path]:
@@ -228,17 +254,22 @@ def measure(run: Path, ckpt: Path, args: Args) -> list[dict[str, Any]]:
     has_model = (ckpt / "world_model").is_dir()
     model = load_model(ckpt / "world_model", spec, kind=train["model_kind"]).eval() if has_model else None
     policies = {"actor": actor.eval(), **(parse_scripted(args.scripted, spec) if has_model else {})}
-    return [_measure(run, ckpt, train, spec, model, name, policy, args) for name, policy in policies.items()]
+    averaged = None
+    upto = [k for k in sorted((run / "checkpoints").glob("step_*")) if k.name <= ckpt.name]  # zero-padded step counts
+    if has_model and args.average > 1 and len(upto) >= args.average:
+        averaged = mean_model(upto[-args.average :], spec, train["model_kind"])
+    return [
+        _measure(run, ckpt, train, spec, model, name, policy, args, averaged if name == "actor" else None)
+        for name, policy in policies.items()
+    ]
 
 
 def _measure(run: Path, ckpt: Path, train: dict[str, Any], spec: EnvSpec, model: WorldModel | None, name: str,
-             policy: Any, args: Args) -> dict[str, Any]:  # fmt: skip
+             policy: Any, args: Args, averaged: WorldModel | None = None) -> dict[str, Any]:  # fmt: skip
     env_id, env_kwargs = train["env_id"], train["env_kwargs"]
     latent = name == "actor" and train.get("actor_input") == "latent"  # scripted policies ignore what they see
     real = real_episodes(model, policy, latent, env_id, env_kwargs, args.episodes, args.seed)
-    real_rewards = real["rewards"].mean(-1)  # (E, T)
-    real_return = real_rewards.sum(-1)  # (E,)
-    mean = lambda x: round(float(np.mean(x)), 3)  # noqa: E731
+    real_return = real["rewards"].mean(-1).sum(-1)  # (E,)
     result = {
         "run": str(run),
         "checkpoint": ckpt.name,
@@ -248,12 +279,25 @@ def _measure(run: Path, ckpt: Path, train: dict[str, Any], spec: EnvSpec, model:
         "model_kind": train.get("model_kind"),
         "actor_input": train.get("actor_input", "obs"),
         "policy": name,
-        "real": mean(real_return),
+        "real": rounded_mean(real_return),
         "real_return_std": round(float(np.std(real_return)), 3),
         "episodes": args.episodes,
     }
     if model is None:  # a model-free run: the same greedy episodes, nothing to imagine
         return result
+    judged = {**result, **verdict(model, policy, latent, real, args)}
+    if averaged is not None:
+        judged["averaged"] = {"models": args.average, **verdict(averaged, policy, latent, real, args)}
+    return judged
+
+
+def verdict(model: WorldModel, policy: Any, latent: bool, real: dict[str, np.ndarray], args: Args) -> dict[str, Any]:
+    """``model``'s returns for the greedy ``policy`` closed loop and for the ``real`` episodes' actions replayed, their
+    gaps to the real returns, and (``by_horizon``) the sums over the first ``args.horizons`` steps with their
+    correlation across episodes with the real ones."""
+    real_rewards = real["rewards"].mean(-1)  # (E, T)
+    real_return = real_rewards.sum(-1)  # (E,)
+    mean = rounded_mean
     dreamed = imagined_rewards(model, policy, latent, real, False, args.seed)
     replayed = imagined_rewards(model, policy, latent, real, True, args.seed)
     dreamed_return, replayed_return = dreamed.sum(-1), replayed.sum(-1)
@@ -268,7 +312,6 @@ def _measure(run: Path, ckpt: Path, train: dict[str, Any], spec: EnvSpec, model:
         for k in horizons
     }
     return {
-        **result,
         "dream_policy": mean(dreamed_return),
         "dream_real_actions": mean(replayed_return),
         "gap_policy": mean(dreamed_return - real_return),

@@ -710,6 +710,46 @@ def test_dream_gap_plays_the_loops_evaluation_and_imagines_from_its_first_observ
     assert module.correlation(np.array([1.0, 2, 4]), np.array([3.0, 2, 1])) == pytest.approx(-0.9820, abs=1e-3)
 
 
+def test_dream_gap_judges_with_the_mean_of_consecutive_world_models(tmp_path):
+    """``--average K``: each checkpoint with K kept ones up to it is also judged in the model whose weights are their
+    mean; the mean of one model with itself judges exactly as that model; a mismatched config is refused."""
+    from agents.model_based import ModelBasedConfig, run
+    from agents.train import policy_from_checkpoint
+    from wmenv.envs import make
+    from wmenv.fit import FitConfig, load_model, save_model
+    from wmenv.models.registry import build_model
+
+    run(ModelBasedConfig(iterations=2, real_steps=60, num_envs=2, fit_steps=3, dream_updates=1, dream_worlds=4,
+                         eval_episodes=1, fit=FitConfig(batch_size=2, progress=False), run_dir=str(tmp_path / "r"),
+                         progress=False))  # fmt: skip
+    module = _benchmark_module("dream_gap")
+    first, second = sorted((tmp_path / "r" / "checkpoints").glob("step_*"))
+    _, spec = make("mpe:simple_spread_v3")
+    a, b = (load_model(c / "world_model", spec, kind="mamba") for c in (first, second))
+    mean = module.mean_model([first, second], spec, "mamba")
+    for (name, pa), pb, pm in zip(a.named_parameters(), b.parameters(), mean.parameters(), strict=True):
+        assert torch.allclose(pm, (pa + pb) / 2, atol=1e-7), name
+    assert any(not torch.equal(pa, pb) for pa, pb in zip(a.parameters(), b.parameters(), strict=True))  # two fits
+    policy, _ = policy_from_checkpoint(second)
+    real = module.real_episodes(b.eval(), policy.eval(), True, "mpe:simple_spread_v3", {}, 3, 11)
+    args = module.Args(horizons=[5])
+    same = module.mean_model([second, second], spec, "mamba")
+    assert module.verdict(same, policy, True, real, args) == module.verdict(b.eval(), policy, True, real, args)
+    assert module.verdict(mean, policy, True, real, args) != module.verdict(b.eval(), policy, True, real, args)
+    out = _run("dream_gap.py", "--runs", str(tmp_path / "r"), "--episodes", "3", "--all-checkpoints", "--average", "2")
+    early, late = out["results"]
+    assert "averaged" not in early and late["averaged"]["models"] == 2
+    assert set(late["averaged"]) == {"models", "dream_policy", "dream_real_actions", "gap_policy", "gap_real_actions",
+                                     "by_horizon"}  # fmt: skip
+    assert late["averaged"]["dream_real_actions"] != late["dream_real_actions"]  # judged by another model
+    with pytest.raises(ValueError, match=r"^average: expected an integer >= 1, got 0$"):
+        module.Args(average=0)
+    bigger = tmp_path / "big" / "step_000000000001"
+    save_model(bigger / "world_model", build_model("mamba", spec, "smac"))  # the run's is the `small` preset
+    with pytest.raises(ValueError, match="^folders: .* holds a world model of config"):
+        module.mean_model([bigger, second], spec, "mamba")
+
+
 def test_dream_gap_replays_the_loops_evaluation_with_continuous_actions(tmp_path):
     """With a Gaussian actor, dream_gap's greedy episodes (the mean, clipped to the bounds) are the loop's own last
     evaluation: same seed, same return; the imagined returns cover the whole episode, actions replayed or not."""

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from torch.optim.swa_utils import AveragedModel
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
@@ -78,7 +79,7 @@ from wmenv.dream.mag import ErrorPredictor, MAGConfig, MAGPlanner, fit_error_pre
 from wmenv.dream.vec import TERMINATIONS
 from wmenv.envs import make
 from wmenv.envs.spec import EnvSpec
-from wmenv.fit import FitConfig, fit, fit_learning_rate, fit_window_rows, load_model, save_model
+from wmenv.fit import FitConfig, fit, fit_learning_rate, fit_window_rows, load_model, model_average, save_model
 from wmenv.models.registry import KINDS, build_model, model_kind
 from wmenv.models.world_model import WorldModel
 from wmenv.optim import adam
@@ -144,6 +145,14 @@ class ModelBasedConfig:
     per-row filtering and the heads are compiled (``compile="steps"``: 1.7x faster fit steps on a 2-core CPU, about
     half a minute of compiling at the first update; ``--fit.compile off`` for eager). Models without a per-row
     recurrence (DRAMA: its loss is parallel over time) are fitted eagerly under ``"steps"``."""
+    model_ema: float = 0.0
+    """Decay per fit step of an exponential moving average of the world model's weights (`wmenv.fit.model_average`,
+    warmed up as TensorFlow's: min(decay, (1 + n) / (10 + n)) at the n-th step); when > 0 the actor imagines, acts on
+    the real env (a latent actor's filters) and is evaluated through the average instead of the fitted model, and a
+    checkpoint's ``world_model`` is the average (the fitted weights in ``world_model_fit``). 0 (the default): the
+    fitted model itself. Why one would: along a default run on `mpe:simple_reference_v3`, the dream's return for the
+    actor of the moment moved from one fit to the next by a std of 1.2 per agent against reality's; judged by the mean
+    of the three newest fits' models it moved by 0.6 (BENCHMARKS.md, "A steadier dream: averaged world models")."""
     sampler: Literal["uniform", "dfs"] = "uniform"
     """Where replay windows start: "uniform" over all valid windows, or "dfs", DRAMA's dynamic frequency-based
     sampling (`wmenv.data.DFS`: world-model windows favour rows fitted least; dream starts favour rows the model has
@@ -308,10 +317,20 @@ class ModelBasedConfig:
         check_choice("ModelBasedConfig.actor_input", self.actor_input, ("decoded", "latent"))
         check_choice("ModelBasedConfig.rollout", self.rollout, ("sample", "mag"))
         check_choice("ModelBasedConfig.terminations", self.terminations, TERMINATIONS)
+        self._check_model_ema()
         if self.rollout == "mag" and not model_kind(self.model_kind).model_cls.has_step_errors:
             raise ValueError(
                 f"ModelBasedConfig.rollout: 'mag' needs a world model with per-step errors, {self.model_kind!r} has none"
             )
+
+    def _check_model_ema(self) -> None:
+        """``model_ema`` is a decay in [0, 1), and MAG's planner plans with the errors of the model it steps."""
+        v = self.model_ema
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
+            raise ValueError(f"ModelBasedConfig.model_ema: expected a decay in [0, 1), got {v!r}")
+        if v and self.rollout == "mag":
+            raise ValueError("ModelBasedConfig.model_ema: MAG's error predictor learns the fitted model's errors, and "
+                             "with model_ema the dream would step the average; use one or the other")  # fmt: skip
 
     def _check_real_ppo(self) -> None:
         """``real_ppo`` needs whole episodes collected in line by the current actor alone."""
@@ -417,18 +436,22 @@ Predictor = tuple[ErrorPredictor, torch.optim.Optimizer]
 
 def _save(run_dir: Path, cfg: ModelBasedConfig, spec: Any, agent: MAPPO, model: WorldModel,
           wm_optim: torch.optim.Optimizer, replay: EpisodeReplay, counters: dict[str, int],
-          curves: dict[str, list], mag: Predictor | None, live: Callable[[Path], None]) -> Path:  # fmt: skip
+          curves: dict[str, list], mag: Predictor | None, live: Callable[[Path], None],
+          average: AveragedModel | None = None) -> Path:  # fmt: skip
     """Write the checkpoint; ``curves`` are `run`'s ``eval_returns``, ``real_returns`` and ``real_metrics``; ``live``
-    writes the run state (`agents.resume`) into its folder."""
+    writes the run state (`agents.resume`) into its folder; with ``average`` (``model_ema``) its model is the
+    checkpoint's ``world_model`` and the fitted one ``world_model_fit``."""
 
     def extra(folder: Path) -> None:
         live(folder)
-        save_model(folder / "world_model", model)
+        _save_models(folder, model, average)
         tensors, groups = optimizer_tensors(wm_optim)
         tensors["rng.torch"] = torch.get_rng_state()
         save_file(tensors, str(folder / "world_model_optim.safetensors"))
         replay.save_segments(run_dir / REPLAY_SEGMENTS, folder / "replay.json")
         loop = {"param_groups": groups, **curves}
+        if average is not None:
+            loop["model_ema_updates"] = int(average.n_averaged)
         if mag is not None:
             predictor, optim = mag
             opt_tensors, loop["mag_param_groups"] = optimizer_tensors(optim)
@@ -439,10 +462,19 @@ def _save(run_dir: Path, cfg: ModelBasedConfig, spec: Any, agent: MAPPO, model: 
     return save_checkpoint(run_dir, agent, cfg, spec, counters, extra)
 
 
+def _save_models(folder: Path, model: WorldModel, average: AveragedModel | None) -> None:
+    """``folder/world_model``: the model the actor acts and imagines through (``average``'s where there is one, else
+    ``model``); ``folder/world_model_fit``: the fitted ``model``, where they differ."""
+    save_model(folder / "world_model", model if average is None else average.module)
+    if average is not None:
+        save_model(folder / "world_model_fit", model)
+
+
 def _restore(folder: Path, cfg: ModelBasedConfig, spec: Any, agent: MAPPO, model: WorldModel,
-             wm_optim: torch.optim.Optimizer,
-             mag: Predictor | None) -> tuple[dict[str, int], EpisodeReplay, dict[str, list]]:  # fmt: skip
-    """Load a checkpoint written by `_save` into ``agent``, ``model``, ``wm_optim`` (and MAG's predictor).
+             wm_optim: torch.optim.Optimizer, mag: Predictor | None,
+             average: AveragedModel | None = None) -> tuple[dict[str, int], EpisodeReplay, dict[str, list]]:  # fmt: skip
+    """Load a checkpoint written by `_save` into ``agent``, ``model``, ``wm_optim`` (and MAG's predictor, and the
+    ``average`` of ``model_ema``).
 
     Returns:
         The counters, the replay, and the curves `_save` took (``real_metrics`` empty for checkpoints from before it).
@@ -453,7 +485,17 @@ def _restore(folder: Path, cfg: ModelBasedConfig, spec: Any, agent: MAPPO, model
         raise ValueError(
             f"path: the world model in {folder} has config {saved.config}, expected the {cfg.model!r} preset {model.config}"
         )
-    model.load_state_dict(saved.state_dict())
+    fitted = folder / "world_model_fit"
+    if fitted.is_dir() != (average is not None):
+        raise ValueError(
+            f"path: {folder} is a checkpoint of a run with{'' if fitted.is_dir() else 'out'} model_ema (an averaged world "
+            f"model), this run has model_ema={cfg.model_ema}; resume it with the setting it was started with"
+        )
+    if average is None:
+        model.load_state_dict(saved.state_dict())
+    else:
+        model.load_state_dict(load_model(fitted, spec, kind=cfg.model_kind).state_dict())
+        average.module.load_state_dict(saved.state_dict())
     try:
         tensors = load_file(str(folder / "world_model_optim.safetensors"))
         loop = json.loads((folder / "loop.json").read_text())
@@ -461,6 +503,8 @@ def _restore(folder: Path, cfg: ModelBasedConfig, spec: Any, agent: MAPPO, model
         torch.set_rng_state(tensors["rng.torch"])
         curves: dict[str, list] = {k: [(int(n), float(r)) for n, r in loop[k]] for k in ("eval_returns", "real_returns")}
         curves["real_metrics"] = [(int(n), {k: float(v) for k, v in m.items()}) for n, m in loop.get("real_metrics", [])]
+        if average is not None:
+            average.n_averaged.fill_(int(loop["model_ema_updates"]))
         if mag is not None:
             stored = load_file(str(folder / "mag_predictor.safetensors"))
             pick = lambda prefix: {k[len(prefix) :]: v for k, v in stored.items() if k.startswith(prefix)}  # noqa: E731
@@ -481,24 +525,28 @@ def _restore(folder: Path, cfg: ModelBasedConfig, spec: Any, agent: MAPPO, model
 
 def _learn(cfg: ModelBasedConfig, it: int, counters: dict[str, int], spec: Any, model: WorldModel,
            wm_optim: torch.optim.Optimizer, replay: EpisodeReplay, agent: MAPPO, dream: DreamVecEnv,
-           writer: SummaryWriter, mag: Predictor | None = None, fresh: Sequence[int] = ()) -> int:  # fmt: skip
+           writer: SummaryWriter, mag: Predictor | None = None, fresh: Sequence[int] = (),
+           average: AveragedModel | None = None) -> int:  # fmt: skip
     """One update: with ``fresh`` (the replay positions of episodes the current actor just collected), PPO on them
-    (``real_ppo``); then fit the world model (and MAG's error predictor after it), then train the actor in the dream,
-    as much as the schedule asks. The ``dream/*`` scalars are means over the iteration's PPO updates (and rollouts).
+    (``real_ppo``); then fit the world model (and MAG's error predictor after it; ``average``, the ``model_ema``, after
+    every fit step), then train the actor in the dream, as much as the schedule asks. The ``dream/*`` scalars are means
+    over the iteration's PPO updates (and rollouts). The actor's side (real PPO's filters, the replay value) reads the
+    average where there is one.
 
     Returns:
         The PPO updates run, real and dream (0: the actor did not change).
     """
     real_steps = counters["env_steps"]
     per_rollout = cfg.dream_worlds * cfg.horizon * spec.n_agents
+    acting = model if average is None else average.module  # what the actor acts and imagines through
     # first: the model has not changed since it filtered what the actor acted on
-    n_real = _real_ppo(cfg, it, counters, per_rollout, model, replay, agent, writer, fresh) if len(fresh) else 0
+    n_real = _real_ppo(cfg, it, counters, per_rollout, acting, replay, agent, writer, fresh) if len(fresh) else 0
     seq = fit_window_rows(cfg.fit, replay)
     rows = cfg.fit.batch_size * seq
     n_fit = cfg.fit_steps or scheduled_units(cfg.train_ratio, real_steps, counters["replayed_steps"], rows)
     if n_fit:
         fit_cfg = dataclasses.replace(cfg.fit, steps=n_fit, seq_len=seq, seed=cfg.seed + it, run_dir=None)
-        history = fit(model, replay, fit_cfg, optimizer=wm_optim)
+        history = fit(model, replay, fit_cfg, optimizer=wm_optim, average=average)
         counters["replayed_steps"] += n_fit * rows
         for k, v in history.items():
             writer.add_scalar(f"world_model/{k}", float(np.mean(v[-10:])), real_steps)
@@ -523,7 +571,7 @@ def _learn(cfg: ModelBasedConfig, it: int, counters: dict[str, int], spec: Any, 
             targets = None
             if length >= 2:
                 targets = replay_value_targets(
-                    model, agent.critic, replay, cfg.replay_value_windows, length, cfg.mappo.gamma,
+                    acting, agent.critic, replay, cfg.replay_value_windows, length, cfg.mappo.gamma,
                     cfg.mappo.gae_lambda, cfg.replay_value, seed=cfg.seed + 40_000 + done_updates + i,
                 )  # fmt: skip
                 biases.append(targets.bias)
@@ -614,6 +662,8 @@ def _run(cfg: ModelBasedConfig) -> dict[str, Any]:
     real_ppo_from = real_ppo_start(cfg, spec, prefill)
     replay = EpisodeReplay(ReplayConfig(capacity=cfg.capacity, seed=cfg.seed), spec=spec)
     model = build_model(cfg.model_kind, spec, _model_config(cfg)).to(cfg.device)
+    average = model_average(model, cfg.model_ema) if cfg.model_ema else None
+    acting = model if average is None else average.module  # the model the actor acts and imagines through
     wm_optim = adam(model.parameters(), lr=fit_learning_rate(cfg.fit, model))  # --fit.lr, else the model's
     policy_cfg = getattr(cfg, policy_field(cfg.policy))
     feature_dim, state_dim = model.feature_widths()
@@ -650,7 +700,7 @@ def _run(cfg: ModelBasedConfig) -> dict[str, Any]:
     ckpt = latest_checkpoint(run_dir) if cfg.resume else None
     state = None
     if ckpt is not None:
-        counters, replay, curves = _restore(ckpt, cfg, spec, agent, model, wm_optim, mag)
+        counters, replay, curves = _restore(ckpt, cfg, spec, agent, model, wm_optim, mag, average)
         state = load_run_state(ckpt, agent.device)
         counters.setdefault("replayed_steps", 0)  # checkpoints from before the schedule counted nothing
         counters.setdefault("imagined_agent_steps", 0)
@@ -664,7 +714,7 @@ def _run(cfg: ModelBasedConfig) -> dict[str, Any]:
               "seed": cfg.seed + counters["iteration"] * cfg.num_envs, "filter_seed": cfg.seed, "stream": cfg.stream,
               "real_steps": cfg.real_steps, "real_episodes": cfg.real_episodes,
               "prefill": prefill, "explore": cfg.explore}  # fmt: skip
-    real = RealData(replay, agent, model if latent else None, cfg.overlap, worker, cfg.ray_address)
+    real = RealData(replay, agent, acting if latent else None, cfg.overlap, worker, cfg.ray_address)
 
     starts, dfs = _samplers(cfg, replay, state)
 
@@ -676,7 +726,7 @@ def _run(cfg: ModelBasedConfig) -> dict[str, Any]:
         )  # fmt: skip
 
     dream = DreamVecEnv(
-        model, cfg.dream_worlds, cfg.horizon, start=starts, context=cfg.context, obs=cfg.actor_input, seed=cfg.seed,
+        acting, cfg.dream_worlds, cfg.horizon, start=starts, context=cfg.context, obs=cfg.actor_input, seed=cfg.seed,
         planner=planner, terminations=cfg.terminations,
     )  # fmt: skip
     # a resumed run hides what an interrupted run logged after its checkpoint (scalars at steps > env_steps); a run
@@ -687,7 +737,7 @@ def _run(cfg: ModelBasedConfig) -> dict[str, Any]:
 
     def run_eval(step: int) -> float:
         result = evaluate_and_log(
-            agent, writer, step, cfg.env_id, cfg.eval_episodes, eval_seed, model if latent else None, **cfg.env_kwargs
+            agent, writer, step, cfg.env_id, cfg.eval_episodes, eval_seed, acting if latent else None, **cfg.env_kwargs
         )
         return result["episode_return"]
 
@@ -714,21 +764,22 @@ def _run(cfg: ModelBasedConfig) -> dict[str, Any]:
                 real_metrics.append((real_steps, means))
                 log_scalars(writer, "charts", {f"real_{k}": v for k, v in means.items()}, real_steps)
             has_data = bool(len(replay.episode_lengths))
-            if has_data and _learn(cfg, it, counters, spec, model, wm_optim, replay, agent, dream, writer, mag, fresh):
+            if has_data and _learn(cfg, it, counters, spec, model, wm_optim, replay, agent, dream, writer, mag, fresh,
+                                   average):  # fmt: skip
                 curve.append((real_steps, run_eval(real_steps)))
             else:  # no finished episode to fit on yet, or the actor did not change: its evaluation would repeat
                 curve.append((real_steps, curve[-1][1]))
                 writer.add_scalar("eval/episode_return", curve[-1][1], real_steps)
             counters["iteration"] = it + 1
             counters["wall_clock_s"] = elapsed + round(time.perf_counter() - start)
-            _save(run_dir, cfg, spec, agent, model, wm_optim, replay, counters, curves, mag, live)
+            _save(run_dir, cfg, spec, agent, model, wm_optim, replay, counters, curves, mag, live, average)
             bar.update(1)
             bar.set_postfix(ret=f"{curve[-1][1]:.2f}", refresh=False)
     finally:
         bar.close()
         writer.close()
         real.close()
-    save_model(run_dir / "world_model", model)
+    _save_models(run_dir, model, average)
     result = {
         "env_id": cfg.env_id,
         "eval_returns": curve,

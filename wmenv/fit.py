@@ -6,6 +6,8 @@ gradient-norm clipping, shows a progress bar and logs every loss term to TensorB
 data-parallel: each rank draws its own B windows (seed + rank), `DistributedDataParallel` averages the K ranks'
 gradients, and rank 0 alone writes events and checkpoints; every rank holds the same weights after each step; a rank
 ends with `end_rank` (gloo's threads can abort a process that returns normally).
+`model_average` keeps an exponential moving average of the weights `fit` steps (``average=``), for imagining in a
+model that moves less from one fit to the next than the fitted one.
 `save_model` / `load_model` write and read ``model.safetensors`` + ``config.json`` atomically; a
 checkpoint of another format, env or configuration is refused with a ValueError.
 """
@@ -27,6 +29,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
@@ -106,10 +109,35 @@ def fit_learning_rate(config: FitConfig, model: WorldModel) -> float:
     return getattr(getattr(model, "config", None), "lr", 1e-3)
 
 
+def ema_decay(decay: float, updates: int) -> float:
+    """The weight the moving average keeps at its ``updates``-th update (counting from 0): ``decay``, warmed up as
+    TensorFlow's ``ExponentialMovingAverage(num_updates=...)`` does, min(decay, (1 + n) / (10 + n)), so that an average
+    started at a fresh model follows the first, fast-moving steps instead of staying near the initial weights."""
+    return min(decay, (1 + updates) / (10 + updates))
+
+
+def model_average(model: WorldModel, decay: float) -> AveragedModel:
+    """An exponential moving average of ``model``'s weights (torch's `AveragedModel`; its ``module`` is a world model
+    of the same kind and config, starting at ``model``'s weights), updated by ``average.update_parameters(model)``,
+    which `fit` calls after every step it is given the average for: W ← w·W + (1 − w)·W_model with w =
+    `ema_decay(decay, n)` at the n-th update (n = ``average.n_averaged``). Raises ValueError for a decay outside (0, 1).
+    """
+    if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 < decay < 1:
+        raise ValueError(f"decay: expected a number in (0, 1), got {decay!r}")
+
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n: torch.Tensor | int) -> None:
+        torch._foreach_lerp_(averaged, current, 1 - ema_decay(decay, int(n)))
+
+    return AveragedModel(model, multi_avg_fn=update, use_buffers=True)
+
+
 def fit(
-    model: WorldModel, replay: Any, config: FitConfig | None = None, optimizer: torch.optim.Optimizer | None = None
-) -> dict[str, list[float]]:
-    """Fit ``model`` on windows of ``replay``; returns the history of every loss term (one value per step).
+    model: WorldModel, replay: Any, config: FitConfig | None = None, optimizer: torch.optim.Optimizer | None = None,
+    average: AveragedModel | None = None,
+) -> dict[str, list[float]]:  # fmt: skip
+    """Fit ``model`` on windows of ``replay``; returns the history of every loss term (one value per step). With
+    ``average`` (`model_average` of ``model``), the average is updated after every optimizer step.
 
     Raises:
         ValueError: the replay was recorded for another env than ``model.spec``, or holds no window of ``seq_len`` rows.
@@ -119,14 +147,7 @@ def fit(
         raise ValueError(f"replay: recorded for env {replay.spec_description}, the model is for {model.spec.describe()}")
     model_cfg = getattr(model, "config", None)
     clip = cfg.grad_clip if cfg.grad_clip is not None else getattr(model_cfg, "grad_clip", 10.0)
-    if optimizer is None:
-        optimizer = adam(model.parameters(), lr=fit_learning_rate(cfg, model))
-    elif cfg.lr is not None and any(group["lr"] != cfg.lr for group in optimizer.param_groups):
-        raise ValueError(
-            f"FitConfig.lr: {cfg.lr}, but the optimizer passed to fit has lr "
-            f"{sorted({group['lr'] for group in optimizer.param_groups})}; build it with lr=fit_learning_rate(config, model) "
-            "or leave FitConfig.lr None"
-        )
+    optimizer = _optimizer(cfg, model, optimizer)
     device = next(model.parameters()).device
     rank, world = _rank_and_world()
     sampler = torch.Generator().manual_seed(cfg.seed + rank)  # each rank draws its own windows
@@ -158,6 +179,8 @@ def fit(
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"world-model loss is {stats['loss']} at fit step {step}: {stats}")
             optimizer.step()
+            if average is not None:
+                average.update_parameters(model)
             for k, v in stats.items():
                 history.setdefault(k, []).append(v)
             bar.set_postfix(loss=f"{stats['loss']:.3f}")
@@ -175,6 +198,19 @@ def fit(
     if writes:
         save_model(Path(cfg.run_dir) / "model", model)
     return history
+
+
+def _optimizer(cfg: FitConfig, model: WorldModel, optimizer: torch.optim.Optimizer | None) -> torch.optim.Optimizer:
+    """The optimizer `fit` steps: the one passed (checked against ``cfg.lr``), or a fresh Adam."""
+    if optimizer is None:
+        return adam(model.parameters(), lr=fit_learning_rate(cfg, model))
+    if cfg.lr is not None and any(group["lr"] != cfg.lr for group in optimizer.param_groups):
+        raise ValueError(
+            f"FitConfig.lr: {cfg.lr}, but the optimizer passed to fit has lr "
+            f"{sorted({group['lr'] for group in optimizer.param_groups})}; build it with lr=fit_learning_rate(config, model) "
+            "or leave FitConfig.lr None"
+        )
+    return optimizer
 
 
 class _Loss(torch.nn.Module):

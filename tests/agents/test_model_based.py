@@ -118,6 +118,45 @@ def test_latent_actors_act_through_the_filter_resume_and_repeat(tmp_path):
         run(_small(tmp_path / "a", 3, resume=True, actor_input="decoded"))
 
 
+def test_model_ema_dreams_in_the_average_checkpoints_both_and_resumes_exactly(tmp_path):
+    """model_ema: the actor trains and acts through the average of the fitted weights (a checkpoint's world_model),
+    the fitted model is kept beside it (world_model_fit); a resumed run continues as an uninterrupted one; a checkpoint
+    is refused by a run with the other setting, and impossible settings before any work."""
+    from wmenv.envs import make
+    from wmenv.fit import load_model
+
+    _, spec = make("mpe:simple_spread_v3")
+    first = run(_small(tmp_path / "a", 1, model_ema=0.9))
+    ckpt = latest_checkpoint(tmp_path / "a")
+    average, fitted = (load_model(ckpt / name, spec) for name in ("world_model", "world_model_fit"))
+    assert any(not torch.equal(a, f) for a, f in zip(average.parameters(), fitted.parameters(), strict=True))
+    assert json.loads((ckpt / "loop.json").read_text())["model_ema_updates"] == 5  # one per fit step
+    final = load_model(tmp_path / "a" / "world_model", spec)  # the run's world model is the one its actor knows
+    assert all(torch.equal(a, f) for a, f in zip(average.parameters(), final.parameters(), strict=True))
+    run(_small(tmp_path / "p", 1))  # the same seed without the average: the same fit, another dream
+    plain = load_file(str(latest_checkpoint(tmp_path / "p") / "model.safetensors"))
+    with_ema = load_file(str(ckpt / "model.safetensors"))
+    assert any(not torch.equal(plain[k], with_ema[k]) for k in plain if k.startswith("agent.policy."))
+    plain_fit = load_model(latest_checkpoint(tmp_path / "p") / "world_model", spec)
+    assert all(torch.equal(a, f) for a, f in zip(plain_fit.parameters(), fitted.parameters(), strict=True))
+    second = run(_small(tmp_path / "a", 2, model_ema=0.9, resume=True))
+    straight = run(_small(tmp_path / "b", 2, model_ema=0.9))
+    assert second["eval_returns"][:2] == first["eval_returns"]
+    assert second["eval_returns"] == straight["eval_returns"] and second["real_returns"] == straight["real_returns"]
+    for name in ("world_model", "world_model_fit"):
+        a, b = (load_model(latest_checkpoint(tmp_path / r) / name, spec) for r in "ab")
+        assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters(), strict=True)), name
+    with pytest.raises(ValueError, match="checkpoint of a run with model_ema .* this run has model_ema=0.0"):
+        run(_small(tmp_path / "a", 3, resume=True))
+    with pytest.raises(ValueError, match="checkpoint of a run without model_ema .* this run has model_ema=0.9"):
+        run(_small(tmp_path / "p", 2, resume=True, model_ema=0.9))
+    for bad in (1.0, -0.1, True):
+        with pytest.raises(ValueError, match=r"^ModelBasedConfig.model_ema: expected a decay in \[0, 1\), got "):
+            _small(tmp_path / "c", 1, model_ema=bad)
+    with pytest.raises(ValueError, match="^ModelBasedConfig.model_ema: MAG's error predictor"):
+        _small(tmp_path / "c", 1, model_ema=0.9, rollout="mag")
+
+
 def test_resume_refuses_other_world_model_and_corrupt_checkpoints(tmp_path):
     run(_small(tmp_path, 1))
     with pytest.raises(ValueError, match="another architecture"):  # the critic reads the world model's features

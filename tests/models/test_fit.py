@@ -16,7 +16,17 @@ import wmenv.fit as fit_module
 from wmenv.data import EpisodeReplay, ReplayConfig
 from wmenv.data.persist import remove_temporaries, temporary_name
 from wmenv.envs.spec import EnvSpec
-from wmenv.fit import MODEL_FORMAT, FitConfig, fit, fit_learning_rate, fit_window_rows, load_model, save_model
+from wmenv.fit import (
+    MODEL_FORMAT,
+    FitConfig,
+    ema_decay,
+    fit,
+    fit_learning_rate,
+    fit_window_rows,
+    load_model,
+    model_average,
+    save_model,
+)
 from wmenv.models.mamba_wm import MAMBAConfig, MAMBAWorldModel
 from wmenv.models.rssm import RSSMConfig
 from wmenv.models.world_model import WorldModel
@@ -122,6 +132,29 @@ def test_gradients_are_clipped_to_the_configured_norm(config, fit_clip, expected
     history = fit(model, Replay(), quiet(steps=1, grad_clip=fit_clip), optimizer=opt)
     torch.testing.assert_close(model.w.detach(), torch.full((4,), -expected / 2))  # 100 · clip / 200
     assert history["grad_norm"] == [200.0]  # the norm before clipping: √(4 · 100²)
+
+
+def test_ema_decay_warms_up_as_tensorflows_then_holds():
+    """min(decay, (1 + n) / (10 + n)): 0.1 at the first update, 0.5 at the 8th, the decay itself from n = 1,790 (0.995)."""
+    assert ema_decay(0.995, 0) == pytest.approx(0.1) and ema_decay(0.995, 8) == pytest.approx(0.5)
+    assert ema_decay(0.995, 1790) == 0.995 and ema_decay(0.995, 1789) < 0.995 and ema_decay(0.5, 100) == 0.5
+
+
+def test_fit_updates_the_average_after_every_step_with_the_warmed_up_decay():
+    """SGD(lr=1) on a constant gradient 1: w_k = -k after step k. The average copies w_1 at its first update, then
+    A ← d_n·A + (1 - d_n)·w_{n+1} with d_n = ema_decay(0.9, n); it is a separate module the fit does not train."""
+    model = Linear()
+    average = model_average(model, 0.9)
+    fit(model, Replay(), quiet(steps=4), optimizer=torch.optim.SGD(model.parameters(), lr=1.0), average=average)
+    expected = -1.0
+    for n, w in enumerate([-2.0, -3.0, -4.0], start=1):
+        expected = ema_decay(0.9, n) * expected + (1 - ema_decay(0.9, n)) * w
+    torch.testing.assert_close(model.w.detach(), torch.full((4,), -4.0))
+    torch.testing.assert_close(average.module.w.detach(), torch.full((4,), expected))
+    assert int(average.n_averaged) == 4 and average.module is not model and -4.0 < expected < -3.0
+    for bad in (0, 1, 1.5, True, "0.9"):
+        with pytest.raises(ValueError, match=r"^decay: expected a number in \(0, 1\), got "):
+            model_average(model, bad)
 
 
 def test_fit_samples_seeded_windows_and_seeds_the_global_rng():

@@ -153,8 +153,8 @@ class ModelBasedConfig:
     fitted model itself. Measured (BENCHMARKS.md, "A steadier dream: averaged world models"; 0.995, 30k real steps,
     3 seeds on each of `mpe:simple_spread_v3` and `mpe:simple_reference_v3`): the dream's verdict on the actor changes
     by 0.2-0.4 per agent from one iteration to the next instead of 1.2-1.8, but the actor learns no more: level on
-    spread (128 fresh episodes per checkpoint: -20.45 against -20.29 over 11-30k), behind on reference (-19.87 against
-    -19.60; -19.79 against -18.62 at 30k). About 0.2 ms of CPU per real step."""
+    spread (128 fresh episodes per checkpoint: -20.45 against -20.29 over 11-30k), no better on reference (-19.87
+    against -19.60; -19.79 against -18.62 at 30k; seeds differ by a std of 1.5). About 0.2 ms of CPU per real step."""
     sampler: Literal["uniform", "dfs"] = "uniform"
     """Where replay windows start: "uniform" over all valid windows, or "dfs", DRAMA's dynamic frequency-based
     sampling (`wmenv.data.DFS`: world-model windows favour rows fitted least; dream starts favour rows the model has

@@ -255,9 +255,10 @@ def measure(run: Path, ckpt: Path, args: Args) -> list[dict[str, Any]]:
     model = load_model(ckpt / "world_model", spec, kind=train["model_kind"]).eval() if has_model else None
     policies = {"actor": actor.eval(), **(parse_scripted(args.scripted, spec) if has_model else {})}
     averaged = None
-    upto = [k for k in sorted((run / "checkpoints").glob("step_*")) if k.name <= ckpt.name]  # zero-padded step counts
-    if has_model and args.average > 1 and len(upto) >= args.average:
-        averaged = mean_model(upto[-args.average :], spec, train["model_kind"])
+    if has_model and args.average > 1:
+        upto = [k for k in sorted((run / "checkpoints").glob("step_*")) if k.name <= ckpt.name]  # zero-padded steps
+        if len(upto) >= args.average:
+            averaged = mean_model(upto[-args.average :], spec, train["model_kind"])
     return [
         _measure(run, ckpt, train, spec, model, name, policy, args, averaged if name == "actor" else None)
         for name, policy in policies.items()
@@ -297,25 +298,24 @@ def verdict(model: WorldModel, policy: Any, latent: bool, real: dict[str, np.nda
     correlation across episodes with the real ones."""
     real_rewards = real["rewards"].mean(-1)  # (E, T)
     real_return = real_rewards.sum(-1)  # (E,)
-    mean = rounded_mean
     dreamed = imagined_rewards(model, policy, latent, real, False, args.seed)
     replayed = imagined_rewards(model, policy, latent, real, True, args.seed)
     dreamed_return, replayed_return = dreamed.sum(-1), replayed.sum(-1)
     horizons = sorted({k for k in args.horizons if k < real_rewards.shape[1]} | {real_rewards.shape[1]})
     by_horizon = {
         str(k): {
-            "real": mean(real_rewards[:, :k].sum(-1)),
-            "dream_real_actions": mean(replayed[:, :k].sum(-1)),
+            "real": rounded_mean(real_rewards[:, :k].sum(-1)),
+            "dream_real_actions": rounded_mean(replayed[:, :k].sum(-1)),
             "corr_real_actions": correlation(replayed[:, :k].sum(-1), real_rewards[:, :k].sum(-1)),
-            "dream_policy": mean(dreamed[:, :k].sum(-1)),
+            "dream_policy": rounded_mean(dreamed[:, :k].sum(-1)),
         }
         for k in horizons
     }
     return {
-        "dream_policy": mean(dreamed_return),
-        "dream_real_actions": mean(replayed_return),
-        "gap_policy": mean(dreamed_return - real_return),
-        "gap_real_actions": mean(replayed_return - real_return),
+        "dream_policy": rounded_mean(dreamed_return),
+        "dream_real_actions": rounded_mean(replayed_return),
+        "gap_policy": rounded_mean(dreamed_return - real_return),
+        "gap_real_actions": rounded_mean(replayed_return - real_return),
         "by_horizon": by_horizon,
     }
 

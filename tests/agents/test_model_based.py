@@ -209,9 +209,11 @@ def test_reward_event_weight_reaches_the_world_model_and_is_refused_elsewhere(tm
 
 
 def test_config_checks():
-    presets = "'smac', 'flatland', 'small', 'smac-mamba2' or 'small-mamba2'"
+    presets = "'smac', 'flatland', 'small', 'medium', 'smac-mamba2' or 'small-mamba2'"
     with pytest.raises(ValueError, match=f"ModelBasedConfig.model: expected {presets}, got 'tiny'"):
         ModelBasedConfig(model="tiny")
+    with pytest.raises(ValueError, match="ModelBasedConfig.model: expected .*, got 'medium'"):
+        ModelBasedConfig(model_kind="mabl", model="medium")  # MAMBA's preset only
     with pytest.raises(ValueError, match="ModelBasedConfig.model_kind: expected 'mamba', 'mabl' or 'drama', got 'dreamer'"):
         ModelBasedConfig(model_kind="dreamer")
     with pytest.raises(ValueError, match="ModelBasedConfig.model: expected 'xs', 's' or 'cpu-small', got 'small'"):

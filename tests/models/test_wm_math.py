@@ -321,11 +321,13 @@ def test_config_defaults_are_the_papers():
 
 
 def test_presets():
-    """preset(): SMAC (256), Flatland (400) and a small CPU model, with every other field at its default."""
+    """preset(): SMAC (256), Flatland (400), a small CPU model and a medium one between, every other field at its default."""
     assert preset("smac") == MAMBAConfig(rssm=RSSMConfig(deter=256, hidden=256, comm_width=256))
     assert preset("flatland") == MAMBAConfig(rssm=RSSMConfig(deter=400, hidden=400, comm_width=400), head_hidden=400)
     small = RSSMConfig(deter=64, stoch=8, classes=8, hidden=64, comm_width=64, comm_layers=1, comm_heads=2)
     assert preset("small") == MAMBAConfig(rssm=small, head_hidden=64, head_layers=1, lr=1e-3)
+    medium = RSSMConfig(deter=128, stoch=16, classes=16, hidden=128, comm_width=128, comm_layers=2, comm_heads=2)
+    assert preset("medium") == MAMBAConfig(rssm=medium, head_hidden=128, head_layers=2, lr=5e-4)
     m2 = {"dynamics": "mamba2", "ssm_layers": 2, "d_state": 16, "expand": 2}
     assert preset("small-mamba2") == dataclasses.replace(preset("small"), rssm=dataclasses.replace(small, **m2, headdim=32))
     smac = dataclasses.replace(preset("smac").rssm, **m2, headdim=64)
@@ -355,8 +357,8 @@ def test_config_accepts_the_kl_balance_bounds():
 
 def test_bad_spec_and_preset_names_are_refused():
     """Unknown presets raise ValueErrors naming the argument (continuous actions: test_continuous_wm.py)."""
-    names = r"\['smac', 'flatland', 'small', 'smac-mamba2', 'small-mamba2'\]"
-    for name in ("huge", "flatland-mamba2"):
+    names = r"\['smac', 'flatland', 'small', 'medium', 'smac-mamba2', 'small-mamba2'\]"
+    for name in ("huge", "flatland-mamba2", "medium-mamba2"):
         with pytest.raises(ValueError, match=rf"^name: expected one of {names}, got '{name}'$"):
             preset(name)
 

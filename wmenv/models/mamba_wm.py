@@ -74,14 +74,16 @@ class MAMBAConfig:
             raise ValueError(f"MAMBAConfig.kl_balance: expected a number in [0, 1], got {self.kl_balance!r}")
 
 
-PRESETS = ("smac", "flatland", "small", "smac-mamba2", "small-mamba2")
+PRESETS = ("smac", "flatland", "small", "medium", "smac-mamba2", "small-mamba2")
 
 _MAMBA2 = {"dynamics": "mamba2", "ssm_layers": 2, "d_state": 16, "expand": 2}
 """The Mamba-2 dynamics of the ``-mamba2`` presets (DRAMA's blocks: 2 layers, state 16, expand 2)."""
 
 
 def preset(name: str) -> MAMBAConfig:
-    """Named sizes: ``"smac"`` / ``"flatland"`` (Appendix A: hidden 256 / 400, 32×32 latents) and ``"small"`` for CPUs;
+    """Named sizes: ``"smac"`` / ``"flatland"`` (Appendix A: hidden 256 / 400, 32×32 latents), ``"small"`` for CPUs
+    (hidden 64, 8×8 latents, 0.12 M parameters on MPE spread) and ``"medium"`` between them (hidden 128, 16×16 latents,
+    2 communication layers, 2-layer heads of 128, lr 5e-4 near the geometric mean of the two; 0.80 M parameters);
     ``"smac-mamba2"`` / ``"small-mamba2"``: the same sizes with Mamba-2 dynamics (`wmenv.models.rssm_mamba2`) of
     H = 256 / 64 channels in heads of 64 / 32."""
     if name.endswith("-mamba2") and name.removesuffix("-mamba2") in ("smac", "small"):
@@ -95,6 +97,9 @@ def preset(name: str) -> MAMBAConfig:
     if name == "small":
         rssm = RSSMConfig(deter=64, stoch=8, classes=8, hidden=64, comm_width=64, comm_layers=1, comm_heads=2)
         return MAMBAConfig(rssm=rssm, head_hidden=64, head_layers=1, lr=1e-3)
+    if name == "medium":
+        rssm = RSSMConfig(deter=128, stoch=16, classes=16, hidden=128, comm_width=128, comm_layers=2, comm_heads=2)
+        return MAMBAConfig(rssm=rssm, head_hidden=128, head_layers=2, lr=5e-4)
     raise ValueError(f"name: expected one of {list(PRESETS)}, got {name!r}")
 
 

@@ -4,7 +4,7 @@
 from wmenv.models.registry import build_model, model_kind
 
 model = build_model("mabl", spec, "small")           # or a config object of the kind
-model_kind("mamba").presets   # ("smac", "flatland", "small", "smac-mamba2", "small-mamba2")
+model_kind("mamba").presets   # ("smac", "flatland", "small", "medium", "smac-mamba2", "small-mamba2")
 ```
 
 A new model registers a `ModelKind` once (`register`); checkpoints record the kind, so a checkpoint of one

@@ -30,6 +30,7 @@ import torch
 from agents.mappo import MAPPO
 from agents.resume import resume_envs, set_global_rng_state
 from agents.schedule import collect_for_update
+from wmenv.checks import check_unit_interval
 from wmenv.data.collect import Collector, random_actions
 from wmenv.envs.ray_backend import _Boxed
 from wmenv.envs.snapshot import SnapshotError
@@ -65,8 +66,7 @@ class RealActor:
     ) -> None:
         if prefill < 0:
             raise ValueError(f"prefill: expected a number of real env steps >= 0, got {prefill}")
-        if not 0 <= explore < 1:
-            raise ValueError(f"explore: expected a probability in [0, 1), got {explore}")
+        check_unit_interval("explore", explore, what="a probability", open_high=True)
         self.agent, self.num_envs, self.spec, self.filters, self.explore = agent, num_envs, spec, filters, explore
         self.carry: dict[str, Any] = {
             "state": agent.policy.initial_state(num_envs * spec.n_agents), "first": True, "prefill": prefill,

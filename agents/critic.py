@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from agents.policies.base import PolicyState
 from agents.policies.gru import Activation, ResettableGRU, init_linear_, mlp_encoder
-from wmenv.checks import check_choice, check_int
+from wmenv.checks import check_choice, check_int, check_unit_interval
 
 
 @dataclass
@@ -50,8 +50,9 @@ class CriticConfig:
         for name in ("hidden", "mlp_layers", "gru_layers"):
             check_int(f"CriticConfig.{name}", getattr(self, name))
         check_choice("CriticConfig.activation", self.activation, ("relu", "tanh"))
-        if not 0.0 < self.value_norm_beta < 1.0:
-            raise ValueError(f"CriticConfig.value_norm_beta: expected a value in (0, 1), got {self.value_norm_beta!r}")
+        check_unit_interval(
+            "CriticConfig.value_norm_beta", self.value_norm_beta, what="a value", open_low=True, open_high=True
+        )
 
 
 class ValueNorm(nn.Module):

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from wmenv.checks import check_int, check_positive
+from wmenv.checks import check_int, check_positive, check_unit_interval
 from wmenv.models.drama import rms_mlp
 from wmenv.models.twohot import symexp, symlog, symlog_bins, twohot_decode, twohot_loss
 from wmenv.optim import adam
@@ -76,9 +76,7 @@ class DreamerACConfig:
         for name in ("lr", "grad_clip"):
             check_positive(f"DreamerACConfig.{name}", getattr(self, name))
         for name in ("gamma", "lam", "slow_decay", "return_decay"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-                raise ValueError(f"DreamerACConfig.{name}: expected a number in [0, 1], got {value!r}")
+            check_unit_interval(f"DreamerACConfig.{name}", getattr(self, name))
         if isinstance(self.entropy, bool) or not isinstance(self.entropy, (int, float)) or self.entropy < 0:
             raise ValueError(f"DreamerACConfig.entropy: expected a number >= 0, got {self.entropy!r}")
         low, high = self.percentiles

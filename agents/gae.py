@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from wmenv.checks import check_unit_interval
+
 
 def gae(
     rewards: Tensor,
@@ -68,10 +70,8 @@ def gae(
             raise ValueError(f"discounts: expected values in [0, 1], got {float(discounts.min())} .. {float(discounts.max())}")
     if last_values.shape != shape[1:]:
         raise ValueError(f"last_values: expected shape {tuple(shape[1:])}, got {tuple(last_values.shape)}")
-    if not 0.0 <= gamma <= 1.0:
-        raise ValueError(f"gamma: expected a value in [0, 1], got {gamma}")
-    if not 0.0 <= lam <= 1.0:
-        raise ValueError(f"lam: expected a value in [0, 1], got {lam}")
+    check_unit_interval("gamma", gamma, what="a value")
+    check_unit_interval("lam", lam, what="a value")
     dones, truncated = dones.bool(), truncated.bool()
     if (truncated & ~dones).any():
         raise ValueError("truncated: expected truncated steps to be done as well, got truncated=True where dones=False")

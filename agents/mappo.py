@@ -36,7 +36,7 @@ from agents.policies.gru import GRUPolicy, GRUPolicyConfig
 from agents.replay_value import ValueTargets
 from agents.storage import BatchedEnv, Carry, Chunks, Episodes, RolloutStorage, length_groups
 from agents.verdict import PolicyTargets
-from wmenv.checks import check_device, check_int, check_positive
+from wmenv.checks import check_device, check_int, check_positive, check_unit_interval
 from wmenv.data.collect import ended_metrics
 from wmenv.envs.spec import action_bounds
 from wmenv.optim import adam
@@ -129,12 +129,8 @@ class MAPPOConfig:
         for name in ("lr", "critic_lr", "adam_eps", "clip", "value_clip", "huber_delta", "max_grad_norm"):
             check_positive(f"MAPPOConfig.{name}", getattr(self, name))
         for name in ("gamma", "gae_lambda", "entropy_decay"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and 0.0 <= v <= 1.0):
-                raise ValueError(f"MAPPOConfig.{name}: expected a value in [0, 1], got {v!r}")
-        v = self.entropy_floor
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v < 1.0:
-            raise ValueError(f"MAPPOConfig.entropy_floor: expected a value in [0, 1), got {v!r}")
+            check_unit_interval(f"MAPPOConfig.{name}", getattr(self, name), what="a value")
+        check_unit_interval("MAPPOConfig.entropy_floor", self.entropy_floor, what="a value", open_high=True)
         check_positive("MAPPOConfig.entropy_floor_lr", self.entropy_floor_lr)
         for name in ("value_coef", "entropy_coef", "aux_coef"):
             v = getattr(self, name)
@@ -624,10 +620,8 @@ class MAPPO(nn.Module):
             normalized entropy it holds up, and ``entropy_floor_weight``, the mean α the steps used).
         """
         cfg = self.config
-        if not 0.0 < lr_scale <= 1.0:
-            raise ValueError(f"lr_scale: expected a value in (0, 1], got {lr_scale}")
-        if not 0.0 <= entropy_scale <= 1.0:
-            raise ValueError(f"entropy_scale: expected a value in [0, 1], got {entropy_scale}")
+        check_unit_interval("lr_scale", lr_scale, what="a value", open_low=True)
+        check_unit_interval("entropy_scale", entropy_scale, what="a value")
         for group, lr in zip(self.optimizer.param_groups, (cfg.lr, cfg.critic_lr)):
             group["lr"] = lr * lr_scale
         adv, ret = self.advantages(storage)

@@ -69,7 +69,7 @@ from agents.train import (
     torch_threads,
 )
 from agents.verdict import VerdictConfig, verdict_targets
-from wmenv.checks import check_choice, check_device, check_int, check_positive
+from wmenv.checks import check_choice, check_device, check_int, check_positive, check_unit_interval
 from wmenv.data.collect import mean_metrics
 from wmenv.data.persist import remove_temporaries
 from wmenv.data.replay import EpisodeReplay, ReplayConfig
@@ -282,8 +282,7 @@ class ModelBasedConfig:
             check_int(f"ModelBasedConfig.{name}", getattr(self, name), 0)
         if self.prefill is not None:
             check_int("ModelBasedConfig.prefill", self.prefill, 0)
-        if not 0 <= self.explore < 1:
-            raise ValueError(f"ModelBasedConfig.explore: expected a probability in [0, 1), got {self.explore}")
+        check_unit_interval("ModelBasedConfig.explore", self.explore, what="a probability", open_high=True)
         for name in ("train_ratio", "dream_ratio"):
             check_positive(f"ModelBasedConfig.{name}", getattr(self, name))
         v = self.replay_value
@@ -327,10 +326,8 @@ class ModelBasedConfig:
 
     def _check_model_ema(self) -> None:
         """``model_ema`` is a decay in [0, 1), and MAG's planner plans with the errors of the model it steps."""
-        v = self.model_ema
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
-            raise ValueError(f"ModelBasedConfig.model_ema: expected a decay in [0, 1), got {v!r}")
-        if v and self.rollout == "mag":
+        check_unit_interval("ModelBasedConfig.model_ema", self.model_ema, what="a decay", open_high=True)
+        if self.model_ema and self.rollout == "mag":
             raise ValueError("ModelBasedConfig.model_ema: MAG's error predictor learns the fitted model's errors, and "
                              "with model_ema the dream would step the average; use one or the other")  # fmt: skip
 

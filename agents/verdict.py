@@ -32,7 +32,7 @@ from einops import repeat
 from torch import Tensor
 
 from agents.policies.base import RecurrentPolicy, mask_logits, sample_actions
-from wmenv.checks import check_int, check_positive
+from wmenv.checks import check_int, check_positive, check_unit_interval
 from wmenv.dream.vec import DreamStep, DreamVecEnv
 
 if TYPE_CHECKING:
@@ -80,8 +80,7 @@ class VerdictConfig:
         for name in ("cells", "starts", "samples"):
             check_int(f"VerdictConfig.{name}", getattr(self, name))
         check_positive("VerdictConfig.temperature", self.temperature)
-        if isinstance(self.mix, bool) or not isinstance(self.mix, (int, float)) or not 0.0 <= self.mix <= 1.0:
-            raise ValueError(f"VerdictConfig.mix: expected a probability in [0, 1], got {self.mix!r}")
+        check_unit_interval("VerdictConfig.mix", self.mix, what="a probability")
 
 
 @dataclass

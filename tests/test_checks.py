@@ -1,4 +1,5 @@
-"""check_int, check_positive and check_choice: what they accept, what they reject, and what the message says."""
+"""check_int, check_positive, check_unit_interval and check_choice: what they accept, what they reject, and what the message
+says."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from wmenv.checks import check_bool, check_choice, check_device, check_int, check_positive
+from wmenv.checks import check_bool, check_choice, check_device, check_int, check_positive, check_unit_interval
 
 
 def test_check_int_accepts_and_returns_ints():
@@ -87,3 +88,28 @@ def test_check_bool():
     for bad in (1, 0, "True", None, np.bool_(True)):
         with pytest.raises(TypeError, match=rf"^X\.flag: expected a bool, got {re.escape(repr(bad))}$"):
             check_bool("X.flag", bad)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "inside", "outside", "interval"),
+    [
+        ({}, [0, 0.5, 1, 1.0], [-0.1, 1.01], "[0, 1]"),
+        ({"open_high": True}, [0, 0.0, 0.999], [1, 1.0, -1e-9], "[0, 1)"),
+        ({"open_low": True}, [1e-9, 1], [0, 0.0, 2], "(0, 1]"),
+        ({"open_low": True, "open_high": True}, [0.5], [0, 1], "(0, 1)"),
+    ],
+)
+def test_check_unit_interval_ends(kwargs, inside, outside, interval):
+    """Each end is closed unless asked open; the message writes the interval as asked."""
+    for v in inside:
+        assert check_unit_interval("x", v, **kwargs) == v
+    for v in outside:
+        with pytest.raises(ValueError, match=re.escape(f"Owner.x: expected a number in {interval}, got {v!r}")):
+            check_unit_interval("Owner.x", v, **kwargs)
+
+
+@pytest.mark.parametrize("value", [True, False, "0.5", None, float("nan"), [0.5]])
+def test_check_unit_interval_rejects_non_numbers_and_nan(value):
+    """Bools, strings, None, NaN and containers are refused with the argument's name and what was expected."""
+    with pytest.raises(ValueError, match=re.escape(f"RSSMConfig.dropout: expected a probability in [0, 1), got {value!r}")):
+        check_unit_interval("RSSMConfig.dropout", value, what="a probability", open_high=True)

@@ -52,6 +52,35 @@ def check_positive(name: str, value: object) -> float:
     return value
 
 
+def check_unit_interval(
+    name: str, value: object, *, what: str = "a number", open_low: bool = False, open_high: bool = False
+) -> float:
+    """Check that ``value`` is a Python ``int`` or ``float`` (not a ``bool``, not NaN) in the unit interval: [0, 1],
+    with the low end open (``open_low``: 0 excluded) and/or the high end open (``open_high``: 1 excluded).
+
+    Args:
+        name: the argument's name as the message shows it, e.g. ``"RSSMConfig.dropout"``.
+        value: the value to check.
+        what: what the message says was expected before the interval, e.g. ``"a probability"``.
+        open_low: exclude 0.
+        open_high: exclude 1.
+
+    Returns:
+        ``value``.
+
+    Raises:
+        ValueError: the message is ``f"{name}: expected {what} in {interval}, got {value!r}"``, the interval written
+            ``[0, 1]``, ``[0, 1)``, ``(0, 1]`` or ``(0, 1)``.
+    """
+    numeric = not isinstance(value, bool) and isinstance(value, (int, float))
+    above_low = numeric and (value > 0 if open_low else value >= 0)
+    below_high = numeric and (value < 1 if open_high else value <= 1)
+    if not (above_low and below_high):
+        interval = f"{'(' if open_low else '['}0, 1{')' if open_high else ']'}"
+        raise ValueError(f"{name}: expected {what} in {interval}, got {value!r}")
+    return value
+
+
 def check_bool(name: str, value: object) -> bool:
     """Check that ``value`` is a bool (not an int or a string that reads like one).
 

@@ -33,7 +33,7 @@ from torch.optim.swa_utils import AveragedModel
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
-from wmenv.checks import check_bool, check_choice, check_int
+from wmenv.checks import check_bool, check_choice, check_int, check_unit_interval
 from wmenv.data.persist import temporary_name
 from wmenv.models.registry import KINDS, config_from_dict, kind_of
 from wmenv.models.world_model import WorldModel
@@ -122,8 +122,7 @@ def model_average(model: WorldModel, decay: float) -> AveragedModel:
     which `fit` calls after every step it is given the average for: W ← w·W + (1 − w)·W_model with w =
     `ema_decay(decay, n)` at the n-th update (n = ``average.n_averaged``). Raises ValueError for a decay outside (0, 1).
     """
-    if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 < decay < 1:
-        raise ValueError(f"decay: expected a number in (0, 1), got {decay!r}")
+    check_unit_interval("decay", decay, open_low=True, open_high=True)
 
     @torch.no_grad()
     def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n: torch.Tensor | int) -> None:

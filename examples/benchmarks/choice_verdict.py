@@ -55,7 +55,7 @@ from agents.critic import AttentionCritic, CriticConfig
 from agents.policies.base import index_state, mask_logits, sample_actions
 from agents.train import first_episodes, policy_from_checkpoint
 from agents.verdict import branched_returns
-from wmenv.checks import check_int
+from wmenv.checks import check_int, check_unit_interval
 from wmenv.dream import DreamVecEnv
 from wmenv.envs import make
 from wmenv.envs.vector import VecEnv, VecStep
@@ -99,8 +99,7 @@ class Args:
         for name in ("steps", "dream_samples"):
             if getattr(self, name) is not None:
                 check_int(name, getattr(self, name))
-        if not 0.0 < self.rate <= 1.0:
-            raise ValueError(f"rate: expected a probability in (0, 1], got {self.rate!r}")
+        check_unit_interval("rate", self.rate, what="a probability", open_low=True)
 
 
 def branch_index(world: int, n_agents: int, copies: int) -> torch.Tensor:

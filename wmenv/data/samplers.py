@@ -18,6 +18,8 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from wmenv.checks import check_unit_interval
+
 
 class StartSampler(Protocol):
     """Picks where B windows start."""
@@ -99,8 +101,7 @@ class EventStarts:
     """
 
     def __init__(self, replay, rate: float, min_abs_reward: float = 1.0, terminations: bool = True) -> None:
-        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate <= 1:
-            raise ValueError(f"rate: expected a probability in [0, 1], got {rate!r}")
+        check_unit_interval("rate", rate, what="a probability")
         if isinstance(min_abs_reward, bool) or not isinstance(min_abs_reward, (int, float)) or not min_abs_reward > 0:
             raise ValueError(f"min_abs_reward: expected a positive number, got {min_abs_reward!r}")
         self.replay, self.rate = replay, float(rate)

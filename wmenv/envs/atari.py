@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from wmenv.checks import check_int
+from wmenv.checks import check_int, check_unit_interval
 
 INSTALL_ATARI = 'pip install "wmenv[atari]"'
 
@@ -48,8 +48,7 @@ class AtariConfig:
         check_int("AtariConfig.frame_skip", self.frame_skip)
         check_int("AtariConfig.screen_size", self.screen_size)
         check_int("AtariConfig.noop_max", self.noop_max, 0)
-        if not 0.0 <= self.sticky_actions <= 1.0:
-            raise ValueError(f"AtariConfig.sticky_actions: expected a probability in [0, 1], got {self.sticky_actions!r}")
+        check_unit_interval("AtariConfig.sticky_actions", self.sticky_actions, what="a probability")
 
 
 def _imports() -> tuple[Any, Any]:

@@ -69,7 +69,7 @@ from flatland.envs.step_utils.states import TrainState
 from flatland.envs.timetable_generators import timetable_generator
 from flatland.envs.timetable_utils import Timetable
 
-from wmenv.checks import check_choice, check_int
+from wmenv.checks import check_choice, check_int, check_unit_interval
 from wmenv.envs.base import MaskedAction, MultiAgentEnv
 from wmenv.envs.flatland_obs import (
     DO_NOTHING,
@@ -171,8 +171,7 @@ class FlatlandConfig:
                 f"FlatlandConfig.malfunction_min_duration: expected <= malfunction_max_duration "
                 f"({self.malfunction_max_duration}), got {self.malfunction_min_duration}"
             )
-        if not 0.0 <= self.malfunction_rate <= 1.0:
-            raise ValueError(f"FlatlandConfig.malfunction_rate: expected a rate in [0, 1], got {self.malfunction_rate!r}")
+        check_unit_interval("FlatlandConfig.malfunction_rate", self.malfunction_rate, what="a rate")
         if not self.observation_radius > 0:
             raise ValueError(f"FlatlandConfig.observation_radius: expected > 0, got {self.observation_radius!r}")
         if self.max_episode_steps is not None:

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from wmenv.checks import check_choice, check_int, check_positive
+from wmenv.checks import check_choice, check_int, check_positive, check_unit_interval
 from wmenv.models.heads import categorical_kl, check_reward_head, check_rewards
 from wmenv.models.rssm import onehot_from_uniform, uniform_like
 from wmenv.models.ssm.kernels import Backend
@@ -125,8 +125,7 @@ class DRAMAConfig:
         if self.classes < 2:
             raise ValueError(f"DRAMAConfig.classes: expected at least 2 classes, got {self.classes}")
         check_reward_head("DRAMAConfig", "twohot", self.reward_bins)
-        if not 0 <= self.unimix < 1:
-            raise ValueError(f"DRAMAConfig.unimix: expected a number in [0, 1), got {self.unimix!r}")
+        check_unit_interval("DRAMAConfig.unimix", self.unimix, open_high=True)
         for name in ("pixel_scale", "lr", "grad_clip", "norm_eps"):
             check_positive(f"DRAMAConfig.{name}", getattr(self, name))
         for name in ("free_bits", "dyn_scale", "rep_scale"):

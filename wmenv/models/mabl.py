@@ -54,7 +54,7 @@ import torch
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
-from wmenv.checks import check_choice, check_int
+from wmenv.checks import check_choice, check_int, check_unit_interval
 from wmenv.models.heads import HeadsMixin, RewardKind, balanced_kl, categorical_kl, check_reward_head, head_errors, kl_scale
 from wmenv.models.rssm import mlp, onehot_from_uniform, sample_onehot
 from wmenv.models.ssm.stack import DynamicsConfig, MambaDynamics, SSMStates
@@ -108,8 +108,7 @@ class MABLConfig(DynamicsConfig):
         check_choice("MABLConfig.global_level", self.global_level, ("per_agent", "shared", "none"))
         check_choice("MABLConfig.kl_reduce", self.kl_reduce, ("mean", "sum"))
         check_reward_head("MABLConfig", self.reward_head, self.reward_bins)
-        if not 0 <= self.kl_balance <= 1:
-            raise ValueError(f"MABLConfig.kl_balance: expected a number in [0, 1], got {self.kl_balance!r}")
+        check_unit_interval("MABLConfig.kl_balance", self.kl_balance)
         self._check_dynamics("MABLConfig", {"agent_deter": self.agent_deter, "global_deter": self.global_deter})
 
 

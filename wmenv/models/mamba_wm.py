@@ -24,7 +24,7 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
-from wmenv.checks import check_int, check_positive
+from wmenv.checks import check_int, check_positive, check_unit_interval
 from wmenv.models.heads import HeadsMixin, balanced_kl, categorical_kl, check_reward_head, head_errors
 from wmenv.models.rssm import MultiAgentRSSM, RSSMConfig, sample_onehot
 from wmenv.models.rssm_mamba2 import Mamba2RSSM
@@ -70,8 +70,7 @@ class MAMBAConfig:
         check_reward_head("MAMBAConfig", self.reward_head, self.reward_bins)
         for name in ("reward_event_weight", "reward_event_threshold"):
             check_positive(f"MAMBAConfig.{name}", getattr(self, name))
-        if not 0 <= self.kl_balance <= 1:
-            raise ValueError(f"MAMBAConfig.kl_balance: expected a number in [0, 1], got {self.kl_balance!r}")
+        check_unit_interval("MAMBAConfig.kl_balance", self.kl_balance)
 
 
 PRESETS = ("smac", "flatland", "small", "medium", "smac-mamba2", "small-mamba2")

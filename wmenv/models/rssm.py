@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from wmenv.checks import check_int
+from wmenv.checks import check_int, check_unit_interval
 from wmenv.models.comm import CommBlock
 from wmenv.models.ssm.mamba2_ref import Mamba2Config
 from wmenv.models.ssm.stack import DynamicsConfig
@@ -58,8 +58,7 @@ class RSSMConfig(DynamicsConfig):
     def __post_init__(self) -> None:
         for name in ("deter", "stoch", "classes", "hidden", "comm_width", "comm_layers", "comm_heads"):
             check_int(f"RSSMConfig.{name}", getattr(self, name))
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"RSSMConfig.dropout: expected a number in [0, 1), got {self.dropout!r}")
+        check_unit_interval("RSSMConfig.dropout", self.dropout, open_high=True)
         self._check_dynamics("RSSMConfig", {"deter": self.deter})
 
     def mamba2(self) -> Mamba2Config:

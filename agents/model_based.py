@@ -80,7 +80,7 @@ from wmenv.dream.vec import TERMINATIONS
 from wmenv.envs import make
 from wmenv.envs.spec import EnvSpec
 from wmenv.fit import FitConfig, fit, fit_learning_rate, fit_window_rows, load_model, model_average, save_model
-from wmenv.models.registry import KINDS, build_model, model_kind
+from wmenv.models.registry import KINDS, build_model, model_kind, with_overrides
 from wmenv.models.world_model import WorldModel
 from wmenv.optim import adam
 
@@ -134,7 +134,10 @@ class ModelBasedConfig:
     model, which reads the env's global state in training) or "drama" (DRAMA's single-agent Mamba-2 model of frames)."""
     model: str = "small"
     """World-model preset of that kind: "small", "smac" or "flatland" ("xs", "s" or "cpu-small" for "drama"; MAMBA also
-    "small-mamba2" and "smac-mamba2")."""
+    "medium", "small-mamba2" and "smac-mamba2")."""
+    model_overrides: dict[str, int | float | bool | str] = field(default_factory=dict)
+    """Fields of the preset's config replaced, nested ones by dotted names (`wmenv.models.registry.with_overrides`),
+    e.g. ``--run.model-overrides head_hidden 128 head_layers 2 rssm.deter 96``; checked when the config is built."""
     reward_event_weight: float | None = None
     """MAMBA's world model: weight of the reward loss on event rows, |reward| >= 1 (`MAMBAConfig.reward_event_weight`;
     BENCHMARKS.md, "Are the events in the observation?"); None keeps the preset's (1)."""
@@ -311,6 +314,7 @@ class ModelBasedConfig:
                 raise ValueError(f"ModelBasedConfig.reward_event_weight: MAMBA's world model option, the run's model kind "
                                  f"is {self.model_kind!r}")  # fmt: skip
             check_positive("ModelBasedConfig.reward_event_weight", self.reward_event_weight)
+        _model_config(self)  # refuses unknown or ill-typed model_overrides now, before any work
         if self.fit.compile == "steps" and not model_kind(self.model_kind).model_cls.steps_compilable:
             self.fit = dataclasses.replace(self.fit, compile="off")  # nothing runs per row: nothing to compile there
         check_choice("ModelBasedConfig.policy", self.policy, POLICIES)
@@ -354,7 +358,8 @@ def real_ppo_start(cfg: ModelBasedConfig, spec: EnvSpec, prefill: int) -> int:
 
 def _model_config(cfg: ModelBasedConfig) -> Any:
     """The world model's config: the run's preset, with its overrides."""
-    config = model_kind(cfg.model_kind).preset(cfg.model)
+    config = with_overrides(model_kind(cfg.model_kind).preset(cfg.model), cfg.model_overrides,
+                            "ModelBasedConfig.model_overrides")  # fmt: skip
     if cfg.reward_event_weight is not None:
         config = dataclasses.replace(config, reward_event_weight=cfg.reward_event_weight)
     return config
@@ -482,7 +487,8 @@ def _restore(folder: Path, cfg: ModelBasedConfig, spec: Any, agent: MAPPO, model
     counters = load_checkpoint(folder, agent, spec)
     if saved.config != model.config:
         raise ValueError(
-            f"path: the world model in {folder} has config {saved.config}, expected the {cfg.model!r} preset {model.config}"
+            f"path: the world model in {folder} has config {saved.config}, expected the {cfg.model!r} preset "
+            f"(overrides {cfg.model_overrides}) {model.config}"
         )
     fitted = folder / "world_model_fit"
     if fitted.is_dir() != (average is not None):

@@ -194,6 +194,22 @@ def test_mamba2_dynamics_run_the_loop_and_resume_exactly(tmp_path, kind):
     assert second["eval_returns"] == straight["eval_returns"] and second["real_returns"] == straight["real_returns"]
 
 
+def test_model_overrides_reach_the_world_model_and_are_checked_before_work(tmp_path):
+    """--model-overrides: the fitted model's config holds them, a resume with other overrides is refused as another
+    model, and unknown or ill-typed overrides fail when the config is built (no run folder is written)."""
+    run(_small(tmp_path / "a", 1, model_overrides={"head_hidden": 32, "rssm.hidden": 48}))
+    saved = json.loads((latest_checkpoint(tmp_path / "a") / "world_model" / "config.json").read_text())
+    assert saved["config"]["head_hidden"] == 32 and saved["config"]["rssm"]["hidden"] == 48
+    assert saved["config"]["rssm"]["deter"] == 64, "fields not overridden keep the preset's value"
+    with pytest.raises(ValueError, match=r"has config .*expected the 'small' preset \(overrides \{\}\)"):
+        run(_small(tmp_path / "a", 2, resume=True))
+    with pytest.raises(ValueError, match=r"^ModelBasedConfig.model_overrides\['head_width'\]: MAMBAConfig has no field"):
+        _small(tmp_path / "b", 1, model_overrides={"head_width": 32})
+    with pytest.raises(ValueError, match=r"^ModelBasedConfig.model_overrides\['rssm.deter'\]: expected a value of type int"):
+        _small(tmp_path / "b", 1, model_overrides={"rssm.deter": "wide"})
+    assert not (tmp_path / "b").exists()
+
+
 def test_reward_event_weight_reaches_the_world_model_and_is_refused_elsewhere(tmp_path):
     """--reward-event-weight: the fitted model's config holds it (and a resume with another weight is refused as another
     model); MABL's model and non-positive weights are refused."""

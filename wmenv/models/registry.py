@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,6 +99,60 @@ def config_from_dict(cls: type, fields: dict[str, Any]) -> Any:
         value, kind = fields[f.name], hints[f.name]
         kwargs[f.name] = config_from_dict(kind, value) if dataclasses.is_dataclass(kind) and isinstance(value, dict) else value
     return cls(**kwargs)
+
+
+def with_overrides(config: Any, overrides: Mapping[str, object], name: str = "overrides") -> Any:
+    """``config`` (a world-model config dataclass) with the fields ``overrides`` names replaced, nested configs' fields
+    by dotted names: ``{"head_hidden": 128, "rssm.deter": 128}``. The config's own checks run on the result.
+
+    A value must have the type of the value it replaces (an int where an int was, a bool where a bool was; an int is
+    read as a float where a float was), except where the field held None.
+
+    Raises:
+        TypeError: ``overrides`` is not a mapping of names (str) to values.
+        ValueError: a name the config does not have (the message lists those it has), a nested config replaced whole,
+            a value of another type, or one the config's checks refuse; every message names ``name[key]``.
+    """
+    if not isinstance(overrides, Mapping):
+        raise TypeError(f"{name}: expected a mapping of field names to values, got {type(overrides).__name__}")
+    for key, value in overrides.items():
+        if not isinstance(key, str) or not key:
+            raise TypeError(f"{name}: expected field names (str), got {key!r}")
+        config = _override(config, key.split("."), value, f"{name}[{key!r}]")
+    return config
+
+
+def _override(config: Any, path: list[str], value: object, where: str) -> Any:
+    """``config`` with the field at ``path`` (one name per nesting level) set to ``value``."""
+    fields = {f.name: f for f in dataclasses.fields(config) if f.init}
+    head = path[0]
+    if head not in fields:
+        raise ValueError(f"{where}: {type(config).__name__} has no field {head!r}; it has {sorted(fields)}")
+    current = getattr(config, head)
+    if len(path) > 1:
+        if not dataclasses.is_dataclass(current):
+            raise ValueError(f"{where}: {type(config).__name__}.{head} is {type(current).__name__}, not a nested config")
+        return dataclasses.replace(config, **{head: _override(current, path[1:], value, where)})
+    if dataclasses.is_dataclass(current):
+        nested = sorted(f.name for f in dataclasses.fields(current))
+        raise ValueError(f"{where}: {head} is a nested config; set its fields as '{head}.<field>' ({nested})")
+    value = _typed_like(current, value, where)
+    try:
+        return dataclasses.replace(config, **{head: value})
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{where}: {value!r} refused: {e}") from e
+
+
+def _typed_like(current: object, value: object, where: str) -> object:
+    """``value`` checked against the type of the ``current`` value it replaces (an int becomes a float where one was)."""
+    if current is None:
+        return value
+    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if type(value) is not type(current):
+        kind = type(current).__name__
+        raise ValueError(f"{where}: expected a value of type {kind} (the field holds {current!r}), got {value!r}")
+    return value
 
 
 register(ModelKind("mamba", MAMBAWorldModel, MAMBAConfig, preset, MAMBA_PRESETS))

@@ -968,3 +968,44 @@ def test_choice_verdict_compares_each_actions_real_and_imagined_futures(tmp_path
     assert "real_end" not in short["cells"][0] and short["steps"] == 2
     # two imagined steps: agents reach the horizon alive, and the critic's value of their last state is added
     assert any(c["dream_value_own"] != c["dream_own"] for c in short["cells"])
+
+
+def test_reward_fit_scores_the_checkpoints_head_and_fresh_variants_on_the_newest_episodes(tmp_path):
+    """reward_fit: the checkpoint model's R² on its replay's newest episodes is the R² of its own predictions there;
+    variants are fitted without those episodes, with their overrides; malformed variants are refused up front."""
+    from agents.model_based import ModelBasedConfig, run
+    from agents.train import latest_checkpoint
+    from wmenv.data.replay import EpisodeReplay
+    from wmenv.envs import make
+    from wmenv.fit import FitConfig, load_model
+
+    run(ModelBasedConfig(iterations=2, real_steps=100, num_envs=2, fit_steps=3, dream_updates=1, dream_worlds=4,
+                         eval_episodes=1, fit=FitConfig(batch_size=2, progress=False), run_dir=str(tmp_path / "r"),
+                         progress=False))  # fmt: skip
+    module = _benchmark_module("reward_fit")
+    ckpt = latest_checkpoint(tmp_path / "r")
+    _, spec = make("mpe:simple_spread_v3")
+    replay = EpisodeReplay.load_segments(ckpt / "replay.json", tmp_path / "r" / "replay", spec)
+    held, episodes = module.newest_episodes(replay, 2)
+    assert held == [replay.num_episodes - 2, replay.num_episodes - 1] and episodes["reward"].shape == (2, 26, 3)
+    model = load_model(ckpt / "world_model", spec, kind="mamba")
+    scored = module.score(model, episodes, 0)
+    with torch.no_grad():  # the posterior R² by hand: the head on every row's posterior, rows 1..T
+        posts = model.observe_rows(episodes["obs"].float(), episodes["action"], torch.arange(26).eq(0).expand(2, 26),
+                                   torch.Generator().manual_seed(0), episodes["alive"].bool())  # fmt: skip
+        pred = model._reward(model.features(posts))[:, 1:].numpy()
+    assert scored["r2_posterior"] == module.r2(pred, episodes["reward"][:, 1:].numpy())
+    assert scored["r2_one_step"] <= 1 and scored["r2_posterior_agent_mean"] <= 1
+    out = _run("reward_fit.py", "--runs", str(tmp_path / "r"), "--held-out", "2", "--fit-steps", "2",
+               "--variants", "as_is:", "narrow:head_hidden=16,rssm.dropout=0", "--out", str(tmp_path / "f.json"))  # fmt: skip
+    (result,) = out["results"]
+    assert result["checkpoint_model"] == scored and json.loads((tmp_path / "f.json").read_text()) == out
+    as_is, narrow = result["variants"]
+    assert (as_is["name"], as_is["overrides"], narrow["overrides"]) == ("as_is", {}, {"head_hidden": 16, "rssm.dropout": 0})
+    assert narrow["parameters"] < as_is["parameters"] == sum(p.numel() for p in model.parameters())
+    assert module.parse_variant("m:preset=medium,lr=0.001") == ("m", "medium", {"lr": 0.001})
+    assert [module.parse_value(v) for v in ("3", "0.5", "True", "mse")] == [3, 0.5, True, "mse"]
+    for bad in ("heads", ":head_hidden=3", "h:head_hidden", "h:=3"):
+        with pytest.raises(ValueError, match="variants: expected 'name:key=value,...'"):
+            module.Args(runs=[tmp_path], variants=[bad])
+    assert module.r2(np.zeros(3), np.ones(3)) is None and module.r2(np.array([1.0, 2]), np.array([1.0, 3])) == 0.5

@@ -13,12 +13,13 @@ Those episodes are the newest the checkpoint's model was fitted on, so its R² i
 world models (the run's preset with each variant's overrides, `wmenv.models.registry.with_overrides` names, or another
 preset) are fitted on the run's replay less those episodes, ``fit_steps`` steps of 16 × 20 windows with compiled rows
 as in the loop, and scored the same way on them, held out: does a larger head, or a larger model, learn the reward
-better from the same data? Prints one JSON line.
+better from the same data? With ``--probe-steps``, a plain MLP fitted from the true observations to the rewards on the
+same episodes gives the R² such a network reaches without a world model in between. Prints one JSON line.
 
 Usage:
     python examples/benchmarks/reward_fit.py --out benchmarks/reward_fit/spread_default_s0.json \
         --runs benchmarks/model_ema/spread/default/parts/seed0/runs/mpe_simple_spread_v3_seed0 \
-        --variants small: heads128x2:head_hidden=128,head_layers=2 medium:preset=medium --fit-steps 3000
+        --variants small: heads128x2:head_hidden=128,head_layers=2 medium:preset=medium --fit-steps 3000 --probe-steps 3000
 """
 
 from __future__ import annotations
@@ -56,6 +57,10 @@ class Args:
     names for nested fields), ``preset=<name>`` for another preset of the run's kind; ``name:`` is the preset as is."""
     fit_steps: int = 3000
     """Fit steps of each variant (B 16 × T 20)."""
+    probe_steps: int = 0
+    """Also fit a plain MLP (2 × 256, ReLU; Adam 1e-3, 512 rows a step) for this many steps from the true observation
+    of each agent and row to its reward, on the episodes the variants fit on, scored on the same held-out ones: how
+    much of the reward such a network learns from the observation itself with this data (0: not)."""
     seed: int = 0
     """Seed of the variants' initial weights and fits, and of the latent samples when scoring."""
     out: Path | None = None
@@ -64,6 +69,7 @@ class Args:
     def __post_init__(self) -> None:
         for name in ("held_out", "fit_steps"):
             check_int(name, getattr(self, name))
+        check_int("probe_steps", self.probe_steps, 0)
         for item in self.variants:
             parse_variant(item)
 
@@ -129,6 +135,31 @@ def score(model: WorldModel, episodes: dict[str, torch.Tensor], seed: int) -> di
     return out
 
 
+def observation_probe(train: dict[str, torch.Tensor], held: dict[str, torch.Tensor], steps: int, seed: int) -> float | None:
+    """Held-out R² of a 2 × 256 MLP fitted for ``steps`` Adam steps (512 rows each) from observations (standardized
+    by the training rows' statistics) to rewards, rows 1..T of present agents."""
+
+    def rows(episodes: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        alive = episodes["alive"][:, 1:].bool()
+        return episodes["obs"][:, 1:].float()[alive], episodes["reward"][:, 1:].float()[alive]
+
+    (x, y), (x_held, y_held) = rows(train), rows(held)
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(torch.nn.Linear(x.shape[-1], 256), torch.nn.ReLU(), torch.nn.Linear(256, 256),
+                              torch.nn.ReLU(), torch.nn.Linear(256, 1))  # fmt: skip
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        i = torch.randint(len(x), (512,), generator=g)
+        loss = (net((x[i] - mean) / std).squeeze(-1) - y[i]).square().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        return r2(net((x_held - mean) / std).squeeze(-1).numpy(), y_held.numpy())
+
+
 def measure(run: Path, args: Args) -> dict[str, Any]:
     """The checkpoint's model and each variant, scored on the run's newest ``held_out`` episodes."""
     ckpt = latest_checkpoint(run)
@@ -136,8 +167,8 @@ def measure(run: Path, args: Args) -> dict[str, Any]:
         raise ValueError(f"runs: {run} holds no checkpoint (checkpoints/latest)")
     saved = json.loads((ckpt / "config.json").read_text())
     train = saved["train"]
-    probe, spec = make(train["env_id"], **train["env_kwargs"])
-    probe.close()
+    env, spec = make(train["env_id"], **train["env_kwargs"])
+    env.close()
     replay = EpisodeReplay.load_segments(ckpt / "replay.json", run / "replay", spec)
     held, episodes = newest_episodes(replay, args.held_out)
     kind = train["model_kind"]
@@ -147,11 +178,17 @@ def measure(run: Path, args: Args) -> dict[str, Any]:
         "model": train["model"], "model_kind": kind, "held_out": args.held_out,
         "checkpoint_model": score(model, episodes, args.seed), "variants": [],
     }  # fmt: skip
-    if not args.variants:
+    if not args.variants and not args.probe_steps:
         return result
     rest = EpisodeReplay(ReplayConfig(capacity=max(2, len(replay))), spec)
     for index in sorted(set(range(replay.num_episodes)) - set(held)):
         rest.add(replay.episode(index))
+    if args.probe_steps:
+        fields = ("obs", "reward", "alive")
+        kept = [rest.episode(i, fields) for i in range(rest.num_episodes)]
+        kept = [e for e in kept if len(e["reward"]) == episodes["reward"].shape[1]]  # whole episodes of that length
+        train_rows = {k: torch.as_tensor(np.stack([e[k] for e in kept])) for k in fields}
+        result["observation_probe_r2"] = observation_probe(train_rows, episodes, args.probe_steps, args.seed)
     for item in args.variants:
         name, preset, overrides = parse_variant(item)
         config = with_overrides(model_kind(kind).preset(preset or train["model"]), overrides, f"variants[{name!r}]")

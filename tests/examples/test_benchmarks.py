@@ -997,8 +997,10 @@ def test_reward_fit_scores_the_checkpoints_head_and_fresh_variants_on_the_newest
     assert scored["r2_posterior"] == module.r2(pred, episodes["reward"][:, 1:].numpy())
     assert scored["r2_one_step"] <= 1 and scored["r2_posterior_agent_mean"] <= 1
     out = _run("reward_fit.py", "--runs", str(tmp_path / "r"), "--held-out", "2", "--fit-steps", "2",
-               "--variants", "as_is:", "narrow:head_hidden=16,rssm.dropout=0", "--out", str(tmp_path / "f.json"))  # fmt: skip
+               "--variants", "as_is:", "narrow:head_hidden=16,rssm.dropout=0", "--probe-steps", "3",
+               "--out", str(tmp_path / "f.json"))  # fmt: skip
     (result,) = out["results"]
+    assert result["observation_probe_r2"] <= 1
     assert result["checkpoint_model"] == scored and json.loads((tmp_path / "f.json").read_text()) == out
     as_is, narrow = result["variants"]
     assert (as_is["name"], as_is["overrides"], narrow["overrides"]) == ("as_is", {}, {"head_hidden": 16, "rssm.dropout": 0})

@@ -178,17 +178,18 @@ def measure(run: Path, args: Args) -> dict[str, Any]:
         "model": train["model"], "model_kind": kind, "held_out": args.held_out,
         "checkpoint_model": score(model, episodes, args.seed), "variants": [],
     }  # fmt: skip
-    if not args.variants and not args.probe_steps:
-        return result
-    rest = EpisodeReplay(ReplayConfig(capacity=max(2, len(replay))), spec)
-    for index in sorted(set(range(replay.num_episodes)) - set(held)):
-        rest.add(replay.episode(index))
+    others = sorted(set(range(replay.num_episodes)) - set(held))  # what the variants and the probe learn from
     if args.probe_steps:
         fields = ("obs", "reward", "alive")
-        kept = [rest.episode(i, fields) for i in range(rest.num_episodes)]
+        kept = [replay.episode(i, fields) for i in others]
         kept = [e for e in kept if len(e["reward"]) == episodes["reward"].shape[1]]  # whole episodes of that length
         train_rows = {k: torch.as_tensor(np.stack([e[k] for e in kept])) for k in fields}
         result["observation_probe_r2"] = observation_probe(train_rows, episodes, args.probe_steps, args.seed)
+    if not args.variants:
+        return result
+    rest = EpisodeReplay(ReplayConfig(capacity=max(2, len(replay))), spec)
+    for index in others:
+        rest.add(replay.episode(index))
     for item in args.variants:
         name, preset, overrides = parse_variant(item)
         config = with_overrides(model_kind(kind).preset(preset or train["model"]), overrides, f"variants[{name!r}]")

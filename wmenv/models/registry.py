@@ -124,7 +124,7 @@ def with_overrides(config: Any, overrides: Mapping[str, object], name: str = "ov
 
 def _override(config: Any, path: list[str], value: object, where: str) -> Any:
     """``config`` with the field at ``path`` (one name per nesting level) set to ``value``."""
-    fields = {f.name: f for f in dataclasses.fields(config) if f.init}
+    fields = {f.name for f in dataclasses.fields(config) if f.init}
     head = path[0]
     if head not in fields:
         raise ValueError(f"{where}: {type(config).__name__} has no field {head!r}; it has {sorted(fields)}")

@@ -244,7 +244,7 @@ def run(cfg: DRAMALoopConfig) -> dict[str, Any]:
         replay, state = EpisodeReplay(ReplayConfig(capacity=cfg.capacity, seed=cfg.seed), spec=spec), None
     dfs, starts = None, replay
     if cfg.sampler == "dfs":
-        dfs = DFS(replay, DFSConfig(scale=cfg.worlds / cfg.batch_size))
+        dfs = DFS(replay, DFSConfig(scale=cfg.ac_updates * cfg.worlds / (cfg.fit_steps * cfg.batch_size)))  # per iteration
         if state is not None and state["dfs"] is not None:
             dfs.load_state_dict(state["dfs"])
         replay.sampler, starts = dfs.world_model_starts, replay.using(dfs.imagination_starts)

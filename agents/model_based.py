@@ -163,7 +163,8 @@ class ModelBasedConfig:
     sampling (`wmenv.data.DFS`: world-model windows favour rows fitted least; dream starts favour rows the model has
     fitted more than the actor has started from). Its counts are checkpointed with the run."""
     dfs: DFSConfig = field(default_factory=DFSConfig)
-    """DFS temperatures and weights (``scale`` None: dream worlds over the fit batch)."""
+    """DFS temperatures and weights (``scale`` None: the run's own ratio of dream starts to fit windows drawn so far,
+    0.64 at the default schedule)."""
     dream_worlds: int = 256
     """B, imagined worlds stepped in one batch."""
     horizon: int = 15
@@ -631,7 +632,7 @@ def _samplers(cfg: ModelBasedConfig, replay: EpisodeReplay, state: dict[str, Any
     (its counts continued from the run ``state``)."""
     if cfg.sampler == "uniform":
         return replay, None
-    dfs = DFS(replay, dataclasses.replace(cfg.dfs, scale=cfg.dfs.scale or cfg.dream_worlds / cfg.fit.batch_size))
+    dfs = DFS(replay, cfg.dfs)  # k, unless set: the run's own ratio of dream starts to fit windows drawn
     replay.sampler = dfs.world_model_starts
     if state is not None and state.get("dfs") is not None:
         dfs.load_state_dict(state["dfs"])

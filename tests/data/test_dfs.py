@@ -169,3 +169,21 @@ def test_counts_of_a_streamed_episode_keep_their_rows_as_it_grows():
     assert state["rows"].tolist() == [12]
     again.load_state_dict(state)
     np.testing.assert_array_equal(again.counts(0)[0], [2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0, 0])
+
+
+def test_k_defaults_to_the_ratio_of_imagination_to_world_model_draws():
+    """scale None: k = imagination starts / world-model starts drawn on the stored rows (1 before both were drawn),
+    so that a schedule drawing 25x more fit windows than dream starts (the model-based loop's) still weighs v/k
+    against c as DRAMA's one-update-each schedule does; an explicit scale is used as given."""
+    rep = _replay()
+    dfs, fixed = DFS(rep), DFS(rep, DFSConfig(scale=64.0))
+    assert dfs.scale == 1.0 and fixed.scale == 64.0
+    rep.sample(12, 4, generator=0, sampler=dfs.world_model_starts)
+    assert dfs.scale == 1.0, "no imagination draw yet"
+    rep.sample(3, 4, generator=1, sampler=dfs.imagination_starts)
+    assert dfs.scale == pytest.approx(3 / 12)
+    valid, ids = np.array([7, 5, 7]), np.array([0, 1, 2])
+    c = np.concatenate([dfs.counts(i)[0][:n] for i, n in zip(ids, valid)])
+    v = np.concatenate([dfs.counts(i)[1][:n] for i, n in zip(ids, valid)])
+    np.testing.assert_allclose(dfs.imagination_probs(valid, ids), dfs_imagination_probs(c, v, 3 / 12), atol=1e-12)
+    assert not np.allclose(dfs.imagination_probs(valid, ids), dfs_imagination_probs(c, v, 64.0))

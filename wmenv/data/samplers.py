@@ -185,7 +185,7 @@ def dfs_imagination_probs(
     Args:
         counts: (S,) world-model draws of each candidate start row (c).
         imagined: (S,) imagination draws of each (v).
-        scale: k, imagination batch / world-model batch (DRAMA: 1024 / 16).
+        scale: k, imagination starts drawn per world-model start drawn (DRAMA: 1024 / 16).
         tau, alpha, beta: τ, α, β.
 
     Returns:
@@ -211,8 +211,10 @@ class DFSConfig:
     beta: float = 1.0
     """Weight of the penalty max(0, c − v/k) in the imagination score."""
     scale: float | None = None
-    """k: imagination batch over world-model batch, so that v/k and c count comparable work. None: DRAMA's
-    1024 / 16 = 64 for a `DFS` made directly; the model-based loop uses its dream worlds over its fit batch."""
+    """k: imagination starts drawn per world-model start drawn, so that v/k and c count comparable work (DRAMA draws
+    1,024 and 16 per env step: 64). None: the ratio of the two kinds of draws counted on the stored rows so far (1
+    before both were drawn), which is DRAMA's 64 under its schedule and the right k under any other, e.g. the
+    model-based loop's 200 fit steps of 16 windows and 8 dream rollouts of 256 worlds per iteration (0.64)."""
 
     def __post_init__(self) -> None:
         for name in ("tau", "imagination_tau", "scale"):
@@ -290,7 +292,16 @@ class DFS:
         """(Σ valid,) probabilities of the next imagination draw's first pick over the valid starts."""
         cfg = self.config
         c, v = self._candidates(np.asarray(valid, np.int64), np.asarray(episode_ids, np.int64))
-        return dfs_imagination_probs(c, v, cfg.scale or 64.0, cfg.imagination_tau, cfg.alpha, cfg.beta)
+        return dfs_imagination_probs(c, v, self.scale, cfg.imagination_tau, cfg.alpha, cfg.beta)
+
+    @property
+    def scale(self) -> float:
+        """k of the imagination score: ``config.scale``, or imagination starts over world-model starts drawn on the
+        stored rows so far (1 before both kinds were drawn)."""
+        if self.config.scale is not None:
+            return float(self.config.scale)
+        drawn = sum((c.sum(axis=1) for c in self._counts.values()), np.zeros(2, np.int64))
+        return float(drawn[1] / drawn[0]) if drawn.all() else 1.0
 
     def world_model_starts(
         self, valid: np.ndarray, episode_ids: np.ndarray, length: int, batch_size: int, generator: torch.Generator

@@ -73,7 +73,7 @@ from wmenv.checks import check_choice, check_device, check_int, check_positive, 
 from wmenv.data.collect import mean_metrics
 from wmenv.data.persist import remove_temporaries
 from wmenv.data.replay import EpisodeReplay, ReplayConfig
-from wmenv.data.samplers import DFS, DFSConfig
+from wmenv.data.samplers import DFS, DFSConfig, RecentStarts
 from wmenv.dream import DreamVecEnv
 from wmenv.dream.mag import ErrorPredictor, MAGConfig, MAGPlanner, fit_error_predictor
 from wmenv.dream.vec import TERMINATIONS
@@ -165,6 +165,10 @@ class ModelBasedConfig:
     dfs: DFSConfig = field(default_factory=DFSConfig)
     """DFS temperatures and weights (``scale`` None: the run's own ratio of dream starts to fit windows drawn so far,
     0.64 at the default schedule)."""
+    dream_recent: int = 0
+    """Dream starts only from the newest episodes holding this many real env steps (`wmenv.data.RecentStarts`), so the
+    actor trains from states its latest policies reached rather than from the whole replay's mix of older ones; 0:
+    from the whole replay, as the papers do. With ``sampler="uniform"`` only (DFS draws its own dream starts)."""
     dream_worlds: int = 256
     """B, imagined worlds stepped in one batch."""
     horizon: int = 15
@@ -282,7 +286,7 @@ class ModelBasedConfig:
             "replay_value_windows",
         ):
             check_int(f"ModelBasedConfig.{name}", getattr(self, name))
-        for name in ("real_episodes", "fit_steps", "dream_updates", "keep_every", "real_ppo"):
+        for name in ("real_episodes", "fit_steps", "dream_updates", "keep_every", "real_ppo", "dream_recent"):
             check_int(f"ModelBasedConfig.{name}", getattr(self, name), 0)
         if self.prefill is not None:
             check_int("ModelBasedConfig.prefill", self.prefill, 0)
@@ -320,6 +324,9 @@ class ModelBasedConfig:
             self.fit = dataclasses.replace(self.fit, compile="off")  # nothing runs per row: nothing to compile there
         check_choice("ModelBasedConfig.policy", self.policy, POLICIES)
         check_choice("ModelBasedConfig.sampler", self.sampler, ("uniform", "dfs"))
+        if self.dream_recent and self.sampler == "dfs":
+            raise ValueError(f"ModelBasedConfig.dream_recent: DFS draws its own dream starts; expected 0 with "
+                             f"sampler='dfs', got {self.dream_recent}")  # fmt: skip
         check_choice("ModelBasedConfig.actor_input", self.actor_input, ("decoded", "latent"))
         check_choice("ModelBasedConfig.rollout", self.rollout, ("sample", "mag"))
         check_choice("ModelBasedConfig.terminations", self.terminations, TERMINATIONS)
@@ -631,7 +638,7 @@ def _samplers(cfg: ModelBasedConfig, replay: EpisodeReplay, state: dict[str, Any
     """The dream's start source and, with ``sampler="dfs"``, the `DFS` whose world-model sampler ``replay`` now uses
     (its counts continued from the run ``state``)."""
     if cfg.sampler == "uniform":
-        return replay, None
+        return (replay.using(RecentStarts(cfg.dream_recent)) if cfg.dream_recent else replay), None
     dfs = DFS(replay, cfg.dfs)  # k, unless set: the run's own ratio of dream starts to fit windows drawn
     replay.sampler = dfs.world_model_starts
     if state is not None and state.get("dfs") is not None:

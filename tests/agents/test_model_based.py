@@ -456,6 +456,21 @@ def test_dfs_sampler_counts_fit_and_dream_starts_and_resumes_exactly(tmp_path):
         _small(tmp_path / "d", 1, sampler="prioritized")
 
 
+def test_dream_recent_draws_dream_starts_from_the_newest_episodes_only(tmp_path):
+    """dream_recent: a window wider than the replay draws the uniform starts exactly (the same curve as the default);
+    one of 25 rows (one MPE episode) changes the dream's starts and so the actor after the second update; refused
+    below 0 and beside DFS."""
+    default = run(_small(tmp_path / "a", 3))
+    wide = run(_small(tmp_path / "b", 3, dream_recent=10_000))
+    narrow = run(_small(tmp_path / "c", 3, dream_recent=25))
+    assert wide["eval_returns"] == default["eval_returns"]
+    assert narrow["eval_returns"][2:] != default["eval_returns"][2:]
+    with pytest.raises(ValueError, match="ModelBasedConfig.dream_recent"):
+        _small(tmp_path / "d", 1, dream_recent=-1)
+    with pytest.raises(ValueError, match="ModelBasedConfig.dream_recent: DFS draws its own"):
+        _small(tmp_path / "d", 1, dream_recent=100, sampler="dfs")
+
+
 def test_streamed_collection_fits_before_any_episode_ends(tmp_path):
     """MPE episodes last 25 steps; 2 iterations of 12 steps per copy end none, so only a streamed replay has rows."""
     cfg = _small(tmp_path / "whole", 2, real_steps=24)

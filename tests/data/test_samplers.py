@@ -1,4 +1,5 @@
-"""EventStarts: windows holding rare events (large rewards, terminations) drawn at the configured rate, seeded."""
+"""EventStarts: windows holding rare events (large rewards, terminations) drawn at the configured rate, seeded;
+RecentStarts: uniform over the newest episodes only."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from wmenv.data import EpisodeReplay, EventStarts, ReplayConfig, event_rows, uniform_starts
+from wmenv.data import EpisodeReplay, EventStarts, RecentStarts, ReplayConfig, event_rows, uniform_starts
 
 
 def episode(eid: int, rows: int, events: dict[int, tuple[float, bool]] | None = None, n: int = 2) -> dict[str, np.ndarray]:
@@ -318,3 +319,33 @@ def test_events_in_rows_a_streamed_episode_gains_later_are_seen():
     rep.add({**grown, "step": np.arange(6, 10), "is_first": np.zeros(4, bool)}, continues=0)  # +10 at row 8 of the 10
     batch = rep.sample(64, 3, generator=1)
     assert holds_event(batch).all() and set(batch["step"][:, 0].tolist()) <= {6, 7, 8}
+
+
+def test_recent_starts_draw_only_from_the_newest_episodes():
+    """Episodes of 10 / 8 / 10 / 6 rows, windows of 4 (valid 7 / 5 / 7 / 3): the newest 8 rows are episodes 3 and 2
+    (6 + 10 rows), so starts come from those two only, uniformly over their 10 valid starts."""
+    valid, ids = np.array([7, 5, 7, 3]), np.arange(4)
+    episode_, start = RecentStarts(8)(valid, ids, 4, 4000, torch.Generator().manual_seed(0))
+    assert set(episode_.tolist()) == {2, 3} and (start < valid[episode_]).all()
+    counts = np.bincount(episode_ * 10 + start, minlength=40)[[*range(20, 27), *range(30, 33)]]
+    assert counts.min() > 300 and counts.max() < 500, "uniform over the 10 recent starts (400 expected each)"
+    assert set(RecentStarts(6)(valid, ids, 4, 200, torch.Generator().manual_seed(0))[0].tolist()) == {3}
+
+
+def test_recent_starts_covering_everything_draw_as_uniform_starts():
+    valid, ids = np.array([7, 5, 7, 3]), np.arange(4)
+    a = RecentStarts(10_000)(valid, ids, 4, 64, torch.Generator().manual_seed(3))
+    b = uniform_starts(valid, ids, 4, 64, torch.Generator().manual_seed(3))
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+
+
+def test_recent_starts_reach_back_past_episodes_too_short_for_a_window():
+    """The newest two episodes are shorter than the window (no valid start): the newest one that has one is used."""
+    episode_, _ = RecentStarts(1)(np.array([7, 5, 0, 0]), np.arange(4), 4, 100, torch.Generator().manual_seed(0))
+    assert set(episode_.tolist()) == {1}
+    with pytest.raises(ValueError, match="at least one valid start"):
+        RecentStarts(1)(np.zeros(3, np.int64), np.arange(3), 4, 2, torch.Generator())
+    for bad in (0, -5, 2.5, True):
+        with pytest.raises(ValueError, match="RecentStarts.rows"):
+            RecentStarts(bad)

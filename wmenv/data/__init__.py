@@ -15,7 +15,15 @@ Glossary: B batch, T time (rows), N agent slots, D observation features, A actio
 from wmenv.data.episode import FIELDS, episode_schema, validate_episode
 from wmenv.data.recorder import EpisodeRecorder
 from wmenv.data.replay import EpisodeReplay, ReplayConfig
-from wmenv.data.samplers import DFS, DFSConfig, EventStarts, StartSampler, event_rows, uniform_starts
+from wmenv.data.samplers import (
+    DFS,
+    DFSConfig,
+    EventStarts,
+    RecentStarts,
+    StartSampler,
+    event_rows,
+    uniform_starts,
+)
 
 __all__ = [
     "FIELDS",
@@ -24,6 +32,7 @@ __all__ = [
     "DFSConfig",
     "EventStarts",
     "EpisodeReplay",
+    "RecentStarts",
     "ReplayConfig",
     "StartSampler",
     "episode_schema",

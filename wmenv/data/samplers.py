@@ -4,7 +4,8 @@ Glossary: E stored episodes, B batch (windows).
 
 The replay works out, for every stored episode, how many start rows give a valid window
 (``valid``, (E,) int64) and asks a `StartSampler` to pick B (episode, start row) pairs among them.
-`uniform_starts` picks uniformly over all valid pairs; `EventStarts` draws windows that hold rare
+`uniform_starts` picks uniformly over all valid pairs; `RecentStarts` uniformly over the newest episodes' (e.g. dream
+starts from what the latest policies did); `EventStarts` draws windows that hold rare
 events (large rewards, terminations) at a set rate; `DFS` (DRAMA's dynamic frequency-based sampling) keeps
 per-row visit counts keyed by ``episode_ids`` and offers one sampler for world-model windows and one for
 imagination starts (`EpisodeReplay.using` hands the second to a dream).
@@ -18,7 +19,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from wmenv.checks import check_unit_interval
+from wmenv.checks import check_int, check_unit_interval
 
 
 class StartSampler(Protocol):
@@ -79,6 +80,40 @@ def event_rows(episode: dict[str, np.ndarray], min_abs_reward: float = 1.0, term
     if terminations:
         rows |= np.asarray(episode["terminated"], dtype=bool).reshape(len(rows), -1).any(-1)
     return rows
+
+
+@dataclass(frozen=True)
+class RecentStarts:
+    """Uniform over the valid starts of the newest episodes only: those holding the newest ``rows`` stored rows (the
+    episode that crosses that boundary included), widened back to the newest episode with a valid start if none of
+    them has one. An episode with valid starts counts ``valid + T - 1`` rows (exact for windows kept inside episodes),
+    one without counts none. Where every stored episode is inside the boundary it draws exactly as `uniform_starts`
+    (the same picks from the same generator state).
+
+    Usage::
+
+        dream = DreamVecEnv(model, 256, 15, start=replay.using(RecentStarts(5_000)))
+    """
+
+    rows: int
+    """How many of the newest stored rows (real env steps) the starts are drawn from."""
+
+    def __post_init__(self) -> None:
+        check_int("RecentStarts.rows", self.rows)
+
+    def __call__(
+        self, valid: np.ndarray, episode_ids: np.ndarray, length: int, batch_size: int, generator: torch.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Choose B window starts (the `StartSampler` protocol)."""
+        valid = np.asarray(valid, dtype=np.int64)
+        if not valid.sum() > 0:
+            raise ValueError(f"valid: expected at least one valid start, got counts {valid.tolist()}")
+        rows = np.where(valid > 0, valid + length - 1, 0)[::-1]  # (E,) newest first
+        newest = int(np.searchsorted(np.cumsum(rows), self.rows)) + 1  # episodes that hold the newest `rows`
+        newest = max(newest, int(np.flatnonzero(rows)[0]) + 1)  # at least the newest one with a valid start
+        recent = valid.copy()
+        recent[: max(len(valid) - newest, 0)] = 0
+        return uniform_starts(recent, episode_ids, length, batch_size, generator)
 
 
 class EventStarts:

@@ -161,7 +161,10 @@ class ModelBasedConfig:
     sampler: Literal["uniform", "dfs"] = "uniform"
     """Where replay windows start: "uniform" over all valid windows, or "dfs", DRAMA's dynamic frequency-based
     sampling (`wmenv.data.DFS`: world-model windows favour rows fitted least; dream starts favour rows the model has
-    fitted more than the actor has started from). Its counts are checkpointed with the run."""
+    fitted more than the actor has started from). Its counts are checkpointed with the run. Measured at 30k real steps
+    (BENCHMARKS.md, "Where the loop draws from"): no better than uniform on `mpe:simple_spread_v3` (-20.8 against -20.3
+    per agent over 11-30k), and on `mpe:simple_reference_v3` one of three seeds collapsed (-55) where the others were
+    level."""
     dfs: DFSConfig = field(default_factory=DFSConfig)
     """DFS temperatures and weights (``scale`` None: the run's own ratio of dream starts to fit windows drawn so far,
     0.64 at the default schedule)."""

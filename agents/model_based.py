@@ -167,7 +167,7 @@ class ModelBasedConfig:
     level."""
     dfs: DFSConfig = field(default_factory=DFSConfig)
     """DFS temperatures and weights (``scale`` None: the run's own ratio of dream starts to fit windows drawn so far,
-    0.64 at the default schedule)."""
+    0.64 at the default schedule with three agents)."""
     dream_recent: int = 0
     """Dream starts only from the newest episodes holding this many real env steps (`wmenv.data.RecentStarts`), so the
     actor trains from states its latest policies reached rather than from the whole replay's mix of older ones; 0:

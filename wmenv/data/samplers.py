@@ -4,8 +4,8 @@ Glossary: E stored episodes, B batch (windows).
 
 The replay works out, for every stored episode, how many start rows give a valid window
 (``valid``, (E,) int64) and asks a `StartSampler` to pick B (episode, start row) pairs among them.
-`uniform_starts` picks uniformly over all valid pairs; `RecentStarts` uniformly over the newest episodes' (e.g. dream
-starts from what the latest policies did); `EventStarts` draws windows that hold rare
+`uniform_starts` picks uniformly over all valid pairs; `RecentStarts` uniformly among the newest episodes' starts (e.g.
+dream starts from what the latest policies did); `EventStarts` draws windows that hold rare
 events (large rewards, terminations) at a set rate; `DFS` (DRAMA's dynamic frequency-based sampling) keeps
 per-row visit counts keyed by ``episode_ids`` and offers one sampler for world-model windows and one for
 imagination starts (`EpisodeReplay.using` hands the second to a dream).
@@ -249,7 +249,8 @@ class DFSConfig:
     """k: imagination starts drawn per world-model start drawn, so that v/k and c count comparable work (DRAMA draws
     1,024 and 16 per env step: 64). None: the ratio of the two kinds of draws counted on the stored rows so far (1
     before both were drawn), which is DRAMA's 64 under its schedule and the right k under any other, e.g. the
-    model-based loop's 200 fit steps of 16 windows and 8 dream rollouts of 256 worlds per iteration (0.64)."""
+    model-based loop's 200 fit steps of 16 windows against 8 dream rollouts of 256 worlds per 1,000 real steps on a
+    three-agent task (0.64)."""
 
     def __post_init__(self) -> None:
         for name in ("tau", "imagination_tau", "scale"):

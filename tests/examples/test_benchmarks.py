@@ -1011,3 +1011,71 @@ def test_reward_fit_scores_the_checkpoints_head_and_fresh_variants_on_the_newest
         with pytest.raises(ValueError, match="variants: expected 'name:key=value,...'"):
             module.Args(runs=[tmp_path], variants=[bad])
     assert module.r2(np.zeros(3), np.ones(3)) is None and module.r2(np.array([1.0, 2]), np.array([1.0, 3])) == 0.5
+
+
+def _gap_rows(path: Path, run: str, points: dict[int, float], std: float = 4.0, episodes: int = 16,
+              env_id: str = "mpe:simple_spread_v3") -> None:  # fmt: skip
+    """A `dream_gap.py` result JSON holding one run's actor rows (and a scripted policy's, which must be skipped)."""
+    rows = [{"run": run, "real_steps": s, "env_id": env_id, "policy": "actor", "real": v, "real_return_std": std,
+             "episodes": episodes} for s, v in points.items()]  # fmt: skip
+    rows += [{**rows[0], "policy": "forward", "real": 99.0}]
+    path.write_text(json.dumps({"benchmark": "dream_gap", "results": rows}))
+
+
+def test_fresh_curves_compares_both_learners_budget_by_budget(tmp_path):
+    """Budgets where both learners were evaluated, means and standard errors over runs by hand, the ahead / behind
+    counts, the target from the longer model-free runs; a model-based run missing a budget drops it for all."""
+    mb = {0: {2000: -30.0, 4000: -22.0, 6000: -21.0, 8000: -20.0}, 1: {2000: -32.0, 4000: -24.0, 6000: -21.0}}
+    mf = {0: {4000: -26.0, 6000: -20.0, 8000: -19.0}, 1: {4000: -28.0, 6000: -21.0, 8000: -19.0}}
+    for learner, runs in (("mb", mb), ("mf", mf)):
+        for seed, points in runs.items():
+            _gap_rows(tmp_path / f"{learner}{seed}.json", f"r/{learner}/mpe_simple_spread_v3_seed{seed}", points)
+    _gap_rows(tmp_path / "target.json", "r/long/mpe_simple_spread_v3_seed0", {950_000: -18.0, 1_000_000: -19.0})
+    out = _run("fresh_curves.py", "--random", "-26.0", "--window", "4000", "100000", "--out", str(tmp_path / "o"),
+               "--model-based", str(tmp_path / "mb0.json"), str(tmp_path / "mb1.json"),
+               "--model-free", str(tmp_path / "mf0.json"), str(tmp_path / "mf1.json"),
+               "--target", str(tmp_path / "target.json"))  # fmt: skip
+    budgets = {row["steps"]: row for row in out["budgets"]}
+    assert set(budgets) == {4000, 6000}  # 2000: model-free not evaluated; 8000: model-based seed 1 not evaluated
+    assert budgets[4000]["model_based"] == -23.0 and budgets[4000]["model_free"] == -27.0
+    assert budgets[4000]["model_based_se"] == 1.0 and budgets[4000]["difference"] == 4.0  # std(ddof 1) √2 / √2
+    assert budgets[6000]["model_based_se"] == 0.0 and budgets[6000]["model_free_se"] == 0.5
+    assert budgets[6000]["difference"] == -0.5 and budgets[6000]["difference_se"] == 0.5
+    assert (out["ahead"], out["behind"], out["behind_beyond_2se"]) == (1, 1, 0)
+    assert out["compare"]["target"] == -18.5 and out["target_runs"] == ["r/long/mpe_simple_spread_v3_seed0"]
+    assert out["model_based_runs"] == ["r/mb/mpe_simple_spread_v3_seed0", "r/mb/mpe_simple_spread_v3_seed1"]
+    assert (tmp_path / "o" / "mpe_simple_spread_v3.png").stat().st_size > 0
+    assert json.loads((tmp_path / "o" / "mpe_simple_spread_v3.json").read_text())["budgets"] == out["budgets"]
+    # one run each: the episodes' standard errors (4 / √16 and 0.4 / √16); the target from the model-free run
+    _gap_rows(tmp_path / "tight.json", "r/tight/mpe_simple_spread_v3_seed0", {4000: -26.0, 6000: -18.5}, std=0.4)
+    one = _run("fresh_curves.py", "--random", "-26.0", "--model-based", str(tmp_path / "mb1.json"), "--window", "0",
+               "6000", "--model-free", str(tmp_path / "tight.json"))  # fmt: skip
+    assert [(r["steps"], r["model_based_se"], r["model_free_se"], r["difference"]) for r in one["budgets"]] == [
+        (4000, 1.0, 0.1, 2.0), (6000, 1.0, 0.1, -2.5)]  # fmt: skip
+    assert one["budgets"][1]["difference_se"] == 1.005 and one["behind_beyond_2se"] == 1  # -2.5 < -2 × √(1 + 0.01)
+    assert one["compare"]["target"] == -22.25 and one["target_runs"] == []
+
+
+def test_fresh_curves_refuses_what_it_cannot_compare(tmp_path):
+    fc = _benchmark_module("fresh_curves")
+    _gap_rows(tmp_path / "a.json", "r/a_seed0", {1000: -20.0})
+    _gap_rows(tmp_path / "b.json", "r/b_seed0", {1000: -21.0}, env_id="mpe:simple_reference_v3")
+    _gap_rows(tmp_path / "c.json", "r/c_seed0", {2000: -21.0})
+    (tmp_path / "bad.json").write_text("{}")
+    ok = {"model_based": [tmp_path / "a.json"], "model_free": [tmp_path / "a.json"], "random": -26.0}
+    with pytest.raises(ValueError, match=r"^random: expected .* got nan"):
+        fc.main(fc.Args(**{**ok, "random": float("nan")}))
+    with pytest.raises(ValueError, match=r"^model_free: expected runs on mpe:simple_spread_v3 .* got mpe:simple_ref"):
+        fc.main(fc.Args(**{**ok, "model_free": [tmp_path / "b.json"]}))
+    with pytest.raises(ValueError, match=r"^model_based: expected runs of one env"):
+        fc.main(fc.Args(**{**ok, "model_based": [tmp_path / "a.json", tmp_path / "b.json"]}))
+    with pytest.raises(ValueError, match=r"^model_based: no real-step budget at which every run"):
+        fc.main(fc.Args(**{**ok, "model_based": [tmp_path / "a.json", tmp_path / "c.json"]}))
+    with pytest.raises(ValueError, match=r"^target: .*bad.json is not a readable dream_gap.py result JSON"):
+        fc.main(fc.Args(**{**ok, "target": [tmp_path / "bad.json"]}))
+    with pytest.raises(ValueError, match=r"^model_free: expected at least one"):
+        fc.main(fc.Args(**{**ok, "model_free": []}))
+    with pytest.raises(ValueError, match=r"^window: no budget in \(5000, 100000\)"):
+        fc.main(fc.Args(**ok))
+    with pytest.raises(ValueError, match=r"^window: expected 0 <= first <= last"):
+        fc.main(fc.Args(**{**ok, "window": (10, 5)}))

@@ -44,7 +44,7 @@ class Args:
     model_based: list[Path] = field(default_factory=list)
     """`dream_gap.py` result JSONs of model-based runs (their actors' rows; one curve per run folder)."""
     model_free: list[Path] = field(default_factory=list)
-    """`dream_gap.py` result JSONs of model-free runs over the same budgets."""
+    """`dream_gap.py` result JSONs of model-free runs (rows without a world model) over the same budgets."""
     random: float = float("nan")
     """The uniformly random policy's return per agent (`mappo_baseline.py`'s ``random_policy_return``): the floor of the
     levels ``compare`` counts steps to."""
@@ -59,14 +59,15 @@ class Args:
     """Folder for ``<env>.json`` and ``<env>.png``; nothing is written when None."""
 
 
-def curves(paths: list[Path], name: str) -> list[dict]:
+def curves(paths: list[Path], name: str, world_model: bool) -> list[dict]:
     """One curve per run folder found in ``paths``' rows: ``{"run", "seed", "eval_returns": [[steps, return], ...],
     "se": [...]}``, sorted by seed (from the folder's ``_seed<N>`` suffix, else its order), only the steps every run of
-    the list was evaluated at.
+    the list was evaluated at. Only the actors' rows of runs with a world model (``world_model``) or without one are
+    read, so a file holding both kinds (e.g. 1M model-free checkpoints beside model-based milestones) serves either.
 
     Raises:
-        ValueError: ``paths`` empty, a file that is not a `dream_gap.py` result, runs of several envs, or no step that
-            every run was evaluated at.
+        ValueError: ``paths`` empty, a file that is not a `dream_gap.py` result, no row of the kind, runs of several
+            envs, or no step that every run was evaluated at.
     """
     if not paths:
         raise ValueError(f"{name}: expected at least one dream_gap.py result JSON")
@@ -76,13 +77,16 @@ def curves(paths: list[Path], name: str) -> list[dict]:
         try:
             rows = json.loads(Path(path).read_text())["results"]
             for row in rows:
-                if row.get("policy", "actor") != "actor":  # scripted policies beside the actor
-                    continue
+                if row.get("policy", "actor") != "actor" or ("dream_policy" in row) != world_model:
+                    continue  # scripted policies beside the actor; the other kind of learner
                 envs.add(row["env_id"])
                 se = row["real_return_std"] / np.sqrt(row["episodes"])
                 by_run.setdefault(row["run"], {})[int(row["real_steps"])] = (float(row["real"]), float(se))
         except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
             raise ValueError(f"{name}: {path} is not a readable dream_gap.py result JSON: {e!r}") from e
+    if not by_run:
+        kind = "a model-based" if world_model else "a model-free"
+        raise ValueError(f"{name}: no actor row of {kind} run in {[str(p) for p in paths]}")
     if len(envs) != 1:
         raise ValueError(f"{name}: expected runs of one env, got {sorted(envs)}")
     (env_id,) = envs
@@ -129,8 +133,8 @@ def main(args: Args) -> dict:
         raise ValueError(f"random: expected the random policy's return per agent (a finite float), got {args.random}")
     if not 0 <= args.window[0] <= args.window[1]:
         raise ValueError(f"window: expected 0 <= first <= last, got {args.window}")
-    mb, mf = curves(args.model_based, "model_based"), curves(args.model_free, "model_free")
-    target = curves(args.target, "target") if args.target else []
+    mb, mf = curves(args.model_based, "model_based", True), curves(args.model_free, "model_free", False)
+    target = curves(args.target, "target", False) if args.target else []
     env_id = mb[0]["env_id"]
     for name, runs in (("model_free", mf), ("target", target)):
         if runs and runs[0]["env_id"] != env_id:

@@ -1018,7 +1018,9 @@ def _gap_rows(path: Path, run: str, points: dict[int, float], std: float = 4.0, 
     """A `dream_gap.py` result JSON holding one run's actor rows (and a scripted policy's, which must be skipped)."""
     rows = [{"run": run, "real_steps": s, "env_id": env_id, "policy": "actor", "real": v, "real_return_std": std,
              "episodes": episodes} for s, v in points.items()]  # fmt: skip
-    rows += [{**rows[0], "policy": "forward", "real": 99.0}]
+    if "/mb/" in run:  # a model-based run's rows also hold the dream's verdict, and a scripted policy's rows
+        rows = [{**row, "dream_policy": row["real"] + 1.0} for row in rows]
+        rows += [{**rows[0], "policy": "forward", "real": 99.0}]
     path.write_text(json.dumps({"benchmark": "dream_gap", "results": rows}))
 
 
@@ -1031,6 +1033,9 @@ def test_fresh_curves_compares_both_learners_budget_by_budget(tmp_path):
         for seed, points in runs.items():
             _gap_rows(tmp_path / f"{learner}{seed}.json", f"r/{learner}/mpe_simple_spread_v3_seed{seed}", points)
     _gap_rows(tmp_path / "target.json", "r/long/mpe_simple_spread_v3_seed0", {950_000: -18.0, 1_000_000: -19.0})
+    mixed = json.loads((tmp_path / "target.json").read_text())  # model-based milestones in the same file are skipped
+    mixed["results"] += json.loads((tmp_path / "mb0.json").read_text())["results"]
+    (tmp_path / "target.json").write_text(json.dumps(mixed))
     out = _run("fresh_curves.py", "--random", "-26.0", "--window", "4000", "100000", "--out", str(tmp_path / "o"),
                "--model-based", str(tmp_path / "mb0.json"), str(tmp_path / "mb1.json"),
                "--model-free", str(tmp_path / "mf0.json"), str(tmp_path / "mf1.json"),
@@ -1058,21 +1063,27 @@ def test_fresh_curves_compares_both_learners_budget_by_budget(tmp_path):
 
 def test_fresh_curves_refuses_what_it_cannot_compare(tmp_path):
     fc = _benchmark_module("fresh_curves")
-    _gap_rows(tmp_path / "a.json", "r/a_seed0", {1000: -20.0})
-    _gap_rows(tmp_path / "b.json", "r/b_seed0", {1000: -21.0}, env_id="mpe:simple_reference_v3")
-    _gap_rows(tmp_path / "c.json", "r/c_seed0", {2000: -21.0})
+    _gap_rows(tmp_path / "a.json", "r/mb/a_seed0", {1000: -20.0})
+    _gap_rows(tmp_path / "f.json", "r/mf/f_seed0", {1000: -20.0})
+    _gap_rows(tmp_path / "b.json", "r/mf/b_seed0", {1000: -21.0}, env_id="mpe:simple_reference_v3")
+    _gap_rows(tmp_path / "c.json", "r/mb/c_seed0", {2000: -21.0})
+    _gap_rows(tmp_path / "d.json", "r/mb/d_seed0", {1000: -21.0}, env_id="mpe:simple_reference_v3")
     (tmp_path / "bad.json").write_text("{}")
-    ok = {"model_based": [tmp_path / "a.json"], "model_free": [tmp_path / "a.json"], "random": -26.0}
+    ok = {"model_based": [tmp_path / "a.json"], "model_free": [tmp_path / "f.json"], "random": -26.0}
     with pytest.raises(ValueError, match=r"^random: expected .* got nan"):
         fc.main(fc.Args(**{**ok, "random": float("nan")}))
     with pytest.raises(ValueError, match=r"^model_free: expected runs on mpe:simple_spread_v3 .* got mpe:simple_ref"):
         fc.main(fc.Args(**{**ok, "model_free": [tmp_path / "b.json"]}))
     with pytest.raises(ValueError, match=r"^model_based: expected runs of one env"):
-        fc.main(fc.Args(**{**ok, "model_based": [tmp_path / "a.json", tmp_path / "b.json"]}))
+        fc.main(fc.Args(**{**ok, "model_based": [tmp_path / "a.json", tmp_path / "d.json"]}))
     with pytest.raises(ValueError, match=r"^model_based: no real-step budget at which every run"):
         fc.main(fc.Args(**{**ok, "model_based": [tmp_path / "a.json", tmp_path / "c.json"]}))
     with pytest.raises(ValueError, match=r"^target: .*bad.json is not a readable dream_gap.py result JSON"):
         fc.main(fc.Args(**{**ok, "target": [tmp_path / "bad.json"]}))
+    with pytest.raises(ValueError, match=r"^model_based: no actor row of a model-based run in"):
+        fc.main(fc.Args(**{**ok, "model_based": [tmp_path / "f.json"]}))  # a model-free run's rows only
+    with pytest.raises(ValueError, match=r"^model_free: no actor row of a model-free run in"):
+        fc.main(fc.Args(**{**ok, "model_free": [tmp_path / "a.json"]}))
     with pytest.raises(ValueError, match=r"^model_free: expected at least one"):
         fc.main(fc.Args(**{**ok, "model_free": []}))
     with pytest.raises(ValueError, match=r"^window: no budget in \(5000, 100000\)"):

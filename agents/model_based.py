@@ -110,7 +110,9 @@ class ModelBasedConfig:
     on `mpe:simple_spread_v3`, behind on `mpe:simple_reference_v3` (an earlier plateau on both), at 1.6-2.5x the CPU."""
     dream_ratio: float = 92.16
     """Imagined agent-steps (worlds x horizon x N per PPO iteration) per real env step (default: 8 PPO iterations
-    of 256 worlds x 15 steps x 3 MPE agents per 1,000 real steps, the schedule measured in BENCHMARKS.md)."""
+    of 256 worlds x 15 steps x 3 MPE agents per 1,000 real steps, the schedule measured in BENCHMARKS.md). Measured
+    against 3x (BENCHMARKS.md, "Dream ratio"; 30k real steps, 2 seeds per MPE task): no better actor on
+    `mpe:simple_spread_v3`, a worse one on `mpe:simple_reference_v3`, at 1.7x the CPU."""
     fit_steps: int = 0
     """If > 0, exactly this many fit steps per update instead of ``train_ratio`` (the paper's "Number of epochs")."""
     num_envs: int = 4

@@ -14,7 +14,9 @@ learners and reports:
   ``behind_beyond_2se``: how many it is below by more than twice the difference's standard error;
 - ``compare``: `model_based.compare` on these curves (the target is the final return of the model-free reference that
   trained longest, e.g. 1M-step checkpoints given with ``--target``; real steps each learner needs to reach it and the
-  levels on the way, from the running mean of 3 evaluations).
+  levels on the way, from the running mean of 3 evaluations);
+- ``baseline`` (with ``--baseline``, e.g. the default loop's runs beside an arm's): the same budget rows, counts and
+  standard errors for the model-based runs against those other model-based runs.
 
 Writes ``<out>/<env>.json`` and ``<out>/<env>.png`` (both curves, each run thin) and prints one JSON line.
 
@@ -55,6 +57,11 @@ class Args:
     """Only budgets in [first, last] real steps enter ``budgets``."""
     label: str = "model-based"
     """The model-based curve's legend."""
+    baseline: list[Path] = field(default_factory=list)
+    """`dream_gap.py` result JSONs of other model-based runs to compare the model-based runs with as well (e.g. the
+    default loop, when ``model_based`` is an arm of an ablation); none: no ``baseline`` section."""
+    baseline_label: str = "baseline"
+    """The baseline curve's legend."""
     out: Path | None = None
     """Folder for ``<env>.json`` and ``<env>.png``; nothing is written when None."""
 
@@ -113,18 +120,26 @@ def at_budgets(runs: list[dict]) -> dict[int, tuple[float, float]]:
     return {s: (float(m), float(e)) for s, m, e in zip(steps, values.mean(0), se)}
 
 
-def budget_table(mb: list[dict], mf: list[dict], window: tuple[int, int]) -> list[dict]:
-    """The ``budgets`` rows of the module docstring, at the steps both learners were evaluated at within ``window``."""
-    a, b = at_budgets(mb), at_budgets(mf)
+def budget_table(mb: list[dict], other: list[dict], window: tuple[int, int], name: str = "model_free") -> list[dict]:
+    """The ``budgets`` rows of the module docstring, at the steps both sets of runs were evaluated at within ``window``
+    (the other runs' columns named ``name``)."""
+    a, b = at_budgets(mb), at_budgets(other)
     rows = []
     for s in sorted(set(a) & set(b)):
         if not window[0] <= s <= window[1]:
             continue
-        (ma, ea), (mf_, ef) = a[s], b[s]
-        rows.append({"steps": s, "model_based": round(ma, 3), "model_based_se": round(ea, 3), "model_free": round(mf_, 3),
-                     "model_free_se": round(ef, 3), "difference": round(ma - mf_, 3),
-                     "difference_se": round(float(np.hypot(ea, ef)), 3)})  # fmt: skip
+        (ma, ea), (mo, eo) = a[s], b[s]
+        rows.append({"steps": s, "model_based": round(ma, 3), "model_based_se": round(ea, 3), name: round(mo, 3),
+                     f"{name}_se": round(eo, 3), "difference": round(ma - mo, 3),
+                     "difference_se": round(float(np.hypot(ea, eo)), 3)})  # fmt: skip
     return rows
+
+
+def tally(rows: list[dict]) -> dict[str, int]:
+    """How many budget rows the model-based mean is at or above / below the other's, and below by more than twice the
+    difference's standard error."""
+    return {"ahead": sum(r["difference"] >= 0 for r in rows), "behind": sum(r["difference"] < 0 for r in rows),
+            "behind_beyond_2se": sum(r["difference"] < -2 * r["difference_se"] for r in rows)}  # fmt: skip
 
 
 def main(args: Args) -> dict:
@@ -135,14 +150,18 @@ def main(args: Args) -> dict:
         raise ValueError(f"window: expected 0 <= first <= last, got {args.window}")
     mb, mf = curves(args.model_based, "model_based", True), curves(args.model_free, "model_free", False)
     target = curves(args.target, "target", False) if args.target else []
+    baseline = curves(args.baseline, "baseline", True) if args.baseline else []
     env_id = mb[0]["env_id"]
-    for name, runs in (("model_free", mf), ("target", target)):
+    for name, runs in (("model_free", mf), ("target", target), ("baseline", baseline)):
         if runs and runs[0]["env_id"] != env_id:
             raise ValueError(f"{name}: expected runs on {env_id} (the model-based runs' env), got {runs[0]['env_id']}")
     references = [{"runs": mf}] + ([{"runs": target}] if target else [])
     rows = budget_table(mb, mf, args.window)
     if not rows:
         raise ValueError(f"window: no budget in {args.window} where both learners were evaluated")
+    against = budget_table(mb, baseline, args.window, "baseline") if baseline else []
+    if baseline and not against:
+        raise ValueError(f"baseline: no budget in {args.window} where it and the model-based runs were evaluated")
     numbers = compare(mb, references, args.random)
     summary = {
         "benchmark": "fresh_curves",
@@ -151,11 +170,10 @@ def main(args: Args) -> dict:
         "model_free_runs": [r["run"] for r in mf],
         "target_runs": [r["run"] for r in target],
         "window": list(args.window),
-        "ahead": sum(r["difference"] >= 0 for r in rows),
-        "behind": sum(r["difference"] < 0 for r in rows),
-        "behind_beyond_2se": sum(r["difference"] < -2 * r["difference_se"] for r in rows),
+        **tally(rows),
         "budgets": rows,
         "compare": numbers,
+        **({"baseline": {"runs": [r["run"] for r in baseline], **tally(against), "budgets": against}} if baseline else {}),
         "random_policy_return": args.random,
         "machine": machine(),
     }
@@ -163,7 +181,8 @@ def main(args: Args) -> dict:
         tag = env_id.replace(":", "_")
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / f"{tag}.json").write_text(json.dumps(summary, indent=1))
-        plot(args.out / f"{tag}.png", env_id, mb, references, numbers, f"{args.label} (fresh episodes)")
+        others = [(f"{args.baseline_label} (fresh episodes)", baseline)] if baseline else []
+        plot(args.out / f"{tag}.png", env_id, mb, references, numbers, f"{args.label} (fresh episodes)", others)
     return emit(summary, None)
 
 

@@ -177,9 +177,10 @@ def curve_label(run: dict) -> str:
     return f"model-based, {kind.upper()} world model ({preset}{mag})"
 
 
-def plot(path: Path, env_id: str, runs: list[dict], references: list[dict], numbers: dict, label: str) -> None:
+def plot(path: Path, env_id: str, runs: list[dict], references: list[dict], numbers: dict, label: str,
+         others: list[tuple[str, list[dict]]] = ()) -> None:  # fmt: skip
     """Return vs real env steps (log x): model-based seeds and their mean (``label``), each model-free mean with its
-    min-max band."""
+    min-max band, and the mean of each set of ``others`` ((legend, runs): other model-based runs, dashed)."""
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     for i, ref in enumerate(references):
         mf = np.array([[v for _, v in r["eval_returns"]] for r in ref["runs"]])
@@ -195,6 +196,10 @@ def plot(path: Path, env_id: str, runs: list[dict], references: list[dict], numb
         ax.plot(s[s > 0], [v for x, v in r["eval_returns"] if x > 0], color="C1", alpha=0.25, lw=0.8)
     ax.plot(steps[steps > 0], mean[steps > 0], color="C1", lw=2, marker="o", ms=2,
             label=f"{label}: {len(runs)} seed{'s' * (len(runs) > 1)}; thin: each seed")  # fmt: skip
+    for i, (name, other) in enumerate(others):
+        steps_o, mean_o = mean_curve([r["eval_returns"] for r in other])
+        ax.plot(steps_o[steps_o > 0], mean_o[steps_o > 0], color=("C4", "C5", "C6")[i % 3], lw=1.5, ls="--",
+                label=f"{name}: mean of {len(other)} seed{'s' * (len(other) > 1)}")  # fmt: skip
     ax.axhline(numbers["target"], color="k", ls=":", lw=1, label=f"model-free final return {numbers['target']:.2f}")
     ax.set_xscale("log")
     ax.set_xlabel("real env steps")

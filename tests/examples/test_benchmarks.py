@@ -1061,6 +1061,39 @@ def test_fresh_curves_compares_both_learners_budget_by_budget(tmp_path):
     assert one["compare"]["target"] == -22.25 and one["target_runs"] == []
 
 
+def test_fresh_curves_compares_an_arm_with_a_baseline_of_model_based_runs(tmp_path):
+    """``--baseline``: the arm's means against another model-based arm's, budget by budget, beside the model-free rows;
+    the baseline's curve in the plot; a baseline on another env is refused."""
+    arm = {0: {2000: -30.0, 4000: -20.0, 6000: -19.0}, 1: {2000: -32.0, 4000: -22.0, 6000: -21.0}}
+    base = {0: {4000: -21.0, 6000: -18.0}, 1: {4000: -23.0, 6000: -19.0}, 2: {4000: -22.0, 6000: -20.0}}
+    for name, runs in (("arm", arm), ("base", base)):
+        for seed, points in runs.items():
+            _gap_rows(tmp_path / f"{name}{seed}.json", f"r/mb/{name}/mpe_simple_spread_v3_seed{seed}", points)
+    _gap_rows(tmp_path / "mf.json", "r/mf/mpe_simple_spread_v3_seed0", {2000: -30.0, 4000: -25.0, 6000: -22.0})
+    args = ["--random", "-26.0", "--window", "0", "100000", "--model-free", str(tmp_path / "mf.json"),
+            "--model-based", str(tmp_path / "arm0.json"), str(tmp_path / "arm1.json")]  # fmt: skip
+    alone = _run("fresh_curves.py", *args)
+    assert "baseline" not in alone
+    out = _run("fresh_curves.py", *args, "--out", str(tmp_path / "o"), "--baseline-label", "default loop",
+               "--baseline", *(str(tmp_path / f"base{s}.json") for s in range(3)))  # fmt: skip
+    assert {k: v for k, v in out.items() if k != "baseline"} == {**alone, "machine": out["machine"]}
+    against = out["baseline"]
+    assert against["runs"] == [f"r/mb/base/mpe_simple_spread_v3_seed{s}" for s in range(3)]
+    rows = {r["steps"]: r for r in against["budgets"]}
+    assert set(rows) == {4000, 6000}  # the baseline was not evaluated at 2000
+    assert rows[4000]["model_based"] == -21.0 and rows[4000]["baseline"] == -22.0 and rows[4000]["difference"] == 1.0
+    assert rows[6000]["baseline"] == -19.0 and rows[6000]["difference"] == -1.0
+    assert rows[6000]["baseline_se"] == round(1 / np.sqrt(3), 3)  # std (ddof 1) 1 over √3 runs
+    assert rows[6000]["difference_se"] == round(float(np.hypot(1.0, 1 / np.sqrt(3))), 3)
+    assert (against["ahead"], against["behind"], against["behind_beyond_2se"]) == (1, 1, 0)
+    assert (tmp_path / "o" / "mpe_simple_spread_v3.png").stat().st_size > 0
+    _gap_rows(tmp_path / "other.json", "r/mb/x_seed0", {4000: -21.0}, env_id="mpe:simple_reference_v3")
+    fc = _benchmark_module("fresh_curves")
+    with pytest.raises(ValueError, match=r"^baseline: expected runs on mpe:simple_spread_v3 .* got mpe:simple_ref"):
+        fc.main(fc.Args(model_based=[tmp_path / "arm0.json"], model_free=[tmp_path / "mf.json"], random=-26.0,
+                        baseline=[tmp_path / "other.json"]))  # fmt: skip
+
+
 def test_fresh_curves_refuses_what_it_cannot_compare(tmp_path):
     fc = _benchmark_module("fresh_curves")
     _gap_rows(tmp_path / "a.json", "r/mb/a_seed0", {1000: -20.0})

@@ -209,7 +209,7 @@ class ModelBasedConfig:
     departing sooner and the other departed at random play's level: the actor follows what its first real episodes
     rewarded. With 3 (15 passes, model-free MAPPO's epochs) on MPE spread to 100k (3 seeds, "Real PPO beside the
     dream, to 100k"): level with off to ≈ 60k, +0.76 per agent over 70-100k, where off falls behind model-free and 3
-    does not; +10-15 % wall-clock."""
+    does not; but on MPE reference (2 seeds) 1.0-1.8 per agent worse than off from ≈ 30k on; +10-15 % wall-clock."""
     dream_updates: int = 0
     """If > 0, exactly this many MAPPO iterations (one horizon-long dream rollout + PPO update each) per update
     instead of ``dream_ratio`` (the paper's "Number of updates")."""

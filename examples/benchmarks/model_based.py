@@ -34,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -178,7 +179,7 @@ def curve_label(run: dict) -> str:
 
 
 def plot(path: Path, env_id: str, runs: list[dict], references: list[dict], numbers: dict, label: str,
-         others: list[tuple[str, list[dict]]] = ()) -> None:  # fmt: skip
+         others: Sequence[tuple[str, list[dict]]] = ()) -> None:  # fmt: skip
     """Return vs real env steps (log x): model-based seeds and their mean (``label``), each model-free mean with its
     min-max band, and the mean of each set of ``others`` ((legend, runs): other model-based runs, dashed)."""
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
